@@ -1,0 +1,90 @@
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { createLogger, LOG_LEVELS, type LogLevel, type Logger } from '../util/logger.js';
+
+/**
+ * The yargs setup every command shares: flags also from `TUNNEL_*` environment variables, unknown
+ * flags rejected, usage errors exit 2 with the message and a pointer to --help.
+ */
+export function command(name: string, usage: string): Argv {
+  return yargs(hideBin(process.argv))
+    .scriptName(name)
+    .usage(usage)
+    .env('TUNNEL')
+    .parserConfiguration({ 'parse-positional-numbers': false })
+    .option('log-level', {
+      type: 'string',
+      choices: LOG_LEVELS,
+      default: 'info',
+      describe: 'Least severe log level written to stderr (JSON lines; pretty on a terminal)',
+    })
+    .strict()
+    .help()
+    .alias('h', 'help')
+    .version()
+    .wrap(Math.min(110, process.stdout.columns ?? 100))
+    .fail((msg, err) => {
+      process.stderr.write(`${name}: ${msg ?? err?.message}\nRun ${name} --help for usage.\n`);
+      process.exit(2);
+    });
+}
+
+export function logger(name: string, level: unknown): Logger {
+  return createLogger(name, level as LogLevel);
+}
+
+/**
+ * Parses the command line. `TUNNEL_*` variables meant for another command (TUNNEL_NAME is the node's,
+ * TUNNEL_LOGIN the caller's) are set aside first, so that strict parsing does not reject them.
+ */
+export function parse<T>(cli: Argv<T>) {
+  const known = new Set(
+    Object.keys((cli as unknown as { getOptions(): { key: Record<string, unknown> } }).getOptions().key).map(
+      (k) => `TUNNEL_${k.replace(/-/g, '_').toUpperCase()}`,
+    ),
+  );
+  for (const name of Object.keys(process.env)) {
+    if (name.startsWith('TUNNEL_') && !known.has(name)) delete process.env[name];
+  }
+  return cli.parseAsync();
+}
+
+/** Runs `fn` once on SIGINT/SIGTERM; a second signal exits at once. */
+export function onShutdown(log: Logger, fn: (signal: string) => Promise<void>): void {
+  let stopping = false;
+  const handler = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(130);
+    }
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    fn(signal).then(
+      () => process.exit(0),
+      (err) => {
+        log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+}
+
+/** Parses repeated `key=value` flags into a map. */
+export function keyValues(values: unknown, flag: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const item of ([] as unknown[]).concat(values ?? [])) {
+    const text = String(item);
+    const i = text.indexOf('=');
+    if (i <= 0) throw new Error(`--${flag} takes key=value, got "${text}"`);
+    out[text.slice(0, i)] = text.slice(i + 1);
+  }
+  return out;
+}
+
+/** Fails the command with a usage error (exit 2). */
+export function usageError(name: string, message: string): never {
+  process.stderr.write(`${name}: ${message}\nRun ${name} --help for usage.\n`);
+  process.exit(2);
+}

@@ -1,0 +1,28 @@
+import { connect } from '../client/client.js';
+import { TunnelNode } from '../node/node.js';
+import { Relay } from '../relay/relay.js';
+import { ServiceRegistry } from '../rpc/registry.js';
+import { registerExamples } from '../services/index.js';
+
+/**
+ * Quick start: a relay and a node on loopback in this process, one call through the tunnel.
+ * The same steps as `tunnel-relay`, `tunnel-node` and `tunnel-call Arith.Multiply 2 3`.
+ */
+const relay = new Relay({ listen: '127.0.0.1:0' });
+const { url } = await relay.listen();
+console.log(`relay listening on ${url}`);
+
+const node = new TunnelNode({ relay: url, name: 'demo-node', services: registerExamples(new ServiceRegistry()) });
+node.start();
+await node.waitConnected(5_000);
+console.log(`node ${node.name} dialled out and registered Arith, Hello, KV, Server`);
+
+const client = await connect(url);
+const product = await client.call<number>('Arith.Multiply', 2, 3);
+console.log(`Arith.Multiply 2 3 through the tunnel = ${product}`);
+console.log(product);
+
+await client.close();
+await node.stop();
+await relay.close();
+process.exit(product === 6 ? 0 : 1);

@@ -1,0 +1,64 @@
+import { hostname } from 'node:os';
+import { TunnelNode } from '../node/node.js';
+import { parseCredentials } from '../rpc/login.js';
+import { ServiceRegistry } from '../rpc/registry.js';
+import { DEMO_USERS, registerExamples } from '../services/index.js';
+import { parseDuration } from '../util/units.js';
+import { command, parse, keyValues, logger, onShutdown, usageError } from './common.js';
+import { loadServices } from './load-services.js';
+
+const argv = await parse(
+  command('tunnel-node', '$0 --relay host:port [options]\n\nDials out to a relay and serves RPC through it, reconnecting forever with backoff.')
+  .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay to dial: host:port, :port, ws://host:port or wss://host:port' })
+  .option('name', { type: 'string', default: hostname(), defaultDescription: 'the host name', describe: 'Name to register under; callers can target it with --node' })
+  .option('services', { type: 'string', describe: 'ES module whose default export is a map of services or a function (registry) => void; without it the built-in examples (Arith, Hello, KV, Server) are served' })
+  .option('users', { type: 'string', describe: 'Accounts for the example Hello.Login, "user:password,user2:password2" (default alice:secret)' })
+  .option('label', { type: 'string', array: true, describe: 'Label key=value announced to the relay (repeatable)' })
+  .option('token', { type: 'string', describe: 'Node token, when the relay requires one' })
+  .option('heartbeat-timeout', { type: 'string', default: '30s', describe: 'Reconnect when the relay is silent (no pong) this long' })
+  .option('reconnect-base', { type: 'string', default: '500ms', describe: 'First reconnect ceiling; each failure doubles it (full jitter: the wait is random below it)' })
+  .option('reconnect-cap', { type: 'string', default: '30s', describe: 'Largest reconnect ceiling' })
+  .option('drain-timeout', { type: 'string', default: '10s', describe: 'On SIGINT/SIGTERM, how long running calls may take to finish' })
+  .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')
+  .example('$0 --relay :9090 --services ./my-services.js', 'serve your own services')
+  .epilog('Every flag can also be set as an environment variable: TUNNEL_RELAY, TUNNEL_NAME, TUNNEL_TOKEN, TUNNEL_USERS, ...')
+  ,
+);
+
+const log = logger('tunnel-node', argv.logLevel);
+let node: TunnelNode;
+try {
+  const registry = new ServiceRegistry();
+  if (argv.services) {
+    await loadServices(argv.services, registry, log);
+  } else {
+    let users: Record<string, string> = DEMO_USERS;
+    if (argv.users) {
+      users = {};
+      for (const entry of argv.users.split(',')) {
+        const { user, password } = parseCredentials(entry.trim());
+        users[user] = password;
+      }
+    } else {
+      log.warn('Hello.Login accepts the demo account alice:secret; set --users or TUNNEL_USERS for real accounts');
+    }
+    registerExamples(registry, users);
+  }
+  node = new TunnelNode({
+    relay: argv.relay,
+    name: argv.name,
+    labels: keyValues(argv.label, 'label'),
+    token: argv.token,
+    services: registry,
+    log,
+    heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout'),
+    reconnectBase: parseDuration(argv.reconnectBase, 'reconnect-base'),
+    reconnectCap: parseDuration(argv.reconnectCap, 'reconnect-cap'),
+    drainTimeout: parseDuration(argv.drainTimeout, 'drain-timeout'),
+  });
+} catch (err) {
+  usageError('tunnel-node', (err as Error).message);
+}
+log.info({ relay: node.url, name: node.name }, 'node starting');
+node.start();
+onShutdown(log, () => node.stop());

@@ -1,0 +1,76 @@
+/**
+ * The one error type of the project. Every failure that crosses the wire or reaches a user has a
+ * stable `code` (see docs/PROTOCOL.md, "Errors"); messages say what happened and what to do.
+ */
+export const ErrorCode = {
+  NO_SERVICE: 'NO_SERVICE',
+  NO_METHOD: 'NO_METHOD',
+  NO_NODE: 'NO_NODE',
+  NODE_LOST: 'NODE_LOST',
+  TIMEOUT: 'TIMEOUT',
+  CANCELLED: 'CANCELLED',
+  NOT_LOGGED_IN: 'NOT_LOGGED_IN',
+  LOGIN_FAILED: 'LOGIN_FAILED',
+  BAD_REQUEST: 'BAD_REQUEST',
+  TOO_LARGE: 'TOO_LARGE',
+  OVERLOADED: 'OVERLOADED',
+  UNAUTHORIZED: 'UNAUTHORIZED',
+  APP_ERROR: 'APP_ERROR',
+  CONNECTION_CLOSED: 'CONNECTION_CLOSED',
+  PROTOCOL_ERROR: 'PROTOCOL_ERROR',
+  GOING_AWAY: 'GOING_AWAY',
+} as const;
+
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** The shape of an error on the wire: `{ code, message, data? }`. */
+export interface WireError {
+  code: string;
+  message: string;
+  data?: unknown;
+}
+
+export class TunnelError extends Error {
+  override name = 'TunnelError';
+  readonly code: string;
+  readonly data: unknown;
+
+  constructor(code: string, message: string, options: { data?: unknown; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.data = options.data;
+  }
+
+  toWire(): WireError {
+    return this.data === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, data: this.data };
+  }
+
+  /** Rebuilds an error received from the wire; tolerates foreign shapes (plain strings). */
+  static fromWire(value: unknown): TunnelError {
+    if (typeof value === 'string') return new TunnelError(ErrorCode.APP_ERROR, value);
+    if (value !== null && typeof value === 'object') {
+      const v = value as Record<string, unknown>;
+      const code = typeof v.code === 'string' ? v.code : ErrorCode.APP_ERROR;
+      const message = typeof v.message === 'string' ? v.message : JSON.stringify(value);
+      return new TunnelError(code, message, v.data === undefined ? {} : { data: v.data });
+    }
+    return new TunnelError(ErrorCode.APP_ERROR, String(value));
+  }
+
+  /** Any thrown value as a TunnelError: user code throwing a plain Error becomes APP_ERROR. */
+  static from(err: unknown): TunnelError {
+    if (err instanceof TunnelError) return err;
+    if (err instanceof Error) return new TunnelError(ErrorCode.APP_ERROR, err.message, { cause: err });
+    return new TunnelError(ErrorCode.APP_ERROR, String(err));
+  }
+
+  override toString(): string {
+    return `${this.code}: ${this.message}`;
+  }
+}
+
+export function isTunnelError(err: unknown, code?: string): err is TunnelError {
+  return err instanceof TunnelError && (code === undefined || err.code === code);
+}

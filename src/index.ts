@@ -1,0 +1,13 @@
+/** Public entry of the library: relay, node and caller, and the pieces services are written with. */
+export { Relay, type RelayOptions, type NodeInfo } from './relay/relay.js';
+export { TunnelNode, type NodeOptions } from './node/node.js';
+export { connect, Client, type ClientOptions } from './client/client.js';
+export type { CallOptions } from './client/options.js';
+export { ServiceRegistry, defineService, type ServiceOptions, type ServiceImpl } from './rpc/registry.js';
+export type { CallContext, CallerInfo } from './rpc/context.js';
+export { Session } from './rpc/session.js';
+export { passwordLogin, parseCredentials, secretsEqual } from './rpc/login.js';
+export { TunnelError, ErrorCode, isTunnelError, type WireError } from './errors.js';
+export { registerExamples } from './services/index.js';
+export { createLogger, type Logger, type LogLevel } from './util/logger.js';
+export { PROTOCOL_VERSION } from './wire/messages.js';

@@ -1,0 +1,89 @@
+import { ErrorCode, TunnelError, type WireError } from '../errors.js';
+import { PendingTable } from '../rpc/pending.js';
+import type { Logger } from '../util/logger.js';
+import type { Connection } from '../wire/connection.js';
+import { cancel, Kind, request, response, sessionClosed, type Message, type NodeMeta, type ServiceDescription } from '../wire/messages.js';
+import { ANY_METHOD } from './directory.js';
+import type { RelayedCall } from './relayed-call.js';
+
+/** The relay's side of one node connection: what it serves and the calls in flight on it. */
+export class NodeLink {
+  readonly services: Map<string, Set<string>>;
+  readonly connectedAt = new Date();
+  draining = false;
+  closed = false;
+  served = 0;
+  private readonly inflight = new PendingTable<RelayedCall>();
+
+  constructor(
+    readonly name: string,
+    readonly conn: Connection,
+    services: ServiceDescription,
+    readonly labels: Record<string, string>,
+    readonly address: string,
+    private readonly log: Logger,
+  ) {
+    this.services = new Map(Object.entries(services).map(([s, methods]) => [s, new Set(methods)]));
+  }
+
+  get inFlight(): number {
+    return this.inflight.size;
+  }
+
+  hasMethod(service: string, method: string): boolean {
+    const methods = this.services.get(service);
+    return methods !== undefined && (methods.has(method) || methods.has(ANY_METHOD));
+  }
+
+  methods(service: string): string[] {
+    return [...(this.services.get(service) ?? [])].sort();
+  }
+
+  /** Sends a call to the node under a tunnel id unique on this connection. */
+  forward(call: RelayedCall, params: Uint8Array, meta: NodeMeta): void {
+    call.tunnelId = this.inflight.add(call);
+    this.conn.send(request(call.tunnelId, call.method, params, meta));
+  }
+
+  /** Forgets a call (answered elsewhere, expired, or its caller left) and tells the node to stop it. */
+  abandon(call: RelayedCall, tellNode: boolean): void {
+    if (this.inflight.take(call.tunnelId) === call && tellNode) this.conn.send(cancel(call.tunnelId));
+  }
+
+  closeSession(session: string): void {
+    if (!this.closed) this.conn.send(sessionClosed(session));
+  }
+
+  onMessage(m: Message): void {
+    switch (m.kind) {
+      case Kind.RESPONSE: {
+        const call = this.inflight.take(m.id);
+        if (!call) return; // answered after its deadline or after the caller left
+        this.served++;
+        call.caller.complete(call, m.error, m.result);
+        return;
+      }
+      case Kind.GOAWAY:
+        this.draining = true;
+        this.log.info({ node: this.name, reason: m.reason, inFlight: this.inflight.size }, 'node is draining');
+        return;
+      case Kind.REQUEST:
+        this.conn.send(response(m.id, { code: ErrorCode.BAD_REQUEST, message: 'nodes serve calls; they cannot make them on this connection' }, null));
+        return;
+      default:
+        this.log.debug({ node: this.name, kind: m.kind }, 'ignoring message not meant for the relay');
+    }
+  }
+
+  /** The node is gone: every call in flight on it fails at once; none is re-sent elsewhere. */
+  onClose(): number {
+    this.closed = true;
+    const calls = this.inflight.drain();
+    const error: WireError = new TunnelError(
+      ErrorCode.NODE_LOST,
+      `node ${this.name} disconnected while the call was in flight; it may or may not have run`,
+    ).toWire();
+    for (const call of calls) call.caller.complete(call, error, null);
+    return calls.length;
+  }
+}

@@ -1,0 +1,21 @@
+import type { CallerLink } from './caller-link.js';
+import type { NodeLink } from './node-link.js';
+
+/**
+ * One call in transit through the relay: who asked (caller, callerId), who runs it (node, tunnelId),
+ * and when the relay stops waiting. It sits in both links' tables until it is answered, expires,
+ * is cancelled, or one side disconnects.
+ */
+export class RelayedCall {
+  tunnelId = 0;
+  timer: NodeJS.Timeout | undefined;
+  readonly started = Date.now();
+
+  constructor(
+    readonly caller: CallerLink,
+    readonly callerId: number,
+    readonly node: NodeLink,
+    readonly method: string,
+    readonly timeout: number,
+  ) {}
+}

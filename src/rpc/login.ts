@@ -1,0 +1,54 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { ErrorCode, TunnelError } from '../errors.js';
+import type { CallContext } from './context.js';
+
+/** Compares secrets in constant time: both sides are hashed to a fixed length first. */
+export function secretsEqual(a: string, b: string): boolean {
+  const da = createHash('sha256').update(a).digest();
+  const db = createHash('sha256').update(b).digest();
+  return timingSafeEqual(da, db);
+}
+
+/** Parses `user:password` (the password may itself contain colons). */
+export function parseCredentials(text: string): { user: string; password: string } {
+  const i = text.indexOf(':');
+  if (i <= 0) throw new TunnelError(ErrorCode.BAD_REQUEST, 'credentials must be "user:password"');
+  return { user: text.slice(0, i), password: text.slice(i + 1) };
+}
+
+export type PasswordCheck = (user: string, password: string) => boolean | Promise<boolean>;
+
+/**
+ * Makes a `Login` method for a service: accepts `Login("user:password")` or `Login(user, password)`,
+ * checks the password, and puts the user on the caller's session. Wrong credentials are LOGIN_FAILED
+ * with the same message whether the user exists or not.
+ */
+export function passwordLogin(users: Record<string, string> | PasswordCheck) {
+  const check: PasswordCheck =
+    typeof users === 'function'
+      ? users
+      : (user, password) => {
+          const expected = Object.hasOwn(users, user) ? users[user]! : undefined;
+          // Compare against something even for unknown users so that timing does not reveal them.
+          return secretsEqual(password, expected ?? '\0unknown') && expected !== undefined;
+        };
+  return async function Login(...argsAndCtx: unknown[]): Promise<string> {
+    const ctx = argsAndCtx.pop() as CallContext;
+    let user: string;
+    let password: string;
+    if (argsAndCtx.length === 1 && typeof argsAndCtx[0] === 'string') {
+      ({ user, password } = parseCredentials(argsAndCtx[0]));
+    } else if (argsAndCtx.length === 2 && typeof argsAndCtx[0] === 'string' && typeof argsAndCtx[1] === 'string') {
+      [user, password] = argsAndCtx as [string, string];
+    } else {
+      throw new TunnelError(ErrorCode.BAD_REQUEST, 'Login takes "user:password" or (user, password)');
+    }
+    if (!(await check(user, password))) {
+      ctx.session.failedLogins++;
+      throw new TunnelError(ErrorCode.LOGIN_FAILED, 'username or password incorrect');
+    }
+    ctx.session.failedLogins = 0;
+    ctx.session.login(user);
+    return user;
+  };
+}

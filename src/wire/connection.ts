@@ -1,0 +1,177 @@
+import type { WebSocket, RawData } from 'ws';
+import type { Logger } from '../util/logger.js';
+import { encode, decodeAll } from './codec.js';
+import { parse, response, ShapeError, type Message } from './messages.js';
+import { CloseCode, closeReason } from './close-codes.js';
+
+export interface ConnectionHandlers {
+  message(msg: Message): void;
+  close(code: number, reason: string): void;
+}
+
+export interface ConnectionOptions {
+  log: Logger;
+  /** A peer silent for this long (no message, no pong) is dropped. 0 disables heartbeats. */
+  heartbeatTimeout: number;
+}
+
+/**
+ * One WebSocket speaking our protocol, for every role. It owns the three things each role would
+ * otherwise repeat: coalescing writes, decoding (with bad input answered, never thrown), heartbeats.
+ *
+ * Writes queued in the same event-loop turn leave as one WebSocket message: a relay forwarding many
+ * small calls sends one frame per turn instead of one per call.
+ */
+export class Connection {
+  readonly ws: WebSocket;
+  private readonly log: Logger;
+  private handlers: ConnectionHandlers;
+  private queue: Buffer[] = [];
+  private queuedBytes = 0;
+  private flushScheduled = false;
+  private lastSeen = Date.now();
+  private heartbeat: NodeJS.Timeout | undefined;
+  private badMessagesLogged = false;
+  private closed = false;
+
+  constructor(ws: WebSocket, handlers: ConnectionHandlers, options: ConnectionOptions) {
+    this.ws = ws;
+    this.handlers = handlers;
+    this.log = options.log;
+    ws.binaryType = 'nodebuffer';
+    ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
+    ws.on('pong', () => {
+      this.lastSeen = Date.now();
+    });
+    ws.on('close', (code, reason) => this.onClose(code, reason.toString()));
+    ws.on('error', (err) => this.log.debug({ err: err.message }, 'websocket error'));
+    if (options.heartbeatTimeout > 0) this.startHeartbeat(options.heartbeatTimeout);
+  }
+
+  get isOpen(): boolean {
+    return !this.closed && this.ws.readyState === this.ws.OPEN;
+  }
+
+  /** Bytes queued here or in the socket but not yet written to the kernel. */
+  get bufferedAmount(): number {
+    return this.queuedBytes + this.ws.bufferedAmount;
+  }
+
+  setHandlers(handlers: ConnectionHandlers): void {
+    this.handlers = handlers;
+  }
+
+  /** Queues one message; it leaves with everything else queued in this turn. */
+  send(message: unknown[]): void {
+    if (!this.isOpen) return;
+    const bytes = encode(message);
+    this.queue.push(bytes);
+    this.queuedBytes += bytes.length;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flush);
+    }
+  }
+
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    if (this.queue.length === 0) return;
+    const data = this.queue.length === 1 ? this.queue[0]! : Buffer.concat(this.queue, this.queuedBytes);
+    this.queue = [];
+    this.queuedBytes = 0;
+    if (this.ws.readyState === this.ws.OPEN) this.ws.send(data, { binary: true });
+  };
+
+  /** Sends what is queued, then closes with a code and a reason the peer can log. */
+  close(code: number = CloseCode.NORMAL, reason = ''): void {
+    if (this.closed) return;
+    this.flush();
+    this.closed = true;
+    this.stopHeartbeat();
+    if (this.ws.readyState === this.ws.OPEN || this.ws.readyState === this.ws.CONNECTING) {
+      this.ws.close(code, closeReason(reason));
+      // A peer that never answers the close handshake must not hold the socket open.
+      setTimeout(() => this.ws.terminate(), 5_000).unref();
+    }
+  }
+
+  /** Drops the socket without a close handshake (dead peer). */
+  terminate(): void {
+    this.closed = true;
+    this.stopHeartbeat();
+    this.ws.terminate();
+  }
+
+  private onMessage(data: RawData, isBinary: boolean): void {
+    this.lastSeen = Date.now();
+    if (this.closed) return;
+    if (!isBinary) {
+      this.close(CloseCode.UNSUPPORTED_DATA, 'text frames are not accepted: send binary MessagePack');
+      return;
+    }
+    let values: unknown[];
+    try {
+      values = decodeAll(data as Buffer);
+    } catch (err) {
+      const reason = `invalid MessagePack: ${(err as Error).message}`;
+      this.log.warn({ reason }, 'closing connection after undecodable message');
+      this.close(CloseCode.INVALID_DATA, reason);
+      return;
+    }
+    for (const value of values) {
+      if (this.closed) return;
+      let msg: Message;
+      try {
+        msg = parse(value);
+      } catch (err) {
+        this.onBadMessage(err as ShapeError);
+        continue;
+      }
+      try {
+        this.handlers.message(msg);
+      } catch (err) {
+        // A bug in a role's handler must not take the process down with it.
+        this.log.error({ err }, 'message handler failed');
+      }
+    }
+  }
+
+  /** A wrongly shaped request is answered with BAD_REQUEST; anything else without an id closes. */
+  private onBadMessage(err: ShapeError): void {
+    if (!this.badMessagesLogged) {
+      this.badMessagesLogged = true;
+      this.log.warn({ reason: err.message }, 'bad message from peer');
+    }
+    if (err instanceof ShapeError && err.id !== undefined) {
+      this.send(response(err.id, err.toWire(), null));
+      return;
+    }
+    this.close(CloseCode.PROTOCOL_ERROR, `protocol error: ${err.message}`);
+  }
+
+  private onClose(code: number, reason: string): void {
+    this.closed = true;
+    this.stopHeartbeat();
+    this.queue = [];
+    this.queuedBytes = 0;
+    this.handlers.close(code, reason);
+  }
+
+  private startHeartbeat(timeout: number): void {
+    const interval = Math.max(Math.floor(timeout / 3), 10);
+    this.heartbeat = setInterval(() => {
+      if (Date.now() - this.lastSeen > timeout) {
+        this.log.warn({ timeoutMs: timeout }, 'peer missed heartbeats; dropping connection');
+        this.ws.terminate();
+        return;
+      }
+      if (this.ws.readyState === this.ws.OPEN) this.ws.ping();
+    }, interval);
+    this.heartbeat.unref();
+  }
+
+  private stopHeartbeat(): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
+  }
+}

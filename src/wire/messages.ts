@@ -1,0 +1,182 @@
+import { ErrorCode, TunnelError, type WireError } from '../errors.js';
+
+/**
+ * Message shapes on the WebSocket transport. Kinds 0–2 follow the MessagePack-RPC spec; 3 and up
+ * are our extensions. Params and results travel as a `bin` holding a MessagePack value so that the
+ * relay can forward them without decoding (docs/PROTOCOL.md).
+ */
+export const Kind = {
+  REQUEST: 0,
+  RESPONSE: 1,
+  NOTIFY: 2,
+  CANCEL: 3,
+  HELLO: 4,
+  WELCOME: 5,
+  SESSION_CLOSED: 6,
+  GOAWAY: 7,
+} as const;
+
+export const PROTOCOL_VERSION = 1;
+
+/** Largest request id; ids are unsigned 32-bit so that every MessagePack peer can hold them. */
+export const MAX_ID = 0xffff_ffff;
+
+export type Role = 'node' | 'caller';
+
+/** Per-call metadata a caller sends to the relay. */
+export interface CallerMeta {
+  /** Milliseconds the caller is willing to wait. */
+  timeout?: number;
+  /** Name of the node that must serve the call. */
+  node?: string;
+}
+
+/** Per-call metadata the relay sends to a node. */
+export interface NodeMeta {
+  session: string;
+  address: string;
+  identity: string | null;
+  timeout: number;
+}
+
+export interface ServiceDescription {
+  [service: string]: string[];
+}
+
+export interface Hello {
+  version: number;
+  role: Role;
+  /** Node name (nodes only). */
+  name?: string;
+  /** Services and their methods (nodes only). */
+  services?: ServiceDescription;
+  labels?: Record<string, string>;
+  token?: string;
+}
+
+export interface Welcome {
+  version: number;
+  relay: string;
+  /** The caller's session id, or the node's accepted name. */
+  session?: string;
+  name?: string;
+}
+
+export type Message =
+  | { kind: typeof Kind.REQUEST; id: number; method: string; params: Uint8Array; meta: Record<string, unknown> }
+  | { kind: typeof Kind.RESPONSE; id: number; error: WireError | null; result: Uint8Array | null }
+  | { kind: typeof Kind.NOTIFY; method: string; params: Uint8Array }
+  | { kind: typeof Kind.CANCEL; id: number }
+  | { kind: typeof Kind.HELLO; hello: Hello }
+  | { kind: typeof Kind.WELCOME; welcome: Welcome }
+  | { kind: typeof Kind.SESSION_CLOSED; session: string }
+  | { kind: typeof Kind.GOAWAY; reason: string };
+
+export const request = (id: number, method: string, params: Uint8Array, meta: object) =>
+  [Kind.REQUEST, id, method, params, meta];
+export const response = (id: number, error: WireError | null, result: Uint8Array | null) =>
+  [Kind.RESPONSE, id, error, error ? null : result];
+export const notify = (method: string, params: Uint8Array) => [Kind.NOTIFY, method, params];
+export const cancel = (id: number) => [Kind.CANCEL, id];
+export const hello = (h: Hello) => [Kind.HELLO, h];
+export const welcome = (w: Welcome) => [Kind.WELCOME, w];
+export const sessionClosed = (session: string) => [Kind.SESSION_CLOSED, session];
+export const goaway = (reason: string) => [Kind.GOAWAY, reason];
+
+/**
+ * A message that could not be accepted. `id` is set when the message carried a usable request id,
+ * so that the receiver can answer it with BAD_REQUEST instead of dropping the connection.
+ */
+export class ShapeError extends TunnelError {
+  constructor(
+    message: string,
+    readonly id: number | undefined,
+  ) {
+    super(ErrorCode.BAD_REQUEST, message);
+  }
+}
+
+const isId = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_ID;
+const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
+const isMap = (v: unknown): v is Record<string, unknown> =>
+  v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
+
+function describe(v: unknown): string {
+  if (v === null) return 'nil';
+  if (Array.isArray(v)) return `array(${v.length})`;
+  if (v instanceof Uint8Array) return `bin(${v.length})`;
+  return typeof v;
+}
+
+/** Checks one decoded value against the message shapes; throws ShapeError with a precise reason. */
+export function parse(v: unknown): Message {
+  if (!Array.isArray(v) || v.length < 2) {
+    throw new ShapeError(`a message is an array [kind, ...], got ${describe(v)}`, undefined);
+  }
+  const kind = v[0];
+  switch (kind) {
+    case Kind.REQUEST: {
+      const id = isId(v[1]) ? v[1] : undefined;
+      if (id === undefined) throw new ShapeError(`request id must be an integer 0..${MAX_ID}`, undefined);
+      if (v.length !== 4 && v.length !== 5) throw new ShapeError(`request has ${v.length} elements, want 4 or 5`, id);
+      if (typeof v[2] !== 'string' || v[2].length === 0) throw new ShapeError('request method must be a non-empty string', id);
+      if (!isBytes(v[3])) throw new ShapeError(`request params must be bin (MessagePack-encoded array), got ${describe(v[3])}`, id);
+      const meta = v[4] ?? {};
+      if (!isMap(meta)) throw new ShapeError(`request metadata must be a map or nil, got ${describe(meta)}`, id);
+      return { kind, id, method: v[2], params: v[3], meta };
+    }
+    case Kind.RESPONSE: {
+      if (v.length !== 4 || !isId(v[1])) throw new ShapeError('response is [1, id, error, result]', undefined);
+      const error = v[2];
+      if (error !== null && !(isMap(error) && typeof error.code === 'string' && typeof error.message === 'string')) {
+        throw new ShapeError('response error must be nil or {code, message, data?}', undefined);
+      }
+      if (v[3] !== null && !isBytes(v[3])) throw new ShapeError('response result must be bin or nil', undefined);
+      return { kind, id: v[1], error: error as WireError | null, result: v[3] as Uint8Array | null };
+    }
+    case Kind.NOTIFY:
+      if (v.length !== 3 || typeof v[1] !== 'string' || !isBytes(v[2])) {
+        throw new ShapeError('notification is [2, method, params-bin]', undefined);
+      }
+      return { kind, method: v[1], params: v[2] };
+    case Kind.CANCEL:
+      if (v.length !== 2 || !isId(v[1])) throw new ShapeError('cancel is [3, id]', undefined);
+      return { kind, id: v[1] };
+    case Kind.HELLO: {
+      const h = v[1];
+      if (v.length !== 2 || !isMap(h)) throw new ShapeError('hello is [4, {version, role, ...}]', undefined);
+      if (typeof h.version !== 'number') throw new ShapeError('hello.version must be a number', undefined);
+      if (h.role !== 'node' && h.role !== 'caller') throw new ShapeError('hello.role must be "node" or "caller"', undefined);
+      if (h.name !== undefined && typeof h.name !== 'string') throw new ShapeError('hello.name must be a string', undefined);
+      if (h.token !== undefined && typeof h.token !== 'string') throw new ShapeError('hello.token must be a string', undefined);
+      if (h.services !== undefined && !isServices(h.services)) {
+        throw new ShapeError('hello.services must map service names to arrays of method names', undefined);
+      }
+      if (h.labels !== undefined && !isStringMap(h.labels)) throw new ShapeError('hello.labels must map strings to strings', undefined);
+      return { kind, hello: h as unknown as Hello };
+    }
+    case Kind.WELCOME:
+      if (v.length !== 2 || !isMap(v[1])) throw new ShapeError('welcome is [5, {...}]', undefined);
+      return { kind, welcome: v[1] as unknown as Welcome };
+    case Kind.SESSION_CLOSED:
+      if (v.length !== 2 || typeof v[1] !== 'string') throw new ShapeError('session closed is [6, session]', undefined);
+      return { kind, session: v[1] };
+    case Kind.GOAWAY:
+      if (v.length !== 2 || typeof v[1] !== 'string') throw new ShapeError('goaway is [7, reason]', undefined);
+      return { kind, reason: v[1] };
+    default:
+      throw new ShapeError(`unknown message kind ${String(kind)}`, undefined);
+  }
+}
+
+function isServices(v: unknown): v is ServiceDescription {
+  if (!isMap(v)) return false;
+  for (const methods of Object.values(v)) {
+    if (!Array.isArray(methods) || !methods.every((m) => typeof m === 'string')) return false;
+  }
+  return true;
+}
+
+function isStringMap(v: unknown): v is Record<string, string> {
+  return isMap(v) && Object.values(v).every((x) => typeof x === 'string');
+}
