@@ -1,0 +1,78 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { killAll, runCall, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
+
+describe('the three CLIs end to end', () => {
+  let relay: RunningRelay;
+
+  beforeAll(async () => {
+    relay = await startRelay();
+    await startNode(relay.addr, ['--name', 'office-1']);
+  });
+  afterAll(killAll);
+
+  it('multiplies through the tunnel', async () => {
+    const r = await runCall(relay.addr, ['Arith.Multiply', '2', '3']);
+    expect(r.stdout).toBe('6\n');
+    expect(r.code).toBe(0);
+  });
+
+  it('prints machine output with --json', async () => {
+    const r = await runCall(relay.addr, ['--json', 'Arith.Multiply', '2', '3']);
+    expect(JSON.parse(r.stdout)).toEqual({ result: 6 });
+  });
+
+  it('reports divide by zero as an application error', async () => {
+    const r = await runCall(relay.addr, ['Arith.Divide', '1', '0']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('APP_ERROR: divide by zero');
+  });
+
+  it('names what is online for an unknown service', async () => {
+    const r = await runCall(relay.addr, ['Nope.Thing']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/NO_SERVICE: no node serves service Nope; nodes online: office-1 \(Arith, Hello, KV, Server\)/);
+  });
+
+  it('lists the methods for an unknown method', async () => {
+    const r = await runCall(relay.addr, ['Arith.Power', '2', '3']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/NO_METHOD: .*Arith.*Power.*Divide, Multiply/);
+  });
+
+  it('logs in and greets on the same connection, and refuses without Login', async () => {
+    const ok = await runCall(relay.addr, ['--login', 'alice:secret', 'Hello.Hello', 'bob']);
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/^Hello bob, from 127\.0\.0\.1:\d+\n$/);
+    const no = await runCall(relay.addr, ['Hello.Hello', 'bob']);
+    expect(no.code).toBe(1);
+    expect(no.stderr).toContain('NOT_LOGGED_IN');
+    const wrong = await runCall(relay.addr, ['--login', 'alice:nope', 'Hello.Hello', 'bob']);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toContain('LOGIN_FAILED: username or password incorrect');
+  });
+
+  it('takes the relay from TUNNEL_RELAY and fails clearly when it is unreachable', async () => {
+    const r = await runCall('127.0.0.1:1', ['Server.Ping']);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/CONNECTION_CLOSED: cannot connect to relay .*ECONNREFUSED/);
+  });
+
+  it('KV.Watch sees a Set made by another caller', async () => {
+    const watch = runCall(relay.addr, ['--json', 'KV.Watch', 'config', '20000']);
+    // The watcher must be registered before the Set; retry the Set until the watch answers (bounded).
+    let watched: Awaited<typeof watch> | undefined;
+    for (let i = 0; i < 50 && !watched; i++) {
+      const set = await runCall(relay.addr, ['KV.Set', 'config', '{"v":2}']);
+      expect(set.stdout).toBe('true\n');
+      watched = await Promise.race([watch, new Promise<undefined>((r) => setTimeout(r, 200))]);
+    }
+    expect(watched?.code).toBe(0);
+    expect(JSON.parse(watched!.stdout)).toEqual({ result: { key: 'config', value: { v: 2 } } });
+  });
+
+  it('exits 2 with a clear message on bad usage', async () => {
+    const r = await runCall(relay.addr, ['NotAMethod']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('"NotAMethod" is not Service.Method');
+  });
+});
