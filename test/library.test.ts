@@ -1,0 +1,105 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect, isTunnelError, registerExamples, Relay, ServiceRegistry, TunnelNode, type CallContext } from '../src/index.js';
+
+/** Polls a condition every 10 ms for at most 5 s. */
+async function waitFor(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+}
+
+describe('library API against a real relay', () => {
+  let relay: Relay;
+  let url: string;
+  let node: TunnelNode;
+  const seen: string[] = [];
+
+  beforeAll(async () => {
+    relay = new Relay({ listen: '127.0.0.1:0' });
+    ({ url } = await relay.listen());
+    const registry = registerExamples(new ServiceRegistry()).register('Probe', {
+      async Wait(ms: number, ctx: CallContext) {
+        seen.push('started');
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, ms);
+          ctx.signal.addEventListener('abort', () => {
+            clearTimeout(t);
+            seen.push(`aborted:${(ctx.signal.reason as { code?: string }).code}`);
+            resolve();
+          });
+        });
+        return ms;
+      },
+      Caller(ctx: CallContext) {
+        return { session: ctx.session.id, address: ctx.caller.address, identity: ctx.caller.identity, node: ctx.node };
+      },
+      Remember(value: unknown, ctx: CallContext) {
+        const before = ctx.session.data.get('v') ?? null;
+        ctx.session.data.set('v', value);
+        return before;
+      },
+    });
+    node = new TunnelNode({ relay: url, name: 'lib-node', services: registry });
+    node.start();
+    await node.waitConnected();
+  });
+  afterAll(async () => {
+    await node.stop(1_000);
+    await relay.close();
+  });
+
+  it('calls with spread arguments and trailing options', async () => {
+    const client = await connect(url);
+    expect(await client.call('Arith.Multiply', 2, 3)).toBe(6);
+    expect(await client.call('Arith.Multiply', 4, 5, { timeout: 2_000 })).toBe(20);
+    expect(await client.request('Arith.Divide', [9, 3])).toBe(3);
+    await client.close();
+  });
+
+  it('gives each caller connection its own session and Login', async () => {
+    const alice = await connect(url);
+    const other = await connect(url);
+    expect(alice.session).not.toBe(other.session);
+    expect(await alice.call('Hello.Login', 'alice:secret')).toBe('alice');
+    expect(await alice.call('Hello.Hello', 'bob')).toMatch(/^Hello bob, from 127\.0\.0\.1:\d+$/);
+    const err = await other.call('Hello.Hello', 'bob').catch((e: unknown) => e);
+    expect(isTunnelError(err, 'NOT_LOGGED_IN')).toBe(true);
+    expect(await alice.call('Probe.Remember', 1)).toBeNull();
+    expect(await alice.call('Probe.Remember', 2)).toBe(1);
+    expect(await other.call('Probe.Remember', 3)).toBeNull();
+    const info = (await alice.call('Probe.Caller')) as { session: string; node: string; identity: unknown };
+    expect(info).toMatchObject({ session: alice.session, node: 'lib-node', identity: null });
+    await Promise.all([alice.close(), other.close()]);
+  });
+
+  it('cancels a call through an AbortSignal: the caller gets CANCELLED and the handler sees its signal', async () => {
+    const client = await connect(url);
+    const controller = new AbortController();
+    const pending = client.call('Probe.Wait', 30_000, { signal: controller.signal });
+    await waitFor(() => seen.includes('started'));
+    controller.abort();
+    const err = await pending.catch((e: unknown) => e);
+    expect(isTunnelError(err, 'CANCELLED')).toBe(true);
+    await waitFor(() => seen.includes('aborted:CANCELLED'));
+    expect(seen).toContain('aborted:CANCELLED');
+    await client.close();
+  });
+
+  it('fails calls in flight with CONNECTION_CLOSED when the client closes, and later calls at once', async () => {
+    const client = await connect(url);
+    const pending = client.call('Probe.Wait', 30_000);
+    await client.close();
+    expect(isTunnelError(await pending.catch((e: unknown) => e), 'CONNECTION_CLOSED')).toBe(true);
+    expect(isTunnelError(await client.call('Server.Ping').catch((e: unknown) => e), 'CONNECTION_CLOSED')).toBe(true);
+  });
+
+  it('reports the presence of the node', () => {
+    expect(relay.nodes()).toEqual([
+      expect.objectContaining({ name: 'lib-node', services: expect.objectContaining({ Arith: ['Divide', 'Multiply'] }) }),
+    ]);
+  });
+
+  it('refuses to connect to a port where no relay listens, with the reason', async () => {
+    const err = await connect('127.0.0.1:1', { connectTimeout: 2_000 }).catch((e: unknown) => e);
+    expect(isTunnelError(err, 'CONNECTION_CLOSED')).toBe(true);
+    expect((err as Error).message).toMatch(/ECONNREFUSED/);
+  });
+});
