@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { killAll, runCall, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
+import { BIN, killAll, Proc, runCall, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
 
 describe('the three CLIs end to end', () => {
   let relay: RunningRelay;
@@ -74,5 +74,30 @@ describe('the three CLIs end to end', () => {
     const r = await runCall(relay.addr, ['NotAMethod']);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('"NotAMethod" is not Service.Method');
+  });
+});
+
+describe('a user services module', () => {
+  afterAll(killAll);
+
+  it('serves it with its requireLogin declaration', async () => {
+    const relay = await startRelay();
+    await startNode(relay.addr, ['--name', 'greeter-1', '--services', 'test/fixtures/greeter-services.js']);
+    const ok = await runCall(relay.addr, ['--login', 'alice:secret', 'Greeter.Greet', 'bob']);
+    expect(ok.stdout).toBe('hi bob, I am alice\n');
+    const no = await runCall(relay.addr, ['Greeter.Greet', 'bob']);
+    expect(no.stderr).toContain('NOT_LOGGED_IN');
+    const examples = await runCall(relay.addr, ['Arith.Multiply', '2', '3']);
+    expect(examples.stderr).toMatch(/NO_SERVICE.*greeter-1 \(Greeter\)/);
+  });
+
+  it('fails at start with a clear message when the module cannot be loaded', async () => {
+    const relay = await startRelay();
+    const r = await runCall(relay.addr, ['Server.Ping']);
+    expect(r.code).toBe(1);
+    const node = new Proc(BIN.node, ['--relay', relay.addr, '--services', 'test/fixtures/missing.js']);
+    const exit = await node.exited;
+    expect(exit.code).toBe(2);
+    expect(node.stderr).toMatch(/cannot load services module test\/fixtures\/missing.js/);
   });
 });
