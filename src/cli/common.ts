@@ -37,16 +37,19 @@ export function logger(name: string, level: unknown): Logger {
  * Parses the command line. `TUNNEL_*` variables meant for another command (TUNNEL_NAME is the node's,
  * TUNNEL_LOGIN the caller's) are set aside first, so that strict parsing does not reject them.
  */
-export function parse<T>(cli: Argv<T>) {
-  const known = new Set(
-    Object.keys((cli as unknown as { getOptions(): { key: Record<string, unknown> } }).getOptions().key).map(
-      (k) => `TUNNEL_${k.replace(/-/g, '_').toUpperCase()}`,
-    ),
-  );
+export async function parse<T>(cli: Argv<T>) {
+  const options = (cli as unknown as { getOptions(): { key: Record<string, unknown>; array: string[] } }).getOptions();
+  const known = new Set(Object.keys(options.key).map((k) => `TUNNEL_${k.replace(/-/g, '_').toUpperCase()}`));
   for (const name of Object.keys(process.env)) {
     if (name.startsWith('TUNNEL_') && !known.has(name)) delete process.env[name];
   }
-  return cli.parseAsync();
+  const argv = await cli.parseAsync();
+  // A repeated single-valued flag: the last one wins, as in most command-line tools.
+  const arrays = new Set(options.array);
+  for (const [key, value] of Object.entries(argv)) {
+    if (key !== '_' && Array.isArray(value) && !arrays.has(key)) (argv as Record<string, unknown>)[key] = value[value.length - 1];
+  }
+  return argv;
 }
 
 /** Runs `fn` once on SIGINT/SIGTERM; a second signal exits at once. */
