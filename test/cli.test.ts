@@ -101,3 +101,20 @@ describe('a user services module', () => {
     expect(node.stderr).toMatch(/cannot load services module test\/fixtures\/missing.js/);
   });
 });
+
+describe('direct callers', () => {
+  afterAll(killAll);
+
+  it('serves a caller straight from the node with --direct-listen, as its own session', async () => {
+    const relay = await startRelay();
+    const node = await startNode(relay.addr, ['--name', 'office-1', '--direct-listen', '127.0.0.1:0']);
+    const ready = await node.waitForMsg('direct listener ready');
+    const direct = `127.0.0.1:${ready.port as number}`;
+    expect((await runCall(direct, ['Arith.Multiply', '2', '3'])).stdout).toBe('6\n');
+    const hello = await runCall(direct, ['--login', 'alice:secret', 'Hello.Hello', 'bob']);
+    expect(hello.stdout).toMatch(/^Hello bob, from 127\.0\.0\.1:\d+\n$/);
+    expect((await runCall(direct, ['Hello.Hello', 'bob'])).stderr).toContain('NOT_LOGGED_IN');
+    // The relay path still works beside it.
+    expect((await runCall(relay.addr, ['Arith.Multiply', '4', '5'])).stdout).toBe('20\n');
+  });
+});

@@ -6,6 +6,7 @@ import { DEMO_USERS, registerExamples } from '../services/index.js';
 import { parseDuration } from '../util/units.js';
 import { command, parse, keyValues, logger, onShutdown, usageError } from './common.js';
 import { loadServices } from './load-services.js';
+import { DirectListener } from '../node/direct.js';
 
 const argv = await parse(
   command('tunnel-node', '$0 --relay host:port [options]\n\nDials out to a relay and serves RPC through it, reconnecting forever with backoff.')
@@ -18,6 +19,7 @@ const argv = await parse(
   .option('heartbeat-timeout', { type: 'string', default: '30s', describe: 'Reconnect when the relay is silent (no pong) this long' })
   .option('reconnect-base', { type: 'string', default: '500ms', describe: 'First reconnect ceiling; each failure doubles it (full jitter: the wait is random below it)' })
   .option('reconnect-cap', { type: 'string', default: '30s', describe: 'Largest reconnect ceiling' })
+  .option('direct-listen', { type: 'string', describe: 'Also serve callers directly on this [host]:port, without the relay (e.g. 127.0.0.1:9191 for callers on this host)' })
   .option('drain-timeout', { type: 'string', default: '10s', describe: 'On SIGINT/SIGTERM, how long running calls may take to finish' })
   .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')
   .example('$0 --relay :9090 --services ./my-services.js', 'serve your own services')
@@ -61,4 +63,17 @@ try {
 }
 log.info({ relay: node.url, name: node.name }, 'node starting');
 node.start();
-onShutdown(log, () => node.stop());
+let direct: DirectListener | undefined;
+if (argv.directListen) {
+  direct = new DirectListener(node, log, { maxMessage: 16 * 1024 * 1024 + 64 * 1024, heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout') });
+  try {
+    await direct.listen(argv.directListen);
+  } catch (err) {
+    log.fatal({ directListen: argv.directListen, err: (err as Error).message }, 'cannot listen for direct callers');
+    process.exit(1);
+  }
+}
+onShutdown(log, async () => {
+  await direct?.close();
+  await node.stop();
+});

@@ -10,7 +10,7 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import { dial } from '../wire/dial.js';
-import { goaway, hello, Kind, PROTOCOL_VERSION, response, type Message } from '../wire/messages.js';
+import { goaway, hello, Kind, PROTOCOL_VERSION, response, welcome, type Message } from '../wire/messages.js';
 import { Backoff } from './backoff.js';
 import { SessionTable } from './sessions.js';
 
@@ -52,6 +52,8 @@ const DEFAULTS = {
 };
 
 interface RunningCall {
+  /** Key in the running table: the request id, offset per direct connection (see keyOf). */
+  key: number;
   id: number;
   method: string;
   conn: Connection;
@@ -71,7 +73,11 @@ export class TunnelNode extends EventEmitter {
   private readonly log: Logger;
   private readonly backoff: Backoff;
   private readonly sessions = new SessionTable();
+  private readonly directSessions = new SessionTable();
   private readonly running = new Map<number, RunningCall>();
+  /** Direct caller connections (see direct.ts) get their own id space in `running`. */
+  private readonly directIndex = new WeakMap<Connection, number>();
+  private directCount = 0;
   private conn: Connection | undefined;
   private welcomed = false;
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -192,11 +198,7 @@ export class TunnelNode extends EventEmitter {
     this.welcomed = false;
     clearTimeout(this.healthyTimer);
     // The relay has already failed these calls with NODE_LOST; nobody waits for their answers.
-    for (const call of this.running.values()) {
-      clearTimeout(call.timer);
-      call.controller.abort(new TunnelError(ErrorCode.NODE_LOST, 'connection to the relay was lost'));
-    }
-    this.running.clear();
+    this.dropCalls(conn, new TunnelError(ErrorCode.NODE_LOST, 'connection to the relay was lost'));
     this.sessions.clear('connection to the relay was lost');
     if (wasConnected) this.log.warn({ code, reason }, 'disconnected from relay');
     else if (!this.stopping) this.log.warn({ relay: this.url, code, reason }, 'could not connect to relay');
@@ -231,7 +233,7 @@ export class TunnelNode extends EventEmitter {
         this.onRequest(conn, m);
         return;
       case Kind.CANCEL: {
-        const call = this.running.get(m.id);
+        const call = this.running.get(this.keyOf(conn, m.id));
         if (call) {
           this.log.debug({ method: call.method, session: call.session.id }, 'call cancelled');
           call.controller.abort(new TunnelError(ErrorCode.CANCELLED, 'the caller cancelled the call'));
@@ -252,7 +254,54 @@ export class TunnelNode extends EventEmitter {
     }
   }
 
-  private onRequest(conn: Connection, m: Extract<Message, { kind: 0 }>): void {
+  /** Relay connection ids are used as they are; direct connection k uses ids k·2³² + id. */
+  private keyOf(conn: Connection, id: number): number {
+    return (this.directIndex.get(conn) ?? 0) * 0x1_0000_0000 + id;
+  }
+
+  /**
+   * Serves one caller connected straight to this node, without a relay (see direct.ts): the caller
+   * speaks the caller protocol and is one session, exactly as it would be through a relay.
+   */
+  acceptDirect(conn: Connection, address: string): void {
+    this.directIndex.set(conn, ++this.directCount);
+    const session = `direct-${this.directCount}`;
+    conn.setHandlers({
+      message: (m) => {
+        switch (m.kind) {
+          case Kind.HELLO:
+            conn.send(welcome({ version: PROTOCOL_VERSION, relay: `tunnel-node/${this.name}`, session }));
+            return;
+          case Kind.REQUEST: {
+            const timeout = typeof m.meta.timeout === 'number' ? m.meta.timeout : this.opts.defaultTimeout;
+            this.onRequest(conn, { ...m, meta: { session, address, identity: null, timeout } }, this.directSessions);
+            return;
+          }
+          case Kind.CANCEL:
+            this.onMessage(conn, m);
+            return;
+          default:
+            this.log.debug({ kind: m.kind }, 'ignoring message from direct caller');
+        }
+      },
+      close: () => {
+        this.dropCalls(conn, new TunnelError(ErrorCode.CANCELLED, 'caller disconnected'));
+        this.directSessions.close(session);
+      },
+    });
+  }
+
+  /** Aborts and forgets every call that came in on `conn`. */
+  private dropCalls(conn: Connection, reason: TunnelError): void {
+    for (const call of this.running.values()) {
+      if (call.conn !== conn) continue;
+      clearTimeout(call.timer);
+      call.controller.abort(reason);
+      this.running.delete(call.key);
+    }
+  }
+
+  private onRequest(conn: Connection, m: Extract<Message, { kind: 0 }>, sessions = this.sessions): void {
     const { id, method, meta } = m;
     const dot = method.lastIndexOf('.');
     let entry;
@@ -265,15 +314,17 @@ export class TunnelNode extends EventEmitter {
       conn.send(response(id, TunnelError.from(err).toWire(), null));
       return;
     }
-    if (this.running.has(id)) {
+    const key = this.keyOf(conn, id);
+    if (this.running.has(key)) {
       conn.send(response(id, new TunnelError(ErrorCode.BAD_REQUEST, `request id ${id} is already running`).toWire(), null));
       return;
     }
     const sessionId = typeof meta.session === 'string' ? meta.session : `anonymous-${id}`;
     const timeout = typeof meta.timeout === 'number' && meta.timeout > 0 ? meta.timeout : this.opts.defaultTimeout;
-    const session = this.sessions.get(sessionId);
+    const session = sessions.get(sessionId);
     const controller = new AbortController();
     const call: RunningCall = {
+      key,
       id,
       method,
       conn,
@@ -281,7 +332,7 @@ export class TunnelNode extends EventEmitter {
       controller,
       timer: setTimeout(() => controller.abort(new TunnelError(ErrorCode.TIMEOUT, `${method} passed its deadline of ${timeout} ms`)), timeout),
     };
-    this.running.set(id, call);
+    this.running.set(key, call);
     session.track(controller);
     const ctx: CallContext = {
       session,
@@ -304,10 +355,10 @@ export class TunnelNode extends EventEmitter {
   private finish(call: RunningCall, err: unknown, result: unknown): void {
     clearTimeout(call.timer);
     call.session.untrack(call.controller);
-    if (this.running.get(call.id) === call) this.running.delete(call.id);
+    if (this.running.get(call.key) === call) this.running.delete(call.key);
     if (this.running.size === 0) this.emit('idle');
     // Cancelled, timed out, or the connection is gone: nobody is waiting for this answer.
-    if (call.controller.signal.aborted || call.conn !== this.conn) return;
+    if (call.controller.signal.aborted || !call.conn.isOpen) return;
     if (err !== undefined) {
       const error = TunnelError.from(err);
       if (error.code === ErrorCode.APP_ERROR && !(err instanceof TunnelError)) {

@@ -1,0 +1,50 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer } from 'ws';
+import { splitHostPort } from '../util/address.js';
+import type { Logger } from '../util/logger.js';
+import { Connection } from '../wire/connection.js';
+import type { TunnelNode } from './node.js';
+
+/**
+ * Lets callers on the node's own network reach it without the relay (`tunnel-node --direct-listen`).
+ * Callers use the same client and protocol as with a relay; each connection is one session. The
+ * benchmark uses it to show what the relay hop costs.
+ */
+export class DirectListener {
+  private readonly http: Server;
+  private readonly wss: WebSocketServer;
+
+  constructor(
+    private readonly node: TunnelNode,
+    private readonly log: Logger,
+    options: { maxMessage: number; heartbeatTimeout: number },
+  ) {
+    this.http = createServer((_req, res) => res.writeHead(426, { 'content-type': 'text/plain' }).end('WebSocket only\n'));
+    this.wss = new WebSocketServer({ server: this.http, maxPayload: options.maxMessage, perMessageDeflate: false });
+    this.wss.on('connection', (ws, req) => {
+      const address = `${(req.socket.remoteAddress ?? 'unknown').replace(/^::ffff:/, '')}:${req.socket.remotePort ?? 0}`;
+      const conn = new Connection(ws, { message: () => undefined, close: () => undefined }, { log: this.log, heartbeatTimeout: options.heartbeatTimeout });
+      this.node.acceptDirect(conn, address);
+    });
+  }
+
+  async listen(address: string): Promise<{ host: string; port: number; url: string }> {
+    const { host, port } = splitHostPort(address, '');
+    await new Promise<void>((resolve, reject) => {
+      this.http.once('error', reject);
+      this.http.listen(port, host === '' ? undefined : host, () => resolve());
+    });
+    const a = this.http.address() as AddressInfo;
+    const h = a.address.includes(':') ? `[${a.address}]` : a.address;
+    const result = { host: a.address, port: a.port, url: `ws://${h}:${a.port}/` };
+    this.log.info(result, 'direct listener ready');
+    return result;
+  }
+
+  async close(): Promise<void> {
+    for (const ws of this.wss.clients) ws.close(1001, 'node is shutting down');
+    this.wss.close();
+    await new Promise<void>((resolve) => this.http.close(() => resolve()));
+  }
+}
