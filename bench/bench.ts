@@ -5,13 +5,13 @@
  *
  *   npm run bench                 full run
  *   npm run bench -- --quick      one short run per scenario, for development
- *   npm run bench -- --only relayed,direct
+ *   npm run bench -- --only core,large      (scenarios: core, callers, large, hol, fleet)
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { killAll, startNode, startRelay, type Proc } from '../test/helpers/processes.js';
+import { killAll, startNode, startRelay } from '../test/helpers/processes.js';
 
 const LOAD = fileURLToPath(new URL('./load.js', import.meta.url));
 
@@ -44,7 +44,21 @@ interface LoadResult {
 }
 
 /** Runs the load generator as a separate process and returns its report. */
-export function runLoad(spec: { relay: string; callers: number; window: number; seconds: number; method: string; args: unknown[]; warmup?: number }): Promise<LoadResult> {
+/** What bench/load.ts takes (see its LoadArgs). */
+interface LoadSpec {
+  relay: string;
+  callers: number;
+  window: number;
+  seconds: number;
+  method: string;
+  args: unknown[];
+  warmup?: number;
+  raw?: boolean;
+  payloadBytes?: number;
+  count?: number;
+}
+
+export function runLoad(spec: LoadSpec): Promise<LoadResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [LOAD, JSON.stringify({ warmup: 0.5, ...spec })], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
@@ -75,41 +89,231 @@ export function procStats(pid: number): { cpu: number; peakRssMB: number; rssMB:
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
   return s.length % 2 ? s[(s.length - 1) >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-/** Relayed Arith.Multiply: caller → relay → node → back. */
-async function relayed(callers: number, window: number): Promise<Row> {
-  const results: Array<LoadResult & { cpu: number; rss: number }> = [];
+const ECHO_SERVICES = fileURLToPath(new URL('./echo-services.js', import.meta.url));
+const WS_ECHO = fileURLToPath(new URL('./ws-echo.js', import.meta.url));
+const FLEET = fileURLToPath(new URL('./fleet.js', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+interface Sample extends LoadResult {
+  cpu?: number;
+  rss?: number;
+}
+
+/** Runs a load while sampling the relay's CPU share and peak RSS. */
+async function measured(relayPid: number | undefined, spec: LoadSpec): Promise<Sample> {
+  const before = relayPid ? procStats(relayPid) : undefined;
+  const t0 = performance.now();
+  const res = await runLoad(spec);
+  if (!relayPid || !before) return res;
+  const after = procStats(relayPid);
+  return { ...res, cpu: (after.cpu - before.cpu) / ((performance.now() - t0) / 1000), rss: after.peakRssMB };
+}
+
+function row(scenario: string, samples: Sample[], unit = 'calls/s', scale = 1, note?: string): Row {
+  const r: Row = {
+    scenario,
+    rate: median(samples.map((x) => x.rate * scale)),
+    unit,
+    p50: median(samples.map((x) => x.p50)),
+    p99: median(samples.map((x) => x.p99)),
+  };
+  if (samples[0]?.rss !== undefined) r.relayRssMB = median(samples.map((x) => x.rss!));
+  if (samples[0]?.cpu !== undefined) r.relayCpu = median(samples.map((x) => x.cpu!));
+  if (note) r.note = note;
+  return r;
+}
+
+function ratioRow(scenario: string, ratios: number[], note: string): Row {
+  return { scenario, rate: median(ratios), unit: '×', p50: NaN, p99: NaN, note };
+}
+
+/** Builds the Go net/rpc server and load generator; undefined (with the reason) when Go is missing. */
+function buildGo(): { server: string; load: string } | string {
+  const out = `${ROOT}bench/results/go`;
+  mkdirSync(out, { recursive: true });
+  const env = { ...process.env, GO111MODULE: 'off', GOPATH: '/usr/share/gocode', GOFLAGS: '' };
+  for (const name of ['server', 'load']) {
+    const r = spawnSync('go', ['build', '-o', `${out}/${name}`, `./bench/go/${name}`], { cwd: ROOT, env, encoding: 'utf8' });
+    if (r.error || r.status !== 0) {
+      return `Go scenario skipped: ${r.error?.message ?? r.stderr.trim()} (apt-get install golang-go golang-github-ugorji-go-codec-dev)`;
+    }
+  }
+  return { server: `${out}/server`, load: `${out}/load` };
+}
+
+/** Starts a program that prints its address or port on its first stdout line. */
+async function startPrinting(file: string, args: string[]): Promise<{ child: ChildProcess; first: string }> {
+  const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.add(child);
+  child.on('exit', () => children.delete(child));
+  let buf = '';
+  const first = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${file} printed nothing within 20 s`)), 20_000);
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      buf += d;
+      if (buf.includes('\n')) {
+        clearTimeout(timer);
+        resolve(buf.split('\n')[0]!.trim());
+      }
+    });
+  });
+  return { child, first };
+}
+
+const children = new Set<ChildProcess>();
+async function stopAll(): Promise<void> {
+  for (const c of children) c.kill('SIGKILL');
+  children.clear();
+  await killAll();
+}
+
+function runGoLoad(load: string, addr: string, window: number): Promise<LoadResult> {
+  return new Promise((resolve, reject) => {
+    const r = spawn(load, ['-addr', addr, '-window', String(window), '-seconds', String(seconds)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    r.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    r.on('exit', () => {
+      try {
+        resolve(JSON.parse(out.trim()) as LoadResult);
+      } catch {
+        reject(new Error(`Go load generator gave no report: ${out}`));
+      }
+    });
+  });
+}
+
+/** Relayed vs direct vs Go net/rpc, one caller, per window size; ratios taken within each run. */
+async function core(): Promise<Row[]> {
+  const go = buildGo();
+  const rows: Row[] = [];
+  for (const window of [1, 16, 256]) {
+    const relayed: Sample[] = [];
+    const direct: Sample[] = [];
+    const goDirect: LoadResult[] = [];
+    const vsDirect: number[] = [];
+    const vsGo: number[] = [];
+    const latency: number[] = [];
+    for (let r = 0; r < runs; r++) {
+      const relay = await startRelay(['--log-level', 'info']);
+      const node = await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info', '--direct-listen', '127.0.0.1:0']);
+      const directPort = (await node.waitForMsg('direct listener ready')).port as number;
+      const a = await measured(relay.proc.child.pid, { relay: relay.addr, callers: 1, window, seconds, method: 'Arith.Multiply', args: [2, 3] });
+      const b = await measured(undefined, { relay: `127.0.0.1:${directPort}`, callers: 1, window, seconds, method: 'Arith.Multiply', args: [2, 3] });
+      relayed.push(a);
+      direct.push(b);
+      vsDirect.push(a.rate / b.rate);
+      latency.push(a.p50 / b.p50);
+      if (typeof go !== 'string') {
+        const server = await startPrinting(go.server, []);
+        const c = await runGoLoad(go.load, server.first, window);
+        goDirect.push(c);
+        vsGo.push(a.rate / c.rate);
+      }
+      await stopAll();
+    }
+    rows.push(row(`relayed, 1 caller × ${window} in flight`, relayed));
+    rows.push(row(`direct (no relay), ${window} in flight`, direct));
+    rows.push(ratioRow(`  relayed ÷ direct throughput, ${window} in flight`, vsDirect, 'target ≥ 0.5'));
+    if (window === 1) rows.push(ratioRow('  relayed ÷ direct median latency, 1 in flight', latency, 'target ≤ 2'));
+    if (typeof go === 'string') rows.push({ scenario: `Go net/rpc direct, ${window} in flight`, rate: NaN, unit: '', p50: NaN, p99: NaN, note: go });
+    else {
+      rows.push(row(`Go net/rpc + msgpack direct, ${window} in flight`, goDirect.map((x) => ({ ...x }))));
+      rows.push(ratioRow(`  relayed ÷ Go direct, ${window} in flight`, vsGo, window === 256 ? 'target ≥ 4' : ''));
+    }
+  }
+  return rows;
+}
+
+/** 16 callers sharing one node. */
+async function manyCallers(): Promise<Row[]> {
+  const rows: Row[] = [];
+  for (const window of [1, 16, 256]) {
+    const samples: Sample[] = [];
+    for (let r = 0; r < runs; r++) {
+      const relay = await startRelay(['--log-level', 'info']);
+      await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info']);
+      samples.push(await measured(relay.proc.child.pid, { relay: relay.addr, callers: 16, window, seconds, method: 'Arith.Multiply', args: [2, 3] }));
+      await stopAll();
+    }
+    rows.push(row(`relayed, 16 callers × ${window} in flight`, samples));
+  }
+  return rows;
+}
+
+/** 1 MiB and 16 MiB echoes through the relay, next to a bare ws echo of the same size. */
+async function large(): Promise<Row[]> {
+  const rows: Row[] = [];
+  for (const mib of [1, 16]) {
+    const bytes = mib * 1024 * 1024;
+    const relayed: Sample[] = [];
+    const raw: Sample[] = [];
+    const ratios: number[] = [];
+    for (let r = 0; r < runs; r++) {
+      const relay = await startRelay(['--log-level', 'info']);
+      await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info', '--services', ECHO_SERVICES]);
+      const a = await measured(relay.proc.child.pid, { relay: relay.addr, callers: 1, window: 1, seconds, method: 'Bench.Echo', args: [], payloadBytes: bytes });
+      const echo = await startPrinting(process.execPath, [WS_ECHO]);
+      const b = await measured(undefined, { relay: echo.first, raw: true, callers: 1, window: 1, seconds, method: '', args: [], payloadBytes: bytes });
+      relayed.push(a);
+      raw.push(b);
+      ratios.push(a.rate / b.rate);
+      await stopAll();
+    }
+    rows.push(row(`echo ${mib} MiB through the relay`, relayed, 'MiB/s', mib));
+    rows.push(row(`echo ${mib} MiB, bare ws`, raw, 'MiB/s', mib));
+    rows.push(ratioRow(`  relayed ÷ bare ws, ${mib} MiB`, ratios, mib === 16 ? 'target ≥ 0.5' : ''));
+  }
+  return rows;
+}
+
+/** p99 of small calls on a node that is also echoing 16 MiB payloads. */
+async function headOfLine(): Promise<Row[]> {
+  const samples: Sample[] = [];
+  for (let r = 0; r < runs; r++) {
+    const relay = await startRelay(['--log-level', 'info']);
+    await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info', '--services', ECHO_SERVICES]);
+    const big = runLoad({ relay: relay.addr, callers: 1, window: 2, seconds: seconds + 1, method: 'Bench.Echo', args: [], payloadBytes: 16 * 1024 * 1024, warmup: 0 });
+    samples.push(await measured(relay.proc.child.pid, { relay: relay.addr, callers: 1, window: 1, seconds, method: 'Bench.Echo', args: [1], warmup: 0.5 }));
+    await big;
+    await stopAll();
+  }
+  return [row('small calls while 16 MiB echoes run', samples, 'calls/s', 1, 'target p99 < 50 ms')];
+}
+
+/** 2,000 idle nodes on one relay (RSS per node), then 200 callers × 50 calls. */
+async function fleet(): Promise<Row[]> {
+  const count = quick ? 500 : 2000;
+  const perNode: number[] = [];
+  const bursts: Sample[] = [];
   for (let r = 0; r < runs; r++) {
     const relay = await startRelay(['--log-level', 'info']);
     await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info']);
-    const before = procStats(relay.proc.child.pid!);
-    const t0 = performance.now();
-    const res = await runLoad({ relay: relay.addr, callers, window, seconds, method: 'Arith.Multiply', args: [2, 3] });
-    const wall = (performance.now() - t0) / 1000;
-    const after = procStats(relay.proc.child.pid!);
-    results.push({ ...res, cpu: (after.cpu - before.cpu) / wall, rss: after.peakRssMB });
-    await killAll();
+    const pid = relay.proc.child.pid!;
+    const before = procStats(pid).rssMB;
+    const fleetProc = await startPrinting(process.execPath, [FLEET, relay.addr, String(count)]);
+    void fleetProc;
+    const after = procStats(pid).rssMB;
+    perNode.push(((after - before) * 1024) / count);
+    bursts.push(await measured(pid, { relay: relay.addr, callers: 200, window: 1, seconds, method: 'Arith.Multiply', args: [2, 3], count: 50 }));
+    await stopAll();
   }
-  return {
-    scenario: `relayed ${callers} caller${callers > 1 ? 's' : ''} × ${window} in flight`,
-    rate: median(results.map((r) => r.rate)),
-    unit: 'calls/s',
-    p50: median(results.map((r) => r.p50)),
-    p99: median(results.map((r) => r.p99)),
-    relayRssMB: median(results.map((r) => r.rss)),
-    relayCpu: median(results.map((r) => r.cpu)),
-  };
+  return [
+    { scenario: `${count} idle nodes: relay RSS per node`, rate: median(perNode), unit: 'KiB', p50: NaN, p99: NaN, note: 'target ≤ 40 KB' },
+    row('200 callers × 50 calls (fleet connected)', bursts),
+  ];
 }
 
 function printTable(rows: Row[]): void {
   const header = ['scenario', 'rate', 'p50 ms', 'p99 ms', 'relay peak RSS MB', 'relay CPU', 'note'];
   const lines = rows.map((r) => [
     r.scenario,
-    `${Math.round(r.rate).toLocaleString('en-US')} ${r.unit}`,
-    r.p50.toFixed(2),
-    r.p99.toFixed(2),
+    !Number.isFinite(r.rate) ? '' : r.unit === '×' ? `${r.rate.toFixed(2)}×` : `${Math.round(r.rate).toLocaleString('en-US')} ${r.unit}`,
+    Number.isFinite(r.p50) ? r.p50.toFixed(2) : '',
+    Number.isFinite(r.p99) ? r.p99.toFixed(2) : '',
     r.relayRssMB === undefined ? '' : r.relayRssMB.toFixed(1),
     r.relayCpu === undefined ? '' : `${Math.round(r.relayCpu * 100)}%`,
     r.note ?? '',
@@ -122,24 +326,21 @@ function printTable(rows: Row[]): void {
 }
 
 const scenarios: Array<[string, () => Promise<Row[]>]> = [
-  [
-    'relayed',
-    async () => {
-      const rows: Row[] = [];
-      for (const callers of [1, 16]) for (const window of [1, 16, 256]) rows.push(await relayed(callers, window));
-      return rows;
-    },
-  ],
+  ['core', core],
+  ['callers', manyCallers],
+  ['large', large],
+  ['hol', headOfLine],
+  ['fleet', fleet],
 ];
 
 const rows: Row[] = [];
-process.on('SIGINT', () => void killAll().then(() => process.exit(130)));
+process.on('SIGINT', () => void stopAll().then(() => process.exit(130)));
 for (const [name, run] of scenarios) {
   if (only && !only.has(name)) continue;
   process.stderr.write(`running ${name}…\n`);
   rows.push(...(await run()));
 }
-await killAll();
+await stopAll();
 console.log(`\n${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown CPU'}), Node ${process.version}, median of ${runs} run(s) of ${seconds} s\n`);
 printTable(rows);
 const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url));

@@ -3,10 +3,18 @@
  * Keeps `window` calls in flight on each of `callers` connections for `seconds`, then prints one JSON
  * line: calls completed, errors, and latency percentiles (ms).
  */
+import { once } from 'node:events';
+import { WebSocket } from 'ws';
 import { connect } from '../src/client/client.js';
 
 interface LoadArgs {
   relay: string;
+  /** With `raw`, `relay` is the port of a bare ws echo server and the payload is sent as is. */
+  raw?: boolean;
+  /** Replaces `args` with one Buffer argument of this many bytes. */
+  payloadBytes?: number;
+  /** Each lane makes this many calls and stops, instead of running for `seconds`. */
+  count?: number;
   callers: number;
   window: number;
   seconds: number;
@@ -16,8 +24,32 @@ interface LoadArgs {
 }
 
 const spec = JSON.parse(process.argv[2] ?? '{}') as LoadArgs;
+if (spec.payloadBytes) spec.args = [Buffer.alloc(spec.payloadBytes, 7)];
 
-const clients = await Promise.all(Array.from({ length: spec.callers }, () => connect(spec.relay, { timeout: 60_000 })));
+interface Caller {
+  request(method: string, args: unknown[]): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/** A bare ws client with the same shape as Client, one message in flight at a time per lane. */
+async function rawCaller(port: string): Promise<Caller> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { maxPayload: 64 * 1024 * 1024, perMessageDeflate: false });
+  await once(ws, 'open');
+  const waiting: Array<() => void> = [];
+  ws.on('message', () => waiting.shift()?.());
+  return {
+    request: (_m, args) =>
+      new Promise<void>((resolve) => {
+        waiting.push(resolve);
+        ws.send(args[0] as Buffer);
+      }),
+    close: async () => ws.close(),
+  };
+}
+
+const clients: Caller[] = await Promise.all(
+  Array.from({ length: spec.callers }, () => (spec.raw ? rawCaller(spec.relay) : connect(spec.relay, { timeout: 60_000 }))),
+);
 const latencies: number[] = [];
 let calls = 0;
 let errors = 0;
@@ -25,8 +57,8 @@ let firstError = '';
 let measuring = false;
 let stop = false;
 
-async function lane(client: (typeof clients)[number]): Promise<void> {
-  while (!stop) {
+async function lane(client: Caller): Promise<void> {
+  for (let n = 0; !stop && (spec.count === undefined || n < spec.count); n++) {
     const t0 = performance.now();
     try {
       await client.request(spec.method, spec.args);
@@ -42,15 +74,23 @@ async function lane(client: (typeof clients)[number]): Promise<void> {
   }
 }
 
-const lanes = clients.flatMap((c) => Array.from({ length: spec.window }, () => lane(c)));
-await new Promise((r) => setTimeout(r, spec.warmup * 1000));
-measuring = true;
-const start = performance.now();
-await new Promise((r) => setTimeout(r, spec.seconds * 1000));
-measuring = false;
-const elapsed = (performance.now() - start) / 1000;
-stop = true;
-await Promise.all(lanes);
+let elapsed: number;
+if (spec.count !== undefined) {
+  measuring = true;
+  const start = performance.now();
+  await Promise.all(clients.flatMap((c) => Array.from({ length: spec.window }, () => lane(c))));
+  elapsed = (performance.now() - start) / 1000;
+} else {
+  const lanes = clients.flatMap((c) => Array.from({ length: spec.window }, () => lane(c)));
+  await new Promise((r) => setTimeout(r, spec.warmup * 1000));
+  measuring = true;
+  const start = performance.now();
+  await new Promise((r) => setTimeout(r, spec.seconds * 1000));
+  measuring = false;
+  elapsed = (performance.now() - start) / 1000;
+  stop = true;
+  await Promise.all(lanes);
+}
 latencies.sort((a, b) => a - b);
 const pct = (p: number) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))]! : NaN);
 process.stdout.write(

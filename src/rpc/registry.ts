@@ -126,7 +126,11 @@ export async function invoke(entry: MethodEntry, args: unknown[], ctx: CallConte
   if (arity > 0) {
     const wanted = arity - 1;
     if (args.length > wanted) {
-      throw new TunnelError(ErrorCode.BAD_REQUEST, `${entry.service}.${entry.method} takes ${wanted} argument${wanted === 1 ? '' : 's'}, got ${args.length}`);
+      throw new TunnelError(
+        ErrorCode.BAD_REQUEST,
+        `${entry.service}.${entry.method} takes ${wanted} argument${wanted === 1 ? '' : 's'}, got ${args.length}` +
+          ' (a handler\'s last declared parameter receives the call context)',
+      );
     }
     while (args.length < wanted) args.push(undefined);
   }

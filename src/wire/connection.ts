@@ -4,6 +4,9 @@ import { encode, decodeAll } from './codec.js';
 import { parse, response, ShapeError, type Message } from './messages.js';
 import { CloseCode, closeReason } from './close-codes.js';
 
+/** Largest batch of coalesced messages, bytes. */
+export const COALESCE_LIMIT = 256 * 1024;
+
 export interface ConnectionHandlers {
   message(msg: Message): void;
   close(code: number, reason: string): void;
@@ -65,16 +68,23 @@ export class Connection {
   send(message: unknown[]): void {
     if (!this.isOpen) return;
     const bytes = encode(message);
+    // Coalescing is for small messages; a batch never grows past the limit, so that two large
+    // payloads never become one message bigger than the peer's maximum.
+    if (this.queuedBytes > 0 && this.queuedBytes + bytes.length > COALESCE_LIMIT) this.flush();
     this.queue.push(bytes);
     this.queuedBytes += bytes.length;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      setImmediate(this.flush);
+      setImmediate(this.scheduledFlush);
     }
   }
 
-  private readonly flush = (): void => {
+  private readonly scheduledFlush = (): void => {
     this.flushScheduled = false;
+    this.flush();
+  };
+
+  private readonly flush = (): void => {
     if (this.queue.length === 0) return;
     const data = this.queue.length === 1 ? this.queue[0]! : Buffer.concat(this.queue, this.queuedBytes);
     this.queue = [];

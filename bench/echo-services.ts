@@ -1,0 +1,8 @@
+/** Services the benchmark's nodes serve: Echo for payload sizes. Loaded with `tunnel-node --services`. */
+export default {
+  Bench: {
+    Echo(value: unknown, _ctx: unknown) {
+      return value;
+    },
+  },
+};
