@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { isCallOptions } from '../src/client/options.js';
 import { Backoff } from '../src/node/backoff.js';
 import { SessionTable } from '../src/node/sessions.js';
+import { Cancellation } from '../src/rpc/cancellation.js';
 import { discoverMethods, invoke, ServiceRegistry } from '../src/rpc/registry.js';
 import { Session } from '../src/rpc/session.js';
 import type { CallContext } from '../src/rpc/context.js';
@@ -67,11 +68,16 @@ describe('service registry', () => {
 describe('sessions', () => {
   it('aborts running handlers when a session closes', () => {
     const t = new SessionTable();
-    const c = new AbortController();
+    const c = new Cancellation();
+    const signal = c.signal;
     t.get('a').track(c);
     expect(t.close('a')).toBe(true);
-    expect(c.signal.aborted).toBe(true);
-    expect((c.signal.reason as { code: string }).code).toBe('CANCELLED');
+    expect(signal.aborted).toBe(true);
+    expect((signal.reason as { code: string }).code).toBe('CANCELLED');
+    // A signal first read after the abort is born aborted.
+    const late = new Cancellation();
+    late.abort(new Error('x'));
+    expect(late.signal.aborted).toBe(true);
     expect(t.has('a')).toBe(false);
   });
 });
@@ -114,5 +120,26 @@ describe('addresses and units', () => {
     expect(isCallOptions({})).toBe(false);
     expect(isCallOptions([1])).toBe(false);
     expect(isCallOptions(new Date())).toBe(false);
+  });
+});
+
+describe('deadline wheel', () => {
+  it('expires entries after their timeout, not before, and forgets removed ones', async () => {
+    const { DeadlineWheel } = await import('../src/rpc/deadlines.js');
+    const expired: string[] = [];
+    const wheel = new DeadlineWheel<{ name: string; deadlineSlot: number }>((e) => expired.push(e.name), 5);
+    const t0 = Date.now();
+    const a = { name: 'a', deadlineSlot: 0 };
+    const b = { name: 'b', deadlineSlot: 0 };
+    const c = { name: 'c', deadlineSlot: 0 };
+    wheel.add(a, 30);
+    wheel.add(b, 60);
+    wheel.add(c, 30);
+    wheel.remove(c);
+    expect(wheel.pending).toBe(2);
+    for (let i = 0; i < 200 && expired.length < 2; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(expired).toEqual(['a', 'b']);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(55);
+    expect(wheel.pending).toBe(0);
   });
 });

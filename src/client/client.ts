@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { ErrorCode, TunnelError } from '../errors.js';
 import { decodeResult, encodeParams } from '../rpc/body.js';
 import { PendingTable } from '../rpc/pending.js';
+import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
 import { relayUrl } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
@@ -30,11 +31,11 @@ const DEFAULTS = {
   heartbeatTimeout: 30_000,
 };
 
-interface PendingCall {
+interface PendingCall extends Expiring {
+  id: number;
   method: string;
   resolve(value: unknown): void;
   reject(err: TunnelError): void;
-  timer: NodeJS.Timeout;
   abort?: { signal: AbortSignal; listener: () => void };
 }
 
@@ -47,6 +48,7 @@ export class Client extends EventEmitter {
   readonly session: string;
   private readonly conn: Connection;
   private readonly pending = new PendingTable<PendingCall>();
+  private readonly deadlines = new DeadlineWheel<PendingCall>((call) => this.expire(call.id));
   private readonly defaultTimeout: number;
   private closeError: TunnelError | undefined;
 
@@ -91,9 +93,10 @@ export class Client extends EventEmitter {
       } catch (err) {
         return reject(new TunnelError(ErrorCode.BAD_REQUEST, `arguments of ${method} cannot be encoded: ${(err as Error).message}`));
       }
-      const call: PendingCall = { method, resolve: resolve as (v: unknown) => void, reject, timer: undefined as unknown as NodeJS.Timeout };
+      const call: PendingCall = { id: 0, method, resolve: resolve as (v: unknown) => void, reject, deadlineSlot: 0 };
       const id = this.pending.add(call);
-      call.timer = setTimeout(() => this.expire(id), timeout);
+      call.id = id;
+      this.deadlines.add(call, timeout);
       if (options.signal) {
         const listener = () => this.cancel(id);
         options.signal.addEventListener('abort', listener, { once: true });
@@ -117,7 +120,7 @@ export class Client extends EventEmitter {
   private settle(id: number): PendingCall | undefined {
     const call = this.pending.take(id);
     if (!call) return undefined;
-    clearTimeout(call.timer);
+    this.deadlines.remove(call);
     if (call.abort) call.abort.signal.removeEventListener('abort', call.abort.listener);
     return call;
   }
@@ -156,10 +159,8 @@ export class Client extends EventEmitter {
       ErrorCode.CONNECTION_CLOSED,
       `connection to the relay closed (${code}${reason ? `: ${reason}` : ''})`,
     );
-    for (const call of this.pending.drain()) {
-      clearTimeout(call.timer);
-      call.reject(this.closeError);
-    }
+    this.deadlines.clear();
+    for (const call of this.pending.drain()) call.reject(this.closeError);
     this.emit('close', code, reason);
   }
 }

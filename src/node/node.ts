@@ -13,6 +13,8 @@ import { dial } from '../wire/dial.js';
 import { goaway, hello, Kind, PROTOCOL_VERSION, response, welcome, type Message } from '../wire/messages.js';
 import { Backoff } from './backoff.js';
 import { SessionTable } from './sessions.js';
+import { Cancellation } from '../rpc/cancellation.js';
+import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
 
 export interface NodeOptions {
   /** Relay address: `host:port`, `:port`, `ws://…` or `wss://…`. */
@@ -51,15 +53,43 @@ const DEFAULTS = {
   maxMessage: 16 * 1024 * 1024 + 64 * 1024,
 };
 
-interface RunningCall {
-  /** Key in the running table: the request id, offset per direct connection (see keyOf). */
-  key: number;
-  id: number;
-  method: string;
-  conn: Connection;
-  session: Session;
-  controller: AbortController;
-  timer: NodeJS.Timeout;
+class RunningCall extends Cancellation implements Expiring {
+  deadlineSlot = 0;
+
+  constructor(
+    /** Key in the running table: the request id, offset per direct connection (see keyOf). */
+    readonly key: number,
+    readonly id: number,
+    readonly method: string,
+    readonly conn: Connection,
+    readonly session: Session,
+    readonly timeout: number,
+  ) {
+    super();
+  }
+}
+
+/** The handler's view of a running call; `signal` is made on first use (see Cancellation). */
+class HandlerContext implements CallContext {
+  constructor(
+    private readonly call: RunningCall,
+    readonly caller: CallContext['caller'],
+    readonly node: string,
+    readonly deadline: number,
+    readonly log: Logger,
+  ) {}
+
+  get session(): Session {
+    return this.call.session;
+  }
+
+  get method(): string {
+    return this.call.method;
+  }
+
+  get signal(): AbortSignal {
+    return this.call.signal;
+  }
 }
 
 /**
@@ -75,6 +105,9 @@ export class TunnelNode extends EventEmitter {
   private readonly sessions = new SessionTable();
   private readonly directSessions = new SessionTable();
   private readonly running = new Map<number, RunningCall>();
+  private readonly deadlines = new DeadlineWheel<RunningCall>((call) =>
+    call.abort(new TunnelError(ErrorCode.TIMEOUT, `${call.method} passed its deadline of ${call.timeout} ms`)),
+  );
   /** Direct caller connections (see direct.ts) get their own id space in `running`. */
   private readonly directIndex = new WeakMap<Connection, number>();
   private directCount = 0;
@@ -137,7 +170,7 @@ export class TunnelNode extends EventEmitter {
       }
     }
     for (const call of this.running.values()) {
-      call.controller.abort(new TunnelError(ErrorCode.CANCELLED, 'node is shutting down'));
+      call.abort(new TunnelError(ErrorCode.CANCELLED, 'node is shutting down'));
     }
     this.sessions.clear('node is shutting down');
     if (conn?.isOpen) {
@@ -236,7 +269,7 @@ export class TunnelNode extends EventEmitter {
         const call = this.running.get(this.keyOf(conn, m.id));
         if (call) {
           this.log.debug({ method: call.method, session: call.session.id }, 'call cancelled');
-          call.controller.abort(new TunnelError(ErrorCode.CANCELLED, 'the caller cancelled the call'));
+          call.abort(new TunnelError(ErrorCode.CANCELLED, 'the caller cancelled the call'));
         }
         return;
       }
@@ -295,8 +328,8 @@ export class TunnelNode extends EventEmitter {
   private dropCalls(conn: Connection, reason: TunnelError): void {
     for (const call of this.running.values()) {
       if (call.conn !== conn) continue;
-      clearTimeout(call.timer);
-      call.controller.abort(reason);
+      this.deadlines.remove(call);
+      call.abort(reason);
       this.running.delete(call.key);
     }
   }
@@ -322,30 +355,15 @@ export class TunnelNode extends EventEmitter {
     const sessionId = typeof meta.session === 'string' ? meta.session : `anonymous-${id}`;
     const timeout = typeof meta.timeout === 'number' && meta.timeout > 0 ? meta.timeout : this.opts.defaultTimeout;
     const session = sessions.get(sessionId);
-    const controller = new AbortController();
-    const call: RunningCall = {
-      key,
-      id,
-      method,
-      conn,
-      session,
-      controller,
-      timer: setTimeout(() => controller.abort(new TunnelError(ErrorCode.TIMEOUT, `${method} passed its deadline of ${timeout} ms`)), timeout),
-    };
+    const call = new RunningCall(key, id, method, conn, session, timeout);
     this.running.set(key, call);
-    session.track(controller);
-    const ctx: CallContext = {
-      session,
-      caller: {
-        address: typeof meta.address === 'string' ? meta.address : 'unknown',
-        identity: typeof meta.identity === 'string' ? meta.identity : null,
-      },
-      node: this.name,
-      method,
-      signal: controller.signal,
-      deadline: Date.now() + timeout,
-      log: this.log,
+    this.deadlines.add(call, timeout);
+    session.track(call);
+    const caller = {
+      address: typeof meta.address === 'string' ? meta.address : 'unknown',
+      identity: typeof meta.identity === 'string' ? meta.identity : null,
     };
+    const ctx = new HandlerContext(call, caller, this.name, Date.now() + timeout, this.log);
     invoke(entry, args, ctx).then(
       (result) => this.finish(call, undefined, result),
       (err) => this.finish(call, err, undefined),
@@ -353,12 +371,12 @@ export class TunnelNode extends EventEmitter {
   }
 
   private finish(call: RunningCall, err: unknown, result: unknown): void {
-    clearTimeout(call.timer);
-    call.session.untrack(call.controller);
+    this.deadlines.remove(call);
+    call.session.untrack(call);
     if (this.running.get(call.key) === call) this.running.delete(call.key);
     if (this.running.size === 0) this.emit('idle');
     // Cancelled, timed out, or the connection is gone: nobody is waiting for this answer.
-    if (call.controller.signal.aborted || !call.conn.isOpen) return;
+    if (call.aborted || !call.conn.isOpen) return;
     if (err !== undefined) {
       const error = TunnelError.from(err);
       if (error.code === ErrorCode.APP_ERROR && !(err instanceof TunnelError)) {

@@ -5,10 +5,16 @@ import { Kind, response, type Message, type NodeMeta } from '../wire/messages.js
 import type { NodeDirectory } from './directory.js';
 import type { NodeLink } from './node-link.js';
 import { RelayedCall } from './relayed-call.js';
+import { DeadlineWheel } from '../rpc/deadlines.js';
 
 export interface CallerLimits {
   defaultTimeout: number;
   maxTimeout: number;
+}
+
+/** The relay's one timer for every call's deadline. */
+export function relayDeadlines(): DeadlineWheel<RelayedCall> {
+  return new DeadlineWheel<RelayedCall>((call) => call.caller.expire(call));
 }
 
 /**
@@ -27,6 +33,7 @@ export class CallerLink {
     readonly identity: string | null,
     private readonly directory: NodeDirectory,
     private readonly limits: CallerLimits,
+    private readonly deadlines: DeadlineWheel<RelayedCall>,
     private readonly log: Logger,
   ) {}
 
@@ -85,10 +92,11 @@ export class CallerLink {
     this.inflight.set(id, call);
     const nodeMeta: NodeMeta = { session: this.session, address: this.address, identity: this.identity, timeout };
     node.forward(call, m.params, nodeMeta);
-    call.timer = setTimeout(() => this.expire(call), timeout);
+    this.deadlines.add(call, timeout);
   }
 
-  private expire(call: RelayedCall): void {
+  /** The deadline passed: answer TIMEOUT and tell the node to stop. */
+  expire(call: RelayedCall): void {
     call.node.abandon(call, true);
     this.complete(
       call,
@@ -101,14 +109,14 @@ export class CallerLink {
   complete(call: RelayedCall, error: WireError | null, result: Uint8Array | null): void {
     if (this.inflight.get(call.callerId) !== call) return;
     this.inflight.delete(call.callerId);
-    clearTimeout(call.timer);
+    this.deadlines.remove(call);
     this.conn.send(response(call.callerId, error, result));
   }
 
   /** The caller is gone: forget its calls and tell every node that saw it to drop the session. */
   onClose(): void {
     for (const call of this.inflight.values()) {
-      clearTimeout(call.timer);
+      this.deadlines.remove(call);
       call.node.abandon(call, false);
     }
     this.inflight.clear();

@@ -8,7 +8,7 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import { Kind, PROTOCOL_VERSION, welcome, type Hello, type Message } from '../wire/messages.js';
-import { CallerLink } from './caller-link.js';
+import { CallerLink, relayDeadlines } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
 import { NodeLink } from './node-link.js';
 
@@ -64,6 +64,7 @@ export class Relay extends EventEmitter {
   private readonly http: Server;
   private readonly wss: WebSocketServer;
   private readonly callers = new Set<CallerLink>();
+  private readonly deadlines = relayDeadlines();
   private readonly sessionPrefix = randomBytes(4).toString('hex');
   private sessionCounter = 0;
 
@@ -130,6 +131,7 @@ export class Relay extends EventEmitter {
     for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
     for (const ws of this.wss.clients) setTimeout(() => ws.terminate(), 1_000).unref();
     this.wss.close();
+    this.deadlines.clear();
     await new Promise<void>((resolve) => this.http.close(() => resolve()));
   }
 
@@ -217,7 +219,7 @@ export class Relay extends EventEmitter {
 
   private attachCaller(conn: Connection, _h: Hello, address: string, log: Logger): void {
     const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
-    const link = new CallerLink(session, conn, address, null, this.directory, this.opts, log);
+    const link = new CallerLink(session, conn, address, null, this.directory, this.opts, this.deadlines, log);
     this.callers.add(link);
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),

@@ -1,3 +1,4 @@
+import type { Expiring } from '../rpc/deadlines.js';
 import type { CallerLink } from './caller-link.js';
 import type { NodeLink } from './node-link.js';
 
@@ -6,9 +7,9 @@ import type { NodeLink } from './node-link.js';
  * and when the relay stops waiting. It sits in both links' tables until it is answered, expires,
  * is cancelled, or one side disconnects.
  */
-export class RelayedCall {
+export class RelayedCall implements Expiring {
   tunnelId = 0;
-  timer: NodeJS.Timeout | undefined;
+  deadlineSlot = 0;
   readonly started = Date.now();
 
   constructor(

@@ -1,3 +1,5 @@
+import type { Cancellation } from './cancellation.js';
+
 /**
  * State that lives as long as one caller connection, kept on the node. `Login` puts a user here;
  * the relay tells the node when the caller disconnects and the session is dropped with its handlers.
@@ -10,7 +12,7 @@ export class Session {
   readonly data = new Map<string, unknown>();
   /** Failed Login attempts on this connection. */
   failedLogins = 0;
-  private readonly running = new Set<AbortController>();
+  private readonly running = new Set<Cancellation>();
 
   constructor(id: string) {
     this.id = id;
@@ -29,18 +31,18 @@ export class Session {
   }
 
   /** @internal */
-  track(controller: AbortController): void {
-    this.running.add(controller);
+  track(call: Cancellation): void {
+    this.running.add(call);
   }
 
   /** @internal */
-  untrack(controller: AbortController): void {
-    this.running.delete(controller);
+  untrack(call: Cancellation): void {
+    this.running.delete(call);
   }
 
   /** Aborts every handler still running for this session. */
   abortAll(reason: Error): void {
-    for (const controller of this.running) controller.abort(reason);
+    for (const call of this.running) call.abort(reason);
     this.running.clear();
   }
 }
