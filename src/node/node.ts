@@ -74,6 +74,8 @@ export class TunnelNode extends EventEmitter {
   private readonly running = new Map<number, RunningCall>();
   private conn: Connection | undefined;
   private welcomed = false;
+  /** The connection whose relay sent GOAWAY: left once its running calls are done. */
+  private relayGoingAway: Connection | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private healthyTimer: NodeJS.Timeout | undefined;
   private stopping = false;
@@ -245,11 +247,26 @@ export class TunnelNode extends EventEmitter {
         return;
       }
       case Kind.GOAWAY:
-        this.log.warn({ reason: m.reason }, 'relay is going away');
+        this.log.warn({ reason: m.reason, running: this.running.size }, 'relay is going away');
+        this.relayGoingAway = conn;
+        this.leaveIfRelayGoingAway();
         return;
       default:
         this.log.debug({ kind: m.kind }, 'ignoring message not meant for a node');
     }
+  }
+
+  /**
+   * The relay sent GOAWAY: it routes us no new calls and waits for the running ones. Once they are
+   * answered, close and reconnect with backoff, reaching another relay behind the same address or
+   * this one after its restart.
+   */
+  private leaveIfRelayGoingAway(): void {
+    const conn = this.relayGoingAway;
+    if (!conn || conn !== this.conn || this.running.size > 0 || this.stopping) return;
+    this.relayGoingAway = undefined;
+    // Let the answers queued in this turn leave first: close() flushes the write queue.
+    conn.close(CloseCode.GOING_AWAY, 'relay is going away; reconnecting');
   }
 
   private onRequest(conn: Connection, m: Extract<Message, { kind: 0 }>): void {
@@ -306,6 +323,11 @@ export class TunnelNode extends EventEmitter {
     call.session.untrack(call.controller);
     if (this.running.get(call.id) === call) this.running.delete(call.id);
     if (this.running.size === 0) this.emit('idle');
+    this.answer(call, err, result);
+    this.leaveIfRelayGoingAway();
+  }
+
+  private answer(call: RunningCall, err: unknown, result: unknown): void {
     // Cancelled, timed out, or the connection is gone: nobody is waiting for this answer.
     if (call.controller.signal.aborted || call.conn !== this.conn) return;
     if (err !== undefined) {

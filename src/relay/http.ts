@@ -63,6 +63,9 @@ async function route(relay: Relay, routes: HttpRoutes, req: IncomingMessage, res
     return send(res, 200, relay.metrics.contentType, text);
   }
   if (routes.admin && path === '/nodes') return send(res, 200, JSON_TYPE, `${JSON.stringify(relay.nodes())}\n`);
+  if (!routes.admin && (path === '/metrics' || path === '/nodes')) {
+    return send(res, 404, 'text/plain; charset=utf-8', `${path} is served on the admin listener (--admin-listen), not on this port\n`);
+  }
   if (routes.fallback === 'not-found') return send(res, 404, 'text/plain; charset=utf-8', `no such endpoint: ${path}; try /healthz, /readyz, /metrics, /nodes\n`);
   res.writeHead(426, { 'content-type': 'text/plain; charset=utf-8', upgrade: 'websocket' });
   res.end(
