@@ -306,6 +306,9 @@ export class Relay extends EventEmitter {
 
   /** Closes every connection and the listening sockets at once; see {@link drain} for a graceful stop. */
   async close(): Promise<void> {
+    // Answers completed in this turn wait in their Connection's queue, flushed on setImmediate:
+    // let them leave before the close frames.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
     for (const ws of this.wss.clients) setTimeout(() => ws.terminate(), 1_000).unref();
     this.wss.close();
