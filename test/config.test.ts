@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BIN, killAll, Proc, startNode, startRelay } from './helpers/processes.js';
 import { gatewayCall } from './helpers/http.js';
@@ -46,6 +47,14 @@ describe('configuration from flags, environment and file', () => {
     const joined = await relay.proc.waitForMsg('node connected');
     expect(joined).toMatchObject({ node: 'from-file', labels: { site: 'lab', rack: '4' } });
     expect(await gatewayCall(relay.port, 'Arith.Multiply', [2, 3], '?node=from-file')).toMatchObject({ status: 200, json: { result: 6 } });
+  });
+
+  it('loads the example files of docs/deploy (flags override their addresses)', async () => {
+    const deploy = fileURLToPath(new URL('../docs/deploy/', import.meta.url));
+    const relay = await startRelay(['--config', `${deploy}relay.yaml`, '--admin-listen', '127.0.0.1:0']);
+    expect(relay.proc.logs.find((l) => l.msg === 'relay starting')).toMatchObject({ drainTimeout: 30_000, requireService: ['Arith'] });
+    await startNode(relay.addr, ['--config', `${deploy}node.yaml`]);
+    expect(await relay.proc.waitForMsg('node connected')).toMatchObject({ node: 'office-1', labels: { site: 'office', rack: '4' } });
   });
 
   it('fails at start naming an unknown key, a bad value, or a broken file', async () => {
