@@ -196,11 +196,11 @@ export class Relay extends EventEmitter {
     const reasons: string[] = [];
     if (!this.http.listening) reasons.push('not listening');
     if (this.draining) reasons.push('draining before shutdown');
-    for (const name of this.opts.requireNode) {
+    for (const name of this.opts.requireNode ?? []) {
       const node = this.directory.get(name);
       if (!node || node.draining) reasons.push(`required node ${name} is not connected`);
     }
-    for (const service of this.opts.requireService) {
+    for (const service of this.opts.requireService ?? []) {
       if (![...this.directory.all()].some((n) => !n.draining && n.services.has(service))) {
         reasons.push(`no node serves required service ${service}`);
       }
