@@ -1,7 +1,7 @@
 import { connect, type Client } from '../client/client.js';
 import { ErrorCode, TunnelError } from '../errors.js';
 import { parseDuration } from '../util/units.js';
-import { command, parse, logger, usageError } from './common.js';
+import { command, parse, logger, PRECEDENCE, usageError } from './common.js';
 
 /** Exit codes, documented in --help. */
 const EXIT = { OK: 0, CALL_FAILED: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 } as const;
@@ -26,7 +26,7 @@ const argv = await parse(
   .example('$0 --relay relay.example:9090 KV.Set config \'{"v":2}\'', 'JSON arguments')
   .epilog(
     'Exit codes: 0 ok; 1 the call failed (CODE: message on stderr); 2 bad usage; 3 relay unreachable; 130 interrupted.\n' +
-      'TUNNEL_RELAY, TUNNEL_TOKEN, TUNNEL_TIMEOUT, ... set the flags from the environment. ' +
+      `TUNNEL_RELAY, TUNNEL_TOKEN, TUNNEL_TIMEOUT, ... set the flags from the environment; --config reads them from a file. ${PRECEDENCE}\n` +
       'Put -- before arguments that start with a dash: tunnel-call Arith.Multiply -- -2 3',
   )
   ,

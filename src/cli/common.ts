@@ -1,13 +1,18 @@
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { createLogger, LOG_LEVELS, type LogLevel, type Logger } from '../util/logger.js';
+import { loadConfigFile, type FlagSchema } from './config-file.js';
+
+/** Where a flag's value comes from, strongest first; yargs applies them in this order. */
+export const PRECEDENCE = 'Precedence: command-line flags > TUNNEL_* environment variables > --config file > defaults.';
 
 /**
- * The yargs setup every command shares: flags also from `TUNNEL_*` environment variables, unknown
- * flags rejected, usage errors exit 2 with the message and a pointer to --help.
+ * The yargs setup every command shares: flags also from `TUNNEL_*` environment variables and from a
+ * `--config` file (YAML or JSON, every key checked), unknown flags rejected, usage errors exit 2 with
+ * the message and a pointer to --help.
  */
 export function command(name: string, usage: string): Argv {
-  return yargs(hideBin(process.argv))
+  const cli: Argv = yargs(hideBin(process.argv))
     .scriptName(name)
     .usage(usage)
     .env('TUNNEL')
@@ -27,6 +32,16 @@ export function command(name: string, usage: string): Argv {
       process.stderr.write(`${name}: ${msg ?? err?.message}\nRun ${name} --help for usage.\n`);
       process.exit(2);
     });
+  // yargs-parser fills a key from the first source that has it: argv, then env, then this file,
+  // then defaults; that is PRECEDENCE (test/config.test.ts checks it).
+  return cli.config('config', `YAML (.yaml, .yml) or JSON (.json) file of flag: value pairs. ${PRECEDENCE}`, (path: string) =>
+    loadConfigFile(path, flagSchema(cli)),
+  );
+}
+
+function flagSchema(cli: Argv): FlagSchema {
+  const o = (cli as unknown as { getOptions(): { key: Record<string, unknown>; array: string[]; boolean: string[] } }).getOptions();
+  return { flags: new Set(Object.keys(o.key)), arrays: new Set(o.array), booleans: new Set(o.boolean) };
 }
 
 export function logger(name: string, level: unknown): Logger {
@@ -47,7 +62,7 @@ export async function parse<T>(cli: Argv<T>) {
   // A repeated single-valued flag: the last one wins, as in most command-line tools.
   const arrays = new Set(options.array);
   for (const [key, value] of Object.entries(argv)) {
-    if (key !== '_' && Array.isArray(value) && !arrays.has(key)) (argv as Record<string, unknown>)[key] = value[value.length - 1];
+    if (key !== '_' && Array.isArray(value) && !arrays.has(key) && !arrays.has(key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`))) (argv as Record<string, unknown>)[key] = value[value.length - 1];
   }
   return argv;
 }

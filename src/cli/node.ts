@@ -4,7 +4,7 @@ import { parseCredentials } from '../rpc/login.js';
 import { ServiceRegistry } from '../rpc/registry.js';
 import { DEMO_USERS, registerExamples } from '../services/index.js';
 import { parseDuration } from '../util/units.js';
-import { command, parse, keyValues, logger, onShutdown, usageError } from './common.js';
+import { command, parse, keyValues, logger, onShutdown, PRECEDENCE, usageError } from './common.js';
 import { loadServices } from './load-services.js';
 import { DirectListener } from '../node/direct.js';
 
@@ -20,10 +20,11 @@ const argv = await parse(
   .option('reconnect-base', { type: 'string', default: '500ms', describe: 'First reconnect ceiling; each failure doubles it (full jitter: the wait is random below it)' })
   .option('reconnect-cap', { type: 'string', default: '30s', describe: 'Largest reconnect ceiling' })
   .option('direct-listen', { type: 'string', describe: 'Also serve callers directly on this [host]:port, without the relay (e.g. 127.0.0.1:9191 for callers on this host)' })
-  .option('drain-timeout', { type: 'string', default: '10s', describe: 'On SIGINT/SIGTERM, how long running calls may take to finish' })
+  .option('drain-timeout', { type: 'string', default: '10s', describe: 'On SIGINT/SIGTERM, how long running calls may take to finish (the relay sends no new ones meanwhile; a second signal exits at once)' })
   .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')
   .example('$0 --relay :9090 --services ./my-services.js', 'serve your own services')
-  .epilog('Every flag can also be set as an environment variable: TUNNEL_RELAY, TUNNEL_NAME, TUNNEL_TOKEN, TUNNEL_USERS, ...')
+  .example('$0 --config /etc/tunnel/node.yaml', 'flags from a file (see docs/deploy/node.yaml)')
+  .epilog(`Every flag can also be set as an environment variable (TUNNEL_RELAY, TUNNEL_NAME, TUNNEL_TOKEN, TUNNEL_USERS, ...) or in a --config file. ${PRECEDENCE}`)
   ,
 );
 

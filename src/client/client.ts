@@ -42,6 +42,8 @@ interface PendingCall extends Expiring {
 /**
  * A caller's connection to the relay. It is one session: a Login made through it lasts until it closes.
  * Any number of calls may be in flight; answers are matched to calls by id, in any order.
+ * Events: `close` (code, reason), `goaway` (reason): the relay is draining; calls in flight still
+ * finish, new calls fail at once with GOING_AWAY, so connect again (to another relay) to go on.
  */
 export class Client extends EventEmitter {
   /** Session id the relay gave this connection. */
@@ -51,6 +53,7 @@ export class Client extends EventEmitter {
   private readonly deadlines = new DeadlineWheel<PendingCall>((call) => this.expire(call.id));
   private readonly defaultTimeout: number;
   private closeError: TunnelError | undefined;
+  private goingAway: TunnelError | undefined;
 
   /** @internal use {@link connect} */
   constructor(conn: Connection, session: string, defaultTimeout: number) {
@@ -63,6 +66,11 @@ export class Client extends EventEmitter {
 
   get closed(): boolean {
     return this.closeError !== undefined;
+  }
+
+  /** True once the relay said it is going away: new calls on this client fail with GOING_AWAY. */
+  get draining(): boolean {
+    return this.goingAway !== undefined;
   }
 
   /** Calls in flight. */
@@ -84,6 +92,7 @@ export class Client extends EventEmitter {
   request<T = unknown>(method: string, args: readonly unknown[] = [], options: CallOptions = {}): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.closeError) return reject(this.closeError);
+      if (this.goingAway) return reject(this.goingAway);
       if (options.signal?.aborted) return reject(new TunnelError(ErrorCode.CANCELLED, `${method} was cancelled before it was sent`));
       const timeout = options.timeout ?? this.defaultTimeout;
       if (!(timeout > 0)) return reject(new TypeError(`timeout must be a positive number of milliseconds, got ${timeout}`));
@@ -140,6 +149,11 @@ export class Client extends EventEmitter {
   }
 
   private onMessage(m: Message): void {
+    if (m.kind === Kind.GOAWAY) {
+      this.goingAway = new TunnelError(ErrorCode.GOING_AWAY, `the relay is going away (${m.reason}); connect again to make new calls`);
+      this.emit('goaway', m.reason);
+      return;
+    }
     if (m.kind !== Kind.RESPONSE) return;
     const call = this.settle(m.id);
     if (!call) return;

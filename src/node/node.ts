@@ -113,6 +113,8 @@ export class TunnelNode extends EventEmitter {
   private directCount = 0;
   private conn: Connection | undefined;
   private welcomed = false;
+  /** The connection whose relay sent GOAWAY: left once its running calls are done. */
+  private relayGoingAway: Connection | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private healthyTimer: NodeJS.Timeout | undefined;
   private stopping = false;
@@ -280,7 +282,9 @@ export class TunnelNode extends EventEmitter {
         return;
       }
       case Kind.GOAWAY:
-        this.log.warn({ reason: m.reason }, 'relay is going away');
+        this.log.warn({ reason: m.reason, running: this.running.size }, 'relay is going away');
+        this.relayGoingAway = conn;
+        this.leaveIfRelayGoingAway();
         return;
       default:
         this.log.debug({ kind: m.kind }, 'ignoring message not meant for a node');
@@ -334,6 +338,19 @@ export class TunnelNode extends EventEmitter {
     }
   }
 
+  /**
+   * The relay sent GOAWAY: it routes us no new calls and waits for the running ones. Once they are
+   * answered, close and reconnect with backoff, reaching another relay behind the same address or
+   * this one after its restart.
+   */
+  private leaveIfRelayGoingAway(): void {
+    const conn = this.relayGoingAway;
+    if (!conn || conn !== this.conn || this.running.size > 0 || this.stopping) return;
+    this.relayGoingAway = undefined;
+    // Let the answers queued in this turn leave first: close() flushes the write queue.
+    conn.close(CloseCode.GOING_AWAY, 'relay is going away; reconnecting');
+  }
+
   private onRequest(conn: Connection, m: Extract<Message, { kind: 0 }>, sessions = this.sessions): void {
     const { id, method, meta } = m;
     const dot = method.lastIndexOf('.');
@@ -375,6 +392,11 @@ export class TunnelNode extends EventEmitter {
     call.session.untrack(call);
     if (this.running.get(call.key) === call) this.running.delete(call.key);
     if (this.running.size === 0) this.emit('idle');
+    this.answer(call, err, result);
+    this.leaveIfRelayGoingAway();
+  }
+
+  private answer(call: RunningCall, err: unknown, result: unknown): void {
     // Cancelled, timed out, or the connection is gone: nobody is waiting for this answer.
     if (call.aborted || !call.conn.isOpen) return;
     if (err !== undefined) {

@@ -1,15 +1,17 @@
 import { randomBytes } from 'node:crypto';
-import { EventEmitter } from 'node:events';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { EventEmitter, once } from 'node:events';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { splitHostPort } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
-import { Kind, PROTOCOL_VERSION, welcome, type Hello, type Message } from '../wire/messages.js';
-import { CallerLink, relayDeadlines } from './caller-link.js';
+import { goaway, Kind, PROTOCOL_VERSION, welcome, type Hello, type Message } from '../wire/messages.js';
+import { CallerLink, relayDeadlines, type CallerTransport, type CallObserver } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
+import { httpHandler } from './http.js';
+import { RelayMetrics } from './metrics.js';
 import { NodeLink } from './node-link.js';
 
 export const RELAY_VERSION = 'tunnel-relay/0.1.0';
@@ -28,6 +30,17 @@ export interface RelayOptions {
   maxTimeout?: number;
   /** Largest message, bytes (default 16 MiB + 64 KiB of envelope). */
   maxMessage?: number;
+  /**
+   * `[host]:port` of a separate listener for /metrics, /nodes, /healthz and /readyz. When set, the
+   * main port no longer serves /metrics and /nodes, so they need not be public (default: none).
+   */
+  adminListen?: string;
+  /** /readyz answers 503 until nodes with these names are connected (default none). */
+  requireNode?: string[];
+  /** /readyz answers 503 until every one of these services has a node (default none). */
+  requireService?: string[];
+  /** How long {@link Relay.drain} waits for calls in flight, ms (default 30 000). */
+  drainTimeout?: number;
 }
 
 const DEFAULTS = {
@@ -37,7 +50,13 @@ const DEFAULTS = {
   defaultTimeout: 30_000,
   maxTimeout: 300_000,
   maxMessage: 16 * 1024 * 1024 + 64 * 1024,
+  requireNode: [] as string[],
+  requireService: [] as string[],
+  drainTimeout: 30_000,
 };
+
+/** Node names remembered to tell a reconnect from a first connection; more are not remembered. */
+const SEEN_NODES_LIMIT = 10_000;
 
 const NODE_NAME = /^[A-Za-z0-9][\w.-]{0,127}$/;
 
@@ -52,21 +71,50 @@ export interface NodeInfo {
   draining: boolean;
 }
 
+/** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. */
+export interface GatewaySession {
+  readonly link: CallerLink;
+  close(): void;
+}
+
 /**
  * The relay: one port where nodes attach and callers call. It routes each call to a node, keeps the
  * mapping between caller ids and tunnel ids, enforces deadlines, and never runs user code.
- * Events: `listening`, `node` (joined), `node-left`.
+ * Events: `listening`, `node` (joined), `node-left`, `idle` (no call in flight while draining).
  */
 export class Relay extends EventEmitter {
   readonly directory = new NodeDirectory();
+  readonly metrics: RelayMetrics;
+  /** @internal */
+  readonly log: Logger;
   private readonly opts: typeof DEFAULTS & RelayOptions;
-  private readonly log: Logger;
   private readonly http: Server;
+  private readonly admin: Server | undefined;
   private readonly wss: WebSocketServer;
   private readonly callers = new Set<CallerLink>();
   private readonly deadlines = relayDeadlines();
   private readonly sessionPrefix = randomBytes(4).toString('hex');
   private sessionCounter = 0;
+  private gatewayCallers = 0;
+  private callsInFlight = 0;
+  private readonly sockets = new Set<Socket>();
+  private readonly closedBytes = { received: 0, sent: 0 };
+  private readonly seenNodes = new Set<string>();
+  private drainPromise: Promise<void> | undefined;
+  private readonly observer: CallObserver = {
+    started: () => {
+      this.callsInFlight++;
+    },
+    ended: (method, code, call) => {
+      if (call) {
+        this.callsInFlight--;
+        this.metrics.callEnded(method, code, (performance.now() - call.started) / 1_000, true);
+        if (this.callsInFlight === 0 && this.draining) this.emit('idle');
+      } else {
+        this.metrics.callEnded(method, code, undefined, this.isServed(method));
+      }
+    },
+  };
 
   constructor(options: RelayOptions = {}) {
     super();
@@ -75,37 +123,139 @@ export class Relay extends EventEmitter {
       throw new RangeError(`defaultTimeout (${this.opts.defaultTimeout}) must not exceed maxTimeout (${this.opts.maxTimeout})`);
     }
     this.log = options.log ?? silentLogger;
-    this.http = createServer((req, res) => this.onHttp(req, res));
+    this.metrics = new RelayMetrics({
+      callsInFlight: () => this.callsInFlight,
+      nodesConnected: () => this.directory.size,
+      callerConnections: () => ({ websocket: this.callers.size, http: this.gatewayCallers }),
+      bytes: () => this.bytes(),
+      draining: () => this.draining,
+    });
+    const separateAdmin = this.opts.adminListen !== undefined;
+    this.http = createServer(httpHandler(this, { gateway: true, admin: !separateAdmin, fallback: 'upgrade' }));
+    this.admin = separateAdmin ? createServer(httpHandler(this, { gateway: false, admin: true, fallback: 'not-found' })) : undefined;
     this.wss = new WebSocketServer({ noServer: true, maxPayload: this.opts.maxMessage, perMessageDeflate: false });
+    this.http.on('connection', (socket: Socket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => {
+        this.sockets.delete(socket);
+        this.closedBytes.received += socket.bytesRead;
+        this.closedBytes.sent += socket.bytesWritten;
+      });
+    });
     this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
       socket.on('error', () => socket.destroy());
+      if (this.draining) {
+        this.metrics.connectionRejected('draining');
+        const body = 'relay is going away: it takes no new connections; connect to another relay\n';
+        socket.end(`HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+        return;
+      }
       this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, req));
     });
     this.http.on('clientError', (_err, socket) => socket.destroy());
+    this.admin?.on('clientError', (_err, socket) => socket.destroy());
   }
 
-  /** Starts listening; resolves with the bound address (port 0 picks a free port). */
+  /** True from the start of {@link drain}: no new connections or calls are accepted. */
+  get draining(): boolean {
+    return this.drainPromise !== undefined;
+  }
+
+  /** Largest HTTP gateway body, bytes: the same bound as a WebSocket message. */
+  get maxBody(): number {
+    return this.opts.maxMessage;
+  }
+
+  /**
+   * Checks an HTTP gateway caller's `Authorization: Bearer` token and returns its identity (null when
+   * anonymous), or throws a TunnelError with code UNAUTHORIZED (401) or FORBIDDEN (403).
+   * With no caller authentication configured every caller is allowed.
+   */
+  authenticateCaller(_token: string | undefined, _address: string): string | null {
+    return null;
+  }
+
+  /** Opens the session of one HTTP gateway request; its answers go to `transport`. */
+  openGatewaySession(address: string, identity: string | null, transport: CallerTransport): GatewaySession {
+    const session = `${this.sessionPrefix}-h${(++this.sessionCounter).toString(36)}`;
+    const link = new CallerLink(session, transport, address, identity, this.directory, this.opts, this.deadlines, this.log, this.observer);
+    this.gatewayCallers++;
+    let open = true;
+    return {
+      link,
+      close: () => {
+        if (!open) return;
+        open = false;
+        this.gatewayCallers--;
+        link.onClose();
+      },
+    };
+  }
+
+  /** Whether /readyz should answer 200, and if not, why. */
+  readiness(): { ready: boolean; reasons: string[] } {
+    const reasons: string[] = [];
+    if (!this.http.listening) reasons.push('not listening');
+    if (this.draining) reasons.push('draining before shutdown');
+    for (const name of this.opts.requireNode ?? []) {
+      const node = this.directory.get(name);
+      if (!node || node.draining) reasons.push(`required node ${name} is not connected`);
+    }
+    for (const service of this.opts.requireService ?? []) {
+      if (![...this.directory.all()].some((n) => !n.draining && n.services.has(service))) {
+        reasons.push(`no node serves required service ${service}`);
+      }
+    }
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  /** Calls routed to a node and not answered yet. */
+  get inFlight(): number {
+    return this.callsInFlight;
+  }
+
+  private isServed(method: string): boolean {
+    const dot = method.lastIndexOf('.');
+    if (dot <= 0) return false;
+    const service = method.slice(0, dot);
+    const name = method.slice(dot + 1);
+    for (const node of this.directory.all()) if (node.hasMethod(service, name)) return true;
+    return false;
+  }
+
+  private bytes(): { received: number; sent: number } {
+    let { received, sent } = this.closedBytes;
+    for (const socket of this.sockets) {
+      received += socket.bytesRead;
+      sent += socket.bytesWritten;
+    }
+    return { received, sent };
+  }
+
+  /** Starts listening (and the admin listener, if any); resolves with the bound address (port 0 picks a free port). */
   async listen(): Promise<{ host: string; port: number; url: string }> {
-    const { host, port } = splitHostPort(this.opts.listen, '');
-    await new Promise<void>((resolve, reject) => {
-      this.http.once('error', reject);
-      this.http.listen(port, host === '' ? undefined : host, () => {
-        this.http.off('error', reject);
-        resolve();
-      });
-    });
+    await listenOn(this.http, this.opts.listen);
+    if (this.admin) {
+      await listenOn(this.admin, this.opts.adminListen!);
+      this.log.info(this.adminAddress, 'admin listening');
+    }
     const address = this.address!;
     this.log.info(address, 'relay listening');
     this.emit('listening', address);
     return address;
   }
 
+  /** The admin listener's address, when `adminListen` is set and it listens. */
+  get adminAddress(): { host: string; port: number; url: string } | undefined {
+    const a = this.admin?.address() as AddressInfo | null | undefined;
+    if (!a) return undefined;
+    return { host: a.address, port: a.port, url: `http://${urlHost(a.address)}:${a.port}/` };
+  }
+
   get address(): { host: string; port: number; url: string } | undefined {
     const a = this.http.address() as AddressInfo | null;
     if (!a) return undefined;
-    const host = a.address === '::' || a.address === '0.0.0.0' ? 'localhost' : a.address;
-    const h = host.includes(':') ? `[${host}]` : host;
-    return { host: a.address, port: a.port, url: `ws://${h}:${a.port}/` };
+    return { host: a.address, port: a.port, url: `ws://${urlHost(a.address)}:${a.port}/` };
   }
 
   /** What every attached node serves (the presence list). */
@@ -126,22 +276,59 @@ export class Relay extends EventEmitter {
     return this.callers.size;
   }
 
-  /** Closes every connection and the listening socket. */
+  /**
+   * Drains, then closes: refuses new connections (503) and new calls (GOING_AWAY), sends GOAWAY to
+   * every node and caller, waits up to `timeout` ms for the calls in flight, then closes everything.
+   * Calls still running at the deadline fail as their connections close.
+   */
+  drain(timeout = this.opts.drainTimeout, reason = 'relay is shutting down'): Promise<void> {
+    this.drainPromise ??= this.runDrain(timeout, reason);
+    return this.drainPromise;
+  }
+
+  private async runDrain(timeout: number, reason: string): Promise<void> {
+    this.log.info({ inFlight: this.callsInFlight, drainTimeoutMs: timeout, reason }, 'draining: refusing new connections and calls');
+    const message = goaway(reason);
+    for (const node of this.directory.all()) node.conn.send(message);
+    for (const caller of this.callers) {
+      caller.goingAway = reason;
+      caller.conn.send(message);
+    }
+    if (this.callsInFlight > 0) {
+      const idle = await once(this, 'idle', { signal: AbortSignal.timeout(timeout) }).then(
+        () => true,
+        () => false,
+      );
+      if (idle) this.log.info('drained: no call in flight');
+      else this.log.warn({ inFlight: this.callsInFlight, drainTimeoutMs: timeout }, 'drain timeout: closing with calls in flight');
+    }
+    await this.close();
+  }
+
+  /** Closes every connection and the listening sockets at once; see {@link drain} for a graceful stop. */
   async close(): Promise<void> {
+    // Answers completed in this turn wait in their Connection's queue, flushed on setImmediate:
+    // let them leave before the close frames.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
     for (const ws of this.wss.clients) setTimeout(() => ws.terminate(), 1_000).unref();
     this.wss.close();
     this.deadlines.clear();
-    await new Promise<void>((resolve) => this.http.close(() => resolve()));
+    const servers = this.admin ? [this.http, this.admin] : [this.http];
+    await Promise.all(
+      servers.map((server) => {
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        server.closeIdleConnections();
+        // HTTP clients keeping a request open must not hold the shutdown forever.
+        setTimeout(() => server.closeAllConnections(), 2_000).unref();
+        return closed;
+      }),
+    );
   }
 
-  private onHttp(req: IncomingMessage, res: ServerResponse): void {
-    if (req.url === '/healthz') {
-      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
-      return;
-    }
-    res.writeHead(426, { 'content-type': 'text/plain', upgrade: 'websocket' });
-    res.end('This is a tunnel relay. Connect with tunnel-node or tunnel-call (WebSocket).\n');
+  private reject(conn: Connection, code: number, reason: string, metric: string): void {
+    this.metrics.connectionRejected(metric);
+    conn.close(code, reason);
   }
 
   private accept(ws: WebSocket, req: IncomingMessage): void {
@@ -167,18 +354,18 @@ export class Relay extends EventEmitter {
     const timer = setTimeout(() => {
       if (settled) return;
       log.info({ helloTimeoutMs: this.opts.helloTimeout }, 'closing connection that sent no hello');
-      conn.close(CloseCode.HELLO_TIMEOUT, `no hello within ${this.opts.helloTimeout} ms`);
+      this.reject(conn, CloseCode.HELLO_TIMEOUT, `no hello within ${this.opts.helloTimeout} ms`, 'hello_timeout');
     }, this.opts.helloTimeout);
   }
 
   private onHello(conn: Connection, m: Message, address: string, log: Logger): void {
     if (m.kind !== Kind.HELLO) {
-      conn.close(CloseCode.PROTOCOL_ERROR, 'the first message must be a hello [4, {version, role}]');
+      this.reject(conn, CloseCode.PROTOCOL_ERROR, 'the first message must be a hello [4, {version, role}]', 'protocol_error');
       return;
     }
     const h = m.hello;
     if (h.version !== PROTOCOL_VERSION) {
-      conn.close(CloseCode.VERSION, `protocol version ${h.version} is not supported; this relay speaks ${PROTOCOL_VERSION}`);
+      this.reject(conn, CloseCode.VERSION, `protocol version ${h.version} is not supported; this relay speaks ${PROTOCOL_VERSION}`, 'version');
       return;
     }
     if (h.role === 'node') this.attachNode(conn, h, address, log);
@@ -188,12 +375,12 @@ export class Relay extends EventEmitter {
   private attachNode(conn: Connection, h: Hello, address: string, log: Logger): void {
     const name = h.name ?? '';
     if (!NODE_NAME.test(name)) {
-      conn.close(CloseCode.POLICY, 'node name must be 1-128 characters: letters, digits, _ . - (starting with a letter or digit)');
+      this.reject(conn, CloseCode.POLICY, 'node name must be 1-128 characters: letters, digits, _ . - (starting with a letter or digit)', 'bad_node_name');
       return;
     }
     const services = h.services ?? {};
     if (Object.keys(services).length === 0) {
-      conn.close(CloseCode.POLICY, 'a node must announce at least one service');
+      this.reject(conn, CloseCode.POLICY, 'a node must announce at least one service', 'no_services');
       return;
     }
     const link = new NodeLink(name, conn, services, h.labels ?? {}, address, log);
@@ -206,6 +393,8 @@ export class Relay extends EventEmitter {
         if (current) this.emit('node-left', name);
       },
     });
+    if (this.seenNodes.has(name)) this.metrics.nodeReconnected(name);
+    else if (this.seenNodes.size < SEEN_NODES_LIMIT) this.seenNodes.add(name);
     const old = this.directory.add(link);
     if (old) {
       old.draining = true;
@@ -219,7 +408,7 @@ export class Relay extends EventEmitter {
 
   private attachCaller(conn: Connection, _h: Hello, address: string, log: Logger): void {
     const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
-    const link = new CallerLink(session, conn, address, null, this.directory, this.opts, this.deadlines, log);
+    const link = new CallerLink(session, conn, address, null, this.directory, this.opts, this.deadlines, log, this.observer);
     this.callers.add(link);
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
@@ -232,4 +421,20 @@ export class Relay extends EventEmitter {
     conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, session }));
     log.debug({ session }, 'caller connected');
   }
+}
+
+function listenOn(server: Server, listen: string): Promise<void> {
+  const { host, port } = splitHostPort(listen, '');
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host === '' ? undefined : host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+function urlHost(address: string): string {
+  const host = address === '::' || address === '0.0.0.0' ? 'localhost' : address;
+  return host.includes(':') ? `[${host}]` : host;
 }

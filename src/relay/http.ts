@@ -1,0 +1,212 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ErrorCode, TunnelError, type WireError } from '../errors.js';
+import { decodeResult, encodeParams } from '../rpc/body.js';
+import { parseDuration } from '../util/units.js';
+import { Kind } from '../wire/messages.js';
+import type { CallerTransport } from './caller-link.js';
+import type { Relay } from './relay.js';
+
+/** Which endpoints a listener serves. */
+export interface HttpRoutes {
+  /** `POST /call/Service.Method`. */
+  gateway: boolean;
+  /** `/metrics` and `/nodes`; `/healthz` and `/readyz` are served everywhere. */
+  admin: boolean;
+  /** Answer for paths nobody serves: 426 on the WebSocket port, 404 on the admin port. */
+  fallback: 'upgrade' | 'not-found';
+}
+
+/** HTTP status of each error code a gateway call can end with; anything else is 500. */
+export const HTTP_STATUS: Record<string, number> = {
+  [ErrorCode.BAD_REQUEST]: 400,
+  [ErrorCode.UNAUTHORIZED]: 401,
+  [ErrorCode.NOT_LOGGED_IN]: 401,
+  [ErrorCode.LOGIN_FAILED]: 403,
+  FORBIDDEN: 403,
+  [ErrorCode.NO_SERVICE]: 404,
+  [ErrorCode.NO_METHOD]: 404,
+  [ErrorCode.NO_NODE]: 404,
+  [ErrorCode.TOO_LARGE]: 413,
+  [ErrorCode.OVERLOADED]: 429,
+  [ErrorCode.APP_ERROR]: 500,
+  [ErrorCode.NODE_LOST]: 502,
+  [ErrorCode.PROTOCOL_ERROR]: 502,
+  [ErrorCode.CONNECTION_CLOSED]: 502,
+  [ErrorCode.GOING_AWAY]: 503,
+  [ErrorCode.TIMEOUT]: 504,
+};
+
+const JSON_TYPE = 'application/json; charset=utf-8';
+
+/** Returns the request handler of one listener of `relay`. */
+export function httpHandler(relay: Relay, routes: HttpRoutes): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    route(relay, routes, req, res).catch((err: unknown) => {
+      relay.log.error({ err, url: req.url }, 'http handler failed');
+      if (!res.headersSent) sendError(res, new TunnelError(ErrorCode.APP_ERROR, 'internal error in the relay; see its log'));
+      else res.destroy();
+    });
+  };
+}
+
+async function route(relay: Relay, routes: HttpRoutes, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const url = new URL(req.url ?? '/', 'http://relay');
+  const path = url.pathname;
+  if (routes.gateway && path.startsWith('/call/')) return gatewayCall(relay, req, res, url);
+  if (path === '/healthz') return send(res, 200, 'text/plain; charset=utf-8', 'ok\n');
+  if (path === '/readyz') {
+    const r = relay.readiness();
+    return send(res, r.ready ? 200 : 503, JSON_TYPE, `${JSON.stringify(r)}\n`);
+  }
+  if (routes.admin && path === '/metrics') {
+    const text = await relay.metrics.render();
+    return send(res, 200, relay.metrics.contentType, text);
+  }
+  if (routes.admin && path === '/nodes') return send(res, 200, JSON_TYPE, `${JSON.stringify(relay.nodes())}\n`);
+  if (!routes.admin && (path === '/metrics' || path === '/nodes')) {
+    return send(res, 404, 'text/plain; charset=utf-8', `${path} is served on the admin listener (--admin-listen), not on this port\n`);
+  }
+  if (routes.fallback === 'not-found') return send(res, 404, 'text/plain; charset=utf-8', `no such endpoint: ${path}; try /healthz, /readyz, /metrics, /nodes\n`);
+  res.writeHead(426, { 'content-type': 'text/plain; charset=utf-8', upgrade: 'websocket' });
+  res.end(
+    'This is a tunnel relay. Connect with tunnel-node or tunnel-call (WebSocket), ' +
+      'or POST a JSON array of arguments to /call/Service.Method.\n',
+  );
+}
+
+/**
+ * One gateway call: one HTTP request is one session, routed through the same CallerLink code as a
+ * WebSocket caller. The session ends with the response, so a Login does not carry over to the next request.
+ */
+async function gatewayCall(relay: Relay, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+  if (req.method !== 'POST') {
+    res.setHeader('allow', 'POST');
+    return sendError(res, new TunnelError(ErrorCode.BAD_REQUEST, `use POST with a JSON array of arguments, not ${req.method}`), 405);
+  }
+  let method: string;
+  try {
+    method = decodeURIComponent(url.pathname.slice('/call/'.length));
+  } catch {
+    return sendError(res, new TunnelError(ErrorCode.BAD_REQUEST, 'the method in the path is not valid percent-encoding'));
+  }
+  if (relay.draining) {
+    return sendError(res, new TunnelError(ErrorCode.GOING_AWAY, 'the relay is going away and takes no new calls; try again on another relay'));
+  }
+  const address = peerAddress(req);
+  let identity: string | null;
+  let meta: { timeout?: number; node?: string };
+  let params: Buffer;
+  try {
+    identity = relay.authenticateCaller(bearerToken(req.headers.authorization), address);
+    meta = callMeta(url);
+    params = encodeParams(parseArgs(await readBody(req, relay.maxBody)));
+  } catch (err) {
+    return sendError(res, TunnelError.from(err));
+  }
+  const transport: CallerTransport = {
+    send(message) {
+      if (message[0] !== Kind.RESPONSE) return;
+      session.close();
+      const error = message[2] as WireError | null;
+      if (error) return sendError(res, TunnelError.fromWire(error));
+      let result: unknown;
+      try {
+        result = decodeResult(message[3] as Uint8Array | null);
+      } catch (err) {
+        return sendError(res, TunnelError.from(err));
+      }
+      send(res, 200, JSON_TYPE, `${toJson({ result })}\n`);
+    },
+  };
+  if (req.socket.destroyed) return;
+  const session = relay.openGatewaySession(address, identity, transport);
+  // The HTTP client gave up: the session closes, which aborts the call on the node.
+  res.once('close', () => session.close());
+  session.link.onMessage({ kind: Kind.REQUEST, id: 1, method, params, meta });
+}
+
+function peerAddress(req: IncomingMessage): string {
+  const remote = req.socket.remoteAddress ?? 'unknown';
+  return `${remote.startsWith('::ffff:') ? remote.slice(7) : remote}:${req.socket.remotePort ?? 0}`;
+}
+
+function bearerToken(header: string | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  if (!m) throw new TunnelError(ErrorCode.UNAUTHORIZED, 'the Authorization header must be "Bearer <token>"');
+  return m[1];
+}
+
+function callMeta(url: URL): { timeout?: number; node?: string } {
+  const meta: { timeout?: number; node?: string } = {};
+  const timeout = url.searchParams.get('timeout');
+  if (timeout !== null) {
+    let ms: number;
+    try {
+      ms = parseDuration(timeout, 'timeout');
+    } catch {
+      throw new TunnelError(ErrorCode.BAD_REQUEST, `?timeout= must be a duration such as 500ms, 30s or a number of milliseconds; got "${timeout}"`);
+    }
+    if (!(ms > 0)) throw new TunnelError(ErrorCode.BAD_REQUEST, '?timeout= must be more than 0');
+    meta.timeout = ms;
+  }
+  const node = url.searchParams.get('node');
+  if (node !== null) meta.node = node;
+  return meta;
+}
+
+function parseArgs(body: string): unknown[] {
+  if (body.trim() === '') return [];
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch (err) {
+    throw new TunnelError(ErrorCode.BAD_REQUEST, `the body is not valid JSON (${(err as Error).message}); send a JSON array of arguments such as [2,3]`);
+  }
+  if (!Array.isArray(value)) throw new TunnelError(ErrorCode.BAD_REQUEST, 'the body must be a JSON array of arguments, e.g. [2,3]; send [] for none');
+  return value;
+}
+
+function readBody(req: IncomingMessage, limit: number): Promise<string> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > limit) {
+    req.resume();
+    return Promise.reject(new TunnelError(ErrorCode.TOO_LARGE, `the body is ${declared} bytes; this relay accepts at most ${limit}`));
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.removeAllListeners('data');
+        req.resume();
+        reject(new TunnelError(ErrorCode.TOO_LARGE, `the body is over ${limit} bytes, the most this relay accepts`));
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.once('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.once('error', reject);
+    req.once('close', () => reject(new TunnelError(ErrorCode.CANCELLED, 'the HTTP client went away before sending the whole body')));
+  });
+}
+
+/** JSON with the two MessagePack values JSON lacks: 64-bit integers as strings, bytes as base64. */
+function toJson(value: unknown): string {
+  return JSON.stringify(value, function (this: Record<string, unknown>, key, v: unknown) {
+    const original = this[key];
+    if (original instanceof Uint8Array) return Buffer.from(original.buffer, original.byteOffset, original.byteLength).toString('base64');
+    return typeof v === 'bigint' ? v.toString() : v;
+  });
+}
+
+function sendError(res: ServerResponse, err: TunnelError, status = HTTP_STATUS[err.code] ?? 500): void {
+  send(res, status, JSON_TYPE, `${toJson({ error: err.toWire() })}\n`);
+}
+
+function send(res: ServerResponse, status: number, type: string, body: string): void {
+  if (res.headersSent || res.destroyed) return;
+  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}

@@ -1,0 +1,183 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { ErrorCode } from '../errors.js';
+
+/** What the relay reports at scrape time; read only when /metrics is asked for. */
+export interface RelayGauges {
+  callsInFlight(): number;
+  nodesConnected(): number;
+  callerConnections(): { websocket: number; http: number };
+  /** Bytes read from and written to every TCP connection on the relay port, closed ones included. */
+  bytes(): { received: number; sent: number };
+  draining(): boolean;
+}
+
+/** The label used once a label has seen its limit of distinct values. */
+export const OTHER = '(other)';
+/** The service and method label of a request refused before the relay knew it named a real method. */
+export const UNKNOWN = '(unknown)';
+
+/**
+ * Admits at most `limit` distinct values, then answers {@link OTHER}: a label fed by peers (node
+ * names, custom error codes, methods of a forwarding node) cannot grow the series count without bound.
+ */
+export class LabelCap {
+  private readonly seen = new Set<string>();
+
+  constructor(private readonly limit: number) {}
+
+  get(value: string): string {
+    if (this.seen.has(value)) return value;
+    if (this.seen.size >= this.limit) return OTHER;
+    this.seen.add(value);
+    return value;
+  }
+}
+
+const KNOWN_CODES = new Set<string>(['OK', ...Object.values(ErrorCode)]);
+
+/** Seconds: from a local echo (well under a millisecond) to the longest deadline a caller may set. */
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+
+/**
+ * The relay's Prometheus metrics, in a registry of its own (not prom-client's global one) so that
+ * several relays in one process keep separate counts. Labels are bounded: service, method and error
+ * code (each capped), node names only on the reconnect counter (capped); never caller addresses or ids.
+ */
+export class RelayMetrics {
+  readonly registry = new Registry();
+  private readonly calls: Counter<'service' | 'method' | 'code'>;
+  private readonly latency: Histogram<'service' | 'method'>;
+  private readonly reconnects: Counter<'node'>;
+  private readonly rejected: Counter<'reason'>;
+  private readonly methods = new LabelCap(1_000);
+  private readonly codes = new LabelCap(50);
+  private readonly nodeNames = new LabelCap(200);
+  /** Bound children by "method\0code", so a call costs two map look-ups, not label hashing. */
+  private readonly series = new Map<string, { inc(): void }>();
+  private readonly timings = new Map<string, { observe(seconds: number): void }>();
+
+  constructor(gauges: RelayGauges) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    this.calls = new Counter({
+      name: 'tunnel_relay_calls_total',
+      help: 'Calls the relay answered, by service, method and outcome code (OK or an error code)',
+      labelNames: ['service', 'method', 'code'],
+      registers,
+    });
+    this.latency = new Histogram({
+      name: 'tunnel_relay_call_duration_seconds',
+      help: 'Time from routing a call to a node until its answer, expiry, cancellation or loss',
+      labelNames: ['service', 'method'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.reconnects = new Counter({
+      name: 'tunnel_relay_node_reconnects_total',
+      help: 'Node connections under a name this relay had seen before (names beyond 200 count as "(other)")',
+      labelNames: ['node'],
+      registers,
+    });
+    this.rejected = new Counter({
+      name: 'tunnel_relay_rejected_connections_total',
+      help: 'Connections the relay refused or closed before they could call or serve, by reason',
+      labelNames: ['reason'],
+      registers,
+    });
+    new Gauge({
+      name: 'tunnel_relay_calls_in_flight',
+      help: 'Calls routed to a node and not yet answered',
+      registers,
+      collect() {
+        this.set(gauges.callsInFlight());
+      },
+    });
+    new Gauge({
+      name: 'tunnel_relay_nodes_connected',
+      help: 'Nodes attached to this relay',
+      registers,
+      collect() {
+        this.set(gauges.nodesConnected());
+      },
+    });
+    new Gauge({
+      name: 'tunnel_relay_caller_connections',
+      help: 'Callers connected: WebSocket sessions, and HTTP gateway requests being answered',
+      labelNames: ['transport'],
+      registers,
+      collect() {
+        const c = gauges.callerConnections();
+        this.set({ transport: 'websocket' }, c.websocket);
+        this.set({ transport: 'http' }, c.http);
+      },
+    });
+    new Gauge({
+      name: 'tunnel_relay_draining',
+      help: '1 while the relay drains before shutting down, else 0',
+      registers,
+      collect() {
+        this.set(gauges.draining() ? 1 : 0);
+      },
+    });
+    // Counters fed at scrape time: the sockets keep the running totals, we report what they added.
+    const reported = { received: 0, sent: 0 };
+    for (const direction of ['received', 'sent'] as const) {
+      new Counter({
+        name: `tunnel_relay_${direction}_bytes_total`,
+        help: `Bytes ${direction} on the relay port (WebSocket frames and HTTP, all connections)`,
+        registers,
+        collect() {
+          const now = gauges.bytes()[direction];
+          if (now > reported[direction]) this.inc(now - reported[direction]);
+          reported[direction] = now;
+        },
+      });
+    }
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The text exposition format. */
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /**
+   * Counts one call. `method` is `Service.Method`; `known` is false for requests refused before the
+   * relay could tell that the method exists anywhere (their names are whatever the caller sent).
+   */
+  callEnded(method: string, code: string, seconds: number | undefined, known: boolean): void {
+    const name = known ? this.methods.get(method) : UNKNOWN;
+    const outcome = KNOWN_CODES.has(code) ? code : this.codes.get(code);
+    const key = `${name}\0${outcome}`;
+    let series = this.series.get(key);
+    if (!series) {
+      series = this.calls.labels(...split(name), outcome);
+      this.series.set(key, series);
+    }
+    series.inc();
+    if (seconds === undefined) return;
+    let timing = this.timings.get(name);
+    if (!timing) {
+      timing = this.latency.labels(...split(name));
+      this.timings.set(name, timing);
+    }
+    timing.observe(seconds);
+  }
+
+  nodeReconnected(name: string): void {
+    this.reconnects.inc({ node: this.nodeNames.get(name) });
+  }
+
+  connectionRejected(reason: string): void {
+    this.rejected.inc({ reason });
+  }
+}
+
+function split(method: string): [string, string] {
+  if (method === UNKNOWN || method === OTHER) return [method, method];
+  const dot = method.lastIndexOf('.');
+  return [method.slice(0, dot), method.slice(dot + 1)];
+}

@@ -1,0 +1,96 @@
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { connect } from '../src/client/client.js';
+import { gatewayCall } from './helpers/http.js';
+import { BIN, killAll, Proc, runCall, startNode, startRelay } from './helpers/processes.js';
+
+const SLOW = fileURLToPath(new URL('./fixtures/slow-services.js', import.meta.url));
+
+describe('drain and shutdown', () => {
+  afterEach(killAll);
+
+  it('relay: SIGTERM lets a 2 s call finish, refuses new calls, and exits 0 within the drain time', async () => {
+    const relay = await startRelay(['--drain-timeout', '10s']);
+    const node = await startNode(relay.addr, ['--name', 'slow-1', '--services', SLOW]);
+    const early = await connect(relay.addr, { timeout: 10_000 });
+    const goaway = once(early, 'goaway');
+
+    const call = runCall(relay.addr, ['Slow.Sleep', '2000']);
+    await node.waitForMsg('test handler started');
+    const signalled = Date.now();
+    relay.proc.kill('SIGTERM');
+    await relay.proc.waitForMsg('draining: refusing new connections and calls');
+
+    // A caller connected before the drain is told at once and fails new calls fast.
+    expect(await goaway).toEqual(['relay is shutting down']);
+    const t = Date.now();
+    await expect(early.call('Slow.Echo', 1)).rejects.toMatchObject({ code: 'GOING_AWAY' });
+    expect(Date.now() - t).toBeLessThan(500);
+    // New connections and gateway calls are refused.
+    const late = await runCall(relay.addr, ['Slow.Echo', '1']);
+    expect(late.code).toBe(3);
+    expect(late.stderr).toContain('503');
+    const http = await gatewayCall(relay.port, 'Slow.Echo', [1]);
+    expect(http.status).toBe(503);
+    expect(http.json).toMatchObject({ error: { code: 'GOING_AWAY' } });
+
+    // The call in flight completes, then the relay exits 0 well within --drain-timeout.
+    expect(await call).toMatchObject({ code: 0, stdout: '2000\n' });
+    const { code } = await relay.proc.exited;
+    expect(code).toBe(0);
+    expect(Date.now() - signalled).toBeLessThan(10_000);
+    expect(relay.proc.logs.some((l) => l.msg === 'drained: no call in flight')).toBe(true);
+    // The node was told too: it leaves once idle and reconnects with backoff.
+    await node.waitForMsg('relay is going away');
+    await node.waitForMsg('reconnecting');
+    await early.close();
+  });
+
+  it('relay: a second signal exits at once', async () => {
+    const relay = await startRelay(['--drain-timeout', '60s']);
+    const node = await startNode(relay.addr, ['--name', 'slow-1', '--services', SLOW]);
+    void runCall(relay.addr, ['Slow.Sleep', '60000']);
+    await node.waitForMsg('test handler started');
+    relay.proc.kill('SIGTERM');
+    await relay.proc.waitForMsg('draining: refusing new connections and calls');
+    const t = Date.now();
+    relay.proc.kill('SIGTERM');
+    const { code } = await relay.proc.exited;
+    expect(code).toBe(130);
+    expect(Date.now() - t).toBeLessThan(2_000);
+  });
+
+  it('node: SIGTERM during a 2 s call finishes it, takes no new call, and exits 0', async () => {
+    const relay = await startRelay();
+    const node = await startNode(relay.addr, ['--name', 'slow-1', '--services', SLOW, '--drain-timeout', '10s']);
+    const call = runCall(relay.addr, ['Slow.Sleep', '2000']);
+    await node.waitForMsg('test handler started');
+    const signalled = Date.now();
+    node.kill('SIGTERM');
+    await relay.proc.waitForMsg('node is draining');
+
+    const late = await runCall(relay.addr, ['Slow.Echo', '1']);
+    expect(late.code).toBe(1);
+    expect(late.stderr).toContain('NO_NODE: every node serving Slow is draining');
+
+    expect(await call).toMatchObject({ code: 0, stdout: '2000\n' });
+    const { code } = await node.exited;
+    expect(code).toBe(0);
+    expect(Date.now() - signalled).toBeLessThan(10_000);
+    const left = await relay.proc.waitForMsg('node disconnected');
+    expect(left.failedCalls).toBe(0);
+  });
+
+  it('tunnel-call: SIGINT cancels the call on the node and exits non-zero', async () => {
+    const relay = await startRelay();
+    const node = await startNode(relay.addr, ['--name', 'slow-1', '--services', SLOW]);
+    const call = new Proc(BIN.call, ['--relay', relay.addr, 'Slow.Sleep', '60000']);
+    await node.waitForMsg('test handler started');
+    call.kill('SIGINT');
+    const { code } = await call.exited;
+    expect(code).toBe(130);
+    expect(call.stderr).toContain('CANCELLED');
+    await node.waitForMsg('test handler aborted');
+  });
+});
