@@ -1,10 +1,14 @@
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import type { Logger } from '../util/logger.js';
-import type { Connection } from '../wire/connection.js';
-import { Kind, response, type Message, type NodeMeta } from '../wire/messages.js';
+import { Kind, type Message, type NodeMeta } from '../wire/messages.js';
 import type { NodeDirectory } from './directory.js';
 import type { NodeLink } from './node-link.js';
 import { RelayedCall } from './relayed-call.js';
+
+/** Where a caller's answers go: the WebSocket protocol, or another caller transport such as the MessagePack-RPC port. */
+export interface CallerOutput {
+  respond(id: number, error: WireError | null, result: Uint8Array | null): void;
+}
 
 export interface CallerLimits {
   defaultTimeout: number;
@@ -22,7 +26,7 @@ export class CallerLink {
 
   constructor(
     readonly session: string,
-    readonly conn: Connection,
+    readonly out: CallerOutput,
     readonly address: string,
     readonly identity: string | null,
     private readonly directory: NodeDirectory,
@@ -52,7 +56,7 @@ export class CallerLink {
   }
 
   private reply(id: number, error: TunnelError): void {
-    this.conn.send(response(id, error.toWire(), null));
+    this.out.respond(id, error.toWire(), null);
   }
 
   private onRequest(m: Extract<Message, { kind: 0 }>): void {
@@ -102,7 +106,7 @@ export class CallerLink {
     if (this.inflight.get(call.callerId) !== call) return;
     this.inflight.delete(call.callerId);
     clearTimeout(call.timer);
-    this.conn.send(response(call.callerId, error, result));
+    this.out.respond(call.callerId, error, result);
   }
 
   /** The caller is gone: forget its calls and tell every node that saw it to drop the session. */

@@ -7,8 +7,8 @@ import { splitHostPort } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
-import { Kind, PROTOCOL_VERSION, welcome, type Hello, type Message } from '../wire/messages.js';
-import { CallerLink } from './caller-link.js';
+import { Kind, PROTOCOL_VERSION, response, welcome, type Hello, type Message } from '../wire/messages.js';
+import { CallerLink, type CallerOutput } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
 import { NodeLink } from './node-link.js';
 
@@ -216,18 +216,32 @@ export class Relay extends EventEmitter {
   }
 
   private attachCaller(conn: Connection, _h: Hello, address: string, log: Logger): void {
-    const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
-    const link = new CallerLink(session, conn, address, null, this.directory, this.opts, log);
-    this.callers.add(link);
+    const link = this.openCallerSession({ respond: (id, error, result) => conn.send(response(id, error, result)) }, address, null, log);
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
       close: (code, reason) => {
-        this.callers.delete(link);
-        link.onClose();
-        log.debug({ session, code, reason }, 'caller disconnected');
+        this.closeCallerSession(link);
+        log.debug({ session: link.session, code, reason }, 'caller disconnected');
       },
     });
-    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, session }));
-    log.debug({ session }, 'caller connected');
+    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, session: link.session }));
+    log.debug({ session: link.session }, 'caller connected');
+  }
+
+  /**
+   * Starts a caller session, which is one caller connection, on any transport: the WebSocket here,
+   * the MessagePack-RPC port (msgpack-rpc-port.ts). Requests go to `link.onMessage`; answers come out
+   * through `out`. End it with {@link closeCallerSession} when the connection closes.
+   */
+  openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
+    const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
+    const link = new CallerLink(session, out, address, identity, this.directory, this.opts, log);
+    this.callers.add(link);
+    return link;
+  }
+
+  /** Ends a caller session: its calls are dropped and every node that saw it forgets it. */
+  closeCallerSession(link: CallerLink): void {
+    if (this.callers.delete(link)) link.onClose();
   }
 }
