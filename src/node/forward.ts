@@ -175,7 +175,7 @@ class Upstream {
       const failing = !this.wasConnected && !this.error;
       this.error ??= failing
         ? new TunnelError(ErrorCode.APP_ERROR, `forwarded service ${service.name}: cannot reach the local server at ${where} (${err.code ?? err.message}); is it running?`)
-        : new TunnelError(ErrorCode.APP_ERROR, `forwarded service ${service.name}: connection to the local server at ${where} failed (${err.code ?? err.message}); the call may or may not have run`);
+        : new TunnelError(ErrorCode.APP_ERROR, `forwarded service ${service.name}: the connection to the local server at ${where} was lost (${err.code ?? err.message}) while the call was in flight; it may or may not have run`);
       if (failing) service.onReachable(false, { err: err.code ?? err.message });
     });
     this.socket.on('close', () => this.onClose(where));
