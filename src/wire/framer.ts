@@ -19,6 +19,8 @@ export class MessagePackFramer {
   private scan = 0; // next header to read; may point past `end` while a payload is still arriving
   private readonly open: number[] = []; // items still due in each open array or map
   private complete = false; // a whole value ends at `scan`
+  private size = 0; // of the last header read, with its payload
+  private items = 0; // following the last header read
 
   /** @param maxValue largest value accepted, bytes; a bigger one is a TOO_LARGE error. */
   constructor(private readonly maxValue: number) {}
@@ -44,11 +46,10 @@ export class MessagePackFramer {
         this.complete = false;
       }
       if (this.scan >= this.end) break;
-      const size = this.header(this.scan);
-      if (size === undefined) break; // the header itself is split; wait for its remaining bytes
-      this.scan += size.bytes;
+      if (!this.header(this.scan)) break; // the header itself is split; wait for its remaining bytes
+      this.scan += this.size;
       if (this.scan - this.start > this.maxValue) this.tooLarge(this.scan - this.start);
-      if (size.items === 0) {
+      if (this.items === 0) {
         this.complete = this.itemDone();
         continue;
       }
@@ -56,8 +57,8 @@ export class MessagePackFramer {
         throw new TunnelError(ErrorCode.PROTOCOL_ERROR, `MessagePack value is nested deeper than ${MAX_DEPTH} levels`);
       }
       // Every item takes at least one byte: a count beyond the size limit can never be satisfied.
-      if (this.scan - this.start + size.items > this.maxValue) this.tooLarge(this.scan - this.start + size.items);
-      this.open.push(size.items);
+      if (this.scan - this.start + this.items > this.maxValue) this.tooLarge(this.scan - this.start + this.items);
+      this.open.push(this.items);
     }
     if (this.start === this.end) this.start = this.end = this.scan = 0;
     return out;
@@ -95,53 +96,67 @@ export class MessagePackFramer {
   }
 
   /**
-   * Size of the value whose header starts at `at`: header plus payload bytes, and the number of items
-   * that follow (arrays and maps). Undefined when the header is not complete yet.
+   * Reads the header at `at` into `size` (header plus payload bytes) and `items` (what follows, for
+   * arrays and maps). False when the header is not complete yet. Fields instead of a returned object:
+   * this runs for every value in the stream.
    */
-  private header(at: number): { bytes: number; items: number } | undefined {
+  private header(at: number): boolean {
     const b = this.buf;
     const avail = this.end - at;
-    const len = (n: number): number | undefined => {
-      if (avail < 1 + n) return undefined;
-      if (n === 1) return b[at + 1]!;
-      if (n === 2) return b.readUInt16BE(at + 1);
-      return b.readUInt32BE(at + 1);
-    };
     const t = b[at]!;
-    if (t <= 0x7f || t >= 0xe0 || t === 0xc0 || t === 0xc2 || t === 0xc3) return { bytes: 1, items: 0 };
-    if (t <= 0x8f) return { bytes: 1, items: 2 * (t & 0x0f) };
-    if (t <= 0x9f) return { bytes: 1, items: t & 0x0f };
-    if (t <= 0xbf) return { bytes: 1 + (t & 0x1f), items: 0 };
-    const payload = (n: number, extra = 0) => {
-      const l = len(n);
-      return l === undefined || avail < 1 + n + extra ? undefined : { bytes: 1 + n + extra + l, items: 0 };
-    };
-    const container = (n: number, perItem: number) => {
-      const l = len(n);
-      return l === undefined ? undefined : { bytes: 1 + n, items: l * perItem };
-    };
+    this.items = 0;
+    if (t <= 0x7f || t >= 0xe0 || t === 0xc0 || t === 0xc2 || t === 0xc3) {
+      this.size = 1;
+      return true;
+    }
+    if (t <= 0x9f) {
+      this.size = 1;
+      this.items = t <= 0x8f ? 2 * (t & 0x0f) : t & 0x0f;
+      return true;
+    }
+    if (t <= 0xbf) {
+      this.size = 1 + (t & 0x1f);
+      return true;
+    }
     switch (t) {
-      case 0xc4: case 0xd9: return payload(1); // bin8, str8
-      case 0xc5: case 0xda: return payload(2); // bin16, str16
-      case 0xc6: case 0xdb: return payload(4); // bin32, str32
-      case 0xc7: return payload(1, 1); // ext8: length, type
-      case 0xc8: return payload(2, 1);
-      case 0xc9: return payload(4, 1);
-      case 0xcc: case 0xd0: return { bytes: 2, items: 0 };
-      case 0xcd: case 0xd1: return { bytes: 3, items: 0 };
-      case 0xca: case 0xce: case 0xd2: return { bytes: 5, items: 0 };
-      case 0xcb: case 0xcf: case 0xd3: return { bytes: 9, items: 0 };
-      case 0xd4: return { bytes: 3, items: 0 }; // fixext 1, 2, 4, 8, 16: type byte plus data
-      case 0xd5: return { bytes: 4, items: 0 };
-      case 0xd6: return { bytes: 6, items: 0 };
-      case 0xd7: return { bytes: 10, items: 0 };
-      case 0xd8: return { bytes: 18, items: 0 };
-      case 0xdc: return container(2, 1);
-      case 0xdd: return container(4, 1);
-      case 0xde: return container(2, 2);
-      case 0xdf: return container(4, 2);
+      case 0xc4: case 0xd9: return this.sized(at, avail, 1, 0, 0); // bin8, str8
+      case 0xc5: case 0xda: return this.sized(at, avail, 2, 0, 0); // bin16, str16
+      case 0xc6: case 0xdb: return this.sized(at, avail, 4, 0, 0); // bin32, str32
+      case 0xc7: return this.sized(at, avail, 1, 1, 0); // ext8: length, then a type byte
+      case 0xc8: return this.sized(at, avail, 2, 1, 0);
+      case 0xc9: return this.sized(at, avail, 4, 1, 0);
+      case 0xdc: return this.sized(at, avail, 2, 0, 1); // array16
+      case 0xdd: return this.sized(at, avail, 4, 0, 1);
+      case 0xde: return this.sized(at, avail, 2, 0, 2); // map16: two items per entry
+      case 0xdf: return this.sized(at, avail, 4, 0, 2);
+      case 0xcc: case 0xd0: this.size = 2; return true;
+      case 0xcd: case 0xd1: this.size = 3; return true;
+      case 0xca: case 0xce: case 0xd2: this.size = 5; return true;
+      case 0xcb: case 0xcf: case 0xd3: this.size = 9; return true;
+      case 0xd4: this.size = 3; return true; // fixext 1, 2, 4, 8, 16: a type byte plus data
+      case 0xd5: this.size = 4; return true;
+      case 0xd6: this.size = 6; return true;
+      case 0xd7: this.size = 10; return true;
+      case 0xd8: this.size = 18; return true;
       default: // 0xc1 is the one byte MessagePack never uses
         throw new TunnelError(ErrorCode.PROTOCOL_ERROR, `invalid MessagePack: byte 0x${t.toString(16)} at offset ${at - this.start} of a value`);
     }
+  }
+
+  /**
+   * A header with an `n`-byte length: payload bytes for str, bin and ext (`extra` more for ext's type
+   * byte), or a count of entries for arrays and maps (`perItem` items each).
+   */
+  private sized(at: number, avail: number, n: 1 | 2 | 4, extra: number, perItem: number): boolean {
+    if (avail < 1 + n) return false;
+    const b = this.buf;
+    const l = n === 1 ? b[at + 1]! : n === 2 ? b.readUInt16BE(at + 1) : b.readUInt32BE(at + 1);
+    if (perItem > 0) {
+      this.size = 1 + n;
+      this.items = l * perItem;
+    } else {
+      this.size = 1 + n + extra + l;
+    }
+    return true;
   }
 }
