@@ -200,10 +200,7 @@ class Upstream {
         this.socket.uncork();
       });
     }
-    this.socket.write(REQUEST_HEAD);
-    this.socket.write(encode(id));
-    this.socket.write(encode(method));
-    this.socket.write(params);
+    this.socket.write(Buffer.concat([REQUEST_HEAD, encode(id), encode(method), params]));
     return new Promise<Uint8Array>((resolve, reject) => {
       // The server may still answer after the caller gave up; that answer is dropped by msgid.
       const onAbort = () => {
