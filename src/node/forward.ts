@@ -148,7 +148,7 @@ class Upstream {
   constructor(
     private readonly service: ForwardedService,
     target: ForwardTarget,
-    private readonly opts: typeof DEFAULTS,
+    opts: typeof DEFAULTS,
   ) {
     this.framer = new MessagePackFramer(opts.maxMessage);
     this.socket = 'path' in target ? connect(target.path) : connect(target.port, target.host);
