@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { ForwardedService, parseForward } from '../node/forward.js';
 import { TunnelNode } from '../node/node.js';
 import { parseCredentials } from '../rpc/login.js';
 import { ServiceRegistry } from '../rpc/registry.js';
@@ -12,7 +13,9 @@ const argv = await parse(
   command('tunnel-node', '$0 --relay host:port [options]\n\nDials out to a relay and serves RPC through it, reconnecting forever with backoff.')
   .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay to dial: host:port, :port, ws://host:port or wss://host:port' })
   .option('name', { type: 'string', default: hostname(), defaultDescription: 'the host name', describe: 'Name to register under; callers can target it with --node' })
-  .option('services', { type: 'string', describe: 'ES module whose default export is a map of services or a function (registry) => void; without it the built-in examples (Arith, Hello, KV, Server) are served' })
+  .option('services', { type: 'string', describe: 'ES module whose default export is a map of services or a function (registry) => void; without it and without --forward the built-in examples (Arith, Hello, KV, Server) are served' })
+  .option('forward', { type: 'string', array: true, describe: 'Serve Name by passing its calls to an existing local MessagePack-RPC server (Go net/rpc with ugorji\'s MsgpackSpecRpc, ...): Name=host:port or Name=unix:/path (repeatable). Its methods are not known in advance: it is announced as Name.*' })
+  .option('forward-connections', { type: 'number', default: 2, describe: 'Connections to each --forward server; calls are spread over them' })
   .option('users', { type: 'string', describe: 'Accounts for the example Hello.Login, "user:password,user2:password2" (default alice:secret)' })
   .option('label', { type: 'string', array: true, describe: 'Label key=value announced to the relay (repeatable)' })
   .option('token', { type: 'string', describe: 'Node token, when the relay requires one' })
@@ -24,6 +27,7 @@ const argv = await parse(
   .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')
   .example('$0 --relay :9090 --services ./my-services.js', 'serve your own services')
   .example('$0 --config /etc/tunnel/node.yaml', 'flags from a file (see docs/deploy/node.yaml)')
+  .example('$0 --relay :9090 --forward Arith=127.0.0.1:8080 --forward KV=unix:/run/kv.sock', 'put existing msgpack-rpc servers behind the tunnel')
   .epilog(`Every flag can also be set as an environment variable (TUNNEL_RELAY, TUNNEL_NAME, TUNNEL_TOKEN, TUNNEL_USERS, ...) or in a --config file. ${PRECEDENCE}`)
   ,
 );
@@ -32,9 +36,13 @@ const log = logger('tunnel-node', argv.logLevel);
 let node: TunnelNode;
 try {
   const registry = new ServiceRegistry();
+  const forward = (argv.forward ?? []).map((text) => {
+    const { name, target } = parseForward(text);
+    return new ForwardedService(name, target, { connections: argv.forwardConnections, log });
+  });
   if (argv.services) {
     await loadServices(argv.services, registry, log);
-  } else {
+  } else if (forward.length === 0) {
     let users: Record<string, string> = DEMO_USERS;
     if (argv.users) {
       users = {};
@@ -53,6 +61,7 @@ try {
     labels: keyValues(argv.label, 'label'),
     token: argv.token,
     services: registry,
+    forward,
     log,
     heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout'),
     reconnectBase: parseDuration(argv.reconnectBase, 'reconnect-base'),

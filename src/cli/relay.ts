@@ -1,3 +1,4 @@
+import { MsgpackRpcPort } from '../relay/msgpack-rpc-port.js';
 import { Relay } from '../relay/relay.js';
 import { parseDuration, parseSize } from '../util/units.js';
 import { command, parse, logger, onShutdown, PRECEDENCE, usageError } from './common.js';
@@ -14,7 +15,9 @@ const argv = await parse(
   .option('require-node', { type: 'string', array: true, describe: '/readyz answers 503 until a node with this name is connected (repeatable)' })
   .option('require-service', { type: 'string', array: true, describe: '/readyz answers 503 until a node serves this service (repeatable)' })
   .option('drain-timeout', { type: 'string', default: '30s', describe: 'On SIGINT/SIGTERM, how long calls in flight may take to finish before the relay closes (a second signal exits at once)' })
+  .option('msgpack-rpc-listen', { type: 'string', describe: 'Also open a MessagePack-RPC port here, [host]:port, for existing msgpack-rpc clients such as Go net/rpc with ugorji\'s MsgpackSpecRpc (off unless given; see docs/PROTOCOL.md)' })
   .example('$0 --listen :9090', 'listen on every interface, port 9090')
+  .example('$0 --listen :9090 --msgpack-rpc-listen :9091', 'WebSocket callers and nodes on 9090, MessagePack-RPC callers on 9091')
   .example('$0 --listen 127.0.0.1:0', 'loopback only, any free port (printed in the "relay listening" log line)')
   .example('$0 --listen :9090 --admin-listen 127.0.0.1:9100', 'metrics and node list on a loopback-only admin port')
   .example('$0 --config /etc/tunnel/relay.yaml', 'flags from a file (see docs/deploy/relay.yaml)')
@@ -27,22 +30,26 @@ const argv = await parse(
 
 const log = logger('tunnel-relay', argv.logLevel);
 let relay: Relay;
+let rpcPort: MsgpackRpcPort | undefined;
 try {
+  const maxMessage = parseSize(argv.maxMessage, 'max-message') + 64 * 1024;
   const options = {
     listen: argv.listen,
     heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout'),
     helloTimeout: parseDuration(argv.helloTimeout, 'hello-timeout'),
     defaultTimeout: parseDuration(argv.defaultTimeout, 'default-timeout'),
     maxTimeout: parseDuration(argv.maxTimeout, 'max-timeout'),
-    maxMessage: parseSize(argv.maxMessage, 'max-message') + 64 * 1024,
+    maxMessage,
     adminListen: argv.adminListen,
     requireNode: argv.requireNode ?? [],
     requireService: argv.requireService ?? [],
     drainTimeout: parseDuration(argv.drainTimeout, 'drain-timeout'),
+    msgpackRpcListen: argv.msgpackRpcListen,
   };
   // The settings in force after flags, environment and config file are merged: what an operator checks first.
   log.info(options, 'relay starting');
   relay = new Relay({ ...options, log });
+  if (argv.msgpackRpcListen !== undefined) rpcPort = new MsgpackRpcPort(relay, { listen: argv.msgpackRpcListen, log, maxMessage });
 } catch (err) {
   usageError('tunnel-relay', (err as Error).message);
 }
@@ -52,8 +59,16 @@ try {
   log.fatal({ listen: argv.listen, err: (err as Error).message }, 'cannot listen');
   process.exit(1);
 }
+try {
+  await rpcPort?.listen();
+} catch (err) {
+  log.fatal({ listen: argv.msgpackRpcListen, err: (err as Error).message }, 'cannot listen for msgpack-rpc');
+  process.exit(1);
+}
 log.warn('no node or caller authentication is configured: anyone who reaches this port can register nodes and call them');
 onShutdown(log, async () => {
+  // Calls that arrived on the msgpack-rpc port drain with the rest; its listener closes after.
   await relay.drain();
+  await rpcPort?.close();
   log.info('relay stopped');
 });

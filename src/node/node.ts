@@ -10,8 +10,9 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import { dial } from '../wire/dial.js';
-import { goaway, hello, Kind, PROTOCOL_VERSION, response, welcome, type Message } from '../wire/messages.js';
+import { goaway, hello, Kind, PROTOCOL_VERSION, response, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
 import { Backoff } from './backoff.js';
+import type { ForwardedService } from './forward.js';
 import { SessionTable } from './sessions.js';
 import { Cancellation } from '../rpc/cancellation.js';
 import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
@@ -26,6 +27,8 @@ export interface NodeOptions {
   token?: string;
   /** What the node serves. */
   services: ServiceRegistry;
+  /** Services passed on to existing local MessagePack-RPC servers (`--forward`). */
+  forward?: ForwardedService[];
   log?: Logger;
   /** Drop the relay when it is silent this long, ms (default 30 000; 0 disables). */
   heartbeatTimeout?: number;
@@ -111,6 +114,7 @@ export class TunnelNode extends EventEmitter {
   /** Direct caller connections (see direct.ts) get their own id space in `running`. */
   private readonly directIndex = new WeakMap<Connection, number>();
   private directCount = 0;
+  private readonly forwarded = new Map<string, ForwardedService>();
   private conn: Connection | undefined;
   private welcomed = false;
   /** The connection whose relay sent GOAWAY: left once its running calls are done. */
@@ -127,7 +131,11 @@ export class TunnelNode extends EventEmitter {
     this.url = relayUrl(options.relay);
     this.log = (options.log ?? silentLogger).child({ node: this.name });
     this.backoff = new Backoff(this.opts.reconnectBase, this.opts.reconnectCap);
-    if (options.services.size === 0) throw new TypeError('a node needs at least one service to serve');
+    for (const f of options.forward ?? []) {
+      if (options.services.has(f.name) || this.forwarded.has(f.name)) throw new TypeError(`service ${f.name} is forwarded and also served otherwise; pick one`);
+      this.forwarded.set(f.name, f);
+    }
+    if (options.services.size === 0 && this.forwarded.size === 0) throw new TypeError('a node needs at least one service to serve');
   }
 
   /** True while the relay has accepted us. */
@@ -175,6 +183,7 @@ export class TunnelNode extends EventEmitter {
       call.abort(new TunnelError(ErrorCode.CANCELLED, 'node is shutting down'));
     }
     this.sessions.clear('node is shutting down');
+    for (const f of this.forwarded.values()) f.close();
     if (conn?.isOpen) {
       const closed = once(this, 'disconnected', { signal: AbortSignal.timeout(2_000) }).catch(() => undefined);
       conn.close(CloseCode.GOING_AWAY, 'node is shutting down');
@@ -218,12 +227,19 @@ export class TunnelNode extends EventEmitter {
         version: PROTOCOL_VERSION,
         role: 'node',
         name: this.name,
-        services: this.opts.services.describe(),
+        services: this.describe(),
         labels: this.opts.labels ?? {},
       };
       if (this.opts.token) h.token = this.opts.token;
       conn.send(hello(h));
     });
+  }
+
+  /** Registered services with their methods, forwarded ones with `*`. */
+  private describe(): ServiceDescription {
+    const out = this.opts.services.describe();
+    for (const f of this.forwarded.values()) out[f.name] = f.methods;
+    return out;
   }
 
   private onClose(conn: Connection, code: number, reason: string): void {
@@ -258,7 +274,7 @@ export class TunnelNode extends EventEmitter {
     switch (m.kind) {
       case Kind.WELCOME:
         this.welcomed = true;
-        this.log.info({ relay: this.url, services: Object.keys(this.opts.services.describe()) }, 'connected to relay');
+        this.log.info({ relay: this.url, services: Object.keys(this.describe()) }, 'connected to relay');
         clearTimeout(this.healthyTimer);
         this.healthyTimer = setTimeout(() => this.backoff.reset(), this.opts.reconnectReset);
         this.healthyTimer.unref();
@@ -354,12 +370,18 @@ export class TunnelNode extends EventEmitter {
   private onRequest(conn: Connection, m: Extract<Message, { kind: 0 }>, sessions = this.sessions): void {
     const { id, method, meta } = m;
     const dot = method.lastIndexOf('.');
-    let entry;
-    let args: unknown[];
+    // Both kinds of service end in encoded bytes: a forwarded one passes the params and result through.
+    let run: (ctx: CallContext) => Promise<Uint8Array>;
     try {
       if (dot <= 0) throw new TunnelError(ErrorCode.BAD_REQUEST, `method "${method}" must be Service.Method`);
-      entry = this.opts.services.lookup(method.slice(0, dot), method.slice(dot + 1));
-      args = decodeParams(m.params);
+      const forwarded = this.forwarded.get(method.slice(0, dot));
+      if (forwarded) {
+        run = (ctx) => forwarded.call(method, m.params, ctx);
+      } else {
+        const entry = this.opts.services.lookup(method.slice(0, dot), method.slice(dot + 1));
+        const args = decodeParams(m.params);
+        run = async (ctx) => encodeReturned(method, await invoke(entry, args, ctx));
+      }
     } catch (err) {
       conn.send(response(id, TunnelError.from(err).toWire(), null));
       return;
@@ -381,13 +403,13 @@ export class TunnelNode extends EventEmitter {
       identity: typeof meta.identity === 'string' ? meta.identity : null,
     };
     const ctx = new HandlerContext(call, caller, this.name, Date.now() + timeout, this.log);
-    invoke(entry, args, ctx).then(
+    run(ctx).then(
       (result) => this.finish(call, undefined, result),
       (err) => this.finish(call, err, undefined),
     );
   }
 
-  private finish(call: RunningCall, err: unknown, result: unknown): void {
+  private finish(call: RunningCall, err: unknown, result: Uint8Array | undefined): void {
     this.deadlines.remove(call);
     call.session.untrack(call);
     if (this.running.get(call.key) === call) this.running.delete(call.key);
@@ -396,7 +418,7 @@ export class TunnelNode extends EventEmitter {
     this.leaveIfRelayGoingAway();
   }
 
-  private answer(call: RunningCall, err: unknown, result: unknown): void {
+  private answer(call: RunningCall, err: unknown, result: Uint8Array | undefined): void {
     // Cancelled, timed out, or the connection is gone: nobody is waiting for this answer.
     if (call.aborted || !call.conn.isOpen) return;
     if (err !== undefined) {
@@ -407,13 +429,14 @@ export class TunnelNode extends EventEmitter {
       call.conn.send(response(call.id, error.toWire(), null));
       return;
     }
-    let bytes: Buffer;
-    try {
-      bytes = encodeResult(result);
-    } catch (e) {
-      call.conn.send(response(call.id, new TunnelError(ErrorCode.APP_ERROR, `${call.method} returned a value that cannot be encoded: ${(e as Error).message}`).toWire(), null));
-      return;
-    }
-    call.conn.send(response(call.id, null, bytes));
+    call.conn.send(response(call.id, null, result!));
+  }
+}
+
+function encodeReturned(method: string, value: unknown): Buffer {
+  try {
+    return encodeResult(value);
+  } catch (e) {
+    throw new TunnelError(ErrorCode.APP_ERROR, `${method} returned a value that cannot be encoded: ${(e as Error).message}`);
   }
 }

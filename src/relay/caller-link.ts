@@ -1,10 +1,20 @@
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import type { Logger } from '../util/logger.js';
-import { Kind, response, type Message, type NodeMeta } from '../wire/messages.js';
+import { Kind, type Message, type NodeMeta } from '../wire/messages.js';
 import type { NodeDirectory } from './directory.js';
 import type { NodeLink } from './node-link.js';
 import { RelayedCall } from './relayed-call.js';
 import { DeadlineWheel } from '../rpc/deadlines.js';
+
+/**
+ * Where a caller's answers go: a WebSocket connection, one HTTP gateway request, or a connection on
+ * the MessagePack-RPC port.
+ */
+export interface CallerOutput {
+  respond(id: number, error: WireError | null, result: Uint8Array | null): void;
+  /** Tells the caller the relay is draining, where its transport can say so. */
+  goaway?(reason: string): void;
+}
 
 export interface CallerLimits {
   defaultTimeout: number;
@@ -14,14 +24,6 @@ export interface CallerLimits {
 /** The relay's one timer for every call's deadline. */
 export function relayDeadlines(): DeadlineWheel<RelayedCall> {
   return new DeadlineWheel<RelayedCall>((call) => call.caller.expire(call));
-}
-
-/**
- * Where a caller's answers go: a WebSocket connection, or one HTTP gateway request. It receives
- * response messages `[1, id, error, result]`.
- */
-export interface CallerTransport {
-  send(message: unknown[]): void;
 }
 
 /** Sees every call begin and end, for metrics and for the relay's drain. */
@@ -48,7 +50,7 @@ export class CallerLink {
 
   constructor(
     readonly session: string,
-    readonly conn: CallerTransport,
+    readonly out: CallerOutput,
     readonly address: string,
     readonly identity: string | null,
     private readonly directory: NodeDirectory,
@@ -82,7 +84,7 @@ export class CallerLink {
   /** Refuses a request before it reaches a node. */
   private reply(id: number, method: string, error: TunnelError): void {
     this.observer?.ended(method, error.code, undefined);
-    this.conn.send(response(id, error.toWire(), null));
+    this.out.respond(id, error.toWire(), null);
   }
 
   private onRequest(m: Extract<Message, { kind: 0 }>): void {
@@ -138,7 +140,7 @@ export class CallerLink {
     this.inflight.delete(call.callerId);
     this.deadlines.remove(call);
     this.observer?.ended(call.method, error ? error.code : 'OK', call);
-    this.conn.send(response(call.callerId, error, result));
+    this.out.respond(call.callerId, error, result);
   }
 
   /** The caller is gone: forget its calls and tell every node that saw it to drop the session. */

@@ -3,7 +3,7 @@ import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { decodeResult, encodeParams } from '../rpc/body.js';
 import { parseDuration } from '../util/units.js';
 import { Kind } from '../wire/messages.js';
-import type { CallerTransport } from './caller-link.js';
+import type { CallerOutput } from './caller-link.js';
 import type { Relay } from './relay.js';
 
 /** Which endpoints a listener serves. */
@@ -103,15 +103,13 @@ async function gatewayCall(relay: Relay, req: IncomingMessage, res: ServerRespon
   } catch (err) {
     return sendError(res, TunnelError.from(err));
   }
-  const transport: CallerTransport = {
-    send(message) {
-      if (message[0] !== Kind.RESPONSE) return;
+  const transport: CallerOutput = {
+    respond(_id, error, bytes) {
       session.close();
-      const error = message[2] as WireError | null;
       if (error) return sendError(res, TunnelError.fromWire(error));
       let result: unknown;
       try {
-        result = decodeResult(message[3] as Uint8Array | null);
+        result = decodeResult(bytes);
       } catch (err) {
         return sendError(res, TunnelError.from(err));
       }

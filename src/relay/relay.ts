@@ -7,8 +7,8 @@ import { splitHostPort } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
-import { goaway, Kind, PROTOCOL_VERSION, welcome, type Hello, type Message } from '../wire/messages.js';
-import { CallerLink, relayDeadlines, type CallerTransport, type CallObserver } from './caller-link.js';
+import { goaway, Kind, PROTOCOL_VERSION, response, welcome, type Hello, type Message } from '../wire/messages.js';
+import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler } from './http.js';
 import { RelayMetrics } from './metrics.js';
@@ -176,7 +176,7 @@ export class Relay extends EventEmitter {
   }
 
   /** Opens the session of one HTTP gateway request; its answers go to `transport`. */
-  openGatewaySession(address: string, identity: string | null, transport: CallerTransport): GatewaySession {
+  openGatewaySession(address: string, identity: string | null, transport: CallerOutput): GatewaySession {
     const session = `${this.sessionPrefix}-h${(++this.sessionCounter).toString(36)}`;
     const link = new CallerLink(session, transport, address, identity, this.directory, this.opts, this.deadlines, this.log, this.observer);
     this.gatewayCallers++;
@@ -292,7 +292,7 @@ export class Relay extends EventEmitter {
     for (const node of this.directory.all()) node.conn.send(message);
     for (const caller of this.callers) {
       caller.goingAway = reason;
-      caller.conn.send(message);
+      caller.out.goaway?.(reason);
     }
     if (this.callsInFlight > 0) {
       const idle = await once(this, 'idle', { signal: AbortSignal.timeout(timeout) }).then(
@@ -407,19 +407,38 @@ export class Relay extends EventEmitter {
   }
 
   private attachCaller(conn: Connection, _h: Hello, address: string, log: Logger): void {
-    const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
-    const link = new CallerLink(session, conn, address, null, this.directory, this.opts, this.deadlines, log, this.observer);
-    this.callers.add(link);
+    const link = this.openCallerSession(
+      { respond: (id, error, result) => conn.send(response(id, error, result)), goaway: (reason) => conn.send(goaway(reason)) },
+      address,
+      null,
+      log,
+    );
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
       close: (code, reason) => {
-        this.callers.delete(link);
-        link.onClose();
-        log.debug({ session, code, reason }, 'caller disconnected');
+        this.closeCallerSession(link);
+        log.debug({ session: link.session, code, reason }, 'caller disconnected');
       },
     });
-    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, session }));
-    log.debug({ session }, 'caller connected');
+    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, session: link.session }));
+    log.debug({ session: link.session }, 'caller connected');
+  }
+
+  /**
+   * Starts a caller session, which is one caller connection, on any transport: the WebSocket here,
+   * the MessagePack-RPC port (msgpack-rpc-port.ts). Requests go to `link.onMessage`; answers come out
+   * through `out`. End it with {@link closeCallerSession} when the connection closes.
+   */
+  openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
+    const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
+    const link = new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.observer);
+    this.callers.add(link);
+    return link;
+  }
+
+  /** Ends a caller session: its calls are dropped and every node that saw it forgets it. */
+  closeCallerSession(link: CallerLink): void {
+    if (this.callers.delete(link)) link.onClose();
   }
 }
 

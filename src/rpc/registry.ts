@@ -116,7 +116,8 @@ export class ServiceRegistry {
 
 /**
  * Runs one handler. Arguments are padded with `undefined` up to the handler's declared arity so that
- * the context always lands in the last declared parameter; surplus arguments are a BAD_REQUEST.
+ * the context always lands in the last declared parameter; surplus arguments are a BAD_REQUEST,
+ * except trailing nil or empty-map ones, which are dropped.
  */
 export async function invoke(entry: MethodEntry, args: unknown[], ctx: CallContext): Promise<unknown> {
   if (entry.requireLogin && !ctx.session.loggedIn) {
@@ -125,6 +126,9 @@ export async function invoke(entry: MethodEntry, args: unknown[], ctx: CallConte
   const arity = entry.fn.length;
   if (arity > 0) {
     const wanted = arity - 1;
+    // Go's net/rpc always sends exactly one argument, nil or an empty struct when the method needs
+    // none: surplus arguments that carry nothing are dropped instead of refused.
+    while (args.length > wanted && isEmpty(args[args.length - 1])) args.pop();
     if (args.length > wanted) {
       throw new TunnelError(
         ErrorCode.BAD_REQUEST,
@@ -135,4 +139,9 @@ export async function invoke(entry: MethodEntry, args: unknown[], ctx: CallConte
     while (args.length < wanted) args.push(undefined);
   }
   return entry.fn.call(entry.self, ...args, ctx);
+}
+
+function isEmpty(v: unknown): boolean {
+  if (v === null || v === undefined) return true;
+  return typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array) && Object.keys(v).length === 0;
 }
