@@ -1,4 +1,5 @@
 import { Relay } from '../relay/relay.js';
+import { SELECTORS, type SelectorName } from '../relay/selectors.js';
 import { parseDuration, parseSize } from '../util/units.js';
 import { command, parse, logger, onShutdown, usageError } from './common.js';
 
@@ -9,6 +10,7 @@ const argv = await parse(
   .option('hello-timeout', { type: 'string', default: '5s', describe: 'Close connections that do not say hello within this time' })
   .option('default-timeout', { type: 'string', default: '30s', describe: 'Deadline of calls whose caller sets none' })
   .option('max-timeout', { type: 'string', default: '5m', describe: 'Longest deadline a caller may ask for (longer ones are capped)' })
+  .option('selector', { type: 'string', choices: SELECTORS, default: 'round-robin', describe: 'How a call that names no node picks one of the nodes serving its service: round-robin, random, or least-pending (fewest calls in flight); callers may override per call' })
   .option('max-message', { type: 'string', default: '16MiB', describe: 'Largest WebSocket message accepted (params or result plus envelope); bigger closes with 1009' })
   .example('$0 --listen :9090', 'listen on every interface, port 9090')
   .example('$0 --listen 127.0.0.1:0', 'loopback only, any free port (printed in the "relay listening" log line)')
@@ -27,6 +29,7 @@ try {
     defaultTimeout: parseDuration(argv.defaultTimeout, 'default-timeout'),
     maxTimeout: parseDuration(argv.maxTimeout, 'max-timeout'),
     maxMessage: parseSize(argv.maxMessage, 'max-message') + 64 * 1024,
+    selector: argv.selector as SelectorName,
   });
 } catch (err) {
   usageError('tunnel-relay', (err as Error).message);

@@ -2,9 +2,13 @@ import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import type { Logger } from '../util/logger.js';
 import type { Connection } from '../wire/connection.js';
 import { Kind, response, type Message, type NodeMeta } from '../wire/messages.js';
+import { RELAY_SERVICE } from '../wire/presence.js';
+import { Broadcast } from './broadcast.js';
 import type { NodeDirectory } from './directory.js';
 import type { NodeLink } from './node-link.js';
+import type { Presence } from './presence.js';
 import { RelayedCall } from './relayed-call.js';
+import { parseWhere, selectorNamed, type Selector, type Where } from './selectors.js';
 
 export interface CallerLimits {
   defaultTimeout: number;
@@ -16,7 +20,7 @@ export interface CallerLimits {
  * remembers which nodes saw the session, and cleans up on both sides when the caller leaves.
  */
 export class CallerLink {
-  private readonly inflight = new Map<number, RelayedCall>();
+  private readonly inflight = new Map<number, RelayedCall | Broadcast>();
   private readonly nodesSeen = new Set<NodeLink>();
   private readonly affinity = new Map<string, NodeLink>();
 
@@ -28,6 +32,7 @@ export class CallerLink {
     private readonly directory: NodeDirectory,
     private readonly limits: CallerLimits,
     private readonly log: Logger,
+    private readonly presence: Presence,
   ) {}
 
   get inFlight(): number {
@@ -42,7 +47,7 @@ export class CallerLink {
       case Kind.CANCEL: {
         const call = this.inflight.get(m.id);
         if (!call) return;
-        call.node.abandon(call, true);
+        call.abandon(true);
         this.complete(call, new TunnelError(ErrorCode.CANCELLED, `${call.method} was cancelled by the caller`).toWire(), null);
         return;
       }
@@ -73,23 +78,59 @@ export class CallerLink {
     if (meta.node !== undefined && typeof meta.node !== 'string') {
       return this.reply(id, new TunnelError(ErrorCode.BAD_REQUEST, 'metadata node must be a string'));
     }
-    let node: NodeLink;
+    if (service === RELAY_SERVICE) return this.presence.answer(this.conn, this.session, id, method, m.params, meta);
+    let where: Where | undefined;
+    let selector: Selector | undefined;
     try {
-      node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, this.affinity.get(service));
+      if (meta.where !== undefined) where = parseWhere(meta.where);
+      if (meta.selector !== undefined) selector = selectorNamed(meta.selector);
     } catch (err) {
       return this.reply(id, err as TunnelError);
     }
-    this.affinity.set(service, node);
+    const nodeMeta: NodeMeta = { session: this.session, address: this.address, identity: this.identity, timeout };
+    if (meta.broadcast === true) return this.broadcast(id, service, method, dot, where, meta, m.params, nodeMeta);
+    // `affinity: false` lets a caller spread stateless calls over the fleet on one connection.
+    const sticky = meta.affinity !== false;
+    let node: NodeLink;
+    try {
+      node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, sticky ? this.affinity.get(service) : undefined, where, selector);
+    } catch (err) {
+      return this.reply(id, err as TunnelError);
+    }
+    if (sticky) this.affinity.set(service, node);
     this.nodesSeen.add(node);
     const call = new RelayedCall(this, id, node, method, timeout);
     this.inflight.set(id, call);
-    const nodeMeta: NodeMeta = { session: this.session, address: this.address, identity: this.identity, timeout };
     node.forward(call, m.params, nodeMeta);
     call.timer = setTimeout(() => this.expire(call), timeout);
   }
 
+  private broadcast(
+    id: number,
+    service: string,
+    method: string,
+    dot: number,
+    where: Where | undefined,
+    meta: Record<string, unknown>,
+    params: Uint8Array,
+    nodeMeta: NodeMeta,
+  ): void {
+    if (meta.node !== undefined) return this.reply(id, new TunnelError(ErrorCode.BAD_REQUEST, 'a broadcast goes to every matching node; drop node or broadcast'));
+    let nodes: NodeLink[];
+    try {
+      nodes = this.directory.targets(service, method.slice(dot + 1), where);
+    } catch (err) {
+      return this.reply(id, err as TunnelError);
+    }
+    for (const node of nodes) this.nodesSeen.add(node);
+    const call = new Broadcast(this, id, method, nodeMeta.timeout, nodes);
+    this.inflight.set(id, call);
+    this.log.debug({ session: this.session, method, nodes: nodes.length }, 'broadcast');
+    call.start(params, nodeMeta);
+  }
+
   private expire(call: RelayedCall): void {
-    call.node.abandon(call, true);
+    call.abandon(true);
     this.complete(
       call,
       new TunnelError(ErrorCode.TIMEOUT, `${call.method} on node ${call.node.name} did not answer within ${call.timeout} ms`).toWire(),
@@ -98,7 +139,7 @@ export class CallerLink {
   }
 
   /** Delivers the outcome of a call to the caller, once. */
-  complete(call: RelayedCall, error: WireError | null, result: Uint8Array | null): void {
+  complete(call: RelayedCall | Broadcast, error: WireError | null, result: Uint8Array | null): void {
     if (this.inflight.get(call.callerId) !== call) return;
     this.inflight.delete(call.callerId);
     clearTimeout(call.timer);
@@ -109,8 +150,9 @@ export class CallerLink {
   onClose(): void {
     for (const call of this.inflight.values()) {
       clearTimeout(call.timer);
-      call.node.abandon(call, false);
+      call.abandon(false);
     }
+    this.presence.forget(this.conn);
     this.inflight.clear();
     // SESSION_CLOSED also aborts the session's running handlers on the node, so no CANCEL is needed.
     for (const node of this.nodesSeen) node.closeSession(this.session);

@@ -8,9 +8,14 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import { Kind, PROTOCOL_VERSION, welcome, type Hello, type Message } from '../wire/messages.js';
+import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { CallerLink } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
 import { NodeLink } from './node-link.js';
+import { Presence } from './presence.js';
+import { SELECTORS, selectorNamed, type SelectorName } from './selectors.js';
+
+export type { NodeInfo } from '../wire/presence.js';
 
 export const RELAY_VERSION = 'tunnel-relay/0.1.0';
 
@@ -28,6 +33,8 @@ export interface RelayOptions {
   maxTimeout?: number;
   /** Largest message, bytes (default 16 MiB + 64 KiB of envelope). */
   maxMessage?: number;
+  /** How a call that names no node picks one (default `round-robin`); callers may override per call. */
+  selector?: SelectorName;
 }
 
 const DEFAULTS = {
@@ -37,20 +44,10 @@ const DEFAULTS = {
   defaultTimeout: 30_000,
   maxTimeout: 300_000,
   maxMessage: 16 * 1024 * 1024 + 64 * 1024,
+  selector: 'round-robin' as SelectorName,
 };
 
 const NODE_NAME = /^[A-Za-z0-9][\w.-]{0,127}$/;
-
-export interface NodeInfo {
-  name: string;
-  labels: Record<string, string>;
-  services: Record<string, string[]>;
-  address: string;
-  connectedAt: string;
-  inFlight: number;
-  served: number;
-  draining: boolean;
-}
 
 /**
  * The relay: one port where nodes attach and callers call. It routes each call to a node, keeps the
@@ -59,6 +56,7 @@ export interface NodeInfo {
  */
 export class Relay extends EventEmitter {
   readonly directory = new NodeDirectory();
+  private readonly presence: Presence;
   private readonly opts: typeof DEFAULTS & RelayOptions;
   private readonly log: Logger;
   private readonly http: Server;
@@ -73,7 +71,12 @@ export class Relay extends EventEmitter {
     if (this.opts.defaultTimeout > this.opts.maxTimeout) {
       throw new RangeError(`defaultTimeout (${this.opts.defaultTimeout}) must not exceed maxTimeout (${this.opts.maxTimeout})`);
     }
+    if (!SELECTORS.includes(this.opts.selector)) {
+      throw new RangeError(`selector must be one of ${SELECTORS.join(', ')}; got ${JSON.stringify(this.opts.selector)}`);
+    }
+    this.directory.selector = selectorNamed(this.opts.selector);
     this.log = options.log ?? silentLogger;
+    this.presence = new Presence(this.directory, this.log);
     this.http = createServer((req, res) => this.onHttp(req, res));
     this.wss = new WebSocketServer({ noServer: true, maxPayload: this.opts.maxMessage, perMessageDeflate: false });
     this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
@@ -109,16 +112,7 @@ export class Relay extends EventEmitter {
 
   /** What every attached node serves (the presence list). */
   nodes(): NodeInfo[] {
-    return [...this.directory.all()].map((n) => ({
-      name: n.name,
-      labels: n.labels,
-      services: Object.fromEntries([...n.services.keys()].map((s) => [s, n.methods(s)])),
-      address: n.address,
-      connectedAt: n.connectedAt.toISOString(),
-      inFlight: n.inFlight,
-      served: n.served,
-      draining: n.draining,
-    }));
+    return this.presence.list();
   }
 
   get callerCount(): number {
@@ -194,6 +188,10 @@ export class Relay extends EventEmitter {
       conn.close(CloseCode.POLICY, 'a node must announce at least one service');
       return;
     }
+    if (Object.hasOwn(services, RELAY_SERVICE)) {
+      conn.close(CloseCode.POLICY, `service name ${RELAY_SERVICE} is reserved for the relay's own presence service; rename it`);
+      return;
+    }
     const link = new NodeLink(name, conn, services, h.labels ?? {}, address, log);
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
@@ -201,7 +199,9 @@ export class Relay extends EventEmitter {
         const failed = link.onClose();
         const current = this.directory.remove(link);
         log.info({ node: name, code, reason, failedCalls: failed }, current ? 'node disconnected' : 'replaced node connection closed');
-        if (current) this.emit('node-left', name);
+        if (!current) return;
+        this.presence.announce('leave', link);
+        this.emit('node-left', name);
       },
     });
     const old = this.directory.add(link);
@@ -209,15 +209,17 @@ export class Relay extends EventEmitter {
       old.draining = true;
       log.warn({ node: name, previous: old.address }, 'node name reconnected; replacing the previous connection');
       old.conn.close(CloseCode.REPLACED, `replaced by a new connection for node ${name}`);
+      this.presence.announce('leave', old);
     }
     conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, name }));
     log.info({ node: name, services: Object.keys(services), labels: link.labels }, 'node connected');
+    this.presence.announce('join', link);
     this.emit('node', name);
   }
 
   private attachCaller(conn: Connection, _h: Hello, address: string, log: Logger): void {
     const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
-    const link = new CallerLink(session, conn, address, null, this.directory, this.opts, log);
+    const link = new CallerLink(session, conn, address, null, this.directory, this.opts, log, this.presence);
     this.callers.add(link);
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
