@@ -91,13 +91,16 @@ export class CallerLink {
     if (meta.broadcast === true) return this.broadcast(id, service, method, dot, where, meta, m.params, nodeMeta);
     // `affinity: false` lets a caller spread stateless calls over the fleet on one connection.
     const sticky = meta.affinity !== false;
+    const previous = sticky ? this.affinity.get(service) : undefined;
     let node: NodeLink;
     try {
-      node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, sticky ? this.affinity.get(service) : undefined, where, selector);
+      node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, previous, where, selector);
     } catch (err) {
       return this.reply(id, err as TunnelError);
     }
-    if (sticky) this.affinity.set(service, node);
+    // The session sticks to the node of its first call; a call sent elsewhere by node or where does
+    // not move it. Only a sticky node that left or drains is replaced.
+    if (sticky && (previous === undefined || !previous.available)) this.affinity.set(service, node);
     this.nodesSeen.add(node);
     const call = new RelayedCall(this, id, node, method, timeout);
     this.inflight.set(id, call);
