@@ -95,6 +95,9 @@ describe('broadcast and presence', () => {
     expect(text.stdout).toMatch(/\nex1\s+online\s+role=examples\s+127\.0\.0\.1:\d+\s+\S+Z \(\d+[smhd] ago\)\s+0\s+0\n {4}Arith: Divide, Multiply\n/);
     expect(text.stdout).toContain('    Fleet: Apply, Login, Where, Whoami, Work');
 
+    const unknown = await runCall(relay.addr, ['Relay.Nope']);
+    expect(unknown.stderr).toContain("NO_METHOD: the relay's own service Relay has no method Nope; methods: List, Unwatch, Watch");
+
     const eu = await runCall(relay.addr, ['--list', '--json', '--where', 'region=eu']);
     expect((JSON.parse(eu.stdout) as { nodes: NodeInfo[] }).nodes.map((n) => n.name)).toEqual(['b1', 'b2']);
   });
