@@ -61,6 +61,8 @@ interface PendingCall {
 /**
  * A caller's connection to the relay. It is one session: a Login made through it lasts until it closes.
  * Any number of calls may be in flight; answers are matched to calls by id, in any order.
+ * Events: `close` (code, reason), `presence` ({@link PresenceEvent}, while watching), `retry`
+ * (`{method, attempt, delay, error}` before a NODE_LOST call is sent again).
  */
 export class Client extends EventEmitter {
   /** Session id the relay gave this connection. */
