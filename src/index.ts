@@ -1,8 +1,9 @@
 /** Public entry of the library: relay, node and caller, and the pieces services are written with. */
 export { Relay, type RelayOptions, type NodeInfo } from './relay/relay.js';
 export { TunnelNode, type NodeOptions } from './node/node.js';
-export { connect, Client, type ClientOptions } from './client/client.js';
-export type { CallOptions } from './client/options.js';
+export { connect, Client, type ClientOptions, type BroadcastResult, type PresenceWatch } from './client/client.js';
+export type { CallOptions, BroadcastOptions, Selector } from './client/options.js';
+export type { PresenceEvent } from './wire/presence.js';
 export { ServiceRegistry, defineService, type ServiceOptions, type ServiceImpl } from './rpc/registry.js';
 export type { CallContext, CallerInfo } from './rpc/context.js';
 export { Session } from './rpc/session.js';

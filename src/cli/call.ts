@@ -1,7 +1,10 @@
 import { connect, type Client } from '../client/client.js';
+import type { CallOptions, Selector } from '../client/options.js';
 import { ErrorCode, TunnelError } from '../errors.js';
+import { SELECTORS } from '../relay/selectors.js';
 import { parseDuration } from '../util/units.js';
-import { command, parse, logger, PRECEDENCE, usageError } from './common.js';
+import { command, keyValues, parse, logger, PRECEDENCE, usageError } from './common.js';
+import { broadcastJson, formatBroadcast, formatNodes, toJson } from './fleet-output.js';
 
 /** Exit codes, documented in --help. */
 const EXIT = { OK: 0, CALL_FAILED: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 } as const;
@@ -9,23 +12,45 @@ const EXIT = { OK: 0, CALL_FAILED: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130
 const argv = await parse(
   command(
   'tunnel-call',
-  '$0 [options] Service.Method [ARGS...]\n\nCalls a method on a node through the relay and prints the result. Each ARG is parsed as JSON when it parses (2, true, "x", [1,2], {"a":1}), else taken as a string.',
+  '$0 [options] Service.Method [ARGS...]\n$0 --list\n\nCalls a method on a node through the relay and prints the result. Each ARG is parsed as JSON when it parses (2, true, "x", [1,2], {"a":1}), else taken as a string.',
 )
   .positional('method', { type: 'string', describe: 'Service.Method to call' })
   .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay address: host:port, :port, ws://host:port or wss://host:port' })
-  .option('timeout', { type: 'string', default: '30s', describe: 'How long to wait for the answer (500ms, 30s, 2m)' })
-  .option('login', { type: 'string', describe: 'Log in first on the same connection with "user:password" (calls <Service>.Login)' })
+  .option('timeout', { type: 'string', default: '30s', describe: 'How long to wait for the answer, retries included (500ms, 30s, 2m)' })
+  .option('login', { type: 'string', describe: 'Log in first on the same connection with "user:password" (calls <Service>.Login; with --all, on every node)' })
   .option('login-method', { type: 'string', describe: 'Method used by --login (default: <Service>.Login of the called method)' })
   .option('node', { type: 'string', describe: 'Only this node may serve the call' })
+  .option('where', { type: 'string', describe: 'Only nodes with this label may serve the call, key=value (repeatable: all must match)' })
+  .option('selector', { type: 'string', choices: SELECTORS, describe: "How the relay picks among the matching nodes (default: the relay's --selector)" })
+  .option('retry', { type: 'number', default: 0, describe: 'Send a call that failed with NODE_LOST again to another node, up to N times, with backoff. NODE_LOST means the node may have run it: only for idempotent calls' })
+  .option('all', { type: 'boolean', default: false, describe: 'Broadcast: call every node serving the method (that matches --where) in parallel; prints a table of node, status, result, ms; exits 1 if any node failed' })
+  .option('list', { type: 'boolean', default: false, describe: 'Print the nodes attached to the relay (matching --where): name, state, labels, address, connected since, calls in flight and served, services and methods' })
   .option('token', { type: 'string', describe: 'Caller token, when the relay requires one' })
-  .option('json', { type: 'boolean', default: false, describe: 'Print {"result": ...} or {"error": {code, message}} as one JSON line on stdout' })
+  .option('json', { type: 'boolean', default: false, describe: 'Print one JSON line on stdout: {"result": ...} or {"error": {code, message}}; with --all {"results": [...]}; with --list {"nodes": [...]}' })
   .option('log-level', { type: 'string', default: 'warn', describe: 'Least severe log level written to stderr' })
-  .demandCommand(1, 'give the method to call, e.g. tunnel-call Arith.Multiply 2 3')
+  .demandCommand(0)
+  .check((a) => {
+    if (a.list) {
+      if (a._.length > 0) throw new Error('--list takes no method');
+      if (a.all || a.node !== undefined) throw new Error('--list cannot be combined with --all or --node; use --where to filter');
+      return true;
+    }
+    if (a._.length === 0) throw new Error('give the method to call, e.g. tunnel-call Arith.Multiply 2 3 (or --list to see the nodes)');
+    if (a.all && a.node !== undefined) throw new Error('--all calls every matching node; drop --node (or use --where)');
+    if (a.all && a.retry !== 0) throw new Error('--all reports each node\'s failure instead of retrying; drop --retry');
+    if (a.all && a.selector !== undefined) throw new Error('--all calls every matching node; --selector does not apply');
+    if (!Number.isInteger(a.retry) || a.retry < 0) throw new Error(`--retry takes a whole number of retries, got ${a.retry}`);
+    return true;
+  })
   .example('$0 Arith.Multiply 2 3', 'prints 6')
-  .example('$0 --login alice:secret Hello.Hello bob', 'logs in, then calls Hello.Hello on the same connection')
+  .example('$0 --login alice:secret Hello.Hello bob', 'logs in, then calls Hello.Hello on the same connection (and node)')
   .example('$0 --relay relay.example:9090 KV.Set config \'{"v":2}\'', 'JSON arguments')
+  .example('$0 --node office-1 Arith.Multiply 2 3', 'only node office-1 may answer')
+  .example('$0 --where region=eu --selector least-pending Arith.Add 1 2', 'the least busy node labelled region=eu')
+  .example('$0 --all KV.Set config v2', 'every node serving KV.Set; one row per node')
+  .example('$0 --list', 'every node, its labels and services')
   .epilog(
-    'Exit codes: 0 ok; 1 the call failed (CODE: message on stderr); 2 bad usage; 3 relay unreachable; 130 interrupted.\n' +
+    'Exit codes: 0 ok; 1 the call failed (CODE: message on stderr), or with --all any node failed; 2 bad usage; 3 relay unreachable; 130 interrupted.\n' +
       `TUNNEL_RELAY, TUNNEL_TOKEN, TUNNEL_TIMEOUT, ... set the flags from the environment; --config reads them from a file. ${PRECEDENCE}\n` +
       'Put -- before arguments that start with a dash: tunnel-call Arith.Multiply -- -2 3',
   )
@@ -33,14 +58,16 @@ const argv = await parse(
 );
 
 const log = logger('tunnel-call', argv.logLevel);
-const [method, ...rawArgs] = argv._.map(String) as [string, ...string[]];
-if (!/^[^.\s]+(\.[^.\s]+)+$/.test(method)) usageError('tunnel-call', `"${method}" is not Service.Method`);
 let timeout: number;
+let where: Record<string, string> | undefined;
 try {
   timeout = parseDuration(argv.timeout, 'timeout');
+  if (argv.where !== undefined) where = keyValues(argv.where, 'where');
 } catch (err) {
   usageError('tunnel-call', (err as Error).message);
 }
+const [method = '', ...rawArgs] = argv._.map(String);
+if (!argv.list && !/^[^.\s]+(\.[^.\s]+)+$/.test(method)) usageError('tunnel-call', `"${method}" is not Service.Method`);
 const args = rawArgs.map(parseArg);
 
 function parseArg(text: string): unknown {
@@ -52,7 +79,7 @@ function parseArg(text: string): unknown {
 }
 
 function print(value: unknown): string {
-  return typeof value === 'string' ? value : JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+  return typeof value === 'string' ? value : toJson(value);
 }
 
 function fail(err: unknown, exitCode: number): never {
@@ -77,13 +104,35 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+client.on('retry', (r: { method: string; attempt: number; delay: number; error: TunnelError }) => {
+  log.warn({ method: r.method, attempt: r.attempt, delayMs: r.delay, reason: r.error.message }, 'retrying after NODE_LOST');
+});
+
 try {
-  if (argv.login) {
-    const loginMethod = argv.loginMethod ?? `${method.slice(0, method.lastIndexOf('.'))}.Login`;
-    await client.request(loginMethod, [argv.login], { timeout, signal: controller.signal, ...(argv.node ? { node: argv.node } : {}) });
+  if (argv.list) {
+    const nodes = await client.nodes({ timeout, ...(where ? { where } : {}) });
+    process.stdout.write(argv.json ? `${toJson({ nodes })}\n` : `${formatNodes(nodes)}\n`);
+    await client.close();
+    process.exit(EXIT.OK);
   }
-  const result = await client.request(method, args, { timeout, signal: controller.signal, ...(argv.node ? { node: argv.node } : {}) });
-  process.stdout.write(argv.json ? `${JSON.stringify({ result }, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))}\n` : `${print(result)}\n`);
+  const options: CallOptions = { timeout, signal: controller.signal };
+  if (argv.node !== undefined) options.node = argv.node;
+  if (where) options.where = where;
+  if (argv.selector !== undefined) options.selector = argv.selector as Selector;
+  if (argv.retry > 0) options.retry = argv.retry;
+  const loginMethod = argv.loginMethod ?? `${method.slice(0, method.lastIndexOf('.'))}.Login`;
+  if (argv.all) {
+    const bopts = { timeout, signal: controller.signal, ...(where ? { where } : {}) };
+    // Logging in on every node first; a node where it fails answers the call with NOT_LOGGED_IN.
+    if (argv.login) await client.broadcast(loginMethod, [argv.login], bopts);
+    const results = await client.broadcast(method, args, bopts);
+    process.stdout.write(argv.json ? `${toJson({ results: broadcastJson(results) })}\n` : `${formatBroadcast(results)}\n`);
+    await client.close();
+    process.exit(results.every((r) => r.ok) ? EXIT.OK : EXIT.CALL_FAILED);
+  }
+  if (argv.login) await client.request(loginMethod, [argv.login], options);
+  const result = await client.request(method, args, options);
+  process.stdout.write(argv.json ? `${toJson({ result })}\n` : `${print(result)}\n`);
   await client.close();
   process.exit(EXIT.OK);
 } catch (err) {

@@ -1,5 +1,6 @@
 import { MsgpackRpcPort } from '../relay/msgpack-rpc-port.js';
 import { Relay } from '../relay/relay.js';
+import { SELECTORS, type SelectorName } from '../relay/selectors.js';
 import { parseDuration, parseSize } from '../util/units.js';
 import { command, parse, logger, onShutdown, PRECEDENCE, usageError } from './common.js';
 
@@ -10,6 +11,7 @@ const argv = await parse(
   .option('hello-timeout', { type: 'string', default: '5s', describe: 'Close connections that do not say hello within this time' })
   .option('default-timeout', { type: 'string', default: '30s', describe: 'Deadline of calls whose caller sets none' })
   .option('max-timeout', { type: 'string', default: '5m', describe: 'Longest deadline a caller may ask for (longer ones are capped)' })
+  .option('selector', { type: 'string', choices: SELECTORS, default: 'round-robin', describe: 'How a call that names no node picks one of the nodes serving its service: round-robin, random, or least-pending (fewest calls in flight); callers may override per call' })
   .option('max-message', { type: 'string', default: '16MiB', describe: 'Largest WebSocket message or HTTP gateway body accepted (params or result plus envelope); bigger closes with 1009 or answers 413' })
   .option('admin-listen', { type: 'string', describe: 'Serve /metrics, /nodes, /healthz and /readyz on this separate [host]:port (e.g. 127.0.0.1:9100) and no longer /metrics and /nodes on --listen; recommended, so that metrics and the node list are not public' })
   .option('require-node', { type: 'string', array: true, describe: '/readyz answers 503 until a node with this name is connected (repeatable)' })
@@ -40,6 +42,7 @@ try {
     defaultTimeout: parseDuration(argv.defaultTimeout, 'default-timeout'),
     maxTimeout: parseDuration(argv.maxTimeout, 'max-timeout'),
     maxMessage,
+    selector: argv.selector as SelectorName,
     adminListen: argv.adminListen,
     requireNode: argv.requireNode ?? [],
     requireService: argv.requireService ?? [],

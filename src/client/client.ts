@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { ErrorCode, TunnelError } from '../errors.js';
-import { decodeResult, encodeParams } from '../rpc/body.js';
+import { ErrorCode, isTunnelError, TunnelError } from '../errors.js';
+import { decodeParams, decodeResult, encodeParams } from '../rpc/body.js';
 import { PendingTable } from '../rpc/pending.js';
 import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
 import { relayUrl } from '../util/address.js';
@@ -8,7 +8,8 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
 import { dial } from '../wire/dial.js';
 import { cancel, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
-import { isCallOptions, type CallOptions } from './options.js';
+import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent, type WireBroadcastEntry } from '../wire/presence.js';
+import { isCallOptions, type BroadcastOptions, type CallOptions } from './options.js';
 
 export interface ClientOptions {
   /** Default milliseconds a call may take (default 30 000). */
@@ -31,6 +32,25 @@ const DEFAULTS = {
   heartbeatTimeout: 30_000,
 };
 
+/** Backoff between retries of a NODE_LOST call: full jitter below min(cap, base·2ⁿ). */
+const RETRY_BASE = 100;
+const RETRY_CAP = 2_000;
+/** Extra wait for a broadcast's answer, so the relay's per-node TIMEOUT entries arrive before ours fires. */
+const BROADCAST_GRACE = 2_000;
+
+/** One node's outcome of {@link Client.broadcast}. */
+export type BroadcastResult =
+  | { node: string; ok: true; result: unknown; ms: number }
+  | { node: string; ok: false; error: TunnelError; ms: number };
+
+/** A running presence watch; {@link Client.watchPresence}. */
+export interface PresenceWatch {
+  /** The nodes online when the watch started. */
+  nodes: NodeInfo[];
+  /** Stops delivering events to this watch's listener. */
+  stop(): Promise<void>;
+}
+
 interface PendingCall extends Expiring {
   id: number;
   method: string;
@@ -42,8 +62,10 @@ interface PendingCall extends Expiring {
 /**
  * A caller's connection to the relay. It is one session: a Login made through it lasts until it closes.
  * Any number of calls may be in flight; answers are matched to calls by id, in any order.
- * Events: `close` (code, reason), `goaway` (reason): the relay is draining; calls in flight still
- * finish, new calls fail at once with GOING_AWAY, so connect again (to another relay) to go on.
+ * Events: `close` (code, reason); `goaway` (reason): the relay is draining, calls in flight still
+ * finish, new calls fail at once with GOING_AWAY, so connect again (to another relay) to go on;
+ * `presence` ({@link PresenceEvent}, while watching); `retry` (`{method, attempt, delay, error}`
+ * before a NODE_LOST call is sent again).
  */
 export class Client extends EventEmitter {
   /** Session id the relay gave this connection. */
@@ -80,7 +102,7 @@ export class Client extends EventEmitter {
 
   /**
    * Calls `Service.Method` with `args`. A last argument that is a plain object holding only option
-   * names (`timeout`, `node`, `signal`) is taken as {@link CallOptions}.
+   * names (`timeout`, `node`, `where`, `selector`, `affinity`, `retry`, `signal`) is taken as {@link CallOptions}.
    */
   call<T = unknown>(method: string, ...args: unknown[]): Promise<T> {
     const last = args[args.length - 1];
@@ -89,30 +111,118 @@ export class Client extends EventEmitter {
   }
 
   /** Calls `Service.Method` with an explicit argument list and options. */
-  request<T = unknown>(method: string, args: readonly unknown[] = [], options: CallOptions = {}): Promise<T> {
+  async request<T = unknown>(method: string, args: readonly unknown[] = [], options: CallOptions = {}): Promise<T> {
+    const timeout = options.timeout ?? this.defaultTimeout;
+    const retry = options.retry ?? 0;
+    if (!Number.isInteger(retry) || retry < 0) throw new TypeError(`retry must be a whole number of retries, got ${retry}`);
+    const params = this.encode(method, args);
+    const meta: Record<string, unknown> = { timeout };
+    if (options.node !== undefined) meta.node = options.node;
+    if (options.where !== undefined) meta.where = options.where;
+    if (options.selector !== undefined) meta.selector = options.selector;
+    if (options.affinity === false) meta.affinity = false;
+    if (retry === 0) return this.send<T>(method, params, meta, timeout, options.signal);
+    const deadline = Date.now() + timeout;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.send<T>(method, params, meta, meta.timeout as number, options.signal);
+      } catch (err) {
+        if (!isTunnelError(err, ErrorCode.NODE_LOST) || attempt > retry) throw err;
+        const delay = Math.random() * Math.min(RETRY_CAP, RETRY_BASE * 2 ** (attempt - 1));
+        if (Date.now() + delay >= deadline) throw err;
+        this.emit('retry', { method, attempt, delay: Math.round(delay), error: err });
+        await pause(delay, method, options.signal);
+        // Each attempt gets what is left of the caller's deadline, not a fresh one.
+        meta.timeout = Math.max(1, deadline - Date.now());
+      }
+    }
+  }
+
+  /**
+   * Calls `Service.Method` on every node that serves it (and matches `options.where`), in parallel
+   * through the relay, and resolves with one outcome per node, sorted by node name. It rejects only
+   * when no node matches or the connection fails; a node's failure is an entry with `ok: false`.
+   */
+  async broadcast(method: string, args: readonly unknown[] = [], options: BroadcastOptions = {}): Promise<BroadcastResult[]> {
+    const timeout = options.timeout ?? this.defaultTimeout;
+    const meta: Record<string, unknown> = { timeout, broadcast: true };
+    if (options.where !== undefined) meta.where = options.where;
+    const entries = await this.send<WireBroadcastEntry[]>(method, this.encode(method, args), meta, timeout + BROADCAST_GRACE, options.signal);
+    if (!Array.isArray(entries)) throw new TunnelError(ErrorCode.PROTOCOL_ERROR, `the relay answered broadcast ${method} with something other than a list`);
+    return entries.map((e): BroadcastResult => {
+      const node = String(e?.node);
+      const ms = typeof e?.ms === 'number' ? e.ms : 0;
+      if (e?.error) return { node, ok: false, error: TunnelError.fromWire(e.error), ms };
+      try {
+        return { node, ok: true, result: decodeResult(e?.result ?? null), ms };
+      } catch (err) {
+        return { node, ok: false, error: TunnelError.from(err), ms };
+      }
+    });
+  }
+
+  /** The nodes attached to the relay (presence list), optionally only those carrying `where` labels. */
+  nodes(options: { where?: Record<string, string>; timeout?: number } = {}): Promise<NodeInfo[]> {
+    const timeout = options.timeout ?? this.defaultTimeout;
+    const meta: Record<string, unknown> = { timeout };
+    if (options.where !== undefined) meta.where = options.where;
+    return this.send<NodeInfo[]>(RelayMethod.LIST, this.encode(RelayMethod.LIST, []), meta, timeout);
+  }
+
+  /**
+   * Calls `listener` for every node that joins or leaves the relay (a node dropped for missing
+   * heartbeats leaves too), until `stop()`. Resolves once the relay has subscribed this connection,
+   * with the nodes online at that moment: no event falls between the list and the first notification.
+   */
+  async watchPresence(listener: (event: PresenceEvent) => void, options: { where?: Record<string, string> } = {}): Promise<PresenceWatch> {
+    const where = options.where;
+    const matches = (n: NodeInfo) => where === undefined || Object.entries(where).every(([k, v]) => n.labels?.[k] === v);
+    const filtered = (e: PresenceEvent) => {
+      if (matches(e.node)) listener(e);
+    };
+    this.on('presence', filtered);
+    let nodes: NodeInfo[];
+    try {
+      // One relay subscription per connection; each watch filters its own labels here.
+      nodes = await this.send<NodeInfo[]>(RelayMethod.WATCH, this.encode(RelayMethod.WATCH, []), { timeout: this.defaultTimeout }, this.defaultTimeout);
+    } catch (err) {
+      this.off('presence', filtered);
+      throw err;
+    }
+    return {
+      nodes: nodes.filter(matches),
+      stop: async () => {
+        this.off('presence', filtered);
+        if (this.listenerCount('presence') > 0 || this.closed) return;
+        await this.send(RelayMethod.UNWATCH, this.encode(RelayMethod.UNWATCH, []), { timeout: this.defaultTimeout }, this.defaultTimeout);
+      },
+    };
+  }
+
+  private encode(method: string, args: readonly unknown[]): Buffer {
+    try {
+      return encodeParams(args);
+    } catch (err) {
+      throw new TunnelError(ErrorCode.BAD_REQUEST, `arguments of ${method} cannot be encoded: ${(err as Error).message}`);
+    }
+  }
+
+  /** Sends one request and waits up to `timeout` ms for its answer. */
+  private send<T>(method: string, params: Buffer, meta: object, timeout: number, signal?: AbortSignal): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.closeError) return reject(this.closeError);
       if (this.goingAway) return reject(this.goingAway);
-      if (options.signal?.aborted) return reject(new TunnelError(ErrorCode.CANCELLED, `${method} was cancelled before it was sent`));
-      const timeout = options.timeout ?? this.defaultTimeout;
+      if (signal?.aborted) return reject(new TunnelError(ErrorCode.CANCELLED, `${method} was cancelled before it was sent`));
       if (!(timeout > 0)) return reject(new TypeError(`timeout must be a positive number of milliseconds, got ${timeout}`));
-      let params: Buffer;
-      try {
-        params = encodeParams(args);
-      } catch (err) {
-        return reject(new TunnelError(ErrorCode.BAD_REQUEST, `arguments of ${method} cannot be encoded: ${(err as Error).message}`));
-      }
       const call: PendingCall = { id: 0, method, resolve: resolve as (v: unknown) => void, reject, deadlineSlot: 0 };
       const id = this.pending.add(call);
       call.id = id;
       this.deadlines.add(call, timeout);
-      if (options.signal) {
+      if (signal) {
         const listener = () => this.cancel(id);
-        options.signal.addEventListener('abort', listener, { once: true });
-        call.abort = { signal: options.signal, listener };
+        signal.addEventListener('abort', listener, { once: true });
+        call.abort = { signal, listener };
       }
-      const meta: { timeout: number; node?: string } = { timeout };
-      if (options.node !== undefined) meta.node = options.node;
       this.conn.send(request(id, method, params, meta));
     });
   }
@@ -154,6 +264,10 @@ export class Client extends EventEmitter {
       this.emit('goaway', m.reason);
       return;
     }
+    if (m.kind === Kind.NOTIFY) {
+      if (m.method === PRESENCE_NOTIFICATION) this.onPresence(m.params);
+      return;
+    }
     if (m.kind !== Kind.RESPONSE) return;
     const call = this.settle(m.id);
     if (!call) return;
@@ -168,6 +282,19 @@ export class Client extends EventEmitter {
     }
   }
 
+  private onPresence(params: Uint8Array): void {
+    let events: unknown[];
+    try {
+      events = decodeParams(params);
+    } catch {
+      return; // a relay speaking another dialect; the watch just sees nothing
+    }
+    for (const e of events) {
+      const event = e as PresenceEvent;
+      if (event && (event.event === 'join' || event.event === 'leave') && typeof event.node?.name === 'string') this.emit('presence', event);
+    }
+  }
+
   private onClose(code: number, reason: string): void {
     this.closeError = new TunnelError(
       ErrorCode.CONNECTION_CLOSED,
@@ -177,6 +304,22 @@ export class Client extends EventEmitter {
     for (const call of this.pending.drain()) call.reject(this.closeError);
     this.emit('close', code, reason);
   }
+}
+
+/** Waits `ms` unless `signal` aborts first, which rejects with CANCELLED. */
+function pause(ms: number, method: string, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const cancelled = () => {
+      clearTimeout(timer);
+      reject(new TunnelError(ErrorCode.CANCELLED, `${method} was cancelled while waiting to retry`));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', cancelled);
+      resolve();
+    }, ms);
+    if (signal?.aborted) cancelled();
+    else signal?.addEventListener('abort', cancelled, { once: true });
+  });
 }
 
 /**

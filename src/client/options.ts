@@ -1,14 +1,39 @@
+/** How the relay picks a node for a call that names none (the relay's `--selector` is the default). */
+export type Selector = 'round-robin' | 'random' | 'least-pending';
+
 /** Options of one call; the same names as `tunnel-call`'s flags. */
 export interface CallOptions {
-  /** Milliseconds to wait for the answer (default: the client's `timeout`). */
+  /** Milliseconds to wait for the answer, retries included (default: the client's `timeout`). */
   timeout?: number;
   /** Only this node may serve the call. */
   node?: string;
+  /** Only nodes carrying all these labels may serve the call (`{ region: 'eu' }`). */
+  where?: Record<string, string>;
+  /** How the relay picks among the matching nodes, for this call (default: the relay's selector). */
+  selector?: Selector;
+  /**
+   * Keep calls to a service on the node that served this connection's first call to it (default
+   * true), so that a Login stays valid. `false` lets stateless calls spread over the fleet.
+   */
+  affinity?: boolean;
+  /**
+   * Times a call that failed with NODE_LOST is sent again, to another node, with backoff (default 0).
+   * NODE_LOST means the node may or may not have run the call: only use this for idempotent calls.
+   */
+  retry?: number;
   /** Cancels the call: the relay and the node are told, the promise rejects with CANCELLED. */
   signal?: AbortSignal;
 }
 
-const CALL_OPTION_KEYS = new Set(['timeout', 'node', 'signal']);
+/** Options of a broadcast: the call goes to every node serving the method that matches `where`. */
+export interface BroadcastOptions {
+  /** Milliseconds to wait for every node; the ones that have not answered by then report TIMEOUT. */
+  timeout?: number;
+  where?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+const CALL_OPTION_KEYS = new Set(['timeout', 'node', 'where', 'selector', 'affinity', 'retry', 'signal']);
 
 /**
  * `call(method, ...args, options)` takes its last argument as options when it is a plain object whose

@@ -1,10 +1,14 @@
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
+import { DeadlineWheel } from '../rpc/deadlines.js';
 import type { Logger } from '../util/logger.js';
 import { Kind, type Message, type NodeMeta } from '../wire/messages.js';
+import { RELAY_SERVICE } from '../wire/presence.js';
+import { Broadcast } from './broadcast.js';
 import type { NodeDirectory } from './directory.js';
 import type { NodeLink } from './node-link.js';
+import type { Presence } from './presence.js';
 import { RelayedCall } from './relayed-call.js';
-import { DeadlineWheel } from '../rpc/deadlines.js';
+import { parseWhere, selectorNamed, type Selector, type Where } from './selectors.js';
 
 /**
  * Where a caller's answers go: a WebSocket connection, one HTTP gateway request, or a connection on
@@ -14,6 +18,8 @@ export interface CallerOutput {
   respond(id: number, error: WireError | null, result: Uint8Array | null): void;
   /** Tells the caller the relay is draining, where its transport can say so. */
   goaway?(reason: string): void;
+  /** Sends a notification (presence events), where the transport can carry one. */
+  notify?(method: string, params: Uint8Array): void;
 }
 
 export interface CallerLimits {
@@ -21,9 +27,9 @@ export interface CallerLimits {
   maxTimeout: number;
 }
 
-/** The relay's one timer for every call's deadline. */
+/** The relay's one timer for every call's deadline; only caller links schedule calls on it. */
 export function relayDeadlines(): DeadlineWheel<RelayedCall> {
-  return new DeadlineWheel<RelayedCall>((call) => call.caller.expire(call));
+  return new DeadlineWheel<RelayedCall>((call) => (call.caller as CallerLink).expire(call));
 }
 
 /** Sees every call begin and end, for metrics and for the relay's drain. */
@@ -42,7 +48,7 @@ export interface CallObserver {
  * remembers which nodes saw the session, and cleans up on both sides when the caller leaves.
  */
 export class CallerLink {
-  private readonly inflight = new Map<number, RelayedCall>();
+  private readonly inflight = new Map<number, RelayedCall | Broadcast>();
   private readonly nodesSeen = new Set<NodeLink>();
   private readonly affinity = new Map<string, NodeLink>();
   /** Set when the relay is draining: new requests fail at once with GOING_AWAY. */
@@ -57,6 +63,7 @@ export class CallerLink {
     private readonly limits: CallerLimits,
     private readonly deadlines: DeadlineWheel<RelayedCall>,
     private readonly log: Logger,
+    private readonly presence: Presence,
     private readonly observer?: CallObserver,
   ) {}
 
@@ -72,7 +79,7 @@ export class CallerLink {
       case Kind.CANCEL: {
         const call = this.inflight.get(m.id);
         if (!call) return;
-        call.node.abandon(call, true);
+        call.abandon(true);
         this.complete(call, new TunnelError(ErrorCode.CANCELLED, `${call.method} was cancelled by the caller`).toWire(), null);
         return;
       }
@@ -108,25 +115,64 @@ export class CallerLink {
     if (meta.node !== undefined && typeof meta.node !== 'string') {
       return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, 'metadata node must be a string'));
     }
-    let node: NodeLink;
+    if (service === RELAY_SERVICE) return this.presence.answer(this.out, this.session, id, method, m.params, meta);
+    let where: Where | undefined;
+    let selector: Selector | undefined;
     try {
-      node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, this.affinity.get(service));
+      if (meta.where !== undefined) where = parseWhere(meta.where);
+      if (meta.selector !== undefined) selector = selectorNamed(meta.selector);
     } catch (err) {
       return this.reply(id, method, err as TunnelError);
     }
-    this.affinity.set(service, node);
+    const nodeMeta: NodeMeta = { session: this.session, address: this.address, identity: this.identity, timeout };
+    if (meta.broadcast === true) return this.broadcast(id, service, method, dot, where, meta, m.params, nodeMeta);
+    // `affinity: false` lets a caller spread stateless calls over the fleet on one connection.
+    const sticky = meta.affinity !== false;
+    const previous = sticky ? this.affinity.get(service) : undefined;
+    let node: NodeLink;
+    try {
+      node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, previous, where, selector);
+    } catch (err) {
+      return this.reply(id, method, err as TunnelError);
+    }
+    // The session sticks to the node of its first call; a call sent elsewhere by node or where does
+    // not move it. Only a sticky node that left or drains is replaced.
+    if (sticky && (previous === undefined || !previous.available)) this.affinity.set(service, node);
     this.nodesSeen.add(node);
     const call = new RelayedCall(this, id, node, method, timeout);
     this.inflight.set(id, call);
     this.observer?.started(call);
-    const nodeMeta: NodeMeta = { session: this.session, address: this.address, identity: this.identity, timeout };
     node.forward(call, m.params, nodeMeta);
     this.deadlines.add(call, timeout);
   }
 
+  private broadcast(
+    id: number,
+    service: string,
+    method: string,
+    dot: number,
+    where: Where | undefined,
+    meta: Record<string, unknown>,
+    params: Uint8Array,
+    nodeMeta: NodeMeta,
+  ): void {
+    if (meta.node !== undefined) return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, 'a broadcast goes to every matching node; drop node or broadcast'));
+    let nodes: NodeLink[];
+    try {
+      nodes = this.directory.targets(service, method.slice(dot + 1), where);
+    } catch (err) {
+      return this.reply(id, method, err as TunnelError);
+    }
+    for (const node of nodes) this.nodesSeen.add(node);
+    const call = new Broadcast(this, id, method, nodeMeta.timeout, nodes);
+    this.inflight.set(id, call);
+    this.log.debug({ session: this.session, method, nodes: nodes.length }, 'broadcast');
+    call.start(params, nodeMeta);
+  }
+
   /** The deadline passed: answer TIMEOUT and tell the node to stop. */
   expire(call: RelayedCall): void {
-    call.node.abandon(call, true);
+    call.abandon(true);
     this.complete(
       call,
       new TunnelError(ErrorCode.TIMEOUT, `${call.method} on node ${call.node.name} did not answer within ${call.timeout} ms`).toWire(),
@@ -135,21 +181,28 @@ export class CallerLink {
   }
 
   /** Delivers the outcome of a call to the caller, once. */
-  complete(call: RelayedCall, error: WireError | null, result: Uint8Array | null): void {
+  complete(call: RelayedCall | Broadcast, error: WireError | null, result: Uint8Array | null): void {
     if (this.inflight.get(call.callerId) !== call) return;
     this.inflight.delete(call.callerId);
-    this.deadlines.remove(call);
-    this.observer?.ended(call.method, error ? error.code : 'OK', call);
+    if (call instanceof RelayedCall) {
+      this.deadlines.remove(call);
+      this.observer?.ended(call.method, error ? error.code : 'OK', call);
+    } else {
+      call.abandon(false);
+    }
     this.out.respond(call.callerId, error, result);
   }
 
   /** The caller is gone: forget its calls and tell every node that saw it to drop the session. */
   onClose(): void {
     for (const call of this.inflight.values()) {
-      this.deadlines.remove(call);
-      call.node.abandon(call, false);
-      this.observer?.ended(call.method, ErrorCode.CANCELLED, call);
+      call.abandon(false);
+      if (call instanceof RelayedCall) {
+        this.deadlines.remove(call);
+        this.observer?.ended(call.method, ErrorCode.CANCELLED, call);
+      }
     }
+    this.presence.forget(this.out);
     this.inflight.clear();
     // SESSION_CLOSED also aborts the session's running handlers on the node, so no CANCEL is needed.
     for (const node of this.nodesSeen) node.closeSession(this.session);

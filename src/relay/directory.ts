@@ -1,5 +1,6 @@
 import { ErrorCode, TunnelError } from '../errors.js';
 import type { NodeLink } from './node-link.js';
+import { eligible, formatLabels, matchesWhere, selectorNamed, type Selector, type Where } from './selectors.js';
 
 /** Marks a forwarded service whose methods the node cannot list in advance. */
 export const ANY_METHOD = '*';
@@ -12,6 +13,8 @@ export class NodeDirectory {
   private readonly byName = new Map<string, NodeLink>();
   private readonly byService = new Map<string, NodeLink[]>();
   private readonly cursor = new Map<string, number>();
+  /** The selector of calls that name none (the relay's `selector` option). */
+  selector: Selector = selectorNamed('round-robin');
 
   get size(): number {
     return this.byName.size;
@@ -56,36 +59,61 @@ export class NodeDirectory {
   }
 
   /**
-   * Picks the node for `service.method`: the named node, else the session's previous node for this
-   * service while it can still serve it, else the next one in round-robin order.
+   * Picks the node for `service.method`, in this order: the named node; else the session's previous
+   * node for this service (`affinity`) while it can still serve it and matches `where`; else the
+   * choice of `selector` (the relay's default when undefined) among the nodes matching `where`.
+   * Called once per call: without `where` and `selector` it allocates nothing.
    */
-  route(service: string, method: string, nodeName: string | undefined, affinity: NodeLink | undefined): NodeLink {
+  route(
+    service: string,
+    method: string,
+    nodeName: string | undefined,
+    affinity: NodeLink | undefined,
+    where?: Where,
+    selector: Selector = this.selector,
+  ): NodeLink {
     if (nodeName !== undefined) {
       const node = this.byName.get(nodeName);
       if (!node) throw new TunnelError(ErrorCode.NO_NODE, `no node named ${nodeName} is connected; nodes online: ${this.describe()}`);
       this.check(node, service, method);
-      if (node.draining) throw new TunnelError(ErrorCode.NO_NODE, `node ${nodeName} is draining and takes no new calls`);
+      if (!node.available) throw new TunnelError(ErrorCode.NO_NODE, `node ${nodeName} is draining or disconnecting and takes no new calls`);
+      if (!matchesWhere(node, where)) {
+        throw new TunnelError(ErrorCode.NO_NODE, `node ${nodeName} has labels ${formatLabels(node.labels)}, which do not match ${formatLabels(where!)}`);
+      }
       return node;
     }
-    if (affinity && !affinity.closed && !affinity.draining && affinity.hasMethod(service, method)) return affinity;
+    if (affinity && eligible(affinity, service, method, where)) return affinity;
     const candidates = this.byService.get(service);
     if (!candidates) throw new TunnelError(ErrorCode.NO_SERVICE, `no node serves service ${service}; nodes online: ${this.describe()}`);
-    const n = candidates.length;
     const start = this.cursor.get(service) ?? 0;
-    let sawMethod = false;
-    for (let i = 0; i < n; i++) {
-      const node = candidates[(start + i) % n]!;
-      if (!node.hasMethod(service, method)) continue;
-      sawMethod = true;
-      if (node.draining) continue;
-      this.cursor.set(service, (start + i + 1) % n);
-      return node;
-    }
-    if (!sawMethod) {
+    const at = selector(candidates, start, service, method, where);
+    if (at < 0) throw this.whyNone(candidates, service, method, where);
+    this.cursor.set(service, (at + 1) % candidates.length);
+    return candidates[at]!;
+  }
+
+  /** Every node that can take `service.method` now and matches `where` (the targets of a broadcast). */
+  targets(service: string, method: string, where: Where | undefined): NodeLink[] {
+    const candidates = this.byService.get(service);
+    if (!candidates) throw new TunnelError(ErrorCode.NO_SERVICE, `no node serves service ${service}; nodes online: ${this.describe()}`);
+    const nodes = candidates.filter((n) => eligible(n, service, method, where));
+    if (nodes.length === 0) throw this.whyNone(candidates, service, method, where);
+    return nodes;
+  }
+
+  /** The error for "no candidate qualified", naming the first reason that rules them all out. */
+  private whyNone(candidates: readonly NodeLink[], service: string, method: string, where: Where | undefined): TunnelError {
+    const withMethod = candidates.filter((n) => n.hasMethod(service, method));
+    if (withMethod.length === 0) {
       const node = candidates[0]!;
-      throw new TunnelError(ErrorCode.NO_METHOD, `service ${service} has no method ${method}; methods on ${node.name}: ${node.methods(service).join(', ')}`);
+      return new TunnelError(ErrorCode.NO_METHOD, `service ${service} has no method ${method}; methods on ${node.name}: ${node.methods(service).join(', ')}`);
     }
-    throw new TunnelError(ErrorCode.NO_NODE, `every node serving ${service} is draining; try again shortly`);
+    const matching = withMethod.filter((n) => matchesWhere(n, where));
+    if (matching.length === 0) {
+      const seen = withMethod.slice(0, 10).map((n) => `${n.name} (${formatLabels(n.labels)})`).join(', ');
+      return new TunnelError(ErrorCode.NO_NODE, `no node serving ${service}.${method} has labels ${formatLabels(where!)}; nodes serving it: ${seen}`);
+    }
+    return new TunnelError(ErrorCode.NO_NODE, `every node serving ${service}${where ? ` with labels ${formatLabels(where)}` : ''} is draining; try again shortly`);
   }
 
   private check(node: NodeLink, service: string, method: string): void {

@@ -30,6 +30,14 @@ export class NodeLink {
     return this.inflight.size;
   }
 
+  /**
+   * May take new calls: not draining, and its socket is still open. A socket the relay already knows
+   * is closing is skipped here, so a call that was not sent yet goes to another node instead.
+   */
+  get available(): boolean {
+    return !this.draining && !this.closed && this.conn.isOpen;
+  }
+
   hasMethod(service: string, method: string): boolean {
     const methods = this.services.get(service);
     return methods !== undefined && (methods.has(method) || methods.has(ANY_METHOD));

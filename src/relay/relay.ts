@@ -7,12 +7,17 @@ import { splitHostPort } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
-import { goaway, Kind, PROTOCOL_VERSION, response, welcome, type Hello, type Message } from '../wire/messages.js';
+import { goaway, Kind, notify, PROTOCOL_VERSION, response, welcome, type Hello, type Message } from '../wire/messages.js';
+import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler } from './http.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeLink } from './node-link.js';
+import { Presence } from './presence.js';
+import { SELECTORS, selectorNamed, type SelectorName } from './selectors.js';
+
+export type { NodeInfo } from '../wire/presence.js';
 
 export const RELAY_VERSION = 'tunnel-relay/0.1.0';
 
@@ -41,6 +46,8 @@ export interface RelayOptions {
   requireService?: string[];
   /** How long {@link Relay.drain} waits for calls in flight, ms (default 30 000). */
   drainTimeout?: number;
+  /** How a call that names no node picks one (default `round-robin`); callers may override per call. */
+  selector?: SelectorName;
 }
 
 const DEFAULTS = {
@@ -53,23 +60,13 @@ const DEFAULTS = {
   requireNode: [] as string[],
   requireService: [] as string[],
   drainTimeout: 30_000,
+  selector: 'round-robin' as SelectorName,
 };
 
 /** Node names remembered to tell a reconnect from a first connection; more are not remembered. */
 const SEEN_NODES_LIMIT = 10_000;
 
 const NODE_NAME = /^[A-Za-z0-9][\w.-]{0,127}$/;
-
-export interface NodeInfo {
-  name: string;
-  labels: Record<string, string>;
-  services: Record<string, string[]>;
-  address: string;
-  connectedAt: string;
-  inFlight: number;
-  served: number;
-  draining: boolean;
-}
 
 /** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. */
 export interface GatewaySession {
@@ -87,6 +84,7 @@ export class Relay extends EventEmitter {
   readonly metrics: RelayMetrics;
   /** @internal */
   readonly log: Logger;
+  private readonly presence: Presence;
   private readonly opts: typeof DEFAULTS & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
@@ -122,6 +120,10 @@ export class Relay extends EventEmitter {
     if (this.opts.defaultTimeout > this.opts.maxTimeout) {
       throw new RangeError(`defaultTimeout (${this.opts.defaultTimeout}) must not exceed maxTimeout (${this.opts.maxTimeout})`);
     }
+    if (!SELECTORS.includes(this.opts.selector)) {
+      throw new RangeError(`selector must be one of ${SELECTORS.join(', ')}; got ${JSON.stringify(this.opts.selector)}`);
+    }
+    this.directory.selector = selectorNamed(this.opts.selector);
     this.log = options.log ?? silentLogger;
     this.metrics = new RelayMetrics({
       callsInFlight: () => this.callsInFlight,
@@ -133,6 +135,7 @@ export class Relay extends EventEmitter {
     const separateAdmin = this.opts.adminListen !== undefined;
     this.http = createServer(httpHandler(this, { gateway: true, admin: !separateAdmin, fallback: 'upgrade' }));
     this.admin = separateAdmin ? createServer(httpHandler(this, { gateway: false, admin: true, fallback: 'not-found' })) : undefined;
+    this.presence = new Presence(this.directory, this.log);
     this.wss = new WebSocketServer({ noServer: true, maxPayload: this.opts.maxMessage, perMessageDeflate: false });
     this.http.on('connection', (socket: Socket) => {
       this.sockets.add(socket);
@@ -178,7 +181,7 @@ export class Relay extends EventEmitter {
   /** Opens the session of one HTTP gateway request; its answers go to `transport`. */
   openGatewaySession(address: string, identity: string | null, transport: CallerOutput): GatewaySession {
     const session = `${this.sessionPrefix}-h${(++this.sessionCounter).toString(36)}`;
-    const link = new CallerLink(session, transport, address, identity, this.directory, this.opts, this.deadlines, this.log, this.observer);
+    const link = new CallerLink(session, transport, address, identity, this.directory, this.opts, this.deadlines, this.log, this.presence, this.observer);
     this.gatewayCallers++;
     let open = true;
     return {
@@ -260,16 +263,7 @@ export class Relay extends EventEmitter {
 
   /** What every attached node serves (the presence list). */
   nodes(): NodeInfo[] {
-    return [...this.directory.all()].map((n) => ({
-      name: n.name,
-      labels: n.labels,
-      services: Object.fromEntries([...n.services.keys()].map((s) => [s, n.methods(s)])),
-      address: n.address,
-      connectedAt: n.connectedAt.toISOString(),
-      inFlight: n.inFlight,
-      served: n.served,
-      draining: n.draining,
-    }));
+    return this.presence.list();
   }
 
   get callerCount(): number {
@@ -383,6 +377,10 @@ export class Relay extends EventEmitter {
       this.reject(conn, CloseCode.POLICY, 'a node must announce at least one service', 'no_services');
       return;
     }
+    if (Object.hasOwn(services, RELAY_SERVICE)) {
+      conn.close(CloseCode.POLICY, `service name ${RELAY_SERVICE} is reserved for the relay's own presence service; rename it`);
+      return;
+    }
     const link = new NodeLink(name, conn, services, h.labels ?? {}, address, log);
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
@@ -390,7 +388,9 @@ export class Relay extends EventEmitter {
         const failed = link.onClose();
         const current = this.directory.remove(link);
         log.info({ node: name, code, reason, failedCalls: failed }, current ? 'node disconnected' : 'replaced node connection closed');
-        if (current) this.emit('node-left', name);
+        if (!current) return;
+        this.presence.announce('leave', link);
+        this.emit('node-left', name);
       },
     });
     if (this.seenNodes.has(name)) this.metrics.nodeReconnected(name);
@@ -400,15 +400,21 @@ export class Relay extends EventEmitter {
       old.draining = true;
       log.warn({ node: name, previous: old.address }, 'node name reconnected; replacing the previous connection');
       old.conn.close(CloseCode.REPLACED, `replaced by a new connection for node ${name}`);
+      this.presence.announce('leave', old);
     }
     conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, name }));
     log.info({ node: name, services: Object.keys(services), labels: link.labels }, 'node connected');
+    this.presence.announce('join', link);
     this.emit('node', name);
   }
 
   private attachCaller(conn: Connection, _h: Hello, address: string, log: Logger): void {
     const link = this.openCallerSession(
-      { respond: (id, error, result) => conn.send(response(id, error, result)), goaway: (reason) => conn.send(goaway(reason)) },
+      {
+        respond: (id, error, result) => conn.send(response(id, error, result)),
+        goaway: (reason) => conn.send(goaway(reason)),
+        notify: (method, params) => conn.send(notify(method, params)),
+      },
       address,
       null,
       log,
@@ -431,7 +437,7 @@ export class Relay extends EventEmitter {
    */
   openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
     const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
-    const link = new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.observer);
+    const link = new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer);
     this.callers.add(link);
     return link;
   }

@@ -1,6 +1,11 @@
+import type { WireError } from '../errors.js';
 import type { Expiring } from '../rpc/deadlines.js';
-import type { CallerLink } from './caller-link.js';
 import type { NodeLink } from './node-link.js';
+
+/** Where a forwarded call's outcome goes: the caller's link, or a broadcast collecting answers. */
+export interface CallSink {
+  complete(call: RelayedCall, error: WireError | null, result: Uint8Array | null): void;
+}
 
 /**
  * One call in transit through the relay: who asked (caller, callerId), who runs it (node, tunnelId),
@@ -14,10 +19,15 @@ export class RelayedCall implements Expiring {
   readonly started = performance.now();
 
   constructor(
-    readonly caller: CallerLink,
+    readonly caller: CallSink,
     readonly callerId: number,
     readonly node: NodeLink,
     readonly method: string,
     readonly timeout: number,
   ) {}
+
+  /** Forgets the call on its node, telling the node to stop it when `tellNode`. */
+  abandon(tellNode: boolean): void {
+    this.node.abandon(this, tellNode);
+  }
 }

@@ -1,0 +1,75 @@
+import { ErrorCode, TunnelError, type WireError } from '../errors.js';
+import { encode } from '../wire/codec.js';
+import type { NodeMeta } from '../wire/messages.js';
+import type { WireBroadcastEntry } from '../wire/presence.js';
+import type { NodeLink } from './node-link.js';
+import { RelayedCall, type CallSink } from './relayed-call.js';
+
+/** Where a finished broadcast goes: the caller link that asked for it. */
+export interface BroadcastOwner {
+  complete(call: Broadcast, error: WireError | null, result: Uint8Array | null): void;
+}
+
+/**
+ * One caller request fanned out to every matching node. Each node gets an ordinary forwarded call;
+ * the caller gets one answer once every node has answered, failed or passed the deadline: a list of
+ * `{node, ms, error, result}` sorted by node name, each result still the node's own bytes.
+ */
+export class Broadcast implements CallSink {
+  timer: NodeJS.Timeout | undefined;
+  private readonly calls: RelayedCall[];
+  private readonly entries: Array<WireBroadcastEntry | undefined>;
+  private left: number;
+
+  constructor(
+    private readonly owner: BroadcastOwner,
+    readonly callerId: number,
+    readonly method: string,
+    readonly timeout: number,
+    nodes: readonly NodeLink[],
+  ) {
+    // A sub-call's callerId is its index in `calls`.
+    this.calls = nodes.map((node, i) => new RelayedCall(this, i, node, method, timeout));
+    this.entries = new Array<WireBroadcastEntry | undefined>(nodes.length);
+    this.left = nodes.length;
+  }
+
+  get nodeCount(): number {
+    return this.calls.length;
+  }
+
+  /** Forwards the call to every node at once and starts the shared deadline. */
+  start(params: Uint8Array, meta: NodeMeta): void {
+    for (const call of this.calls) call.node.forward(call, params, meta);
+    this.timer = setTimeout(() => this.expire(), this.timeout);
+  }
+
+  complete(call: RelayedCall, error: WireError | null, result: Uint8Array | null): void {
+    if (this.entries[call.callerId] !== undefined) return;
+    this.entries[call.callerId] = { node: call.node.name, ms: Math.round(performance.now() - call.started), error, result: error ? null : result };
+    if (--this.left === 0) this.finish();
+  }
+
+  /** The caller cancelled or left: stop waiting for the nodes that have not answered. */
+  abandon(tellNodes: boolean): void {
+    clearTimeout(this.timer);
+    for (const call of this.calls) if (this.entries[call.callerId] === undefined) call.node.abandon(call, tellNodes);
+  }
+
+  /** The deadline passed: nodes that have not answered are cancelled and reported as TIMEOUT. */
+  private expire(): void {
+    for (const call of this.calls) {
+      if (this.entries[call.callerId] !== undefined) continue;
+      call.node.abandon(call, true);
+      const error = new TunnelError(ErrorCode.TIMEOUT, `node ${call.node.name} did not answer within ${this.timeout} ms`).toWire();
+      this.entries[call.callerId] = { node: call.node.name, ms: Math.round(performance.now() - call.started), error, result: null };
+    }
+    this.left = 0;
+    this.finish();
+  }
+
+  private finish(): void {
+    const entries = (this.entries as WireBroadcastEntry[]).sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
+    this.owner.complete(this, null, encode(entries));
+  }
+}

@@ -1,0 +1,95 @@
+import { ErrorCode, TunnelError } from '../errors.js';
+import { decodeParams, encodeResult } from '../rpc/body.js';
+import type { Logger } from '../util/logger.js';
+import { encode } from '../wire/codec.js';
+import type { CallerOutput } from './caller-link.js';
+import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent } from '../wire/presence.js';
+import type { NodeDirectory } from './directory.js';
+import type { NodeLink } from './node-link.js';
+import { matchesWhere, parseWhere, type Where } from './selectors.js';
+
+export function nodeInfo(n: NodeLink): NodeInfo {
+  return {
+    name: n.name,
+    labels: n.labels,
+    services: Object.fromEntries([...n.services.keys()].map((s) => [s, n.methods(s)])),
+    address: n.address,
+    connectedAt: n.connectedAt.toISOString(),
+    inFlight: n.inFlight,
+    served: n.served,
+    draining: n.draining,
+  };
+}
+
+/**
+ * The relay's own service `Relay`: the presence list (`Relay.List`) and a subscription to joins and
+ * leaves (`Relay.Watch`, `Relay.Unwatch`). Watchers are caller connections; each gets a
+ * `Relay.presence` notification per event that matches the `where` it watched with.
+ */
+export class Presence {
+  private readonly watchers = new Map<CallerOutput, Where | undefined>();
+
+  constructor(
+    private readonly directory: NodeDirectory,
+    private readonly log: Logger,
+  ) {}
+
+  list(where?: Where): NodeInfo[] {
+    const out: NodeInfo[] = [];
+    for (const n of this.directory.all()) if (matchesWhere(n, where)) out.push(nodeInfo(n));
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  get watcherCount(): number {
+    return this.watchers.size;
+  }
+
+  /** Tells every watcher that `link` joined or left. */
+  announce(event: PresenceEvent['event'], link: NodeLink): void {
+    if (this.watchers.size === 0) return;
+    let params: Uint8Array | undefined;
+    for (const [out, where] of this.watchers) {
+      if (!matchesWhere(link, where)) continue;
+      params ??= encode([{ event, node: nodeInfo(link), at: new Date().toISOString() } satisfies PresenceEvent]);
+      out.notify?.(PRESENCE_NOTIFICATION, params);
+    }
+  }
+
+  /** The caller connection closed: it watches nothing any more. */
+  forget(out: CallerOutput): void {
+    this.watchers.delete(out);
+  }
+
+  /** Answers request `id` for a `Relay.*` method on the caller connection `conn`. */
+  answer(out: CallerOutput, session: string, id: number, method: string, params: Uint8Array, meta: Record<string, unknown>): void {
+    let result: unknown;
+    try {
+      decodeParams(params);
+      const where = parseWhere(meta.where);
+      switch (method) {
+        case RelayMethod.LIST:
+          result = this.list(where);
+          break;
+        case RelayMethod.WATCH:
+          // Subscribing and listing in the same turn: no join or leave can fall between the two.
+          if (!out.notify) throw new TunnelError(ErrorCode.BAD_REQUEST, 'watching presence needs a connection that carries notifications (the WebSocket protocol)');
+          this.watchers.set(out, where);
+          this.log.debug({ session, where }, 'caller watches presence');
+          result = this.list(where);
+          break;
+        case RelayMethod.UNWATCH:
+          result = this.watchers.delete(out);
+          break;
+        default:
+          throw new TunnelError(
+            ErrorCode.NO_METHOD,
+            `the relay's own service Relay has no method ${method.slice(method.indexOf('.') + 1)}; methods: List, Unwatch, Watch`,
+          );
+      }
+    } catch (err) {
+      out.respond(id, TunnelError.from(err).toWire(), null);
+      return;
+    }
+    out.respond(id, null, encodeResult(result));
+  }
+}
