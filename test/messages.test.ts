@@ -9,7 +9,7 @@ const roundTrip = (value: unknown[]) => parse(decode(encode(value)));
 describe('message shapes', () => {
   it('round-trips every message kind', () => {
     expect(roundTrip(m.request(7, 'Arith.Multiply', bin([2, 3]), { timeout: 500, node: 'n1' }))).toEqual({
-      kind: Kind.REQUEST, id: 7, method: 'Arith.Multiply', params: bin([2, 3]), meta: { timeout: 500, node: 'n1' },
+      kind: Kind.REQUEST, id: 7, method: 'Arith.Multiply', params: bin([2, 3]), meta: { timeout: 500, node: 'n1' }, stream: 0,
     });
     expect(roundTrip(m.response(7, null, bin(6)))).toEqual({ kind: Kind.RESPONSE, id: 7, error: null, result: bin(6) });
     expect(roundTrip(m.response(8, { code: 'TIMEOUT', message: 'late', data: { ms: 5 } }, bin(1)))).toEqual({
@@ -22,6 +22,9 @@ describe('message shapes', () => {
     expect(roundTrip(m.welcome({ version: 1, relay: 'r', session: 's1' }))).toEqual({ kind: Kind.WELCOME, welcome: { version: 1, relay: 'r', session: 's1' } });
     expect(roundTrip(m.sessionClosed('s1'))).toEqual({ kind: Kind.SESSION_CLOSED, session: 's1' });
     expect(roundTrip(m.goaway('bye'))).toEqual({ kind: Kind.GOAWAY, reason: 'bye' });
+    expect(roundTrip(m.chunk(7, true, bin('x')))).toEqual({ kind: Kind.CHUNK, id: 7, final: true, bytes: bin('x') });
+    expect(roundTrip(m.responseStream(7, 1_000_000))).toEqual({ kind: Kind.RESPONSE_STREAM, id: 7, length: 1_000_000 });
+    expect(roundTrip(m.request(8, 'A.B', null, { stream: 300_000 }))).toMatchObject({ kind: Kind.REQUEST, id: 8, stream: 300_000, params: new Uint8Array(0) });
   });
 
   it('accepts a request without metadata (4 elements, as in MessagePack-RPC)', () => {
@@ -48,6 +51,10 @@ describe('message shapes', () => {
       [[3, 'x'], undefined, /cancel/],
       [[4, { version: 1, role: 'admin' }], undefined, /role/],
       [[4, { version: 1, role: 'node', services: { A: 'x' } }], undefined, /services/],
+      [[0, 6, 'A.B', null, { stream: -1 }], 6, /stream/],
+      [[0, 6, 'A.B', null, {}], 6, /params must be bin/],
+      [[8, 1, 'yes', bin(1)], undefined, /chunk/],
+      [[9, 1, 0], undefined, /response stream/],
     ];
     for (const [value, id, reason] of cases) {
       let caught: unknown;

@@ -31,7 +31,7 @@ describe('routing over three nodes', () => {
     // n3 is the slow one: its Fleet.Work takes SLOW_MS, the others answer at once.
     await Promise.all([
       startNode(relay.addr, ['--name', 'n1', '--label', 'region=eu', '--services', FLEET]),
-      startNode(relay.addr, ['--name', 'n2', '--label', 'region=eu', '--services', FLEET]),
+      startNode(relay.addr, ['--name', 'n2', '--label', 'region=eu', '--label', 'tier=gpu', '--services', FLEET]),
       startNode(relay.addr, ['--name', 'n3', '--label', 'region=us', '--services', FLEET], { FLEET_DELAY_MS: String(SLOW_MS) }),
     ]);
   });
@@ -90,6 +90,9 @@ describe('routing over three nodes', () => {
     expect(byNode).toMatchObject({ code: 0, stdout: 'n3\n' });
     const byLabel = await runCall(relay.addr, ['--where', 'region=us', 'Fleet.Where']);
     expect(byLabel).toMatchObject({ code: 0, stdout: 'n3\n' });
+    // Repeated --where: every label must match.
+    const both = await runCall(relay.addr, ['--where', 'region=eu', '--where', 'tier=gpu', 'Fleet.Where']);
+    expect(both).toMatchObject({ code: 0, stdout: 'n2\n' });
     const none = await runCall(relay.addr, ['--where', 'region=mars', 'Fleet.Where']);
     expect(none.code).toBe(1);
     expect(none.stderr).toMatch(/NO_NODE: no node serving Fleet.Where has labels region=mars; nodes serving it: .*n1 \(region=eu\)/);

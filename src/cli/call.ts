@@ -20,7 +20,7 @@ const argv = await parse(
   .option('login', { type: 'string', describe: 'Log in first on the same connection with "user:password" (calls <Service>.Login; with --all, on every node)' })
   .option('login-method', { type: 'string', describe: 'Method used by --login (default: <Service>.Login of the called method)' })
   .option('node', { type: 'string', describe: 'Only this node may serve the call' })
-  .option('where', { type: 'string', describe: 'Only nodes with this label may serve the call, key=value (repeatable: all must match)' })
+  .option('where', { type: 'string', array: true, nargs: 1, describe: 'Only nodes with this label may serve the call, key=value (repeatable: all must match)' })
   .option('selector', { type: 'string', choices: SELECTORS, describe: "How the relay picks among the matching nodes (default: the relay's --selector)" })
   .option('retry', { type: 'number', default: 0, describe: 'Send a call that failed with NODE_LOST again to another node, up to N times, with backoff. NODE_LOST means the node may have run it: only for idempotent calls' })
   .option('all', { type: 'boolean', default: false, describe: 'Broadcast: call every node serving the method (that matches --where) in parallel; prints a table of node, status, result, ms; exits 1 if any node failed' })

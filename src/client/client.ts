@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { ErrorCode, isTunnelError, TunnelError } from '../errors.js';
-import { decodeParams, decodeResult, encodeParams } from '../rpc/body.js';
+import { ErrorCode, isTunnelError, TunnelError, type WireError } from '../errors.js';
+import { decodeParams, decodeResult, join, paramsPieces, piecesLength, type Pieces } from '../rpc/body.js';
 import { PendingTable } from '../rpc/pending.js';
 import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
 import { relayUrl } from '../util/address.js';
@@ -8,6 +8,7 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
 import { dial } from '../wire/dial.js';
 import { cancel, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
+import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent, type WireBroadcastEntry } from '../wire/presence.js';
 import { isCallOptions, type BroadcastOptions, type CallOptions } from './options.js';
 
@@ -73,16 +74,18 @@ export class Client extends EventEmitter {
   private readonly conn: Connection;
   private readonly pending = new PendingTable<PendingCall>();
   private readonly deadlines = new DeadlineWheel<PendingCall>((call) => this.expire(call.id));
+  private readonly downloads: Reassembly<PendingCall>;
   private readonly defaultTimeout: number;
   private closeError: TunnelError | undefined;
   private goingAway: TunnelError | undefined;
 
   /** @internal use {@link connect} */
-  constructor(conn: Connection, session: string, defaultTimeout: number) {
+  constructor(conn: Connection, session: string, defaultTimeout: number, maxMessage: number = DEFAULTS.maxMessage) {
     super();
     this.conn = conn;
     this.session = session;
     this.defaultTimeout = defaultTimeout;
+    this.downloads = new Reassembly<PendingCall>(maxMessage);
     conn.setHandlers({ message: (m) => this.onMessage(m), close: (code, reason) => this.onClose(code, reason) });
   }
 
@@ -199,16 +202,16 @@ export class Client extends EventEmitter {
     };
   }
 
-  private encode(method: string, args: readonly unknown[]): Buffer {
+  private encode(method: string, args: readonly unknown[]): Pieces {
     try {
-      return encodeParams(args);
+      return paramsPieces(args);
     } catch (err) {
       throw new TunnelError(ErrorCode.BAD_REQUEST, `arguments of ${method} cannot be encoded: ${(err as Error).message}`);
     }
   }
 
   /** Sends one request and waits up to `timeout` ms for its answer. */
-  private send<T>(method: string, params: Buffer, meta: object, timeout: number, signal?: AbortSignal): Promise<T> {
+  private send<T>(method: string, params: Pieces, meta: object, timeout: number, signal?: AbortSignal): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.closeError) return reject(this.closeError);
       if (this.goingAway) return reject(this.goingAway);
@@ -223,7 +226,12 @@ export class Client extends EventEmitter {
         signal.addEventListener('abort', listener, { once: true });
         call.abort = { signal, listener };
       }
-      this.conn.send(request(id, method, params, meta));
+      const length = piecesLength(params);
+      if (length > STREAM_THRESHOLD) {
+        this.conn.sendStream(request(id, method, null, { ...meta, stream: length }), id, params);
+      } else {
+        this.conn.send(request(id, method, join(params), meta));
+      }
     });
   }
 
@@ -240,6 +248,7 @@ export class Client extends EventEmitter {
     const call = this.pending.take(id);
     if (!call) return undefined;
     this.deadlines.remove(call);
+    this.downloads.drop(id);
     if (call.abort) call.abort.signal.removeEventListener('abort', call.abort.listener);
     return call;
   }
@@ -268,15 +277,40 @@ export class Client extends EventEmitter {
       if (m.method === PRESENCE_NOTIFICATION) this.onPresence(m.params);
       return;
     }
+    if (m.kind === Kind.RESPONSE_STREAM) {
+      const call = this.pending.get(m.id);
+      if (!call) return;
+      try {
+        this.downloads.start(m.id, m.length, call);
+      } catch (err) {
+        this.settle(m.id);
+        call.reject(err as TunnelError);
+      }
+      return;
+    }
+    if (m.kind === Kind.CHUNK) {
+      let whole;
+      try {
+        whole = this.downloads.add(m.id, m.bytes, m.final);
+      } catch (err) {
+        this.settle(m.id)?.reject(err as TunnelError);
+        return;
+      }
+      if (whole) this.settle(m.id) && this.deliver(whole.owner, null, whole.body);
+      return;
+    }
     if (m.kind !== Kind.RESPONSE) return;
     const call = this.settle(m.id);
-    if (!call) return;
-    if (m.error) {
-      call.reject(TunnelError.fromWire(m.error));
+    if (call) this.deliver(call, m.error, m.result);
+  }
+
+  private deliver(call: PendingCall, error: WireError | null, result: Uint8Array | null): void {
+    if (error) {
+      call.reject(TunnelError.fromWire(error));
       return;
     }
     try {
-      call.resolve(decodeResult(m.result));
+      call.resolve(decodeResult(result));
     } catch (err) {
       call.reject(err as TunnelError);
     }
@@ -353,7 +387,7 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
         message(m) {
           if (m.kind !== Kind.WELCOME) return;
           clearTimeout(timer);
-          resolve(new Client(conn, String(m.welcome.session ?? ''), opts.timeout));
+          resolve(new Client(conn, String(m.welcome.session ?? ''), opts.timeout, opts.maxMessage));
         },
         close(code, reason) {
           clearTimeout(timer);

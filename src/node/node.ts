@@ -1,7 +1,7 @@
 import { EventEmitter, once } from 'node:events';
 import { hostname } from 'node:os';
 import { ErrorCode, TunnelError } from '../errors.js';
-import { decodeParams, encodeResult } from '../rpc/body.js';
+import { decodeParams, join, piecesLength, resultPieces, type Pieces } from '../rpc/body.js';
 import type { CallContext } from '../rpc/context.js';
 import { invoke, ServiceRegistry } from '../rpc/registry.js';
 import type { Session } from '../rpc/session.js';
@@ -10,7 +10,8 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import { dial } from '../wire/dial.js';
-import { goaway, hello, Kind, PROTOCOL_VERSION, response, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
+import { goaway, hello, Kind, PROTOCOL_VERSION, response, responseStream, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
+import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { Backoff } from './backoff.js';
 import type { ForwardedService } from './forward.js';
 import { SessionTable } from './sessions.js';
@@ -108,6 +109,8 @@ export class TunnelNode extends EventEmitter {
   private readonly sessions = new SessionTable();
   private readonly directSessions = new SessionTable();
   private readonly running = new Map<number, RunningCall>();
+  /** Requests whose params are still arriving in chunks, by running-table key. */
+  private readonly uploads: Reassembly<{ head: Extract<Message, { kind: 0 }>; conn: Connection; sessions: SessionTable }>;
   private readonly deadlines = new DeadlineWheel<RunningCall>((call) =>
     call.abort(new TunnelError(ErrorCode.TIMEOUT, `${call.method} passed its deadline of ${call.timeout} ms`)),
   );
@@ -131,6 +134,7 @@ export class TunnelNode extends EventEmitter {
     this.url = relayUrl(options.relay);
     this.log = (options.log ?? silentLogger).child({ node: this.name });
     this.backoff = new Backoff(this.opts.reconnectBase, this.opts.reconnectCap);
+    this.uploads = new Reassembly(this.opts.maxMessage);
     for (const f of options.forward ?? []) {
       if (options.services.has(f.name) || this.forwarded.has(f.name)) throw new TypeError(`service ${f.name} is forwarded and also served otherwise; pick one`);
       this.forwarded.set(f.name, f);
@@ -281,9 +285,13 @@ export class TunnelNode extends EventEmitter {
         this.emit('connected');
         return;
       case Kind.REQUEST:
-        this.onRequest(conn, m);
+        this.receiveRequest(conn, m, this.sessions);
+        return;
+      case Kind.CHUNK:
+        this.receiveChunk(conn, m);
         return;
       case Kind.CANCEL: {
+        this.uploads.drop(this.keyOf(conn, m.id));
         const call = this.running.get(this.keyOf(conn, m.id));
         if (call) {
           this.log.debug({ method: call.method, session: call.session.id }, 'call cancelled');
@@ -294,6 +302,7 @@ export class TunnelNode extends EventEmitter {
       case Kind.SESSION_CLOSED: {
         let aborted = 0;
         for (const call of this.running.values()) if (call.session.id === m.session) aborted++;
+        this.uploads.dropWhere((u) => u.head.meta.session === m.session);
         if (this.sessions.close(m.session)) this.log.info({ session: m.session, abortedCalls: aborted }, 'session closed');
         return;
       }
@@ -327,10 +336,11 @@ export class TunnelNode extends EventEmitter {
             return;
           case Kind.REQUEST: {
             const timeout = typeof m.meta.timeout === 'number' ? m.meta.timeout : this.opts.defaultTimeout;
-            this.onRequest(conn, { ...m, meta: { session, address, identity: null, timeout } }, this.directSessions);
+            this.receiveRequest(conn, { ...m, meta: { session, address, identity: null, timeout } }, this.directSessions);
             return;
           }
           case Kind.CANCEL:
+          case Kind.CHUNK:
             this.onMessage(conn, m);
             return;
           default:
@@ -344,8 +354,30 @@ export class TunnelNode extends EventEmitter {
     });
   }
 
+  /** A request whose params arrive in chunks waits in `uploads` until the last one. */
+  private receiveRequest(conn: Connection, m: Extract<Message, { kind: 0 }>, sessions: SessionTable): void {
+    if (m.stream === 0) return this.onRequest(conn, m, sessions);
+    try {
+      this.uploads.start(this.keyOf(conn, m.id), m.stream, { head: m, conn, sessions });
+    } catch (err) {
+      conn.send(response(m.id, TunnelError.from(err).toWire(), null));
+    }
+  }
+
+  private receiveChunk(conn: Connection, m: Extract<Message, { kind: 8 }>): void {
+    let whole;
+    try {
+      whole = this.uploads.add(this.keyOf(conn, m.id), m.bytes, m.final);
+    } catch (err) {
+      conn.send(response(m.id, TunnelError.from(err).toWire(), null));
+      return;
+    }
+    if (whole) this.onRequest(conn, { ...whole.owner.head, params: whole.body, stream: 0 }, whole.owner.sessions);
+  }
+
   /** Aborts and forgets every call that came in on `conn`. */
   private dropCalls(conn: Connection, reason: TunnelError): void {
+    this.uploads.dropWhere((u) => u.conn === conn);
     for (const call of this.running.values()) {
       if (call.conn !== conn) continue;
       this.deadlines.remove(call);
@@ -371,7 +403,7 @@ export class TunnelNode extends EventEmitter {
     const { id, method, meta } = m;
     const dot = method.lastIndexOf('.');
     // Both kinds of service end in encoded bytes: a forwarded one passes the params and result through.
-    let run: (ctx: CallContext) => Promise<Uint8Array>;
+    let run: (ctx: CallContext) => Promise<Uint8Array | Pieces>;
     try {
       if (dot <= 0) throw new TunnelError(ErrorCode.BAD_REQUEST, `method "${method}" must be Service.Method`);
       const forwarded = this.forwarded.get(method.slice(0, dot));
@@ -409,7 +441,7 @@ export class TunnelNode extends EventEmitter {
     );
   }
 
-  private finish(call: RunningCall, err: unknown, result: Uint8Array | undefined): void {
+  private finish(call: RunningCall, err: unknown, result: Uint8Array | Pieces | undefined): void {
     this.deadlines.remove(call);
     call.session.untrack(call);
     if (this.running.get(call.key) === call) this.running.delete(call.key);
@@ -418,7 +450,7 @@ export class TunnelNode extends EventEmitter {
     this.leaveIfRelayGoingAway();
   }
 
-  private answer(call: RunningCall, err: unknown, result: Uint8Array | undefined): void {
+  private answer(call: RunningCall, err: unknown, result: Uint8Array | Pieces | undefined): void {
     // Cancelled, timed out, or the connection is gone: nobody is waiting for this answer.
     if (call.aborted || !call.conn.isOpen) return;
     if (err !== undefined) {
@@ -429,13 +461,16 @@ export class TunnelNode extends EventEmitter {
       call.conn.send(response(call.id, error.toWire(), null));
       return;
     }
-    call.conn.send(response(call.id, null, result!));
+    const pieces = Array.isArray(result) ? result : [result!];
+    const length = piecesLength(pieces);
+    if (length > STREAM_THRESHOLD) call.conn.sendStream(responseStream(call.id, length), call.id, pieces);
+    else call.conn.send(response(call.id, null, join(pieces)));
   }
 }
 
-function encodeReturned(method: string, value: unknown): Buffer {
+function encodeReturned(method: string, value: unknown): Pieces {
   try {
-    return encodeResult(value);
+    return resultPieces(value);
   } catch (e) {
     throw new TunnelError(ErrorCode.APP_ERROR, `${method} returned a value that cannot be encoded: ${(e as Error).message}`);
   }

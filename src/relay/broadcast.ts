@@ -4,6 +4,7 @@ import type { NodeMeta } from '../wire/messages.js';
 import type { WireBroadcastEntry } from '../wire/presence.js';
 import type { NodeLink } from './node-link.js';
 import { RelayedCall, type CallSink } from './relayed-call.js';
+import { Reassembly } from '../wire/streams.js';
 
 /** Where a finished broadcast goes: the caller link that asked for it. */
 export interface BroadcastOwner {
@@ -17,6 +18,8 @@ export interface BroadcastOwner {
  */
 export class Broadcast implements CallSink {
   timer: NodeJS.Timeout | undefined;
+  /** Streamed results of the sub-calls, by sub-call index. */
+  private readonly downloads = new Reassembly<RelayedCall>(Number.MAX_SAFE_INTEGER);
   private readonly calls: RelayedCall[];
   private readonly entries: Array<WireBroadcastEntry | undefined>;
   private left: number;
@@ -48,6 +51,21 @@ export class Broadcast implements CallSink {
     if (this.entries[call.callerId] !== undefined) return;
     this.entries[call.callerId] = { node: call.node.name, ms: Math.round(performance.now() - call.started), error, result: error ? null : result };
     if (--this.left === 0) this.finish();
+  }
+
+  streamStart(call: RelayedCall, length: number): void {
+    if (this.entries[call.callerId] === undefined) this.downloads.start(call.callerId, length, call);
+  }
+
+  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array): void {
+    let whole;
+    try {
+      whole = this.downloads.add(call.callerId, bytes, final);
+    } catch (err) {
+      this.complete(call, TunnelError.from(err).toWire(), null);
+      return;
+    }
+    if (whole) this.complete(call, null, whole.body);
   }
 
   /** The caller cancelled or left: stop waiting for the nodes that have not answered. */

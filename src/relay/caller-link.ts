@@ -9,6 +9,7 @@ import type { NodeLink } from './node-link.js';
 import type { Presence } from './presence.js';
 import { RelayedCall } from './relayed-call.js';
 import { parseWhere, selectorNamed, type Selector, type Where } from './selectors.js';
+import { Reassembly } from '../wire/streams.js';
 
 /**
  * Where a caller's answers go: a WebSocket connection, one HTTP gateway request, or a connection on
@@ -20,11 +21,19 @@ export interface CallerOutput {
   goaway?(reason: string): void;
   /** Sends a notification (presence events), where the transport can carry one. */
   notify?(method: string, params: Uint8Array): void;
+  /**
+   * Passes on a large result as the node streams it: a head, then chunks. A transport without these
+   * gets the result whole through `respond` once every chunk has arrived.
+   */
+  streamStart?(id: number, length: number): void;
+  streamChunk?(id: number, final: boolean, bytes: Uint8Array): void;
 }
 
 export interface CallerLimits {
   defaultTimeout: number;
   maxTimeout: number;
+  /** Largest streamed body the relay will hold when it has to reassemble one, bytes. */
+  maxMessage: number;
 }
 
 /** The relay's one timer for every call's deadline; only caller links schedule calls on it. */
@@ -51,6 +60,10 @@ export class CallerLink {
   private readonly inflight = new Map<number, RelayedCall | Broadcast>();
   private readonly nodesSeen = new Set<NodeLink>();
   private readonly affinity = new Map<string, NodeLink>();
+  /** Streamed requests the relay needs whole (broadcasts, the Relay service), by caller id. */
+  private readonly uploads: Reassembly<Extract<Message, { kind: 0 }>>;
+  /** Streamed results for a transport that cannot pass chunks on, by caller id. */
+  private readonly downloads: Reassembly<RelayedCall>;
   /** Set when the relay is draining: new requests fail at once with GOING_AWAY. */
   goingAway: string | undefined;
 
@@ -65,7 +78,10 @@ export class CallerLink {
     private readonly log: Logger,
     private readonly presence: Presence,
     private readonly observer?: CallObserver,
-  ) {}
+  ) {
+    this.uploads = new Reassembly(limits.maxMessage);
+    this.downloads = new Reassembly(limits.maxMessage);
+  }
 
   get inFlight(): number {
     return this.inflight.size;
@@ -76,7 +92,11 @@ export class CallerLink {
       case Kind.REQUEST:
         this.onRequest(m);
         return;
+      case Kind.CHUNK:
+        this.onChunk(m);
+        return;
       case Kind.CANCEL: {
+        this.uploads.drop(m.id);
         const call = this.inflight.get(m.id);
         if (!call) return;
         call.abandon(true);
@@ -96,7 +116,7 @@ export class CallerLink {
 
   private onRequest(m: Extract<Message, { kind: 0 }>): void {
     const { id, method, meta } = m;
-    if (this.inflight.has(id)) return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, `request id ${id} is already in flight on this connection`));
+    if (this.inflight.has(id) || this.uploads.has(id)) return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, `request id ${id} is already in flight on this connection`));
     if (this.goingAway !== undefined) {
       return this.reply(id, method, new TunnelError(ErrorCode.GOING_AWAY, `the relay is going away (${this.goingAway}) and takes no new calls; reconnect and call again`));
     }
@@ -114,6 +134,14 @@ export class CallerLink {
     }
     if (meta.node !== undefined && typeof meta.node !== 'string') {
       return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, 'metadata node must be a string'));
+    }
+    if (m.stream > 0 && (service === RELAY_SERVICE || meta.broadcast === true)) {
+      try {
+        this.uploads.start(id, m.stream, m);
+      } catch (err) {
+        this.reply(id, method, err as TunnelError);
+      }
+      return;
     }
     if (service === RELAY_SERVICE) return this.presence.answer(this.out, this.session, id, method, m.params, meta);
     let where: Where | undefined;
@@ -142,8 +170,66 @@ export class CallerLink {
     const call = new RelayedCall(this, id, node, method, timeout);
     this.inflight.set(id, call);
     this.observer?.started(call);
-    node.forward(call, m.params, nodeMeta);
+    call.uploadLeft = m.stream;
+    node.forward(call, m.params, nodeMeta, m.stream);
     this.deadlines.add(call, timeout);
+  }
+
+  /** A chunk of a streamed request's params: passed on to the node, or kept until the body is whole. */
+  private onChunk(m: Extract<Message, { kind: 8 }>): void {
+    if (this.uploads.has(m.id)) {
+      let whole;
+      try {
+        whole = this.uploads.add(m.id, m.bytes, m.final);
+      } catch (err) {
+        return this.reply(m.id, '(stream)', err as TunnelError);
+      }
+      if (whole) this.onRequest({ ...whole.owner, params: whole.body, stream: 0 });
+      return;
+    }
+    const call = this.inflight.get(m.id);
+    if (!(call instanceof RelayedCall)) return; // a late chunk of a cancelled or expired call
+    call.uploadLeft -= m.bytes.length;
+    if (call.uploadLeft < 0 || (m.final && call.uploadLeft !== 0)) {
+      call.abandon(true);
+      this.complete(call, new TunnelError(ErrorCode.BAD_REQUEST, `the chunks of ${call.method} do not add up to the announced stream length`).toWire(), null);
+      return;
+    }
+    call.node.forwardChunk(call, m.final, m.bytes);
+  }
+
+  /** The node streams a large result: pass it on, or collect it for a transport that needs it whole. */
+  streamStart(call: RelayedCall, length: number): void {
+    if (this.inflight.get(call.callerId) !== call) return;
+    if (this.out.streamStart) this.out.streamStart(call.callerId, length);
+    else {
+      try {
+        this.downloads.start(call.callerId, length, call);
+      } catch (err) {
+        call.abandon(true);
+        this.complete(call, (err as TunnelError).toWire(), null);
+      }
+    }
+  }
+
+  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array): void {
+    if (this.inflight.get(call.callerId) !== call) return;
+    if (this.out.streamChunk) {
+      this.out.streamChunk(call.callerId, final, bytes);
+      if (!final) return;
+      this.inflight.delete(call.callerId);
+      this.deadlines.remove(call);
+      this.observer?.ended(call.method, 'OK', call);
+      return;
+    }
+    let whole;
+    try {
+      whole = this.downloads.add(call.callerId, bytes, final);
+    } catch (err) {
+      this.complete(call, (err as TunnelError).toWire(), null);
+      return;
+    }
+    if (whole) this.complete(call, null, whole.body);
   }
 
   private broadcast(
@@ -184,6 +270,7 @@ export class CallerLink {
   complete(call: RelayedCall | Broadcast, error: WireError | null, result: Uint8Array | null): void {
     if (this.inflight.get(call.callerId) !== call) return;
     this.inflight.delete(call.callerId);
+    this.downloads.drop(call.callerId);
     if (call instanceof RelayedCall) {
       this.deadlines.remove(call);
       this.observer?.ended(call.method, error ? error.code : 'OK', call);
@@ -204,6 +291,8 @@ export class CallerLink {
     }
     this.presence.forget(this.out);
     this.inflight.clear();
+    this.uploads.clear();
+    this.downloads.clear();
     // SESSION_CLOSED also aborts the session's running handlers on the node, so no CANCEL is needed.
     for (const node of this.nodesSeen) node.closeSession(this.session);
     this.nodesSeen.clear();

@@ -120,7 +120,7 @@ async function gatewayCall(relay: Relay, req: IncomingMessage, res: ServerRespon
   const session = relay.openGatewaySession(address, identity, transport);
   // The HTTP client gave up: the session closes, which aborts the call on the node.
   res.once('close', () => session.close());
-  session.link.onMessage({ kind: Kind.REQUEST, id: 1, method, params, meta });
+  session.link.onMessage({ kind: Kind.REQUEST, id: 1, method, params, meta, stream: 0 });
 }
 
 function peerAddress(req: IncomingMessage): string {

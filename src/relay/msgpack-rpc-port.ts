@@ -205,7 +205,7 @@ class RpcConnection {
     const name = slash >= 0 ? method.slice(slash + 1) : method;
     const id = this.allocate();
     this.pending.set(id, { msgid });
-    this.link.onMessage({ kind: Kind.REQUEST, id, method: name, params: encodeParams(params), meta });
+    this.link.onMessage({ kind: Kind.REQUEST, id, method: name, params: encodeParams(params), meta, stream: 0 });
   }
 
   private auth(msgid: number | undefined, params: unknown[]): void {

@@ -5,6 +5,7 @@ import type { Connection } from '../wire/connection.js';
 import { cancel, Kind, request, response, sessionClosed, type Message, type NodeMeta, type ServiceDescription } from '../wire/messages.js';
 import { ANY_METHOD } from './directory.js';
 import type { RelayedCall } from './relayed-call.js';
+import { STREAM_THRESHOLD } from '../wire/streams.js';
 
 /** The relay's side of one node connection: what it serves and the calls in flight on it. */
 export class NodeLink {
@@ -47,10 +48,21 @@ export class NodeLink {
     return [...(this.services.get(service) ?? [])].sort();
   }
 
-  /** Sends a call to the node under a tunnel id unique on this connection. */
-  forward(call: RelayedCall, params: Uint8Array, meta: NodeMeta): void {
+  /**
+   * Sends a call to the node under a tunnel id unique on this connection. Large params go in chunks;
+   * with `stream` > 0 the caller is still sending them, and {@link forwardChunk} passes each on.
+   */
+  forward(call: RelayedCall, params: Uint8Array, meta: NodeMeta, stream = 0): void {
     call.tunnelId = this.inflight.add(call);
-    this.conn.send(request(call.tunnelId, call.method, params, meta));
+    if (stream > 0) this.conn.send(request(call.tunnelId, call.method, null, { ...meta, stream }));
+    else if (params.length > STREAM_THRESHOLD) {
+      this.conn.sendStream(request(call.tunnelId, call.method, null, { ...meta, stream: params.length }), call.tunnelId, params);
+    } else this.conn.send(request(call.tunnelId, call.method, params, meta));
+  }
+
+  /** Passes on a chunk of a call's params as the caller sends it. */
+  forwardChunk(call: RelayedCall, final: boolean, bytes: Uint8Array): void {
+    if (this.inflight.get(call.tunnelId) === call) this.conn.sendChunk(call.tunnelId, final, bytes);
   }
 
   /** Forgets a call (answered elsewhere, expired, or its caller left) and tells the node to stop it. */
@@ -69,6 +81,18 @@ export class NodeLink {
         if (!call) return; // answered after its deadline or after the caller left
         this.served++;
         call.caller.complete(call, m.error, m.result);
+        return;
+      }
+      case Kind.RESPONSE_STREAM: {
+        const call = this.inflight.get(m.id);
+        if (call) call.caller.streamStart(call, m.length);
+        return;
+      }
+      case Kind.CHUNK: {
+        const call = m.final ? this.inflight.take(m.id) : this.inflight.get(m.id);
+        if (!call) return;
+        if (m.final) this.served++;
+        call.caller.streamChunk(call, m.final, m.bytes);
         return;
       }
       case Kind.GOAWAY:

@@ -7,7 +7,7 @@ import { splitHostPort } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
-import { goaway, Kind, notify, PROTOCOL_VERSION, response, welcome, type Hello, type Message } from '../wire/messages.js';
+import { goaway, Kind, notify, PROTOCOL_VERSION, response, responseStream, welcome, type Hello, type Message } from '../wire/messages.js';
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
@@ -414,6 +414,8 @@ export class Relay extends EventEmitter {
         respond: (id, error, result) => conn.send(response(id, error, result)),
         goaway: (reason) => conn.send(goaway(reason)),
         notify: (method, params) => conn.send(notify(method, params)),
+        streamStart: (id, length) => conn.send(responseStream(id, length)),
+        streamChunk: (id, final, bytes) => conn.sendChunk(id, final, bytes),
       },
       address,
       null,

@@ -5,6 +5,10 @@ import type { NodeLink } from './node-link.js';
 /** Where a forwarded call's outcome goes: the caller's link, or a broadcast collecting answers. */
 export interface CallSink {
   complete(call: RelayedCall, error: WireError | null, result: Uint8Array | null): void;
+  /** The node answers with a result of `length` bytes, in chunks that follow. */
+  streamStart(call: RelayedCall, length: number): void;
+  /** One chunk of that result; after the final one the call is over. */
+  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array): void;
 }
 
 /**
@@ -15,6 +19,8 @@ export interface CallSink {
 export class RelayedCall implements Expiring {
   tunnelId = 0;
   deadlineSlot = 0;
+  /** Bytes of params the caller has still to send (streamed requests). */
+  uploadLeft = 0;
   /** Monotonic and finer than a millisecond, for the latency histogram. */
   readonly started = performance.now();
 

@@ -6,7 +6,73 @@ import { decode, encode } from '../wire/codec.js';
  * untouched. `undefined` has no MessagePack form (msgpackr would write an extension), so it becomes nil.
  */
 export function encodeParams(args: readonly unknown[]): Buffer {
-  return encode(args.map((a) => (a === undefined ? null : a)));
+  return join(paramsPieces(args));
+}
+
+/**
+ * An encoded value as pieces to be written one after the other. Binary arguments or results larger
+ * than {@link LARGE_BINARY} are referenced, not copied: msgpackr would copy a 16 MiB buffer into its
+ * own (twice, as it grows), stalling the event loop for every call behind it. Such buffers are sent
+ * as they are; do not modify them until the call has settled.
+ */
+export type Pieces = Uint8Array[];
+
+export const LARGE_BINARY = 64 * 1024;
+
+const isLargeBinary = (v: unknown): v is Uint8Array => v instanceof Uint8Array && v.length > LARGE_BINARY;
+
+/** MessagePack `bin` header for `n` bytes. */
+function binHeader(n: number): Buffer {
+  if (n < 0x100) return Buffer.from([0xc4, n]);
+  const b = Buffer.allocUnsafe(n < 0x10000 ? 3 : 5);
+  if (n < 0x10000) {
+    b[0] = 0xc5;
+    b.writeUInt16BE(n, 1);
+  } else {
+    b[0] = 0xc6;
+    b.writeUInt32BE(n, 1);
+  }
+  return b;
+}
+
+/** MessagePack `array` header for `n` elements. */
+function arrayHeader(n: number): Buffer {
+  if (n < 16) return Buffer.from([0x90 | n]);
+  const b = Buffer.allocUnsafe(n < 0x10000 ? 3 : 5);
+  if (n < 0x10000) {
+    b[0] = 0xdc;
+    b.writeUInt16BE(n, 1);
+  } else {
+    b[0] = 0xdd;
+    b.writeUInt32BE(n, 1);
+  }
+  return b;
+}
+
+export function paramsPieces(args: readonly unknown[]): Pieces {
+  const values = args.map((a) => (a === undefined ? null : a));
+  if (!values.some(isLargeBinary)) return [encode(values)];
+  const pieces: Pieces = [arrayHeader(values.length)];
+  for (const v of values) {
+    if (isLargeBinary(v)) pieces.push(binHeader(v.length), v);
+    else pieces.push(encode(v));
+  }
+  return pieces;
+}
+
+export function resultPieces(value: unknown): Pieces {
+  if (isLargeBinary(value)) return [binHeader(value.length), value];
+  return [encodeResult(value)];
+}
+
+export function piecesLength(pieces: Pieces): number {
+  let n = 0;
+  for (const p of pieces) n += p.length;
+  return n;
+}
+
+export function join(pieces: Pieces): Buffer {
+  return pieces.length === 1 ? Buffer.from(pieces[0]!.buffer, pieces[0]!.byteOffset, pieces[0]!.length) : Buffer.concat(pieces);
 }
 
 export function decodeParams(bytes: Uint8Array): unknown[] {

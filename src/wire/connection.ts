@@ -1,7 +1,8 @@
 import type { WebSocket, RawData } from 'ws';
 import type { Logger } from '../util/logger.js';
 import { encode, decodeAll } from './codec.js';
-import { parse, response, ShapeError, type Message } from './messages.js';
+import { chunk, parse, response, ShapeError, type Message } from './messages.js';
+import { CHUNK_SIZE, CHUNKS_IN_FLIGHT } from './streams.js';
 import { CloseCode, closeReason } from './close-codes.js';
 
 /** Largest batch of coalesced messages, bytes. */
@@ -36,6 +37,10 @@ export class Connection {
   private heartbeat: NodeJS.Timeout | undefined;
   private badMessagesLogged = false;
   private closed = false;
+  /** Chunks waiting to be written: [id, final, bytes]. */
+  private bulk: Array<[number, boolean, Uint8Array]> = [];
+  private bulkHead = 0;
+  private chunksInFlight = 0;
 
   constructor(ws: WebSocket, handlers: ConnectionHandlers, options: ConnectionOptions) {
     this.ws = ws;
@@ -78,6 +83,65 @@ export class Connection {
       setImmediate(this.scheduledFlush);
     }
   }
+
+  /**
+   * Sends `head` now and `body` after it in chunks of id `id`. Chunks leave a few at a time, as the
+   * socket takes them, so that messages sent meanwhile go out between them.
+   */
+  sendStream(head: unknown[], id: number, body: Uint8Array | Uint8Array[]): void {
+    if (!this.isOpen) return;
+    this.send(head);
+    const pieces = Array.isArray(body) ? body : [body];
+    let total = 0;
+    for (const p of pieces) total += p.length;
+    let sent = 0;
+    let parts: Uint8Array[] = [];
+    let size = 0;
+    const cut = () => {
+      sent += size;
+      this.bulk.push([id, sent === total, parts.length === 1 ? parts[0]! : Buffer.concat(parts, size)]);
+      parts = [];
+      size = 0;
+    };
+    for (const piece of pieces) {
+      for (let offset = 0; offset < piece.length; ) {
+        const take = Math.min(CHUNK_SIZE - size, piece.length - offset);
+        parts.push(piece.subarray(offset, offset + take));
+        size += take;
+        offset += take;
+        if (size === CHUNK_SIZE) cut();
+      }
+    }
+    if (size > 0) cut();
+    this.pump();
+  }
+
+  /** Queues one chunk (a relay passing on a chunk it received). */
+  sendChunk(id: number, final: boolean, bytes: Uint8Array): void {
+    if (!this.isOpen) return;
+    this.bulk.push([id, final, bytes]);
+    this.pump();
+  }
+
+  private readonly pump = (): void => {
+    while (this.chunksInFlight < CHUNKS_IN_FLIGHT && this.bulkHead < this.bulk.length && this.ws.readyState === this.ws.OPEN) {
+      // What was queued before this chunk leaves before it.
+      this.flush();
+      const [id, final, bytes] = this.bulk[this.bulkHead]!;
+      this.bulk[this.bulkHead++] = undefined as unknown as [number, boolean, Uint8Array];
+      this.chunksInFlight++;
+      this.ws.send(encode(chunk(id, final, bytes)), { binary: true }, this.chunkWritten);
+    }
+    if (this.bulkHead === this.bulk.length) {
+      this.bulk = [];
+      this.bulkHead = 0;
+    }
+  };
+
+  private readonly chunkWritten = (): void => {
+    this.chunksInFlight--;
+    this.pump();
+  };
 
   private readonly scheduledFlush = (): void => {
     this.flushScheduled = false;
@@ -164,6 +228,8 @@ export class Connection {
     this.stopHeartbeat();
     this.queue = [];
     this.queuedBytes = 0;
+    this.bulk = [];
+    this.bulkHead = 0;
     this.handlers.close(code, reason);
   }
 

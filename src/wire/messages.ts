@@ -14,6 +14,8 @@ export const Kind = {
   WELCOME: 5,
   SESSION_CLOSED: 6,
   GOAWAY: 7,
+  CHUNK: 8,
+  RESPONSE_STREAM: 9,
 } as const;
 
 export const PROTOCOL_VERSION = 1;
@@ -63,16 +65,21 @@ export interface Welcome {
 }
 
 export type Message =
-  | { kind: typeof Kind.REQUEST; id: number; method: string; params: Uint8Array; meta: Record<string, unknown> }
+  /**
+   * `stream` > 0: params (that many bytes) follow in CHUNK messages for this id; `params` is empty.
+   */
+  | { kind: typeof Kind.REQUEST; id: number; method: string; params: Uint8Array; meta: Record<string, unknown>; stream: number }
   | { kind: typeof Kind.RESPONSE; id: number; error: WireError | null; result: Uint8Array | null }
   | { kind: typeof Kind.NOTIFY; method: string; params: Uint8Array }
   | { kind: typeof Kind.CANCEL; id: number }
   | { kind: typeof Kind.HELLO; hello: Hello }
   | { kind: typeof Kind.WELCOME; welcome: Welcome }
   | { kind: typeof Kind.SESSION_CLOSED; session: string }
-  | { kind: typeof Kind.GOAWAY; reason: string };
+  | { kind: typeof Kind.GOAWAY; reason: string }
+  | { kind: typeof Kind.CHUNK; id: number; final: boolean; bytes: Uint8Array }
+  | { kind: typeof Kind.RESPONSE_STREAM; id: number; length: number };
 
-export const request = (id: number, method: string, params: Uint8Array, meta: object) =>
+export const request = (id: number, method: string, params: Uint8Array | null, meta: object) =>
   [Kind.REQUEST, id, method, params, meta];
 export const response = (id: number, error: WireError | null, result: Uint8Array | null) =>
   [Kind.RESPONSE, id, error, error ? null : result];
@@ -82,6 +89,10 @@ export const hello = (h: Hello) => [Kind.HELLO, h];
 export const welcome = (w: Welcome) => [Kind.WELCOME, w];
 export const sessionClosed = (session: string) => [Kind.SESSION_CLOSED, session];
 export const goaway = (reason: string) => [Kind.GOAWAY, reason];
+export const chunk = (id: number, final: boolean, bytes: Uint8Array) => [Kind.CHUNK, id, final, bytes];
+export const responseStream = (id: number, length: number) => [Kind.RESPONSE_STREAM, id, length];
+
+const EMPTY = new Uint8Array(0);
 
 /**
  * A message that could not be accepted. `id` is set when the message carried a usable request id,
@@ -98,6 +109,7 @@ export class ShapeError extends TunnelError {
 
 const isId = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_ID;
 const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
+const isLength = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
 const isMap = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
 
@@ -120,10 +132,14 @@ export function parse(v: unknown): Message {
       if (id === undefined) throw new ShapeError(`request id must be an integer 0..${MAX_ID}`, undefined);
       if (v.length !== 4 && v.length !== 5) throw new ShapeError(`request has ${v.length} elements, want 4 or 5`, id);
       if (typeof v[2] !== 'string' || v[2].length === 0) throw new ShapeError('request method must be a non-empty string', id);
-      if (!isBytes(v[3])) throw new ShapeError(`request params must be bin (MessagePack-encoded array), got ${describe(v[3])}`, id);
       const meta = v[4] ?? {};
       if (!isMap(meta)) throw new ShapeError(`request metadata must be a map or nil, got ${describe(meta)}`, id);
-      return { kind, id, method: v[2], params: v[3], meta };
+      if (v[3] === null && meta.stream !== undefined) {
+        if (!isLength(meta.stream)) throw new ShapeError('request metadata stream must be a positive byte count', id);
+        return { kind, id, method: v[2], params: EMPTY, meta, stream: meta.stream };
+      }
+      if (!isBytes(v[3])) throw new ShapeError(`request params must be bin (MessagePack-encoded array), got ${describe(v[3])}`, id);
+      return { kind, id, method: v[2], params: v[3], meta, stream: 0 };
     }
     case Kind.RESPONSE: {
       if (v.length !== 4 || !isId(v[1])) throw new ShapeError('response is [1, id, error, result]', undefined);
@@ -164,6 +180,14 @@ export function parse(v: unknown): Message {
     case Kind.GOAWAY:
       if (v.length !== 2 || typeof v[1] !== 'string') throw new ShapeError('goaway is [7, reason]', undefined);
       return { kind, reason: v[1] };
+    case Kind.CHUNK:
+      if (v.length !== 4 || !isId(v[1]) || typeof v[2] !== 'boolean' || !isBytes(v[3])) {
+        throw new ShapeError('chunk is [8, id, final, bytes]', undefined);
+      }
+      return { kind, id: v[1], final: v[2], bytes: v[3] };
+    case Kind.RESPONSE_STREAM:
+      if (v.length !== 3 || !isId(v[1]) || !isLength(v[2])) throw new ShapeError('response stream is [9, id, length]', undefined);
+      return { kind, id: v[1], length: v[2] };
     default:
       throw new ShapeError(`unknown message kind ${String(kind)}`, undefined);
   }
