@@ -17,7 +17,9 @@ const argv = await parse(
   .option('login', { type: 'string', describe: 'Log in first on the same connection with "user:password" (calls <Service>.Login)' })
   .option('login-method', { type: 'string', describe: 'Method used by --login (default: <Service>.Login of the called method)' })
   .option('node', { type: 'string', describe: 'Only this node may serve the call' })
-  .option('token', { type: 'string', describe: 'Caller token, when the relay requires one' })
+  .option('token', { type: 'string', describe: 'Caller token, when the relay requires one (prefer TUNNEL_TOKEN: command lines are visible to other users)' })
+  .option('ca', { type: 'string', describe: 'PEM CA certificate to trust for a wss:// relay (a private CA); the system CAs otherwise' })
+  .option('insecure', { type: 'boolean', default: false, describe: 'Do not verify the relay certificate (tests only: anyone on the path can impersonate the relay)' })
   .option('json', { type: 'boolean', default: false, describe: 'Print {"result": ...} or {"error": {code, message}} as one JSON line on stdout' })
   .option('log-level', { type: 'string', default: 'warn', describe: 'Least severe log level written to stderr' })
   .demandCommand(1, 'give the method to call, e.g. tunnel-call Arith.Multiply 2 3')
@@ -64,7 +66,7 @@ function fail(err: unknown, exitCode: number): never {
 
 let client: Client;
 try {
-  client = await connect(argv.relay, { timeout, token: argv.token, log });
+  client = await connect(argv.relay, { timeout, token: argv.token, ca: argv.ca, insecure: argv.insecure, log });
 } catch (err) {
   fail(err, EXIT.UNREACHABLE);
 }

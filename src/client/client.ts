@@ -5,11 +5,11 @@ import { PendingTable } from '../rpc/pending.js';
 import { relayUrl } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
-import { dial } from '../wire/dial.js';
+import { dial, loadClientTls, type ClientTlsOptions, type Refusal } from '../wire/dial.js';
 import { cancel, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
 import { isCallOptions, type CallOptions } from './options.js';
 
-export interface ClientOptions {
+export interface ClientOptions extends ClientTlsOptions {
   /** Default milliseconds a call may take (default 30 000). */
   timeout?: number;
   /** Milliseconds to reach the relay and be welcomed (default 10 000). */
@@ -48,14 +48,16 @@ export class Client extends EventEmitter {
   private readonly conn: Connection;
   private readonly pending = new PendingTable<PendingCall>();
   private readonly defaultTimeout: number;
+  private readonly maxMessage: number;
   private closeError: TunnelError | undefined;
 
   /** @internal use {@link connect} */
-  constructor(conn: Connection, session: string, defaultTimeout: number) {
+  constructor(conn: Connection, session: string, defaultTimeout: number, maxMessage = Infinity) {
     super();
     this.conn = conn;
     this.session = session;
     this.defaultTimeout = defaultTimeout;
+    this.maxMessage = maxMessage;
     conn.setHandlers({ message: (m) => this.onMessage(m), close: (code, reason) => this.onClose(code, reason) });
   }
 
@@ -90,6 +92,9 @@ export class Client extends EventEmitter {
         params = encodeParams(args);
       } catch (err) {
         return reject(new TunnelError(ErrorCode.BAD_REQUEST, `arguments of ${method} cannot be encoded: ${(err as Error).message}`));
+      }
+      if (params.length > this.maxMessage) {
+        return reject(new TunnelError(ErrorCode.TOO_LARGE, `arguments of ${method} are ${params.length} bytes; the relay accepts at most ${this.maxMessage}`));
       }
       const call: PendingCall = { method, resolve: resolve as (v: unknown) => void, reject, timer: undefined as unknown as NodeJS.Timeout };
       const id = this.pending.add(call);
@@ -175,7 +180,23 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
   return new Promise<Client>((resolve, reject) => {
     const headers: Record<string, string> = {};
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-    const ws = dial(url, { maxMessage: opts.maxMessage, handshakeTimeout: opts.connectTimeout, headers });
+    let tls;
+    try {
+      tls = loadClientTls(opts, log);
+    } catch (err) {
+      reject(new TunnelError(ErrorCode.BAD_REQUEST, (err as Error).message));
+      return;
+    }
+    let refused: Refusal | undefined;
+    const ws = dial(url, {
+      maxMessage: opts.maxMessage,
+      handshakeTimeout: opts.connectTimeout,
+      headers,
+      tls,
+      onRefused: (r) => {
+        refused = r;
+      },
+    });
     let lastError = '';
     const fail = (err: TunnelError) => {
       clearTimeout(timer);
@@ -195,15 +216,22 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
         message(m) {
           if (m.kind !== Kind.WELCOME) return;
           clearTimeout(timer);
-          resolve(new Client(conn, String(m.welcome.session ?? ''), opts.timeout));
+          const limit = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : Infinity;
+          resolve(new Client(conn, String(m.welcome.session ?? ''), opts.timeout, limit));
         },
         close(code, reason) {
           clearTimeout(timer);
+          if (refused) {
+            const denied = refused.status === 401 || refused.status === 403;
+            const why = `HTTP ${refused.status}: ${refused.reason}`;
+            reject(new TunnelError(denied ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}`));
+            return;
+          }
           const why = reason || lastError || `closed with code ${code}`;
           reject(new TunnelError(code === 4003 ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}`));
         },
       },
-      { log, heartbeatTimeout: opts.heartbeatTimeout },
+      { log, heartbeatTimeout: opts.heartbeatTimeout, maxFrame: opts.maxMessage },
     );
     ws.on('open', () => {
       const h: Parameters<typeof hello>[0] = { version: PROTOCOL_VERSION, role: 'caller' };

@@ -9,12 +9,12 @@ import { relayUrl } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
-import { dial } from '../wire/dial.js';
+import { dial, loadClientTls, type ClientTlsOptions, type LoadedTls, type Refusal } from '../wire/dial.js';
 import { goaway, hello, Kind, PROTOCOL_VERSION, response, type Message } from '../wire/messages.js';
 import { Backoff } from './backoff.js';
 import { SessionTable } from './sessions.js';
 
-export interface NodeOptions {
+export interface NodeOptions extends ClientTlsOptions {
   /** Relay address: `host:port`, `:port`, `ws://…` or `wss://…`. */
   relay: string;
   /** Name the node registers under (default: the host name). */
@@ -70,6 +70,9 @@ export class TunnelNode extends EventEmitter {
   private readonly opts: typeof DEFAULTS & NodeOptions;
   private readonly log: Logger;
   private readonly backoff: Backoff;
+  private readonly tls: LoadedTls;
+  /** What the relay said it accepts (welcome); results over it are answered TOO_LARGE instead of sent. */
+  private relayMaxMessage = Infinity;
   private readonly sessions = new SessionTable();
   private readonly running = new Map<number, RunningCall>();
   private conn: Connection | undefined;
@@ -86,6 +89,7 @@ export class TunnelNode extends EventEmitter {
     this.url = relayUrl(options.relay);
     this.log = (options.log ?? silentLogger).child({ node: this.name });
     this.backoff = new Backoff(this.opts.reconnectBase, this.opts.reconnectCap);
+    this.tls = loadClientTls(this.opts, this.log);
     if (options.services.size === 0) throw new TypeError('a node needs at least one service to serve');
   }
 
@@ -157,7 +161,16 @@ export class TunnelNode extends EventEmitter {
     if (this.stopping) return;
     const headers: Record<string, string> = {};
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
-    const ws = dial(this.url, { maxMessage: this.opts.maxMessage, handshakeTimeout: 10_000, headers });
+    let refused: Refusal | undefined;
+    const ws = dial(this.url, {
+      maxMessage: this.opts.maxMessage,
+      handshakeTimeout: 10_000,
+      headers,
+      tls: this.tls,
+      onRefused: (r) => {
+        refused = r;
+      },
+    });
     let lastError = '';
     ws.on('error', (err) => {
       lastError = err.message;
@@ -166,9 +179,17 @@ export class TunnelNode extends EventEmitter {
       ws,
       {
         message: (m) => this.onMessage(conn, m),
-        close: (code, reason) => this.onClose(conn, code, reason || lastError),
+        close: (code, reason) => {
+          if (refused) {
+            // An HTTP 401/403 at the upgrade is the same refusal as a 4003 close after the hello.
+            const denied = refused.status === 401 || refused.status === 403;
+            this.onClose(conn, denied ? CloseCode.UNAUTHORIZED : code, `HTTP ${refused.status}: ${refused.reason}`);
+          } else {
+            this.onClose(conn, code, reason || lastError);
+          }
+        },
       },
-      { log: this.log, heartbeatTimeout: this.opts.heartbeatTimeout },
+      { log: this.log, heartbeatTimeout: this.opts.heartbeatTimeout, maxFrame: this.opts.maxMessage },
     );
     this.conn = conn;
     this.welcomed = false;
@@ -221,6 +242,7 @@ export class TunnelNode extends EventEmitter {
     switch (m.kind) {
       case Kind.WELCOME:
         this.welcomed = true;
+        this.relayMaxMessage = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : Infinity;
         this.log.info({ relay: this.url, services: Object.keys(this.opts.services.describe()) }, 'connected to relay');
         clearTimeout(this.healthyTimer);
         this.healthyTimer = setTimeout(() => this.backoff.reset(), this.opts.reconnectReset);
@@ -321,6 +343,11 @@ export class TunnelNode extends EventEmitter {
       bytes = encodeResult(result);
     } catch (e) {
       call.conn.send(response(call.id, new TunnelError(ErrorCode.APP_ERROR, `${call.method} returned a value that cannot be encoded: ${(e as Error).message}`).toWire(), null));
+      return;
+    }
+    if (bytes.length > this.relayMaxMessage) {
+      this.log.warn({ method: call.method, bytes: bytes.length, limit: this.relayMaxMessage }, 'result too large for the relay');
+      call.conn.send(response(call.id, new TunnelError(ErrorCode.TOO_LARGE, `the result of ${call.method} is ${bytes.length} bytes; the relay passes at most ${this.relayMaxMessage}`).toWire(), null));
       return;
     }
     call.conn.send(response(call.id, null, bytes));

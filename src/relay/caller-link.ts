@@ -1,14 +1,19 @@
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import type { Logger } from '../util/logger.js';
+import { CloseCode } from '../wire/close-codes.js';
 import type { Connection } from '../wire/connection.js';
 import { Kind, response, type Message, type NodeMeta } from '../wire/messages.js';
 import type { NodeDirectory } from './directory.js';
+import type { LoginFailures } from './limits.js';
 import type { NodeLink } from './node-link.js';
 import { RelayedCall } from './relayed-call.js';
 
 export interface CallerLimits {
   defaultTimeout: number;
   maxTimeout: number;
+  maxMessage: number;
+  maxCallerInFlight: number;
+  maxNodeInFlight: number;
 }
 
 /**
@@ -28,6 +33,7 @@ export class CallerLink {
     private readonly directory: NodeDirectory,
     private readonly limits: CallerLimits,
     private readonly log: Logger,
+    private readonly logins?: LoginFailures,
   ) {}
 
   get inFlight(): number {
@@ -62,6 +68,14 @@ export class CallerLink {
     if (dot <= 0 || dot === method.length - 1) {
       return this.reply(id, new TunnelError(ErrorCode.BAD_REQUEST, `method "${method}" must be Service.Method`));
     }
+    if (this.inflight.size >= this.limits.maxCallerInFlight) {
+      return this.reply(id, new TunnelError(ErrorCode.OVERLOADED, `this connection already has ${this.inflight.size} calls in flight (the limit); wait for answers before sending more`));
+    }
+    if (m.params.length > this.limits.maxMessage) {
+      return this.reply(id, new TunnelError(ErrorCode.TOO_LARGE, `params of ${method} are ${m.params.length} bytes; this relay accepts at most ${this.limits.maxMessage}`));
+    }
+    const refused = this.logins?.refuse(method);
+    if (refused) return this.reply(id, refused);
     const service = method.slice(0, dot);
     let timeout = this.limits.defaultTimeout;
     if (meta.timeout !== undefined) {
@@ -78,6 +92,9 @@ export class CallerLink {
       node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, this.affinity.get(service));
     } catch (err) {
       return this.reply(id, err as TunnelError);
+    }
+    if (node.inFlight >= this.limits.maxNodeInFlight) {
+      return this.reply(id, new TunnelError(ErrorCode.OVERLOADED, `node ${node.name} already has ${node.inFlight} calls in flight (the limit); try again shortly`));
     }
     this.affinity.set(service, node);
     this.nodesSeen.add(node);
@@ -102,7 +119,17 @@ export class CallerLink {
     if (this.inflight.get(call.callerId) !== call) return;
     this.inflight.delete(call.callerId);
     clearTimeout(call.timer);
+    if (result !== null && result.length > this.limits.maxMessage) {
+      error = new TunnelError(ErrorCode.TOO_LARGE, `the result of ${call.method} is ${result.length} bytes; this relay passes at most ${this.limits.maxMessage}`).toWire();
+    }
     this.conn.send(response(call.callerId, error, result));
+    if (error?.code === ErrorCode.LOGIN_FAILED && this.logins) {
+      const reason = this.logins.failed();
+      if (reason !== undefined) {
+        this.log.warn({ session: this.session, address: this.address, reason }, 'closing caller after failed Logins');
+        this.conn.close(CloseCode.LOGIN_LIMIT, reason);
+      }
+    }
   }
 
   /** The caller is gone: forget its calls and tell every node that saw it to drop the session. */

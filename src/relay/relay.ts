@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { splitHostPort } from '../util/address.js';
@@ -8,35 +8,33 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import { Kind, PROTOCOL_VERSION, welcome, type Hello, type Message } from '../wire/messages.js';
+import { Authenticator, peerCertificate, type AuthOptions } from './auth.js';
 import { CallerLink } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
+import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, type Limits } from './limits.js';
+import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { NodeLink } from './node-link.js';
 
 export const RELAY_VERSION = 'tunnel-relay/0.1.0';
 
-export interface RelayOptions {
+export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOptions, 'nodeCertificates'> {
   /** `[host]:port` to listen on; empty host means every interface (default `:9090`). */
   listen?: string;
   log?: Logger;
   /** Drop a peer silent this long, ms (default 30 000). */
   heartbeatTimeout?: number;
-  /** Time a new connection has to send its hello, ms (default 5 000). */
-  helloTimeout?: number;
   /** Deadline of a call whose caller gives none, ms (default 30 000). */
   defaultTimeout?: number;
   /** Longest deadline a caller may ask for, ms (default 300 000). */
   maxTimeout?: number;
-  /** Largest message, bytes (default 16 MiB + 64 KiB of envelope). */
-  maxMessage?: number;
 }
 
 const DEFAULTS = {
   listen: ':9090',
   heartbeatTimeout: 30_000,
-  helloTimeout: 5_000,
   defaultTimeout: 30_000,
   maxTimeout: 300_000,
-  maxMessage: 16 * 1024 * 1024 + 64 * 1024,
+  ...LIMIT_DEFAULTS,
 };
 
 const NODE_NAME = /^[A-Za-z0-9][\w.-]{0,127}$/;
@@ -59,9 +57,20 @@ export interface NodeInfo {
  */
 export class Relay extends EventEmitter {
   readonly directory = new NodeDirectory();
+  /** Who may register nodes and call; `auth.reload()` rereads the tokens file. */
+  readonly auth: Authenticator;
   private readonly opts: typeof DEFAULTS & RelayOptions;
   private readonly log: Logger;
   private readonly http: Server;
+  private readonly secure: boolean;
+  private readonly addresses: AddressTable;
+  /** Sockets past the per-address limit, refused at their upgrade request. */
+  private readonly overLimit = new WeakSet<object>();
+  /** When each socket connected: the handshake and the hello share one deadline. */
+  private readonly connectedAt = new WeakMap<object, number>();
+  /** Sockets that reached the upgrade: from there the WebSocket's hello timer takes over. */
+  private readonly upgraded = new WeakSet<object>();
+  private readonly pruneTimer: NodeJS.Timeout;
   private readonly wss: WebSocketServer;
   private readonly callers = new Set<CallerLink>();
   private readonly sessionPrefix = randomBytes(4).toString('hex');
@@ -73,14 +82,19 @@ export class Relay extends EventEmitter {
     if (this.opts.defaultTimeout > this.opts.maxTimeout) {
       throw new RangeError(`defaultTimeout (${this.opts.defaultTimeout}) must not exceed maxTimeout (${this.opts.maxTimeout})`);
     }
+    checkLimits(pickLimits(this.opts));
     this.log = options.log ?? silentLogger;
-    this.http = createServer((req, res) => this.onHttp(req, res));
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: this.opts.maxMessage, perMessageDeflate: false });
-    this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-      socket.on('error', () => socket.destroy());
-      this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, req));
-    });
+    this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
+    this.addresses = new AddressTable(this.opts);
+    const listener = createListener(this.opts, this.opts.helloTimeout, (req, res) => this.onHttp(req, res));
+    this.http = listener.server;
+    this.secure = listener.secure;
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: frameLimit(this.opts.maxMessage), perMessageDeflate: false });
+    this.http.on(listener.socketEvent, (socket: Socket) => this.onSocket(socket));
+    this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
     this.http.on('clientError', (_err, socket) => socket.destroy());
+    this.pruneTimer = setInterval(() => this.addresses.prune(), Math.min(this.opts.loginFailureWindow, 60_000));
+    this.pruneTimer.unref();
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
@@ -94,7 +108,8 @@ export class Relay extends EventEmitter {
       });
     });
     const address = this.address!;
-    this.log.info(address, 'relay listening');
+    this.auth.watch();
+    this.log.info({ ...address, tls: this.secure, auth: this.auth.describe() }, 'relay listening');
     this.emit('listening', address);
     return address;
   }
@@ -104,7 +119,7 @@ export class Relay extends EventEmitter {
     if (!a) return undefined;
     const host = a.address === '::' || a.address === '0.0.0.0' ? 'localhost' : a.address;
     const h = host.includes(':') ? `[${host}]` : host;
-    return { host: a.address, port: a.port, url: `ws://${h}:${a.port}/` };
+    return { host: a.address, port: a.port, url: `${this.secure ? 'wss' : 'ws'}://${h}:${a.port}/` };
   }
 
   /** What every attached node serves (the presence list). */
@@ -127,6 +142,8 @@ export class Relay extends EventEmitter {
 
   /** Closes every connection and the listening socket. */
   async close(): Promise<void> {
+    clearInterval(this.pruneTimer);
+    this.auth.close();
     for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
     for (const ws of this.wss.clients) setTimeout(() => ws.terminate(), 1_000).unref();
     this.wss.close();
@@ -134,6 +151,12 @@ export class Relay extends EventEmitter {
   }
 
   private onHttp(req: IncomingMessage, res: ServerResponse): void {
+    // Plain HTTP gets one answer per connection: only tunnel sockets may outlive the hello deadline.
+    res.setHeader('connection', 'close');
+    if (this.overLimit.has(req.socket)) {
+      res.writeHead(429, { 'content-type': 'text/plain' }).end(`too many connections from ${ipOf(req.socket)}\n`);
+      return;
+    }
     if (req.url === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
       return;
@@ -142,10 +165,46 @@ export class Relay extends EventEmitter {
     res.end('This is a tunnel relay. Connect with tunnel-node or tunnel-call (WebSocket).\n');
   }
 
+  /** Every socket counts against its address and must reach an accepted hello in time. */
+  private onSocket(socket: Socket): void {
+    const ip = ipOf(socket);
+    this.connectedAt.set(socket, Date.now());
+    if (!this.addresses.open(ip)) {
+      this.overLimit.add(socket);
+      if (this.addresses.connections(ip) === this.opts.maxConnectionsPerAddress + 1) {
+        this.log.warn({ ip, limit: this.opts.maxConnectionsPerAddress }, 'too many connections from one address; refusing the extra ones');
+      }
+    }
+    socket.once('close', () => this.addresses.close(ip));
+    const timer = setTimeout(() => {
+      if (!this.upgraded.has(socket)) socket.destroy();
+    }, this.opts.helloTimeout);
+    timer.unref();
+    socket.once('close', () => clearTimeout(timer));
+  }
+
+  /** Refuses what can be refused before the WebSocket exists: extra connections, wrong tokens and certificates. */
+  private onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    socket.on('error', () => socket.destroy());
+    this.upgraded.add(socket);
+    const peer = `${ipOf(socket)}:${socket.remotePort ?? 0}`;
+    if (this.overLimit.has(socket)) {
+      refuseUpgrade(socket, 429, `too many connections from ${ipOf(socket)} (limit ${this.opts.maxConnectionsPerAddress})`);
+      return;
+    }
+    const reason = this.auth.checkUpgrade(bearerToken(req), peerCertificate(socket));
+    if (reason !== undefined) {
+      this.log.warn({ peer, reason }, 'refused connection at upgrade');
+      refuseUpgrade(socket, 401, reason);
+      return;
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, req));
+  }
+
   private accept(ws: WebSocket, req: IncomingMessage): void {
-    const remote = req.socket.remoteAddress ?? 'unknown';
-    const address = `${remote.startsWith('::ffff:') ? remote.slice(7) : remote}:${req.socket.remotePort ?? 0}`;
+    const address = `${ipOf(req.socket)}:${req.socket.remotePort ?? 0}`;
     const log = this.log.child({ peer: address });
+    const helloTimeout = Math.max(0, (this.connectedAt.get(req.socket) ?? Date.now()) + this.opts.helloTimeout - Date.now());
     let settled = false;
     const conn: Connection = new Connection(
       ws,
@@ -153,23 +212,23 @@ export class Relay extends EventEmitter {
         message: (m) => {
           settled = true;
           clearTimeout(timer);
-          this.onHello(conn, m, address, log);
+          this.onHello(conn, m, address, req, log);
         },
         close: () => {
           settled = true;
           clearTimeout(timer);
         },
       },
-      { log, heartbeatTimeout: this.opts.heartbeatTimeout },
+      { log, heartbeatTimeout: this.opts.heartbeatTimeout, maxFrame: frameLimit(this.opts.maxMessage) },
     );
     const timer = setTimeout(() => {
       if (settled) return;
       log.info({ helloTimeoutMs: this.opts.helloTimeout }, 'closing connection that sent no hello');
-      conn.close(CloseCode.HELLO_TIMEOUT, `no hello within ${this.opts.helloTimeout} ms`);
-    }, this.opts.helloTimeout);
+      conn.close(CloseCode.HELLO_TIMEOUT, `no hello within ${this.opts.helloTimeout} ms of connecting`);
+    }, helloTimeout);
   }
 
-  private onHello(conn: Connection, m: Message, address: string, log: Logger): void {
+  private onHello(conn: Connection, m: Message, address: string, req: IncomingMessage, log: Logger): void {
     if (m.kind !== Kind.HELLO) {
       conn.close(CloseCode.PROTOCOL_ERROR, 'the first message must be a hello [4, {version, role}]');
       return;
@@ -179,8 +238,21 @@ export class Relay extends EventEmitter {
       conn.close(CloseCode.VERSION, `protocol version ${h.version} is not supported; this relay speaks ${PROTOCOL_VERSION}`);
       return;
     }
-    if (h.role === 'node') this.attachNode(conn, h, address, log);
-    else this.attachCaller(conn, h, address, log);
+    const token = h.token ?? bearerToken(req);
+    if (h.role === 'node') {
+      const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
+      if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name);
+      this.attachNode(conn, h, address, log);
+    } else {
+      const verdict = this.auth.caller(token);
+      if (!verdict.ok) return this.refuse(conn, log, 'caller', verdict.reason);
+      this.attachCaller(conn, verdict.identity, address, ipOf(req.socket), log);
+    }
+  }
+
+  private refuse(conn: Connection, log: Logger, role: string, reason: string, name?: string): void {
+    log.warn({ role, node: name, reason }, 'refused hello');
+    conn.close(CloseCode.UNAUTHORIZED, reason);
   }
 
   private attachNode(conn: Connection, h: Hello, address: string, log: Logger): void {
@@ -210,14 +282,15 @@ export class Relay extends EventEmitter {
       log.warn({ node: name, previous: old.address }, 'node name reconnected; replacing the previous connection');
       old.conn.close(CloseCode.REPLACED, `replaced by a new connection for node ${name}`);
     }
-    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, name }));
+    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, name, maxMessage: this.opts.maxMessage }));
     log.info({ node: name, services: Object.keys(services), labels: link.labels }, 'node connected');
     this.emit('node', name);
   }
 
-  private attachCaller(conn: Connection, _h: Hello, address: string, log: Logger): void {
+  private attachCaller(conn: Connection, identity: string | null, address: string, ip: string, log: Logger): void {
     const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
-    const link = new CallerLink(session, conn, address, null, this.directory, this.opts, log);
+    const logins = new LoginFailures(this.addresses, ip, this.opts);
+    const link = new CallerLink(session, conn, address, identity, this.directory, this.opts, log, logins);
     this.callers.add(link);
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
@@ -227,7 +300,23 @@ export class Relay extends EventEmitter {
         log.debug({ session, code, reason }, 'caller disconnected');
       },
     });
-    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, session }));
-    log.debug({ session }, 'caller connected');
+    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, session, maxMessage: this.opts.maxMessage }));
+    log.debug({ session, identity }, 'caller connected');
   }
+}
+
+function ipOf(socket: { remoteAddress?: string | undefined }): string {
+  const remote = socket.remoteAddress ?? 'unknown';
+  return remote.startsWith('::ffff:') ? remote.slice(7) : remote;
+}
+
+function bearerToken(req: IncomingMessage): string | undefined {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+  return m ? m[1] : undefined;
+}
+
+function pickLimits(o: Limits): Limits {
+  const out = {} as Limits;
+  for (const key of Object.keys(LIMIT_DEFAULTS) as (keyof Limits)[]) out[key] = o[key];
+  return out;
 }
