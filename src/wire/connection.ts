@@ -35,6 +35,7 @@ export class Connection {
   private lastSeen = Date.now();
   private heartbeat: NodeJS.Timeout | undefined;
   private badMessagesLogged = false;
+  private terminateTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
   constructor(ws: WebSocket, handlers: ConnectionHandlers, options: ConnectionOptions) {
@@ -113,7 +114,8 @@ export class Connection {
     if (this.ws.readyState === this.ws.OPEN || this.ws.readyState === this.ws.CONNECTING) {
       this.ws.close(code, closeReason(reason));
       // A peer that never answers the close handshake must not hold the socket open.
-      setTimeout(() => this.ws.terminate(), 5_000).unref();
+      this.terminateTimer = setTimeout(() => this.ws.terminate(), 5_000);
+      this.terminateTimer.unref();
     }
   }
 
@@ -173,6 +175,8 @@ export class Connection {
 
   private onClose(code: number, reason: string): void {
     this.closed = true;
+    // Under a flood of bad connections a pending timer would keep each closed socket alive for seconds.
+    clearTimeout(this.terminateTimer);
     this.stopHeartbeat();
     this.queue = [];
     this.queuedBytes = 0;
