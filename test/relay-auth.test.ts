@@ -41,7 +41,8 @@ describe('node and caller tokens', () => {
   });
 
   it('refuses a wrong node token at the upgrade; the node logs it and retries at the longest backoff', async () => {
-    await expectRefusedNode(['--relay', relay.addr, '--name', 'intruder', '--token', 'wrong-token-0123456789'], /^HTTP 401: token refused/);
+    const node = await expectRefusedNode(['--relay', relay.addr, '--name', 'intruder', '--token', 'wrong-token-0123456789'], /^HTTP 401: token refused/);
+    expect(node.stderr).not.toContain('wrong-token-0123456789');
     await relay.proc.waitForLog((l) => l.msg === 'refused connection at upgrade');
   });
 
