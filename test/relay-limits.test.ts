@@ -174,7 +174,7 @@ describe('connections from one address', () => {
     expect(p).toBeDefined();
     p = p!;
     p.send(hello());
-    await p.until(() => p.received.some((m) => Array.isArray(m) && m[0] === 5), 5_000, 'welcome');
+    await p.until(() => p!.received.some((m) => Array.isArray(m) && m[0] === 5), 5_000, 'welcome');
     for (const o of open) o.ws.terminate();
     p.close();
   });

@@ -30,8 +30,9 @@ export function createListener(opts: TlsOptions, handshakeTimeout: number, onReq
   if (opts.tlsCa !== undefined && opts.tlsCert === undefined) {
     throw new Error('tlsCa (node client certificates) needs TLS: give tlsCert and tlsKey as well');
   }
-  // Bound the request phase too, so that a socket that never finishes its upgrade request is dropped.
-  const httpOptions = { headersTimeout: handshakeTimeout, requestTimeout: handshakeTimeout, connectionsCheckingInterval: Math.min(handshakeTimeout, 1_000) };
+  // A socket that never finishes its request headers (slowloris) is dropped after the same bound;
+  // request bodies keep Node's own requestTimeout, since HTTP calls may upload large params slowly.
+  const httpOptions = { headersTimeout: handshakeTimeout, connectionsCheckingInterval: Math.min(handshakeTimeout, 1_000) };
   if (opts.tlsCert === undefined) {
     return { server: createHttpServer(httpOptions, onRequest), secure: false, socketEvent: 'connection' };
   }

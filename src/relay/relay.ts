@@ -68,8 +68,8 @@ export class Relay extends EventEmitter {
   private readonly overLimit = new WeakSet<object>();
   /** When each socket connected: the handshake and the hello share one deadline. */
   private readonly connectedAt = new WeakMap<object, number>();
-  /** Sockets that reached the upgrade: from there the WebSocket's hello timer takes over. */
-  private readonly upgraded = new WeakSet<object>();
+  /** Sockets that sent a request or an upgrade: from there HTTP timeouts or the WebSocket's hello timer take over. */
+  private readonly engaged = new WeakSet<object>();
   private readonly pruneTimer: NodeJS.Timeout;
   private readonly wss: WebSocketServer;
   private readonly callers = new Set<CallerLink>();
@@ -151,8 +151,7 @@ export class Relay extends EventEmitter {
   }
 
   private onHttp(req: IncomingMessage, res: ServerResponse): void {
-    // Plain HTTP gets one answer per connection: only tunnel sockets may outlive the hello deadline.
-    res.setHeader('connection', 'close');
+    this.engaged.add(req.socket);
     if (this.overLimit.has(req.socket)) {
       res.writeHead(429, { 'content-type': 'text/plain' }).end(`too many connections from ${ipOf(req.socket)}\n`);
       return;
@@ -177,7 +176,7 @@ export class Relay extends EventEmitter {
     }
     socket.once('close', () => this.addresses.close(ip));
     const timer = setTimeout(() => {
-      if (!this.upgraded.has(socket)) socket.destroy();
+      if (!this.engaged.has(socket)) socket.destroy();
     }, this.opts.helloTimeout);
     timer.unref();
     socket.once('close', () => clearTimeout(timer));
@@ -186,7 +185,7 @@ export class Relay extends EventEmitter {
   /** Refuses what can be refused before the WebSocket exists: extra connections, wrong tokens and certificates. */
   private onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
     socket.on('error', () => socket.destroy());
-    this.upgraded.add(socket);
+    this.engaged.add(socket);
     const peer = `${ipOf(socket)}:${socket.remotePort ?? 0}`;
     if (this.overLimit.has(socket)) {
       refuseUpgrade(socket, 429, `too many connections from ${ipOf(socket)} (limit ${this.opts.maxConnectionsPerAddress})`);

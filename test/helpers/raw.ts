@@ -26,6 +26,7 @@ export class RawPeer {
       this.closed = { code, reason: reason.toString() };
       this.wake();
     });
+    this.ws.on('open', () => this.wake());
     this.ws.on('error', () => this.wake());
   }
 
