@@ -25,7 +25,9 @@ const argv = await parse(
   .option('retry', { type: 'number', default: 0, describe: 'Send a call that failed with NODE_LOST again to another node, up to N times, with backoff. NODE_LOST means the node may have run it: only for idempotent calls' })
   .option('all', { type: 'boolean', default: false, describe: 'Broadcast: call every node serving the method (that matches --where) in parallel; prints a table of node, status, result, ms; exits 1 if any node failed' })
   .option('list', { type: 'boolean', default: false, describe: 'Print the nodes attached to the relay (matching --where): name, state, labels, address, connected since, calls in flight and served, services and methods' })
-  .option('token', { type: 'string', describe: 'Caller token, when the relay requires one' })
+  .option('token', { type: 'string', describe: 'Caller token, when the relay requires one (prefer TUNNEL_TOKEN: command lines are visible to other users)' })
+  .option('ca', { type: 'string', describe: 'PEM CA certificate to trust for a wss:// relay (a private CA); the system CAs otherwise' })
+  .option('insecure', { type: 'boolean', default: false, describe: 'Do not verify the relay certificate (tests only: anyone on the path can impersonate the relay)' })
   .option('json', { type: 'boolean', default: false, describe: 'Print one JSON line on stdout: {"result": ...} or {"error": {code, message}}; with --all {"results": [...]}; with --list {"nodes": [...]}' })
   .option('log-level', { type: 'string', default: 'warn', describe: 'Least severe log level written to stderr' })
   .demandCommand(0)
@@ -91,7 +93,7 @@ function fail(err: unknown, exitCode: number): never {
 
 let client: Client;
 try {
-  client = await connect(argv.relay, { timeout, token: argv.token, log });
+  client = await connect(argv.relay, { timeout, token: argv.token, ca: argv.ca, insecure: argv.insecure, log });
 } catch (err) {
   fail(err, EXIT.UNREACHABLE);
 }

@@ -18,7 +18,11 @@ const argv = await parse(
   .option('forward-connections', { type: 'number', default: 2, describe: 'Connections to each --forward server; calls are spread over them' })
   .option('users', { type: 'string', describe: 'Accounts for the example Hello.Login, "user:password,user2:password2" (default alice:secret)' })
   .option('label', { type: 'string', array: true, nargs: 1, describe: 'Label key=value announced to the relay (repeatable)' })
-  .option('token', { type: 'string', describe: 'Node token, when the relay requires one' })
+  .option('token', { type: 'string', describe: 'Node token, when the relay requires one (prefer TUNNEL_TOKEN: command lines are visible to other users)' })
+  .option('ca', { type: 'string', describe: 'PEM CA certificate to trust for a wss:// relay (a private CA); the system CAs otherwise' })
+  .option('insecure', { type: 'boolean', default: false, describe: 'Do not verify the relay certificate (tests only: anyone on the path can impersonate the relay)' })
+  .option('cert', { type: 'string', describe: 'PEM client certificate, when the relay requires node certificates (its CN is the node name)' })
+  .option('key', { type: 'string', describe: 'PEM private key of --cert' })
   .option('heartbeat-timeout', { type: 'string', default: '30s', describe: 'Reconnect when the relay is silent (no pong) this long' })
   .option('reconnect-base', { type: 'string', default: '500ms', describe: 'First reconnect ceiling; each failure doubles it (full jitter: the wait is random below it)' })
   .option('reconnect-cap', { type: 'string', default: '30s', describe: 'Largest reconnect ceiling' })
@@ -60,6 +64,10 @@ try {
     name: argv.name,
     labels: keyValues(argv.label, 'label'),
     token: argv.token,
+    ca: argv.ca,
+    insecure: argv.insecure,
+    cert: argv.cert,
+    key: argv.key,
     services: registry,
     forward,
     log,

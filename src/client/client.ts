@@ -6,13 +6,13 @@ import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
 import { relayUrl } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
-import { dial } from '../wire/dial.js';
+import { dial, loadClientTls, type ClientTlsOptions, type Refusal } from '../wire/dial.js';
 import { cancel, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
 import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent, type WireBroadcastEntry } from '../wire/presence.js';
 import { isCallOptions, type BroadcastOptions, type CallOptions } from './options.js';
 
-export interface ClientOptions {
+export interface ClientOptions extends ClientTlsOptions {
   /** Default milliseconds a call may take (default 30 000). */
   timeout?: number;
   /** Milliseconds to reach the relay and be welcomed (default 10 000). */
@@ -76,15 +76,17 @@ export class Client extends EventEmitter {
   private readonly deadlines = new DeadlineWheel<PendingCall>((call) => this.expire(call.id));
   private readonly downloads: Reassembly<PendingCall>;
   private readonly defaultTimeout: number;
+  private readonly maxMessage: number;
   private closeError: TunnelError | undefined;
   private goingAway: TunnelError | undefined;
 
   /** @internal use {@link connect} */
-  constructor(conn: Connection, session: string, defaultTimeout: number, maxMessage: number = DEFAULTS.maxMessage) {
+  constructor(conn: Connection, session: string, defaultTimeout: number, maxMessage: number) {
     super();
     this.conn = conn;
     this.session = session;
     this.defaultTimeout = defaultTimeout;
+    this.maxMessage = maxMessage;
     this.downloads = new Reassembly<PendingCall>(maxMessage);
     conn.setHandlers({ message: (m) => this.onMessage(m), close: (code, reason) => this.onClose(code, reason) });
   }
@@ -227,6 +229,10 @@ export class Client extends EventEmitter {
         call.abort = { signal, listener };
       }
       const length = piecesLength(params);
+      if (length > this.maxMessage) {
+        this.settle(id);
+        return reject(new TunnelError(ErrorCode.TOO_LARGE, `arguments of ${method} are ${length} bytes; the relay accepts at most ${this.maxMessage}`));
+      }
       if (length > STREAM_THRESHOLD) {
         this.conn.sendStream(request(id, method, null, { ...meta, stream: length }), id, params);
       } else {
@@ -367,7 +373,23 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
   return new Promise<Client>((resolve, reject) => {
     const headers: Record<string, string> = {};
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-    const ws = dial(url, { maxMessage: opts.maxMessage, handshakeTimeout: opts.connectTimeout, headers });
+    let tls;
+    try {
+      tls = loadClientTls(opts, log);
+    } catch (err) {
+      reject(new TunnelError(ErrorCode.BAD_REQUEST, (err as Error).message));
+      return;
+    }
+    let refused: Refusal | undefined;
+    const ws = dial(url, {
+      maxMessage: opts.maxMessage,
+      handshakeTimeout: opts.connectTimeout,
+      headers,
+      tls,
+      onRefused: (r) => {
+        refused = r;
+      },
+    });
     let lastError = '';
     const fail = (err: TunnelError) => {
       clearTimeout(timer);
@@ -387,15 +409,22 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
         message(m) {
           if (m.kind !== Kind.WELCOME) return;
           clearTimeout(timer);
-          resolve(new Client(conn, String(m.welcome.session ?? ''), opts.timeout, opts.maxMessage));
+          const limit = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : opts.maxMessage;
+          resolve(new Client(conn, String(m.welcome.session ?? ''), opts.timeout, limit));
         },
         close(code, reason) {
           clearTimeout(timer);
+          if (refused) {
+            const denied = refused.status === 401 || refused.status === 403;
+            const why = `HTTP ${refused.status}: ${refused.reason}`;
+            reject(new TunnelError(denied ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}`));
+            return;
+          }
           const why = reason || lastError || `closed with code ${code}`;
           reject(new TunnelError(code === 4003 ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}`));
         },
       },
-      { log, heartbeatTimeout: opts.heartbeatTimeout },
+      { log, heartbeatTimeout: opts.heartbeatTimeout, maxFrame: opts.maxMessage },
     );
     ws.on('open', () => {
       const h: Parameters<typeof hello>[0] = { version: PROTOCOL_VERSION, role: 'caller' };

@@ -9,7 +9,7 @@ import { relayUrl } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
-import { dial } from '../wire/dial.js';
+import { dial, loadClientTls, type ClientTlsOptions, type LoadedTls, type Refusal } from '../wire/dial.js';
 import { goaway, hello, Kind, PROTOCOL_VERSION, response, responseStream, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
 import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { Backoff } from './backoff.js';
@@ -18,7 +18,7 @@ import { SessionTable } from './sessions.js';
 import { Cancellation } from '../rpc/cancellation.js';
 import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
 
-export interface NodeOptions {
+export interface NodeOptions extends ClientTlsOptions {
   /** Relay address: `host:port`, `:port`, `ws://…` or `wss://…`. */
   relay: string;
   /** Name the node registers under (default: the host name). */
@@ -106,6 +106,9 @@ export class TunnelNode extends EventEmitter {
   private readonly opts: typeof DEFAULTS & NodeOptions;
   private readonly log: Logger;
   private readonly backoff: Backoff;
+  private readonly tls: LoadedTls;
+  /** What the relay said it accepts (welcome); results over it are answered TOO_LARGE instead of sent. */
+  private relayMaxMessage = Infinity;
   private readonly sessions = new SessionTable();
   private readonly directSessions = new SessionTable();
   private readonly running = new Map<number, RunningCall>();
@@ -135,6 +138,7 @@ export class TunnelNode extends EventEmitter {
     this.log = (options.log ?? silentLogger).child({ node: this.name });
     this.backoff = new Backoff(this.opts.reconnectBase, this.opts.reconnectCap);
     this.uploads = new Reassembly(this.opts.maxMessage);
+    this.tls = loadClientTls(this.opts, this.log);
     for (const f of options.forward ?? []) {
       if (options.services.has(f.name) || this.forwarded.has(f.name)) throw new TypeError(`service ${f.name} is forwarded and also served otherwise; pick one`);
       this.forwarded.set(f.name, f);
@@ -211,7 +215,16 @@ export class TunnelNode extends EventEmitter {
     if (this.stopping) return;
     const headers: Record<string, string> = {};
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
-    const ws = dial(this.url, { maxMessage: this.opts.maxMessage, handshakeTimeout: 10_000, headers });
+    let refused: Refusal | undefined;
+    const ws = dial(this.url, {
+      maxMessage: this.opts.maxMessage,
+      handshakeTimeout: 10_000,
+      headers,
+      tls: this.tls,
+      onRefused: (r) => {
+        refused = r;
+      },
+    });
     let lastError = '';
     ws.on('error', (err) => {
       lastError = err.message;
@@ -220,9 +233,17 @@ export class TunnelNode extends EventEmitter {
       ws,
       {
         message: (m) => this.onMessage(conn, m),
-        close: (code, reason) => this.onClose(conn, code, reason || lastError),
+        close: (code, reason) => {
+          if (refused) {
+            // An HTTP 401/403 at the upgrade is the same refusal as a 4003 close after the hello.
+            const denied = refused.status === 401 || refused.status === 403;
+            this.onClose(conn, denied ? CloseCode.UNAUTHORIZED : code, `HTTP ${refused.status}: ${refused.reason}`);
+          } else {
+            this.onClose(conn, code, reason || lastError);
+          }
+        },
       },
-      { log: this.log, heartbeatTimeout: this.opts.heartbeatTimeout },
+      { log: this.log, heartbeatTimeout: this.opts.heartbeatTimeout, maxFrame: this.opts.maxMessage },
     );
     this.conn = conn;
     this.welcomed = false;
@@ -278,6 +299,7 @@ export class TunnelNode extends EventEmitter {
     switch (m.kind) {
       case Kind.WELCOME:
         this.welcomed = true;
+        this.relayMaxMessage = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : Infinity;
         this.log.info({ relay: this.url, services: Object.keys(this.describe()) }, 'connected to relay');
         clearTimeout(this.healthyTimer);
         this.healthyTimer = setTimeout(() => this.backoff.reset(), this.opts.reconnectReset);
@@ -463,6 +485,11 @@ export class TunnelNode extends EventEmitter {
     }
     const pieces = Array.isArray(result) ? result : [result!];
     const length = piecesLength(pieces);
+    if (length > this.relayMaxMessage) {
+      this.log.warn({ method: call.method, bytes: length, limit: this.relayMaxMessage }, 'result too large for the relay');
+      call.conn.send(response(call.id, new TunnelError(ErrorCode.TOO_LARGE, `the result of ${call.method} is ${length} bytes; the relay passes at most ${this.relayMaxMessage}`).toWire(), null));
+      return;
+    }
     if (length > STREAM_THRESHOLD) call.conn.sendStream(responseStream(call.id, length), call.id, pieces);
     else call.conn.send(response(call.id, null, join(pieces)));
   }

@@ -1,10 +1,12 @@
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { DeadlineWheel } from '../rpc/deadlines.js';
 import type { Logger } from '../util/logger.js';
+import { CloseCode } from '../wire/close-codes.js';
 import { Kind, type Message, type NodeMeta } from '../wire/messages.js';
 import { RELAY_SERVICE } from '../wire/presence.js';
 import { Broadcast } from './broadcast.js';
 import type { NodeDirectory } from './directory.js';
+import type { LoginFailures } from './limits.js';
 import type { NodeLink } from './node-link.js';
 import type { Presence } from './presence.js';
 import { RelayedCall } from './relayed-call.js';
@@ -27,13 +29,17 @@ export interface CallerOutput {
    */
   streamStart?(id: number, length: number): void;
   streamChunk?(id: number, final: boolean, bytes: Uint8Array): void;
+  /** Ends the caller's connection, where it has one (too many failed Logins). */
+  close?(code: number, reason: string): void;
 }
 
 export interface CallerLimits {
   defaultTimeout: number;
   maxTimeout: number;
-  /** Largest streamed body the relay will hold when it has to reassemble one, bytes. */
+  /** Largest params or result, bytes; also the largest streamed body the relay will reassemble. */
   maxMessage: number;
+  maxCallerInFlight: number;
+  maxNodeInFlight: number;
 }
 
 /** The relay's one timer for every call's deadline; only caller links schedule calls on it. */
@@ -78,6 +84,7 @@ export class CallerLink {
     private readonly log: Logger,
     private readonly presence: Presence,
     private readonly observer?: CallObserver,
+    private readonly logins?: LoginFailures,
   ) {
     this.uploads = new Reassembly(limits.maxMessage);
     this.downloads = new Reassembly(limits.maxMessage);
@@ -124,6 +131,15 @@ export class CallerLink {
     if (dot <= 0 || dot === method.length - 1) {
       return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, `method "${method}" must be Service.Method`));
     }
+    if (this.inflight.size + this.uploads.size >= this.limits.maxCallerInFlight) {
+      return this.reply(id, method, new TunnelError(ErrorCode.OVERLOADED, `this connection already has ${this.inflight.size} calls in flight (the limit); wait for answers before sending more`));
+    }
+    const size = m.stream > 0 ? m.stream : m.params.length;
+    if (size > this.limits.maxMessage) {
+      return this.reply(id, method, new TunnelError(ErrorCode.TOO_LARGE, `params of ${method} are ${size} bytes; this relay accepts at most ${this.limits.maxMessage}`));
+    }
+    const refused = this.logins?.refuse(method);
+    if (refused) return this.reply(id, method, refused);
     const service = method.slice(0, dot);
     let timeout = this.limits.defaultTimeout;
     if (meta.timeout !== undefined) {
@@ -163,6 +179,9 @@ export class CallerLink {
     } catch (err) {
       return this.reply(id, method, err as TunnelError);
     }
+    if (node.inFlight >= this.limits.maxNodeInFlight) {
+      return this.reply(id, method, new TunnelError(ErrorCode.OVERLOADED, `node ${node.name} already has ${node.inFlight} calls in flight (the limit); try again shortly`));
+    }
     // The session sticks to the node of its first call; a call sent elsewhere by node or where does
     // not move it. Only a sticky node that left or drains is replaced.
     if (sticky && (previous === undefined || !previous.available)) this.affinity.set(service, node);
@@ -198,9 +217,23 @@ export class CallerLink {
     call.node.forwardChunk(call, m.final, m.bytes);
   }
 
+  /** Counts a LOGIN_FAILED answer; past the limit the caller's connection is closed (4005). */
+  private loginFailed(): void {
+    const reason = this.logins?.failed();
+    if (reason === undefined) return;
+    this.log.warn({ session: this.session, address: this.address, reason }, 'closing caller after failed Logins');
+    this.out.close?.(CloseCode.LOGIN_LIMIT, reason);
+  }
+
   /** The node streams a large result: pass it on, or collect it for a transport that needs it whole. */
   streamStart(call: RelayedCall, length: number): void {
     if (this.inflight.get(call.callerId) !== call) return;
+    if (length > this.limits.maxMessage) {
+      call.abandon(true);
+      const message = `the result of ${call.method} is ${length} bytes; this relay passes at most ${this.limits.maxMessage}`;
+      this.complete(call, new TunnelError(ErrorCode.TOO_LARGE, message).toWire(), null);
+      return;
+    }
     if (this.out.streamStart) this.out.streamStart(call.callerId, length);
     else {
       try {
@@ -271,6 +304,9 @@ export class CallerLink {
     if (this.inflight.get(call.callerId) !== call) return;
     this.inflight.delete(call.callerId);
     this.downloads.drop(call.callerId);
+    if (result !== null && result.length > this.limits.maxMessage) {
+      error = new TunnelError(ErrorCode.TOO_LARGE, `the result of ${call.method} is ${result.length} bytes; this relay passes at most ${this.limits.maxMessage}`).toWire();
+    }
     if (call instanceof RelayedCall) {
       this.deadlines.remove(call);
       this.observer?.ended(call.method, error ? error.code : 'OK', call);
@@ -278,6 +314,7 @@ export class CallerLink {
       call.abandon(false);
     }
     this.out.respond(call.callerId, error, result);
+    if (error?.code === ErrorCode.LOGIN_FAILED) this.loginFailed();
   }
 
   /** The caller is gone: forget its calls and tell every node that saw it to drop the session. */

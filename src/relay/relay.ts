@@ -1,17 +1,21 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { splitHostPort } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
+import { ErrorCode, TunnelError } from '../errors.js';
 import { goaway, Kind, notify, PROTOCOL_VERSION, response, responseStream, welcome, type Hello, type Message } from '../wire/messages.js';
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
+import { Authenticator, peerCertificate, type AuthOptions } from './auth.js';
 import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler } from './http.js';
+import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, type Limits } from './limits.js';
+import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeLink } from './node-link.js';
 import { Presence } from './presence.js';
@@ -21,20 +25,20 @@ export type { NodeInfo } from '../wire/presence.js';
 
 export const RELAY_VERSION = 'tunnel-relay/0.1.0';
 
-export interface RelayOptions {
+/**
+ * Relay settings; the limits (`maxMessage`, `maxCallerInFlight`, `helloTimeout`, ...) are in
+ * limits.ts with their defaults, authentication in auth.ts, TLS in listener.ts.
+ */
+export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOptions, 'nodeCertificates'> {
   /** `[host]:port` to listen on; empty host means every interface (default `:9090`). */
   listen?: string;
   log?: Logger;
   /** Drop a peer silent this long, ms (default 30 000). */
   heartbeatTimeout?: number;
-  /** Time a new connection has to send its hello, ms (default 5 000). */
-  helloTimeout?: number;
   /** Deadline of a call whose caller gives none, ms (default 30 000). */
   defaultTimeout?: number;
   /** Longest deadline a caller may ask for, ms (default 300 000). */
   maxTimeout?: number;
-  /** Largest message, bytes (default 16 MiB + 64 KiB of envelope). */
-  maxMessage?: number;
   /**
    * `[host]:port` of a separate listener for /metrics, /nodes, /healthz and /readyz. When set, the
    * main port no longer serves /metrics and /nodes, so they need not be public (default: none).
@@ -53,10 +57,9 @@ export interface RelayOptions {
 const DEFAULTS = {
   listen: ':9090',
   heartbeatTimeout: 30_000,
-  helloTimeout: 5_000,
   defaultTimeout: 30_000,
   maxTimeout: 300_000,
-  maxMessage: 16 * 1024 * 1024 + 64 * 1024,
+  ...LIMIT_DEFAULTS,
   requireNode: [] as string[],
   requireService: [] as string[],
   drainTimeout: 30_000,
@@ -82,12 +85,23 @@ export interface GatewaySession {
 export class Relay extends EventEmitter {
   readonly directory = new NodeDirectory();
   readonly metrics: RelayMetrics;
+  /** Who may register nodes and call; `auth.reload()` rereads the tokens file. */
+  readonly auth: Authenticator;
   /** @internal */
   readonly log: Logger;
   private readonly presence: Presence;
   private readonly opts: typeof DEFAULTS & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
+  private readonly secure: boolean;
+  private readonly addresses: AddressTable;
+  /** Sockets past the per-address limit, refused at their upgrade request. */
+  private readonly overLimit = new WeakSet<object>();
+  /** When each socket connected: the handshake and the hello share one deadline. */
+  private readonly connectedAt = new WeakMap<object, number>();
+  /** Sockets that sent a request or an upgrade: from there HTTP timeouts or the WebSocket's hello timer take over. */
+  private readonly engaged = new WeakSet<object>();
+  private readonly pruneTimer: NodeJS.Timeout;
   private readonly wss: WebSocketServer;
   private readonly callers = new Set<CallerLink>();
   private readonly deadlines = relayDeadlines();
@@ -124,7 +138,10 @@ export class Relay extends EventEmitter {
       throw new RangeError(`selector must be one of ${SELECTORS.join(', ')}; got ${JSON.stringify(this.opts.selector)}`);
     }
     this.directory.selector = selectorNamed(this.opts.selector);
+    checkLimits(pickLimits(this.opts));
     this.log = options.log ?? silentLogger;
+    this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
+    this.addresses = new AddressTable(this.opts);
     this.metrics = new RelayMetrics({
       callsInFlight: () => this.callsInFlight,
       nodesConnected: () => this.directory.size,
@@ -133,29 +150,18 @@ export class Relay extends EventEmitter {
       draining: () => this.draining,
     });
     const separateAdmin = this.opts.adminListen !== undefined;
-    this.http = createServer(httpHandler(this, { gateway: true, admin: !separateAdmin, fallback: 'upgrade' }));
+    const handle = httpHandler(this, { gateway: true, admin: !separateAdmin, fallback: 'upgrade' });
+    const listener = createListener(this.opts, this.opts.helloTimeout, (req, res) => this.onHttp(req, res, handle));
+    this.http = listener.server;
+    this.secure = listener.secure;
     this.admin = separateAdmin ? createServer(httpHandler(this, { gateway: false, admin: true, fallback: 'not-found' })) : undefined;
     this.presence = new Presence(this.directory, this.log);
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: this.opts.maxMessage, perMessageDeflate: false });
-    this.http.on('connection', (socket: Socket) => {
-      this.sockets.add(socket);
-      socket.once('close', () => {
-        this.sockets.delete(socket);
-        this.closedBytes.received += socket.bytesRead;
-        this.closedBytes.sent += socket.bytesWritten;
-      });
-    });
-    this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-      socket.on('error', () => socket.destroy());
-      if (this.draining) {
-        this.metrics.connectionRejected('draining');
-        const body = 'relay is going away: it takes no new connections; connect to another relay\n';
-        socket.end(`HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
-        return;
-      }
-      this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, req));
-    });
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: frameLimit(this.opts.maxMessage), perMessageDeflate: false });
+    this.http.on(listener.socketEvent, (socket: Socket) => this.onSocket(socket));
+    this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
     this.http.on('clientError', (_err, socket) => socket.destroy());
+    this.pruneTimer = setInterval(() => this.addresses.prune(), Math.min(this.opts.loginFailureWindow, 60_000));
+    this.pruneTimer.unref();
     this.admin?.on('clientError', (_err, socket) => socket.destroy());
   }
 
@@ -164,24 +170,27 @@ export class Relay extends EventEmitter {
     return this.drainPromise !== undefined;
   }
 
-  /** Largest HTTP gateway body, bytes: the same bound as a WebSocket message. */
+  /** Largest HTTP gateway body, bytes: the largest params plus room for the JSON around them. */
   get maxBody(): number {
-    return this.opts.maxMessage;
+    return frameLimit(this.opts.maxMessage);
   }
 
   /**
-   * Checks an HTTP gateway caller's `Authorization: Bearer` token and returns its identity (null when
-   * anonymous), or throws a TunnelError with code UNAUTHORIZED (401) or FORBIDDEN (403).
+   * Checks a caller's token (HTTP gateway `Authorization: Bearer`, msgpack-rpc `Relay.Auth`) and
+   * returns its identity (null when anonymous), or throws a TunnelError with code UNAUTHORIZED.
    * With no caller authentication configured every caller is allowed.
    */
-  authenticateCaller(_token: string | undefined, _address: string): string | null {
-    return null;
+  authenticateCaller(token: string | undefined, _address: string): string | null {
+    const verdict = this.auth.caller(token);
+    if (!verdict.ok) throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
+    return verdict.identity;
   }
 
   /** Opens the session of one HTTP gateway request; its answers go to `transport`. */
   openGatewaySession(address: string, identity: string | null, transport: CallerOutput): GatewaySession {
     const session = `${this.sessionPrefix}-h${(++this.sessionCounter).toString(36)}`;
-    const link = new CallerLink(session, transport, address, identity, this.directory, this.opts, this.deadlines, this.log, this.presence, this.observer);
+    const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
+    const link = new CallerLink(session, transport, address, identity, this.directory, this.opts, this.deadlines, this.log, this.presence, this.observer, logins);
     this.gatewayCallers++;
     let open = true;
     return {
@@ -243,7 +252,8 @@ export class Relay extends EventEmitter {
       this.log.info(this.adminAddress, 'admin listening');
     }
     const address = this.address!;
-    this.log.info(address, 'relay listening');
+    this.auth.watch();
+    this.log.info({ ...address, tls: this.secure, auth: this.auth.describe() }, 'relay listening');
     this.emit('listening', address);
     return address;
   }
@@ -258,7 +268,7 @@ export class Relay extends EventEmitter {
   get address(): { host: string; port: number; url: string } | undefined {
     const a = this.http.address() as AddressInfo | null;
     if (!a) return undefined;
-    return { host: a.address, port: a.port, url: `ws://${urlHost(a.address)}:${a.port}/` };
+    return { host: a.address, port: a.port, url: `${this.secure ? 'wss' : 'ws'}://${urlHost(a.address)}:${a.port}/` };
   }
 
   /** What every attached node serves (the presence list). */
@@ -304,6 +314,8 @@ export class Relay extends EventEmitter {
     // Answers completed in this turn wait in their Connection's queue, flushed on setImmediate:
     // let them leave before the close frames.
     await new Promise<void>((resolve) => setImmediate(resolve));
+    clearInterval(this.pruneTimer);
+    this.auth.close();
     for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
     for (const ws of this.wss.clients) setTimeout(() => ws.terminate(), 1_000).unref();
     this.wss.close();
@@ -325,10 +337,69 @@ export class Relay extends EventEmitter {
     conn.close(code, reason);
   }
 
+  private onHttp(req: IncomingMessage, res: ServerResponse, handle: (req: IncomingMessage, res: ServerResponse) => void): void {
+    this.engaged.add(req.socket);
+    if (this.overLimit.has(req.socket)) {
+      this.metrics.connectionRejected('too_many_connections');
+      res.writeHead(429, { 'content-type': 'text/plain' }).end(`too many connections from ${ipOf(req.socket)}\n`);
+      return;
+    }
+    handle(req, res);
+  }
+
+  /** Every socket counts against its address, its bytes are counted, and it must reach an accepted hello in time. */
+  private onSocket(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      this.closedBytes.received += socket.bytesRead;
+      this.closedBytes.sent += socket.bytesWritten;
+    });
+    const ip = ipOf(socket);
+    this.connectedAt.set(socket, Date.now());
+    if (!this.addresses.open(ip)) {
+      this.overLimit.add(socket);
+      if (this.addresses.connections(ip) === this.opts.maxConnectionsPerAddress + 1) {
+        this.log.warn({ ip, limit: this.opts.maxConnectionsPerAddress }, 'too many connections from one address; refusing the extra ones');
+      }
+    }
+    socket.once('close', () => this.addresses.close(ip));
+    const timer = setTimeout(() => {
+      if (!this.engaged.has(socket)) socket.destroy();
+    }, this.opts.helloTimeout);
+    timer.unref();
+    socket.once('close', () => clearTimeout(timer));
+  }
+
+  /** Refuses what can be refused before the WebSocket exists: draining, extra connections, wrong tokens and certificates. */
+  private onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    socket.on('error', () => socket.destroy());
+    this.engaged.add(socket);
+    const peer = `${ipOf(socket)}:${socket.remotePort ?? 0}`;
+    if (this.draining) {
+      this.metrics.connectionRejected('draining');
+      refuseUpgrade(socket, 503, 'relay is going away: it takes no new connections; connect to another relay');
+      return;
+    }
+    if (this.overLimit.has(socket)) {
+      this.metrics.connectionRejected('too_many_connections');
+      refuseUpgrade(socket, 429, `too many connections from ${ipOf(socket)} (limit ${this.opts.maxConnectionsPerAddress})`);
+      return;
+    }
+    const reason = this.auth.checkUpgrade(bearerToken(req), peerCertificate(socket));
+    if (reason !== undefined) {
+      this.metrics.connectionRejected('unauthorized');
+      this.log.warn({ peer, reason }, 'refused connection at upgrade');
+      refuseUpgrade(socket, 401, reason);
+      return;
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, req));
+  }
+
   private accept(ws: WebSocket, req: IncomingMessage): void {
-    const remote = req.socket.remoteAddress ?? 'unknown';
-    const address = `${remote.startsWith('::ffff:') ? remote.slice(7) : remote}:${req.socket.remotePort ?? 0}`;
+    const address = `${ipOf(req.socket)}:${req.socket.remotePort ?? 0}`;
     const log = this.log.child({ peer: address });
+    const helloTimeout = Math.max(0, (this.connectedAt.get(req.socket) ?? Date.now()) + this.opts.helloTimeout - Date.now());
     let settled = false;
     const conn: Connection = new Connection(
       ws,
@@ -336,23 +407,23 @@ export class Relay extends EventEmitter {
         message: (m) => {
           settled = true;
           clearTimeout(timer);
-          this.onHello(conn, m, address, log);
+          this.onHello(conn, m, address, req, log);
         },
         close: () => {
           settled = true;
           clearTimeout(timer);
         },
       },
-      { log, heartbeatTimeout: this.opts.heartbeatTimeout },
+      { log, heartbeatTimeout: this.opts.heartbeatTimeout, maxFrame: frameLimit(this.opts.maxMessage) },
     );
     const timer = setTimeout(() => {
       if (settled) return;
       log.info({ helloTimeoutMs: this.opts.helloTimeout }, 'closing connection that sent no hello');
-      this.reject(conn, CloseCode.HELLO_TIMEOUT, `no hello within ${this.opts.helloTimeout} ms`, 'hello_timeout');
-    }, this.opts.helloTimeout);
+      this.reject(conn, CloseCode.HELLO_TIMEOUT, `no hello within ${this.opts.helloTimeout} ms of connecting`, 'hello_timeout');
+    }, helloTimeout);
   }
 
-  private onHello(conn: Connection, m: Message, address: string, log: Logger): void {
+  private onHello(conn: Connection, m: Message, address: string, req: IncomingMessage, log: Logger): void {
     if (m.kind !== Kind.HELLO) {
       this.reject(conn, CloseCode.PROTOCOL_ERROR, 'the first message must be a hello [4, {version, role}]', 'protocol_error');
       return;
@@ -362,8 +433,21 @@ export class Relay extends EventEmitter {
       this.reject(conn, CloseCode.VERSION, `protocol version ${h.version} is not supported; this relay speaks ${PROTOCOL_VERSION}`, 'version');
       return;
     }
-    if (h.role === 'node') this.attachNode(conn, h, address, log);
-    else this.attachCaller(conn, h, address, log);
+    const token = h.token ?? bearerToken(req);
+    if (h.role === 'node') {
+      const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
+      if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name);
+      this.attachNode(conn, h, address, log);
+    } else {
+      const verdict = this.auth.caller(token);
+      if (!verdict.ok) return this.refuse(conn, log, 'caller', verdict.reason);
+      this.attachCaller(conn, verdict.identity, address, log);
+    }
+  }
+
+  private refuse(conn: Connection, log: Logger, role: string, reason: string, name?: string): void {
+    log.warn({ role, node: name, reason }, 'refused hello');
+    this.reject(conn, CloseCode.UNAUTHORIZED, reason, 'unauthorized');
   }
 
   private attachNode(conn: Connection, h: Hello, address: string, log: Logger): void {
@@ -402,13 +486,13 @@ export class Relay extends EventEmitter {
       old.conn.close(CloseCode.REPLACED, `replaced by a new connection for node ${name}`);
       this.presence.announce('leave', old);
     }
-    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, name }));
+    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, name, maxMessage: this.opts.maxMessage }));
     log.info({ node: name, services: Object.keys(services), labels: link.labels }, 'node connected');
     this.presence.announce('join', link);
     this.emit('node', name);
   }
 
-  private attachCaller(conn: Connection, _h: Hello, address: string, log: Logger): void {
+  private attachCaller(conn: Connection, identity: string | null, address: string, log: Logger): void {
     const link = this.openCallerSession(
       {
         respond: (id, error, result) => conn.send(response(id, error, result)),
@@ -416,9 +500,10 @@ export class Relay extends EventEmitter {
         notify: (method, params) => conn.send(notify(method, params)),
         streamStart: (id, length) => conn.send(responseStream(id, length)),
         streamChunk: (id, final, bytes) => conn.sendChunk(id, final, bytes),
+        close: (code, reason) => conn.close(code, reason),
       },
       address,
-      null,
+      identity,
       log,
     );
     conn.setHandlers({
@@ -428,8 +513,8 @@ export class Relay extends EventEmitter {
         log.debug({ session: link.session, code, reason }, 'caller disconnected');
       },
     });
-    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, session: link.session }));
-    log.debug({ session: link.session }, 'caller connected');
+    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, session: link.session, maxMessage: this.opts.maxMessage }));
+    log.debug({ session: link.session, identity }, 'caller connected');
   }
 
   /**
@@ -439,7 +524,8 @@ export class Relay extends EventEmitter {
    */
   openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
     const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
-    const link = new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer);
+    const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
+    const link = new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer, logins);
     this.callers.add(link);
     return link;
   }
@@ -464,4 +550,26 @@ function listenOn(server: Server, listen: string): Promise<void> {
 function urlHost(address: string): string {
   const host = address === '::' || address === '0.0.0.0' ? 'localhost' : address;
   return host.includes(':') ? `[${host}]` : host;
+}
+
+function ipOf(socket: { remoteAddress?: string | undefined }): string {
+  const remote = socket.remoteAddress ?? 'unknown';
+  return remote.startsWith('::ffff:') ? remote.slice(7) : remote;
+}
+
+/** The IP of an `ip:port` peer address. */
+function ipOfAddress(address: string): string {
+  const i = address.lastIndexOf(':');
+  return i > 0 ? address.slice(0, i) : address;
+}
+
+function bearerToken(req: IncomingMessage): string | undefined {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+  return m ? m[1] : undefined;
+}
+
+function pickLimits(o: Limits): Limits {
+  const out = {} as Limits;
+  for (const key of Object.keys(LIMIT_DEFAULTS) as (keyof Limits)[]) out[key] = o[key];
+  return out;
 }

@@ -18,12 +18,25 @@ export function parseCredentials(text: string): { user: string; password: string
 
 export type PasswordCheck = (user: string, password: string) => boolean | Promise<boolean>;
 
+export interface PasswordLoginOptions {
+  /** Failed attempts allowed on one caller connection; after them every attempt fails without a check (default 5). */
+  maxFailures?: number;
+}
+
+/** The relay's default for closing a caller connection after failed Logins (limits.ts); the same number here. */
+export const DEFAULT_MAX_LOGIN_FAILURES = 5;
+
 /**
  * Makes a `Login` method for a service: accepts `Login("user:password")` or `Login(user, password)`,
  * checks the password, and puts the user on the caller's session. Wrong credentials are LOGIN_FAILED
  * with the same message whether the user exists or not.
+ *
+ * After `maxFailures` failed attempts on one connection the helper stops checking passwords for it:
+ * guessing must cost a new connection, and the relay closes the connection anyway once it has passed
+ * back that many LOGIN_FAILED answers (its `maxLoginFailures`), and limits failures per address.
  */
-export function passwordLogin(users: Record<string, string> | PasswordCheck) {
+export function passwordLogin(users: Record<string, string> | PasswordCheck, options: PasswordLoginOptions = {}) {
+  const maxFailures = options.maxFailures ?? DEFAULT_MAX_LOGIN_FAILURES;
   const check: PasswordCheck =
     typeof users === 'function'
       ? users
@@ -42,6 +55,9 @@ export function passwordLogin(users: Record<string, string> | PasswordCheck) {
       [user, password] = argsAndCtx as [string, string];
     } else {
       throw new TunnelError(ErrorCode.BAD_REQUEST, 'Login takes "user:password" or (user, password)');
+    }
+    if (ctx.session.failedLogins >= maxFailures) {
+      throw new TunnelError(ErrorCode.LOGIN_FAILED, `too many failed Login attempts (${ctx.session.failedLogins}) on this connection; reconnect to try again`);
     }
     if (!(await check(user, password))) {
       ctx.session.failedLogins++;

@@ -17,6 +17,8 @@ export interface ConnectionOptions {
   log: Logger;
   /** A peer silent for this long (no message, no pong) is dropped. 0 disables heartbeats. */
   heartbeatTimeout: number;
+  /** Largest WebSocket message to send: the peer closes with 1009 over its own limit (default 16 MiB + 64 KiB). */
+  maxFrame?: number;
 }
 
 /**
@@ -29,6 +31,7 @@ export interface ConnectionOptions {
 export class Connection {
   readonly ws: WebSocket;
   private readonly log: Logger;
+  private readonly maxFrame: number;
   private handlers: ConnectionHandlers;
   private queue: Buffer[] = [];
   private queuedBytes = 0;
@@ -36,6 +39,7 @@ export class Connection {
   private lastSeen = Date.now();
   private heartbeat: NodeJS.Timeout | undefined;
   private badMessagesLogged = false;
+  private terminateTimer: NodeJS.Timeout | undefined;
   private closed = false;
   /** Chunks waiting to be written: [id, final, bytes]. */
   private bulk: Array<[number, boolean, Uint8Array]> = [];
@@ -46,6 +50,7 @@ export class Connection {
     this.ws = ws;
     this.handlers = handlers;
     this.log = options.log;
+    this.maxFrame = options.maxFrame ?? 16 * 1024 * 1024 + 64 * 1024;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
     ws.on('pong', () => {
@@ -150,10 +155,28 @@ export class Connection {
 
   private readonly flush = (): void => {
     if (this.queue.length === 0) return;
-    const data = this.queue.length === 1 ? this.queue[0]! : Buffer.concat(this.queue, this.queuedBytes);
+    const queue = this.queue;
+    const total = this.queuedBytes;
     this.queue = [];
     this.queuedBytes = 0;
-    if (this.ws.readyState === this.ws.OPEN) this.ws.send(data, { binary: true });
+    if (this.ws.readyState !== this.ws.OPEN) return;
+    if (total <= this.maxFrame) {
+      this.ws.send(queue.length === 1 ? queue[0]! : Buffer.concat(queue, total), { binary: true });
+      return;
+    }
+    // Coalescing must not build a message bigger than the peer accepts: split between values.
+    let batch: Buffer[] = [];
+    let bytes = 0;
+    for (const b of queue) {
+      if (bytes > 0 && bytes + b.length > this.maxFrame) {
+        this.ws.send(Buffer.concat(batch, bytes), { binary: true });
+        batch = [];
+        bytes = 0;
+      }
+      batch.push(b);
+      bytes += b.length;
+    }
+    this.ws.send(Buffer.concat(batch, bytes), { binary: true });
   };
 
   /** Sends what is queued, then closes with a code and a reason the peer can log. */
@@ -165,7 +188,8 @@ export class Connection {
     if (this.ws.readyState === this.ws.OPEN || this.ws.readyState === this.ws.CONNECTING) {
       this.ws.close(code, closeReason(reason));
       // A peer that never answers the close handshake must not hold the socket open.
-      setTimeout(() => this.ws.terminate(), 5_000).unref();
+      this.terminateTimer = setTimeout(() => this.ws.terminate(), 5_000);
+      this.terminateTimer.unref();
     }
   }
 
@@ -225,6 +249,8 @@ export class Connection {
 
   private onClose(code: number, reason: string): void {
     this.closed = true;
+    // Under a flood of bad connections a pending timer would keep each closed socket alive for seconds.
+    clearTimeout(this.terminateTimer);
     this.stopHeartbeat();
     this.queue = [];
     this.queuedBytes = 0;

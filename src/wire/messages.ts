@@ -62,6 +62,8 @@ export interface Welcome {
   /** The caller's session id, or the node's accepted name. */
   session?: string;
   name?: string;
+  /** Largest params or result the relay accepts, bytes; peers check before sending. */
+  maxMessage?: number;
 }
 
 export type Message =

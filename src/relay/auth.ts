@@ -1,0 +1,244 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { basename, dirname } from 'node:path';
+import type { TLSSocket } from 'node:tls';
+import type { Logger } from '../util/logger.js';
+
+/** Shortest token accepted: shorter ones can be guessed (make one with `openssl rand -hex 32`). */
+export const MIN_TOKEN_LENGTH = 16;
+
+export interface AuthOptions {
+  /** One token every node must present (any node name). */
+  nodeToken?: string;
+  /** One token every caller must present; its identity is `caller`. */
+  callerToken?: string;
+  /** File of `node NAME TOKEN` and `caller NAME TOKEN` lines; reloaded on change and by {@link Authenticator.reload}. */
+  tokens?: string;
+  /** Nodes must present a client certificate (the relay was given `tlsCa`). */
+  nodeCertificates?: boolean;
+}
+
+/** What the TLS layer proved about the peer, when the relay serves TLS. */
+export interface PeerCertificate {
+  /** A client certificate was presented. */
+  presented: boolean;
+  /** It chains to the relay's `tlsCa` and is in its validity period. */
+  authorized: boolean;
+  /** Why it is not authorized (CERT_HAS_EXPIRED, UNABLE_TO_VERIFY_LEAF_SIGNATURE, ...). */
+  error: string | null;
+  /** The names it carries: CN and DNS subject alternative names. */
+  names: string[];
+}
+
+export type Verdict = { ok: true; identity: string | null } | { ok: false; reason: string };
+
+interface TokenEntry {
+  kind: 'node' | 'caller';
+  name: string;
+  digest: Buffer;
+}
+
+const digest = (token: string): Buffer => createHash('sha256').update(token).digest();
+
+/** The client certificate facts of a TLS socket (undefined for plain TCP). */
+export function peerCertificate(socket: unknown): PeerCertificate | undefined {
+  const tls = socket as Partial<TLSSocket>;
+  if (typeof tls.getPeerCertificate !== 'function') return undefined;
+  const cert = tls.getPeerCertificate();
+  const presented = cert !== null && Object.keys(cert).length > 0;
+  const names: string[] = [];
+  if (presented) {
+    const cn = cert.subject?.CN;
+    for (const n of ([] as string[]).concat(cn ?? [])) names.push(n);
+    for (const part of (cert.subjectaltname ?? '').split(',')) {
+      const m = /^\s*DNS:(.+)$/.exec(part);
+      if (m) names.push(m[1]!.trim());
+    }
+  }
+  const error = tls.authorizationError;
+  return {
+    presented,
+    authorized: presented && tls.authorized === true,
+    error: error === undefined || error === null ? null : String(error),
+    names,
+  };
+}
+
+/**
+ * Relay-level authentication: who may register a node name and who may call, decided before any RPC.
+ * Tokens are compared as SHA-256 digests with timingSafeEqual, against every entry, so that neither a
+ * token's content nor which entry it matched shows in the timing.
+ */
+export class Authenticator {
+  private entries: TokenEntry[] = [];
+  private readonly nodeDigest: Buffer | undefined;
+  private readonly callerDigest: Buffer | undefined;
+  private watcher: FSWatcher | undefined;
+  private reloadTimer: NodeJS.Timeout | undefined;
+  /** Once callers have needed a token they keep needing one: a reload never opens the relay by accident. */
+  private callersNeedToken: boolean;
+
+  constructor(
+    private readonly opts: AuthOptions,
+    private readonly log: Logger,
+  ) {
+    for (const [flag, token] of [['nodeToken', opts.nodeToken], ['callerToken', opts.callerToken]] as const) {
+      if (token !== undefined) checkToken(token, flag);
+    }
+    this.nodeDigest = opts.nodeToken === undefined ? undefined : digest(opts.nodeToken);
+    this.callerDigest = opts.callerToken === undefined ? undefined : digest(opts.callerToken);
+    if (opts.tokens !== undefined) this.entries = parseTokens(readTokens(opts.tokens), opts.tokens);
+    this.callersNeedToken = this.callerDigest !== undefined || this.entries.some((e) => e.kind === 'caller');
+  }
+
+  /** Nodes must prove who they are (token and/or certificate). */
+  get nodesNeedAuth(): boolean {
+    return this.nodeTokensRequired || this.opts.nodeCertificates === true;
+  }
+
+  get callersNeedAuth(): boolean {
+    return this.callersNeedToken;
+  }
+
+  private get nodeTokensRequired(): boolean {
+    return this.nodeDigest !== undefined || this.opts.tokens !== undefined;
+  }
+
+  /** Counts for logs: never the tokens themselves. */
+  describe(): { nodes: string; callers: string; tokenFileEntries: number } {
+    const nodes = [this.nodeTokensRequired ? 'token' : '', this.opts.nodeCertificates ? 'certificate' : ''].filter(Boolean).join('+') || 'open';
+    return { nodes, callers: this.callersNeedToken ? 'token' : 'open', tokenFileEntries: this.entries.length };
+  }
+
+  /**
+   * At the HTTP upgrade, before the WebSocket exists. The role is not known yet, so only what is
+   * wrong for every role is refused: a bearer token that matches nothing, a client certificate that
+   * does not verify. A missing token may still come in the hello.
+   */
+  checkUpgrade(token: string | undefined, cert: PeerCertificate | undefined): string | undefined {
+    if (cert?.presented && !cert.authorized) return `client certificate refused: ${cert.error ?? 'not trusted'}`;
+    if (token === undefined || (!this.nodesNeedAuth && !this.callersNeedToken)) return undefined;
+    if (this.match(token).length === 0) return 'token refused: it matches no node or caller token';
+    return undefined;
+  }
+
+  /** A node's hello: may it register `name`? */
+  node(name: string, token: string | undefined, cert: PeerCertificate | undefined): Verdict {
+    if (this.opts.nodeCertificates) {
+      if (!cert?.presented) return { ok: false, reason: 'this relay requires a node client certificate (--cert/--key)' };
+      if (!cert.authorized) return { ok: false, reason: `node client certificate refused: ${cert.error ?? 'not trusted'}` };
+      if (!cert.names.includes(name)) {
+        return { ok: false, reason: `the client certificate is for ${cert.names.join(', ') || 'no name'}, not node ${name}` };
+      }
+    }
+    if (this.nodeTokensRequired) {
+      if (token === undefined) return { ok: false, reason: 'this relay requires a node token (--token or TUNNEL_TOKEN)' };
+      const d = digest(token);
+      const shared = this.nodeDigest !== undefined && timingSafeEqual(d, this.nodeDigest);
+      const named = this.matchDigest(d).some((e) => e.kind === 'node' && e.name === name);
+      if (!shared && !named) return { ok: false, reason: `node token refused for node name ${name}` };
+    }
+    return { ok: true, identity: name };
+  }
+
+  /** A caller's hello: its identity (the token's name), or why it is refused. */
+  caller(token: string | undefined): Verdict {
+    if (token === undefined) {
+      return this.callersNeedToken ? { ok: false, reason: 'this relay requires a caller token (--token or TUNNEL_TOKEN)' } : { ok: true, identity: null };
+    }
+    const d = digest(token);
+    const shared = this.callerDigest !== undefined && timingSafeEqual(d, this.callerDigest);
+    const entry = this.matchDigest(d).find((e) => e.kind === 'caller');
+    if (entry) return { ok: true, identity: entry.name };
+    if (shared) return { ok: true, identity: 'caller' };
+    return this.callersNeedToken ? { ok: false, reason: 'caller token refused' } : { ok: true, identity: null };
+  }
+
+  /** Rereads the tokens file; on an error the previous table stays in force. */
+  reload(): void {
+    const file = this.opts.tokens;
+    if (file === undefined) return;
+    try {
+      this.entries = parseTokens(readTokens(file), file);
+    } catch (err) {
+      this.log.error({ file, err: (err as Error).message }, 'tokens file not reloaded; the previous tokens stay in force');
+      return;
+    }
+    if (this.entries.some((e) => e.kind === 'caller')) this.callersNeedToken = true;
+    this.log.info({ file, entries: this.entries.length }, 'tokens reloaded');
+  }
+
+  /** Reloads the tokens file whenever it changes (editors that replace the file included). */
+  watch(): void {
+    const file = this.opts.tokens;
+    if (file === undefined || this.watcher) return;
+    const name = basename(file);
+    this.watcher = watch(dirname(file), (_event, changed) => {
+      if (changed !== null && changed !== name) return;
+      clearTimeout(this.reloadTimer);
+      // Editors write in several steps; reload once they are done.
+      this.reloadTimer = setTimeout(() => this.reload(), 100);
+    });
+    this.watcher.on('error', (err) => this.log.warn({ file, err: err.message }, 'cannot watch the tokens file; reload with SIGHUP'));
+    this.watcher.unref();
+  }
+
+  close(): void {
+    clearTimeout(this.reloadTimer);
+    this.watcher?.close();
+    this.watcher = undefined;
+  }
+
+  private match(token: string): TokenEntry[] {
+    const d = digest(token);
+    const out = this.matchDigest(d);
+    if (this.nodeDigest && timingSafeEqual(d, this.nodeDigest)) out.push({ kind: 'node', name: '*', digest: d });
+    if (this.callerDigest && timingSafeEqual(d, this.callerDigest)) out.push({ kind: 'caller', name: 'caller', digest: d });
+    return out;
+  }
+
+  /** Every entry is compared, whatever matched first. */
+  private matchDigest(d: Buffer): TokenEntry[] {
+    const out: TokenEntry[] = [];
+    for (const e of this.entries) if (timingSafeEqual(d, e.digest)) out.push(e);
+    return out;
+  }
+}
+
+function checkToken(token: string, what: string): void {
+  if (token.length < MIN_TOKEN_LENGTH) {
+    throw new Error(`${what} is ${token.length} characters; use at least ${MIN_TOKEN_LENGTH} (e.g. openssl rand -hex 32)`);
+  }
+  if (/\s/.test(token)) throw new Error(`${what} must not contain white space`);
+}
+
+function readTokens(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read tokens file ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * The tokens file: one `KIND NAME TOKEN` per line, KIND `node` or `caller`, `#` starts a comment.
+ * A node line lets that token register that node name; a caller line gives callers with that token
+ * the identity NAME (what handlers see as `ctx.caller.identity`).
+ */
+export function parseTokens(text: string, file = 'tokens file'): TokenEntry[] {
+  const out: TokenEntry[] = [];
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!.replace(/#.*/, '').trim();
+    if (line === '') continue;
+    const where = `${file} line ${i + 1}`;
+    const parts = line.split(/\s+/);
+    if (parts.length !== 3 || (parts[0] !== 'node' && parts[0] !== 'caller')) {
+      throw new Error(`${where}: want "node NAME TOKEN" or "caller NAME TOKEN"`);
+    }
+    const [kind, name, token] = parts as ['node' | 'caller', string, string];
+    checkToken(token, `the token on ${where}`);
+    out.push({ kind, name, digest: digest(token) });
+  }
+  return out;
+}

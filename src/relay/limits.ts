@@ -1,0 +1,174 @@
+import { ErrorCode, TunnelError } from '../errors.js';
+import { DEFAULT_MAX_LOGIN_FAILURES } from '../rpc/login.js';
+
+/**
+ * Every limit the relay enforces, with its default. docs/security.md has the same table with what
+ * happens when each one is hit; keep the two in step.
+ */
+export interface Limits {
+  /** Largest params or result, bytes. Over it: TOO_LARGE; a WebSocket message over it plus the envelope allowance closes 1009. */
+  maxMessage: number;
+  /** Calls in flight on one caller connection. Over it: OVERLOADED at once. */
+  maxCallerInFlight: number;
+  /** Calls in flight on one node. Over it: OVERLOADED at once. */
+  maxNodeInFlight: number;
+  /** From TCP (or TLS) connect to an accepted hello, ms. Over it: the socket is closed (4002 once it is a WebSocket). */
+  helloTimeout: number;
+  /** Failed Logins on one caller connection. At it: the connection closes with 4005. */
+  maxLoginFailures: number;
+  /** Failed Logins from one IP address within `loginFailureWindow`. Over it: Logins from that address are refused. */
+  maxLoginFailuresPerAddress: number;
+  /** The window of `maxLoginFailuresPerAddress`, ms. */
+  loginFailureWindow: number;
+  /** Open connections from one IP address. Over it: HTTP 429 (or the socket is closed). */
+  maxConnectionsPerAddress: number;
+}
+
+export const LIMIT_DEFAULTS: Limits = {
+  maxMessage: 16 * 1024 * 1024,
+  maxCallerInFlight: 1_024,
+  maxNodeInFlight: 65_536,
+  helloTimeout: 5_000,
+  maxLoginFailures: DEFAULT_MAX_LOGIN_FAILURES,
+  maxLoginFailuresPerAddress: 50,
+  loginFailureWindow: 10 * 60_000,
+  maxConnectionsPerAddress: 256,
+};
+
+/** Room for the envelope (kind, id, method, metadata) around the largest params or result. */
+export const ENVELOPE_ALLOWANCE = 64 * 1024;
+
+/** The largest WebSocket message for a given `maxMessage`. */
+export function frameLimit(maxMessage: number): number {
+  return maxMessage + ENVELOPE_ALLOWANCE;
+}
+
+/** Checks limits given by a user; a message names the option. */
+export function checkLimits(limits: Limits): void {
+  for (const [name, value] of Object.entries(limits)) {
+    if (!Number.isFinite(value) || value <= 0) throw new RangeError(`${name} must be a positive number, got ${String(value)}`);
+  }
+}
+
+interface AddressState {
+  open: number;
+  failures: number;
+  windowStart: number;
+}
+
+/**
+ * What the relay remembers per remote IP address: open connections and recent failed Logins.
+ * An address is forgotten once it has no connection and its failure window has passed.
+ */
+export class AddressTable {
+  private readonly table = new Map<string, AddressState>();
+
+  constructor(
+    private readonly limits: Limits,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  get size(): number {
+    return this.table.size;
+  }
+
+  /** Counts a new connection; false when the address already has the most it may. */
+  open(ip: string): boolean {
+    const s = this.state(ip);
+    s.open++;
+    return s.open <= this.limits.maxConnectionsPerAddress;
+  }
+
+  close(ip: string): void {
+    const s = this.table.get(ip);
+    if (!s) return;
+    s.open--;
+    this.forgetIfIdle(ip, s);
+  }
+
+  connections(ip: string): number {
+    return this.table.get(ip)?.open ?? 0;
+  }
+
+  /** Counts a failed Login from `ip`; returns the failures in the current window. */
+  loginFailed(ip: string): number {
+    const s = this.state(ip);
+    this.roll(s);
+    return ++s.failures;
+  }
+
+  /** Milliseconds until `ip` may try to log in again, or 0 when it may now. */
+  loginLockedFor(ip: string): number {
+    const s = this.table.get(ip);
+    if (!s) return 0;
+    this.roll(s);
+    if (s.failures < this.limits.maxLoginFailuresPerAddress) return 0;
+    return Math.max(1, s.windowStart + this.limits.loginFailureWindow - this.now());
+  }
+
+  /** Drops addresses with nothing left to remember (call now and then). */
+  prune(): void {
+    for (const [ip, s] of this.table) {
+      this.roll(s);
+      this.forgetIfIdle(ip, s);
+    }
+  }
+
+  private state(ip: string): AddressState {
+    let s = this.table.get(ip);
+    if (!s) {
+      s = { open: 0, failures: 0, windowStart: this.now() };
+      this.table.set(ip, s);
+    }
+    return s;
+  }
+
+  private roll(s: AddressState): void {
+    const now = this.now();
+    if (now - s.windowStart >= this.limits.loginFailureWindow) {
+      s.windowStart = now;
+      s.failures = 0;
+    }
+  }
+
+  private forgetIfIdle(ip: string, s: AddressState): void {
+    if (s.open <= 0 && s.failures === 0) this.table.delete(ip);
+  }
+}
+
+/**
+ * Failed Login attempts of one caller connection. The relay sees every LOGIN_FAILED answer going
+ * back (the error is part of the envelope it reads), so the limit holds for every service whose
+ * Login fails with LOGIN_FAILED, whoever wrote it.
+ */
+export class LoginFailures {
+  private count = 0;
+
+  constructor(
+    private readonly addresses: AddressTable,
+    private readonly ip: string,
+    private readonly limits: Limits,
+  ) {}
+
+  /** Before a `*.Login` call is forwarded: the error to answer instead, when the address is locked out. */
+  refuse(method: string): TunnelError | undefined {
+    if (!method.endsWith('.Login')) return undefined;
+    const wait = this.addresses.loginLockedFor(this.ip);
+    if (wait === 0) return undefined;
+    return new TunnelError(
+      ErrorCode.LOGIN_FAILED,
+      `too many failed Login attempts from ${this.ip}; try again in ${Math.ceil(wait / 1000)} s`,
+    );
+  }
+
+  /** After a LOGIN_FAILED answer went back: a close reason when this connection must close now. */
+  failed(): string | undefined {
+    this.count++;
+    const fromAddress = this.addresses.loginFailed(this.ip);
+    if (this.count >= this.limits.maxLoginFailures) {
+      return `too many failed Login attempts on this connection (${this.count}); reconnect to try again`;
+    }
+    if (fromAddress >= this.limits.maxLoginFailuresPerAddress) return `too many failed Login attempts from ${this.ip}`;
+    return undefined;
+  }
+}
