@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { MsgpackRpcPort } from '../relay/msgpack-rpc-port.js';
 import { Relay } from '../relay/relay.js';
 import { SELECTORS, type SelectorName } from '../relay/selectors.js';
@@ -80,7 +81,27 @@ try {
   log.info(options, 'relay starting');
   relay = new Relay({ ...options, log });
   // A msgpack-rpc value is params plus its envelope.
-  if (argv.msgpackRpcListen !== undefined) rpcPort = new MsgpackRpcPort(relay, { listen: argv.msgpackRpcListen, log, maxMessage: maxMessage + 64 * 1024 });
+  if (argv.msgpackRpcListen !== undefined) {
+    const r = relay;
+    rpcPort = new MsgpackRpcPort(r, {
+      listen: argv.msgpackRpcListen,
+      log,
+      maxMessage: maxMessage + 64 * 1024,
+      // The same certificate and the same caller tokens as the WebSocket port.
+      ...(argv.tlsCert && argv.tlsKey ? { tls: { cert: readFileSync(argv.tlsCert), key: readFileSync(argv.tlsKey) } } : {}),
+      ...(r.auth.callersNeedAuth
+        ? {
+            authenticate: (token: string, address: string) => {
+              try {
+                return r.authenticateCaller(token, address) ?? 'caller';
+              } catch {
+                return null;
+              }
+            },
+          }
+        : {}),
+    });
+  }
 } catch (err) {
   usageError('tunnel-relay', (err as Error).message);
 }

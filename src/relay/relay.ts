@@ -113,6 +113,7 @@ export class Relay extends EventEmitter {
   private readonly closedBytes = { received: 0, sent: 0 };
   private readonly seenNodes = new Set<string>();
   private drainPromise: Promise<void> | undefined;
+  private drainReason: string | undefined;
   private readonly observer: CallObserver = {
     started: () => {
       this.callsInFlight++;
@@ -291,6 +292,7 @@ export class Relay extends EventEmitter {
   }
 
   private async runDrain(timeout: number, reason: string): Promise<void> {
+    this.drainReason = reason;
     this.log.info({ inFlight: this.callsInFlight, drainTimeoutMs: timeout, reason }, 'draining: refusing new connections and calls');
     const message = goaway(reason);
     for (const node of this.directory.all()) node.conn.send(message);
@@ -527,6 +529,8 @@ export class Relay extends EventEmitter {
     const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
     const link = new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer, logins);
     this.callers.add(link);
+    // A session opened while draining (on the msgpack-rpc port, which has no upgrade to refuse) takes no calls.
+    link.goingAway = this.drainReason;
     return link;
   }
 
