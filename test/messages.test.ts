@@ -24,6 +24,7 @@ describe('message shapes', () => {
     expect(roundTrip(m.goaway('bye'))).toEqual({ kind: Kind.GOAWAY, reason: 'bye' });
     expect(roundTrip(m.chunk(7, true, bin('x')))).toEqual({ kind: Kind.CHUNK, id: 7, final: true, bytes: bin('x') });
     expect(roundTrip(m.responseStream(7, 1_000_000))).toEqual({ kind: Kind.RESPONSE_STREAM, id: 7, length: 1_000_000 });
+    expect(roundTrip(m.chunkAck(262_144))).toEqual({ kind: Kind.CHUNK_ACK, bytes: 262_144 });
     expect(roundTrip(m.request(8, 'A.B', null, { stream: 300_000 }))).toMatchObject({ kind: Kind.REQUEST, id: 8, stream: 300_000, params: new Uint8Array(0) });
   });
 

@@ -1,8 +1,8 @@
 import type { WebSocket, RawData } from 'ws';
 import type { Logger } from '../util/logger.js';
 import { encode, decodeAll } from './codec.js';
-import { chunk, parse, response, ShapeError, type Message } from './messages.js';
-import { CHUNK_SIZE, CHUNKS_IN_FLIGHT } from './streams.js';
+import { chunk, chunkAck, Kind, parse, response, ShapeError, type Message } from './messages.js';
+import { ACK_EVERY, CHUNK_SIZE, CHUNK_WINDOW } from './streams.js';
 import { CloseCode, closeReason } from './close-codes.js';
 
 /** Largest batch of coalesced messages, bytes. */
@@ -44,7 +44,10 @@ export class Connection {
   /** Chunks waiting to be written: [id, final, bytes]. */
   private bulk: Array<[number, boolean, Uint8Array]> = [];
   private bulkHead = 0;
-  private chunksInFlight = 0;
+  /** Chunk bytes sent and not yet acknowledged by the peer (flow control, see CHUNK_WINDOW). */
+  private unacked = 0;
+  /** Chunk bytes received since our last acknowledgement. */
+  private toAck = 0;
 
   constructor(ws: WebSocket, handlers: ConnectionHandlers, options: ConnectionOptions) {
     this.ws = ws;
@@ -85,7 +88,7 @@ export class Connection {
     this.queuedBytes += bytes.length;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      setImmediate(this.scheduledFlush);
+      process.nextTick(this.scheduledFlush);
     }
   }
 
@@ -129,23 +132,18 @@ export class Connection {
   }
 
   private readonly pump = (): void => {
-    while (this.chunksInFlight < CHUNKS_IN_FLIGHT && this.bulkHead < this.bulk.length && this.ws.readyState === this.ws.OPEN) {
+    while (this.unacked < CHUNK_WINDOW && this.bulkHead < this.bulk.length && this.ws.readyState === this.ws.OPEN) {
       // What was queued before this chunk leaves before it.
       this.flush();
       const [id, final, bytes] = this.bulk[this.bulkHead]!;
       this.bulk[this.bulkHead++] = undefined as unknown as [number, boolean, Uint8Array];
-      this.chunksInFlight++;
-      this.ws.send(encode(chunk(id, final, bytes)), { binary: true }, this.chunkWritten);
+      this.unacked += bytes.length;
+      this.ws.send(encode(chunk(id, final, bytes)), { binary: true });
     }
     if (this.bulkHead === this.bulk.length) {
       this.bulk = [];
       this.bulkHead = 0;
     }
-  };
-
-  private readonly chunkWritten = (): void => {
-    this.chunksInFlight--;
-    this.pump();
   };
 
   private readonly scheduledFlush = (): void => {
@@ -224,6 +222,18 @@ export class Connection {
       } catch (err) {
         this.onBadMessage(err as ShapeError);
         continue;
+      }
+      if (msg.kind === Kind.CHUNK_ACK) {
+        this.unacked = Math.max(0, this.unacked - msg.bytes);
+        this.pump();
+        continue;
+      }
+      if (msg.kind === Kind.CHUNK) {
+        this.toAck += msg.bytes.length;
+        if (this.toAck >= ACK_EVERY || (msg.final && this.toAck > 0)) {
+          this.send(chunkAck(this.toAck));
+          this.toAck = 0;
+        }
       }
       try {
         this.handlers.message(msg);

@@ -16,6 +16,7 @@ export const Kind = {
   GOAWAY: 7,
   CHUNK: 8,
   RESPONSE_STREAM: 9,
+  CHUNK_ACK: 10,
 } as const;
 
 export const PROTOCOL_VERSION = 1;
@@ -79,7 +80,8 @@ export type Message =
   | { kind: typeof Kind.SESSION_CLOSED; session: string }
   | { kind: typeof Kind.GOAWAY; reason: string }
   | { kind: typeof Kind.CHUNK; id: number; final: boolean; bytes: Uint8Array }
-  | { kind: typeof Kind.RESPONSE_STREAM; id: number; length: number };
+  | { kind: typeof Kind.RESPONSE_STREAM; id: number; length: number }
+  | { kind: typeof Kind.CHUNK_ACK; bytes: number };
 
 export const request = (id: number, method: string, params: Uint8Array | null, meta: object) =>
   [Kind.REQUEST, id, method, params, meta];
@@ -93,6 +95,7 @@ export const sessionClosed = (session: string) => [Kind.SESSION_CLOSED, session]
 export const goaway = (reason: string) => [Kind.GOAWAY, reason];
 export const chunk = (id: number, final: boolean, bytes: Uint8Array) => [Kind.CHUNK, id, final, bytes];
 export const responseStream = (id: number, length: number) => [Kind.RESPONSE_STREAM, id, length];
+export const chunkAck = (bytes: number) => [Kind.CHUNK_ACK, bytes];
 
 const EMPTY = new Uint8Array(0);
 
@@ -190,6 +193,9 @@ export function parse(v: unknown): Message {
     case Kind.RESPONSE_STREAM:
       if (v.length !== 3 || !isId(v[1]) || !isLength(v[2])) throw new ShapeError('response stream is [9, id, length]', undefined);
       return { kind, id: v[1], length: v[2] };
+    case Kind.CHUNK_ACK:
+      if (v.length !== 2 || !isLength(v[1])) throw new ShapeError('chunk acknowledgement is [10, bytes]', undefined);
+      return { kind, bytes: v[1] };
     default:
       throw new ShapeError(`unknown message kind ${String(kind)}`, undefined);
   }

@@ -10,8 +10,15 @@ export const CHUNK_SIZE = 256 * 1024;
 /** Bodies larger than this are streamed. */
 export const STREAM_THRESHOLD = CHUNK_SIZE;
 
-/** Chunks written to a socket but not yet acknowledged by it, per connection. */
-export const CHUNKS_IN_FLIGHT = 4;
+/**
+ * Chunk bytes a sender may have on the way to one peer before the peer acknowledges them. The
+ * socket's own buffers (several MiB on loopback) would otherwise fill with chunks, and a small
+ * message sent after them would wait for all of them: the window bounds that wait.
+ */
+export const CHUNK_WINDOW = 1024 * 1024;
+
+/** A receiver acknowledges chunk bytes once this many have arrived since its last acknowledgement. */
+export const ACK_EVERY = 256 * 1024;
 
 interface Partial<T> {
   owner: T;
