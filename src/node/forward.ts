@@ -2,7 +2,7 @@ import { connect, type Socket } from 'node:net';
 import { ErrorCode, TunnelError } from '../errors.js';
 import { decodeParams, encodeResult } from '../rpc/body.js';
 import type { CallContext } from '../rpc/context.js';
-import { ANY_METHOD } from '../relay/directory.js';
+import { ANY_METHOD } from '../wire/messages.js';
 import { splitHostPort } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';

@@ -2,8 +2,6 @@ import { ErrorCode, TunnelError } from '../errors.js';
 import type { NodeLink } from './node-link.js';
 import { eligible, formatLabels, matchesWhere, selectorNamed, type Selector, type Where } from './selectors.js';
 
-/** Marks a forwarded service whose methods the node cannot list in advance. */
-export const ANY_METHOD = '*';
 
 /**
  * The nodes attached to this relay, by name and by service, and the choice of a node for a call.

@@ -2,7 +2,7 @@ import { ErrorCode, TunnelError } from '../errors.js';
 import { DEFAULT_MAX_LOGIN_FAILURES } from '../rpc/login.js';
 
 /**
- * Every limit the relay enforces, with its default. docs/security.md has the same table with what
+ * Every limit the relay enforces, with its default. README ("Running a relay on the internet") has the same table with what
  * happens when each one is hit; keep the two in step.
  */
 export interface Limits {

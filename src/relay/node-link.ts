@@ -2,8 +2,7 @@ import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { PendingTable } from '../rpc/pending.js';
 import type { Logger } from '../util/logger.js';
 import type { Connection } from '../wire/connection.js';
-import { cancel, Kind, request, response, sessionClosed, type Message, type NodeMeta, type ServiceDescription } from '../wire/messages.js';
-import { ANY_METHOD } from './directory.js';
+import { ANY_METHOD, cancel, Kind, request, response, sessionClosed, type Message, type NodeMeta, type ServiceDescription } from '../wire/messages.js';
 import type { RelayedCall } from './relayed-call.js';
 import { STREAM_THRESHOLD } from '../wire/streams.js';
 

@@ -21,6 +21,9 @@ export const Kind = {
 
 export const PROTOCOL_VERSION = 1;
 
+/** In a hello's method list: the node takes any method of that service (a forwarded service). */
+export const ANY_METHOD = '*';
+
 /** Largest request id; ids are unsigned 32-bit so that every MessagePack peer can hold them. */
 export const MAX_ID = 0xffff_ffff;
 
