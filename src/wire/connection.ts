@@ -5,8 +5,12 @@ import { chunk, chunkAck, Kind, parse, response, ShapeError, type Message } from
 import { ACK_EVERY, CHUNK_SIZE, CHUNK_WINDOW } from './streams.js';
 import { CloseCode, closeReason } from './close-codes.js';
 
-/** Largest batch of coalesced messages, bytes. */
-export const COALESCE_LIMIT = 256 * 1024;
+/**
+ * Largest batch of coalesced messages, bytes. Small batches let the next hop start on the first
+ * calls of a burst while this one still encodes the rest: on the benchmark, 8 KiB gave ~20 % more
+ * relayed calls/s than 256 KiB with 256 calls in flight.
+ */
+export const COALESCE_LIMIT = 8 * 1024;
 
 export interface ConnectionHandlers {
   message(msg: Message): void;
