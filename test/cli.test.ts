@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fileURLToPath } from 'node:url';
 import { BIN, killAll, Proc, runCall, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
 
 describe('the three CLIs end to end', () => {
@@ -116,5 +117,14 @@ describe('direct callers', () => {
     expect((await runCall(direct, ['Hello.Hello', 'bob'])).stderr).toContain('NOT_LOGGED_IN');
     // The relay path still works beside it.
     expect((await runCall(relay.addr, ['Arith.Multiply', '4', '5'])).stdout).toBe('20\n');
+  });
+});
+
+describe('npm run demo', () => {
+  it('starts a relay and a node on loopback, prints 6 and exits 0', async () => {
+    const demo = new Proc(fileURLToPath(new URL('../dist/src/cli/demo.js', import.meta.url)), []);
+    const { code } = await demo.exited;
+    expect(code).toBe(0);
+    expect(demo.stdout.trim().split('\n').pop()).toBe('6');
   });
 });

@@ -141,6 +141,7 @@ export class RelayMetrics {
 
   /** The text exposition format. */
   render(): Promise<string> {
+    this.recordPending();
     return this.registry.metrics();
   }
 
@@ -148,7 +149,25 @@ export class RelayMetrics {
    * Counts one call. `method` is `Service.Method`; `known` is false for requests refused before the
    * relay could tell that the method exists anywhere (their names are whatever the caller sent).
    */
+  /**
+   * Counts a finished call. The update is deferred to the next event-loop check phase: prom-client
+   * hashes labels on every observation, which on the relay's one-call-at-a-time path was a tenth of
+   * its latency; deferred, it runs after the answer has been written.
+   */
   callEnded(method: string, code: string, seconds: number | undefined, known: boolean): void {
+    this.pendingCalls.push(method, code, seconds, known);
+    if (this.pendingCalls.length === 4) setImmediate(this.recordPending);
+  }
+
+  private readonly pendingCalls: unknown[] = [];
+
+  private readonly recordPending = (): void => {
+    const p = this.pendingCalls;
+    for (let i = 0; i < p.length; i += 4) this.record(p[i] as string, p[i + 1] as string, p[i + 2] as number | undefined, p[i + 3] as boolean);
+    p.length = 0;
+  };
+
+  private record(method: string, code: string, seconds: number | undefined, known: boolean): void {
     const name = known ? this.methods.get(method) : UNKNOWN;
     const outcome = KNOWN_CODES.has(code) ? code : this.codes.get(code);
     const key = `${name}\0${outcome}`;
