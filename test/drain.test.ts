@@ -47,6 +47,24 @@ describe('drain and shutdown', () => {
     await early.close();
   });
 
+  it('relay: a broadcast in flight at SIGTERM is waited for like any call', async () => {
+    const relay = await startRelay(['--drain-timeout', '10s']);
+    const nodes = await Promise.all(['b1', 'b2'].map((name) => startNode(relay.addr, ['--name', name, '--services', SLOW])));
+    const all = runCall(relay.addr, ['--all', '--json', 'Slow.Sleep', '1500']);
+    await Promise.all(nodes.map((n) => n.waitForMsg('test handler started')));
+    relay.proc.kill('SIGTERM');
+    await relay.proc.waitForMsg('draining: refusing new connections and calls');
+    const done = await all;
+    expect(done.code).toBe(0);
+    const results = (JSON.parse(done.stdout) as { results: Array<{ node: string; ok: boolean; result: unknown }> }).results;
+    expect(results.map((r) => [r.node, r.ok, r.result])).toEqual([
+      ['b1', true, 1500],
+      ['b2', true, 1500],
+    ]);
+    expect((await relay.proc.exited).code).toBe(0);
+    expect(relay.proc.logs.some((l) => l.msg === 'drained: no call in flight')).toBe(true);
+  });
+
   it('relay: a second signal exits at once', async () => {
     const relay = await startRelay(['--drain-timeout', '60s']);
     const node = await startNode(relay.addr, ['--name', 'slow-1', '--services', SLOW]);

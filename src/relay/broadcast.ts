@@ -18,6 +18,8 @@ export interface BroadcastOwner {
  */
 export class Broadcast implements CallSink {
   timer: NodeJS.Timeout | undefined;
+  /** Monotonic, for the latency histogram (as RelayedCall.started). */
+  readonly started = performance.now();
   /** Streamed results of the sub-calls, by sub-call index. */
   private readonly downloads = new Reassembly<RelayedCall>(Number.MAX_SAFE_INTEGER);
   private readonly calls: RelayedCall[];

@@ -47,15 +47,15 @@ export function relayDeadlines(): DeadlineWheel<RelayedCall> {
   return new DeadlineWheel<RelayedCall>((call) => (call.caller as CallerLink).expire(call));
 }
 
-/** Sees every call begin and end, for metrics and for the relay's drain. */
+/** Sees every call begin and end, for metrics and for the relay's drain (a broadcast counts as one call). */
 export interface CallObserver {
-  /** A call was routed to a node. */
-  started(call: RelayedCall): void;
+  /** A call was routed to a node (or a broadcast to its nodes). */
+  started(call: RelayedCall | Broadcast): void;
   /**
    * A call ended with `code` (`OK` on success). `call` is undefined when the request was refused
    * before it reached a node; then `method` is what the caller asked for.
    */
-  ended(method: string, code: string, call: RelayedCall | undefined): void;
+  ended(method: string, code: string, call: RelayedCall | Broadcast | undefined): void;
 }
 
 /**
@@ -285,6 +285,7 @@ export class CallerLink {
     for (const node of nodes) this.nodesSeen.add(node);
     const call = new Broadcast(this, id, method, nodeMeta.timeout, nodes);
     this.inflight.set(id, call);
+    this.observer?.started(call);
     this.log.debug({ session: this.session, method, nodes: nodes.length }, 'broadcast');
     call.start(params, nodeMeta);
   }
@@ -307,12 +308,9 @@ export class CallerLink {
     if (result !== null && result.length > this.limits.maxMessage) {
       error = new TunnelError(ErrorCode.TOO_LARGE, `the result of ${call.method} is ${result.length} bytes; this relay passes at most ${this.limits.maxMessage}`).toWire();
     }
-    if (call instanceof RelayedCall) {
-      this.deadlines.remove(call);
-      this.observer?.ended(call.method, error ? error.code : 'OK', call);
-    } else {
-      call.abandon(false);
-    }
+    if (call instanceof RelayedCall) this.deadlines.remove(call);
+    else call.abandon(false);
+    this.observer?.ended(call.method, error ? error.code : 'OK', call);
     this.out.respond(call.callerId, error, result);
     if (error?.code === ErrorCode.LOGIN_FAILED) this.loginFailed();
   }
@@ -321,10 +319,8 @@ export class CallerLink {
   onClose(): void {
     for (const call of this.inflight.values()) {
       call.abandon(false);
-      if (call instanceof RelayedCall) {
-        this.deadlines.remove(call);
-        this.observer?.ended(call.method, ErrorCode.CANCELLED, call);
-      }
+      if (call instanceof RelayedCall) this.deadlines.remove(call);
+      this.observer?.ended(call.method, ErrorCode.CANCELLED, call);
     }
     this.presence.forget(this.out);
     this.inflight.clear();
