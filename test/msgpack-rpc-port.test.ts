@@ -146,6 +146,15 @@ describe('the MessagePack-RPC port with a raw socket', () => {
     ]);
   });
 
+  it('closes a connection after 5 failed Logins, as on the WebSocket side', async () => {
+    const tries = Array.from({ length: 6 }, (_, i) => req(30 + i, 'Hello.Login', ['alice:wrong']));
+    const { replies, closed, socket } = await exchange(tries, 6);
+    socket.destroy();
+    expect(closed).toBe(true);
+    expect(replies).toHaveLength(5);
+    for (const r of replies as unknown[][]) expect(r[2]).toBe('LOGIN_FAILED: username or password incorrect');
+  });
+
   it('routes node/Service.Method to that node and names the nodes online otherwise', async () => {
     const { replies, socket } = await exchange([req(14, 'slow-1/Slow.Where', []), req(15, 'nowhere/Slow.Where', [])], 2);
     socket.destroy();
@@ -153,6 +162,32 @@ describe('the MessagePack-RPC port with a raw socket', () => {
     const [found, refused] = (replies as unknown[][]).sort((a, b) => (a[1] as number) - (b[1] as number));
     expect(found).toEqual([1, 14, null, 'slow-1']);
     expect(refused![2]).toMatch(/^NO_NODE: no node named nowhere is connected; nodes online: .*office-1.*slow-1/);
+  });
+});
+
+describe('the MessagePack-RPC port of a relay that requires caller tokens', () => {
+  it('takes calls only after Relay.Auth with an accepted token', async () => {
+    const secured = await startRelay(['--msgpack-rpc-listen', '127.0.0.1:0', '--caller-token', 'caller-token-0123456789']);
+    const port = (await secured.proc.waitForMsg('msgpack-rpc port listening')).port as number;
+    await startNode(secured.addr, ['--name', 'office-2']);
+    const saved = rpcPort;
+    rpcPort = port;
+    try {
+      const before = await exchange([req(40, 'Server.Ping', [])], 1);
+      before.socket.destroy();
+      expect((before.replies[0] as unknown[])[2]).toMatch(/^UNAUTHORIZED/);
+      const wrong = await exchange([req(41, 'Relay.Auth', ['not-the-token-at-all'])], 1);
+      wrong.socket.destroy();
+      expect((wrong.replies[0] as unknown[])[2]).toMatch(/^UNAUTHORIZED/);
+      const right = await exchange([req(42, 'Relay.Auth', ['caller-token-0123456789']), req(43, 'Server.Ping', [])], 2);
+      right.socket.destroy();
+      expect(right.replies).toEqual([
+        [1, 42, null, true],
+        [1, 43, null, 'pong'],
+      ]);
+    } finally {
+      rpcPort = saved;
+    }
   });
 });
 

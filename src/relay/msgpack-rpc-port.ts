@@ -136,7 +136,16 @@ class RpcConnection {
   }
 
   private open(identity: string | null): CallerLink {
-    return this.relay.openCallerSession({ respond: (id, error, result) => this.respond(id, error, result) }, this.address, identity, this.log);
+    return this.relay.openCallerSession(
+      {
+        respond: (id, error, result) => this.respond(id, error, result),
+        // Too many failed Logins: MessagePack-RPC has no close reason, so the reply already sent says it.
+        close: (_code, reason) => this.end(reason),
+      },
+      this.address,
+      identity,
+      this.log,
+    );
   }
 
   onClose(): void {
@@ -283,6 +292,13 @@ class RpcConnection {
   private fail(reason: string): void {
     if (this.closed) return;
     this.log.warn({ session: this.link?.session, reason }, 'closing msgpack-rpc connection after bad input');
+    this.end(reason);
+  }
+
+  /** Sends what is queued, then closes. */
+  private end(reason: string): void {
+    if (this.closed) return;
+    this.log.debug({ session: this.link?.session, reason }, 'closing msgpack-rpc connection');
     this.flush();
     this.closed = true;
     this.socket.end();
