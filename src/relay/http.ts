@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ErrorCode, TunnelError, type WireError } from '../errors.js';
+import { ErrorCode, TunnelError } from '../errors.js';
 import { decodeResult, encodeParams } from '../rpc/body.js';
 import { parseDuration } from '../util/units.js';
 import { Kind } from '../wire/messages.js';
