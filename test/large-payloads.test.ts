@@ -1,6 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from '../src/index.js';
+import { EventEmitter, once } from 'node:events';
 import { fileURLToPath } from 'node:url';
+import { WebSocket } from 'ws';
+import { decodeAll, encode } from '../src/wire/codec.js';
 import { killAll, Proc, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
 
 const LOAD = fileURLToPath(new URL('../dist/bench/load.js', import.meta.url));
@@ -67,5 +70,61 @@ describe('large payloads', () => {
     expect(res.status).toBe(200);
     const body = (await res.json()) as { result: string };
     expect(body.result.length).toBe(size);
+  });
+});
+
+describe('backpressure on streamed payloads', () => {
+  afterAll(killAll);
+
+  it('a node that stops acknowledging chunks stops the caller too, instead of filling the relay', async () => {
+    const relay = await startRelay();
+    // A hand-written node: it registers Sink.Put, takes chunks, and acknowledges none until told to.
+    const ws = new WebSocket(`ws://${relay.addr}/`);
+    await once(ws, 'open');
+    ws.send(encode([4, { version: 1, role: 'node', name: 'sink-1', services: { Sink: ['Put'] } }]));
+    let chunkBytes = 0;
+    let tunnelId = -1;
+    let acking = false;
+    const got = new EventEmitter();
+    ws.on('message', (data: Buffer) => {
+      for (const v of decodeAll(data) as unknown[][]) {
+        if (v[0] === 5) got.emit('welcome');
+        if (v[0] === 0) tunnelId = v[1] as number;
+        if (v[0] === 8) {
+          chunkBytes += (v[3] as Uint8Array).length;
+          if (acking) ws.send(encode([10, (v[3] as Uint8Array).length]));
+          if (v[2] === true) ws.send(encode([1, tunnelId, null, encode(chunkBytes)]));
+          got.emit('chunk');
+        }
+      }
+    });
+    await once(got, 'welcome');
+
+    const client = await connect(relay.addr);
+    const size = 8 * 1024 * 1024;
+    const put = client.call('Sink.Put', Buffer.alloc(size, 1), { timeout: 30_000 });
+    // Wait until the flow has stopped: no chunk for 500 ms (bounded by 20 s in all).
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const moved = await Promise.race([once(got, 'chunk').then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);
+      if (!moved || Date.now() > deadline) break;
+    }
+    // One window (1 MiB) between relay and node; nothing like the 8 MiB the caller wants to send.
+    expect(chunkBytes).toBeGreaterThan(0);
+    expect(chunkBytes).toBeLessThanOrEqual(1024 * 1024);
+    // And the relay has not taken the rest from the caller either: about one window per hop.
+    const metrics = await (await fetch(`http://${relay.addr}/metrics`)).text();
+    const received = Number(/^tunnel_relay_received_bytes_total (\d+)/m.exec(metrics)?.[1]);
+    expect(received).toBeGreaterThan(chunkBytes);
+    expect(received).toBeLessThan(3 * 1024 * 1024);
+    // Other calls are not held up meanwhile.
+    await expect(client.call('Sink.Nope')).rejects.toMatchObject({ code: 'NO_METHOD' });
+
+    // Once the node acknowledges what it has, the rest flows and the call completes.
+    acking = true;
+    ws.send(encode([10, chunkBytes]));
+    expect(await put).toBeGreaterThan(size);
+    ws.close();
+    await client.close();
   });
 });

@@ -59,7 +59,8 @@ export class Broadcast implements CallSink {
     if (this.entries[call.callerId] === undefined) this.downloads.start(call.callerId, length, call);
   }
 
-  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array): void {
+  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array, done: () => void): void {
+    done();
     let whole;
     try {
       whole = this.downloads.add(call.callerId, bytes, final);

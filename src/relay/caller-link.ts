@@ -28,7 +28,9 @@ export interface CallerOutput {
    * gets the result whole through `respond` once every chunk has arrived.
    */
   streamStart?(id: number, length: number): void;
-  streamChunk?(id: number, final: boolean, bytes: Uint8Array): void;
+  streamChunk?(id: number, final: boolean, bytes: Uint8Array, onSent: () => void): void;
+  /** Acknowledges the caller's own chunks once the relay has passed them on (flow control). */
+  acknowledge?(bytes: number, final: boolean): void;
   /** Ends the caller's connection, where it has one (too many failed Logins). */
   close?(code: number, reason: string): void;
 }
@@ -196,7 +198,10 @@ export class CallerLink {
 
   /** A chunk of a streamed request's params: passed on to the node, or kept until the body is whole. */
   private onChunk(m: Extract<Message, { kind: 8 }>): void {
+    // The caller's window moves on once the chunk is written to the node, or now if it goes nowhere.
+    const done = () => this.out.acknowledge?.(m.bytes.length, m.final);
     if (this.uploads.has(m.id)) {
+      done();
       let whole;
       try {
         whole = this.uploads.add(m.id, m.bytes, m.final);
@@ -207,14 +212,15 @@ export class CallerLink {
       return;
     }
     const call = this.inflight.get(m.id);
-    if (!(call instanceof RelayedCall)) return; // a late chunk of a cancelled or expired call
+    if (!(call instanceof RelayedCall)) return done(); // a late chunk of a cancelled or expired call
     call.uploadLeft -= m.bytes.length;
     if (call.uploadLeft < 0 || (m.final && call.uploadLeft !== 0)) {
+      done();
       call.abandon(true);
       this.complete(call, new TunnelError(ErrorCode.BAD_REQUEST, `the chunks of ${call.method} do not add up to the announced stream length`).toWire(), null);
       return;
     }
-    call.node.forwardChunk(call, m.final, m.bytes);
+    call.node.forwardChunk(call, m.final, m.bytes, done);
   }
 
   /** Counts a LOGIN_FAILED answer; past the limit the caller's connection is closed (4005). */
@@ -245,16 +251,17 @@ export class CallerLink {
     }
   }
 
-  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array): void {
-    if (this.inflight.get(call.callerId) !== call) return;
+  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array, done: () => void): void {
+    if (this.inflight.get(call.callerId) !== call) return done();
     if (this.out.streamChunk) {
-      this.out.streamChunk(call.callerId, final, bytes);
+      this.out.streamChunk(call.callerId, final, bytes, done);
       if (!final) return;
       this.inflight.delete(call.callerId);
       this.deadlines.remove(call);
       this.observer?.ended(call.method, 'OK', call);
       return;
     }
+    done();
     let whole;
     try {
       whole = this.downloads.add(call.callerId, bytes, final);

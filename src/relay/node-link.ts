@@ -59,9 +59,10 @@ export class NodeLink {
     } else this.conn.send(request(call.tunnelId, call.method, params, meta));
   }
 
-  /** Passes on a chunk of a call's params as the caller sends it. */
-  forwardChunk(call: RelayedCall, final: boolean, bytes: Uint8Array): void {
-    if (this.inflight.get(call.tunnelId) === call) this.conn.sendChunk(call.tunnelId, final, bytes);
+  /** Passes on a chunk of a call's params as the caller sends it; `onSent` once it is written. */
+  forwardChunk(call: RelayedCall, final: boolean, bytes: Uint8Array, onSent: () => void): void {
+    if (this.inflight.get(call.tunnelId) === call) this.conn.sendChunk(call.tunnelId, final, bytes, onSent);
+    else onSent();
   }
 
   /** Forgets a call (answered elsewhere, expired, or its caller left) and tells the node to stop it. */
@@ -88,10 +89,11 @@ export class NodeLink {
         return;
       }
       case Kind.CHUNK: {
+        const done = () => this.conn.acknowledge(m.bytes.length, m.final);
         const call = m.final ? this.inflight.take(m.id) : this.inflight.get(m.id);
-        if (!call) return;
+        if (!call) return done();
         if (m.final) this.served++;
-        call.caller.streamChunk(call, m.final, m.bytes);
+        call.caller.streamChunk(call, m.final, m.bytes, done);
         return;
       }
       case Kind.GOAWAY:

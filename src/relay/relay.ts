@@ -416,7 +416,8 @@ export class Relay extends EventEmitter {
           clearTimeout(timer);
         },
       },
-      { log, heartbeatTimeout: this.opts.heartbeatTimeout, maxFrame: frameLimit(this.opts.maxMessage) },
+      // Chunks are acknowledged once passed on (caller-link.ts, node-link.ts): backpressure end to end.
+      { log, heartbeatTimeout: this.opts.heartbeatTimeout, maxFrame: frameLimit(this.opts.maxMessage), autoAck: false },
     );
     const timer = setTimeout(() => {
       if (settled) return;
@@ -501,7 +502,8 @@ export class Relay extends EventEmitter {
         goaway: (reason) => conn.send(goaway(reason)),
         notify: (method, params) => conn.send(notify(method, params)),
         streamStart: (id, length) => conn.send(responseStream(id, length)),
-        streamChunk: (id, final, bytes) => conn.sendChunk(id, final, bytes),
+        streamChunk: (id, final, bytes, onSent) => conn.sendChunk(id, final, bytes, onSent),
+        acknowledge: (bytes, final) => conn.acknowledge(bytes, final),
         close: (code, reason) => conn.close(code, reason),
       },
       address,

@@ -7,8 +7,11 @@ export interface CallSink {
   complete(call: RelayedCall, error: WireError | null, result: Uint8Array | null): void;
   /** The node answers with a result of `length` bytes, in chunks that follow. */
   streamStart(call: RelayedCall, length: number): void;
-  /** One chunk of that result; after the final one the call is over. */
-  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array): void;
+  /**
+   * One chunk of that result; after the final one the call is over. `done` acknowledges the chunk to
+   * the node: call it once the chunk is passed on or no longer needed.
+   */
+  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array, done: () => void): void;
 }
 
 /**

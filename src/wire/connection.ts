@@ -23,6 +23,12 @@ export interface ConnectionOptions {
   heartbeatTimeout: number;
   /** Largest WebSocket message to send: the peer closes with 1009 over its own limit (default 16 MiB + 64 KiB). */
   maxFrame?: number;
+  /**
+   * Acknowledge chunks as they arrive (default true). The relay turns this off and acknowledges a
+   * chunk once it has passed it on, so that a slow receiver slows the sender down instead of
+   * filling the relay's memory.
+   */
+  autoAck?: boolean;
 }
 
 /**
@@ -45,8 +51,9 @@ export class Connection {
   private badMessagesLogged = false;
   private terminateTimer: NodeJS.Timeout | undefined;
   private closed = false;
-  /** Chunks waiting to be written: [id, final, bytes]. */
-  private bulk: Array<[number, boolean, Uint8Array]> = [];
+  /** Chunks waiting to be written: [id, final, bytes, called once written (or dropped)]. */
+  private bulk: Array<[number, boolean, Uint8Array, (() => void) | undefined]> = [];
+  private readonly autoAck: boolean;
   private bulkHead = 0;
   /** Chunk bytes sent and not yet acknowledged by the peer (flow control, see CHUNK_WINDOW). */
   private unacked = 0;
@@ -58,6 +65,7 @@ export class Connection {
     this.handlers = handlers;
     this.log = options.log;
     this.maxFrame = options.maxFrame ?? 16 * 1024 * 1024 + 64 * 1024;
+    this.autoAck = options.autoAck ?? true;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
     ws.on('pong', () => {
@@ -111,7 +119,7 @@ export class Connection {
     let size = 0;
     const cut = () => {
       sent += size;
-      this.bulk.push([id, sent === total, parts.length === 1 ? parts[0]! : Buffer.concat(parts, size)]);
+      this.bulk.push([id, sent === total, parts.length === 1 ? parts[0]! : Buffer.concat(parts, size), undefined]);
       parts = [];
       size = 0;
     };
@@ -128,21 +136,37 @@ export class Connection {
     this.pump();
   }
 
-  /** Queues one chunk (a relay passing on a chunk it received). */
-  sendChunk(id: number, final: boolean, bytes: Uint8Array): void {
-    if (!this.isOpen) return;
-    this.bulk.push([id, final, bytes]);
+  /**
+   * Queues one chunk (a relay passing on a chunk it received); `onSent` runs once it is written, or
+   * at once if this connection is closed, so that the sender's window always moves on.
+   */
+  sendChunk(id: number, final: boolean, bytes: Uint8Array, onSent?: () => void): void {
+    if (!this.isOpen) {
+      onSent?.();
+      return;
+    }
+    this.bulk.push([id, final, bytes, onSent]);
     this.pump();
+  }
+
+  /** Tells the peer that `bytes` of its chunks were consumed (see ConnectionOptions.autoAck). */
+  acknowledge(bytes: number, final: boolean): void {
+    this.toAck += bytes;
+    if (this.toAck >= ACK_EVERY || (final && this.toAck > 0)) {
+      this.send(chunkAck(this.toAck));
+      this.toAck = 0;
+    }
   }
 
   private readonly pump = (): void => {
     while (this.unacked < CHUNK_WINDOW && this.bulkHead < this.bulk.length && this.ws.readyState === this.ws.OPEN) {
       // What was queued before this chunk leaves before it.
       this.flush();
-      const [id, final, bytes] = this.bulk[this.bulkHead]!;
-      this.bulk[this.bulkHead++] = undefined as unknown as [number, boolean, Uint8Array];
+      const [id, final, bytes, onSent] = this.bulk[this.bulkHead]!;
+      this.bulk[this.bulkHead++] = undefined as unknown as (typeof this.bulk)[number];
       this.unacked += bytes.length;
       this.ws.send(encode(chunk(id, final, bytes)), { binary: true });
+      onSent?.();
     }
     if (this.bulkHead === this.bulk.length) {
       this.bulk = [];
@@ -232,13 +256,7 @@ export class Connection {
         this.pump();
         continue;
       }
-      if (msg.kind === Kind.CHUNK) {
-        this.toAck += msg.bytes.length;
-        if (this.toAck >= ACK_EVERY || (msg.final && this.toAck > 0)) {
-          this.send(chunkAck(this.toAck));
-          this.toAck = 0;
-        }
-      }
+      if (msg.kind === Kind.CHUNK && this.autoAck) this.acknowledge(msg.bytes.length, msg.final);
       try {
         this.handlers.message(msg);
       } catch (err) {
@@ -268,8 +286,11 @@ export class Connection {
     this.stopHeartbeat();
     this.queue = [];
     this.queuedBytes = 0;
+    // Chunks that will never be written still release whoever waits to acknowledge them upstream.
+    const dropped = this.bulk.slice(this.bulkHead);
     this.bulk = [];
     this.bulkHead = 0;
+    for (const entry of dropped) entry[3]?.();
     this.handlers.close(code, reason);
   }
 
