@@ -496,6 +496,7 @@ export class Relay extends EventEmitter {
   }
 
   private attachCaller(conn: Connection, identity: string | null, address: string, log: Logger): void {
+    conn.pauseWhenBacklogged = true;
     const link = this.openCallerSession(
       {
         respond: (id, error, result) => conn.send(response(id, error, result)),

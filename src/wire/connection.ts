@@ -31,6 +31,9 @@ export interface ConnectionOptions {
   autoAck?: boolean;
 }
 
+const BACKLOG_HIGH = 8 * 1024 * 1024;
+const BACKLOG_LOW = 1024 * 1024;
+
 /**
  * One WebSocket speaking our protocol, for every role. It owns the three things each role would
  * otherwise repeat: coalescing writes, decoding (with bad input answered, never thrown), heartbeats.
@@ -54,6 +57,13 @@ export class Connection {
   /** Chunks waiting to be written: [id, final, bytes, called once written (or dropped)]. */
   private bulk: Array<[number, boolean, Uint8Array, (() => void) | undefined]> = [];
   private readonly autoAck: boolean;
+  /**
+   * Stop reading from this peer while more than 8 MiB of our messages to it wait to be written, and
+   * read again below 1 MiB. The relay sets it on caller connections: a caller that does not read its
+   * answers can then not pile more work on the relay. Not on connections between relay and node,
+   * where both sides pausing at once could stall each other.
+   */
+  pauseWhenBacklogged = false;
   private bulkHead = 0;
   /** Chunk bytes sent and not yet acknowledged by the peer (flow control, see CHUNK_WINDOW). */
   private unacked = 0;
@@ -187,7 +197,7 @@ export class Connection {
     this.queuedBytes = 0;
     if (this.ws.readyState !== this.ws.OPEN) return;
     if (total <= this.maxFrame) {
-      this.ws.send(queue.length === 1 ? queue[0]! : Buffer.concat(queue, total), { binary: true });
+      this.write(queue.length === 1 ? queue[0]! : Buffer.concat(queue, total));
       return;
     }
     // Coalescing must not build a message bigger than the peer accepts: split between values.
@@ -195,14 +205,30 @@ export class Connection {
     let bytes = 0;
     for (const b of queue) {
       if (bytes > 0 && bytes + b.length > this.maxFrame) {
-        this.ws.send(Buffer.concat(batch, bytes), { binary: true });
+        this.write(Buffer.concat(batch, bytes));
         batch = [];
         bytes = 0;
       }
       batch.push(b);
       bytes += b.length;
     }
-    this.ws.send(Buffer.concat(batch, bytes), { binary: true });
+    this.write(Buffer.concat(batch, bytes));
+  };
+
+  private write(data: Buffer): void {
+    if (!this.pauseWhenBacklogged) {
+      this.ws.send(data, { binary: true });
+      return;
+    }
+    this.ws.send(data, { binary: true }, this.written);
+    if (!this.ws.isPaused && this.ws.bufferedAmount > BACKLOG_HIGH) {
+      this.log.warn({ bufferedBytes: this.ws.bufferedAmount }, 'peer is not reading its messages; not reading from it until it does');
+      this.ws.pause();
+    }
+  }
+
+  private readonly written = (): void => {
+    if (this.ws.isPaused && this.ws.bufferedAmount < BACKLOG_LOW && !this.closed) this.ws.resume();
   };
 
   /** Sends what is queued, then closes with a code and a reason the peer can log. */
