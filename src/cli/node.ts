@@ -8,6 +8,7 @@ import { parseDuration } from '../util/units.js';
 import { command, parse, keyValues, logger, onShutdown, PRECEDENCE, usageError } from './common.js';
 import { loadServices } from './load-services.js';
 import { DirectListener } from '../node/direct.js';
+import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
 
 const argv = await parse(
   command('tunnel-node', '$0 --relay host:port [options]\n\nDials out to a relay and serves RPC through it, reconnecting forever with backoff.')
@@ -83,7 +84,7 @@ log.info({ relay: node.url, name: node.name }, 'node starting');
 node.start();
 let direct: DirectListener | undefined;
 if (argv.directListen) {
-  direct = new DirectListener(node, log, { maxMessage: 16 * 1024 * 1024 + 64 * 1024, heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout') });
+  direct = new DirectListener(node, log, { maxMessage: DEFAULT_MAX_FRAME, heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout') });
   try {
     await direct.listen(argv.directListen);
   } catch (err) {

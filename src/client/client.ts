@@ -7,7 +7,7 @@ import { relayUrl } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
 import { dial, loadClientTls, type ClientTlsOptions, type Refusal } from '../wire/dial.js';
-import { cancel, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
+import { cancel, DEFAULT_MAX_FRAME, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
 import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent, type WireBroadcastEntry } from '../wire/presence.js';
 import { isCallOptions, type BroadcastOptions, type CallOptions } from './options.js';
@@ -29,7 +29,7 @@ export interface ClientOptions extends ClientTlsOptions {
 const DEFAULTS = {
   timeout: 30_000,
   connectTimeout: 10_000,
-  maxMessage: 16 * 1024 * 1024 + 64 * 1024,
+  maxMessage: DEFAULT_MAX_FRAME,
   heartbeatTimeout: 30_000,
 };
 

@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
-import { splitHostPort } from '../util/address.js';
+import { listenOn, peerAddress, urlHost } from '../util/address.js';
 import type { Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
 import type { TunnelNode } from './node.js';
@@ -23,21 +23,16 @@ export class DirectListener {
     this.http = createServer((_req, res) => res.writeHead(426, { 'content-type': 'text/plain' }).end('WebSocket only\n'));
     this.wss = new WebSocketServer({ server: this.http, maxPayload: options.maxMessage, perMessageDeflate: false });
     this.wss.on('connection', (ws, req) => {
-      const address = `${(req.socket.remoteAddress ?? 'unknown').replace(/^::ffff:/, '')}:${req.socket.remotePort ?? 0}`;
+      const address = peerAddress(req.socket);
       const conn = new Connection(ws, { message: () => undefined, close: () => undefined }, { log: this.log, heartbeatTimeout: options.heartbeatTimeout });
       this.node.acceptDirect(conn, address);
     });
   }
 
   async listen(address: string): Promise<{ host: string; port: number; url: string }> {
-    const { host, port } = splitHostPort(address, '');
-    await new Promise<void>((resolve, reject) => {
-      this.http.once('error', reject);
-      this.http.listen(port, host === '' ? undefined : host, () => resolve());
-    });
+    await listenOn(this.http, address);
     const a = this.http.address() as AddressInfo;
-    const h = a.address.includes(':') ? `[${a.address}]` : a.address;
-    const result = { host: a.address, port: a.port, url: `ws://${h}:${a.port}/` };
+    const result = { host: a.address, port: a.port, url: `ws://${urlHost(a.address)}:${a.port}/` };
     this.log.info(result, 'direct listener ready');
     return result;
   }

@@ -2,12 +2,11 @@ import { connect, type Socket } from 'node:net';
 import { ErrorCode, TunnelError } from '../errors.js';
 import { decodeParams, encodeResult } from '../rpc/body.js';
 import type { CallContext } from '../rpc/context.js';
-import { ANY_METHOD } from '../wire/messages.js';
 import { splitHostPort } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
-import { Kind, MAX_ID } from '../wire/messages.js';
+import { ANY_METHOD, DEFAULT_MAX_FRAME, Kind, MAX_ID } from '../wire/messages.js';
 
 /** Where a forwarded service's local MessagePack-RPC server listens. */
 export type ForwardTarget = { host: string; port: number } | { path: string };
@@ -25,7 +24,7 @@ export interface ForwardOptions {
 const DEFAULTS = {
   connections: 2,
   connectTimeout: 5_000,
-  maxMessage: 16 * 1024 * 1024 + 64 * 1024,
+  maxMessage: DEFAULT_MAX_FRAME,
 };
 
 const SERVICE_NAME = /^[A-Za-z_][\w.-]*$/;

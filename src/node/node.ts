@@ -10,7 +10,7 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import { dial, loadClientTls, type ClientTlsOptions, type LoadedTls, type Refusal } from '../wire/dial.js';
-import { goaway, hello, Kind, PROTOCOL_VERSION, response, responseStream, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
+import { DEFAULT_MAX_FRAME, goaway, hello, Kind, PROTOCOL_VERSION, response, responseStream, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
 import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { Backoff } from './backoff.js';
 import type { ForwardedService } from './forward.js';
@@ -54,7 +54,7 @@ const DEFAULTS = {
   reconnectReset: 10_000,
   drainTimeout: 10_000,
   defaultTimeout: 30_000,
-  maxMessage: 16 * 1024 * 1024 + 64 * 1024,
+  maxMessage: DEFAULT_MAX_FRAME,
 };
 
 class RunningCall extends Cancellation implements Expiring {

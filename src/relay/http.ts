@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ErrorCode, TunnelError } from '../errors.js';
 import { decodeResult, encodeParams } from '../rpc/body.js';
+import { peerAddress } from '../util/address.js';
 import { parseDuration } from '../util/units.js';
 import { Kind } from '../wire/messages.js';
 import type { CallerOutput } from './caller-link.js';
@@ -92,7 +93,7 @@ async function gatewayCall(relay: Relay, req: IncomingMessage, res: ServerRespon
   if (relay.draining) {
     return sendError(res, new TunnelError(ErrorCode.GOING_AWAY, 'the relay is going away and takes no new calls; try again on another relay'));
   }
-  const address = peerAddress(req);
+  const address = peerAddress(req.socket);
   let identity: string | null;
   let meta: { timeout?: number; node?: string };
   let params: Buffer;
@@ -121,11 +122,6 @@ async function gatewayCall(relay: Relay, req: IncomingMessage, res: ServerRespon
   // The HTTP client gave up: the session closes, which aborts the call on the node.
   res.once('close', () => session.close());
   session.link.onMessage({ kind: Kind.REQUEST, id: 1, method, params, meta, stream: 0 });
-}
-
-function peerAddress(req: IncomingMessage): string {
-  const remote = req.socket.remoteAddress ?? 'unknown';
-  return `${remote.startsWith('::ffff:') ? remote.slice(7) : remote}:${req.socket.remotePort ?? 0}`;
 }
 
 function bearerToken(header: string | undefined): string | undefined {

@@ -1,5 +1,6 @@
 import { ErrorCode, TunnelError } from '../errors.js';
 import { DEFAULT_MAX_LOGIN_FAILURES } from '../rpc/login.js';
+import { DEFAULT_MAX_BODY } from '../wire/messages.js';
 
 /**
  * Every limit the relay enforces, with its default. README ("Running a relay on the internet") has the same table with what
@@ -25,7 +26,7 @@ export interface Limits {
 }
 
 export const LIMIT_DEFAULTS: Limits = {
-  maxMessage: 16 * 1024 * 1024,
+  maxMessage: DEFAULT_MAX_BODY,
   maxCallerInFlight: 1_024,
   maxNodeInFlight: 65_536,
   helloTimeout: 5_000,
@@ -35,13 +36,7 @@ export const LIMIT_DEFAULTS: Limits = {
   maxConnectionsPerAddress: 256,
 };
 
-/** Room for the envelope (kind, id, method, metadata) around the largest params or result. */
-export const ENVELOPE_ALLOWANCE = 64 * 1024;
-
-/** The largest WebSocket message for a given `maxMessage`. */
-export function frameLimit(maxMessage: number): number {
-  return maxMessage + ENVELOPE_ALLOWANCE;
-}
+export { ENVELOPE_ALLOWANCE, frameLimit } from '../wire/messages.js';
 
 /** Checks limits given by a user; a message names the option. */
 export function checkLimits(limits: Limits): void {

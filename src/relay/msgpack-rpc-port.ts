@@ -2,11 +2,11 @@ import { createServer as createTcpServer, type AddressInfo, type Server, type So
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { encodeParams } from '../rpc/body.js';
-import { splitHostPort } from '../util/address.js';
+import { listenOn, peerAddress, splitHostPort } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
-import { Kind, MAX_ID } from '../wire/messages.js';
+import { DEFAULT_MAX_FRAME, Kind, MAX_ID } from '../wire/messages.js';
 import type { CallerLink } from './caller-link.js';
 import type { Relay } from './relay.js';
 
@@ -32,7 +32,7 @@ export interface MsgpackRpcPortOptions {
 
 const DEFAULTS = {
   listen: ':9091',
-  maxMessage: 16 * 1024 * 1024 + 64 * 1024,
+  maxMessage: DEFAULT_MAX_FRAME,
   keepAlive: 30_000,
 };
 
@@ -54,7 +54,6 @@ export class MsgpackRpcPort {
   private readonly log: Logger;
   private readonly server: Server;
   private readonly sockets = new Set<Socket>();
-  private readonly bind: { host: string; port: number };
 
   constructor(
     private readonly relay: Relay,
@@ -62,7 +61,8 @@ export class MsgpackRpcPort {
   ) {
     this.opts = { ...DEFAULTS, ...options };
     this.log = (options.log ?? silentLogger).child({ port: 'msgpack-rpc' });
-    this.bind = splitHostPort(this.opts.listen, '');
+    // A bad address fails here, at start, not at listen().
+    splitHostPort(this.opts.listen, '');
     const onSocket = (socket: Socket) => this.accept(socket);
     this.server = options.tls ? createTlsServer(options.tls, onSocket) : createTcpServer(onSocket);
     // A TLS handshake that fails is the client's problem, not the relay's: log it and carry on.
@@ -71,14 +71,7 @@ export class MsgpackRpcPort {
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
   async listen(): Promise<{ host: string; port: number }> {
-    const { host, port } = this.bind;
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, host === '' ? undefined : host, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
+    await listenOn(this.server, this.opts.listen);
     const a = this.server.address() as AddressInfo;
     const address = { host: a.address, port: a.port };
     this.log.info({ ...address, tls: this.opts.tls !== undefined, auth: this.opts.authenticate !== undefined }, 'msgpack-rpc port listening');
@@ -92,8 +85,7 @@ export class MsgpackRpcPort {
   }
 
   private accept(socket: Socket): void {
-    const remote = socket.remoteAddress ?? 'unknown';
-    const address = `${remote.startsWith('::ffff:') ? remote.slice(7) : remote}:${socket.remotePort ?? 0}`;
+    const address = peerAddress(socket);
     this.sockets.add(socket);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, this.opts.keepAlive);

@@ -3,7 +3,7 @@ import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { splitHostPort } from '../util/address.js';
+import { listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
@@ -189,9 +189,7 @@ export class Relay extends EventEmitter {
 
   /** Opens the session of one HTTP gateway request; its answers go to `transport`. */
   openGatewaySession(address: string, identity: string | null, transport: CallerOutput): GatewaySession {
-    const session = `${this.sessionPrefix}-h${(++this.sessionCounter).toString(36)}`;
-    const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
-    const link = new CallerLink(session, transport, address, identity, this.directory, this.opts, this.deadlines, this.log, this.presence, this.observer, logins);
+    const link = this.newCallerLink('h', transport, address, identity, this.log);
     this.gatewayCallers++;
     let open = true;
     return {
@@ -343,7 +341,7 @@ export class Relay extends EventEmitter {
     this.engaged.add(req.socket);
     if (this.overLimit.has(req.socket)) {
       this.metrics.connectionRejected('too_many_connections');
-      res.writeHead(429, { 'content-type': 'text/plain' }).end(`too many connections from ${ipOf(req.socket)}\n`);
+      res.writeHead(429, { 'content-type': 'text/plain' }).end(`too many connections from ${peerIp(req.socket)}\n`);
       return;
     }
     handle(req, res);
@@ -357,7 +355,7 @@ export class Relay extends EventEmitter {
       this.closedBytes.received += socket.bytesRead;
       this.closedBytes.sent += socket.bytesWritten;
     });
-    const ip = ipOf(socket);
+    const ip = peerIp(socket);
     this.connectedAt.set(socket, Date.now());
     if (!this.addresses.open(ip)) {
       this.overLimit.add(socket);
@@ -377,7 +375,7 @@ export class Relay extends EventEmitter {
   private onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
     socket.on('error', () => socket.destroy());
     this.engaged.add(socket);
-    const peer = `${ipOf(socket)}:${socket.remotePort ?? 0}`;
+    const peer = peerAddress(socket);
     if (this.draining) {
       this.metrics.connectionRejected('draining');
       refuseUpgrade(socket, 503, 'relay is going away: it takes no new connections; connect to another relay');
@@ -385,7 +383,7 @@ export class Relay extends EventEmitter {
     }
     if (this.overLimit.has(socket)) {
       this.metrics.connectionRejected('too_many_connections');
-      refuseUpgrade(socket, 429, `too many connections from ${ipOf(socket)} (limit ${this.opts.maxConnectionsPerAddress})`);
+      refuseUpgrade(socket, 429, `too many connections from ${peerIp(socket)} (limit ${this.opts.maxConnectionsPerAddress})`);
       return;
     }
     const reason = this.auth.checkUpgrade(bearerToken(req), peerCertificate(socket));
@@ -399,7 +397,7 @@ export class Relay extends EventEmitter {
   }
 
   private accept(ws: WebSocket, req: IncomingMessage): void {
-    const address = `${ipOf(req.socket)}:${req.socket.remotePort ?? 0}`;
+    const address = peerAddress(req.socket);
     const log = this.log.child({ peer: address });
     const helloTimeout = Math.max(0, (this.connectedAt.get(req.socket) ?? Date.now()) + this.opts.helloTimeout - Date.now());
     let settled = false;
@@ -528,40 +526,24 @@ export class Relay extends EventEmitter {
    * through `out`. End it with {@link closeCallerSession} when the connection closes.
    */
   openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
-    const session = `${this.sessionPrefix}-${(++this.sessionCounter).toString(36)}`;
-    const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
-    const link = new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer, logins);
+    const link = this.newCallerLink('', out, address, identity, log);
     this.callers.add(link);
     // A session opened while draining (on the msgpack-rpc port, which has no upgrade to refuse) takes no calls.
     link.goingAway = this.drainReason;
     return link;
   }
 
+  /** A caller session with a relay-unique id (`kind` tells gateway sessions apart in logs). */
+  private newCallerLink(kind: string, out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
+    const session = `${this.sessionPrefix}-${kind}${(++this.sessionCounter).toString(36)}`;
+    const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
+    return new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer, logins);
+  }
+
   /** Ends a caller session: its calls are dropped and every node that saw it forgets it. */
   closeCallerSession(link: CallerLink): void {
     if (this.callers.delete(link)) link.onClose();
   }
-}
-
-function listenOn(server: Server, listen: string): Promise<void> {
-  const { host, port } = splitHostPort(listen, '');
-  return new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host === '' ? undefined : host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-}
-
-function urlHost(address: string): string {
-  const host = address === '::' || address === '0.0.0.0' ? 'localhost' : address;
-  return host.includes(':') ? `[${host}]` : host;
-}
-
-function ipOf(socket: { remoteAddress?: string | undefined }): string {
-  const remote = socket.remoteAddress ?? 'unknown';
-  return remote.startsWith('::ffff:') ? remote.slice(7) : remote;
 }
 
 /** The IP of an `ip:port` peer address. */

@@ -21,33 +21,24 @@ export const LARGE_BINARY = 64 * 1024;
 
 const isLargeBinary = (v: unknown): v is Uint8Array => v instanceof Uint8Array && v.length > LARGE_BINARY;
 
-/** MessagePack `bin` header for `n` bytes. */
-function binHeader(n: number): Buffer {
-  if (n < 0x100) return Buffer.from([0xc4, n]);
+/** A MessagePack header with a 16- or 32-bit length after `code16` / `code32`. */
+function lengthHeader(n: number, code16: number, code32: number): Buffer {
   const b = Buffer.allocUnsafe(n < 0x10000 ? 3 : 5);
   if (n < 0x10000) {
-    b[0] = 0xc5;
+    b[0] = code16;
     b.writeUInt16BE(n, 1);
   } else {
-    b[0] = 0xc6;
+    b[0] = code32;
     b.writeUInt32BE(n, 1);
   }
   return b;
 }
 
+/** MessagePack `bin` header for `n` bytes. */
+const binHeader = (n: number): Buffer => (n < 0x100 ? Buffer.from([0xc4, n]) : lengthHeader(n, 0xc5, 0xc6));
+
 /** MessagePack `array` header for `n` elements. */
-function arrayHeader(n: number): Buffer {
-  if (n < 16) return Buffer.from([0x90 | n]);
-  const b = Buffer.allocUnsafe(n < 0x10000 ? 3 : 5);
-  if (n < 0x10000) {
-    b[0] = 0xdc;
-    b.writeUInt16BE(n, 1);
-  } else {
-    b[0] = 0xdd;
-    b.writeUInt32BE(n, 1);
-  }
-  return b;
-}
+const arrayHeader = (n: number): Buffer => (n < 16 ? Buffer.from([0x90 | n]) : lengthHeader(n, 0xdc, 0xdd));
 
 export function paramsPieces(args: readonly unknown[]): Pieces {
   const values = args.map((a) => (a === undefined ? null : a));

@@ -1,3 +1,5 @@
+import type { Server } from 'node:net';
+
 /**
  * Turns what a user types for a relay into a WebSocket URL: `host:port`, `:port` (localhost),
  * `host` (port 9090), or a full `ws://` / `wss://` URL.
@@ -40,4 +42,33 @@ export function splitHostPort(text: string, defaultHost: string): { host: string
     port = Number(portText);
   }
   return { host, port };
+}
+
+/** Listens on `[host]:port` (empty host: every interface); rejects with the listen error. */
+export function listenOn(server: Server, listen: string): Promise<void> {
+  const { host, port } = splitHostPort(listen, '');
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host === '' ? undefined : host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+/** A bound address as it goes in a URL: wildcard addresses become localhost, IPv6 gets brackets. */
+export function urlHost(address: string): string {
+  const host = address === '::' || address === '0.0.0.0' ? 'localhost' : address;
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/** The IP of a connected peer, IPv4-mapped IPv6 addresses written as plain IPv4. */
+export function peerIp(socket: { remoteAddress?: string | undefined }): string {
+  const remote = socket.remoteAddress ?? 'unknown';
+  return remote.startsWith('::ffff:') ? remote.slice(7) : remote;
+}
+
+/** `ip:port` of a connected peer, as logs and `ctx.caller.address` show it. */
+export function peerAddress(socket: { remoteAddress?: string | undefined; remotePort?: number | undefined }): string {
+  return `${peerIp(socket)}:${socket.remotePort ?? 0}`;
 }

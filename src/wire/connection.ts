@@ -1,7 +1,7 @@
 import type { WebSocket, RawData } from 'ws';
 import type { Logger } from '../util/logger.js';
 import { encode, decodeAll } from './codec.js';
-import { chunk, chunkAck, Kind, parse, response, ShapeError, type Message } from './messages.js';
+import { chunk, chunkAck, DEFAULT_MAX_FRAME, Kind, parse, response, ShapeError, type Message } from './messages.js';
 import { ACK_EVERY, CHUNK_SIZE, CHUNK_WINDOW } from './streams.js';
 import { CloseCode, closeReason } from './close-codes.js';
 
@@ -74,7 +74,7 @@ export class Connection {
     this.ws = ws;
     this.handlers = handlers;
     this.log = options.log;
-    this.maxFrame = options.maxFrame ?? 16 * 1024 * 1024 + 64 * 1024;
+    this.maxFrame = options.maxFrame ?? DEFAULT_MAX_FRAME;
     this.autoAck = options.autoAck ?? true;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));

@@ -24,6 +24,20 @@ export const PROTOCOL_VERSION = 1;
 /** In a hello's method list: the node takes any method of that service (a forwarded service). */
 export const ANY_METHOD = '*';
 
+/** Largest params or result by default, bytes (the relay's `--max-message`). */
+export const DEFAULT_MAX_BODY = 16 * 1024 * 1024;
+
+/** Room for the envelope (kind, id, method, metadata) around the largest params or result. */
+export const ENVELOPE_ALLOWANCE = 64 * 1024;
+
+/** The largest WebSocket message for a given largest body. */
+export function frameLimit(maxBody: number): number {
+  return maxBody + ENVELOPE_ALLOWANCE;
+}
+
+/** The largest message every role accepts unless told otherwise. */
+export const DEFAULT_MAX_FRAME = frameLimit(DEFAULT_MAX_BODY);
+
 /** Largest request id; ids are unsigned 32-bit so that every MessagePack peer can hold them. */
 export const MAX_ID = 0xffff_ffff;
 
