@@ -15,6 +15,8 @@ export const ErrorCode = {
   TOO_LARGE: 'TOO_LARGE',
   OVERLOADED: 'OVERLOADED',
   UNAUTHORIZED: 'UNAUTHORIZED',
+  /** Authenticated, but this identity may not do that (a `serve=` or `call=` rule of the tokens file). */
+  FORBIDDEN: 'FORBIDDEN',
   APP_ERROR: 'APP_ERROR',
   CONNECTION_CLOSED: 'CONNECTION_CLOSED',
   PROTOCOL_ERROR: 'PROTOCOL_ERROR',

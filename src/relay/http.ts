@@ -23,7 +23,7 @@ export const HTTP_STATUS: Record<string, number> = {
   [ErrorCode.UNAUTHORIZED]: 401,
   [ErrorCode.NOT_LOGGED_IN]: 401,
   [ErrorCode.LOGIN_FAILED]: 403,
-  FORBIDDEN: 403,
+  [ErrorCode.FORBIDDEN]: 403,
   [ErrorCode.NO_SERVICE]: 404,
   [ErrorCode.NO_METHOD]: 404,
   [ErrorCode.NO_NODE]: 404,

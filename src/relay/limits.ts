@@ -21,8 +21,25 @@ export interface Limits {
   maxLoginFailuresPerAddress: number;
   /** The window of `maxLoginFailuresPerAddress`, ms. */
   loginFailureWindow: number;
-  /** Open connections from one IP address. Over it: HTTP 429 (or the socket is closed). */
+  /** Open connections from one IP address, every door together. Over it: HTTP 429 (or the socket is closed). */
   maxConnectionsPerAddress: number;
+  /** Open connections on every door together. Over it: HTTP 503 (or the socket is closed). */
+  maxConnections: number;
+  /**
+   * Bytes queued for one peer and not yet written to its socket (its outbound backlog). Above it the
+   * relay stops reading from that peer; a peer that stays above it for `slowConsumerTimeout`, or
+   * reaches twice it, is cut as a slow consumer (close 4008).
+   */
+  maxBacklog: number;
+  /** How long a peer's backlog may stay above `maxBacklog` before the peer is cut, ms. */
+  slowConsumerTimeout: number;
+  /**
+   * Bytes of incomplete streamed bodies the relay holds for one connection (bodies it reassembles:
+   * broadcasts, the Relay service, gateway and MessagePack-RPC results). Over it: OVERLOADED for that call.
+   */
+  maxReassembly: number;
+  /** A streamed body that receives no chunk for this long is cancelled, ms. */
+  streamIdleTimeout: number;
 }
 
 export const LIMIT_DEFAULTS: Limits = {
@@ -34,6 +51,11 @@ export const LIMIT_DEFAULTS: Limits = {
   maxLoginFailuresPerAddress: 50,
   loginFailureWindow: 10 * 60_000,
   maxConnectionsPerAddress: 256,
+  maxConnections: 16_384,
+  maxBacklog: 8 * 1024 * 1024,
+  slowConsumerTimeout: 10_000,
+  maxReassembly: 32 * 1024 * 1024,
+  streamIdleTimeout: 30_000,
 };
 
 export { ENVELOPE_ALLOWANCE, frameLimit } from '../wire/messages.js';

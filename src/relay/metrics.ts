@@ -49,6 +49,7 @@ export class RelayMetrics {
   private readonly latency: Histogram<'service' | 'method'>;
   private readonly reconnects: Counter<'node'>;
   private readonly rejected: Counter<'reason'>;
+  private readonly slowConsumers: Counter<'transport'>;
   private readonly methods = new LabelCap(1_000);
   private readonly codes = new LabelCap(50);
   private readonly nodeNames = new LabelCap(200);
@@ -82,6 +83,12 @@ export class RelayMetrics {
       name: 'tunnel_relay_rejected_connections_total',
       help: 'Connections the relay refused or closed before they could call or serve, by reason',
       labelNames: ['reason'],
+      registers,
+    });
+    this.slowConsumers = new Counter({
+      name: 'tunnel_relay_slow_consumers_total',
+      help: 'Peers cut because more bytes waited for them than --max-backlog allows (they did not read), by transport',
+      labelNames: ['transport'],
       registers,
     });
     new Gauge({
@@ -192,6 +199,11 @@ export class RelayMetrics {
 
   connectionRejected(reason: string): void {
     this.rejected.inc({ reason });
+  }
+
+  /** A peer was cut as a slow consumer; `transport` is `websocket`, `msgpack-rpc` or `http`. */
+  slowConsumer(transport: 'websocket' | 'msgpack-rpc' | 'http'): void {
+    this.slowConsumers.inc({ transport });
   }
 }
 

@@ -20,6 +20,10 @@ export const CloseCode = {
   VERSION: 4004,
   /** Too many failed Login attempts on this connection. */
   LOGIN_LIMIT: 4005,
+  /** A node name held by another live node process (a different instance id). */
+  NAME_CONFLICT: 4006,
+  /** More bytes waited for this peer than the relay holds for one connection (it does not read). */
+  SLOW_CONSUMER: 4008,
 } as const;
 
 /** WebSocket close reasons are limited to 123 bytes of UTF-8. */
