@@ -24,7 +24,11 @@ describe('message shapes', () => {
     expect(roundTrip(m.goaway('bye'))).toEqual({ kind: Kind.GOAWAY, reason: 'bye' });
     expect(roundTrip(m.chunk(7, true, bin('x')))).toEqual({ kind: Kind.CHUNK, id: 7, final: true, bytes: bin('x') });
     expect(roundTrip(m.responseStream(7, 1_000_000))).toEqual({ kind: Kind.RESPONSE_STREAM, id: 7, length: 1_000_000 });
-    expect(roundTrip(m.chunkAck(262_144))).toEqual({ kind: Kind.CHUNK_ACK, bytes: 262_144 });
+    expect(roundTrip(m.chunkAck(7, 262_144))).toEqual({ kind: Kind.CHUNK_ACK, id: 7, bytes: 262_144 });
+    expect(roundTrip(m.chunkAck(7, 0))).toEqual({ kind: Kind.CHUNK_ACK, id: 7, bytes: 0 });
+    expect(roundTrip(m.chunkAckV1(262_144))).toEqual({ kind: Kind.CHUNK_ACK, id: undefined, bytes: 262_144 });
+    expect(() => roundTrip([10, 7, -1])).toThrow(/stream id and a byte count/);
+    expect(() => roundTrip([10, 7, 1.5])).toThrow(/stream id and a byte count/);
     expect(roundTrip(m.request(8, 'A.B', null, { stream: 300_000 }))).toMatchObject({ kind: Kind.REQUEST, id: 8, stream: 300_000, params: new Uint8Array(0) });
   });
 

@@ -255,6 +255,8 @@ export class Client extends EventEmitter {
     if (!call) return undefined;
     this.deadlines.remove(call);
     this.downloads.drop(id);
+    // Params still streaming for an answered call are not needed any more.
+    this.conn.dropStream(id);
     if (call.abort) call.abort.signal.removeEventListener('abort', call.abort.listener);
     return call;
   }
@@ -409,6 +411,7 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
         message(m) {
           if (m.kind !== Kind.WELCOME) return;
           clearTimeout(timer);
+          if (typeof m.welcome.version === 'number') conn.peerVersion = m.welcome.version;
           const limit = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : opts.maxMessage;
           resolve(new Client(conn, String(m.welcome.session ?? ''), opts.timeout, limit));
         },

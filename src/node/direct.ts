@@ -24,7 +24,15 @@ export class DirectListener {
     this.wss = new WebSocketServer({ server: this.http, maxPayload: options.maxMessage, perMessageDeflate: false });
     this.wss.on('connection', (ws, req) => {
       const address = peerAddress(req.socket);
-      const conn = new Connection(ws, { message: () => undefined, close: () => undefined }, { log: this.log, heartbeatTimeout: options.heartbeatTimeout });
+      // A direct caller is charged like a relay's caller: it may not make the node hold more than
+      // 8 MiB of answers it does not read.
+      const conn = new Connection(ws, { message: () => undefined, close: () => undefined }, {
+        log: this.log,
+        heartbeatTimeout: options.heartbeatTimeout,
+        maxBacklog: 8 * 1024 * 1024,
+        maxFirstMessage: 64 * 1024,
+      });
+      conn.pauseWhenBacklogged = true;
       this.node.acceptDirect(conn, address);
     });
   }

@@ -4,7 +4,7 @@ import type { NodeMeta } from '../wire/messages.js';
 import type { WireBroadcastEntry } from '../wire/presence.js';
 import type { NodeLink } from './node-link.js';
 import { RelayedCall, type CallSink } from './relayed-call.js';
-import { Reassembly } from '../wire/streams.js';
+import { Reassembly, type ReassemblyBudget } from '../wire/streams.js';
 
 /** Where a finished broadcast goes: the caller link that asked for it. */
 export interface BroadcastOwner {
@@ -20,8 +20,8 @@ export class Broadcast implements CallSink {
   timer: NodeJS.Timeout | undefined;
   /** Monotonic, for the latency histogram (as RelayedCall.started). */
   readonly started = performance.now();
-  /** Streamed results of the sub-calls, by sub-call index. */
-  private readonly downloads = new Reassembly<RelayedCall>(Number.MAX_SAFE_INTEGER);
+  /** Streamed results of the sub-calls, by sub-call index, charged to the caller connection's budget. */
+  private readonly downloads: Reassembly<RelayedCall>;
   private readonly calls: RelayedCall[];
   private readonly entries: Array<WireBroadcastEntry | undefined>;
   private left: number;
@@ -32,7 +32,11 @@ export class Broadcast implements CallSink {
     readonly method: string,
     readonly timeout: number,
     nodes: readonly NodeLink[],
+    /** Largest result one node may send (the relay's maxMessage): bigger is TOO_LARGE for that node. */
+    maxMessage: number,
+    budget: ReassemblyBudget,
   ) {
+    this.downloads = new Reassembly<RelayedCall>(maxMessage, budget);
     // A sub-call's callerId is its index in `calls`.
     this.calls = nodes.map((node, i) => new RelayedCall(this, i, node, method, timeout));
     this.entries = new Array<WireBroadcastEntry | undefined>(nodes.length);
@@ -56,24 +60,45 @@ export class Broadcast implements CallSink {
   }
 
   streamStart(call: RelayedCall, length: number): void {
-    if (this.entries[call.callerId] === undefined) this.downloads.start(call.callerId, length, call);
+    if (this.entries[call.callerId] !== undefined) return;
+    try {
+      this.downloads.start(call.callerId, length, call);
+    } catch (err) {
+      this.fail(call, err);
+    }
   }
 
   streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array, done: () => void): void {
     done();
+    if (this.entries[call.callerId] !== undefined) return;
     let whole;
     try {
       whole = this.downloads.add(call.callerId, bytes, final);
     } catch (err) {
-      this.complete(call, TunnelError.from(err).toWire(), null);
+      if (!final) this.fail(call, err);
+      else this.complete(call, TunnelError.from(err).toWire(), null);
       return;
     }
     if (whole) this.complete(call, null, whole.body);
   }
 
+  /** One node's result cannot be taken (too large, over the budget): that node is cancelled, its entry says why. */
+  private fail(call: RelayedCall, err: unknown): void {
+    call.node.abandon(call, true);
+    this.complete(call, TunnelError.from(err).toWire(), null);
+  }
+
+  /** Cancels the nodes whose streamed result stopped arriving for `idleMs`. */
+  expireIdle(idleMs: number, now: number): void {
+    for (const { owner: call } of this.downloads.expireIdle(idleMs, now)) {
+      this.fail(call, new TunnelError(ErrorCode.TIMEOUT, `the result of node ${call.node.name} stopped arriving for ${idleMs} ms`));
+    }
+  }
+
   /** The caller cancelled or left: stop waiting for the nodes that have not answered. */
   abandon(tellNodes: boolean): void {
     clearTimeout(this.timer);
+    this.downloads.clear();
     for (const call of this.calls) if (this.entries[call.callerId] === undefined) call.node.abandon(call, tellNodes);
   }
 
@@ -90,6 +115,7 @@ export class Broadcast implements CallSink {
   }
 
   private finish(): void {
+    this.downloads.clear();
     const entries = (this.entries as WireBroadcastEntry[]).sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
     this.owner.complete(this, null, encode(entries));
   }

@@ -4,6 +4,8 @@ import type { Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Kind, type Message, type NodeMeta } from '../wire/messages.js';
 import { RELAY_SERVICE } from '../wire/presence.js';
+import { methodProblem, NAME_LIMITS } from '../wire/bounds.js';
+import { UNKNOWN as UNKNOWN_METHOD } from './metrics.js';
 import { Broadcast } from './broadcast.js';
 import type { NodeDirectory } from './directory.js';
 import type { LoginFailures } from './limits.js';
@@ -11,7 +13,7 @@ import type { NodeLink } from './node-link.js';
 import type { Presence } from './presence.js';
 import { RelayedCall } from './relayed-call.js';
 import { parseWhere, selectorNamed, type Selector, type Where } from './selectors.js';
-import { Reassembly } from '../wire/streams.js';
+import { Reassembly, ReassemblyBudget } from '../wire/streams.js';
 
 /**
  * Where a caller's answers go: a WebSocket connection, one HTTP gateway request, or a connection on
@@ -29,8 +31,10 @@ export interface CallerOutput {
    */
   streamStart?(id: number, length: number): void;
   streamChunk?(id: number, final: boolean, bytes: Uint8Array, onSent: () => void): void;
-  /** Acknowledges the caller's own chunks once the relay has passed them on (flow control). */
-  acknowledge?(bytes: number, final: boolean): void;
+  /** Stops passing on a result stream that ended early (cancelled, expired, node lost). */
+  dropStream?(id: number): void;
+  /** Acknowledges the caller's own chunks of stream `id` once the relay has passed them on (flow control). */
+  acknowledge?(id: number, bytes: number): void;
   /** Ends the caller's connection, where it has one (too many failed Logins). */
   close?(code: number, reason: string): void;
 }
@@ -42,7 +46,12 @@ export interface CallerLimits {
   maxMessage: number;
   maxCallerInFlight: number;
   maxNodeInFlight: number;
+  /** Bytes of incomplete bodies the relay reassembles for one caller connection. */
+  maxReassembly: number;
 }
+
+/** Params of a call to the relay's own service are ignored; anything bigger than this is refused. */
+const RELAY_PARAMS_LIMIT = 64 * 1024;
 
 /** The relay's one timer for every call's deadline; only caller links schedule calls on it. */
 export function relayDeadlines(): DeadlineWheel<RelayedCall> {
@@ -68,10 +77,12 @@ export class CallerLink {
   private readonly inflight = new Map<number, RelayedCall | Broadcast>();
   private readonly nodesSeen = new Set<NodeLink>();
   private readonly affinity = new Map<string, NodeLink>();
-  /** Streamed requests the relay needs whole (broadcasts, the Relay service), by caller id. */
+  /** Streamed requests the relay needs whole (broadcasts), by caller id. */
   private readonly uploads: Reassembly<Extract<Message, { kind: 0 }>>;
   /** Streamed results for a transport that cannot pass chunks on, by caller id. */
   private readonly downloads: Reassembly<RelayedCall>;
+  /** What this connection's incomplete bodies may hold at the relay, together (uploads, downloads, broadcast results). */
+  readonly budget: ReassemblyBudget;
   /** Set when the relay is draining: new requests fail at once with GOING_AWAY. */
   goingAway: string | undefined;
 
@@ -88,8 +99,9 @@ export class CallerLink {
     private readonly observer?: CallObserver,
     private readonly logins?: LoginFailures,
   ) {
-    this.uploads = new Reassembly(limits.maxMessage);
-    this.downloads = new Reassembly(limits.maxMessage);
+    this.budget = new ReassemblyBudget(limits.maxReassembly, 'this caller connection');
+    this.uploads = new Reassembly(limits.maxMessage, this.budget);
+    this.downloads = new Reassembly(limits.maxMessage, this.budget);
   }
 
   get inFlight(): number {
@@ -129,10 +141,9 @@ export class CallerLink {
     if (this.goingAway !== undefined) {
       return this.reply(id, method, new TunnelError(ErrorCode.GOING_AWAY, `the relay is going away (${this.goingAway}) and takes no new calls; reconnect and call again`));
     }
+    const badName = methodProblem(method);
+    if (badName !== undefined) return this.reply(id, UNKNOWN_METHOD, new TunnelError(ErrorCode.BAD_REQUEST, badName));
     const dot = method.lastIndexOf('.');
-    if (dot <= 0 || dot === method.length - 1) {
-      return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, `method "${method}" must be Service.Method`));
-    }
     if (this.inflight.size + this.uploads.size >= this.limits.maxCallerInFlight) {
       return this.reply(id, method, new TunnelError(ErrorCode.OVERLOADED, `this connection already has ${this.inflight.size} calls in flight (the limit); wait for answers before sending more`));
     }
@@ -140,9 +151,12 @@ export class CallerLink {
     if (size > this.limits.maxMessage) {
       return this.reply(id, method, new TunnelError(ErrorCode.TOO_LARGE, `params of ${method} are ${size} bytes; this relay accepts at most ${this.limits.maxMessage}`));
     }
+    const service = method.slice(0, dot);
+    if (service === RELAY_SERVICE && size > RELAY_PARAMS_LIMIT) {
+      return this.reply(id, method, new TunnelError(ErrorCode.TOO_LARGE, `params of ${method} are ${size} bytes; the relay's own methods take at most ${RELAY_PARAMS_LIMIT}`));
+    }
     const refused = this.logins?.refuse(method);
     if (refused) return this.reply(id, method, refused);
-    const service = method.slice(0, dot);
     let timeout = this.limits.defaultTimeout;
     if (meta.timeout !== undefined) {
       if (typeof meta.timeout !== 'number' || !(meta.timeout > 0)) {
@@ -150,10 +164,10 @@ export class CallerLink {
       }
       timeout = Math.min(meta.timeout, this.limits.maxTimeout);
     }
-    if (meta.node !== undefined && typeof meta.node !== 'string') {
-      return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, 'metadata node must be a string'));
+    if (meta.node !== undefined && (typeof meta.node !== 'string' || meta.node.length > NAME_LIMITS.name)) {
+      return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, `metadata node must be a node name (a string of at most ${NAME_LIMITS.name} characters)`));
     }
-    if (m.stream > 0 && (service === RELAY_SERVICE || meta.broadcast === true)) {
+    if (m.stream > 0 && meta.broadcast === true) {
       try {
         this.uploads.start(id, m.stream, m);
       } catch (err) {
@@ -199,14 +213,14 @@ export class CallerLink {
   /** A chunk of a streamed request's params: passed on to the node, or kept until the body is whole. */
   private onChunk(m: Extract<Message, { kind: 8 }>): void {
     // The caller's window moves on once the chunk is written to the node, or now if it goes nowhere.
-    const done = () => this.out.acknowledge?.(m.bytes.length, m.final);
+    const done = () => this.out.acknowledge?.(m.id, m.bytes.length);
     if (this.uploads.has(m.id)) {
       done();
       let whole;
       try {
         whole = this.uploads.add(m.id, m.bytes, m.final);
       } catch (err) {
-        return this.reply(m.id, '(stream)', err as TunnelError);
+        return this.reply(m.id, UNKNOWN_METHOD, TunnelError.from(err));
       }
       if (whole) this.onRequest({ ...whole.owner, params: whole.body, stream: 0 });
       return;
@@ -240,13 +254,14 @@ export class CallerLink {
       this.complete(call, new TunnelError(ErrorCode.TOO_LARGE, message).toWire(), null);
       return;
     }
+    call.streaming = true;
     if (this.out.streamStart) this.out.streamStart(call.callerId, length);
     else {
       try {
         this.downloads.start(call.callerId, length, call);
       } catch (err) {
         call.abandon(true);
-        this.complete(call, (err as TunnelError).toWire(), null);
+        this.complete(call, TunnelError.from(err).toWire(), null);
       }
     }
   }
@@ -266,10 +281,27 @@ export class CallerLink {
     try {
       whole = this.downloads.add(call.callerId, bytes, final);
     } catch (err) {
-      this.complete(call, (err as TunnelError).toWire(), null);
+      // Over the budget, or chunks that do not add up: the node need not send the rest.
+      if (!final) call.abandon(true);
+      this.complete(call, TunnelError.from(err).toWire(), null);
       return;
     }
     if (whole) this.complete(call, null, whole.body);
+  }
+
+  /**
+   * Cancels the streams of this connection that stopped moving: broadcast uploads whose chunks stopped
+   * coming, and results the relay reassembles whose node stopped sending. Called now and then by the relay.
+   */
+  expireIdleStreams(idleMs: number, now = Date.now()): void {
+    for (const { id, owner } of this.uploads.expireIdle(idleMs, now)) {
+      this.reply(id, owner.method, new TunnelError(ErrorCode.TIMEOUT, `the streamed params of ${owner.method} stopped arriving for ${idleMs} ms; the call was dropped`));
+    }
+    for (const { owner: call } of this.downloads.expireIdle(idleMs, now)) {
+      call.abandon(true);
+      this.complete(call, new TunnelError(ErrorCode.TIMEOUT, `the result of ${call.method} stopped arriving from node ${call.node.name} for ${idleMs} ms`).toWire(), null);
+    }
+    for (const call of this.inflight.values()) if (call instanceof Broadcast) call.expireIdle(idleMs, now);
   }
 
   private broadcast(
@@ -290,7 +322,7 @@ export class CallerLink {
       return this.reply(id, method, err as TunnelError);
     }
     for (const node of nodes) this.nodesSeen.add(node);
-    const call = new Broadcast(this, id, method, nodeMeta.timeout, nodes);
+    const call = new Broadcast(this, id, method, nodeMeta.timeout, nodes, this.limits.maxMessage, this.budget);
     this.inflight.set(id, call);
     this.observer?.started(call);
     this.log.debug({ session: this.session, method, nodes: nodes.length }, 'broadcast');
@@ -312,6 +344,7 @@ export class CallerLink {
     if (this.inflight.get(call.callerId) !== call) return;
     this.inflight.delete(call.callerId);
     this.downloads.drop(call.callerId);
+    if (call instanceof RelayedCall && call.streaming) this.out.dropStream?.(call.callerId);
     if (result !== null && result.length > this.limits.maxMessage) {
       error = new TunnelError(ErrorCode.TOO_LARGE, `the result of ${call.method} is ${result.length} bytes; this relay passes at most ${this.limits.maxMessage}`).toWire();
     }

@@ -55,6 +55,7 @@ export class NodeLink {
     call.tunnelId = this.inflight.add(call);
     if (stream > 0) this.conn.send(request(call.tunnelId, call.method, null, { ...meta, stream }));
     else if (params.length > STREAM_THRESHOLD) {
+      call.uploading = true;
       this.conn.sendStream(request(call.tunnelId, call.method, null, { ...meta, stream: params.length }), call.tunnelId, params);
     } else this.conn.send(request(call.tunnelId, call.method, params, meta));
   }
@@ -67,7 +68,9 @@ export class NodeLink {
 
   /** Forgets a call (answered elsewhere, expired, or its caller left) and tells the node to stop it. */
   abandon(call: RelayedCall, tellNode: boolean): void {
-    if (this.inflight.take(call.tunnelId) === call && tellNode) this.conn.send(cancel(call.tunnelId));
+    if (this.inflight.take(call.tunnelId) !== call) return;
+    if (call.uploadLeft > 0 || call.uploading) this.conn.dropStream(call.tunnelId);
+    if (tellNode) this.conn.send(cancel(call.tunnelId));
   }
 
   closeSession(session: string): void {
@@ -89,7 +92,7 @@ export class NodeLink {
         return;
       }
       case Kind.CHUNK: {
-        const done = () => this.conn.acknowledge(m.bytes.length, m.final);
+        const done = () => this.conn.acknowledge(m.id, m.bytes.length);
         const call = m.final ? this.inflight.take(m.id) : this.inflight.get(m.id);
         if (!call) return done();
         if (m.final) this.served++;

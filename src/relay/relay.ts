@@ -8,7 +8,8 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import { ErrorCode, TunnelError } from '../errors.js';
-import { goaway, Kind, notify, PROTOCOL_VERSION, response, responseStream, welcome, type Hello, type Message } from '../wire/messages.js';
+import { goaway, Kind, notify, response, responseStream, SUPPORTED_VERSIONS, welcome, type Hello, type Message } from '../wire/messages.js';
+import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '../wire/bounds.js';
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { Authenticator, peerCertificate, type AuthOptions } from './auth.js';
 import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
@@ -69,8 +70,6 @@ const DEFAULTS = {
 /** Node names remembered to tell a reconnect from a first connection; more are not remembered. */
 const SEEN_NODES_LIMIT = 10_000;
 
-const NODE_NAME = /^[A-Za-z0-9][\w.-]{0,127}$/;
-
 /** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. */
 export interface GatewaySession {
   readonly link: CallerLink;
@@ -102,6 +101,9 @@ export class Relay extends EventEmitter {
   /** Sockets that sent a request or an upgrade: from there HTTP timeouts or the WebSocket's hello timer take over. */
   private readonly engaged = new WeakSet<object>();
   private readonly pruneTimer: NodeJS.Timeout;
+  private readonly streamTimer: NodeJS.Timeout;
+  /** Gateway sessions, which hold streams too. */
+  private readonly gatewayLinks = new Set<CallerLink>();
   private readonly wss: WebSocketServer;
   private readonly callers = new Set<CallerLink>();
   private readonly deadlines = relayDeadlines();
@@ -163,6 +165,8 @@ export class Relay extends EventEmitter {
     this.http.on('clientError', (_err, socket) => socket.destroy());
     this.pruneTimer = setInterval(() => this.addresses.prune(), Math.min(this.opts.loginFailureWindow, 60_000));
     this.pruneTimer.unref();
+    this.streamTimer = setInterval(() => this.expireIdleStreams(), Math.max(100, Math.min(this.opts.streamIdleTimeout / 2, 5_000)));
+    this.streamTimer.unref();
     this.admin?.on('clientError', (_err, socket) => socket.destroy());
   }
 
@@ -191,6 +195,7 @@ export class Relay extends EventEmitter {
   openGatewaySession(address: string, identity: string | null, transport: CallerOutput): GatewaySession {
     const link = this.newCallerLink('h', transport, address, identity, this.log);
     this.gatewayCallers++;
+    this.gatewayLinks.add(link);
     let open = true;
     return {
       link,
@@ -198,9 +203,17 @@ export class Relay extends EventEmitter {
         if (!open) return;
         open = false;
         this.gatewayCallers--;
+        this.gatewayLinks.delete(link);
         link.onClose();
       },
     };
+  }
+
+  /** Cancels streamed bodies that stopped moving (docs/PROTOCOL.md, "Limits"). */
+  private expireIdleStreams(): void {
+    const now = Date.now();
+    for (const link of this.callers) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
+    for (const link of this.gatewayLinks) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
   }
 
   /** Whether /readyz should answer 200, and if not, why. */
@@ -315,6 +328,7 @@ export class Relay extends EventEmitter {
     // let them leave before the close frames.
     await new Promise<void>((resolve) => setImmediate(resolve));
     clearInterval(this.pruneTimer);
+    clearInterval(this.streamTimer);
     this.auth.close();
     for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
     for (const ws of this.wss.clients) setTimeout(() => ws.terminate(), 1_000).unref();
@@ -415,7 +429,16 @@ export class Relay extends EventEmitter {
         },
       },
       // Chunks are acknowledged once passed on (caller-link.ts, node-link.ts): backpressure end to end.
-      { log, heartbeatTimeout: this.opts.heartbeatTimeout, maxFrame: frameLimit(this.opts.maxMessage), autoAck: false },
+      {
+        log,
+        heartbeatTimeout: this.opts.heartbeatTimeout,
+        maxFrame: frameLimit(this.opts.maxMessage),
+        autoAck: false,
+        maxBacklog: this.opts.maxBacklog,
+        slowConsumerTimeout: this.opts.slowConsumerTimeout,
+        maxFirstMessage: NAME_LIMITS.hello,
+        onSlowConsumer: () => this.metrics.slowConsumer('websocket'),
+      },
     );
     const timer = setTimeout(() => {
       if (settled) return;
@@ -430,10 +453,11 @@ export class Relay extends EventEmitter {
       return;
     }
     const h = m.hello;
-    if (h.version !== PROTOCOL_VERSION) {
-      this.reject(conn, CloseCode.VERSION, `protocol version ${h.version} is not supported; this relay speaks ${PROTOCOL_VERSION}`, 'version');
+    if (!SUPPORTED_VERSIONS.includes(h.version)) {
+      this.reject(conn, CloseCode.VERSION, `protocol version ${h.version} is not supported; this relay speaks ${SUPPORTED_VERSIONS.join(' and ')}`, 'version');
       return;
     }
+    conn.peerVersion = h.version;
     const token = h.token ?? bearerToken(req);
     if (h.role === 'node') {
       const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
@@ -453,13 +477,20 @@ export class Relay extends EventEmitter {
 
   private attachNode(conn: Connection, h: Hello, address: string, log: Logger): void {
     const name = h.name ?? '';
-    if (!NODE_NAME.test(name)) {
-      this.reject(conn, CloseCode.POLICY, 'node name must be 1-128 characters: letters, digits, _ . - (starting with a letter or digit)', 'bad_node_name');
+    const badName = nodeNameProblem(name);
+    if (badName !== undefined) {
+      this.reject(conn, CloseCode.POLICY, badName, 'bad_node_name');
       return;
     }
     const services = h.services ?? {};
     if (Object.keys(services).length === 0) {
       this.reject(conn, CloseCode.POLICY, 'a node must announce at least one service', 'no_services');
+      return;
+    }
+    const badHello = servicesProblem(services) ?? labelsProblem(h.labels ?? {}, 'hello.labels');
+    if (badHello !== undefined) {
+      log.warn({ node: name, reason: badHello }, 'refused node hello');
+      this.reject(conn, CloseCode.POLICY, badHello, 'bad_hello');
       return;
     }
     if (Object.hasOwn(services, RELAY_SERVICE)) {
@@ -487,7 +518,7 @@ export class Relay extends EventEmitter {
       old.conn.close(CloseCode.REPLACED, `replaced by a new connection for node ${name}`);
       this.presence.announce('leave', old);
     }
-    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, name, maxMessage: this.opts.maxMessage }));
+    conn.send(welcome({ version: conn.peerVersion, relay: RELAY_VERSION, name, maxMessage: this.opts.maxMessage }));
     log.info({ node: name, services: Object.keys(services), labels: link.labels }, 'node connected');
     this.presence.announce('join', link);
     this.emit('node', name);
@@ -502,7 +533,8 @@ export class Relay extends EventEmitter {
         notify: (method, params) => conn.send(notify(method, params)),
         streamStart: (id, length) => conn.send(responseStream(id, length)),
         streamChunk: (id, final, bytes, onSent) => conn.sendChunk(id, final, bytes, onSent),
-        acknowledge: (bytes, final) => conn.acknowledge(bytes, final),
+        dropStream: (id) => conn.dropStream(id),
+        acknowledge: (id, bytes) => conn.acknowledge(id, bytes),
         close: (code, reason) => conn.close(code, reason),
       },
       address,
@@ -516,7 +548,7 @@ export class Relay extends EventEmitter {
         log.debug({ session: link.session, code, reason }, 'caller disconnected');
       },
     });
-    conn.send(welcome({ version: PROTOCOL_VERSION, relay: RELAY_VERSION, session: link.session, maxMessage: this.opts.maxMessage }));
+    conn.send(welcome({ version: conn.peerVersion, relay: RELAY_VERSION, session: link.session, maxMessage: this.opts.maxMessage }));
     log.debug({ session: link.session, identity }, 'caller connected');
   }
 

@@ -24,6 +24,10 @@ export class RelayedCall implements Expiring {
   deadlineSlot = 0;
   /** Bytes of params the caller has still to send (streamed requests). */
   uploadLeft = 0;
+  /** The relay streams this call's params to the node itself (a whole body it cut into chunks). */
+  uploading = false;
+  /** The node answers with a stream, which the relay may be passing on. */
+  streaming = false;
   /** Monotonic and finer than a millisecond, for the latency histogram. */
   readonly started = performance.now();
 

@@ -1,8 +1,8 @@
 import type { WebSocket, RawData } from 'ws';
 import type { Logger } from '../util/logger.js';
 import { encode, decodeAll } from './codec.js';
-import { chunk, chunkAck, DEFAULT_MAX_FRAME, Kind, parse, response, ShapeError, type Message } from './messages.js';
-import { ACK_EVERY, CHUNK_SIZE, CHUNK_WINDOW } from './streams.js';
+import { chunk, chunkAck, chunkAckV1, DEFAULT_MAX_FRAME, Kind, parse, PROTOCOL_VERSION, response, ShapeError, type Message } from './messages.js';
+import { CHUNK_SIZE, CONNECTION_WINDOW, STREAM_WINDOW } from './streams.js';
 import { CloseCode, closeReason } from './close-codes.js';
 
 /**
@@ -11,6 +11,12 @@ import { CloseCode, closeReason } from './close-codes.js';
  * relayed calls/s than 256 KiB with 256 calls in flight.
  */
 export const COALESCE_LIMIT = 8 * 1024;
+
+/**
+ * Chunks handed to the socket and not yet reported written. Messages queued meanwhile go out before
+ * the next chunk, so a small call waits behind at most this many chunks in our own buffers.
+ */
+const CHUNKS_IN_SOCKET = 2;
 
 export interface ConnectionHandlers {
   message(msg: Message): void;
@@ -29,14 +35,42 @@ export interface ConnectionOptions {
    * filling the relay's memory.
    */
   autoAck?: boolean;
+  /**
+   * Bytes queued for the peer and not yet written to its socket (its backlog) before it counts as
+   * not reading, 0 for no limit (default). Above it, with {@link pauseWhenBacklogged}, the
+   * connection stops reading from the peer; a peer that stays above it for `slowConsumerTimeout`, or
+   * reaches twice it, is cut with 4008.
+   */
+  maxBacklog?: number;
+  /** ms a backlog may stay above `maxBacklog` (default 10 000). */
+  slowConsumerTimeout?: number;
+  /** Largest first message (the hello), bytes; bigger closes with 1009. Default: no separate limit. */
+  maxFirstMessage?: number;
+  /** Called once when the peer is cut as a slow consumer, before the close handler. */
+  onSlowConsumer?(backlog: number): void;
 }
 
-const BACKLOG_HIGH = 8 * 1024 * 1024;
-const BACKLOG_LOW = 1024 * 1024;
+/** One chunk waiting for its stream's window: `onSent` runs once it is handed to the socket, or dropped. */
+interface Queued {
+  final: boolean;
+  bytes: Uint8Array;
+  onSent: (() => void) | undefined;
+}
+
+/** A stream this side sends: chunks waiting for credit, and bytes sent that the peer has not acknowledged. */
+interface OutStream {
+  id: number;
+  unacked: number;
+  queue: Queued[];
+  head: number;
+  /** The final chunk was sent, or the stream was dropped: no more chunks will come. */
+  done: boolean;
+}
 
 /**
- * One WebSocket speaking our protocol, for every role. It owns the three things each role would
- * otherwise repeat: coalescing writes, decoding (with bad input answered, never thrown), heartbeats.
+ * One WebSocket speaking our protocol, for every role. It owns what each role would otherwise
+ * repeat: coalescing writes, decoding (bad input answered, never thrown), heartbeats, per-stream
+ * flow control of chunks, and the accounting of what waits to be written to the peer.
  *
  * Writes queued in the same event-loop turn leave as one WebSocket message: a relay forwarding many
  * small calls sends one frame per turn instead of one per call.
@@ -54,21 +88,45 @@ export class Connection {
   private badMessagesLogged = false;
   private terminateTimer: NodeJS.Timeout | undefined;
   private closed = false;
-  /** Chunks waiting to be written: [id, final, bytes, called once written (or dropped)]. */
-  private bulk: Array<[number, boolean, Uint8Array, (() => void) | undefined]> = [];
   private readonly autoAck: boolean;
   /**
-   * Stop reading from this peer while more than 8 MiB of our messages to it wait to be written, and
-   * read again below 1 MiB. The relay sets it on caller connections: a caller that does not read its
-   * answers can then not pile more work on the relay. Not on connections between relay and node,
-   * where both sides pausing at once could stall each other.
+   * The protocol version the peer speaks, once its hello (or our welcome) says so. Version 1 peers
+   * acknowledge chunks per connection (`[10, bytes]`) and are acknowledged the same way.
+   */
+  peerVersion = PROTOCOL_VERSION;
+  /**
+   * Stop reading from this peer while its backlog is above `maxBacklog`, and read again below an
+   * eighth of it. The relay sets it on caller connections: a caller that does not read its answers
+   * can then not pile more work on the relay. Not on connections between relay and node, where both
+   * sides pausing at once could stall each other; those are only cut.
    */
   pauseWhenBacklogged = false;
-  private bulkHead = 0;
-  /** Chunk bytes sent and not yet acknowledged by the peer (flow control, see CHUNK_WINDOW). */
+  private readonly maxBacklog: number;
+  private readonly slowConsumerTimeout: number;
+  private readonly onSlowConsumer: ((backlog: number) => void) | undefined;
+  private maxFirstMessage: number;
+  private overSince = 0;
+  private overTimer: NodeJS.Timeout | undefined;
+  private paused = false;
+
+  /** Streams we send, by id, kept until the peer has acknowledged all their bytes. */
+  private readonly out = new Map<number, OutStream>();
+  /** Streams with chunks waiting, served round-robin. */
+  private active: OutStream[] = [];
+  private cursor = 0;
+  /** Chunk bytes sent on every stream and not yet acknowledged. */
   private unacked = 0;
-  /** Chunk bytes received since our last acknowledgement. */
-  private toAck = 0;
+  /**
+   * Chunk bytes queued in `out` streams on behalf of another peer (a relay passing chunks on), not
+   * yet handed to the socket: held for this peer, so part of its backlog. Chunks of a body this side
+   * made itself are not: that body is in memory whatever the peer does, and bounded by the message limit.
+   */
+  private heldBytes = 0;
+  private chunksInSocket = 0;
+
+  /** Chunk bytes received per stream and not yet acknowledged by us; the peer may not exceed the windows. */
+  private readonly received = new Map<number, number>();
+  private receivedTotal = 0;
 
   constructor(ws: WebSocket, handlers: ConnectionHandlers, options: ConnectionOptions) {
     this.ws = ws;
@@ -76,6 +134,10 @@ export class Connection {
     this.log = options.log;
     this.maxFrame = options.maxFrame ?? DEFAULT_MAX_FRAME;
     this.autoAck = options.autoAck ?? true;
+    this.maxBacklog = options.maxBacklog ?? 0;
+    this.slowConsumerTimeout = options.slowConsumerTimeout ?? 10_000;
+    this.onSlowConsumer = options.onSlowConsumer;
+    this.maxFirstMessage = options.maxFirstMessage ?? 0;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
     ws.on('pong', () => {
@@ -90,9 +152,14 @@ export class Connection {
     return !this.closed && this.ws.readyState === this.ws.OPEN;
   }
 
-  /** Bytes queued here or in the socket but not yet written to the kernel. */
-  get bufferedAmount(): number {
+  /** Bytes handed to this connection and not yet written to the kernel: the peer is not reading them. */
+  get socketBacklog(): number {
     return this.queuedBytes + this.ws.bufferedAmount;
+  }
+
+  /** Every byte held for the peer: the socket backlog, and chunks passed on for it that wait for its window. */
+  get backlog(): number {
+    return this.socketBacklog + this.heldBytes;
   }
 
   setHandlers(handlers: ConnectionHandlers): void {
@@ -115,12 +182,13 @@ export class Connection {
   }
 
   /**
-   * Sends `head` now and `body` after it in chunks of id `id`. Chunks leave a few at a time, as the
-   * socket takes them, so that messages sent meanwhile go out between them.
+   * Sends `head` now and `body` after it in chunks of stream `id`. Chunks leave as the stream's and
+   * the connection's windows allow, and messages sent meanwhile go out between them.
    */
   sendStream(head: unknown[], id: number, body: Uint8Array | Uint8Array[]): void {
     if (!this.isOpen) return;
     this.send(head);
+    const stream = this.stream(id);
     const pieces = Array.isArray(body) ? body : [body];
     let total = 0;
     for (const p of pieces) total += p.length;
@@ -129,7 +197,7 @@ export class Connection {
     let size = 0;
     const cut = () => {
       sent += size;
-      this.bulk.push([id, sent === total, parts.length === 1 ? parts[0]! : Buffer.concat(parts, size), undefined]);
+      this.enqueue(stream, sent === total, parts.length === 1 ? parts[0]! : Buffer.concat(parts, size), undefined);
       parts = [];
       size = 0;
     };
@@ -142,47 +210,210 @@ export class Connection {
         if (size === CHUNK_SIZE) cut();
       }
     }
-    if (size > 0) cut();
+    if (size > 0 || total === 0) cut();
     this.pump();
   }
 
   /**
-   * Queues one chunk (a relay passing on a chunk it received); `onSent` runs once it is written, or
-   * at once if this connection is closed, so that the sender's window always moves on.
+   * Queues one chunk of stream `id` (a relay passing on a chunk it received); `onSent` runs once it
+   * is handed to the socket, or at once if this connection is closed, or when the stream is
+   * dropped, so that the sender's window always moves on.
    */
   sendChunk(id: number, final: boolean, bytes: Uint8Array, onSent?: () => void): void {
     if (!this.isOpen) {
       onSent?.();
       return;
     }
-    this.bulk.push([id, final, bytes, onSent]);
+    this.enqueue(this.stream(id), final, bytes, onSent);
     this.pump();
   }
 
-  /** Tells the peer that `bytes` of its chunks were consumed (see ConnectionOptions.autoAck). */
-  acknowledge(bytes: number, final: boolean): void {
-    this.toAck += bytes;
-    if (this.toAck >= ACK_EVERY || (final && this.toAck > 0)) {
-      this.send(chunkAck(this.toAck));
-      this.toAck = 0;
+  /**
+   * Stops sending stream `id`: chunks still queued are dropped (their `onSent` run). Bytes already
+   * sent stay counted until the peer acknowledges them, as it must.
+   */
+  dropStream(id: number): void {
+    const s = this.out.get(id);
+    if (!s) return;
+    const dropped = s.queue.slice(s.head);
+    if (dropped.length > 0) this.active.splice(this.active.indexOf(s), 1);
+    s.queue = [];
+    s.head = 0;
+    s.done = true;
+    for (const q of dropped) if (q.onSent) this.heldBytes -= q.bytes.length;
+    this.retire(s);
+    for (const q of dropped) q.onSent?.();
+  }
+
+  /**
+   * Tells the peer that `bytes` of its stream `id` were consumed (see ConnectionOptions.autoAck).
+   * Acknowledging 0 bytes sends nothing.
+   */
+  acknowledge(id: number, bytes: number): void {
+    const held = this.received.get(id);
+    if (held !== undefined) {
+      const left = held - bytes;
+      if (left > 0) this.received.set(id, left);
+      else this.received.delete(id);
+      this.receivedTotal -= Math.min(bytes, held);
+    }
+    if (bytes === 0 || !this.isOpen) return;
+    this.send(this.peerVersion >= 2 ? chunkAck(id, bytes) : chunkAckV1(bytes));
+  }
+
+  /** Sends what is queued, then closes with a code and a reason the peer can log. */
+  close(code: number = CloseCode.NORMAL, reason = ''): void {
+    if (this.closed) return;
+    this.flush();
+    this.closed = true;
+    this.stopHeartbeat();
+    clearTimeout(this.overTimer);
+    if (this.ws.readyState === this.ws.OPEN || this.ws.readyState === this.ws.CONNECTING) {
+      this.ws.close(code, closeReason(reason));
+      // A peer that never answers the close handshake must not hold the socket open.
+      this.terminateTimer = setTimeout(() => this.ws.terminate(), 5_000);
+      this.terminateTimer.unref();
     }
   }
 
+  /** Drops the socket without a close handshake (dead peer). */
+  terminate(): void {
+    this.closed = true;
+    this.stopHeartbeat();
+    clearTimeout(this.overTimer);
+    this.ws.terminate();
+  }
+
+  private stream(id: number): OutStream {
+    let s = this.out.get(id);
+    if (!s) {
+      s = { id, unacked: 0, queue: [], head: 0, done: false };
+      this.out.set(id, s);
+    }
+    // An id used again while the peer still owes acknowledgements of its last stream: one record.
+    s.done = false;
+    return s;
+  }
+
+  private enqueue(s: OutStream, final: boolean, bytes: Uint8Array, onSent: (() => void) | undefined): void {
+    if (s.head === s.queue.length) this.active.push(s);
+    s.queue.push({ final, bytes, onSent });
+    if (onSent) {
+      this.heldBytes += bytes.length;
+      this.checkBacklog();
+    }
+  }
+
+  /** Forgets a stream once it has nothing queued, will send nothing more, and the peer owes nothing. */
+  private retire(s: OutStream): void {
+    if (s.done && s.unacked === 0 && s.head === s.queue.length && this.out.get(s.id) === s) this.out.delete(s.id);
+  }
+
+  /** Hands the next chunks to the socket, round-robin over the streams with credit. */
   private readonly pump = (): void => {
-    while (this.unacked < CHUNK_WINDOW && this.bulkHead < this.bulk.length && this.ws.readyState === this.ws.OPEN) {
+    while (this.chunksInSocket < CHUNKS_IN_SOCKET && this.active.length > 0 && this.ws.readyState === this.ws.OPEN) {
+      const s = this.nextReady();
+      if (!s) break;
       // What was queued before this chunk leaves before it.
       this.flush();
-      const [id, final, bytes, onSent] = this.bulk[this.bulkHead]!;
-      this.bulk[this.bulkHead++] = undefined as unknown as (typeof this.bulk)[number];
-      this.unacked += bytes.length;
-      this.ws.send(encode(chunk(id, final, bytes)), { binary: true });
-      onSent?.();
+      const q = s.queue[s.head]!;
+      s.queue[s.head++] = undefined as unknown as Queued;
+      if (s.head === s.queue.length) {
+        s.queue = [];
+        s.head = 0;
+        this.active.splice(this.active.indexOf(s), 1);
+      }
+      if (q.onSent) this.heldBytes -= q.bytes.length;
+      s.unacked += q.bytes.length;
+      this.unacked += q.bytes.length;
+      if (q.final) s.done = true;
+      this.chunksInSocket++;
+      this.ws.send(encode(chunk(s.id, q.final, q.bytes)), { binary: true }, this.chunkWritten);
+      q.onSent?.();
+      this.retire(s);
     }
-    if (this.bulkHead === this.bulk.length) {
-      this.bulk = [];
-      this.bulkHead = 0;
-    }
+    this.checkBacklog();
   };
+
+  /** The next stream in turn whose first queued chunk fits in its window and the connection's. */
+  private nextReady(): OutStream | undefined {
+    const n = this.active.length;
+    for (let i = 0; i < n; i++) {
+      const at = (this.cursor + i) % n;
+      const s = this.active[at]!;
+      const size = s.queue[s.head]!.bytes.length;
+      // A stream with nothing outstanding may always send one chunk, so that no chunk size can stall it.
+      if (s.unacked > 0 && s.unacked + size > STREAM_WINDOW) continue;
+      if (this.unacked > 0 && this.unacked + size > CONNECTION_WINDOW) return undefined;
+      this.cursor = at + 1;
+      return s;
+    }
+    return undefined;
+  }
+
+  private readonly chunkWritten = (): void => {
+    this.chunksInSocket--;
+    this.pump();
+  };
+
+  /** The peer acknowledged chunk bytes; more than it was sent is a protocol error. */
+  private onAck(id: number | undefined, bytes: number): void {
+    if (bytes === 0) return;
+    if (id === undefined) return this.onConnectionAck(bytes);
+    const s = this.out.get(id);
+    if (!s) return; // a stream we no longer track; nothing was owed
+    if (bytes > s.unacked) {
+      this.protocolError(`acknowledgement of ${bytes} bytes of stream ${id}, which has ${s.unacked} bytes unacknowledged`);
+      return;
+    }
+    s.unacked -= bytes;
+    this.unacked -= bytes;
+    this.retire(s);
+    this.pump();
+  }
+
+  /** A version 1 acknowledgement counts for the whole connection: oldest streams first. */
+  private onConnectionAck(bytes: number): void {
+    if (bytes > this.unacked) {
+      this.protocolError(`acknowledgement of ${bytes} bytes, but only ${this.unacked} bytes of chunks are unacknowledged`);
+      return;
+    }
+    this.unacked -= bytes;
+    let left = bytes;
+    for (const s of this.out.values()) {
+      const take = Math.min(left, s.unacked);
+      s.unacked -= take;
+      left -= take;
+      this.retire(s);
+      if (left === 0) break;
+    }
+    this.pump();
+  }
+
+  /** A chunk arrived: it must fit in the peer's windows, which bound what we hold for it. */
+  private onChunkIn(id: number, bytes: number): boolean {
+    if (bytes > CHUNK_SIZE) {
+      this.protocolError(`chunk of ${bytes} bytes; chunks are at most ${CHUNK_SIZE}`);
+      return false;
+    }
+    const held = (this.received.get(id) ?? 0) + bytes;
+    if (this.peerVersion >= 2 && held > STREAM_WINDOW) {
+      this.protocolError(`stream ${id} sent ${held} bytes without acknowledgement; the stream window is ${STREAM_WINDOW}`);
+      return false;
+    }
+    if (this.receivedTotal + bytes > CONNECTION_WINDOW) {
+      this.protocolError(`${this.receivedTotal + bytes} chunk bytes sent without acknowledgement; the connection window is ${CONNECTION_WINDOW}`);
+      return false;
+    }
+    if (bytes > 0) this.received.set(id, held);
+    this.receivedTotal += bytes;
+    return true;
+  }
+
+  private protocolError(reason: string): void {
+    this.log.warn({ reason }, 'closing connection after a flow-control error');
+    this.close(CloseCode.PROTOCOL_ERROR, `protocol error: ${reason}`);
+  }
 
   private readonly scheduledFlush = (): void => {
     this.flushScheduled = false;
@@ -198,58 +429,80 @@ export class Connection {
     if (this.ws.readyState !== this.ws.OPEN) return;
     if (total <= this.maxFrame) {
       this.write(queue.length === 1 ? queue[0]! : Buffer.concat(queue, total));
-      return;
-    }
-    // Coalescing must not build a message bigger than the peer accepts: split between values.
-    let batch: Buffer[] = [];
-    let bytes = 0;
-    for (const b of queue) {
-      if (bytes > 0 && bytes + b.length > this.maxFrame) {
-        this.write(Buffer.concat(batch, bytes));
-        batch = [];
-        bytes = 0;
+    } else {
+      // Coalescing must not build a message bigger than the peer accepts: split between values.
+      let batch: Buffer[] = [];
+      let bytes = 0;
+      for (const b of queue) {
+        if (bytes > 0 && bytes + b.length > this.maxFrame) {
+          this.write(Buffer.concat(batch, bytes));
+          batch = [];
+          bytes = 0;
+        }
+        batch.push(b);
+        bytes += b.length;
       }
-      batch.push(b);
-      bytes += b.length;
+      this.write(Buffer.concat(batch, bytes));
     }
-    this.write(Buffer.concat(batch, bytes));
+    this.checkBacklog();
   };
 
   private write(data: Buffer): void {
-    if (!this.pauseWhenBacklogged) {
-      this.ws.send(data, { binary: true });
-      return;
-    }
-    this.ws.send(data, { binary: true }, this.written);
-    if (!this.ws.isPaused && this.ws.bufferedAmount > BACKLOG_HIGH) {
-      this.log.warn({ bufferedBytes: this.ws.bufferedAmount }, 'peer is not reading its messages; not reading from it until it does');
-      this.ws.pause();
-    }
+    if (this.maxBacklog === 0) this.ws.send(data, { binary: true });
+    else this.ws.send(data, { binary: true }, this.written);
   }
 
   private readonly written = (): void => {
-    if (this.ws.isPaused && this.ws.bufferedAmount < BACKLOG_LOW && !this.closed) this.ws.resume();
+    if (this.paused || this.overSince !== 0) this.checkBacklog();
   };
 
-  /** Sends what is queued, then closes with a code and a reason the peer can log. */
-  close(code: number = CloseCode.NORMAL, reason = ''): void {
-    if (this.closed) return;
-    this.flush();
-    this.closed = true;
-    this.stopHeartbeat();
-    if (this.ws.readyState === this.ws.OPEN || this.ws.readyState === this.ws.CONNECTING) {
-      this.ws.close(code, closeReason(reason));
-      // A peer that never answers the close handshake must not hold the socket open.
-      this.terminateTimer = setTimeout(() => this.ws.terminate(), 5_000);
-      this.terminateTimer.unref();
+  /**
+   * Every byte held for the peer is charged to it: over `maxBacklog` we stop reading it (callers),
+   * and a peer that stays over it is cut, at once when twice as much waits in its socket. Cheap
+   * enough to run on every write.
+   */
+  private checkBacklog(): void {
+    if (this.maxBacklog === 0 || this.closed) return;
+    const socket = this.socketBacklog;
+    if (socket >= 2 * this.maxBacklog) return this.cutSlowConsumer(socket);
+    const backlog = socket + this.heldBytes;
+    if (backlog > this.maxBacklog) {
+      if (this.overSince === 0) {
+        this.overSince = Date.now();
+        this.overTimer = setTimeout(() => this.checkBacklog(), this.slowConsumerTimeout + 10);
+        this.overTimer.unref();
+        if (this.pauseWhenBacklogged && !this.paused) {
+          this.paused = true;
+          this.ws.pause();
+          this.log.warn({ backlogBytes: backlog, limit: this.maxBacklog }, 'peer is not reading its messages; not reading from it until it does');
+        }
+      } else if (Date.now() - this.overSince >= this.slowConsumerTimeout) {
+        this.cutSlowConsumer(backlog);
+      }
+      return;
+    }
+    if (this.overSince !== 0) {
+      this.overSince = 0;
+      clearTimeout(this.overTimer);
+    }
+    if (this.paused && backlog <= this.maxBacklog / 8) {
+      this.paused = false;
+      this.ws.resume();
     }
   }
 
-  /** Drops the socket without a close handshake (dead peer). */
-  terminate(): void {
-    this.closed = true;
-    this.stopHeartbeat();
-    this.ws.terminate();
+  /** Cuts a peer that does not read: what is queued for it is dropped with the connection. */
+  private cutSlowConsumer(backlog: number): void {
+    const reason = `slow consumer: ${backlog} bytes waited to be written to this connection (limit ${this.maxBacklog}); read your messages`;
+    this.log.warn({ backlogBytes: backlog, limit: this.maxBacklog }, 'slow consumer: closing connection');
+    this.onSlowConsumer?.(backlog);
+    this.queue = [];
+    this.queuedBytes = 0;
+    this.close(CloseCode.SLOW_CONSUMER, reason);
+    // The close frame waits behind the backlog the peer does not read: do not hold it for long.
+    clearTimeout(this.terminateTimer);
+    this.terminateTimer = setTimeout(() => this.ws.terminate(), 1_000);
+    this.terminateTimer.unref();
   }
 
   private onMessage(data: RawData, isBinary: boolean): void {
@@ -258,6 +511,16 @@ export class Connection {
     if (!isBinary) {
       this.close(CloseCode.UNSUPPORTED_DATA, 'text frames are not accepted: send binary MessagePack');
       return;
+    }
+    if (this.maxFirstMessage > 0) {
+      const size = (data as Buffer).length;
+      const limit = this.maxFirstMessage;
+      this.maxFirstMessage = 0;
+      if (size > limit) {
+        this.log.warn({ bytes: size, limit }, 'closing connection after an oversized hello');
+        this.close(CloseCode.TOO_LARGE, `the hello is ${size} bytes; at most ${limit}`);
+        return;
+      }
     }
     let values: unknown[];
     try {
@@ -278,11 +541,13 @@ export class Connection {
         continue;
       }
       if (msg.kind === Kind.CHUNK_ACK) {
-        this.unacked = Math.max(0, this.unacked - msg.bytes);
-        this.pump();
+        this.onAck(msg.id, msg.bytes);
         continue;
       }
-      if (msg.kind === Kind.CHUNK && this.autoAck) this.acknowledge(msg.bytes.length, msg.final);
+      if (msg.kind === Kind.CHUNK) {
+        if (!this.onChunkIn(msg.id, msg.bytes.length)) return;
+        if (this.autoAck) this.acknowledge(msg.id, msg.bytes.length);
+      }
       try {
         this.handlers.message(msg);
       } catch (err) {
@@ -309,14 +574,19 @@ export class Connection {
     this.closed = true;
     // Under a flood of bad connections a pending timer would keep each closed socket alive for seconds.
     clearTimeout(this.terminateTimer);
+    clearTimeout(this.overTimer);
     this.stopHeartbeat();
     this.queue = [];
     this.queuedBytes = 0;
     // Chunks that will never be written still release whoever waits to acknowledge them upstream.
-    const dropped = this.bulk.slice(this.bulkHead);
-    this.bulk = [];
-    this.bulkHead = 0;
-    for (const entry of dropped) entry[3]?.();
+    const dropped: Queued[] = [];
+    for (const s of this.active) dropped.push(...s.queue.slice(s.head));
+    this.active = [];
+    this.out.clear();
+    this.heldBytes = 0;
+    this.received.clear();
+    this.receivedTotal = 0;
+    for (const q of dropped) q.onSent?.();
     this.handlers.close(code, reason);
   }
 

@@ -19,7 +19,15 @@ export const Kind = {
   CHUNK_ACK: 10,
 } as const;
 
-export const PROTOCOL_VERSION = 1;
+/**
+ * The protocol version our peers speak. Version 2 made chunk acknowledgements name their stream
+ * (`[10, id, bytes]`, per-stream flow control); a relay still accepts version 1 peers for this
+ * release and acknowledges their chunks the old way (`[10, bytes]`).
+ */
+export const PROTOCOL_VERSION = 2;
+
+/** Versions a relay accepts in a hello. */
+export const SUPPORTED_VERSIONS: readonly number[] = [1, 2];
 
 /** In a hello's method list: the node takes any method of that service (a forwarded service). */
 export const ANY_METHOD = '*';
@@ -72,6 +80,11 @@ export interface Hello {
   services?: ServiceDescription;
   labels?: Record<string, string>;
   token?: string;
+  /**
+   * Random id of the node process, the same on every reconnect of that process: the relay tells a
+   * reconnect of the same node (replace the old connection) from another process claiming its name.
+   */
+  instance?: string;
 }
 
 export interface Welcome {
@@ -98,7 +111,8 @@ export type Message =
   | { kind: typeof Kind.GOAWAY; reason: string }
   | { kind: typeof Kind.CHUNK; id: number; final: boolean; bytes: Uint8Array }
   | { kind: typeof Kind.RESPONSE_STREAM; id: number; length: number }
-  | { kind: typeof Kind.CHUNK_ACK; bytes: number };
+  /** `id` undefined: a version 1 acknowledgement, for the whole connection. */
+  | { kind: typeof Kind.CHUNK_ACK; id: number | undefined; bytes: number };
 
 export const request = (id: number, method: string, params: Uint8Array | null, meta: object) =>
   [Kind.REQUEST, id, method, params, meta];
@@ -112,7 +126,9 @@ export const sessionClosed = (session: string) => [Kind.SESSION_CLOSED, session]
 export const goaway = (reason: string) => [Kind.GOAWAY, reason];
 export const chunk = (id: number, final: boolean, bytes: Uint8Array) => [Kind.CHUNK, id, final, bytes];
 export const responseStream = (id: number, length: number) => [Kind.RESPONSE_STREAM, id, length];
-export const chunkAck = (bytes: number) => [Kind.CHUNK_ACK, bytes];
+export const chunkAck = (id: number, bytes: number) => [Kind.CHUNK_ACK, id, bytes];
+/** The version 1 form, for peers that said version 1 in their hello. */
+export const chunkAckV1 = (bytes: number) => [Kind.CHUNK_ACK, bytes];
 
 const EMPTY = new Uint8Array(0);
 
@@ -132,6 +148,7 @@ export class ShapeError extends TunnelError {
 const isId = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_ID;
 const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
 const isLength = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 const isMap = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
 
@@ -187,6 +204,9 @@ export function parse(v: unknown): Message {
       if (h.role !== 'node' && h.role !== 'caller') throw new ShapeError('hello.role must be "node" or "caller"', undefined);
       if (h.name !== undefined && typeof h.name !== 'string') throw new ShapeError('hello.name must be a string', undefined);
       if (h.token !== undefined && typeof h.token !== 'string') throw new ShapeError('hello.token must be a string', undefined);
+      if (h.instance !== undefined && (typeof h.instance !== 'string' || h.instance.length === 0 || h.instance.length > 64)) {
+        throw new ShapeError('hello.instance must be a string of 1-64 characters', undefined);
+      }
       if (h.services !== undefined && !isServices(h.services)) {
         throw new ShapeError('hello.services must map service names to arrays of method names', undefined);
       }
@@ -211,8 +231,9 @@ export function parse(v: unknown): Message {
       if (v.length !== 3 || !isId(v[1]) || !isLength(v[2])) throw new ShapeError('response stream is [9, id, length]', undefined);
       return { kind, id: v[1], length: v[2] };
     case Kind.CHUNK_ACK:
-      if (v.length !== 2 || !isLength(v[1])) throw new ShapeError('chunk acknowledgement is [10, bytes]', undefined);
-      return { kind, bytes: v[1] };
+      if (v.length === 3 && isId(v[1]) && isCount(v[2])) return { kind, id: v[1], bytes: v[2] };
+      if (v.length === 2 && isCount(v[1])) return { kind, id: undefined, bytes: v[1] };
+      throw new ShapeError('chunk acknowledgement is [10, id, bytes]: a stream id and a byte count', undefined);
     default:
       throw new ShapeError(`unknown message kind ${String(kind)}`, undefined);
   }

@@ -1,0 +1,290 @@
+import { ErrorCode, TunnelError } from '../errors.js';
+import { decodeParams, join, piecesLength, resultPieces, type Pieces } from '../rpc/body.js';
+import { Cancellation } from '../rpc/cancellation.js';
+import type { CallContext } from '../rpc/context.js';
+import type { DeadlineWheel, Expiring } from '../rpc/deadlines.js';
+import { invoke, type ServiceRegistry } from '../rpc/registry.js';
+import type { Session } from '../rpc/session.js';
+import type { Logger } from '../util/logger.js';
+import type { Connection } from '../wire/connection.js';
+import { Kind, response, responseStream, type Message } from '../wire/messages.js';
+import { Reassembly, ReassemblyBudget, STREAM_THRESHOLD } from '../wire/streams.js';
+import type { ForwardedService } from './forward.js';
+import type { SessionTable } from './sessions.js';
+
+type Request = Extract<Message, { kind: 0 }>;
+
+/** What every dispatcher of one node shares: the services, the deadline wheel, the limits. */
+export interface DispatchHost {
+  readonly name: string;
+  readonly log: Logger;
+  readonly services: ServiceRegistry;
+  readonly forwarded: ReadonlyMap<string, ForwardedService>;
+  readonly deadlines: DeadlineWheel<RunningCall>;
+  readonly defaultTimeout: number;
+  /** Largest params accepted, bytes. */
+  readonly maxMessage: number;
+  /** Bytes of incomplete streamed params one caller session may hold on this node. */
+  readonly maxReassembly: number;
+  /** A handler finished (the node counts what still runs, for drain). */
+  callFinished(): void;
+}
+
+/** One handler running on the node, on behalf of one request of one connection. */
+export class RunningCall extends Cancellation implements Expiring {
+  deadlineSlot = 0;
+  /** The error answer was already sent (a direct caller's cancel or deadline). */
+  answered = false;
+
+  constructor(
+    readonly dispatcher: Dispatcher,
+    readonly id: number,
+    readonly method: string,
+    readonly session: Session,
+    readonly timeout: number,
+  ) {
+    super();
+  }
+}
+
+/** The handler's view of a running call; `signal` is made on first use (see Cancellation). */
+class HandlerContext implements CallContext {
+  constructor(
+    private readonly call: RunningCall,
+    readonly caller: CallContext['caller'],
+    readonly node: string,
+    readonly deadline: number,
+    readonly log: Logger,
+  ) {}
+
+  get session(): Session {
+    return this.call.session;
+  }
+
+  get method(): string {
+    return this.call.method;
+  }
+
+  get signal(): AbortSignal {
+    return this.call.signal;
+  }
+}
+
+/**
+ * The calls of one connection a node serves (its tunnel to a relay, or one direct caller): requests
+ * and their streamed params, cancels, closed sessions, and the answers. Request ids are the
+ * connection's own, so each connection has its dispatcher and no id is shared between them.
+ */
+export class Dispatcher {
+  readonly running = new Map<number, RunningCall>();
+  private readonly uploads: Reassembly<{ head: Request; session: string }>;
+  private readonly budget: ReassemblyBudget;
+  private readonly sessionBudgets = new Map<string, ReassemblyBudget>();
+  /** Largest result the peer said it accepts (the relay's welcome), bytes. */
+  peerMaxMessage = Infinity;
+
+  constructor(
+    private readonly host: DispatchHost,
+    readonly conn: Connection,
+    readonly sessions: SessionTable,
+    /**
+     * Answer cancels and deadlines ourselves (a direct caller, who has no relay to do it); through a
+     * relay the relay answers the caller and the node stays silent.
+     */
+    private readonly answersCancels: boolean,
+    /** Fills in what the relay would have said about the caller (a direct connection). */
+    private readonly localMeta?: (meta: Record<string, unknown>) => Record<string, unknown>,
+  ) {
+    // Several caller sessions share one tunnel: each has its own budget, all of them this one.
+    this.budget = new ReassemblyBudget(8 * host.maxReassembly, 'this node connection');
+    this.uploads = new Reassembly(host.maxMessage, this.budget);
+  }
+
+  get size(): number {
+    return this.running.size;
+  }
+
+  onMessage(m: Message): void {
+    switch (m.kind) {
+      case Kind.REQUEST:
+        return this.receiveRequest(this.localMeta ? { ...m, meta: this.localMeta(m.meta) } : m);
+      case Kind.CHUNK:
+        return this.receiveChunk(m);
+      case Kind.CANCEL:
+        return this.cancel(m.id);
+      case Kind.SESSION_CLOSED:
+        return this.closeSession(m.session);
+      default:
+        this.host.log.debug({ kind: m.kind }, 'ignoring message not meant for a node');
+    }
+  }
+
+  /** The caller cancelled request `id`: abort its handler, drop its upload, stop its result stream. */
+  cancel(id: number): void {
+    const upload = this.uploads.drop(id);
+    this.conn.dropStream(id);
+    const call = this.running.get(id);
+    if (call) {
+      this.host.log.debug({ method: call.method, session: call.session.id }, 'call cancelled');
+      this.abortCall(call, new TunnelError(ErrorCode.CANCELLED, `${call.method} was cancelled by the caller`));
+    } else if (upload && this.answersCancels) {
+      this.conn.send(response(id, new TunnelError(ErrorCode.CANCELLED, `${upload.head.method} was cancelled by the caller`).toWire(), null));
+    }
+  }
+
+  /** The deadline passed (the node's copy of it). */
+  expire(call: RunningCall): void {
+    this.abortCall(call, new TunnelError(ErrorCode.TIMEOUT, `${call.method} passed its deadline of ${call.timeout} ms`));
+  }
+
+  private abortCall(call: RunningCall, reason: TunnelError): void {
+    call.abort(reason);
+    if (!this.answersCancels || call.answered) return;
+    call.answered = true;
+    this.conn.send(response(call.id, reason.toWire(), null));
+  }
+
+  /** The caller disconnected: its handlers are aborted, its uploads and state dropped. */
+  closeSession(session: string): void {
+    let aborted = 0;
+    for (const call of this.running.values()) if (call.session.id === session) aborted++;
+    this.uploads.dropWhere((u) => u.session === session);
+    this.sessionBudgets.delete(session);
+    if (this.sessions.close(session)) this.host.log.debug({ session, abortedCalls: aborted }, 'session closed');
+  }
+
+  /** Cancels uploads that stopped moving; the caller is told why. */
+  expireIdleUploads(idleMs: number, now = Date.now()): void {
+    for (const { id, owner } of this.uploads.expireIdle(idleMs, now)) {
+      this.conn.send(response(id, new TunnelError(ErrorCode.TIMEOUT, `the streamed params of ${owner.head.method} stopped arriving for ${idleMs} ms; the call was dropped`).toWire(), null));
+    }
+  }
+
+  /** Aborts and forgets every call of this connection (it closed, or the node stops). */
+  drop(reason: TunnelError): void {
+    this.uploads.clear();
+    this.sessionBudgets.clear();
+    for (const call of this.running.values()) {
+      this.host.deadlines.remove(call);
+      call.abort(reason);
+    }
+    const had = this.running.size;
+    this.running.clear();
+    if (had > 0) this.host.callFinished();
+  }
+
+  /** A request whose params arrive in chunks waits in `uploads` until the last one. */
+  private receiveRequest(m: Request): void {
+    if (m.stream === 0) return this.run(m);
+    const session = sessionOf(m);
+    try {
+      this.uploads.start(m.id, m.stream, { head: m, session }, this.sessionBudget(session));
+    } catch (err) {
+      this.conn.send(response(m.id, TunnelError.from(err).toWire(), null));
+    }
+  }
+
+  private sessionBudget(session: string): ReassemblyBudget {
+    let b = this.sessionBudgets.get(session);
+    if (!b) {
+      b = new ReassemblyBudget(this.host.maxReassembly, 'this caller session', this.budget);
+      this.sessionBudgets.set(session, b);
+    }
+    return b;
+  }
+
+  private receiveChunk(m: Extract<Message, { kind: 8 }>): void {
+    let whole;
+    try {
+      whole = this.uploads.add(m.id, m.bytes, m.final);
+    } catch (err) {
+      this.conn.send(response(m.id, TunnelError.from(err).toWire(), null));
+      return;
+    }
+    if (whole) this.run({ ...whole.owner.head, params: whole.body, stream: 0 });
+  }
+
+  private run(m: Request): void {
+    const { id, method, meta } = m;
+    const dot = method.lastIndexOf('.');
+    // Both kinds of service end in encoded bytes: a forwarded one passes the params and result through.
+    let work: (ctx: CallContext) => Promise<Uint8Array | Pieces>;
+    try {
+      if (dot <= 0) throw new TunnelError(ErrorCode.BAD_REQUEST, `method "${method}" must be Service.Method`);
+      const forwarded = this.host.forwarded.get(method.slice(0, dot));
+      if (forwarded) {
+        work = (ctx) => forwarded.call(method, m.params, ctx);
+      } else {
+        const entry = this.host.services.lookup(method.slice(0, dot), method.slice(dot + 1));
+        const args = decodeParams(m.params);
+        work = async (ctx) => encodeReturned(method, await invoke(entry, args, ctx));
+      }
+    } catch (err) {
+      this.conn.send(response(id, TunnelError.from(err).toWire(), null));
+      return;
+    }
+    if (this.running.has(id)) {
+      this.conn.send(response(id, new TunnelError(ErrorCode.BAD_REQUEST, `request id ${id} is already running`).toWire(), null));
+      return;
+    }
+    const timeout = typeof meta.timeout === 'number' && meta.timeout > 0 ? meta.timeout : this.host.defaultTimeout;
+    const session = this.sessions.get(sessionOf(m));
+    const call = new RunningCall(this, id, method, session, timeout);
+    this.running.set(id, call);
+    this.host.deadlines.add(call, timeout);
+    session.track(call);
+    const caller = {
+      address: typeof meta.address === 'string' ? meta.address : 'unknown',
+      identity: typeof meta.identity === 'string' ? meta.identity : null,
+    };
+    const ctx = new HandlerContext(call, caller, this.host.name, Date.now() + timeout, this.host.log);
+    work(ctx).then(
+      (result) => this.finish(call, undefined, result),
+      (err) => this.finish(call, err, undefined),
+    );
+  }
+
+  private finish(call: RunningCall, err: unknown, result: Uint8Array | Pieces | undefined): void {
+    this.host.deadlines.remove(call);
+    call.session.untrack(call);
+    const mine = this.running.get(call.id) === call;
+    if (mine) this.running.delete(call.id);
+    this.answer(call, err, result);
+    if (mine) this.host.callFinished();
+  }
+
+  private answer(call: RunningCall, err: unknown, result: Uint8Array | Pieces | undefined): void {
+    // Cancelled, timed out, or the connection is gone: nobody is waiting for this answer.
+    if (call.aborted || !this.conn.isOpen) return;
+    if (err !== undefined) {
+      const error = TunnelError.from(err);
+      if (error.code === ErrorCode.APP_ERROR && !(err instanceof TunnelError)) {
+        this.host.log.debug({ method: call.method, err: error.message }, 'handler threw');
+      }
+      this.conn.send(response(call.id, error.toWire(), null));
+      return;
+    }
+    const pieces = Array.isArray(result) ? result : [result!];
+    const length = piecesLength(pieces);
+    if (length > this.peerMaxMessage) {
+      this.host.log.warn({ method: call.method, bytes: length, limit: this.peerMaxMessage }, 'result too large for the relay');
+      const message = `the result of ${call.method} is ${length} bytes; the relay passes at most ${this.peerMaxMessage}`;
+      this.conn.send(response(call.id, new TunnelError(ErrorCode.TOO_LARGE, message).toWire(), null));
+      return;
+    }
+    if (length > STREAM_THRESHOLD) this.conn.sendStream(responseStream(call.id, length), call.id, pieces);
+    else this.conn.send(response(call.id, null, join(pieces)));
+  }
+}
+
+function sessionOf(m: Request): string {
+  return typeof m.meta.session === 'string' ? m.meta.session : `anonymous-${m.id}`;
+}
+
+function encodeReturned(method: string, value: unknown): Pieces {
+  try {
+    return resultPieces(value);
+  } catch (e) {
+    throw new TunnelError(ErrorCode.APP_ERROR, `${method} returned a value that cannot be encoded: ${(e as Error).message}`);
+  }
+}
