@@ -3,7 +3,7 @@ import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
+import { listenAddress, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
@@ -140,6 +140,8 @@ export class Relay extends EventEmitter {
     }
     this.directory.selector = selectorNamed(this.opts.selector);
     checkLimits(pickLimits(this.opts));
+    listenAddress(this.opts.listen, 'Relay option listen');
+    if (this.opts.adminListen !== undefined) listenAddress(this.opts.adminListen, 'Relay option adminListen');
     this.log = options.log ?? silentLogger;
     this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
     this.addresses = new AddressTable(this.opts);
