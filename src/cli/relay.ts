@@ -3,6 +3,7 @@ import { MsgpackRpcPort } from '../relay/msgpack-rpc-port.js';
 import { Relay } from '../relay/relay.js';
 import { SELECTORS, type SelectorName } from '../relay/selectors.js';
 import { LIMIT_DEFAULTS } from '../relay/limits.js';
+import { BrowserPolicy } from '../relay/browser-policy.js';
 import { listenAddress } from '../util/address.js';
 import { parseDuration, parseSize } from '../util/units.js';
 import { command, parse, logger, onShutdown, PRECEDENCE, usageError } from './common.js';
@@ -22,6 +23,8 @@ const argv = await parse(
   .option('require-service', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node serves this service (repeatable)' })
   .option('drain-timeout', { type: 'string', default: '30s', describe: 'On SIGINT/SIGTERM, how long calls in flight may take to finish before the relay closes (a second signal exits at once)' })
   .option('msgpack-rpc-listen', { type: 'string', describe: 'Also open a MessagePack-RPC port at this address (same forms as --listen) for existing msgpack-rpc clients such as Go net/rpc with ugorji\'s MsgpackSpecRpc (off unless given; see docs/PROTOCOL.md)' })
+  .option('allow-origin', { type: 'string', array: true, nargs: 1, describe: 'Web pages from this origin (scheme://host[:port]) may open WebSockets and call the gateway, with CORS; * allows any (repeatable). Requests with another Origin header get 403; clients that send none (tunnel-call, curl, Go, Python) are not affected' })
+  .option('allow-host', { type: 'string', array: true, nargs: 1, describe: 'Accept this Host header name (repeatable). On a loopback --listen only localhost, 127.x.x.x and [::1] are accepted otherwise (DNS rebinding); elsewhere Host is checked only when this is given' })
   .option('tls-cert', { type: 'string', describe: 'PEM certificate (full chain) of the relay; with --tls-key the relay serves wss://' })
   .option('tls-key', { type: 'string', describe: 'PEM private key of --tls-cert' })
   .option('tls-ca', { type: 'string', describe: 'PEM CA for node client certificates: nodes must present one whose CN (or DNS SAN) is their name' })
@@ -37,6 +40,7 @@ const argv = await parse(
   .example('$0 --listen :9090', 'listen on every interface, port 9090')
   .example('$0 --listen :9090 --msgpack-rpc-listen :9091', 'WebSocket callers and nodes on 9090, MessagePack-RPC callers on 9091')
   .example('$0 --listen 9090', 'the same: a bare number is a port on this host, never an IPv4 address')
+  .example('$0 --listen 127.0.0.1:9090 --allow-origin https://app.example', 'loopback only; pages from https://app.example may call (CORS)')
   .example('$0 --listen 127.0.0.1:0', 'loopback only, any free port (printed in the "relay listening" log line)')
   .example('$0 --listen :9090 --admin-listen 127.0.0.1:9100', 'metrics and node list on a loopback-only admin port')
   .example('$0 --tls-cert relay.crt --tls-key relay.key --tls-ca ca.crt --tokens tokens.txt', 'on the internet: TLS, node certificates, tokens (see README, "Running a relay on the internet")')
@@ -56,6 +60,8 @@ try {
   listenAddress(argv.listen, '--listen');
   if (argv.adminListen !== undefined) listenAddress(argv.adminListen, '--admin-listen');
   if (argv.msgpackRpcListen !== undefined) listenAddress(argv.msgpackRpcListen, '--msgpack-rpc-listen');
+  const browsers = { allowOrigin: argv.allowOrigin ?? [], allowHost: argv.allowHost ?? [] };
+  new BrowserPolicy(browsers, { allowOrigin: '--allow-origin', allowHost: '--allow-host' });
   const maxMessage = parseSize(argv.maxMessage, 'max-message');
   const options = {
     listen: argv.listen,
@@ -68,6 +74,7 @@ try {
     adminListen: argv.adminListen,
     requireNode: argv.requireNode ?? [],
     requireService: argv.requireService ?? [],
+    ...browsers,
     drainTimeout: parseDuration(argv.drainTimeout, 'drain-timeout'),
     msgpackRpcListen: argv.msgpackRpcListen,
     tlsCert: argv.tlsCert,
