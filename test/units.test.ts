@@ -6,7 +6,7 @@ import { Cancellation } from '../src/rpc/cancellation.js';
 import { discoverMethods, invoke, ServiceRegistry } from '../src/rpc/registry.js';
 import { Session } from '../src/rpc/session.js';
 import type { CallContext } from '../src/rpc/context.js';
-import { relayUrl, splitHostPort } from '../src/util/address.js';
+import { listenAddress, relayUrl } from '../src/util/address.js';
 import { parseDuration, parseSize } from '../src/util/units.js';
 import { silentLogger } from '../src/util/logger.js';
 import { passwordLogin } from '../src/rpc/login.js';
@@ -98,12 +98,12 @@ describe('addresses and units', () => {
   it('turns what users type into relay URLs', () => {
     expect(relayUrl('localhost:9090')).toBe('ws://localhost:9090/');
     expect(relayUrl(':9091')).toBe('ws://localhost:9091/');
-    expect(relayUrl('relay.example')).toBe('ws://relay.example:9090/');
+    expect(() => relayUrl('relay.example')).toThrow(/give a port/);
     expect(relayUrl('[::1]:9090')).toBe('ws://[::1]:9090/');
     expect(relayUrl('wss://relay.example:443/tunnel')).toBe('wss://relay.example/tunnel');
     expect(() => relayUrl('http://x')).toThrow(/ws:\/\/ or wss:\/\//);
     expect(() => relayUrl('h:notaport')).toThrow(/port/);
-    expect(splitHostPort(':9090', '')).toEqual({ host: '', port: 9090 });
+    expect(listenAddress(':9090', '--listen')).toEqual({ host: '', port: 9090 });
   });
   it('parses durations and sizes with clear errors', () => {
     expect(parseDuration('30s', 't')).toBe(30_000);

@@ -3,6 +3,7 @@ import type { CallOptions, Selector } from '../client/options.js';
 import { ErrorCode, TunnelError } from '../errors.js';
 import { SELECTORS } from '../relay/selectors.js';
 import { parseDuration } from '../util/units.js';
+import { relayUrl } from '../util/address.js';
 import { command, keyValues, parse, logger, PRECEDENCE, usageError } from './common.js';
 import { broadcastJson, formatBroadcast, formatNodes, toJson } from './fleet-output.js';
 
@@ -15,7 +16,7 @@ const argv = await parse(
   '$0 [options] Service.Method [ARGS...]\n$0 --list\n\nCalls a method on a node through the relay and prints the result. Each ARG is parsed as JSON when it parses (2, true, "x", [1,2], {"a":1}), else taken as a string.',
 )
   .positional('method', { type: 'string', describe: 'Service.Method to call' })
-  .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay address: host:port, :port, ws://host:port or wss://host:port' })
+  .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay address: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port' })
   .option('timeout', { type: 'string', default: '30s', describe: 'How long to wait for the answer, retries included (500ms, 30s, 2m)' })
   .option('login', { type: 'string', describe: 'Log in first on the same connection with "user:password" (calls <Service>.Login; with --all, on every node)' })
   .option('login-method', { type: 'string', describe: 'Method used by --login (default: <Service>.Login of the called method)' })
@@ -63,6 +64,7 @@ const log = logger('tunnel-call', argv.logLevel);
 let timeout: number;
 let where: Record<string, string> | undefined;
 try {
+  relayUrl(argv.relay, '--relay');
   timeout = parseDuration(argv.timeout, 'timeout');
   if (argv.where !== undefined) where = keyValues(argv.where, 'where');
 } catch (err) {

@@ -9,13 +9,15 @@ import { command, parse, keyValues, logger, onShutdown, PRECEDENCE, usageError }
 import { loadServices } from './load-services.js';
 import { DirectListener } from '../node/direct.js';
 import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
+import { nodeNameProblem } from '../wire/bounds.js';
+import { listenAddress, relayUrl } from '../util/address.js';
 
 const argv = await parse(
   command('tunnel-node', '$0 --relay host:port [options]\n\nDials out to a relay and serves RPC through it, reconnecting forever with backoff.')
-  .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay to dial: host:port, :port, ws://host:port or wss://host:port' })
-  .option('name', { type: 'string', default: hostname(), defaultDescription: 'the host name', describe: 'Name to register under; callers can target it with --node' })
+  .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay to dial: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port' })
+  .option('name', { type: 'string', default: hostname(), defaultDescription: 'the host name', describe: 'Name to register under; callers can target it with --node. 1-128 letters, digits, _ . - (a letter or digit first)' })
   .option('services', { type: 'string', describe: 'ES module whose default export is a map of services or a function (registry) => void; without it and without --forward the built-in examples (Arith, Hello, KV, Server) are served' })
-  .option('forward', { type: 'string', array: true, nargs: 1, describe: 'Serve Name by passing its calls to an existing local MessagePack-RPC server (Go net/rpc with ugorji\'s MsgpackSpecRpc, ...): Name=host:port or Name=unix:/path (repeatable). Its methods are not known in advance: it is announced as Name.*' })
+  .option('forward', { type: 'string', array: true, nargs: 1, describe: 'Serve Name by passing its calls to an existing local MessagePack-RPC server (Go net/rpc with ugorji\'s MsgpackSpecRpc, ...): Name=host:port, Name=PORT (127.0.0.1) or Name=unix:/path (repeatable). Its methods are not known in advance: it is announced as Name.*' })
   .option('forward-connections', { type: 'number', default: 2, describe: 'Connections to each --forward server; calls are spread over them' })
   .option('users', { type: 'string', describe: 'Accounts for the example Hello.Login, "user:password,user2:password2" (default alice:secret)' })
   .option('label', { type: 'string', array: true, nargs: 1, describe: 'Label key=value announced to the relay (repeatable)' })
@@ -27,9 +29,10 @@ const argv = await parse(
   .option('heartbeat-timeout', { type: 'string', default: '30s', describe: 'Reconnect when the relay is silent (no pong) this long' })
   .option('reconnect-base', { type: 'string', default: '500ms', describe: 'First reconnect ceiling; each failure doubles it (full jitter: the wait is random below it)' })
   .option('reconnect-cap', { type: 'string', default: '30s', describe: 'Largest reconnect ceiling' })
-  .option('direct-listen', { type: 'string', describe: 'Also serve callers directly on this [host]:port, without the relay (e.g. 127.0.0.1:9191 for callers on this host)' })
+  .option('direct-listen', { type: 'string', describe: 'Also serve callers directly at this address (host:port, :port or PORT), without the relay (e.g. 127.0.0.1:9191 for callers on this host)' })
   .option('drain-timeout', { type: 'string', default: '10s', describe: 'On SIGINT/SIGTERM, how long running calls may take to finish (the relay sends no new ones meanwhile; a second signal exits at once)' })
   .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')
+  .example('$0 --relay 9090', 'a bare number is a port on this host: localhost:9090')
   .example('$0 --relay :9090 --services ./my-services.js', 'serve your own services')
   .example('$0 --config /etc/tunnel/node.yaml', 'flags from a file (see docs/deploy/node.yaml)')
   .example('$0 --relay :9090 --forward Arith=127.0.0.1:8080 --forward KV=unix:/run/kv.sock', 'put existing msgpack-rpc servers behind the tunnel')
@@ -40,6 +43,11 @@ const argv = await parse(
 const log = logger('tunnel-node', argv.logLevel);
 let node: TunnelNode;
 try {
+  // Checked before anything starts, with the flag's name in the message.
+  relayUrl(argv.relay, '--relay');
+  const nameProblem = nodeNameProblem(argv.name);
+  if (nameProblem !== undefined) throw new Error(`--name: ${nameProblem}`);
+  if (argv.directListen !== undefined) listenAddress(argv.directListen, '--direct-listen');
   const registry = new ServiceRegistry();
   const forward = (argv.forward ?? []).map((text) => {
     const { name, target } = parseForward(text);

@@ -3,24 +3,28 @@ import { MsgpackRpcPort } from '../relay/msgpack-rpc-port.js';
 import { Relay } from '../relay/relay.js';
 import { SELECTORS, type SelectorName } from '../relay/selectors.js';
 import { LIMIT_DEFAULTS } from '../relay/limits.js';
+import { BrowserPolicy } from '../relay/browser-policy.js';
+import { listenAddress } from '../util/address.js';
 import { parseDuration, parseSize } from '../util/units.js';
 import { command, parse, logger, onShutdown, PRECEDENCE, usageError } from './common.js';
 
 const D = LIMIT_DEFAULTS;
 const argv = await parse(
   command('tunnel-relay', '$0 [options]\n\nRuns the public relay: nodes dial in and register their services; callers call Service.Method through it.')
-  .option('listen', { type: 'string', default: ':9090', describe: 'Address to listen on, [host]:port (empty host = every interface; port 0 = any free port)' })
+  .option('listen', { type: 'string', default: ':9090', describe: 'Address to listen on: host:port, [v6]:port, :port or PORT (the last two on every interface; port 0 = any free port)' })
   .option('heartbeat-timeout', { type: 'string', default: '30s', describe: 'Drop a node or caller that sends nothing (not even a pong) for this long' })
   .option('hello-timeout', { type: 'string', default: `${D.helloTimeout}ms`, describe: 'Time from connecting to an accepted hello (TLS handshake, upgrade and hello together); slower sockets are closed' })
   .option('default-timeout', { type: 'string', default: '30s', describe: 'Deadline of calls whose caller sets none' })
   .option('max-timeout', { type: 'string', default: '5m', describe: 'Longest deadline a caller may ask for (longer ones are capped)' })
   .option('selector', { type: 'string', choices: SELECTORS, default: 'round-robin', describe: 'How a call that names no node picks one of the nodes serving its service: round-robin, random, or least-pending (fewest calls in flight); callers may override per call' })
   .option('max-message', { type: 'string', default: '16MiB', describe: 'Largest params or result: bigger ones are answered TOO_LARGE; a WebSocket message bigger than this plus 64 KiB closes with 1009' })
-  .option('admin-listen', { type: 'string', describe: 'Serve /metrics, /nodes, /healthz and /readyz on this separate [host]:port (e.g. 127.0.0.1:9100) and no longer /metrics and /nodes on --listen; recommended, so that metrics and the node list are not public' })
+  .option('admin-listen', { type: 'string', describe: 'Serve /metrics, /nodes, /healthz and /readyz on this separate address, same forms as --listen (e.g. 127.0.0.1:9100) and no longer /metrics and /nodes on --listen; recommended, so that metrics and the node list are not public' })
   .option('require-node', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node with this name is connected (repeatable)' })
   .option('require-service', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node serves this service (repeatable)' })
   .option('drain-timeout', { type: 'string', default: '30s', describe: 'On SIGINT/SIGTERM, how long calls in flight may take to finish before the relay closes (a second signal exits at once)' })
-  .option('msgpack-rpc-listen', { type: 'string', describe: 'Also open a MessagePack-RPC port here, [host]:port, for existing msgpack-rpc clients such as Go net/rpc with ugorji\'s MsgpackSpecRpc (off unless given; see docs/PROTOCOL.md)' })
+  .option('msgpack-rpc-listen', { type: 'string', describe: 'Also open a MessagePack-RPC port at this address (same forms as --listen) for existing msgpack-rpc clients such as Go net/rpc with ugorji\'s MsgpackSpecRpc (off unless given; see docs/PROTOCOL.md)' })
+  .option('allow-origin', { type: 'string', array: true, nargs: 1, describe: 'Web pages from this origin (scheme://host[:port]) may open WebSockets and call the gateway, with CORS; * allows any (repeatable). Requests with another Origin header get 403; clients that send none (tunnel-call, curl, Go, Python) are not affected' })
+  .option('allow-host', { type: 'string', array: true, nargs: 1, describe: 'Accept this Host header name (repeatable). On a loopback --listen only localhost, 127.x.x.x and [::1] are accepted otherwise (DNS rebinding); elsewhere Host is checked only when this is given' })
   .option('tls-cert', { type: 'string', describe: 'PEM certificate (full chain) of the relay; with --tls-key the relay serves wss://' })
   .option('tls-key', { type: 'string', describe: 'PEM private key of --tls-cert' })
   .option('tls-ca', { type: 'string', describe: 'PEM CA for node client certificates: nodes must present one whose CN (or DNS SAN) is their name' })
@@ -35,6 +39,8 @@ const argv = await parse(
   .option('max-connections-per-address', { type: 'number', default: D.maxConnectionsPerAddress, describe: 'Open connections from one IP address; more are refused with HTTP 429' })
   .example('$0 --listen :9090', 'listen on every interface, port 9090')
   .example('$0 --listen :9090 --msgpack-rpc-listen :9091', 'WebSocket callers and nodes on 9090, MessagePack-RPC callers on 9091')
+  .example('$0 --listen 9090', 'the same: a bare number is a port on this host, never an IPv4 address')
+  .example('$0 --listen 127.0.0.1:9090 --allow-origin https://app.example', 'loopback only; pages from https://app.example may call (CORS)')
   .example('$0 --listen 127.0.0.1:0', 'loopback only, any free port (printed in the "relay listening" log line)')
   .example('$0 --listen :9090 --admin-listen 127.0.0.1:9100', 'metrics and node list on a loopback-only admin port')
   .example('$0 --tls-cert relay.crt --tls-key relay.key --tls-ca ca.crt --tokens tokens.txt', 'on the internet: TLS, node certificates, tokens (see README, "Running a relay on the internet")')
@@ -50,6 +56,12 @@ const log = logger('tunnel-relay', argv.logLevel);
 let relay: Relay;
 let rpcPort: MsgpackRpcPort | undefined;
 try {
+  // Checked before anything starts, with the flag's name in the message.
+  listenAddress(argv.listen, '--listen');
+  if (argv.adminListen !== undefined) listenAddress(argv.adminListen, '--admin-listen');
+  if (argv.msgpackRpcListen !== undefined) listenAddress(argv.msgpackRpcListen, '--msgpack-rpc-listen');
+  const browsers = { allowOrigin: argv.allowOrigin ?? [], allowHost: argv.allowHost ?? [] };
+  new BrowserPolicy(browsers, { allowOrigin: '--allow-origin', allowHost: '--allow-host' });
   const maxMessage = parseSize(argv.maxMessage, 'max-message');
   const options = {
     listen: argv.listen,
@@ -62,6 +74,7 @@ try {
     adminListen: argv.adminListen,
     requireNode: argv.requireNode ?? [],
     requireService: argv.requireService ?? [],
+    ...browsers,
     drainTimeout: parseDuration(argv.drainTimeout, 'drain-timeout'),
     msgpackRpcListen: argv.msgpackRpcListen,
     tlsCert: argv.tlsCert,

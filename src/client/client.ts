@@ -365,13 +365,19 @@ function pause(ms: number, method: string, signal: AbortSignal | undefined): Pro
 }
 
 /**
- * Connects to a relay as a caller. `relay` is `host:port`, `:port` or a `ws://` / `wss://` URL.
- * Resolves once the relay has welcomed the connection.
+ * Connects to a relay as a caller. `relay` is `host:port`, `[v6]:port`, `:port` or a bare port
+ * (both on localhost), or a `ws://` / `wss://` URL. Resolves once the relay has welcomed the
+ * connection; a malformed address rejects at once, naming it.
  */
 export function connect(relay: string, options: ClientOptions = {}): Promise<Client> {
   const opts = { ...DEFAULTS, ...options };
   const log = opts.log ?? silentLogger;
-  const url = relayUrl(relay);
+  let url: string;
+  try {
+    url = relayUrl(relay, 'connect() relay');
+  } catch (err) {
+    return Promise.reject(err as Error);
+  }
   return new Promise<Client>((resolve, reject) => {
     const headers: Record<string, string> = {};
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;

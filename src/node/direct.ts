@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
-import { listenOn, peerAddress, urlHost } from '../util/address.js';
+import { listenAddress, listenOn, peerAddress, urlHost } from '../util/address.js';
 import type { Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
 import type { TunnelNode } from './node.js';
@@ -37,8 +37,9 @@ export class DirectListener {
     });
   }
 
+  /** Listens on `host:port`, `[v6]:port`, `:port` or `PORT` (every interface); port 0 picks a free one. */
   async listen(address: string): Promise<{ host: string; port: number; url: string }> {
-    await listenOn(this.http, address);
+    await listenOn(this.http, listenAddress(address, 'DirectListener.listen address'));
     const a = this.http.address() as AddressInfo;
     const result = { host: a.address, port: a.port, url: `ws://${urlHost(a.address)}:${a.port}/` };
     this.log.info(result, 'direct listener ready');

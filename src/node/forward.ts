@@ -2,7 +2,7 @@ import { connect, type Socket } from 'node:net';
 import { ErrorCode, TunnelError } from '../errors.js';
 import { decodeParams, encodeResult } from '../rpc/body.js';
 import type { CallContext } from '../rpc/context.js';
-import { splitHostPort } from '../util/address.js';
+import { dialAddress } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
@@ -30,8 +30,8 @@ const DEFAULTS = {
 const SERVICE_NAME = /^[A-Za-z_][\w.-]*$/;
 
 /**
- * Parses a `--forward` value: `Name=host:port`, `Name=:port` (127.0.0.1) or `Name=unix:/path`.
- * Throws an Error naming the mistake.
+ * Parses a `--forward` value: `Name=host:port`, `Name=:port` or `Name=PORT` (127.0.0.1), or
+ * `Name=unix:/path`. Throws an Error naming the flag and the mistake.
  */
 export function parseForward(text: string): { name: string; target: ForwardTarget } {
   const eq = text.indexOf('=');
@@ -44,10 +44,7 @@ export function parseForward(text: string): { name: string; target: ForwardTarge
     if (path === '') throw new Error(`--forward "${text}": give the socket path after unix:`);
     return { name, target: { path } };
   }
-  if (!/:\d+$/.test(where)) throw new Error(`--forward "${text}": give the local server as host:port or unix:/path`);
-  const { host, port } = splitHostPort(where, '127.0.0.1');
-  if (port === 0) throw new Error(`--forward "${text}": port 0 is not a server's port`);
-  return { name, target: { host, port } };
+  return { name, target: dialAddress(where, '--forward', '127.0.0.1', text) };
 }
 
 export function describeTarget(target: ForwardTarget): string {

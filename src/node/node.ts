@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { ErrorCode, TunnelError } from '../errors.js';
 import type { ServiceRegistry } from '../rpc/registry.js';
 import { relayUrl } from '../util/address.js';
+import { nodeNameProblem } from '../wire/bounds.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
@@ -96,7 +97,9 @@ export class TunnelNode extends EventEmitter {
     super();
     this.opts = { ...DEFAULTS, ...options };
     this.name = options.name ?? hostname();
-    this.url = relayUrl(options.relay);
+    const nameProblem = nodeNameProblem(this.name);
+    if (nameProblem !== undefined) throw new TypeError(`TunnelNode option name: ${nameProblem}`);
+    this.url = relayUrl(options.relay, 'TunnelNode option relay');
     this.log = (options.log ?? silentLogger).child({ node: this.name });
     this.backoff = new Backoff(this.opts.reconnectBase, this.opts.reconnectCap);
     this.tls = loadClientTls(this.opts, this.log);

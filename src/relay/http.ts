@@ -5,6 +5,7 @@ import { peerAddress } from '../util/address.js';
 import { parseDuration } from '../util/units.js';
 import { Kind } from '../wire/messages.js';
 import type { CallerOutput } from './caller-link.js';
+import { headerSafe } from './listener.js';
 import type { Relay } from './relay.js';
 
 /** Which endpoints a listener serves. */
@@ -53,7 +54,10 @@ export function httpHandler(relay: Relay, routes: HttpRoutes): (req: IncomingMes
 async function route(relay: Relay, routes: HttpRoutes, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://relay');
   const path = url.pathname;
-  if (routes.gateway && path.startsWith('/call/')) return gatewayCall(relay, req, res, url);
+  if (routes.gateway && path.startsWith('/call/')) {
+    if (cors(relay, req, res)) return;
+    return gatewayCall(relay, req, res, url);
+  }
   if (path === '/healthz') return send(res, 200, 'text/plain; charset=utf-8', 'ok\n');
   if (path === '/readyz') {
     const r = relay.readiness();
@@ -122,6 +126,32 @@ async function gatewayCall(relay: Relay, req: IncomingMessage, res: ServerRespon
   // The HTTP client gave up: the session closes, which aborts the call on the node.
   res.once('close', () => session.close());
   session.link.onMessage({ kind: Kind.REQUEST, id: 1, method, params, meta, stream: 0 });
+}
+
+/**
+ * CORS for pages from allowed origins (a foreign origin never gets here: the relay refused it):
+ * answers the preflight, and lets the page read the answer. Returns true when it answered.
+ */
+function cors(relay: Relay, req: IncomingMessage, res: ServerResponse): boolean {
+  res.setHeader('vary', 'Origin');
+  const origin = req.headers.origin;
+  if (origin === undefined || !relay.browsers.allowsOrigin(origin)) return false;
+  res.setHeader('access-control-allow-origin', origin);
+  if (req.method !== 'OPTIONS') return false;
+  res.writeHead(204, {
+    'access-control-allow-methods': 'POST',
+    'access-control-allow-headers': 'authorization, content-type',
+    'access-control-max-age': '600',
+  });
+  res.end();
+  return true;
+}
+
+/** Answers a request the relay refuses with 403 FORBIDDEN, the reason also in X-Tunnel-Reason. */
+export function refuseRequest(res: ServerResponse, reason: string): void {
+  if (res.headersSent || res.destroyed) return;
+  res.setHeader('x-tunnel-reason', headerSafe(reason));
+  sendError(res, new TunnelError(ErrorCode.FORBIDDEN, reason));
 }
 
 function bearerToken(header: string | undefined): string | undefined {

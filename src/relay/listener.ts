@@ -64,7 +64,7 @@ function readPem(file: string, what: string): Buffer {
  * X-Tunnel-Reason header and the body, where a node or caller that is refused can read and log it.
  */
 export function refuseUpgrade(socket: Duplex, status: number, reason: string): void {
-  const safe = reason.replace(/[^\x20-\x7e]/g, '?');
+  const safe = headerSafe(reason);
   const body = `${safe}\n`;
   socket.end(
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
@@ -72,4 +72,9 @@ export function refuseUpgrade(socket: Duplex, status: number, reason: string): v
   );
   // A peer that does not close its side must not keep the socket.
   setTimeout(() => socket.destroy(), 1_000).unref();
+}
+
+/** A reason as it may go in an HTTP header: printable ASCII, anything else as `?`. */
+export function headerSafe(reason: string): string {
+  return reason.replace(/[^\x20-\x7e]/g, '?');
 }

@@ -2,7 +2,7 @@ import { createServer as createTcpServer, type AddressInfo, type Server, type So
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { encodeParams } from '../rpc/body.js';
-import { listenOn, peerAddress, splitHostPort } from '../util/address.js';
+import { listenAddress, listenOn, peerAddress } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
@@ -62,7 +62,7 @@ export class MsgpackRpcPort {
     this.opts = { ...DEFAULTS, ...options };
     this.log = (options.log ?? silentLogger).child({ port: 'msgpack-rpc' });
     // A bad address fails here, at start, not at listen().
-    splitHostPort(this.opts.listen, '');
+    listenAddress(this.opts.listen, 'MsgpackRpcPort option listen');
     const onSocket = (socket: Socket) => this.accept(socket);
     this.server = options.tls ? createTlsServer(options.tls, onSocket) : createTcpServer(onSocket);
     // A TLS handshake that fails is the client's problem, not the relay's: log it and carry on.

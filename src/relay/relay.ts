@@ -3,7 +3,7 @@ import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
+import { isLoopbackHost, listenAddress, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
@@ -12,9 +12,10 @@ import { goaway, Kind, notify, response, responseStream, SUPPORTED_VERSIONS, wel
 import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '../wire/bounds.js';
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { Authenticator, peerCertificate, type AuthOptions } from './auth.js';
+import { BrowserPolicy } from './browser-policy.js';
 import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
-import { httpHandler } from './http.js';
+import { httpHandler, refuseRequest } from './http.js';
 import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, type Limits } from './limits.js';
 import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
@@ -53,6 +54,18 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
   drainTimeout?: number;
   /** How a call that names no node picks one (default `round-robin`); callers may override per call. */
   selector?: SelectorName;
+  /**
+   * Origins (`scheme://host[:port]`) whose web pages may open WebSockets and call the gateway; `*`
+   * allows any. A request with another `Origin` header is refused with 403; clients that send no
+   * `Origin` (ws, curl, Go, Python) are not affected (default: none).
+   */
+  allowOrigin?: string[];
+  /**
+   * `Host` names accepted besides localhost, 127.x.x.x and [::1]. A relay listening on loopback
+   * accepts only those (against DNS rebinding); elsewhere `Host` is checked only when this is given
+   * (default: none).
+   */
+  allowHost?: string[];
 }
 
 const DEFAULTS = {
@@ -88,6 +101,10 @@ export class Relay extends EventEmitter {
   readonly auth: Authenticator;
   /** @internal */
   readonly log: Logger;
+  /** @internal Which Origin and Host headers are accepted (browser-policy.ts). */
+  readonly browsers: BrowserPolicy;
+  /** Per listening server: bound to a loopback address, where only loopback Host names pass. */
+  private readonly loopbackListeners = new WeakMap<Server, boolean>();
   private readonly presence: Presence;
   private readonly opts: typeof DEFAULTS & RelayOptions;
   private readonly http: Server;
@@ -142,6 +159,9 @@ export class Relay extends EventEmitter {
     }
     this.directory.selector = selectorNamed(this.opts.selector);
     checkLimits(pickLimits(this.opts));
+    listenAddress(this.opts.listen, 'Relay option listen');
+    if (this.opts.adminListen !== undefined) listenAddress(this.opts.adminListen, 'Relay option adminListen');
+    this.browsers = new BrowserPolicy(this.opts);
     this.log = options.log ?? silentLogger;
     this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
     this.addresses = new AddressTable(this.opts);
@@ -154,10 +174,11 @@ export class Relay extends EventEmitter {
     });
     const separateAdmin = this.opts.adminListen !== undefined;
     const handle = httpHandler(this, { gateway: true, admin: !separateAdmin, fallback: 'upgrade' });
-    const listener = createListener(this.opts, this.opts.helloTimeout, (req, res) => this.onHttp(req, res, handle));
+    const listener = createListener(this.opts, this.opts.helloTimeout, (req, res) => this.onHttp(req, res, handle, this.http));
     this.http = listener.server;
     this.secure = listener.secure;
-    this.admin = separateAdmin ? createServer(httpHandler(this, { gateway: false, admin: true, fallback: 'not-found' })) : undefined;
+    const adminHandle = httpHandler(this, { gateway: false, admin: true, fallback: 'not-found' });
+    this.admin = separateAdmin ? createServer((req, res) => this.onHttp(req, res, adminHandle, this.admin!)) : undefined;
     this.presence = new Presence(this.directory, this.log);
     this.wss = new WebSocketServer({ noServer: true, maxPayload: frameLimit(this.opts.maxMessage), perMessageDeflate: false });
     this.http.on(listener.socketEvent, (socket: Socket) => this.onSocket(socket));
@@ -351,14 +372,31 @@ export class Relay extends EventEmitter {
     conn.close(code, reason);
   }
 
-  private onHttp(req: IncomingMessage, res: ServerResponse, handle: (req: IncomingMessage, res: ServerResponse) => void): void {
+  private onHttp(req: IncomingMessage, res: ServerResponse, handle: (req: IncomingMessage, res: ServerResponse) => void, server: Server): void {
     this.engaged.add(req.socket);
     if (this.overLimit.has(req.socket)) {
       this.metrics.connectionRejected('too_many_connections');
       res.writeHead(429, { 'content-type': 'text/plain' }).end(`too many connections from ${peerIp(req.socket)}\n`);
       return;
     }
+    const refused = this.refusedBrowser(req, server, server === this.admin ? 'admin' : 'http');
+    if (refused !== undefined) return refuseRequest(res, refused);
     handle(req, res);
+  }
+
+  /** Checks Origin and Host (browser-policy.ts); a refusal is counted and logged once, as an audit line. */
+  private refusedBrowser(req: IncomingMessage, server: Server, door: 'websocket' | 'http' | 'admin'): string | undefined {
+    let loopback = this.loopbackListeners.get(server);
+    if (loopback === undefined) {
+      const bound = server.address() as AddressInfo | null;
+      loopback = bound !== null && isLoopbackHost(bound.address);
+      if (bound !== null) this.loopbackListeners.set(server, loopback);
+    }
+    const refusal = this.browsers.check(req.headers, loopback);
+    if (refusal === undefined) return undefined;
+    this.metrics.connectionRejected(refusal.metric);
+    this.log.warn({ peer: peerAddress(req.socket), door, reason: refusal.reason }, 'refused request');
+    return refusal.reason;
   }
 
   /** Every socket counts against its address, its bytes are counted, and it must reach an accepted hello in time. */
@@ -398,6 +436,11 @@ export class Relay extends EventEmitter {
     if (this.overLimit.has(socket)) {
       this.metrics.connectionRejected('too_many_connections');
       refuseUpgrade(socket, 429, `too many connections from ${peerIp(socket)} (limit ${this.opts.maxConnectionsPerAddress})`);
+      return;
+    }
+    const refused = this.refusedBrowser(req, this.http, 'websocket');
+    if (refused !== undefined) {
+      refuseUpgrade(socket, 403, refused);
       return;
     }
     const reason = this.auth.checkUpgrade(bearerToken(req), peerCertificate(socket));

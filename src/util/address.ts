@@ -1,52 +1,90 @@
-import type { Server } from 'node:net';
+import { isIPv6, type Server } from 'node:net';
 
 /**
- * Turns what a user types for a relay into a WebSocket URL: `host:port`, `:port` (localhost),
- * `host` (port 9090), or a full `ws://` / `wss://` URL.
+ * Every address a user or a program gives (flags, config file, library options) goes through this
+ * parser. A bare number is a port on this host, never an IPv4 address: the C resolver and WHATWG URL
+ * both read `9090` as 0.0.35.130 and `127.1` as 127.0.0.1, so a host that ends in a number must be a
+ * plain dotted quad. Errors start with `what` (the flag or option) and the text as given.
  */
-export const DEFAULT_PORT = 9090;
 
-export function relayUrl(input: string): string {
-  const text = input.trim();
-  if (text === '') throw new Error('relay address is empty; give host:port, :port or ws://host:port');
-  if (/^wss?:\/\//i.test(text)) {
-    const url = new URL(text);
-    return url.toString();
-  }
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
-    throw new Error(`relay address "${input}" has an unsupported scheme; use ws:// or wss://`);
-  }
-  const { host, port } = splitHostPort(text, 'localhost');
-  const h = host.includes(':') ? `[${host}]` : host;
-  return `ws://${h}:${port}/`;
+/** A parsed address. `host` has no brackets; '' means every interface when listening. */
+export interface HostPort {
+  host: string;
+  port: number;
 }
 
-/** Parses `[host]:port`, `host:port`, `:port` or `host`; IPv6 hosts in brackets. */
-export function splitHostPort(text: string, defaultHost: string): { host: string; port: number } {
-  let host: string;
-  let portText: string | undefined;
-  const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
-  if (v6) {
-    host = v6[1]!;
-    portText = v6[2];
-  } else {
-    const i = text.lastIndexOf(':');
-    if (i >= 0 && text.indexOf(':') !== i) throw new Error(`"${text}": put IPv6 addresses in brackets, e.g. [::1]:9090`);
-    host = i >= 0 ? text.slice(0, i) : text;
-    portText = i >= 0 ? text.slice(i + 1) : undefined;
-  }
-  if (host === '') host = defaultHost;
-  let port = DEFAULT_PORT;
-  if (portText !== undefined) {
-    if (!/^\d+$/.test(portText) || Number(portText) > 65535) throw new Error(`"${text}": port must be a number 0..65535`);
-    port = Number(portText);
-  }
-  return { host, port };
+const DOTTED_QUAD = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+const HOST_LABEL = /^(?=.{1,63}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?$/;
+/** What the resolver or URL parser would take for a number: all digits, or 0x hex. */
+const NUMERIC_LABEL = /^(?:\d+|0x[0-9a-f]*)$/i;
+const PORT = /^\d{1,5}$/;
+
+/** Thrown for an address that is not one of the accepted forms; the message names the flag or option. */
+export class AddressError extends TypeError {
+  override name = 'AddressError';
 }
 
-/** Listens on `[host]:port` (empty host: every interface); rejects with the listen error. */
-export function listenOn(server: Server, listen: string): Promise<void> {
-  const { host, port } = splitHostPort(listen, '');
+/**
+ * Parses an address to listen on: `host:port`, `[v6]:port`, `:port` or `PORT` (the last two on
+ * every interface, host ''). Port 0 picks a free port.
+ */
+export function listenAddress(text: string, what: string): HostPort {
+  return parse(text, what, '', 0);
+}
+
+/**
+ * Parses an address to connect to: `host:port`, `[v6]:port`, or `:port` / `PORT` on `localHost`
+ * (this host). Port 0 is refused: nothing listens there. `shown` is what messages quote, when the
+ * address is part of a longer value (`--forward Name=host:port`).
+ */
+export function dialAddress(text: string, what: string, localHost: string, shown = text): HostPort {
+  return parse(text, what, localHost, 1, shown);
+}
+
+/**
+ * Turns a relay address into a WebSocket URL: `host:port`, `[v6]:port`, `:port` or `PORT`
+ * (localhost), or a `ws://` / `wss://` URL whose host is checked as written, before WHATWG URL
+ * rewrites a numeric host.
+ */
+export function relayUrl(text: string, what = 'relay'): string {
+  const input = checkText(text, what);
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(input);
+  if (!scheme) {
+    const { host, port } = dialAddress(input, what, 'localhost');
+    return `ws://${inUrl(host)}:${port}/`;
+  }
+  const proto = scheme[1]!.toLowerCase();
+  if (proto !== 'ws' && proto !== 'wss') throw fail(what, text, `unsupported scheme ${proto}://; use ws:// or wss://`);
+  const rest = input.slice(scheme[0].length);
+  const end = rest.search(/[/\\?#]/);
+  const authority = end < 0 ? rest : rest.slice(0, end);
+  const path = end < 0 ? '/' : rest.slice(end);
+  if (authority.includes('@')) throw fail(what, text, 'no user or password in the URL; give a token with --token (or the token option)');
+  if (!/^[\x21-\x7e]*$/.test(path) || path.includes('\\') || path.includes('#')) {
+    throw fail(what, text, 'the path must be printable ASCII without \\ or a #fragment');
+  }
+  const { host, port } = splitHost(authority, text, what);
+  if (host === '') throw fail(what, text, 'give the relay host in the URL, e.g. ws://relay.example:9090');
+  checkHost(host, text, what);
+  let portPart = '';
+  if (port !== undefined) portPart = `:${checkPort(port, text, what, 1)}`;
+  let url: URL;
+  try {
+    url = new URL(`${proto}://${inUrl(host)}${portPart}${path.startsWith('/') ? path : `/${path}`}`);
+  } catch {
+    throw fail(what, text, 'not a valid URL');
+  }
+  // Belt and braces: the URL must reach the host that was checked, whatever WHATWG made of it.
+  const reached = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
+  if (isIPv6(host) ? !isIPv6(reached) : reached !== host.toLowerCase()) {
+    throw fail(what, text, `the URL would reach ${url.hostname}, not ${host}`);
+  }
+  return url.toString();
+}
+
+/** Listens on a parsed address (host '': every interface), or an address text; rejects with the listen error. */
+export function listenOn(server: Server, address: HostPort | string): Promise<void> {
+  const { host, port } = typeof address === 'string' ? listenAddress(address, 'listen') : address;
   return new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host === '' ? undefined : host, () => {
@@ -54,6 +92,95 @@ export function listenOn(server: Server, listen: string): Promise<void> {
       resolve();
     });
   });
+}
+
+/**
+ * Checks a host name without a port (`relay.example`, `10.0.0.5`, `[::1]` or `::1`) and returns it
+ * lower-case, without brackets or a trailing dot.
+ */
+export function hostName(text: string, what: string): string {
+  const input = checkText(text, what);
+  const host = /^\[(.*)\]$/.exec(input)?.[1] ?? input;
+  if (!isIPv6(host)) {
+    if (host.includes(':')) throw fail(what, text, 'give the host name alone, without a port');
+    checkHost(host, text, what);
+  }
+  return host.toLowerCase().replace(/\.$/, '');
+}
+
+/** Whether a listening address is loopback only: 127.0.0.0/8, ::1, localhost (and IPv4-mapped loopback). */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, '$1').replace(/\.$/, '');
+  if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
+  return DOTTED_QUAD.test(v4) && v4.startsWith('127.');
+}
+
+function parse(input0: string, what: string, localHost: string, minPort: number, text = input0): HostPort {
+  const input = checkText(input0, what);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(input)) {
+    throw fail(what, text, minPort === 0 ? 'a listen address is host:port, :port or a port, not a URL' : 'a URL is not accepted here; give host:port');
+  }
+  if (/^\d+$/.test(input)) return { host: localHost, port: checkPort(input, text, what, minPort) };
+  const { host, port } = splitHost(input, text, what);
+  if (port === undefined) {
+    throw fail(what, text, `give a port: ${JSON.stringify(`${inUrl(host)}:PORT`)}, ":PORT" or a bare port number`);
+  }
+  if (host !== '') checkHost(host, text, what);
+  return { host: host === '' ? localHost : host, port: checkPort(port, text, what, minPort) };
+}
+
+function checkText(text: unknown, what: string): string {
+  if (typeof text !== 'string') throw new AddressError(`${what} must be a string such as ":9090" or "relay.example:9090", got ${typeof text}`);
+  const input = text.trim();
+  if (input === '') throw new AddressError(`${what} is empty; give host:port, :port or a port number`);
+  return input;
+}
+
+/** `[v6]`, `[v6]:port`, `host`, `host:port`, `:port`; the port text is checked later. */
+function splitHost(authority: string, text: string, what: string): { host: string; port: string | undefined } {
+  if (authority.startsWith('[')) {
+    const m = /^\[([^\]]*)\](?::(.*))?$/.exec(authority);
+    if (!m) throw fail(what, text, 'an IPv6 address goes in brackets followed by :port, e.g. [::1]:9090');
+    if (!isIPv6(m[1]!)) throw fail(what, text, `${JSON.stringify(m[1])} is not an IPv6 address`);
+    return { host: m[1]!, port: m[2] };
+  }
+  const first = authority.indexOf(':');
+  if (first < 0) return { host: authority, port: undefined };
+  if (authority.indexOf(':', first + 1) >= 0) throw fail(what, text, 'put IPv6 addresses in brackets, e.g. [::1]:9090');
+  return { host: authority.slice(0, first), port: authority.slice(first + 1) };
+}
+
+function checkHost(host: string, text: string, what: string): void {
+  if (isIPv6(host)) return;
+  const labels = (host.endsWith('.') ? host.slice(0, -1) : host).split('.');
+  if (NUMERIC_LABEL.test(labels[labels.length - 1]!)) {
+    if (DOTTED_QUAD.test(host)) return;
+    throw fail(
+      what,
+      text,
+      `host ${JSON.stringify(host)} is neither a name nor an IPv4 address a.b.c.d (four parts 0-255, no leading zeros); a bare number is a port on this host, e.g. "9090"`,
+    );
+  }
+  if (host.length > 253 || !labels.every((l) => HOST_LABEL.test(l))) {
+    throw fail(what, text, `host ${JSON.stringify(host)} is not a host name (letters, digits, - _ .), an IPv4 address a.b.c.d or an [IPv6] address`);
+  }
+}
+
+function checkPort(port: string, text: string, what: string, min: number): number {
+  const n = Number(port);
+  if (!PORT.test(port) || n < min || n > 65535) throw fail(what, text, `port must be a number ${min}..65535`);
+  return n;
+}
+
+function fail(what: string, text: string, why: string): AddressError {
+  const shown = text.length > 100 ? `${text.slice(0, 100)}...` : text;
+  return new AddressError(`${what} ${JSON.stringify(shown)}: ${why}`);
+}
+
+/** A host as it goes in a URL: IPv6 in brackets. */
+function inUrl(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
 }
 
 /** A bound address as it goes in a URL: wildcard addresses become localhost, IPv6 gets brackets. */
