@@ -1,7 +1,7 @@
 import { request, type IncomingHttpHeaders } from 'node:http';
 import { WebSocket } from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BrowserPolicy, originKey } from '../src/relay/browser-policy.js';
+import { BrowserPolicy, originKey } from '../src/util/browser-policy.js';
 import { Relay } from '../src/relay/relay.js';
 import { gatewayCall, http, metric, scrape } from './helpers/http.js';
 import { BIN, killAll, Proc, startNode, startRelay, type RunningRelay } from './helpers/processes.js';

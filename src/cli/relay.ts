@@ -3,7 +3,7 @@ import { MsgpackRpcPort } from '../relay/msgpack-rpc-port.js';
 import { Relay } from '../relay/relay.js';
 import { SELECTORS, type SelectorName } from '../relay/selectors.js';
 import { LIMIT_DEFAULTS } from '../relay/limits.js';
-import { BrowserPolicy } from '../relay/browser-policy.js';
+import { BrowserPolicy } from '../util/browser-policy.js';
 import { listenAddress } from '../util/address.js';
 import { parseDuration, parseSize } from '../util/units.js';
 import { command, parse, logger, onShutdown, PRECEDENCE, usageError } from './common.js';
@@ -37,6 +37,8 @@ const argv = await parse(
   .option('max-login-failures-per-address', { type: 'number', default: D.maxLoginFailuresPerAddress, describe: 'Failed Logins from one IP address per --login-failure-window; then its Logins are refused' })
   .option('login-failure-window', { type: 'string', default: `${D.loginFailureWindow / 60_000}m`, describe: 'Window of --max-login-failures-per-address' })
   .option('max-connections-per-address', { type: 'number', default: D.maxConnectionsPerAddress, describe: 'Open connections from one IP address; more are refused with HTTP 429' })
+  .option('max-reassembly', { type: 'string', default: '32MiB', describe: 'Bytes of incomplete streamed bodies the relay holds for one caller connection (broadcast params, gateway and msgpack-rpc results, broadcast results); a call past it is answered OVERLOADED' })
+  .option('stream-idle-timeout', { type: 'string', default: `${D.streamIdleTimeout / 1000}s`, describe: 'A streamed body that receives no chunk for this long is cancelled (TIMEOUT)' })
   .example('$0 --listen :9090', 'listen on every interface, port 9090')
   .example('$0 --listen :9090 --msgpack-rpc-listen :9091', 'WebSocket callers and nodes on 9090, MessagePack-RPC callers on 9091')
   .example('$0 --listen 9090', 'the same: a bare number is a port on this host, never an IPv4 address')
@@ -89,6 +91,8 @@ try {
     maxLoginFailuresPerAddress: argv.maxLoginFailuresPerAddress,
     loginFailureWindow: parseDuration(argv.loginFailureWindow, 'login-failure-window'),
     maxConnectionsPerAddress: argv.maxConnectionsPerAddress,
+    maxReassembly: parseSize(argv.maxReassembly, 'max-reassembly'),
+    streamIdleTimeout: parseDuration(argv.streamIdleTimeout, 'stream-idle-timeout'),
   };
   // The settings in force after flags, environment and config file are merged: what an operator checks first.
   log.info(options, 'relay starting');

@@ -1,7 +1,8 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
-import { listenAddress, listenOn, peerAddress, urlHost } from '../util/address.js';
+import { isLoopbackHost, listenAddress, listenOn, peerAddress, urlHost } from '../util/address.js';
+import { BrowserPolicy } from '../util/browser-policy.js';
 import type { Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
 import type { TunnelNode } from './node.js';
@@ -21,7 +22,21 @@ export class DirectListener {
     options: { maxMessage: number; heartbeatTimeout: number },
   ) {
     this.http = createServer((_req, res) => res.writeHead(426, { 'content-type': 'text/plain' }).end('WebSocket only\n'));
-    this.wss = new WebSocketServer({ server: this.http, maxPayload: options.maxMessage, perMessageDeflate: false });
+    // No browser page may reach a node's direct port (it usually listens on loopback): any Origin is
+    // refused, and on loopback only loopback Host names are accepted (DNS rebinding).
+    const browsers = new BrowserPolicy({});
+    this.wss = new WebSocketServer({
+      server: this.http,
+      maxPayload: options.maxMessage,
+      perMessageDeflate: false,
+      verifyClient: (info, done) => {
+        const local = (info.req.socket.localAddress ?? '').replace(/^::ffff:/, '');
+        const refusal = browsers.check(info.req.headers, isLoopbackHost(local));
+        if (!refusal) return done(true);
+        this.log.warn({ peer: peerAddress(info.req.socket), door: 'direct', reason: refusal.reason }, 'refused request');
+        done(false, 403, refusal.reason, { 'X-Tunnel-Reason': refusal.reason.replace(/[^\x20-\x7e]/g, '?') });
+      },
+    });
     this.wss.on('connection', (ws, req) => {
       const address = peerAddress(req.socket);
       // A direct caller is charged like a relay's caller: it may not make the node hold more than

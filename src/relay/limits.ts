@@ -65,6 +65,9 @@ export function checkLimits(limits: Limits): void {
   for (const [name, value] of Object.entries(limits)) {
     if (!Number.isFinite(value) || value <= 0) throw new RangeError(`${name} must be a positive number, got ${String(value)}`);
   }
+  if (limits.maxReassembly < limits.maxMessage) {
+    throw new RangeError(`maxReassembly (${limits.maxReassembly}) must be at least maxMessage (${limits.maxMessage}), or a body of the largest size could never be reassembled`);
+  }
 }
 
 interface AddressState {

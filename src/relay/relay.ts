@@ -12,7 +12,7 @@ import { goaway, Kind, notify, response, responseStream, SUPPORTED_VERSIONS, wel
 import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '../wire/bounds.js';
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { Authenticator, peerCertificate, type AuthOptions } from './auth.js';
-import { BrowserPolicy } from './browser-policy.js';
+import { BrowserPolicy } from '../util/browser-policy.js';
 import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler, refuseRequest } from './http.js';

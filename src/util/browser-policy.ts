@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { AddressError, hostName, isLoopbackHost } from '../util/address.js';
+import { AddressError, hostName, isLoopbackHost } from './address.js';
 
 /**
  * Which web pages may reach the relay. Browsers are hostile callers: a page on any site can POST to
