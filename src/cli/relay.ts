@@ -37,7 +37,7 @@ const argv = await parse(
   .option('max-login-failures-per-address', { type: 'number', default: D.maxLoginFailuresPerAddress, describe: 'Failed Logins from one IP address per --login-failure-window; then its Logins are refused' })
   .option('login-failure-window', { type: 'string', default: `${D.loginFailureWindow / 60_000}m`, describe: 'Window of --max-login-failures-per-address' })
   .option('max-connections-per-address', { type: 'number', default: D.maxConnectionsPerAddress, describe: 'Open connections from one IP address; more are refused with HTTP 429' })
-  .option('max-reassembly', { type: 'string', default: '32MiB', describe: 'Bytes of incomplete streamed bodies the relay holds for one caller connection (broadcast params, gateway and msgpack-rpc results, broadcast results); a call past it is answered OVERLOADED' })
+  .option('max-reassembly', { type: 'string', default: '20MiB', describe: 'Bytes of incomplete streamed bodies the relay holds for one caller connection (broadcast params, gateway and msgpack-rpc results, broadcast results); a call past it is answered OVERLOADED' })
   .option('stream-idle-timeout', { type: 'string', default: `${D.streamIdleTimeout / 1000}s`, describe: 'A streamed body that receives no chunk for this long is cancelled (TIMEOUT)' })
   .example('$0 --listen :9090', 'listen on every interface, port 9090')
   .example('$0 --listen :9090 --msgpack-rpc-listen :9091', 'WebSocket callers and nodes on 9090, MessagePack-RPC callers on 9091')

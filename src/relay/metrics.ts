@@ -33,7 +33,17 @@ export class LabelCap {
   }
 }
 
+/** Longest label value, characters: longer names (callers choose method names) are cut, marked with "~". */
+export const MAX_LABEL_LENGTH = 64;
+
+function shortLabel(value: string): string {
+  return value.length <= MAX_LABEL_LENGTH ? value : `${value.slice(0, MAX_LABEL_LENGTH - 1)}~`;
+}
+
 const KNOWN_CODES = new Set<string>(['OK', ...Object.values(ErrorCode)]);
+
+/** Distinct (method, code) series of the calls counter; /metrics stays small whatever callers send. */
+const MAX_SERIES = 2_000;
 
 /** Seconds: from a local echo (well under a millisecond) to the longest deadline a caller may set. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
@@ -50,7 +60,10 @@ export class RelayMetrics {
   private readonly reconnects: Counter<'node'>;
   private readonly rejected: Counter<'reason'>;
   private readonly slowConsumers: Counter<'transport'>;
-  private readonly methods = new LabelCap(1_000);
+  /** Method names come from callers (any name reaches a forwarded service): few keep their own label. */
+  private readonly methods = new LabelCap(200);
+  /** Methods with a latency histogram of their own (20 lines each); the rest share "(other)". */
+  private readonly timedMethods = new LabelCap(50);
   private readonly codes = new LabelCap(50);
   private readonly nodeNames = new LabelCap(200);
   /** Bound children by "method\0code", so a call costs two map look-ups, not label hashing. */
@@ -177,24 +190,27 @@ export class RelayMetrics {
   private record(method: string, code: string, seconds: number | undefined, known: boolean): void {
     const name = known ? this.methods.get(method) : UNKNOWN;
     const outcome = KNOWN_CODES.has(code) ? code : this.codes.get(code);
-    const key = `${name}\0${outcome}`;
+    let key = `${name}\0${outcome}`;
     let series = this.series.get(key);
     if (!series) {
-      series = this.calls.labels(...split(name), outcome);
+      // Methods times codes is bounded too: past it, new pairs share one series.
+      if (this.series.size >= MAX_SERIES) key = `${OTHER}\0${OTHER}`;
+      series = this.series.get(key) ?? this.calls.labels(...split(key === `${OTHER}\0${OTHER}` ? OTHER : name), key === `${OTHER}\0${OTHER}` ? OTHER : outcome);
       this.series.set(key, series);
     }
     series.inc();
     if (seconds === undefined) return;
-    let timing = this.timings.get(name);
+    const timed = name === OTHER ? OTHER : this.timedMethods.get(name);
+    let timing = this.timings.get(timed);
     if (!timing) {
-      timing = this.latency.labels(...split(name));
-      this.timings.set(name, timing);
+      timing = this.latency.labels(...split(timed));
+      this.timings.set(timed, timing);
     }
     timing.observe(seconds);
   }
 
   nodeReconnected(name: string): void {
-    this.reconnects.inc({ node: this.nodeNames.get(name) });
+    this.reconnects.inc({ node: shortLabel(this.nodeNames.get(name)) });
   }
 
   connectionRejected(reason: string): void {
@@ -210,5 +226,5 @@ export class RelayMetrics {
 function split(method: string): [string, string] {
   if (method === UNKNOWN || method === OTHER) return [method, method];
   const dot = method.lastIndexOf('.');
-  return [method.slice(0, dot), method.slice(dot + 1)];
+  return [shortLabel(method.slice(0, dot)), shortLabel(method.slice(dot + 1))];
 }

@@ -1,0 +1,324 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Socket } from 'node:net';
+import { connect } from '../src/index.js';
+import { decodeAll, encode } from '../src/wire/codec.js';
+import { memoryAfterGc, MiB, peakRss, PROBE_ENV, resetPeak } from './helpers/memory.js';
+import { killAll, startNode, startRelay } from './helpers/processes.js';
+import { RawPeer } from './helpers/raw.js';
+
+/**
+ * One test per row of the audit in issue 10 ("Bounded under abuse"): each abuses one door with one
+ * connection, asserts the bound (memory after GC or the kernel's peak RSS of the process under
+ * test), the close code or error the abuser gets, and that an honest caller is served meanwhile.
+ */
+
+const ABUSE = 'test/fixtures/abuse-services.js';
+const CHUNK = 256 * 1024;
+type Msg = unknown[];
+
+const socketOf = (peer: RawPeer) => (peer.ws as unknown as { _socket: Socket })._socket;
+
+async function rawCaller(addr: string): Promise<RawPeer> {
+  const peer = new RawPeer(`ws://${addr}/`);
+  await peer.open();
+  peer.send([4, { version: 2, role: 'caller' }]);
+  await peer.until(() => peer.received.some((m) => (m as Msg)[0] === 5), 5_000, 'welcome');
+  return peer;
+}
+
+async function rawNode(addr: string, name: string, services: Record<string, string[]>, labels: Record<string, string> = {}): Promise<RawPeer> {
+  const peer = new RawPeer(`ws://${addr}/`);
+  await peer.open();
+  peer.send([4, { version: 2, role: 'node', name, services, labels }]);
+  await peer.until(() => peer.received.some((m) => (m as Msg)[0] === 5) || peer.closed !== undefined, 5_000, 'welcome');
+  return peer;
+}
+
+const responses = (peer: RawPeer, code?: string) =>
+  peer.received.filter((m) => (m as Msg)[0] === 1 && (code === undefined || ((m as Msg)[2] as { code?: string } | null)?.code === code)) as Msg[];
+
+/** Chunk bytes acknowledged to `peer` per stream, and in all. */
+function acked(peer: RawPeer): number {
+  let n = 0;
+  for (const m of peer.received) if ((m as Msg)[0] === 10) n += (m as Msg)[(m as Msg).length - 1] as number;
+  return n;
+}
+
+/**
+ * Sends `perStream` bytes of params chunks on each of `ids`, never more than the windows allow:
+ * at most 12 MiB unacknowledged in all (the connection window is 16 MiB), 1 MiB per stream.
+ */
+async function upload(peer: RawPeer, ids: number[], perStream: number): Promise<void> {
+  const piece = Buffer.alloc(CHUNK, 1);
+  let sent = 0;
+  for (const id of ids) {
+    for (let done = 0; done < perStream; done += CHUNK) {
+      await peer.until(() => sent - acked(peer) <= 12 * MiB || peer.closed !== undefined, 10_000, 'acknowledgements');
+      if (peer.closed) return;
+      peer.send([8, id, false, piece]);
+      sent += CHUNK;
+    }
+  }
+}
+
+describe('bounded under abuse', () => {
+  afterEach(killAll);
+
+  it('cuts a WebSocket caller that asks for 1,024 × 250 KB and stops reading, within 40 MiB, and cancels its calls', async () => {
+    const relay = await startRelay([], 0, PROBE_ENV);
+    const node = await startNode(relay.addr, ['--name', 'kv-1']);
+    const honest = await connect(relay.addr);
+    expect(await honest.call('KV.Set', 'big', 'x'.repeat(250_000))).toBe(true);
+    expect(((await honest.call('KV.Get', 'big')) as string).length).toBe(250_000);
+    const base = await memoryAfterGc(relay.proc);
+    resetPeak(relay.proc);
+
+    const peer = await rawCaller(relay.addr);
+    socketOf(peer).pause();
+    const params = encode(['big']);
+    for (let id = 1; id <= 1024; id++) peer.send([0, id, 'KV.Get', params, { timeout: 60_000 }]);
+    const cut = relay.proc.waitForMsg('slow consumer: closing connection', 30_000);
+    expect(await honest.call('Arith.Multiply', 6, 7)).toBe(42);
+    const line = await cut;
+    // Cut once twice the limit waited in its socket, with at most one answer more.
+    expect(line.limit).toBe(8 * MiB);
+    expect(line.backlogBytes as number).toBeLessThan(16 * MiB + 300_000);
+    socketOf(peer).resume();
+    const closed = await peer.waitClosed(10_000);
+    expect(closed.code).toBe(4008);
+    expect(closed.reason).toMatch(/slow consumer/);
+
+    // Held memory is measured after a collection: the peak also holds garbage that V8 collects
+    // whenever it likes (its external-memory trigger is 64 MiB); nothing is held once the caller is cut.
+    const after = await memoryAfterGc(relay.proc);
+    expect(after.rss - base.rss).toBeLessThan(40 * MiB);
+    expect(peakRss(relay.proc) - base.rss).toBeLessThan(120 * MiB);
+    // Its calls were cancelled on the node with its session.
+    await node.waitForLog((l) => l.msg === 'session closed', 10_000, 'session closed on the node');
+    expect(await honest.call('Arith.Multiply', 6, 7)).toBe(42);
+    const metrics = await (await fetch(`http://${relay.addr}/metrics`)).text();
+    expect(metrics).toMatch(/^tunnel_relay_slow_consumers_total\{transport="websocket"\} 1$/m);
+    await honest.close();
+  });
+
+  it('closes a caller that forges acknowledgements, and holds no more than 40 MiB for its 32 × 8 MiB results', async () => {
+    const relay = await startRelay([], 0, PROBE_ENV);
+    await startNode(relay.addr, ['--name', 'blob-1', '--services', ABUSE]);
+    const honest = await connect(relay.addr);
+    const base = await memoryAfterGc(relay.proc);
+    resetPeak(relay.proc);
+
+    // The version 1 form, acknowledging far more than was sent.
+    const v1 = await rawCaller(relay.addr);
+    for (let id = 1; id <= 32; id++) v1.send([0, id, 'Abuse.Blob', encode([8 * MiB]), { timeout: 60_000 }]);
+    await v1.until(() => v1.received.some((m) => (m as Msg)[0] === 8), 10_000, 'a first chunk');
+    socketOf(v1).pause();
+    v1.send([10, 1e12]);
+    socketOf(v1).resume();
+    const c1 = await v1.waitClosed(10_000);
+    expect(c1.code).toBe(1002);
+    expect(c1.reason).toMatch(/acknowledgement of 1000000000000 bytes/);
+
+    // Version 2: more than the stream has outstanding.
+    const v2 = await rawCaller(relay.addr);
+    for (let id = 1; id <= 32; id++) v2.send([0, id, 'Abuse.Blob', encode([8 * MiB]), { timeout: 60_000 }]);
+    await v2.until(() => v2.received.some((m) => (m as Msg)[0] === 8), 10_000, 'a first chunk');
+    const stream = (v2.received.find((m) => (m as Msg)[0] === 8) as Msg)[1] as number;
+    v2.send([10, stream, 1e12]);
+    const c2 = await v2.waitClosed(10_000);
+    expect(c2.code).toBe(1002);
+    expect(c2.reason).toMatch(new RegExp(`acknowledgement of 1000000000000 bytes of stream ${stream}`));
+
+    expect(await honest.call('Abuse.Echo', 'still here')).toBe('still here');
+    const after = await memoryAfterGc(relay.proc);
+    expect(after.rss - base.rss).toBeLessThan(40 * MiB);
+    expect(peakRss(relay.proc) - base.rss).toBeLessThan(120 * MiB);
+    await honest.close();
+  });
+
+  it('takes an acknowledgement of 0 bytes, and an empty final chunk, as harmless', async () => {
+    const relay = await startRelay();
+    const zero = await rawNode(relay.addr, 'zero-1', { Zero: ['Echo'] });
+    zero.send([10, 0]);
+    zero.send([10, 5, 0]);
+    const caller = await connect(relay.addr);
+    const answered = caller.call('Zero.Echo', 'hi');
+    await zero.until(() => zero.received.some((m) => (m as Msg)[0] === 0), 5_000, 'the request');
+    const req = zero.received.find((m) => (m as Msg)[0] === 0) as Msg;
+    zero.send([1, req[1], null, encode('hi back')]);
+    expect(await answered).toBe('hi back');
+    expect(zero.closed).toBeUndefined();
+
+    // A caller's streamed params ending with an empty final chunk, passed on to a real node.
+    await startNode(relay.addr, ['--name', 'echo-1', '--services', ABUSE]);
+    const peer = await rawCaller(relay.addr);
+    const params = encode(['streamed in two pieces']);
+    peer.send([0, 1, 'Abuse.Echo', null, { stream: params.length, node: 'echo-1' }]);
+    peer.send([8, 1, false, params]);
+    peer.send([8, 1, true, Buffer.alloc(0)]);
+    peer.send([10, 1, 0]);
+    const r = await peer.response(1, 10_000);
+    expect(r[2]).toBeNull();
+    expect(decodeAll(r[3] as Uint8Array)).toEqual(['streamed in two pieces']);
+    expect(peer.closed).toBeUndefined();
+    expect(relay.proc.logs.some((l) => l.msg === 'node disconnected')).toBe(false);
+    expect(await caller.call('Abuse.Echo', 'ok', { node: 'echo-1' })).toBe('ok');
+    await caller.close();
+  });
+
+  it('answers caller B at once while caller A reads but never acknowledges a 4 MiB result from the same node', async () => {
+    const relay = await startRelay();
+    await startNode(relay.addr, ['--name', 'blob-1', '--services', ABUSE]);
+    const a = await rawCaller(relay.addr);
+    a.send([0, 1, 'Abuse.Blob', encode([4 * MiB]), { timeout: 60_000 }]);
+    await a.until(() => a.received.some((m) => (m as Msg)[0] === 8), 10_000, 'the first chunk of A');
+    const b = await connect(relay.addr);
+    const t0 = performance.now();
+    const got = (await b.call('Abuse.Blob', MiB, { timeout: 10_000 })) as Buffer;
+    const ms = performance.now() - t0;
+    expect(got.length).toBe(MiB);
+    expect(ms).toBeLessThan(1_000);
+    // A's stream stalled at its window: it was sent at most 1 MiB it did not acknowledge.
+    const aBytes = a.received.filter((m) => (m as Msg)[0] === 8).reduce((n, m) => n + ((m as Msg)[3] as Uint8Array).length, 0);
+    expect(aBytes).toBeLessThanOrEqual(MiB);
+    expect(aBytes).toBeGreaterThan(0);
+    await b.close();
+  });
+
+  it('charges unfinished broadcast uploads to the caller as they arrive, refuses past 20 MiB, and cancels idle ones', async () => {
+    const relay = await startRelay(['--stream-idle-timeout', '2s'], 0, PROBE_ENV);
+    await startNode(relay.addr, ['--name', 'echo-1', '--services', ABUSE]);
+    const honest = await connect(relay.addr);
+    const base = await memoryAfterGc(relay.proc);
+    resetPeak(relay.proc);
+
+    const peer = await rawCaller(relay.addr);
+    // The relay's own service takes no large params at all.
+    peer.send([0, 5000, 'Relay.List', null, { stream: 16 * MiB }]);
+    expect(((await peer.response(5000)) as [number, number, { code: string }])[2].code).toBe('TOO_LARGE');
+    for (let id = 1; id <= 1024; id++) peer.send([0, id, 'Abuse.Echo', null, { stream: 16 * MiB, broadcast: true, timeout: 120_000 }]);
+    await upload(peer, Array.from({ length: 64 }, (_, i) => i + 1), MiB);
+    expect(peer.closed).toBeUndefined();
+    await peer.until(() => responses(peer, 'OVERLOADED').length > 0, 10_000, 'OVERLOADED');
+    expect(await honest.call('Abuse.Echo', 'served')).toBe('served');
+    // Measured while the 20 MiB of unfinished uploads are still held.
+    const held = await memoryAfterGc(relay.proc);
+    expect(held.rss - base.rss).toBeLessThan(40 * MiB);
+    expect(held.heapUsed + held.external - (base.heapUsed + base.external)).toBeGreaterThan(16 * MiB);
+    expect(peakRss(relay.proc) - base.rss).toBeLessThan(120 * MiB);
+    // Every upload that stopped moving is cancelled after the idle timeout.
+    await peer.until(() => responses(peer).length >= 1025, 15_000, 'an answer to every upload');
+    expect(responses(peer, 'TIMEOUT').length + responses(peer, 'OVERLOADED').length).toBe(1024);
+    expect(responses(peer, 'TIMEOUT')[0]![2]).toMatchObject({ message: expect.stringMatching(/stopped arriving/) });
+    const after = await memoryAfterGc(relay.proc);
+    expect(after.heapUsed + after.external - (base.heapUsed + base.external)).toBeLessThan(8 * MiB);
+    await honest.close();
+  });
+
+  it('bounds what one caller session makes a node reassemble, and cancels idle uploads there', async () => {
+    const relay = await startRelay();
+    const node = await startNode(relay.addr, ['--name', 'echo-1', '--services', ABUSE, '--stream-idle-timeout', '2s'], PROBE_ENV);
+    const honest = await connect(relay.addr);
+    const base = await memoryAfterGc(node);
+    resetPeak(node);
+
+    const peer = await rawCaller(relay.addr);
+    for (let id = 1; id <= 1024; id++) peer.send([0, id, 'Abuse.Echo', null, { stream: 16 * MiB, timeout: 300_000 }]);
+    await upload(peer, Array.from({ length: 64 }, (_, i) => i + 1), MiB);
+    await peer.until(() => responses(peer, 'OVERLOADED').length > 0, 10_000, 'OVERLOADED from the node');
+    expect(await honest.call('Abuse.Echo', 'served')).toBe('served');
+    const held = await memoryAfterGc(node);
+    expect(held.rss - base.rss).toBeLessThan(40 * MiB);
+    expect(held.heapUsed + held.external - (base.heapUsed + base.external)).toBeGreaterThan(16 * MiB);
+    expect(peakRss(node) - base.rss).toBeLessThan(120 * MiB);
+    await peer.until(() => responses(peer).length >= 1024, 15_000, 'an answer to every upload');
+    expect(responses(peer, 'TIMEOUT').length + responses(peer, 'OVERLOADED').length).toBe(1024);
+    await honest.close();
+  });
+
+  it('refuses method names over the limit and keeps /metrics small whatever names callers send', async () => {
+    const relay = await startRelay();
+    await startNode(relay.addr, ['--name', 'fwd-1', '--forward', 'Fwd=127.0.0.1:9']);
+    const caller = await connect(relay.addr);
+    for (let i = 0; i < 20; i++) {
+      await expect(caller.call(`Fwd.${String(i).padEnd(1024 * 1024, 'x')}`)).rejects.toMatchObject({ code: 'BAD_REQUEST' });
+    }
+    // Many distinct names of legal length to a service that takes any method.
+    const calls: Promise<unknown>[] = [];
+    for (let i = 0; i < 600; i++) calls.push(caller.call(`Fwd.M${i}${'y'.repeat(100)}`).catch(() => undefined));
+    await Promise.all(calls);
+    const res = await fetch(`http://${relay.addr}/metrics`);
+    const text = await res.text();
+    expect(text.length).toBeLessThan(512 * 1024);
+    expect(Math.max(...text.split('\n').map((l) => l.length))).toBeLessThan(600);
+    expect(text).toMatch(/method="\(other\)"/);
+    expect(text).toMatch(/service="\(unknown\)",method="\(unknown\)",code="BAD_REQUEST"\} 20/);
+    await caller.close();
+  });
+
+  it('makes a rogue node that announces 3 GiB broadcast results a TOO_LARGE entry, at once', async () => {
+    const relay = await startRelay([], 0, PROBE_ENV);
+    await startNode(relay.addr, ['--name', 'good-1', '--services', ABUSE]);
+    const rogue = await rawNode(relay.addr, 'rogue-1', { Abuse: ['Echo'] });
+    // Answers every request with the head of a 3 GiB result stream, and sends nothing more.
+    rogue.ws.on('message', (data: Buffer) => {
+      for (const m of decodeAll(data) as Msg[]) if (m[0] === 0) rogue.send([9, m[1], 3 * 1024 * MiB]);
+    });
+    const caller = await connect(relay.addr);
+    const base = await memoryAfterGc(relay.proc);
+    resetPeak(relay.proc);
+    for (let i = 0; i < 8; i++) {
+      const t0 = performance.now();
+      const rows = await caller.broadcast('Abuse.Echo', [i], { timeout: 20_000 });
+      expect(performance.now() - t0).toBeLessThan(5_000);
+      expect(rows.map((r) => [r.node, r.ok])).toEqual([['good-1', true], ['rogue-1', false]]);
+      const bad = rows[1] as { error: { code: string; message: string } };
+      expect(bad.error.code).toBe('TOO_LARGE');
+    }
+    // The rogue was told to stop each call.
+    expect(rogue.received.filter((m) => (m as Msg)[0] === 3).length).toBe(8);
+    expect(peakRss(relay.proc) - base.rss).toBeLessThan(40 * MiB);
+    const after = await memoryAfterGc(relay.proc);
+    expect(after.rss - base.rss).toBeLessThan(10 * MiB);
+    await caller.close();
+  });
+
+  it('limits hellos, and cuts presence watchers that stop reading while a node flaps', async () => {
+    const relay = await startRelay(['--max-backlog', '1MiB'], 0, PROBE_ENV);
+    const tooBig = await rawNode(relay.addr, 'big-1', { Big: Array.from({ length: 1000 }, (_, i) => `M${i}${'z'.repeat(4000)}`.slice(0, 120)) }, { note: 'x'.repeat(200) });
+    expect((await tooBig.waitClosed()).code).toBe(1009);
+    const services = Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`S${i}`, ['A']]));
+    const many = await rawNode(relay.addr, 'many-1', services);
+    expect(await many.waitClosed()).toMatchObject({ code: 1008, reason: expect.stringMatching(/at most 256 services/) });
+    const label = await rawNode(relay.addr, 'label-1', { A: ['B'] }, { k: 'v'.repeat(1000) });
+    expect(await label.waitClosed()).toMatchObject({ code: 1008, reason: expect.stringMatching(/label k is 1000 characters/) });
+
+    await startNode(relay.addr, ['--name', 'kv-1']);
+    const honest = await connect(relay.addr);
+    const base = await memoryAfterGc(relay.proc);
+    const watchers: RawPeer[] = [];
+    for (let i = 0; i < 20; i++) {
+      const w = await rawCaller(relay.addr);
+      w.send([0, 1, 'Relay.Watch', encode([]), {}]);
+      await w.response(1);
+      socketOf(w).pause();
+      watchers.push(w);
+    }
+    // A node whose hello is just under the limit joins and leaves until every watcher is cut.
+    const methods = Array.from({ length: 500 }, (_, i) => `Method${i}_${'q'.repeat(100)}`);
+    const cuts = () => relay.proc.logs.filter((l) => l.msg === 'slow consumer: closing connection').length;
+    for (let flap = 0; flap < 400 && cuts() < 20; flap++) {
+      const n = await rawNode(relay.addr, 'flappy-1', { Flap: methods });
+      expect(n.closed).toBeUndefined();
+      const from = relay.proc.logs.length;
+      n.close();
+      await relay.proc.waitForLog((l) => l.msg === 'node disconnected' && l.node === 'flappy-1', 5_000, 'the leave', from);
+    }
+    expect(cuts()).toBe(20);
+    expect(await honest.call('Arith.Multiply', 6, 7)).toBe(42);
+    const after = await memoryAfterGc(relay.proc);
+    expect(after.heapUsed + after.external - (base.heapUsed + base.external)).toBeLessThan(10 * MiB);
+    for (const w of watchers) w.close();
+    await honest.close();
+  });
+});
