@@ -96,6 +96,11 @@ export class CallerLink {
     return this.inflight.size;
   }
 
+  /** The caller's ids of its calls in flight: what to answer when a transport that cannot close is revoked. */
+  get inFlightIds(): number[] {
+    return [...this.inflight.keys()];
+  }
+
   onMessage(m: Message): void {
     switch (m.kind) {
       case Kind.REQUEST:
