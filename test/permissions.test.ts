@@ -1,5 +1,9 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseTokens } from '../src/relay/auth.js';
+import { Authenticator, parseTokens, type Credential } from '../src/relay/auth.js';
+import { silentLogger } from '../src/util/logger.js';
 import { parseCallPattern, PermissionTable, type NodeView } from '../src/relay/permissions.js';
 
 const T = 'x'.repeat(16);
@@ -63,6 +67,14 @@ describe('serve=: reserved services', () => {
       'node lab-1 may not serve Hello: it is reserved to nodes whose tokens list it (serve= in the tokens file)',
     );
     expect(table.serveRefusal('lab-1', ['KV', 'Server'])).toBeUndefined();
+  });
+
+  it('gives a node whose name nothing proved no serve= of its own', () => {
+    expect(table.mayServe('office-1', 'Hello', false)).toBe(false);
+    expect(table.mayServe('office-1', 'KV', false)).toBe(true);
+    expect(table.serveRefusal('office-1', ['Hello'], false)).toBe(
+      'node office-1 may not serve Hello with the shared node token: it is reserved to nodes with their own token line (serve=)',
+    );
   });
 
   it('has no rules when open', () => {
@@ -137,5 +149,52 @@ describe('tokens file lines with rules', () => {
     expect(() => parseTokens(`node a ${T} serve=Arith,,KV`, 'f')).toThrow(/^f line 1: serve= needs a comma-separated list/);
     expect(() => parseTokens(`node a ${T} serve=Ar$ith`, 'f')).toThrow(/^f line 1: serve= service "Ar\$ith" must be a service name/);
     expect(() => parseTokens(`caller a ${T} call=x/y/Z.W`, 'f')).toThrow(/^f line 1: call= pattern "x\/y\/Z.W" has more than one \//);
+  });
+});
+
+describe('Authenticator: who a rule applies to, and re-checks after a reload', () => {
+  const SHARED = 'shared-node-token-0123';
+  const OFFICE = 'office-node-token-0123';
+  const BILLING = 'billing-token-01234567';
+
+  function withTokens(text: string, run: (auth: Authenticator, write: (text: string) => void) => void): void {
+    const dir = mkdtempSync(join(tmpdir(), 'perm-'));
+    const file = join(dir, 'tokens');
+    writeFileSync(file, text);
+    try {
+      run(new Authenticator({ nodeToken: SHARED, tokens: file }, silentLogger), (t) => writeFileSync(file, t));
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  }
+  const credential = (v: ReturnType<Authenticator['node']>): Credential => {
+    if (!v.ok) throw new Error(v.reason);
+    return v.credential;
+  };
+
+  it('applies serve= to the node that presents its own token line, not to a holder of the shared token', () => {
+    withTokens(`node office-1 ${OFFICE} serve=Hello\n`, (auth) => {
+      const own = credential(auth.node('office-1', OFFICE, undefined));
+      const shared = credential(auth.node('office-1', SHARED, undefined));
+      expect(auth.serveRefusal('office-1', ['Hello'], own)).toBeUndefined();
+      expect(auth.serveRefusal('office-1', ['Hello'], shared)).toMatch(/with the shared node token/);
+      expect(auth.serveRefusal('lab-1', ['KV'], credential(auth.node('lab-1', SHARED, undefined)))).toBeUndefined();
+    });
+  });
+
+  it('re-checks nodes and callers against the reloaded file', () => {
+    withTokens(`node office-1 ${OFFICE}\ncaller billing ${BILLING}\n`, (auth, write) => {
+      const office = credential(auth.node('office-1', OFFICE, undefined));
+      const billing = auth.caller(BILLING);
+      if (!billing.ok) throw new Error(billing.reason);
+      write(`node office-1 ${OFFICE} serve=Arith\ncaller billing ${'b'.repeat(20)}\n`);
+      auth.reload();
+      expect(auth.recheckNode('office-1', office, ['Arith'])).toBeUndefined();
+      expect(auth.recheckNode('office-1', office, ['Arith', 'KV'])).toBe('node office-1 may not serve KV: its serve= in the tokens file does not list it');
+      expect(auth.recheckCaller('billing', billing.credential)).toBe('caller token refused (its token was revoked)');
+      // Without its credential a session is checked by identity: billing still has a token.
+      expect(auth.recheckCaller('billing', undefined)).toBeUndefined();
+      expect(auth.recheckCaller(null, undefined)).toBe('this relay now requires a caller token (--token or TUNNEL_TOKEN)');
+    });
   });
 });

@@ -201,7 +201,25 @@ export class Authenticator extends EventEmitter {
   recheckNode(name: string, credential: Credential, services: Iterable<string>): string | undefined {
     const verdict = this.nodeVerdict(name, credential.digest, credential.certificate);
     if (!verdict.ok) return `${verdict.reason} (its token was revoked)`;
-    return this.table.serveRefusal(name, services);
+    return this.serveRefusal(name, services, credential);
+  }
+
+  /** Why node `name`, admitted with `credential`, may not announce one of `services`, or undefined. */
+  serveRefusal(name: string, services: Iterable<string>, credential: Credential): string | undefined {
+    return this.table.serveRefusal(name, services, this.provesName(name, credential));
+  }
+
+  /**
+   * Whether `credential` proves the node name, so that the name's `serve=` applies: its own token
+   * line, a verified certificate carrying the name, or a relay that checks no node at all. The shared
+   * node token lets its holder take any name, so it proves none.
+   */
+  private provesName(name: string, credential: Credential): boolean {
+    if (!this.nodesNeedAuth) return true;
+    const cert = credential.certificate;
+    if (this.opts.nodeCertificates && cert?.authorized && cert.names.includes(name)) return true;
+    const d = credential.digest;
+    return d !== undefined && this.matchDigest(d).some((e) => e.kind === 'node' && e.name === name);
   }
 
   /**

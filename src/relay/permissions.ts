@@ -187,15 +187,23 @@ export class PermissionTable {
     return identity === null ? undefined : this.callers.get(identity);
   }
 
-  mayServe(node: string, service: string): boolean {
-    const own = this.serve.get(node);
+  /**
+   * May node `node` announce `service`? `proven` is false when nothing proved the name (a node
+   * admitted by the shared node token may take any name): such a node has no `serve` of its own and
+   * may announce only services nobody reserved.
+   */
+  mayServe(node: string, service: string, proven = true): boolean {
+    const own = proven ? this.serve.get(node) : undefined;
     return own !== undefined ? own.has(service) : !this.reserved.has(service);
   }
 
   /** Why node `node` may not announce one of `services`, or undefined when it may announce them all. */
-  serveRefusal(node: string, services: Iterable<string>): string | undefined {
+  serveRefusal(node: string, services: Iterable<string>, proven = true): string | undefined {
     for (const service of services) {
-      if (this.mayServe(node, service)) continue;
+      if (this.mayServe(node, service, proven)) continue;
+      if (!proven && this.serve.get(node)?.has(service)) {
+        return `node ${node} may not serve ${service} with the shared node token: it is reserved to nodes with their own token line (serve=)`;
+      }
       if (this.reserved.has(service)) {
         return `node ${node} may not serve ${service}: it is reserved to nodes whose tokens list it (serve= in the tokens file)`;
       }

@@ -496,7 +496,7 @@ export class Relay extends EventEmitter {
       conn.close(CloseCode.POLICY, `service name ${RELAY_SERVICE} is reserved for the relay's own presence service; rename it`);
       return;
     }
-    const forbidden = this.auth.permissions.serveRefusal(name, Object.keys(services));
+    const forbidden = this.auth.serveRefusal(name, Object.keys(services), credential);
     if (forbidden !== undefined) return this.refuse(conn, log, 'node', forbidden, name, 'forbidden_service');
     const link = new NodeLink(name, conn, services, h.labels ?? {}, address, log);
     this.credentials.set(link, credential);
