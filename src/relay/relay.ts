@@ -102,7 +102,7 @@ export interface GatewaySession {
 export class Relay extends EventEmitter {
   readonly directory = new NodeDirectory();
   readonly metrics: RelayMetrics;
-  /** Who may register nodes and call; `auth.reload()` rereads the tokens file. */
+  /** Who may register nodes and call; `auth.reload()` rereads the tokens file and closes what it no longer admits. */
   readonly auth: Authenticator;
   /** @internal */
   readonly log: Logger;
