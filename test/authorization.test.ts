@@ -5,6 +5,7 @@ import { connect, type Client } from '../src/client/client.js';
 import { isTunnelError } from '../src/errors.js';
 import { registerExamples, Relay, ServiceRegistry, TunnelNode } from '../src/index.js';
 import type { Revocation } from '../src/relay/relay.js';
+import { silentLogger } from '../src/util/logger.js';
 import type { NodeInfo, PresenceEvent } from '../src/wire/presence.js';
 import { certDir } from './helpers/certs.js';
 import { gatewayCall } from './helpers/http.js';
@@ -306,11 +307,25 @@ describe('the permissions option of Relay', () => {
   it('closes a caller whose token a reload removed, and says so with a revoked event', async () => {
     const billing = await connect(url, { token: T.billing });
     const closed = once(billing, 'close');
-    const revoked = once(relay, 'revoked');
+    // Sessions of other doors (the msgpack-rpc port) opened with and without the credential.
+    const closes: Array<[number, string]> = [];
+    const output = { respond: () => undefined, close: (code: number, reason: string) => closes.push([code, reason]) };
+    const admission = relay.admitCaller(T.billing, '127.0.0.1:1');
+    relay.openCallerSession(output, '127.0.0.1:1', admission.identity, silentLogger, admission.credential);
+    relay.openCallerSession(output, '127.0.0.1:2', 'lib-billing', silentLogger);
+    const revoked: Revocation[] = [];
+    relay.on('revoked', (r: Revocation) => revoked.push(r));
     writeFileSync(file, `node owner ${T.owner}\nnode other ${T.other}\nnode spare ${T.spare}\n`);
     relay.auth.reload();
-    const [event] = (await revoked) as [Revocation];
-    expect(event).toMatchObject({ role: 'caller', name: 'lib-billing', reason: 'caller token refused (its token was revoked)' });
+    expect(revoked.map((r) => [r.role, r.name, r.address.startsWith('127.0.0.1:')])).toEqual([
+      ['caller', 'lib-billing', true],
+      ['caller', 'lib-billing', true],
+      ['caller', 'lib-billing', true],
+    ]);
+    expect(closes).toEqual([
+      [4003, 'caller token refused (its token was revoked)'],
+      [4003, 'caller lib-billing has no token any more (its token was revoked)'],
+    ]);
     const [code, reason] = (await closed) as [number, string];
     expect([code, reason]).toEqual([4003, 'caller token refused (its token was revoked)']);
   });
