@@ -1,5 +1,7 @@
 /** Public entry of the library: relay, node and caller, and the pieces services are written with. */
 export { Relay, type RelayOptions, type NodeInfo } from './relay/relay.js';
+export type { CallerAdmission, Revocation } from './relay/relay.js';
+export type { Permissions } from './relay/permissions.js';
 export { TunnelNode, type NodeOptions } from './node/node.js';
 export { connect, Client, type ClientOptions, type BroadcastResult, type PresenceWatch } from './client/client.js';
 export type { CallOptions, BroadcastOptions, Selector } from './client/options.js';

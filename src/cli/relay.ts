@@ -30,7 +30,7 @@ const argv = await parse(
   .option('tls-ca', { type: 'string', describe: 'PEM CA for node client certificates: nodes must present one whose CN (or DNS SAN) is their name' })
   .option('node-token', { type: 'string', describe: 'Token every node must present (any name). Prefer TUNNEL_NODE_TOKEN: command lines are visible to other users' })
   .option('caller-token', { type: 'string', describe: 'Token every caller must present (identity "caller"). Prefer TUNNEL_CALLER_TOKEN' })
-  .option('tokens', { type: 'string', describe: 'File of "node NAME TOKEN" and "caller NAME TOKEN" lines (# comments); reloaded when it changes and on SIGHUP' })
+  .option('tokens', { type: 'string', describe: 'File of "node NAME TOKEN [serve=Service,...]" and "caller NAME TOKEN [call=[node/]Service[.Method],...]" lines (# comments): serve= reserves those services to the nodes that list them, call= limits a caller to matching methods (* globs); reloaded when it changes and on SIGHUP, closing connections it no longer admits' })
   .option('max-caller-in-flight', { type: 'number', default: D.maxCallerInFlight, describe: 'Calls in flight per caller connection; more are answered OVERLOADED at once' })
   .option('max-node-in-flight', { type: 'number', default: D.maxNodeInFlight, describe: 'Calls in flight per node; more are answered OVERLOADED at once' })
   .option('max-login-failures', { type: 'number', default: D.maxLoginFailures, describe: 'Failed Logins (LOGIN_FAILED answers) after which a caller connection is closed (4005)' })
@@ -46,6 +46,7 @@ const argv = await parse(
   .example('$0 --listen 127.0.0.1:0', 'loopback only, any free port (printed in the "relay listening" log line)')
   .example('$0 --listen :9090 --admin-listen 127.0.0.1:9100', 'metrics and node list on a loopback-only admin port')
   .example('$0 --tls-cert relay.crt --tls-key relay.key --tls-ca ca.crt --tokens tokens.txt', 'on the internet: TLS, node certificates, tokens (see README, "Running a relay on the internet")')
+  .example('$0 --tokens tokens.txt', 'tokens.txt: "node office-1 TOKEN serve=Arith,Hello" and "caller billing TOKEN call=office-*/Arith.*,*/KV.Get" (README, "Permissions")')
   .example('$0 --config /etc/tunnel/relay.yaml', 'flags from a file (see docs/deploy/relay.yaml)')
   .epilog(
     'HTTP on the --listen port: POST /call/Service.Method with a JSON array body, GET /healthz, /readyz, /metrics, /nodes.\n' +

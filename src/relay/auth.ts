@@ -1,8 +1,11 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../util/logger.js';
+import { NODE_NAME } from '../wire/bounds.js';
+import { checkServiceName, parseCallPattern, PermissionTable, type Permissions } from './permissions.js';
 
 /** Shortest token accepted: shorter ones can be guessed (make one with `openssl rand -hex 32`). */
 export const MIN_TOKEN_LENGTH = 16;
@@ -12,8 +15,16 @@ export interface AuthOptions {
   nodeToken?: string;
   /** One token every caller must present; its identity is `caller`. */
   callerToken?: string;
-  /** File of `node NAME TOKEN` and `caller NAME TOKEN` lines; reloaded on change and by {@link Authenticator.reload}. */
+  /**
+   * File of `node NAME TOKEN [serve=Service,...]` and `caller NAME TOKEN [call=[node/]Service[.Method],...]`
+   * lines; reloaded on change and by {@link Authenticator.reload}.
+   */
   tokens?: string;
+  /**
+   * What each node may serve and each caller may call, merged with the `serve=` and `call=` rules of
+   * the tokens file (see {@link Permissions}).
+   */
+  permissions?: Permissions;
   /** Nodes must present a client certificate (the relay was given `tlsCa`). */
   nodeCertificates?: boolean;
 }
@@ -30,12 +41,25 @@ export interface PeerCertificate {
   names: string[];
 }
 
-export type Verdict = { ok: true; identity: string | null } | { ok: false; reason: string };
+/**
+ * What admitted a connection, kept to check it again at each reload: the SHA-256 digest of its token
+ * (never the token) and the facts of its client certificate. Opaque outside this file.
+ */
+export interface Credential {
+  readonly digest: Buffer | undefined;
+  readonly certificate: PeerCertificate | undefined;
+}
 
-interface TokenEntry {
+export type Verdict = { ok: true; identity: string | null; credential: Credential } | { ok: false; reason: string };
+
+export interface TokenEntry {
   kind: 'node' | 'caller';
   name: string;
   digest: Buffer;
+  /** `serve=` of a node line. */
+  serve?: string[];
+  /** `call=` of a caller line. */
+  call?: string[];
 }
 
 const digest = (token: string): Buffer => createHash('sha256').update(token).digest();
@@ -65,12 +89,14 @@ export function peerCertificate(socket: unknown): PeerCertificate | undefined {
 }
 
 /**
- * Relay-level authentication: who may register a node name and who may call, decided before any RPC.
- * Tokens are compared as SHA-256 digests with timingSafeEqual, against every entry, so that neither a
- * token's content nor which entry it matched shows in the timing.
+ * Relay-level authentication: who may register a node name and who may call, decided before any RPC,
+ * and the permissions of the tokens file. Tokens are compared as SHA-256 digests with timingSafeEqual,
+ * against every entry, so that neither a token's content nor which entry it matched shows in the timing.
+ * Emits `reload` after the tokens file was reread successfully.
  */
-export class Authenticator {
+export class Authenticator extends EventEmitter {
   private entries: TokenEntry[] = [];
+  private table: PermissionTable;
   private readonly nodeDigest: Buffer | undefined;
   private readonly callerDigest: Buffer | undefined;
   private watcher: FSWatcher | undefined;
@@ -82,12 +108,14 @@ export class Authenticator {
     private readonly opts: AuthOptions,
     private readonly log: Logger,
   ) {
+    super();
     for (const [flag, token] of [['nodeToken', opts.nodeToken], ['callerToken', opts.callerToken]] as const) {
       if (token !== undefined) checkToken(token, flag);
     }
     this.nodeDigest = opts.nodeToken === undefined ? undefined : digest(opts.nodeToken);
     this.callerDigest = opts.callerToken === undefined ? undefined : digest(opts.callerToken);
     if (opts.tokens !== undefined) this.entries = parseTokens(readTokens(opts.tokens), opts.tokens);
+    this.table = buildTable(opts.permissions, this.entries);
     this.callersNeedToken = this.callerDigest !== undefined || this.entries.some((e) => e.kind === 'caller');
   }
 
@@ -98,6 +126,11 @@ export class Authenticator {
 
   get callersNeedAuth(): boolean {
     return this.callersNeedToken;
+  }
+
+  /** The permissions in force: the `permissions` option and the tokens file as last loaded. */
+  get permissions(): PermissionTable {
+    return this.table;
   }
 
   private get nodeTokensRequired(): boolean {
@@ -124,6 +157,10 @@ export class Authenticator {
 
   /** A node's hello: may it register `name`? */
   node(name: string, token: string | undefined, cert: PeerCertificate | undefined): Verdict {
+    return this.nodeVerdict(name, token === undefined ? undefined : digest(token), cert);
+  }
+
+  private nodeVerdict(name: string, d: Buffer | undefined, cert: PeerCertificate | undefined): Verdict {
     if (this.opts.nodeCertificates) {
       if (!cert?.presented) return { ok: false, reason: 'this relay requires a node client certificate (--cert/--key)' };
       if (!cert.authorized) return { ok: false, reason: `node client certificate refused: ${cert.error ?? 'not trusted'}` };
@@ -132,40 +169,95 @@ export class Authenticator {
       }
     }
     if (this.nodeTokensRequired) {
-      if (token === undefined) return { ok: false, reason: 'this relay requires a node token (--token or TUNNEL_TOKEN)' };
-      const d = digest(token);
+      if (d === undefined) return { ok: false, reason: 'this relay requires a node token (--token or TUNNEL_TOKEN)' };
       const shared = this.nodeDigest !== undefined && timingSafeEqual(d, this.nodeDigest);
       const named = this.matchDigest(d).some((e) => e.kind === 'node' && e.name === name);
       if (!shared && !named) return { ok: false, reason: `node token refused for node name ${name}` };
     }
-    return { ok: true, identity: name };
+    return { ok: true, identity: name, credential: { digest: d, certificate: cert } };
   }
 
   /** A caller's hello: its identity (the token's name), or why it is refused. */
   caller(token: string | undefined): Verdict {
-    if (token === undefined) {
-      return this.callersNeedToken ? { ok: false, reason: 'this relay requires a caller token (--token or TUNNEL_TOKEN)' } : { ok: true, identity: null };
+    return this.callerVerdict(token === undefined ? undefined : digest(token));
+  }
+
+  private callerVerdict(d: Buffer | undefined): Verdict {
+    const credential = { digest: d, certificate: undefined };
+    if (d === undefined) {
+      return this.callersNeedToken ? { ok: false, reason: 'this relay requires a caller token (--token or TUNNEL_TOKEN)' } : { ok: true, identity: null, credential };
     }
-    const d = digest(token);
     const shared = this.callerDigest !== undefined && timingSafeEqual(d, this.callerDigest);
     const entry = this.matchDigest(d).find((e) => e.kind === 'caller');
-    if (entry) return { ok: true, identity: entry.name };
-    if (shared) return { ok: true, identity: 'caller' };
-    return this.callersNeedToken ? { ok: false, reason: 'caller token refused' } : { ok: true, identity: null };
+    if (entry) return { ok: true, identity: entry.name, credential };
+    if (shared) return { ok: true, identity: 'caller', credential };
+    return this.callersNeedToken ? { ok: false, reason: 'caller token refused' } : { ok: true, identity: null, credential: { digest: undefined, certificate: undefined } };
+  }
+
+  /**
+   * After a reload: why the node `name`, admitted with `credential` and announcing `services`, is no
+   * longer admitted, or undefined when it still is.
+   */
+  recheckNode(name: string, credential: Credential, services: Iterable<string>): string | undefined {
+    const verdict = this.nodeVerdict(name, credential.digest, credential.certificate);
+    if (!verdict.ok) return `${verdict.reason} (its token was revoked)`;
+    return this.serveRefusal(name, services, credential);
+  }
+
+  /** Why node `name`, admitted with `credential`, may not announce one of `services`, or undefined. */
+  serveRefusal(name: string, services: Iterable<string>, credential: Credential): string | undefined {
+    return this.table.serveRefusal(name, services, this.provesName(name, credential));
+  }
+
+  /**
+   * Whether `credential` proves the node name, so that the name's `serve=` applies: its own token
+   * line, a verified certificate carrying the name, or a relay that checks no node at all. The shared
+   * node token lets its holder take any name, so it proves none.
+   */
+  private provesName(name: string, credential: Credential): boolean {
+    if (!this.nodesNeedAuth) return true;
+    const cert = credential.certificate;
+    if (this.opts.nodeCertificates && cert?.authorized && cert.names.includes(name)) return true;
+    const d = credential.digest;
+    return d !== undefined && this.matchDigest(d).some((e) => e.kind === 'node' && e.name === name);
+  }
+
+  /**
+   * After a reload: why a caller session of `identity` is no longer admitted, or undefined. With the
+   * `credential` that admitted it, its token must still give the same identity; without one (a
+   * session opened with an identity only), a token of that identity must still exist.
+   */
+  recheckCaller(identity: string | null, credential: Credential | undefined): string | undefined {
+    if (credential !== undefined) {
+      const verdict = this.callerVerdict(credential.digest);
+      if (!verdict.ok) return credential.digest === undefined ? verdict.reason : `${verdict.reason} (its token was revoked)`;
+      if (verdict.identity !== identity) return `the caller token now belongs to ${verdict.identity ?? 'nobody'}, not ${identity ?? 'an anonymous caller'}; connect again`;
+      return undefined;
+    }
+    if (identity === null) return this.callersNeedToken ? 'this relay now requires a caller token (--token or TUNNEL_TOKEN)' : undefined;
+    if (identity === 'caller' && this.callerDigest !== undefined) return undefined;
+    if (this.entries.some((e) => e.kind === 'caller' && e.name === identity)) return undefined;
+    return `caller ${identity} has no token any more (its token was revoked)`;
   }
 
   /** Rereads the tokens file; on an error the previous table stays in force. */
   reload(): void {
     const file = this.opts.tokens;
     if (file === undefined) return;
+    let entries: TokenEntry[];
+    let table: PermissionTable;
     try {
-      this.entries = parseTokens(readTokens(file), file);
+      entries = parseTokens(readTokens(file), file);
+      table = buildTable(this.opts.permissions, entries);
     } catch (err) {
       this.log.error({ file, err: (err as Error).message }, 'tokens file not reloaded; the previous tokens stay in force');
       return;
     }
+    this.entries = entries;
+    this.table = table;
     if (this.entries.some((e) => e.kind === 'caller')) this.callersNeedToken = true;
     this.log.info({ file, entries: this.entries.length }, 'tokens reloaded');
+    this.emit('reload');
   }
 
   /** Reloads the tokens file whenever it changes (editors that replace the file included). */
@@ -220,10 +312,13 @@ function readTokens(file: string): string {
   }
 }
 
+const LINE_FORMS = '"node NAME TOKEN [serve=Service,...]" or "caller NAME TOKEN [call=[node/]Service[.Method],...]"';
+
 /**
- * The tokens file: one `KIND NAME TOKEN` per line, KIND `node` or `caller`, `#` starts a comment.
- * A node line lets that token register that node name; a caller line gives callers with that token
- * the identity NAME (what handlers see as `ctx.caller.identity`).
+ * The tokens file: one `KIND NAME TOKEN [RULES]` per line, KIND `node` or `caller`, `#` starts a
+ * comment. A node line lets that token register that node name; `serve=A,B` limits it to those
+ * services and reserves them to the nodes that list them. A caller line gives callers with that token
+ * the identity NAME (what handlers see as `ctx.caller.identity`); `call=` limits what it may call.
  */
 export function parseTokens(text: string, file = 'tokens file'): TokenEntry[] {
   const out: TokenEntry[] = [];
@@ -233,12 +328,38 @@ export function parseTokens(text: string, file = 'tokens file'): TokenEntry[] {
     if (line === '') continue;
     const where = `${file} line ${i + 1}`;
     const parts = line.split(/\s+/);
-    if (parts.length !== 3 || (parts[0] !== 'node' && parts[0] !== 'caller')) {
-      throw new Error(`${where}: want "node NAME TOKEN" or "caller NAME TOKEN"`);
+    if (parts.length < 3 || parts.length > 4 || (parts[0] !== 'node' && parts[0] !== 'caller')) {
+      throw new Error(`${where}: want ${LINE_FORMS}`);
     }
-    const [kind, name, token] = parts as ['node' | 'caller', string, string];
+    const [kind, name, token, rules] = parts as ['node' | 'caller', string, string, string | undefined];
     checkToken(token, `the token on ${where}`);
-    out.push({ kind, name, digest: digest(token) });
+    const entry: TokenEntry = { kind, name, digest: digest(token) };
+    if (rules !== undefined) {
+      const want = kind === 'node' ? 'serve=' : 'call=';
+      if (!rules.startsWith(want)) throw new Error(`${where}: a ${kind} line takes ${want}..., not "${rules.slice(0, 20)}"; want ${LINE_FORMS}`);
+      const list = rules.slice(want.length).split(',');
+      if (list.some((item) => item === '')) throw new Error(`${where}: ${want} needs a comma-separated list without empty items`);
+      if (kind === 'node' && !NODE_NAME.test(name)) throw new Error(`${where}: "${name.slice(0, 40)}" is not a node name: letters, digits, _ . - (starting with a letter or digit)`);
+      try {
+        if (kind === 'node') for (const service of list) checkServiceName(service);
+        else for (const pattern of list) parseCallPattern(pattern);
+      } catch (err) {
+        throw new Error(`${where}: ${(err as Error).message}`, { cause: err });
+      }
+      if (kind === 'node') entry.serve = list;
+      else entry.call = list;
+    }
+    out.push(entry);
   }
   return out;
+}
+
+/** The permissions of the `permissions` option and of the tokens file's lines, merged. */
+function buildTable(option: Permissions | undefined, entries: readonly TokenEntry[]): PermissionTable {
+  const fromFile: Required<Permissions> = { nodes: {}, callers: {} };
+  for (const e of entries) {
+    if (e.serve) (fromFile.nodes[e.name] ??= { serve: [] }).serve!.push(...e.serve);
+    if (e.call) (fromFile.callers[e.name] ??= { call: [] }).call!.push(...e.call);
+  }
+  return new PermissionTable(option ?? {}, fromFile);
 }

@@ -108,6 +108,11 @@ export class CallerLink {
     return this.inflight.size;
   }
 
+  /** The caller's ids of its calls in flight: what to answer when a transport that cannot close is revoked. */
+  get inFlightIds(): number[] {
+    return [...this.inflight.keys()];
+  }
+
   onMessage(m: Message): void {
     switch (m.kind) {
       case Kind.REQUEST:
@@ -129,8 +134,9 @@ export class CallerLink {
     }
   }
 
-  /** Refuses a request before it reaches a node. */
+  /** Refuses a request before it reaches a node; a FORBIDDEN one is an audit line (the log carries the peer). */
   private reply(id: number, method: string, error: TunnelError): void {
+    if (error.code === ErrorCode.FORBIDDEN) this.log.warn({ session: this.session, identity: this.identity, method, reason: error.message }, 'refused call');
     this.observer?.ended(method, error.code, undefined);
     this.out.respond(id, error.toWire(), null);
   }
@@ -157,6 +163,11 @@ export class CallerLink {
     }
     const refused = this.logins?.refuse(method);
     if (refused) return this.reply(id, method, refused);
+    // Read per call: a reload that changes this caller's call= applies to its next call.
+    const access = this.directory.permissions.access(this.identity);
+    if (access && service !== RELAY_SERVICE && !access.mayCallSomewhere(service, method.slice(dot + 1))) {
+      return this.reply(id, method, access.forbidden(service, method.slice(dot + 1)));
+    }
     let timeout = this.limits.defaultTimeout;
     if (meta.timeout !== undefined) {
       if (typeof meta.timeout !== 'number' || !(meta.timeout > 0)) {
@@ -175,7 +186,7 @@ export class CallerLink {
       }
       return;
     }
-    if (service === RELAY_SERVICE) return this.presence.answer(this.out, this.session, id, method, m.params, meta);
+    if (service === RELAY_SERVICE) return this.presence.answer(this.out, this.session, id, method, m.params, meta, this.identity);
     let where: Where | undefined;
     let selector: Selector | undefined;
     try {
@@ -191,7 +202,7 @@ export class CallerLink {
     const previous = sticky ? this.affinity.get(service) : undefined;
     let node: NodeLink;
     try {
-      node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, previous, where, selector);
+      node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, previous, where, selector, access);
     } catch (err) {
       return this.reply(id, method, err as TunnelError);
     }
@@ -317,7 +328,7 @@ export class CallerLink {
     if (meta.node !== undefined) return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, 'a broadcast goes to every matching node; drop node or broadcast'));
     let nodes: NodeLink[];
     try {
-      nodes = this.directory.targets(service, method.slice(dot + 1), where);
+      nodes = this.directory.targets(service, method.slice(dot + 1), where, this.directory.permissions.access(this.identity));
     } catch (err) {
       return this.reply(id, method, err as TunnelError);
     }

@@ -11,7 +11,7 @@ import { ErrorCode, TunnelError } from '../errors.js';
 import { goaway, Kind, notify, response, responseStream, SUPPORTED_VERSIONS, welcome, type Hello, type Message } from '../wire/messages.js';
 import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '../wire/bounds.js';
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
-import { Authenticator, peerCertificate, type AuthOptions } from './auth.js';
+import { Authenticator, peerCertificate, type AuthOptions, type Credential } from './auth.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
 import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
@@ -83,6 +83,22 @@ const DEFAULTS = {
 /** Node names remembered to tell a reconnect from a first connection; more are not remembered. */
 const SEEN_NODES_LIMIT = 10_000;
 
+/** A caller admitted by its token: what {@link Relay.openCallerSession} needs to re-check it at each reload. */
+export interface CallerAdmission {
+  identity: string | null;
+  credential: Credential;
+}
+
+/** A connection closed because a reload of the tokens file no longer admits it (event `revoked`). */
+export interface Revocation {
+  role: 'node' | 'caller';
+  /** The node's name, or the caller's identity (null when anonymous). */
+  name: string | null;
+  /** The peer's address, `ip:port`. */
+  address: string;
+  reason: string;
+}
+
 /** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. */
 export interface GatewaySession {
   readonly link: CallerLink;
@@ -92,12 +108,13 @@ export interface GatewaySession {
 /**
  * The relay: one port where nodes attach and callers call. It routes each call to a node, keeps the
  * mapping between caller ids and tunnel ids, enforces deadlines, and never runs user code.
- * Events: `listening`, `node` (joined), `node-left`, `idle` (no call in flight while draining).
+ * Events: `listening`, `node` (joined), `node-left`, `idle` (no call in flight while draining),
+ * `revoked` ({@link Revocation}: a reload closed a connection).
  */
 export class Relay extends EventEmitter {
   readonly directory = new NodeDirectory();
   readonly metrics: RelayMetrics;
-  /** Who may register nodes and call; `auth.reload()` rereads the tokens file. */
+  /** Who may register nodes and call; `auth.reload()` rereads the tokens file and closes what it no longer admits. */
   readonly auth: Authenticator;
   /** @internal */
   readonly log: Logger;
@@ -119,14 +136,16 @@ export class Relay extends EventEmitter {
   private readonly engaged = new WeakSet<object>();
   private readonly pruneTimer: NodeJS.Timeout;
   private readonly streamTimer: NodeJS.Timeout;
-  /** Gateway sessions, which hold streams too. */
-  private readonly gatewayLinks = new Set<CallerLink>();
   private readonly wss: WebSocketServer;
   private readonly callers = new Set<CallerLink>();
+  /** HTTP gateway sessions in progress, with the function that ends each. */
+  private readonly gateways = new Map<CallerLink, () => void>();
+  /** What admitted each connection (a token digest, never the token), checked again at each reload. */
+  private readonly credentials = new WeakMap<CallerLink | NodeLink, Credential>();
+  private readonly revoked = new WeakSet<NodeLink>();
   private readonly deadlines = relayDeadlines();
   private readonly sessionPrefix = randomBytes(4).toString('hex');
   private sessionCounter = 0;
-  private gatewayCallers = 0;
   private callsInFlight = 0;
   private readonly sockets = new Set<Socket>();
   private readonly closedBytes = { received: 0, sent: 0 };
@@ -164,11 +183,13 @@ export class Relay extends EventEmitter {
     this.browsers = new BrowserPolicy(this.opts);
     this.log = options.log ?? silentLogger;
     this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
+    this.directory.permissions = this.auth.permissions;
+    this.auth.on('reload', () => this.recheck());
     this.addresses = new AddressTable(this.opts);
     this.metrics = new RelayMetrics({
       callsInFlight: () => this.callsInFlight,
       nodesConnected: () => this.directory.size,
-      callerConnections: () => ({ websocket: this.callers.size, http: this.gatewayCallers }),
+      callerConnections: () => ({ websocket: this.callers.size, http: this.gateways.size }),
       bytes: () => this.bytes(),
       draining: () => this.draining,
     });
@@ -206,35 +227,39 @@ export class Relay extends EventEmitter {
    * returns its identity (null when anonymous), or throws a TunnelError with code UNAUTHORIZED.
    * With no caller authentication configured every caller is allowed.
    */
-  authenticateCaller(token: string | undefined, _address: string): string | null {
-    const verdict = this.auth.caller(token);
-    if (!verdict.ok) throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
-    return verdict.identity;
+  authenticateCaller(token: string | undefined, address: string): string | null {
+    return this.admitCaller(token, address).identity;
   }
 
-  /** Opens the session of one HTTP gateway request; its answers go to `transport`. */
-  openGatewaySession(address: string, identity: string | null, transport: CallerOutput): GatewaySession {
-    const link = this.newCallerLink('h', transport, address, identity, this.log);
-    this.gatewayCallers++;
-    this.gatewayLinks.add(link);
-    let open = true;
-    return {
-      link,
-      close: () => {
-        if (!open) return;
-        open = false;
-        this.gatewayCallers--;
-        this.gatewayLinks.delete(link);
-        link.onClose();
-      },
+  /**
+   * As {@link authenticateCaller}, and also what admitted the caller: give it to
+   * {@link openCallerSession} so that a reload that revokes the token closes the session.
+   */
+  admitCaller(token: string | undefined, _address: string): CallerAdmission {
+    const verdict = this.auth.caller(token);
+    if (!verdict.ok) throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
+    return { identity: verdict.identity, credential: verdict.credential };
+  }
+
+  /**
+   * Opens the session of one HTTP gateway request; its answers go to `transport`. A reload that no
+   * longer admits `identity` (or `credential`) answers its call UNAUTHORIZED and ends the session.
+   */
+  openGatewaySession(address: string, identity: string | null, transport: CallerOutput, credential?: Credential): GatewaySession {
+    const link = this.newCallerLink('h', transport, address, identity, this.log.child({ peer: address }));
+    if (credential) this.credentials.set(link, credential);
+    const close = () => {
+      if (this.gateways.delete(link)) link.onClose();
     };
+    this.gateways.set(link, close);
+    return { link, close };
   }
 
   /** Cancels streamed bodies that stopped moving (docs/PROTOCOL.md, "Limits"). */
   private expireIdleStreams(): void {
     const now = Date.now();
     for (const link of this.callers) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
-    for (const link of this.gatewayLinks) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
+    for (const link of this.gateways.keys()) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
   }
 
   /** Whether /readyz should answer 200, and if not, why. */
@@ -505,20 +530,21 @@ export class Relay extends EventEmitter {
     if (h.role === 'node') {
       const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
       if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name);
-      this.attachNode(conn, h, address, log);
+      this.attachNode(conn, h, address, log, verdict.credential);
     } else {
       const verdict = this.auth.caller(token);
       if (!verdict.ok) return this.refuse(conn, log, 'caller', verdict.reason);
-      this.attachCaller(conn, verdict.identity, address, log);
+      this.attachCaller(conn, verdict.identity, address, log, verdict.credential);
     }
   }
 
-  private refuse(conn: Connection, log: Logger, role: string, reason: string, name?: string): void {
+  /** One audit line per refused hello (`"msg":"refused hello"`, the peer is in `log`), then 4003. */
+  private refuse(conn: Connection, log: Logger, role: string, reason: string, name?: string, metric = 'unauthorized'): void {
     log.warn({ role, node: name, reason }, 'refused hello');
-    this.reject(conn, CloseCode.UNAUTHORIZED, reason, 'unauthorized');
+    this.reject(conn, CloseCode.UNAUTHORIZED, reason, metric);
   }
 
-  private attachNode(conn: Connection, h: Hello, address: string, log: Logger): void {
+  private attachNode(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
     const name = h.name ?? '';
     const badName = nodeNameProblem(name);
     if (badName !== undefined) {
@@ -540,13 +566,17 @@ export class Relay extends EventEmitter {
       conn.close(CloseCode.POLICY, `service name ${RELAY_SERVICE} is reserved for the relay's own presence service; rename it`);
       return;
     }
+    const forbidden = this.auth.serveRefusal(name, Object.keys(services), credential);
+    if (forbidden !== undefined) return this.refuse(conn, log, 'node', forbidden, name, 'forbidden_service');
     const link = new NodeLink(name, conn, services, h.labels ?? {}, address, log);
+    this.credentials.set(link, credential);
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
       close: (code, reason) => {
         const failed = link.onClose();
         const current = this.directory.remove(link);
-        log.info({ node: name, code, reason, failedCalls: failed }, current ? 'node disconnected' : 'replaced node connection closed');
+        const gone = this.revoked.has(link) ? 'revoked node connection closed' : 'replaced node connection closed';
+        log.info({ node: name, code, reason, failedCalls: failed }, current ? 'node disconnected' : gone);
         if (!current) return;
         this.presence.announce('leave', link);
         this.emit('node-left', name);
@@ -567,7 +597,7 @@ export class Relay extends EventEmitter {
     this.emit('node', name);
   }
 
-  private attachCaller(conn: Connection, identity: string | null, address: string, log: Logger): void {
+  private attachCaller(conn: Connection, identity: string | null, address: string, log: Logger, credential: Credential): void {
     conn.pauseWhenBacklogged = true;
     const link = this.openCallerSession(
       {
@@ -583,6 +613,7 @@ export class Relay extends EventEmitter {
       address,
       identity,
       log,
+      credential,
     );
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
@@ -599,10 +630,18 @@ export class Relay extends EventEmitter {
    * Starts a caller session, which is one caller connection, on any transport: the WebSocket here,
    * the MessagePack-RPC port (msgpack-rpc-port.ts). Requests go to `link.onMessage`; answers come out
    * through `out`. End it with {@link closeCallerSession} when the connection closes.
+   *
+   * Every reload of the tokens file checks the session again: with the `credential` of
+   * {@link admitCaller}, its token must still give `identity`; without, a token of `identity` must
+   * still exist (for null: callers must still need no token). When not, the relay calls
+   * `out.close(4003, reason)` (or answers the calls in flight UNAUTHORIZED, for an output without
+   * `close`), closes the session, which cancels its calls on the nodes, and emits `revoked`. `log`
+   * should carry the peer's address (`peer`): the audit lines of refused calls are written to it.
    */
-  openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
+  openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger, credential?: Credential): CallerLink {
     const link = this.newCallerLink('', out, address, identity, log);
     this.callers.add(link);
+    if (credential) this.credentials.set(link, credential);
     // A session opened while draining (on the msgpack-rpc port, which has no upgrade to refuse) takes no calls.
     link.goingAway = this.drainReason;
     return link;
@@ -618,6 +657,52 @@ export class Relay extends EventEmitter {
   /** Ends a caller session: its calls are dropped and every node that saw it forgets it. */
   closeCallerSession(link: CallerLink): void {
     if (this.callers.delete(link)) link.onClose();
+  }
+
+  /** After a reload: every connection its token or the permissions no longer admit is closed (4003). */
+  private recheck(): void {
+    this.directory.permissions = this.auth.permissions;
+    for (const node of [...this.directory.all()]) {
+      const credential = this.credentials.get(node);
+      const reason = credential && this.auth.recheckNode(node.name, credential, node.services.keys());
+      if (reason) this.revokeNode(node, reason);
+    }
+    for (const link of [...this.callers]) {
+      const reason = this.auth.recheckCaller(link.identity, this.credentials.get(link));
+      if (reason) this.revokeCaller(link, reason, () => this.closeCallerSession(link));
+    }
+    for (const [link, close] of [...this.gateways]) {
+      const reason = this.auth.recheckCaller(link.identity, this.credentials.get(link));
+      if (reason) this.revokeCaller(link, reason, close);
+    }
+  }
+
+  /** The node leaves at once (presence, routing; its calls fail NODE_LOST), whatever its socket does. */
+  private revokeNode(link: NodeLink, reason: string): void {
+    this.audit({ role: 'node', name: link.name, address: link.address, reason });
+    this.revoked.add(link);
+    link.conn.close(CloseCode.UNAUTHORIZED, reason);
+    link.onClose();
+    if (!this.directory.remove(link)) return;
+    this.presence.announce('leave', link);
+    this.emit('node-left', link.name);
+  }
+
+  private revokeCaller(link: CallerLink, reason: string, closeSession: () => void): void {
+    this.audit({ role: 'caller', name: link.identity, address: link.address, reason });
+    const unanswered = link.out.close ? [] : link.inFlightIds;
+    link.out.close?.(CloseCode.UNAUTHORIZED, reason);
+    closeSession();
+    const error = new TunnelError(ErrorCode.UNAUTHORIZED, reason).toWire();
+    for (const id of unanswered) link.out.respond(id, error, null);
+  }
+
+  /** One audit line per revoked connection, in the words of the refusals. */
+  private audit(r: Revocation): void {
+    const who = r.role === 'node' ? { node: r.name } : { identity: r.name };
+    this.log.warn({ role: r.role, ...who, peer: r.address, reason: r.reason }, 'revoked connection');
+    this.metrics.connectionRejected('revoked');
+    this.emit('revoked', r);
   }
 }
 

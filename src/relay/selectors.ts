@@ -1,5 +1,6 @@
 import { ErrorCode, TunnelError } from '../errors.js';
 import type { NodeLink } from './node-link.js';
+import type { CallerAccess } from './permissions.js';
 
 /** The ways the relay picks one of several nodes serving a service. */
 export const SELECTORS = ['round-robin', 'random', 'least-pending'] as const;
@@ -11,14 +12,21 @@ export type Where = Readonly<Record<string, string>>;
 /**
  * Picks a node among `nodes` (the service's nodes, in registration order). `start` is the service's
  * round-robin cursor; selectors scan from it so that ties rotate instead of piling onto the first node.
- * Returns the index of the chosen node, or -1 when no node is eligible. Selectors never allocate:
- * route() runs once per call.
+ * `access` is the caller's permissions (undefined: it may call every node). Returns the index of the
+ * chosen node, or -1 when no node is eligible. Selectors never allocate: route() runs once per call.
  */
-export type Selector = (nodes: readonly NodeLink[], start: number, service: string, method: string, where: Where | undefined) => number;
+export type Selector = (
+  nodes: readonly NodeLink[],
+  start: number,
+  service: string,
+  method: string,
+  where: Where | undefined,
+  access?: CallerAccess,
+) => number;
 
-/** True when `node` can take a new call to `service.method` restricted to `where`. */
-export function eligible(node: NodeLink, service: string, method: string, where: Where | undefined): boolean {
-  return node.available && node.hasMethod(service, method) && matchesWhere(node, where);
+/** True when `node` can take a new call to `service.method` restricted to `where`, from a caller with `access`. */
+export function eligible(node: NodeLink, service: string, method: string, where: Where | undefined, access?: CallerAccess): boolean {
+  return node.available && node.hasMethod(service, method) && matchesWhere(node, where) && (access === undefined || access.mayCall(node.name, service, method));
 }
 
 export function matchesWhere(node: NodeLink, where: Where | undefined): boolean {
@@ -27,11 +35,11 @@ export function matchesWhere(node: NodeLink, where: Where | undefined): boolean 
   return true;
 }
 
-const firstFrom = (nodes: readonly NodeLink[], start: number, service: string, method: string, where: Where | undefined): number => {
+const firstFrom: Selector = (nodes, start, service, method, where, access) => {
   const n = nodes.length;
   for (let i = 0; i < n; i++) {
     const at = (start + i) % n;
-    if (eligible(nodes[at]!, service, method, where)) return at;
+    if (eligible(nodes[at]!, service, method, where, access)) return at;
   }
   return -1;
 };
@@ -39,18 +47,18 @@ const firstFrom = (nodes: readonly NodeLink[], start: number, service: string, m
 /** The next eligible node after the previous pick. */
 const roundRobin: Selector = firstFrom;
 
-const random: Selector = (nodes, _start, service, method, where) =>
-  firstFrom(nodes, Math.floor(Math.random() * nodes.length), service, method, where);
+const random: Selector = (nodes, _start, service, method, where, access) =>
+  firstFrom(nodes, Math.floor(Math.random() * nodes.length), service, method, where, access);
 
 /** The eligible node with the fewest calls in flight through this relay; ties go round-robin. */
-const leastPending: Selector = (nodes, start, service, method, where) => {
+const leastPending: Selector = (nodes, start, service, method, where, access) => {
   const n = nodes.length;
   let best = -1;
   let bestLoad = Infinity;
   for (let i = 0; i < n; i++) {
     const at = (start + i) % n;
     const node = nodes[at]!;
-    if (node.inFlight >= bestLoad || !eligible(node, service, method, where)) continue;
+    if (node.inFlight >= bestLoad || !eligible(node, service, method, where, access)) continue;
     best = at;
     bestLoad = node.inFlight;
     if (bestLoad === 0) break;
