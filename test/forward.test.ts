@@ -15,7 +15,7 @@ describe('tunnel-node --forward flags', () => {
 
   it.each([
     ['Arith', '--forward takes Name=host:port or Name=unix:/path, got "Arith"'],
-    ['Arith=nowhere', 'give the local server as host:port or unix:/path'],
+    ['Arith=nowhere', 'give a port: "nowhere:PORT"'],
     ['9x=127.0.0.1:1', 'service name "9x" must start with a letter'],
     ['Arith=unix:', 'give the socket path after unix:'],
   ])('refuses --forward %s with a clear message', async (value, message) => {
