@@ -14,7 +14,7 @@ import { Authenticator, peerCertificate, type AuthOptions } from './auth.js';
 import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler } from './http.js';
-import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, type Limits } from './limits.js';
+import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, RefusalLog, type Limits } from './limits.js';
 import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeLink } from './node-link.js';
@@ -89,12 +89,15 @@ export class Relay extends EventEmitter {
   readonly auth: Authenticator;
   /** @internal */
   readonly log: Logger;
+  /** Every limit in force: the options merged with their defaults (limits.ts). */
+  readonly limits: Readonly<Limits>;
   private readonly presence: Presence;
   private readonly opts: typeof DEFAULTS & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
   private readonly secure: boolean;
   private readonly addresses: AddressTable;
+  private readonly refusals: RefusalLog;
   /** Sockets past the per-address limit, refused at their upgrade request. */
   private readonly overLimit = new WeakSet<object>();
   /** When each socket connected: the handshake and the hello share one deadline. */
@@ -139,8 +142,10 @@ export class Relay extends EventEmitter {
       throw new RangeError(`selector must be one of ${SELECTORS.join(', ')}; got ${JSON.stringify(this.opts.selector)}`);
     }
     this.directory.selector = selectorNamed(this.opts.selector);
-    checkLimits(pickLimits(this.opts));
+    this.limits = Object.freeze(pickLimits(this.opts));
+    checkLimits(this.limits);
     this.log = options.log ?? silentLogger;
+    this.refusals = new RefusalLog(this.log, 'too many connections on the relay; closing the extra ones');
     this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
     this.addresses = new AddressTable(this.opts);
     this.metrics = new RelayMetrics({
@@ -185,6 +190,25 @@ export class Relay extends EventEmitter {
     const verdict = this.auth.caller(token);
     if (!verdict.ok) throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
     return verdict.identity;
+  }
+
+  /**
+   * Counts a connection of another door (the MessagePack-RPC port) from `ip` against the limits the
+   * relay's own sockets count against, so that every door shares `maxConnectionsPerAddress` and
+   * `maxConnections`. Call `release` once the connection closes; a refused one is not counted.
+   */
+  admitSocket(ip: string): { release: () => void } | { refused: string } {
+    const full = this.addresses.admit(ip);
+    if (full === 'total') return { refused: `the relay has ${this.opts.maxConnections} connections, its limit` };
+    if (full === 'address') return { refused: `too many connections from ${ip} (limit ${this.opts.maxConnectionsPerAddress})` };
+    let open = true;
+    return {
+      release: () => {
+        if (!open) return;
+        open = false;
+        this.addresses.close(ip);
+      },
+    };
   }
 
   /** Opens the session of one HTTP gateway request; its answers go to `transport`. */
@@ -349,6 +373,13 @@ export class Relay extends EventEmitter {
 
   /** Every socket counts against its address, its bytes are counted, and it must reach an accepted hello in time. */
   private onSocket(socket: Socket): void {
+    if (this.addresses.total >= this.opts.maxConnections) {
+      // Over the relay's total nothing more is spent on a socket, not even an HTTP answer.
+      this.metrics.connectionRejected('too_many_connections');
+      this.refusals.refused({ ip: peerIp(socket), limit: this.opts.maxConnections });
+      socket.destroy();
+      return;
+    }
     this.sockets.add(socket);
     socket.once('close', () => {
       this.sockets.delete(socket);
