@@ -65,8 +65,12 @@ export class MsgpackRpcPort {
     splitHostPort(this.opts.listen, '');
     const onSocket = (socket: Socket) => this.accept(socket);
     this.server = options.tls ? createTlsServer(options.tls, onSocket) : createTcpServer(onSocket);
-    // A TLS handshake that fails is the client's problem, not the relay's: log it and carry on.
-    this.server.on('tlsClientError', (err: Error) => this.log.debug({ err: err.message }, 'TLS handshake failed'));
+    // A TLS handshake that fails (or times out) is the client's problem: log it, drop the socket, carry on.
+    // With a listener here Node leaves the socket open, so closing it is ours to do.
+    this.server.on('tlsClientError', (err: Error, socket: Socket) => {
+      this.log.debug({ err: err.message }, 'TLS handshake failed');
+      socket.destroy();
+    });
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
