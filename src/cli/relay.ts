@@ -32,7 +32,11 @@ const argv = await parse(
   .option('max-login-failures', { type: 'number', default: D.maxLoginFailures, describe: 'Failed Logins (LOGIN_FAILED answers) after which a caller connection is closed (4005)' })
   .option('max-login-failures-per-address', { type: 'number', default: D.maxLoginFailuresPerAddress, describe: 'Failed Logins from one IP address per --login-failure-window; then its Logins are refused' })
   .option('login-failure-window', { type: 'string', default: `${D.loginFailureWindow / 60_000}m`, describe: 'Window of --max-login-failures-per-address' })
-  .option('max-connections-per-address', { type: 'number', default: D.maxConnectionsPerAddress, describe: 'Open connections from one IP address; more are refused with HTTP 429' })
+  .option('max-connections-per-address', { type: 'number', default: D.maxConnectionsPerAddress, describe: 'Open connections from one IP address, every port together; more are refused with HTTP 429 (on the msgpack-rpc port: closed at once)' })
+  .option('max-connections', { type: 'number', default: D.maxConnections, describe: 'Open connections on every port together; more are closed at once. Keep it below the file-descriptor limit (ulimit -n)' })
+  .option('max-backlog', { type: 'string', default: '8MiB', describe: 'Answer bytes waiting to be written to one caller; above it the relay stops reading from that caller until it is under an eighth (msgpack-rpc port)' })
+  .option('slow-consumer-timeout', { type: 'string', default: `${D.slowConsumerTimeout / 1000}s`, describe: 'A caller whose backlog stays above --max-backlog this long, or reaches twice it, is cut as a slow consumer (msgpack-rpc port)' })
+  .option('msgpack-rpc-idle-timeout', { type: 'string', default: '5m', describe: 'Close a msgpack-rpc connection with no call in flight that has sent nothing for this long' })
   .example('$0 --listen :9090', 'listen on every interface, port 9090')
   .example('$0 --listen :9090 --msgpack-rpc-listen :9091', 'WebSocket callers and nodes on 9090, MessagePack-RPC callers on 9091')
   .example('$0 --listen 127.0.0.1:0', 'loopback only, any free port (printed in the "relay listening" log line)')
@@ -76,9 +80,13 @@ try {
     maxLoginFailuresPerAddress: argv.maxLoginFailuresPerAddress,
     loginFailureWindow: parseDuration(argv.loginFailureWindow, 'login-failure-window'),
     maxConnectionsPerAddress: argv.maxConnectionsPerAddress,
+    maxConnections: argv.maxConnections,
+    maxBacklog: parseSize(argv.maxBacklog, 'max-backlog'),
+    slowConsumerTimeout: parseDuration(argv.slowConsumerTimeout, 'slow-consumer-timeout'),
   };
+  const msgpackRpcIdleTimeout = parseDuration(argv.msgpackRpcIdleTimeout, 'msgpack-rpc-idle-timeout');
   // The settings in force after flags, environment and config file are merged: what an operator checks first.
-  log.info(options, 'relay starting');
+  log.info({ ...options, msgpackRpcIdleTimeout }, 'relay starting');
   relay = new Relay({ ...options, log });
   // A msgpack-rpc value is params plus its envelope.
   if (argv.msgpackRpcListen !== undefined) {
@@ -87,6 +95,8 @@ try {
       listen: argv.msgpackRpcListen,
       log,
       maxMessage: maxMessage + 64 * 1024,
+      // Connection limits and the backlog come from the relay's own limits.
+      idleTimeout: msgpackRpcIdleTimeout,
       // The same certificate and the same caller tokens as the WebSocket port.
       ...(argv.tlsCert && argv.tlsKey ? { tls: { cert: readFileSync(argv.tlsCert), key: readFileSync(argv.tlsKey) } } : {}),
       ...(r.auth.callersNeedAuth

@@ -2,12 +2,13 @@ import { createServer as createTcpServer, type AddressInfo, type Server, type So
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { encodeParams } from '../rpc/body.js';
-import { listenOn, peerAddress, splitHostPort } from '../util/address.js';
+import { listenOn, peerAddress, peerIp, splitHostPort } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
 import { DEFAULT_MAX_FRAME, Kind, MAX_ID } from '../wire/messages.js';
 import type { CallerLink } from './caller-link.js';
+import { RefusalLog } from './limits.js';
 import type { Relay } from './relay.js';
 
 /**
@@ -28,49 +29,83 @@ export interface MsgpackRpcPortOptions {
   authenticate?: CallerAuthenticator;
   /** TCP keep-alive probe delay, ms (default 30 000), so that dead callers do not hold sessions forever. */
   keepAlive?: number;
+  /**
+   * A connection with no call in flight that has sent nothing for this long is closed, ms
+   * (default 300 000).
+   */
+  idleTimeout?: number;
+  /**
+   * A connection that sends nothing at all this long after connecting (TLS: after its handshake,
+   * which has the same bound) is closed, ms (default: the relay's `helloTimeout`).
+   */
+  firstRequestTimeout?: number;
+  /** Answer bytes queued for one connection above which it is no longer read (default: the relay's `maxBacklog`). */
+  maxBacklog?: number;
+  /** How long a connection's backlog may stay above `maxBacklog` before it is cut, ms (default: the relay's `slowConsumerTimeout`). */
+  slowConsumerTimeout?: number;
 }
 
 const DEFAULTS = {
   listen: ':9091',
   maxMessage: DEFAULT_MAX_FRAME,
   keepAlive: 30_000,
+  idleTimeout: 300_000,
 };
+
+type Settings = typeof DEFAULTS &
+  MsgpackRpcPortOptions &
+  Required<Pick<MsgpackRpcPortOptions, 'firstRequestTimeout' | 'maxBacklog' | 'slowConsumerTimeout'>>;
 
 /** The method a caller uses to present a relay-level token on this port. */
 export const AUTH_METHOD = 'Relay.Auth';
 
-/** Stop reading a caller's requests while this many answer bytes wait to be written to it. */
-const HIGH_WATER = 1024 * 1024;
+/** A closing connection that does not hang up its side is destroyed after this long, ms. */
+const LINGER = 1_000;
 
 /**
  * The relay's MessagePack-RPC port: plain TCP (or TLS) speaking the MessagePack-RPC spec exactly, so
  * that existing clients (Go's net/rpc with ugorji's MsgpackSpecRpc codec, msgpack-rpc libraries) can
  * call nodes without knowing about the tunnel. Each TCP connection is one caller session, routed
- * exactly as a WebSocket caller. Errors become strings `"CODE: message"` because Go's codec decodes
- * the error field into a string. See docs/PROTOCOL.md.
+ * exactly as a WebSocket caller, under the same bounds: connections count against the relay's
+ * per-address and total limits, an answer backlog above `maxBacklog` stops reading and then cuts a
+ * slow consumer, idle connections are closed. Errors become strings `"CODE: message"` because Go's
+ * codec decodes the error field into a string. See docs/PROTOCOL.md.
  */
 export class MsgpackRpcPort {
-  private readonly opts: typeof DEFAULTS & MsgpackRpcPortOptions;
+  private readonly opts: Settings;
   private readonly log: Logger;
   private readonly server: Server;
   private readonly sockets = new Set<Socket>();
+  private readonly refusals: RefusalLog;
 
   constructor(
     private readonly relay: Relay,
     options: MsgpackRpcPortOptions = {},
   ) {
-    this.opts = { ...DEFAULTS, ...options };
+    const { helloTimeout, maxBacklog, slowConsumerTimeout } = relay.limits;
+    this.opts = { ...DEFAULTS, firstRequestTimeout: helloTimeout, maxBacklog, slowConsumerTimeout, ...defined(options) };
+    for (const name of ['maxMessage', 'keepAlive', 'idleTimeout', 'firstRequestTimeout', 'maxBacklog', 'slowConsumerTimeout'] as const) {
+      const value = this.opts[name];
+      if (!Number.isFinite(value) || value <= 0) throw new RangeError(`${name} must be a positive number, got ${String(value)}`);
+    }
     this.log = (options.log ?? silentLogger).child({ port: 'msgpack-rpc' });
+    this.refusals = new RefusalLog(this.log, 'too many msgpack-rpc connections; closing the extra ones');
     // A bad address fails here, at start, not at listen().
     splitHostPort(this.opts.listen, '');
-    const onSocket = (socket: Socket) => this.accept(socket);
-    this.server = options.tls ? createTlsServer(options.tls, onSocket) : createTcpServer(onSocket);
-    // A TLS handshake that fails (or times out) is the client's problem: log it, drop the socket, carry on.
-    // With a listener here Node leaves the socket open, so closing it is ours to do.
-    this.server.on('tlsClientError', (err: Error, socket: Socket) => {
-      this.log.debug({ err: err.message }, 'TLS handshake failed');
-      socket.destroy();
-    });
+    if (options.tls) {
+      // The handshake gets the same bound as the first request that follows it.
+      this.server = createTlsServer({ handshakeTimeout: this.opts.firstRequestTimeout, ...options.tls }, (socket) => this.accept(socket));
+      // A TLS handshake that fails (or times out) is the client's problem: log it, drop the socket, carry on.
+      // With a listener here Node leaves the socket open, so closing it is ours to do.
+      this.server.on('tlsClientError', (err: Error, socket: Socket) => {
+        this.log.debug({ err: err.message }, 'TLS handshake failed');
+        socket.destroy();
+      });
+    } else {
+      this.server = createTcpServer();
+    }
+    // Counted from the TCP connect, before the TLS handshake, so that a flood of handshakes is bounded too.
+    this.server.on('connection', (socket: Socket) => this.admit(socket, options.tls === undefined));
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
@@ -78,7 +113,8 @@ export class MsgpackRpcPort {
     await listenOn(this.server, this.opts.listen);
     const a = this.server.address() as AddressInfo;
     const address = { host: a.address, port: a.port };
-    this.log.info({ ...address, tls: this.opts.tls !== undefined, auth: this.opts.authenticate !== undefined }, 'msgpack-rpc port listening');
+    const auth = this.opts.authenticate !== undefined;
+    this.log.info({ ...address, tls: this.opts.tls !== undefined, auth, idleTimeoutMs: this.opts.idleTimeout, maxBacklog: this.opts.maxBacklog }, 'msgpack-rpc port listening');
     return address;
   }
 
@@ -86,6 +122,25 @@ export class MsgpackRpcPort {
   async close(): Promise<void> {
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Every TCP connection counts against the relay's connection limits, with the WebSocket port's. */
+  private admit(socket: Socket, plain: boolean): void {
+    const ip = peerIp(socket);
+    const admission = this.relay.admitSocket(ip);
+    if ('refused' in admission) {
+      this.relay.metrics.connectionRejected('too_many_connections');
+      this.refusals.refused({ ip, reason: admission.refused });
+      socket.on('error', () => undefined);
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      admission.release();
+    });
+    if (plain) this.accept(socket);
   }
 
   private accept(socket: Socket): void {
@@ -112,30 +167,42 @@ class RpcConnection {
   private link: CallerLink | undefined;
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
-  private queue: Buffer[] = [];
-  private flushScheduled = false;
   private closed = false;
+  /** Answers of this event-loop turn, not yet handed to the socket, and their bytes. */
+  private queue: Buffer[] = [];
+  private queued = 0;
+  private flushScheduled = false;
+  /** Not read while its backlog is high. */
+  private paused = false;
+  /** Runs while the backlog is above `maxBacklog`: the connection is cut if it still is when it fires. */
+  private slowTimer: NodeJS.Timeout | undefined;
+  /** One answer bigger than `maxBacklog` on its own raises the hard cut by what it is over. */
+  private allowance = 0;
+  private received = false;
+  private lastActive = Date.now();
+  private idleTimer: NodeJS.Timeout;
 
   constructor(
     private readonly socket: Socket,
     private readonly address: string,
     private readonly relay: Relay,
-    private readonly opts: typeof DEFAULTS & MsgpackRpcPortOptions,
+    private readonly opts: Settings,
     private readonly log: Logger,
   ) {
     this.framer = new MessagePackFramer(opts.maxMessage);
     if (!opts.authenticate) this.link = this.open(null);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'msgpack-rpc socket error'));
-    socket.on('drain', () => socket.resume());
-    this.log.debug({ session: this.link?.session }, 'msgpack-rpc caller connected');
+    socket.on('drain', () => this.checkBacklog());
+    this.idleTimer = setTimeout(this.onIdleTimer, opts.firstRequestTimeout);
+    this.log.debug('msgpack-rpc caller connected');
   }
 
   private open(identity: string | null): CallerLink {
     return this.relay.openCallerSession(
       {
         respond: (id, error, result) => this.respond(id, error, result),
-        // Too many failed Logins: MessagePack-RPC has no close reason, so the reply already sent says it.
+        // Too many failed Logins, a revoked token: MessagePack-RPC has no close reason, so a reply already sent says it.
         close: (_code, reason) => this.end(reason),
       },
       this.address,
@@ -146,14 +213,24 @@ class RpcConnection {
 
   onClose(): void {
     this.closed = true;
+    this.release();
+    this.log.debug({ session: this.link?.session }, 'msgpack-rpc caller disconnected');
+  }
+
+  /** Ends the session at once (its calls are cancelled on the nodes) and drops what was queued. */
+  private release(): void {
+    clearTimeout(this.idleTimer);
+    clearTimeout(this.slowTimer);
     this.pending.clear();
     this.queue = [];
+    this.queued = 0;
     if (this.link) this.relay.closeCallerSession(this.link);
-    this.log.debug({ session: this.link?.session }, 'msgpack-rpc caller disconnected');
   }
 
   private onData(chunk: Buffer): void {
     if (this.closed) return;
+    this.received = true;
+    this.lastActive = Date.now();
     let frames: Buffer[];
     try {
       frames = this.framer.push(chunk);
@@ -171,6 +248,26 @@ class RpcConnection {
       this.onValue(value);
     }
   }
+
+  /**
+   * First a connection must send something within `firstRequestTimeout`; then it is closed once it
+   * has had no call in flight and sent nothing for `idleTimeout`. One timer, moved on lazily, so
+   * that a busy connection costs nothing per message.
+   */
+  private readonly onIdleTimer = (): void => {
+    if (this.closed) return;
+    if (!this.received) {
+      this.log.info({ firstRequestTimeoutMs: this.opts.firstRequestTimeout }, 'closing msgpack-rpc connection that sent nothing');
+      return this.end(`no request within ${this.opts.firstRequestTimeout} ms of connecting`);
+    }
+    const left = this.pending.size > 0 ? this.opts.idleTimeout : this.lastActive + this.opts.idleTimeout - Date.now();
+    if (left > 0) {
+      this.idleTimer = setTimeout(this.onIdleTimer, left);
+      return;
+    }
+    this.log.info({ session: this.link?.session, idleTimeoutMs: this.opts.idleTimeout }, 'closing idle msgpack-rpc connection');
+    this.end(`idle for ${this.opts.idleTimeout} ms`);
+  };
 
   private onValue(v: unknown): void {
     if (!Array.isArray(v) || v.length === 0) {
@@ -238,6 +335,7 @@ class RpcConnection {
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
+    if (this.pending.size === 0) this.lastActive = Date.now();
     if (p.msgid === undefined) {
       if (error) this.log.debug({ code: error.code, err: error.message }, 'notification failed');
       return;
@@ -265,10 +363,26 @@ class RpcConnection {
     this.write(encode([Kind.RESPONSE, msgid, `${code}: ${message}`, null]));
   }
 
-  /** Answers leaving in the same event-loop turn go out in one write. */
+  /** Bytes queued for the caller and not yet written to its socket. */
+  private get backlog(): number {
+    return this.queued + this.socket.writableLength;
+  }
+
+  /**
+   * Answers leaving in the same event-loop turn go out in one write. Every answer is charged to the
+   * backlog at once: answers to calls already in flight keep coming after reading stops, and only
+   * the cut bounds them.
+   */
   private write(bytes: Buffer): void {
     if (this.closed) return;
+    const max = this.opts.maxBacklog;
+    const before = this.backlog;
+    if (before <= max) this.allowance = Math.max(0, bytes.length - max);
     this.queue.push(bytes);
+    this.queued += bytes.length;
+    const after = before + bytes.length;
+    if (after >= 2 * max + this.allowance) return this.cut(after, `backlog reached twice the limit of ${max} bytes`);
+    if (after > max) this.overLimit(after);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(this.flush);
@@ -278,11 +392,47 @@ class RpcConnection {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     if (this.closed || this.queue.length === 0) return;
-    const data = this.queue.length === 1 ? this.queue[0]! : Buffer.concat(this.queue);
+    const data = this.queue.length === 1 ? this.queue[0]! : Buffer.concat(this.queue, this.queued);
     this.queue = [];
-    // A caller that sends requests but reads no answers stops being read until it catches up.
-    if (!this.socket.write(data) && this.socket.writableLength > HIGH_WATER) this.socket.pause();
+    this.queued = 0;
+    this.socket.write(data);
   };
+
+  /** The caller is not keeping up: read none of its requests until it does, and give it `slowConsumerTimeout` to. */
+  private overLimit(backlog: number): void {
+    if (!this.paused) {
+      this.paused = true;
+      this.socket.pause();
+      this.log.debug({ session: this.link?.session, backlogBytes: backlog, limit: this.opts.maxBacklog }, 'msgpack-rpc caller is not reading its answers; not reading from it until it does');
+    }
+    this.slowTimer ??= setTimeout(() => {
+      this.slowTimer = undefined;
+      const now = this.backlog;
+      if (!this.closed && now > this.opts.maxBacklog) this.cut(now, `backlog above ${this.opts.maxBacklog} bytes for ${this.opts.slowConsumerTimeout} ms`);
+    }, this.opts.slowConsumerTimeout);
+  }
+
+  /** On drain: back under the limit stops the clock; under an eighth of it, reading resumes. */
+  private checkBacklog(): void {
+    if (this.closed) return;
+    const backlog = this.backlog;
+    if (backlog > this.opts.maxBacklog) return;
+    clearTimeout(this.slowTimer);
+    this.slowTimer = undefined;
+    if (this.paused && backlog < this.opts.maxBacklog / 8) {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  /** A slow consumer: everything queued for it is dropped with the socket, its calls are cancelled on the nodes. */
+  private cut(backlog: number, reason: string): void {
+    this.log.warn({ session: this.link?.session, backlogBytes: backlog, limit: this.opts.maxBacklog, reason }, 'slow consumer: closing connection');
+    this.relay.metrics.slowConsumer('msgpack-rpc');
+    this.closed = true;
+    this.release();
+    this.socket.destroy();
+  }
 
   /** The stream cannot be read any further: say why in the log, send what is queued, close. */
   private fail(reason: string): void {
@@ -291,15 +441,16 @@ class RpcConnection {
     this.end(reason);
   }
 
-  /** Sends what is queued, then closes. */
+  /** Sends what is queued, ends the session now, and closes the socket within {@link LINGER} ms. */
   private end(reason: string): void {
     if (this.closed) return;
     this.log.debug({ session: this.link?.session, reason }, 'closing msgpack-rpc connection');
     this.flush();
     this.closed = true;
+    this.release();
     this.socket.end();
-    // A peer that keeps its side open must not hold the socket.
-    setTimeout(() => this.socket.destroy(), 2_000).unref();
+    // A peer that keeps its side open, or does not read what is left, must not hold the socket.
+    setTimeout(() => this.socket.destroy(), LINGER).unref();
   }
 }
 
@@ -308,4 +459,9 @@ const NIL = Buffer.from([0xc0]);
 
 function isMsgid(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_ID;
+}
+
+/** The options actually given: an explicit `undefined` must not erase a default. */
+function defined<T extends object>(options: T): Partial<T> {
+  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
