@@ -1,11 +1,11 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as tcpConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { connect, Relay } from '../src/index.js';
 import { AddressTable, LIMIT_DEFAULTS, RefusalLog } from '../src/relay/limits.js';
@@ -15,7 +15,7 @@ import { decode, encode } from '../src/wire/codec.js';
 import { MessagePackFramer } from '../src/wire/framer.js';
 import { killAll, startNode, startRelay, type Proc, type RunningRelay } from './helpers/processes.js';
 
-/** The bounds of the MessagePack-RPC port: slow consumers, connection caps, idle connections. */
+/** The bounds of the MessagePack-RPC port: slow consumers, connection caps, idle connections, live authentication. */
 
 const SLOW = fileURLToPath(new URL('./fixtures/slow-services.js', import.meta.url));
 const PROBE = pathToFileURL(fileURLToPath(new URL('./fixtures/memory-probe.mjs', import.meta.url))).href;
@@ -346,6 +346,48 @@ describe('idle MessagePack-RPC connections', () => {
     const answered = Date.now();
     await busy.waitClosed(5_000);
     expect(Date.now() - answered).toBeGreaterThanOrEqual(900);
+  }, 30_000);
+});
+
+describe('authentication on the MessagePack-RPC port follows reloads of the tokens file', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tunnel-mrpc-tokens-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('serves anonymous calls until caller lines are added, then asks for Relay.Auth with a token that works', async () => {
+    const file = join(dir, 'tokens.txt');
+    const nodeToken = 'node-token-0123456789abcdef';
+    const callerToken = 'caller-token-0123456789abcdef';
+    writeFileSync(file, `node office-1 ${nodeToken}\n`);
+    const relay = await startRelay(['--msgpack-rpc-listen', '127.0.0.1:0', '--tokens', file]);
+    const port = await rpcPortOf(relay);
+    await startNode(relay.addr, ['--name', 'office-1', '--services', 'test/fixtures/security-services.js'], { TUNNEL_TOKEN: nodeToken });
+
+    const before = await RawRpc.open(port);
+    expect(await before.call(1, 'Sec.Who', [])).toEqual([1, 1, null, null]);
+    // No caller token is required yet: any token is accepted.
+    expect(await before.call(2, 'Relay.Auth', ['any-token-at-all-1234'])).toEqual([1, 2, null, true]);
+
+    const from = relay.proc.logs.length;
+    writeFileSync(file, `node office-1 ${nodeToken}\ncaller billing ${callerToken}\n`);
+    relay.proc.child.kill('SIGHUP');
+    await relay.proc.waitForLog((l) => l.msg === 'tokens reloaded' && l.entries === 2, 5_000, 'tokens reloaded', from);
+
+    const anonymous = await RawRpc.open(port);
+    expect(await anonymous.call(3, 'Sec.Who', [])).toEqual([
+      1, 3, 'UNAUTHORIZED: this relay requires a caller token: call Relay.Auth(token) first on this connection', null,
+    ]);
+    expect(await anonymous.call(4, 'Relay.Auth', ['wrong-token-0123456789abcdef'])).toEqual([
+      1, 4, 'UNAUTHORIZED: Relay.Auth takes one string, a caller token the relay accepts; this one was refused', null,
+    ]);
+    expect(await anonymous.call(5, 'Relay.Auth', [callerToken])).toEqual([1, 5, null, true]);
+    expect(await anonymous.call(6, 'Sec.Who', [])).toEqual([1, 6, null, 'billing']);
+
+    // The connection opened before the reload calls anonymously no more (or was closed as revoked).
+    before.send(req(7, 'Sec.Who', []));
+    await before.until(() => before.replies.some((r) => r[1] === 7) || before.closed, 5_000, 'reply 7 or close');
+    if (!before.closed) expect(before.replies.find((r) => r[1] === 7)![2]).toMatch(/^UNAUTHORIZED: this relay now requires a caller token/);
+    before.destroy();
+    anonymous.destroy();
   }, 30_000);
 });
 

@@ -88,28 +88,16 @@ try {
   // The settings in force after flags, environment and config file are merged: what an operator checks first.
   log.info({ ...options, msgpackRpcIdleTimeout }, 'relay starting');
   relay = new Relay({ ...options, log });
-  // A msgpack-rpc value is params plus its envelope.
   if (argv.msgpackRpcListen !== undefined) {
-    const r = relay;
-    rpcPort = new MsgpackRpcPort(r, {
+    // The same certificate as the WebSocket port; caller tokens, connection limits and backlog come
+    // from the relay itself, asked at each use, so a reload of the tokens file applies here too.
+    rpcPort = new MsgpackRpcPort(relay, {
       listen: argv.msgpackRpcListen,
       log,
+      // A msgpack-rpc value is params plus its envelope.
       maxMessage: maxMessage + 64 * 1024,
-      // Connection limits and the backlog come from the relay's own limits.
       idleTimeout: msgpackRpcIdleTimeout,
-      // The same certificate and the same caller tokens as the WebSocket port.
       ...(argv.tlsCert && argv.tlsKey ? { tls: { cert: readFileSync(argv.tlsCert), key: readFileSync(argv.tlsKey) } } : {}),
-      ...(r.auth.callersNeedAuth
-        ? {
-            authenticate: (token: string, address: string) => {
-              try {
-                return r.authenticateCaller(token, address) ?? 'caller';
-              } catch {
-                return null;
-              }
-            },
-          }
-        : {}),
     });
   }
 } catch (err) {

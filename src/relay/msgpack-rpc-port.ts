@@ -13,7 +13,7 @@ import type { Relay } from './relay.js';
 
 /**
  * Checks a token given with `Relay.Auth(token)` and returns the caller's identity, or null to refuse.
- * Without one, the port needs no authentication and `Relay.Auth` accepts any token.
+ * With one, every connection must call `Relay.Auth` before anything else.
  */
 export type CallerAuthenticator = (token: string, address: string) => string | null;
 
@@ -25,7 +25,11 @@ export interface MsgpackRpcPortOptions {
   maxMessage?: number;
   /** Serve TLS with these options (certificate and key) instead of plain TCP. */
   tls?: TlsOptions;
-  /** Relay-level caller authentication; see {@link CallerAuthenticator}. */
+  /**
+   * Your own check of `Relay.Auth` tokens; see {@link CallerAuthenticator}. Without it the port asks
+   * the relay's authenticator at each use, so that it follows reloads of the tokens file: a
+   * connection calls without a token only while the relay requires none.
+   */
   authenticate?: CallerAuthenticator;
   /** TCP keep-alive probe delay, ms (default 30 000), so that dead callers do not hold sessions forever. */
   keepAlive?: number;
@@ -113,7 +117,7 @@ export class MsgpackRpcPort {
     await listenOn(this.server, this.opts.listen);
     const a = this.server.address() as AddressInfo;
     const address = { host: a.address, port: a.port };
-    const auth = this.opts.authenticate !== undefined;
+    const auth = this.opts.authenticate ? 'custom' : 'relay';
     this.log.info({ ...address, tls: this.opts.tls !== undefined, auth, idleTimeoutMs: this.opts.idleTimeout, maxBacklog: this.opts.maxBacklog }, 'msgpack-rpc port listening');
     return address;
   }
@@ -164,7 +168,10 @@ interface Pending {
 /** One caller connection on the port: decodes requests, feeds its caller session, writes answers. */
 class RpcConnection {
   private readonly framer: MessagePackFramer;
+  /** The caller session, opened by the first call or by `Relay.Auth`. */
   private link: CallerLink | undefined;
+  /** The session was opened by `Relay.Auth` with a token that proved an identity. */
+  private authenticated = false;
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
   private closed = false;
@@ -190,7 +197,6 @@ class RpcConnection {
     private readonly log: Logger,
   ) {
     this.framer = new MessagePackFramer(opts.maxMessage);
-    if (!opts.authenticate) this.link = this.open(null);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'msgpack-rpc socket error'));
     socket.on('drain', () => this.checkBacklog());
@@ -297,9 +303,8 @@ class RpcConnection {
     if (typeof method !== 'string' || method === '') return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'method must be a non-empty string');
     if (!Array.isArray(params)) return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'params must be an array');
     if (method === AUTH_METHOD) return this.auth(msgid, params);
-    if (!this.link) {
-      return this.replyError(msgid, ErrorCode.UNAUTHORIZED, `this relay requires a caller token: call ${AUTH_METHOD}(token) first on this connection`);
-    }
+    const link = this.session();
+    if (typeof link === 'string') return this.replyError(msgid, ErrorCode.UNAUTHORIZED, link);
     // `node/Service.Method` names the node, as --node does for tunnel-call.
     const slash = method.indexOf('/');
     const meta: Record<string, unknown> = {};
@@ -307,21 +312,51 @@ class RpcConnection {
     const name = slash >= 0 ? method.slice(slash + 1) : method;
     const id = this.allocate();
     this.pending.set(id, { msgid });
-    this.link.onMessage({ kind: Kind.REQUEST, id, method: name, params: encodeParams(params), meta, stream: 0 });
+    link.onMessage({ kind: Kind.REQUEST, id, method: name, params: encodeParams(params), meta, stream: 0 });
+  }
+
+  /** Callers need a token while a custom authenticator is set, or while the relay requires one: asked now, not at start. */
+  private get tokenRequired(): boolean {
+    return this.opts.authenticate !== undefined || this.relay.auth.callersNeedAuth;
+  }
+
+  /** The session a call goes to, opened anonymously while that is allowed; or why the call is refused. */
+  private session(): CallerLink | string {
+    if (this.link && (this.authenticated || !this.tokenRequired)) return this.link;
+    if (this.link) return `this relay now requires a caller token: reconnect and call ${AUTH_METHOD}(token) first`;
+    if (this.tokenRequired) return `this relay requires a caller token: call ${AUTH_METHOD}(token) first on this connection`;
+    this.link = this.open(null);
+    return this.link;
   }
 
   private auth(msgid: number | undefined, params: unknown[]): void {
-    const authenticate = this.opts.authenticate;
-    if (!authenticate) return this.replyValue(msgid, true); // nothing to check: any token is accepted
-    if (this.link) return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'this connection is already authenticated');
-    const token = params[0];
-    const identity = typeof token === 'string' && params.length === 1 ? authenticate(token, this.address) : null;
-    if (identity === null) {
-      this.log.info('msgpack-rpc caller token refused');
+    if (this.authenticated) return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'this connection is already authenticated');
+    const token = typeof params[0] === 'string' && params.length === 1 ? params[0] : undefined;
+    const identity = this.check(token);
+    if (identity === undefined) {
+      this.log.info({ session: this.link?.session }, 'msgpack-rpc caller token refused');
       return this.replyError(msgid, ErrorCode.UNAUTHORIZED, `${AUTH_METHOD} takes one string, a caller token the relay accepts; this one was refused`);
     }
+    if (this.link) {
+      // Anonymous calls already made use of this session: it cannot take an identity afterwards.
+      if (identity !== null) return this.replyError(msgid, ErrorCode.BAD_REQUEST, `this connection already calls without a token; reconnect and call ${AUTH_METHOD} first`);
+      return this.replyValue(msgid, true);
+    }
     this.link = this.open(identity);
+    // Any token is accepted while the relay requires none; that session stays anonymous, and stops once a reload requires tokens.
+    this.authenticated = identity !== null;
     this.replyValue(msgid, true);
+  }
+
+  /** The identity a token proves (null: anonymous, on a relay that requires no token), or undefined when refused. */
+  private check(token: string | undefined): string | null | undefined {
+    const custom = this.opts.authenticate;
+    if (custom) return token === undefined ? undefined : (custom(token, this.address) ?? undefined);
+    try {
+      return this.relay.authenticateCaller(token, this.address);
+    } catch {
+      return undefined;
+    }
   }
 
   /** A connection-local id for the caller session; msgids may repeat or be any size, these may not. */
