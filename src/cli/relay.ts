@@ -36,7 +36,11 @@ const argv = await parse(
   .option('max-login-failures', { type: 'number', default: D.maxLoginFailures, describe: 'Failed Logins (LOGIN_FAILED answers) after which a caller connection is closed (4005)' })
   .option('max-login-failures-per-address', { type: 'number', default: D.maxLoginFailuresPerAddress, describe: 'Failed Logins from one IP address per --login-failure-window; then its Logins are refused' })
   .option('login-failure-window', { type: 'string', default: `${D.loginFailureWindow / 60_000}m`, describe: 'Window of --max-login-failures-per-address' })
-  .option('max-connections-per-address', { type: 'number', default: D.maxConnectionsPerAddress, describe: 'Open connections from one IP address; more are refused with HTTP 429' })
+  .option('max-connections-per-address', { type: 'number', default: D.maxConnectionsPerAddress, describe: 'Open connections from one IP address, every port together; more are refused with HTTP 429 (on the msgpack-rpc port: closed at once)' })
+  .option('max-connections', { type: 'number', default: D.maxConnections, describe: 'Open connections on every port together; more are closed at once. Keep it below the file-descriptor limit (ulimit -n)' })
+  .option('max-backlog', { type: 'string', default: '8MiB', describe: 'Bytes waiting to be written to one peer; above it the relay stops reading from that caller until it is under an eighth' })
+  .option('slow-consumer-timeout', { type: 'string', default: `${D.slowConsumerTimeout / 1000}s`, describe: 'A caller whose backlog stays above --max-backlog this long, or has twice it waiting in its socket, is cut as a slow consumer (WebSocket close 4008)' })
+  .option('msgpack-rpc-idle-timeout', { type: 'string', default: '5m', describe: 'Close a msgpack-rpc connection with no call in flight that has sent nothing for this long' })
   .option('max-reassembly', { type: 'string', default: '20MiB', describe: 'Bytes of incomplete streamed bodies the relay holds for one caller connection (broadcast params, gateway and msgpack-rpc results, broadcast results); a call past it is answered OVERLOADED' })
   .option('stream-idle-timeout', { type: 'string', default: `${D.streamIdleTimeout / 1000}s`, describe: 'A streamed body that receives no chunk for this long is cancelled (TIMEOUT)' })
   .example('$0 --listen :9090', 'listen on every interface, port 9090')
@@ -94,30 +98,24 @@ try {
     maxConnectionsPerAddress: argv.maxConnectionsPerAddress,
     maxReassembly: parseSize(argv.maxReassembly, 'max-reassembly'),
     streamIdleTimeout: parseDuration(argv.streamIdleTimeout, 'stream-idle-timeout'),
+    maxConnections: argv.maxConnections,
+    maxBacklog: parseSize(argv.maxBacklog, 'max-backlog'),
+    slowConsumerTimeout: parseDuration(argv.slowConsumerTimeout, 'slow-consumer-timeout'),
   };
+  const msgpackRpcIdleTimeout = parseDuration(argv.msgpackRpcIdleTimeout, 'msgpack-rpc-idle-timeout');
   // The settings in force after flags, environment and config file are merged: what an operator checks first.
-  log.info(options, 'relay starting');
+  log.info({ ...options, msgpackRpcIdleTimeout }, 'relay starting');
   relay = new Relay({ ...options, log });
-  // A msgpack-rpc value is params plus its envelope.
   if (argv.msgpackRpcListen !== undefined) {
-    const r = relay;
-    rpcPort = new MsgpackRpcPort(r, {
+    // The same certificate as the WebSocket port; caller tokens, connection limits and backlog come
+    // from the relay itself, asked at each use, so a reload of the tokens file applies here too.
+    rpcPort = new MsgpackRpcPort(relay, {
       listen: argv.msgpackRpcListen,
       log,
+      // A msgpack-rpc value is params plus its envelope.
       maxMessage: maxMessage + 64 * 1024,
-      // The same certificate and the same caller tokens as the WebSocket port.
+      idleTimeout: msgpackRpcIdleTimeout,
       ...(argv.tlsCert && argv.tlsKey ? { tls: { cert: readFileSync(argv.tlsCert), key: readFileSync(argv.tlsKey) } } : {}),
-      ...(r.auth.callersNeedAuth
-        ? {
-            authenticate: (token: string, address: string) => {
-              try {
-                return r.authenticateCaller(token, address) ?? 'caller';
-              } catch {
-                return null;
-              }
-            },
-          }
-        : {}),
     });
   }
 } catch (err) {

@@ -1,5 +1,6 @@
 import { ErrorCode, TunnelError } from '../errors.js';
 import { DEFAULT_MAX_LOGIN_FAILURES } from '../rpc/login.js';
+import type { Logger } from '../util/logger.js';
 import { DEFAULT_MAX_BODY } from '../wire/messages.js';
 
 /**
@@ -76,12 +77,16 @@ interface AddressState {
   windowStart: number;
 }
 
+/** Which connection limit a refused connection hit: its address's, or the relay's total. */
+export type ConnectionRefusal = 'address' | 'total';
+
 /**
  * What the relay remembers per remote IP address: open connections and recent failed Logins.
  * An address is forgotten once it has no connection and its failure window has passed.
  */
 export class AddressTable {
   private readonly table = new Map<string, AddressState>();
+  private openTotal = 0;
 
   constructor(
     private readonly limits: Limits,
@@ -92,17 +97,32 @@ export class AddressTable {
     return this.table.size;
   }
 
+  /** Open connections from every address. */
+  get total(): number {
+    return this.openTotal;
+  }
+
   /** Counts a new connection; false when the address already has the most it may. */
   open(ip: string): boolean {
     const s = this.state(ip);
     s.open++;
+    this.openTotal++;
     return s.open <= this.limits.maxConnectionsPerAddress;
+  }
+
+  /** Counts a new connection only if both limits allow it; otherwise says which one is full. */
+  admit(ip: string): ConnectionRefusal | undefined {
+    if (this.openTotal >= this.limits.maxConnections) return 'total';
+    if (this.connections(ip) >= this.limits.maxConnectionsPerAddress) return 'address';
+    this.open(ip);
+    return undefined;
   }
 
   close(ip: string): void {
     const s = this.table.get(ip);
     if (!s) return;
     s.open--;
+    this.openTotal--;
     this.forgetIfIdle(ip, s);
   }
 
@@ -190,5 +210,37 @@ export class LoginFailures {
     }
     if (fromAddress >= this.limits.maxLoginFailuresPerAddress) return `too many failed Login attempts from ${this.ip}`;
     return undefined;
+  }
+}
+
+/**
+ * One warn line per burst of refused connections, not one per connection: the first refusal after
+ * `quiet` ms without any is logged; the rest are counted into the next line, written at most once
+ * every `every` ms while the burst lasts.
+ */
+export class RefusalLog {
+  private lastRefusal = -Infinity;
+  private lastLine = -Infinity;
+  private unlogged = 0;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly msg: string,
+    private readonly quiet = 10_000,
+    private readonly every = 60_000,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  refused(fields: Record<string, unknown>): void {
+    const now = this.now();
+    const burstStarts = now - this.lastRefusal >= this.quiet;
+    this.lastRefusal = now;
+    if (!burstStarts && now - this.lastLine < this.every) {
+      this.unlogged++;
+      return;
+    }
+    this.log.warn({ ...fields, refusedSinceLastLine: this.unlogged }, this.msg);
+    this.unlogged = 0;
+    this.lastLine = now;
   }
 }

@@ -2,17 +2,18 @@ import { createServer as createTcpServer, type AddressInfo, type Server, type So
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { encodeParams } from '../rpc/body.js';
-import { listenAddress, listenOn, peerAddress } from '../util/address.js';
+import { listenAddress, listenOn, peerAddress, peerIp } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
 import { DEFAULT_MAX_FRAME, Kind, MAX_ID } from '../wire/messages.js';
 import type { CallerLink } from './caller-link.js';
+import { RefusalLog } from './limits.js';
 import type { Relay } from './relay.js';
 
 /**
  * Checks a token given with `Relay.Auth(token)` and returns the caller's identity, or null to refuse.
- * Without one, the port needs no authentication and `Relay.Auth` accepts any token.
+ * With one, every connection must call `Relay.Auth` before anything else.
  */
 export type CallerAuthenticator = (token: string, address: string) => string | null;
 
@@ -24,49 +25,91 @@ export interface MsgpackRpcPortOptions {
   maxMessage?: number;
   /** Serve TLS with these options (certificate and key) instead of plain TCP. */
   tls?: TlsOptions;
-  /** Relay-level caller authentication; see {@link CallerAuthenticator}. */
+  /**
+   * Your own check of `Relay.Auth` tokens; see {@link CallerAuthenticator}. Without it the port asks
+   * the relay's authenticator at each use, so that it follows reloads of the tokens file: a
+   * connection calls without a token only while the relay requires none.
+   */
   authenticate?: CallerAuthenticator;
   /** TCP keep-alive probe delay, ms (default 30 000), so that dead callers do not hold sessions forever. */
   keepAlive?: number;
+  /**
+   * A connection with no call in flight that has sent nothing for this long is closed, ms
+   * (default 300 000).
+   */
+  idleTimeout?: number;
+  /**
+   * A connection that sends nothing at all this long after connecting (TLS: after its handshake,
+   * which has the same bound) is closed, ms (default: the relay's `helloTimeout`).
+   */
+  firstRequestTimeout?: number;
+  /** Answer bytes queued for one connection above which it is no longer read (default: the relay's `maxBacklog`). */
+  maxBacklog?: number;
+  /** How long a connection's backlog may stay above `maxBacklog` before it is cut, ms (default: the relay's `slowConsumerTimeout`). */
+  slowConsumerTimeout?: number;
 }
 
 const DEFAULTS = {
   listen: ':9091',
   maxMessage: DEFAULT_MAX_FRAME,
   keepAlive: 30_000,
+  idleTimeout: 300_000,
 };
+
+type Settings = typeof DEFAULTS &
+  MsgpackRpcPortOptions &
+  Required<Pick<MsgpackRpcPortOptions, 'firstRequestTimeout' | 'maxBacklog' | 'slowConsumerTimeout'>>;
 
 /** The method a caller uses to present a relay-level token on this port. */
 export const AUTH_METHOD = 'Relay.Auth';
 
-/** Stop reading a caller's requests while this many answer bytes wait to be written to it. */
-const HIGH_WATER = 1024 * 1024;
+/** A closing connection that does not hang up its side is destroyed after this long, ms. */
+const LINGER = 1_000;
 
 /**
  * The relay's MessagePack-RPC port: plain TCP (or TLS) speaking the MessagePack-RPC spec exactly, so
  * that existing clients (Go's net/rpc with ugorji's MsgpackSpecRpc codec, msgpack-rpc libraries) can
  * call nodes without knowing about the tunnel. Each TCP connection is one caller session, routed
- * exactly as a WebSocket caller. Errors become strings `"CODE: message"` because Go's codec decodes
- * the error field into a string. See docs/PROTOCOL.md.
+ * exactly as a WebSocket caller, under the same bounds: connections count against the relay's
+ * per-address and total limits, an answer backlog above `maxBacklog` stops reading and then cuts a
+ * slow consumer, idle connections are closed. Errors become strings `"CODE: message"` because Go's
+ * codec decodes the error field into a string. See docs/PROTOCOL.md.
  */
 export class MsgpackRpcPort {
-  private readonly opts: typeof DEFAULTS & MsgpackRpcPortOptions;
+  private readonly opts: Settings;
   private readonly log: Logger;
   private readonly server: Server;
   private readonly sockets = new Set<Socket>();
+  private readonly refusals: RefusalLog;
 
   constructor(
     private readonly relay: Relay,
     options: MsgpackRpcPortOptions = {},
   ) {
-    this.opts = { ...DEFAULTS, ...options };
+    const { helloTimeout, maxBacklog, slowConsumerTimeout } = relay.limits;
+    this.opts = { ...DEFAULTS, firstRequestTimeout: helloTimeout, maxBacklog, slowConsumerTimeout, ...defined(options) };
+    for (const name of ['maxMessage', 'keepAlive', 'idleTimeout', 'firstRequestTimeout', 'maxBacklog', 'slowConsumerTimeout'] as const) {
+      const value = this.opts[name];
+      if (!Number.isFinite(value) || value <= 0) throw new RangeError(`${name} must be a positive number, got ${String(value)}`);
+    }
     this.log = (options.log ?? silentLogger).child({ port: 'msgpack-rpc' });
+    this.refusals = new RefusalLog(this.log, 'too many msgpack-rpc connections; closing the extra ones');
     // A bad address fails here, at start, not at listen().
     listenAddress(this.opts.listen, 'MsgpackRpcPort option listen');
-    const onSocket = (socket: Socket) => this.accept(socket);
-    this.server = options.tls ? createTlsServer(options.tls, onSocket) : createTcpServer(onSocket);
-    // A TLS handshake that fails is the client's problem, not the relay's: log it and carry on.
-    this.server.on('tlsClientError', (err: Error) => this.log.debug({ err: err.message }, 'TLS handshake failed'));
+    if (options.tls) {
+      // The handshake gets the same bound as the first request that follows it.
+      this.server = createTlsServer({ handshakeTimeout: this.opts.firstRequestTimeout, ...options.tls }, (socket) => this.accept(socket));
+      // A TLS handshake that fails (or times out) is the client's problem: log it, drop the socket, carry on.
+      // With a listener here Node leaves the socket open, so closing it is ours to do.
+      this.server.on('tlsClientError', (err: Error, socket: Socket) => {
+        this.log.debug({ err: err.message }, 'TLS handshake failed');
+        socket.destroy();
+      });
+    } else {
+      this.server = createTcpServer();
+    }
+    // Counted from the TCP connect, before the TLS handshake, so that a flood of handshakes is bounded too.
+    this.server.on('connection', (socket: Socket) => this.admit(socket, options.tls === undefined));
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
@@ -74,7 +117,8 @@ export class MsgpackRpcPort {
     await listenOn(this.server, this.opts.listen);
     const a = this.server.address() as AddressInfo;
     const address = { host: a.address, port: a.port };
-    this.log.info({ ...address, tls: this.opts.tls !== undefined, auth: this.opts.authenticate !== undefined }, 'msgpack-rpc port listening');
+    const auth = this.opts.authenticate ? 'custom' : 'relay';
+    this.log.info({ ...address, tls: this.opts.tls !== undefined, auth, idleTimeoutMs: this.opts.idleTimeout, maxBacklog: this.opts.maxBacklog }, 'msgpack-rpc port listening');
     return address;
   }
 
@@ -82,6 +126,25 @@ export class MsgpackRpcPort {
   async close(): Promise<void> {
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  /** Every TCP connection counts against the relay's connection limits, with the WebSocket port's. */
+  private admit(socket: Socket, plain: boolean): void {
+    const ip = peerIp(socket);
+    const admission = this.relay.admitSocket(ip);
+    if ('refused' in admission) {
+      this.relay.metrics.connectionRejected('too_many_connections');
+      this.refusals.refused({ ip, reason: admission.refused });
+      socket.on('error', () => undefined);
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      admission.release();
+    });
+    if (plain) this.accept(socket);
   }
 
   private accept(socket: Socket): void {
@@ -105,33 +168,47 @@ interface Pending {
 /** One caller connection on the port: decodes requests, feeds its caller session, writes answers. */
 class RpcConnection {
   private readonly framer: MessagePackFramer;
+  /** The caller session, opened by the first call or by `Relay.Auth`. */
   private link: CallerLink | undefined;
+  /** The session was opened by `Relay.Auth` with a token that proved an identity. */
+  private authenticated = false;
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
-  private queue: Buffer[] = [];
-  private flushScheduled = false;
   private closed = false;
+  /** Answers of this event-loop turn, not yet handed to the socket, and their bytes. */
+  private queue: Buffer[] = [];
+  private queued = 0;
+  private flushScheduled = false;
+  /** Not read while its backlog is high. */
+  private paused = false;
+  /** Runs while the backlog is above `maxBacklog`: the connection is cut if it still is when it fires. */
+  private slowTimer: NodeJS.Timeout | undefined;
+  /** One answer bigger than `maxBacklog` on its own raises the hard cut by what it is over. */
+  private allowance = 0;
+  private received = false;
+  private lastActive = Date.now();
+  private idleTimer: NodeJS.Timeout;
 
   constructor(
     private readonly socket: Socket,
     private readonly address: string,
     private readonly relay: Relay,
-    private readonly opts: typeof DEFAULTS & MsgpackRpcPortOptions,
+    private readonly opts: Settings,
     private readonly log: Logger,
   ) {
     this.framer = new MessagePackFramer(opts.maxMessage);
-    if (!opts.authenticate) this.link = this.open(null);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'msgpack-rpc socket error'));
-    socket.on('drain', () => socket.resume());
-    this.log.debug({ session: this.link?.session }, 'msgpack-rpc caller connected');
+    socket.on('drain', () => this.checkBacklog());
+    this.idleTimer = setTimeout(this.onIdleTimer, opts.firstRequestTimeout);
+    this.log.debug('msgpack-rpc caller connected');
   }
 
   private open(identity: string | null): CallerLink {
     return this.relay.openCallerSession(
       {
         respond: (id, error, result) => this.respond(id, error, result),
-        // Too many failed Logins: MessagePack-RPC has no close reason, so the reply already sent says it.
+        // Too many failed Logins, a revoked token: MessagePack-RPC has no close reason, so a reply already sent says it.
         close: (_code, reason) => this.end(reason),
       },
       this.address,
@@ -142,14 +219,24 @@ class RpcConnection {
 
   onClose(): void {
     this.closed = true;
+    this.release();
+    this.log.debug({ session: this.link?.session }, 'msgpack-rpc caller disconnected');
+  }
+
+  /** Ends the session at once (its calls are cancelled on the nodes) and drops what was queued. */
+  private release(): void {
+    clearTimeout(this.idleTimer);
+    clearTimeout(this.slowTimer);
     this.pending.clear();
     this.queue = [];
+    this.queued = 0;
     if (this.link) this.relay.closeCallerSession(this.link);
-    this.log.debug({ session: this.link?.session }, 'msgpack-rpc caller disconnected');
   }
 
   private onData(chunk: Buffer): void {
     if (this.closed) return;
+    this.received = true;
+    this.lastActive = Date.now();
     let frames: Buffer[];
     try {
       frames = this.framer.push(chunk);
@@ -167,6 +254,26 @@ class RpcConnection {
       this.onValue(value);
     }
   }
+
+  /**
+   * First a connection must send something within `firstRequestTimeout`; then it is closed once it
+   * has had no call in flight and sent nothing for `idleTimeout`. One timer, moved on lazily, so
+   * that a busy connection costs nothing per message.
+   */
+  private readonly onIdleTimer = (): void => {
+    if (this.closed) return;
+    if (!this.received) {
+      this.log.info({ firstRequestTimeoutMs: this.opts.firstRequestTimeout }, 'closing msgpack-rpc connection that sent nothing');
+      return this.end(`no request within ${this.opts.firstRequestTimeout} ms of connecting`);
+    }
+    const left = this.pending.size > 0 ? this.opts.idleTimeout : this.lastActive + this.opts.idleTimeout - Date.now();
+    if (left > 0) {
+      this.idleTimer = setTimeout(this.onIdleTimer, left);
+      return;
+    }
+    this.log.info({ session: this.link?.session, idleTimeoutMs: this.opts.idleTimeout }, 'closing idle msgpack-rpc connection');
+    this.end(`idle for ${this.opts.idleTimeout} ms`);
+  };
 
   private onValue(v: unknown): void {
     if (!Array.isArray(v) || v.length === 0) {
@@ -196,9 +303,8 @@ class RpcConnection {
     if (typeof method !== 'string' || method === '') return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'method must be a non-empty string');
     if (!Array.isArray(params)) return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'params must be an array');
     if (method === AUTH_METHOD) return this.auth(msgid, params);
-    if (!this.link) {
-      return this.replyError(msgid, ErrorCode.UNAUTHORIZED, `this relay requires a caller token: call ${AUTH_METHOD}(token) first on this connection`);
-    }
+    const link = this.session();
+    if (typeof link === 'string') return this.replyError(msgid, ErrorCode.UNAUTHORIZED, link);
     // `node/Service.Method` names the node, as --node does for tunnel-call.
     const slash = method.indexOf('/');
     const meta: Record<string, unknown> = {};
@@ -206,21 +312,51 @@ class RpcConnection {
     const name = slash >= 0 ? method.slice(slash + 1) : method;
     const id = this.allocate();
     this.pending.set(id, { msgid });
-    this.link.onMessage({ kind: Kind.REQUEST, id, method: name, params: encodeParams(params), meta, stream: 0 });
+    link.onMessage({ kind: Kind.REQUEST, id, method: name, params: encodeParams(params), meta, stream: 0 });
+  }
+
+  /** Callers need a token while a custom authenticator is set, or while the relay requires one: asked now, not at start. */
+  private get tokenRequired(): boolean {
+    return this.opts.authenticate !== undefined || this.relay.auth.callersNeedAuth;
+  }
+
+  /** The session a call goes to, opened anonymously while that is allowed; or why the call is refused. */
+  private session(): CallerLink | string {
+    if (this.link && (this.authenticated || !this.tokenRequired)) return this.link;
+    if (this.link) return `this relay now requires a caller token: reconnect and call ${AUTH_METHOD}(token) first`;
+    if (this.tokenRequired) return `this relay requires a caller token: call ${AUTH_METHOD}(token) first on this connection`;
+    this.link = this.open(null);
+    return this.link;
   }
 
   private auth(msgid: number | undefined, params: unknown[]): void {
-    const authenticate = this.opts.authenticate;
-    if (!authenticate) return this.replyValue(msgid, true); // nothing to check: any token is accepted
-    if (this.link) return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'this connection is already authenticated');
-    const token = params[0];
-    const identity = typeof token === 'string' && params.length === 1 ? authenticate(token, this.address) : null;
-    if (identity === null) {
-      this.log.info('msgpack-rpc caller token refused');
+    if (this.authenticated) return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'this connection is already authenticated');
+    const token = typeof params[0] === 'string' && params.length === 1 ? params[0] : undefined;
+    const identity = this.check(token);
+    if (identity === undefined) {
+      this.log.info({ session: this.link?.session }, 'msgpack-rpc caller token refused');
       return this.replyError(msgid, ErrorCode.UNAUTHORIZED, `${AUTH_METHOD} takes one string, a caller token the relay accepts; this one was refused`);
     }
+    if (this.link) {
+      // Anonymous calls already made use of this session: it cannot take an identity afterwards.
+      if (identity !== null) return this.replyError(msgid, ErrorCode.BAD_REQUEST, `this connection already calls without a token; reconnect and call ${AUTH_METHOD} first`);
+      return this.replyValue(msgid, true);
+    }
     this.link = this.open(identity);
+    // Any token is accepted while the relay requires none; that session stays anonymous, and stops once a reload requires tokens.
+    this.authenticated = identity !== null;
     this.replyValue(msgid, true);
+  }
+
+  /** The identity a token proves (null: anonymous, on a relay that requires no token), or undefined when refused. */
+  private check(token: string | undefined): string | null | undefined {
+    const custom = this.opts.authenticate;
+    if (custom) return token === undefined ? undefined : (custom(token, this.address) ?? undefined);
+    try {
+      return this.relay.authenticateCaller(token, this.address);
+    } catch {
+      return undefined;
+    }
   }
 
   /** A connection-local id for the caller session; msgids may repeat or be any size, these may not. */
@@ -234,6 +370,7 @@ class RpcConnection {
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
+    if (this.pending.size === 0) this.lastActive = Date.now();
     if (p.msgid === undefined) {
       if (error) this.log.debug({ code: error.code, err: error.message }, 'notification failed');
       return;
@@ -261,10 +398,26 @@ class RpcConnection {
     this.write(encode([Kind.RESPONSE, msgid, `${code}: ${message}`, null]));
   }
 
-  /** Answers leaving in the same event-loop turn go out in one write. */
+  /** Bytes queued for the caller and not yet written to its socket. */
+  private get backlog(): number {
+    return this.queued + this.socket.writableLength;
+  }
+
+  /**
+   * Answers leaving in the same event-loop turn go out in one write. Every answer is charged to the
+   * backlog at once: answers to calls already in flight keep coming after reading stops, and only
+   * the cut bounds them.
+   */
   private write(bytes: Buffer): void {
     if (this.closed) return;
+    const max = this.opts.maxBacklog;
+    const before = this.backlog;
+    if (before <= max) this.allowance = Math.max(0, bytes.length - max);
     this.queue.push(bytes);
+    this.queued += bytes.length;
+    const after = before + bytes.length;
+    if (after >= 2 * max + this.allowance) return this.cut(after, `backlog reached twice the limit of ${max} bytes`);
+    if (after > max) this.overLimit(after);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(this.flush);
@@ -274,11 +427,47 @@ class RpcConnection {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     if (this.closed || this.queue.length === 0) return;
-    const data = this.queue.length === 1 ? this.queue[0]! : Buffer.concat(this.queue);
+    const data = this.queue.length === 1 ? this.queue[0]! : Buffer.concat(this.queue, this.queued);
     this.queue = [];
-    // A caller that sends requests but reads no answers stops being read until it catches up.
-    if (!this.socket.write(data) && this.socket.writableLength > HIGH_WATER) this.socket.pause();
+    this.queued = 0;
+    this.socket.write(data);
   };
+
+  /** The caller is not keeping up: read none of its requests until it does, and give it `slowConsumerTimeout` to. */
+  private overLimit(backlog: number): void {
+    if (!this.paused) {
+      this.paused = true;
+      this.socket.pause();
+      this.log.debug({ session: this.link?.session, backlogBytes: backlog, limit: this.opts.maxBacklog }, 'msgpack-rpc caller is not reading its answers; not reading from it until it does');
+    }
+    this.slowTimer ??= setTimeout(() => {
+      this.slowTimer = undefined;
+      const now = this.backlog;
+      if (!this.closed && now > this.opts.maxBacklog) this.cut(now, `backlog above ${this.opts.maxBacklog} bytes for ${this.opts.slowConsumerTimeout} ms`);
+    }, this.opts.slowConsumerTimeout);
+  }
+
+  /** On drain: back under the limit stops the clock; under an eighth of it, reading resumes. */
+  private checkBacklog(): void {
+    if (this.closed) return;
+    const backlog = this.backlog;
+    if (backlog > this.opts.maxBacklog) return;
+    clearTimeout(this.slowTimer);
+    this.slowTimer = undefined;
+    if (this.paused && backlog < this.opts.maxBacklog / 8) {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  /** A slow consumer: everything queued for it is dropped with the socket, its calls are cancelled on the nodes. */
+  private cut(backlog: number, reason: string): void {
+    this.log.warn({ session: this.link?.session, backlogBytes: backlog, limit: this.opts.maxBacklog, reason }, 'slow consumer: closing connection');
+    this.relay.metrics.slowConsumer('msgpack-rpc');
+    this.closed = true;
+    this.release();
+    this.socket.destroy();
+  }
 
   /** The stream cannot be read any further: say why in the log, send what is queued, close. */
   private fail(reason: string): void {
@@ -287,15 +476,16 @@ class RpcConnection {
     this.end(reason);
   }
 
-  /** Sends what is queued, then closes. */
+  /** Sends what is queued, ends the session now, and closes the socket within {@link LINGER} ms. */
   private end(reason: string): void {
     if (this.closed) return;
     this.log.debug({ session: this.link?.session, reason }, 'closing msgpack-rpc connection');
     this.flush();
     this.closed = true;
+    this.release();
     this.socket.end();
-    // A peer that keeps its side open must not hold the socket.
-    setTimeout(() => this.socket.destroy(), 2_000).unref();
+    // A peer that keeps its side open, or does not read what is left, must not hold the socket.
+    setTimeout(() => this.socket.destroy(), LINGER).unref();
   }
 }
 
@@ -304,4 +494,9 @@ const NIL = Buffer.from([0xc0]);
 
 function isMsgid(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_ID;
+}
+
+/** The options actually given: an explicit `undefined` must not erase a default. */
+function defined<T extends object>(options: T): Partial<T> {
+  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

@@ -16,7 +16,7 @@ import { BrowserPolicy } from '../util/browser-policy.js';
 import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler, refuseRequest } from './http.js';
-import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, type Limits } from './limits.js';
+import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, RefusalLog, type Limits } from './limits.js';
 import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeLink } from './node-link.js';
@@ -122,12 +122,15 @@ export class Relay extends EventEmitter {
   readonly browsers: BrowserPolicy;
   /** Per listening server: bound to a loopback address, where only loopback Host names pass. */
   private readonly loopbackListeners = new WeakMap<Server, boolean>();
+  /** Every limit in force: the options merged with their defaults (limits.ts). */
+  readonly limits: Readonly<Limits>;
   private readonly presence: Presence;
   private readonly opts: typeof DEFAULTS & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
   private readonly secure: boolean;
   private readonly addresses: AddressTable;
+  private readonly refusals: RefusalLog;
   /** Sockets past the per-address limit, refused at their upgrade request. */
   private readonly overLimit = new WeakSet<object>();
   /** When each socket connected: the handshake and the hello share one deadline. */
@@ -177,11 +180,13 @@ export class Relay extends EventEmitter {
       throw new RangeError(`selector must be one of ${SELECTORS.join(', ')}; got ${JSON.stringify(this.opts.selector)}`);
     }
     this.directory.selector = selectorNamed(this.opts.selector);
-    checkLimits(pickLimits(this.opts));
+    this.limits = Object.freeze(pickLimits(this.opts));
+    checkLimits(this.limits);
     listenAddress(this.opts.listen, 'Relay option listen');
     if (this.opts.adminListen !== undefined) listenAddress(this.opts.adminListen, 'Relay option adminListen');
     this.browsers = new BrowserPolicy(this.opts);
     this.log = options.log ?? silentLogger;
+    this.refusals = new RefusalLog(this.log, 'too many connections on the relay; closing the extra ones');
     this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
     this.directory.permissions = this.auth.permissions;
     this.auth.on('reload', () => this.recheck());
@@ -239,6 +244,25 @@ export class Relay extends EventEmitter {
     const verdict = this.auth.caller(token);
     if (!verdict.ok) throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
     return { identity: verdict.identity, credential: verdict.credential };
+  }
+
+  /**
+   * Counts a connection of another door (the MessagePack-RPC port) from `ip` against the limits the
+   * relay's own sockets count against, so that every door shares `maxConnectionsPerAddress` and
+   * `maxConnections`. Call `release` once the connection closes; a refused one is not counted.
+   */
+  admitSocket(ip: string): { release: () => void } | { refused: string } {
+    const full = this.addresses.admit(ip);
+    if (full === 'total') return { refused: `the relay has ${this.opts.maxConnections} connections, its limit` };
+    if (full === 'address') return { refused: `too many connections from ${ip} (limit ${this.opts.maxConnectionsPerAddress})` };
+    let open = true;
+    return {
+      release: () => {
+        if (!open) return;
+        open = false;
+        this.addresses.close(ip);
+      },
+    };
   }
 
   /**
@@ -426,6 +450,13 @@ export class Relay extends EventEmitter {
 
   /** Every socket counts against its address, its bytes are counted, and it must reach an accepted hello in time. */
   private onSocket(socket: Socket): void {
+    if (this.addresses.total >= this.opts.maxConnections) {
+      // Over the relay's total nothing more is spent on a socket, not even an HTTP answer.
+      this.metrics.connectionRejected('too_many_connections');
+      this.refusals.refused({ ip: peerIp(socket), limit: this.opts.maxConnections });
+      socket.destroy();
+      return;
+    }
     this.sockets.add(socket);
     socket.once('close', () => {
       this.sockets.delete(socket);
