@@ -30,7 +30,7 @@ const argv = await parse(
   .option('reconnect-base', { type: 'string', default: '500ms', describe: 'First reconnect ceiling; each failure doubles it (full jitter: the wait is random below it)' })
   .option('reconnect-cap', { type: 'string', default: '30s', describe: 'Largest reconnect ceiling' })
   .option('direct-listen', { type: 'string', describe: 'Also serve callers directly at this address (host:port, :port or PORT), without the relay (e.g. 127.0.0.1:9191 for callers on this host)' })
-  .option('max-reassembly', { type: 'string', default: '20MiB', describe: 'Bytes of incomplete streamed params one caller session may hold on this node (a tunnel holds at most 8 times this); a call past it is answered OVERLOADED' })
+  .option('max-reassembly', { type: 'string', default: '32MiB', describe: 'Bytes of incomplete streamed params one caller session may hold on this node (a tunnel holds at most 8 times this); a call past it is answered OVERLOADED' })
   .option('stream-idle-timeout', { type: 'string', default: '30s', describe: 'Streamed params that receive no chunk for this long are dropped (TIMEOUT)' })
   .option('drain-timeout', { type: 'string', default: '10s', describe: 'On SIGINT/SIGTERM, how long running calls may take to finish (the relay sends no new ones meanwhile; a second signal exits at once)' })
   .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')

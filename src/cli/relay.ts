@@ -41,7 +41,7 @@ const argv = await parse(
   .option('max-backlog', { type: 'string', default: '8MiB', describe: 'Bytes waiting to be written to one peer; above it the relay stops reading from that caller until it is under an eighth' })
   .option('slow-consumer-timeout', { type: 'string', default: `${D.slowConsumerTimeout / 1000}s`, describe: 'A caller whose backlog stays above --max-backlog this long, or has twice it waiting in its socket, is cut as a slow consumer (WebSocket close 4008)' })
   .option('msgpack-rpc-idle-timeout', { type: 'string', default: '5m', describe: 'Close a msgpack-rpc connection with no call in flight that has sent nothing for this long' })
-  .option('max-reassembly', { type: 'string', default: '20MiB', describe: 'Bytes of incomplete streamed bodies the relay holds for one caller connection (broadcast params, gateway and msgpack-rpc results, broadcast results); a call past it is answered OVERLOADED' })
+  .option('max-reassembly', { type: 'string', default: '32MiB', describe: 'Bytes of incomplete streamed bodies the relay holds for one caller connection (broadcast params, gateway and msgpack-rpc results, broadcast results); a call past it is answered OVERLOADED' })
   .option('stream-idle-timeout', { type: 'string', default: `${D.streamIdleTimeout / 1000}s`, describe: 'A streamed body that receives no chunk for this long is cancelled (TIMEOUT)' })
   .example('$0 --listen :9090', 'listen on every interface, port 9090')
   .example('$0 --listen :9090 --msgpack-rpc-listen :9091', 'WebSocket callers and nodes on 9090, MessagePack-RPC callers on 9091')

@@ -43,7 +43,7 @@ export interface NodeOptions extends ClientTlsOptions {
   defaultTimeout?: number;
   /** Largest message accepted, bytes (default 16 MiB + 64 KiB of envelope). */
   maxMessage?: number;
-  /** Bytes of incomplete streamed params one caller session may hold on this node (default 20 MiB). */
+  /** Bytes of incomplete streamed params one caller session may hold on this node (default 32 MiB). */
   maxReassembly?: number;
   /** Streamed params that receive no chunk for this long are dropped, ms (default 30 000). */
   streamIdleTimeout?: number;
@@ -57,7 +57,7 @@ const DEFAULTS = {
   drainTimeout: 10_000,
   defaultTimeout: 30_000,
   maxMessage: DEFAULT_MAX_FRAME,
-  maxReassembly: 20 * 1024 * 1024,
+  maxReassembly: 32 * 1024 * 1024,
   streamIdleTimeout: 30_000,
 };
 

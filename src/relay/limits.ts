@@ -55,7 +55,7 @@ export const LIMIT_DEFAULTS: Limits = {
   maxConnections: 16_384,
   maxBacklog: 8 * 1024 * 1024,
   slowConsumerTimeout: 10_000,
-  maxReassembly: 20 * 1024 * 1024,
+  maxReassembly: 32 * 1024 * 1024,
   streamIdleTimeout: 30_000,
 };
 
