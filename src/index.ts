@@ -5,9 +5,9 @@ export { connect, Client, type ClientOptions, type BroadcastResult, type Presenc
 export type { CallOptions, BroadcastOptions, Selector } from './client/options.js';
 export type { PresenceEvent } from './wire/presence.js';
 export { ServiceRegistry, defineService, type ServiceOptions, type ServiceImpl } from './rpc/registry.js';
-export type { CallContext, CallerInfo } from './rpc/context.js';
+export { withContext, type CallContext, type CallerInfo, type ContextHandler } from './rpc/context.js';
 export { Session } from './rpc/session.js';
-export { passwordLogin, parseCredentials, secretsEqual } from './rpc/login.js';
+export { passwordLogin, parseCredentials, secretsEqual, type LoginArgs, type PasswordCheck, type PasswordLoginOptions } from './rpc/login.js';
 export { TunnelError, ErrorCode, isTunnelError, type WireError } from './errors.js';
 export { registerExamples } from './services/index.js';
 export { createLogger, type Logger, type LogLevel } from './util/logger.js';

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, isTunnelError, registerExamples, Relay, ServiceRegistry, TunnelNode, type CallContext } from '../src/index.js';
+import { connect, isTunnelError, Relay, ServiceRegistry, TunnelNode, withContext } from '../src/index.js';
+import { registerExamples } from '../src/services/index.js';
 
 /** Polls a condition every 10 ms for at most 5 s. */
 async function waitFor(cond: () => boolean): Promise<void> {
@@ -16,7 +17,7 @@ describe('library API against a real relay', () => {
     relay = new Relay({ listen: '127.0.0.1:0' });
     ({ url } = await relay.listen());
     const registry = registerExamples(new ServiceRegistry()).register('Probe', {
-      async Wait(ms: number, ctx: CallContext) {
+      Wait: withContext(async (ctx, ms: number) => {
         seen.push('started');
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, ms);
@@ -27,15 +28,13 @@ describe('library API against a real relay', () => {
           });
         });
         return ms;
-      },
-      Caller(ctx: CallContext) {
-        return { session: ctx.session.id, address: ctx.caller.address, identity: ctx.caller.identity, node: ctx.node };
-      },
-      Remember(value: unknown, ctx: CallContext) {
+      }),
+      Caller: withContext((ctx) => ({ session: ctx.session.id, address: ctx.caller.address, identity: ctx.caller.identity, node: ctx.node })),
+      Remember: withContext((ctx, value: unknown) => {
         const before = ctx.session.data.get('v') ?? null;
         ctx.session.data.set('v', value);
         return before;
-      },
+      }),
     });
     node = new TunnelNode({ relay: url, name: 'lib-node', services: registry });
     node.start();
