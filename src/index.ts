@@ -8,7 +8,7 @@ export { ServiceRegistry, defineService, type ServiceOptions, type ServiceImpl }
 export { withContext, type CallContext, type CallerInfo, type ContextHandler } from './rpc/context.js';
 export { Session } from './rpc/session.js';
 export { passwordLogin, parseCredentials, secretsEqual, type LoginArgs, type PasswordCheck, type PasswordLoginOptions } from './rpc/login.js';
-export { TunnelError, ErrorCode, isTunnelError, type WireError } from './errors.js';
+export { TunnelError, ErrorCode, isTunnelError, type TunnelErrorCode, type WireError } from './errors.js';
 export { registerExamples } from './services/index.js';
 export { createLogger, type Logger, type LogLevel } from './util/logger.js';
 export { PROTOCOL_VERSION } from './wire/messages.js';
