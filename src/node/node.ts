@@ -346,6 +346,7 @@ export class TunnelNode extends EventEmitter {
   /**
    * Serves one caller connected straight to this node, without a relay (see direct.ts): the caller
    * speaks the caller protocol and is one session, exactly as it would be through a relay.
+   * @internal
    */
   acceptDirect(conn: Connection, address: string): void {
     this.directIndex.set(conn, ++this.directCount);

@@ -71,7 +71,7 @@ const SEEN_NODES_LIMIT = 10_000;
 
 const NODE_NAME = /^[A-Za-z0-9][\w.-]{0,127}$/;
 
-/** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. */
+/** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. @internal */
 export interface GatewaySession {
   readonly link: CallerLink;
   close(): void;
@@ -83,7 +83,9 @@ export interface GatewaySession {
  * Events: `listening`, `node` (joined), `node-left`, `idle` (no call in flight while draining).
  */
 export class Relay extends EventEmitter {
+  /** @internal */
   readonly directory = new NodeDirectory();
+  /** @internal */
   readonly metrics: RelayMetrics;
   /** Who may register nodes and call; `auth.reload()` rereads the tokens file. */
   readonly auth: Authenticator;
@@ -171,7 +173,7 @@ export class Relay extends EventEmitter {
     return this.drainPromise !== undefined;
   }
 
-  /** Largest HTTP gateway body, bytes: the largest params plus room for the JSON around them. */
+  /** Largest HTTP gateway body, bytes: the largest params plus room for the JSON around them. @internal */
   get maxBody(): number {
     return frameLimit(this.opts.maxMessage);
   }
@@ -180,6 +182,7 @@ export class Relay extends EventEmitter {
    * Checks a caller's token (HTTP gateway `Authorization: Bearer`, msgpack-rpc `Relay.Auth`) and
    * returns its identity (null when anonymous), or throws a TunnelError with code UNAUTHORIZED.
    * With no caller authentication configured every caller is allowed.
+   * @internal
    */
   authenticateCaller(token: string | undefined, _address: string): string | null {
     const verdict = this.auth.caller(token);
@@ -187,7 +190,7 @@ export class Relay extends EventEmitter {
     return verdict.identity;
   }
 
-  /** Opens the session of one HTTP gateway request; its answers go to `transport`. */
+  /** Opens the session of one HTTP gateway request; its answers go to `transport`. @internal */
   openGatewaySession(address: string, identity: string | null, transport: CallerOutput): GatewaySession {
     const link = this.newCallerLink('h', transport, address, identity, this.log);
     this.gatewayCallers++;
@@ -524,6 +527,7 @@ export class Relay extends EventEmitter {
    * Starts a caller session, which is one caller connection, on any transport: the WebSocket here,
    * the MessagePack-RPC port (msgpack-rpc-port.ts). Requests go to `link.onMessage`; answers come out
    * through `out`. End it with {@link closeCallerSession} when the connection closes.
+   * @internal
    */
   openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
     const link = this.newCallerLink('', out, address, identity, log);
@@ -540,7 +544,7 @@ export class Relay extends EventEmitter {
     return new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer, logins);
   }
 
-  /** Ends a caller session: its calls are dropped and every node that saw it forgets it. */
+  /** Ends a caller session: its calls are dropped and every node that saw it forgets it. @internal */
   closeCallerSession(link: CallerLink): void {
     if (this.callers.delete(link)) link.onClose();
   }

@@ -13,14 +13,16 @@ export type Where = Readonly<Record<string, string>>;
  * round-robin cursor; selectors scan from it so that ties rotate instead of piling onto the first node.
  * Returns the index of the chosen node, or -1 when no node is eligible. Selectors never allocate:
  * route() runs once per call.
+ * @internal
  */
 export type Selector = (nodes: readonly NodeLink[], start: number, service: string, method: string, where: Where | undefined) => number;
 
-/** True when `node` can take a new call to `service.method` restricted to `where`. */
+/** True when `node` can take a new call to `service.method` restricted to `where`. @internal */
 export function eligible(node: NodeLink, service: string, method: string, where: Where | undefined): boolean {
   return node.available && node.hasMethod(service, method) && matchesWhere(node, where);
 }
 
+/** @internal */
 export function matchesWhere(node: NodeLink, where: Where | undefined): boolean {
   if (where === undefined) return true;
   for (const key in where) if (node.labels[key] !== where[key]) return false;
@@ -60,7 +62,7 @@ const leastPending: Selector = (nodes, start, service, method, where) => {
 
 const BY_NAME: Record<SelectorName, Selector> = { 'round-robin': roundRobin, random, 'least-pending': leastPending };
 
-/** The selector called `name`; throws BAD_REQUEST naming the choices for anything else. */
+/** The selector called `name`; throws BAD_REQUEST naming the choices for anything else. @internal */
 export function selectorNamed(name: unknown): Selector {
   if (typeof name === 'string' && Object.hasOwn(BY_NAME, name)) return BY_NAME[name as SelectorName];
   throw new TunnelError(ErrorCode.BAD_REQUEST, `unknown selector ${JSON.stringify(name)}; choose one of ${SELECTORS.join(', ')}`);
