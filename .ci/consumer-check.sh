@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the packed tarball into a fresh strict TypeScript project (skipLibCheck off), type-checks
-# test/consumer/main.ts and the README's library example against it, then runs both: the published
-# declarations must stand on their own (no type from one of our devDependencies), the typed stubs'
-# @ts-expect-error lines must be errors, and each program must exit by itself with status 0.
+# test/consumer/main.ts and the README's library and service examples against it, and runs the
+# program and the library example: the published declarations must stand on their own (no type from
+# one of our devDependencies), the typed stubs' @ts-expect-error lines must be errors, and each
+# program must exit by itself with status 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -37,22 +38,27 @@ cat >tsconfig.json <<'EOF'
     "rootDir": ".",
     "outDir": "out"
   },
-  "include": ["main.ts", "readme.ts"]
+  "include": ["main.ts", "readme.ts", "readme-services.ts"]
 }
 EOF
 cp "$root/test/consumer/main.ts" main.ts
-# The first ```ts block of the README's "The library" section, as a user would copy it.
-awk '/^## The library/ { section = 1 } section && /^```ts$/ { inside = 1; next } inside && /^```$/ { exit } inside { print }' \
-  "$root/README.md" >readme.ts
-if [ ! -s readme.ts ]; then
-  echo "consumer check: found no \`\`\`ts block under '## The library' in README.md" >&2
-  exit 1
-fi
+# README examples as a user would copy them: the first ```ts block under a heading.
+readme_block() {
+  awk -v heading="$1" '$0 == heading { section = 1; next } section && /^```ts$/ { inside = 1; next } inside && /^```$/ { exit } inside { print }' \
+    "$root/README.md" >"$2"
+  if [ ! -s "$2" ]; then
+    echo "consumer check: found no \`\`\`ts block under '$1' in README.md" >&2
+    exit 1
+  fi
+}
+readme_block '## The library' readme.ts
+readme_block '### Writing services' readme-services.ts
 
 echo "consumer check: type-checking with $(npx tsc --version) (strict, skipLibCheck false)"
 npx tsc --noEmit
 npx tsc
 
+# readme-services.ts only defines a service: compiling it is the check.
 for program in main readme; do
   echo "consumer check: running $program.ts"
   timeout 60 node "out/$program.js"
