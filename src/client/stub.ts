@@ -71,7 +71,9 @@ export type UntypedService = Record<string, (...args: unknown[]) => unknown>;
 
 /** What a stub needs of a client, so that stubs can be tested without a relay. */
 export interface StubTarget {
+  /** One call of `Service.Method`; {@link Client.request}. */
   request(method: string, args: readonly unknown[], options: CallOptions): Promise<unknown>;
+  /** One call of `Service.Method` on every matching node; {@link Client.broadcast}. */
   broadcast(method: string, args: readonly unknown[], options: BroadcastOptions): Promise<BroadcastResult[]>;
 }
 

@@ -13,6 +13,7 @@ export interface CallerInfo {
 export interface CallContext {
   /** Per-caller-connection state (Login lives here). */
   session: Session;
+  /** Who is calling, as the relay saw it. */
   caller: CallerInfo;
   /** Name of the node running the handler. */
   node: string;
@@ -22,6 +23,7 @@ export interface CallContext {
   signal: AbortSignal;
   /** Epoch milliseconds after which nobody waits for the answer. */
   deadline: number;
+  /** The node's logger (pino), for lines about this call. */
   log: Logger;
 }
 

@@ -16,8 +16,10 @@ export function parseCredentials(text: string): { user: string; password: string
   return { user: text.slice(0, i), password: text.slice(i + 1) };
 }
 
+/** Checks one user's password, for {@link passwordLogin}; resolve true to let them in. */
 export type PasswordCheck = (user: string, password: string) => boolean | Promise<boolean>;
 
+/** Options of {@link passwordLogin}. */
 export interface PasswordLoginOptions {
   /** Failed attempts allowed on one caller connection; after them every attempt fails without a check (default 5). */
   maxFailures?: number;

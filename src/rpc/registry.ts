@@ -9,6 +9,7 @@ export type Handler = (...args: any[]) => unknown;
 /** An object whose methods become the service's methods, as Go's `rpc.Register` does with a type. */
 export type ServiceImpl = object;
 
+/** How a service is registered; given to {@link defineService} or {@link ServiceRegistry.register}. */
 export interface ServiceOptions {
   /**
    * Methods that fail with NOT_LOGGED_IN unless the session has a user. `true` means every method
@@ -32,6 +33,7 @@ export function defineService<T extends object>(impl: T, options?: ServiceOption
   return impl;
 }
 
+/** One registered method, as {@link ServiceRegistry.lookup} finds it for the node. */
 export interface MethodEntry {
   service: string;
   method: string;
@@ -89,20 +91,24 @@ export class ServiceRegistry {
     return this;
   }
 
+  /** True when a service of that name is registered. */
   has(service: string): boolean {
     return this.services.has(service);
   }
 
+  /** Number of registered services. */
   get size(): number {
     return this.services.size;
   }
 
+  /** Each service's method names, as the node announces them to the relay. */
   describe(): ServiceDescription {
     const out: ServiceDescription = {};
     for (const [name, table] of this.services) out[name] = [...table.keys()];
     return out;
   }
 
+  /** The method to run for `Service.Method`; NO_SERVICE or NO_METHOD, naming what exists, otherwise. */
   lookup(service: string, method: string): MethodEntry {
     const table = this.services.get(service);
     if (!table) {
