@@ -23,26 +23,41 @@ export const ErrorCode = {
   GOING_AWAY: 'GOING_AWAY',
 } as const;
 
+/** The codes the project itself uses: a string-literal union (`'NO_SERVICE' | 'NO_METHOD' | …`). */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/**
+ * The code of a {@link TunnelError}: one of the project's {@link ErrorCode}s, or a code of a
+ * handler's own (`throw new TunnelError('OUT_OF_STOCK', …)`). `string & {}` keeps editors
+ * suggesting the known codes while any string is accepted.
+ */
+export type TunnelErrorCode = ErrorCode | (string & {});
 
 /** The shape of an error on the wire: `{ code, message, data? }`. */
 export interface WireError {
-  code: string;
+  code: TunnelErrorCode;
   message: string;
   data?: unknown;
 }
 
+/**
+ * An error with a stable {@link TunnelErrorCode}; every failure a caller or handler sees is one. A
+ * handler may throw one with a code of its own, which the caller receives unchanged.
+ */
 export class TunnelError extends Error {
   override name = 'TunnelError';
-  readonly code: string;
+  /** A known {@link ErrorCode}, or a handler's own code. Narrow it with {@link isTunnelError}. */
+  readonly code: TunnelErrorCode;
+  /** Whatever the thrower attached (`{ data }`), as it came over the wire. */
   readonly data: unknown;
 
-  constructor(code: string, message: string, options: { data?: unknown; cause?: unknown } = {}) {
+  constructor(code: TunnelErrorCode, message: string, options: { data?: unknown; cause?: unknown } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.data = options.data;
   }
 
+  /** The error as it travels: `{ code, message, data? }`. */
   toWire(): WireError {
     return this.data === undefined
       ? { code: this.code, message: this.message }
@@ -73,6 +88,16 @@ export class TunnelError extends Error {
   }
 }
 
+/**
+ * True when `err` is a {@link TunnelError}, and, given a `code`, one with that code; the type of
+ * `err.code` then narrows to it:
+ *
+ * ```ts
+ * if (isTunnelError(err, 'NODE_LOST')) err.code;   // 'NODE_LOST'
+ * ```
+ */
+export function isTunnelError(err: unknown): err is TunnelError;
+export function isTunnelError<C extends TunnelErrorCode>(err: unknown, code: C): err is TunnelError & { readonly code: C };
 export function isTunnelError(err: unknown, code?: string): err is TunnelError {
   return err instanceof TunnelError && (code === undefined || err.code === code);
 }

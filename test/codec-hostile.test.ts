@@ -110,10 +110,10 @@ describe('the Login helper', () => {
     const login = passwordLogin({ alice: 'right-password' });
     const session = new Session('s1');
     const ctx = { session } as never;
-    for (let i = 0; i < 5; i++) await expect(login('alice', 'wrong', ctx)).rejects.toMatchObject({ code: 'LOGIN_FAILED', message: 'username or password incorrect' });
-    await expect(login('alice', 'right-password', ctx)).rejects.toMatchObject({ code: 'LOGIN_FAILED', message: expect.stringContaining('too many failed Login attempts (5)') });
+    for (let i = 0; i < 5; i++) await expect(login(ctx, 'alice', 'wrong')).rejects.toMatchObject({ code: 'LOGIN_FAILED', message: 'username or password incorrect' });
+    await expect(login(ctx, 'alice', 'right-password')).rejects.toMatchObject({ code: 'LOGIN_FAILED', message: expect.stringContaining('too many failed Login attempts (5)') });
     expect(session.loggedIn).toBe(false);
     const fresh = { session: new Session('s2') } as never;
-    await expect(login('alice', 'right-password', fresh)).resolves.toBe('alice');
+    await expect(login(fresh, 'alice', 'right-password')).resolves.toBe('alice');
   });
 });

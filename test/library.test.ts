@@ -1,5 +1,19 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, isTunnelError, registerExamples, Relay, ServiceRegistry, TunnelNode, type CallContext } from '../src/index.js';
+import { connect, defineService, isTunnelError, Relay, ServiceRegistry, TunnelError, TunnelNode, withContext } from '../src/index.js';
+import { registerExamples } from '../src/services/index.js';
+
+const Calc = defineService({
+  Sum(...nums: number[]) {
+    return nums.reduce((x, y) => x + y, 0);
+  },
+  Scale(x: number, factor = 2) {
+    return x * factor;
+  },
+  Where: withContext((ctx, tag: string) => `${tag}@${ctx.node}`),
+  Refuse(code: string): never {
+    throw new TunnelError(code, `refused with ${code}`);
+  },
+});
 
 /** Polls a condition every 10 ms for at most 5 s. */
 async function waitFor(cond: () => boolean): Promise<void> {
@@ -16,7 +30,7 @@ describe('library API against a real relay', () => {
     relay = new Relay({ listen: '127.0.0.1:0' });
     ({ url } = await relay.listen());
     const registry = registerExamples(new ServiceRegistry()).register('Probe', {
-      async Wait(ms: number, ctx: CallContext) {
+      Wait: withContext(async (ctx, ms: number) => {
         seen.push('started');
         await new Promise<void>((resolve) => {
           const t = setTimeout(resolve, ms);
@@ -27,16 +41,15 @@ describe('library API against a real relay', () => {
           });
         });
         return ms;
-      },
-      Caller(ctx: CallContext) {
-        return { session: ctx.session.id, address: ctx.caller.address, identity: ctx.caller.identity, node: ctx.node };
-      },
-      Remember(value: unknown, ctx: CallContext) {
+      }),
+      Caller: withContext((ctx) => ({ session: ctx.session.id, address: ctx.caller.address, identity: ctx.caller.identity, node: ctx.node })),
+      Remember: withContext((ctx, value: unknown) => {
         const before = ctx.session.data.get('v') ?? null;
         ctx.session.data.set('v', value);
         return before;
-      },
+      }),
     });
+    registry.register('Calc', Calc);
     node = new TunnelNode({ relay: url, name: 'lib-node', services: registry });
     node.start();
     await node.waitConnected();
@@ -51,6 +64,24 @@ describe('library API against a real relay', () => {
     expect(await client.call('Arith.Multiply', 2, 3)).toBe(6);
     expect(await client.call('Arith.Multiply', 4, 5, { timeout: 2_000 })).toBe(20);
     expect(await client.request('Arith.Divide', [9, 3])).toBe(3);
+    await client.close();
+  });
+
+  it('calls through a typed stub: rest and default parameters, the context first, options, broadcast, custom codes', async () => {
+    const client = await connect(url);
+    const calc = client.service<typeof Calc>('Calc');
+    expect(await calc.Sum(1, 2, 3)).toBe(6);
+    expect(await calc.Sum()).toBe(0);
+    expect(await calc.Scale(3)).toBe(6);
+    expect(await calc.Scale(3, 10)).toBe(30);
+    expect(await calc.with({ timeout: 2_000, node: 'lib-node' }).Where('t')).toBe('t@lib-node');
+    expect(await calc.broadcast.Sum(4, 5)).toEqual([{ node: 'lib-node', ok: true, result: 9, ms: expect.any(Number) }]);
+    const err = await calc.Refuse('OUT_OF_STOCK').catch((e: unknown) => e);
+    expect(isTunnelError(err, 'OUT_OF_STOCK') && err.message).toBe('refused with OUT_OF_STOCK');
+    const lost = await calc.with({ node: 'no-such-node', timeout: 2_000 }).Sum(1).catch((e: unknown) => e);
+    expect(isTunnelError(lost, 'NO_NODE')).toBe(true);
+    const arith = client.service('Arith');
+    expect(await arith.Multiply(6, 7)).toBe(42);
     await client.close();
   });
 
@@ -93,7 +124,7 @@ describe('library API against a real relay', () => {
 
   it('reports the presence of the node', () => {
     expect(relay.nodes()).toEqual([
-      expect.objectContaining({ name: 'lib-node', services: expect.objectContaining({ Arith: ['Divide', 'Multiply'] }) }),
+      expect.objectContaining({ name: 'lib-node', services: expect.objectContaining({ Arith: ['Divide', 'Multiply'], Calc: ['Refuse', 'Scale', 'Sum', 'Where'] }) }),
     ]);
   });
 

@@ -3,9 +3,9 @@ import { isCallOptions } from '../src/client/options.js';
 import { Backoff } from '../src/node/backoff.js';
 import { SessionTable } from '../src/node/sessions.js';
 import { Cancellation } from '../src/rpc/cancellation.js';
-import { discoverMethods, invoke, ServiceRegistry } from '../src/rpc/registry.js';
+import { defineService, discoverMethods, invoke, ServiceRegistry } from '../src/rpc/registry.js';
 import { Session } from '../src/rpc/session.js';
-import type { CallContext } from '../src/rpc/context.js';
+import { withContext, type CallContext } from '../src/rpc/context.js';
 import { listenAddress, relayUrl } from '../src/util/address.js';
 import { parseDuration, parseSize } from '../src/util/units.js';
 import { silentLogger } from '../src/util/logger.js';
@@ -36,7 +36,7 @@ describe('backoff', () => {
 describe('service registry', () => {
   class Calc {
     private secret = 1;
-    Add(a: number, b: number, _ctx: CallContext) {
+    Add(a: number, b: number) {
       return a + b + this.secret - 1;
     }
     _hidden() {}
@@ -45,23 +45,86 @@ describe('service registry', () => {
     expect(discoverMethods(new Calc())).toEqual(['Add']);
     expect(discoverMethods({ A() {}, b: 1, _c() {} })).toEqual(['A']);
   });
-  it('pads missing arguments, refuses extra ones, and enforces requireLogin', async () => {
-    const r = new ServiceRegistry().register('Calc', new Calc()).register('Sec', { Login: passwordLogin({ u: 'p' }), Get: () => 1 }, { requireLogin: true });
+  it('passes exactly the caller\'s arguments: rest and default parameters work, fn.length plays no part', async () => {
+    const r = new ServiceRegistry().register('Calc', new Calc()).register('M', {
+      Sum: (...nums: number[]) => nums.reduce((x, y) => x + y, 0),
+      Scale: (x: number, factor = 2) => x * factor,
+      Count: (...args: unknown[]) => args.length,
+      Ping: () => 'pong',
+    });
     expect(await invoke(r.lookup('Calc', 'Add'), [2, 3], ctx())).toBe(5);
-    await expect(invoke(r.lookup('Calc', 'Add'), [1, 2, 3], ctx())).rejects.toMatchObject({ code: 'BAD_REQUEST' });
+    expect(await invoke(r.lookup('M', 'Sum'), [1, 2, 3], ctx())).toBe(6);
+    expect(await invoke(r.lookup('M', 'Sum'), [], ctx())).toBe(0);
+    expect(await invoke(r.lookup('M', 'Scale'), [3], ctx())).toBe(6);
+    expect(await invoke(r.lookup('M', 'Scale'), [3, 10], ctx())).toBe(30);
+    expect(await invoke(r.lookup('M', 'Count'), [1, null, {}], ctx())).toBe(3);
+    // Go's net/rpc sends one nil or empty struct to a method that takes nothing: it is ignored.
+    expect(await invoke(r.lookup('M', 'Ping'), [null], ctx())).toBe('pong');
+    expect(await invoke(r.lookup('M', 'Ping'), [{}], ctx())).toBe('pong');
+  });
+  it('gives a withContext handler the context first, with `this` the service object', async () => {
+    const svc = {
+      prefix: 'hi',
+      Greet: withContext(function (this: { prefix: string }, c: CallContext, name: string) {
+        return `${this.prefix} ${name} from ${c.caller.address} on ${c.node}`;
+      }),
+      All: withContext((c, ...names: string[]) => `${c.method}:${names.join(',')}`),
+      Who: withContext((c) => c.session.id),
+    };
+    const r = new ServiceRegistry().register('G', svc);
+    expect(await invoke(r.lookup('G', 'Greet'), ['bob'], ctx())).toBe('hi bob from 127.0.0.1:1 on n');
+    expect(await invoke(r.lookup('G', 'All'), ['a', 'b', 'c'], ctx())).toBe('X.Y:a,b,c');
+    expect(await invoke(r.lookup('G', 'Who'), [null], ctx(new Session('s9')))).toBe('s9');
+    expect(withContext(svc.Who)).toBe(svc.Who);
+  });
+  it('says how to fix a handler that still expects the context as its last parameter', async () => {
+    const r = new ServiceRegistry().register('Old', {
+      Greet(name: string, c: CallContext) {
+        return `hi ${name}, I am ${c.session.user}`;
+      },
+      Broken(o: { deep?: { x: number } }) {
+        return o.deep!.x;
+      },
+    });
+    const err = await invoke(r.lookup('Old', 'Greet'), ['bob'], ctx()).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'APP_ERROR', message: expect.stringMatching(/Old\.Greet failed: .*'session'.*wrap it with withContext\(\(ctx, \.\.\.args\) =>/) });
+    // An unrelated TypeError keeps its own message.
+    const other = await invoke(r.lookup('Old', 'Broken'), [{}], ctx()).catch((e: unknown) => e);
+    expect(other).toBeInstanceOf(TypeError);
+    expect((other as Error).message).not.toMatch(/withContext/);
+  });
+  it('enforces requireLogin, declared on register or with defineService', async () => {
+    const r = new ServiceRegistry()
+      .register('Sec', { Login: passwordLogin({ u: 'p' }), Get: () => 1 }, { requireLogin: true })
+      .register('Def', defineService({ Open: () => 'open', Shut: () => 'shut' }, { requireLogin: ['Shut'] }))
+      .register('Plain', defineService({ Open: () => 'open' }));
     const s = new Session('s1');
     await expect(invoke(r.lookup('Sec', 'Get'), [], ctx(s))).rejects.toMatchObject({ code: 'NOT_LOGGED_IN' });
     await expect(invoke(r.lookup('Sec', 'Login'), ['u:wrong'], ctx(s))).rejects.toMatchObject({ code: 'LOGIN_FAILED', message: 'username or password incorrect' });
     expect(s.failedLogins).toBe(1);
+    await expect(invoke(r.lookup('Sec', 'Login'), [7], ctx(s))).rejects.toMatchObject({ code: 'BAD_REQUEST' });
+    await expect(invoke(r.lookup('Def', 'Shut'), [], ctx(s))).rejects.toMatchObject({ code: 'NOT_LOGGED_IN' });
+    expect(await invoke(r.lookup('Def', 'Open'), [], ctx(s))).toBe('open');
+    expect(await invoke(r.lookup('Plain', 'Open'), [], ctx(s))).toBe('open');
     expect(await invoke(r.lookup('Sec', 'Login'), ['u', 'p'], ctx(s))).toBe('u');
     expect(await invoke(r.lookup('Sec', 'Get'), [], ctx(s))).toBe(1);
-    expect(() => r.lookup('Nope', 'X')).toThrow(/does not serve Nope; it serves Calc, Sec/);
-    expect(() => r.lookup('Calc', 'Sub')).toThrow(/no method Sub; methods: Add/);
+    expect(await invoke(r.lookup('Def', 'Shut'), [], ctx(s))).toBe('shut');
+    expect(() => r.lookup('Nope', 'X')).toThrow(/does not serve Nope; it serves Sec, Def, Plain/);
+    expect(() => r.lookup('Sec', 'Sub')).toThrow(/no method Sub; methods: Get, Login/);
+  });
+  it('recognises marks made by another copy of the library (a --services module with its own install)', async () => {
+    const foreign = Object.assign((c: CallContext) => c.node, { [Symbol.for('tunnel-rpc.withContext')]: true });
+    const impl = { Where: foreign, Secret: () => 42 };
+    Object.defineProperty(impl, Symbol.for('tunnel-rpc.serviceOptions'), { value: { requireLogin: ['Secret'] } });
+    const r = new ServiceRegistry().register('F', impl);
+    expect(await invoke(r.lookup('F', 'Where'), [], ctx())).toBe('n');
+    await expect(invoke(r.lookup('F', 'Secret'), [], ctx())).rejects.toMatchObject({ code: 'NOT_LOGGED_IN' });
   });
   it('refuses bad registrations', () => {
     expect(() => new ServiceRegistry().register('bad name', { A() {} })).toThrow(/service name/);
     expect(() => new ServiceRegistry().register('Empty', {})).toThrow(/no methods/);
     expect(() => new ServiceRegistry().register('S', { A() {} }, { requireLogin: ['B'] })).toThrow(/unknown methods: B/);
+    expect(() => withContext(42 as never)).toThrow(/withContext takes a function, got number/);
   });
 });
 

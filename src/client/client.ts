@@ -11,6 +11,7 @@ import { cancel, DEFAULT_MAX_FRAME, hello, Kind, PROTOCOL_VERSION, request, type
 import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent, type WireBroadcastEntry } from '../wire/presence.js';
 import { isCallOptions, type BroadcastOptions, type CallOptions } from './options.js';
+import { serviceStub, type ServiceStub, type UntypedService } from './stub.js';
 
 export interface ClientOptions extends ClientTlsOptions {
   /** Default milliseconds a call may take (default 30 000). */
@@ -39,9 +40,9 @@ const RETRY_CAP = 2_000;
 /** Extra wait for a broadcast's answer, so the relay's per-node TIMEOUT entries arrive before ours fires. */
 const BROADCAST_GRACE = 2_000;
 
-/** One node's outcome of {@link Client.broadcast}. */
-export type BroadcastResult =
-  | { node: string; ok: true; result: unknown; ms: number }
+/** One node's outcome of {@link Client.broadcast}: its result `R`, or its error; `ms` as the relay measured. */
+export type BroadcastResult<R = unknown> =
+  | { node: string; ok: true; result: R; ms: number }
   | { node: string; ok: false; error: TunnelError; ms: number };
 
 /** A running presence watch; {@link Client.watchPresence}. */
@@ -148,22 +149,32 @@ export class Client extends EventEmitter {
    * through the relay, and resolves with one outcome per node, sorted by node name. It rejects only
    * when no node matches or the connection fails; a node's failure is an entry with `ok: false`.
    */
-  async broadcast(method: string, args: readonly unknown[] = [], options: BroadcastOptions = {}): Promise<BroadcastResult[]> {
+  async broadcast<R = unknown>(method: string, args: readonly unknown[] = [], options: BroadcastOptions = {}): Promise<BroadcastResult<R>[]> {
     const timeout = options.timeout ?? this.defaultTimeout;
     const meta: Record<string, unknown> = { timeout, broadcast: true };
     if (options.where !== undefined) meta.where = options.where;
     const entries = await this.send<WireBroadcastEntry[]>(method, this.encode(method, args), meta, timeout + BROADCAST_GRACE, options.signal);
     if (!Array.isArray(entries)) throw new TunnelError(ErrorCode.PROTOCOL_ERROR, `the relay answered broadcast ${method} with something other than a list`);
-    return entries.map((e): BroadcastResult => {
+    return entries.map((e): BroadcastResult<R> => {
       const node = String(e?.node);
       const ms = typeof e?.ms === 'number' ? e.ms : 0;
       if (e?.error) return { node, ok: false, error: TunnelError.fromWire(e.error), ms };
       try {
-        return { node, ok: true, result: decodeResult(e?.result ?? null), ms };
+        return { node, ok: true, result: decodeResult(e?.result ?? null) as R, ms };
       } catch (err) {
         return { node, ok: false, error: TunnelError.from(err), ms };
       }
     });
+  }
+
+  /**
+   * A typed stub of service `name` on this connection, its methods taken from the service object's
+   * type: `client.service<typeof Arith>('Arith').Multiply(2, 3)` resolves to a number, and wrong
+   * arguments or unknown methods do not compile. `.with(options)` sets call options, `.broadcast`
+   * calls every node. Without a type argument any method may be called and results are `unknown`.
+   */
+  service<T extends object = UntypedService>(name: string): ServiceStub<T> {
+    return serviceStub<T>(this, name);
   }
 
   /** The nodes attached to the relay (presence list), optionally only those carrying `where` labels. */

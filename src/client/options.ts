@@ -29,11 +29,17 @@ export interface CallOptions {
 export interface BroadcastOptions {
   /** Milliseconds to wait for every node; the ones that have not answered by then report TIMEOUT. */
   timeout?: number;
+  /** Only nodes carrying all these labels are called. */
   where?: Record<string, string>;
+  /** Cancels the broadcast on every node; the promise rejects with CANCELLED. */
   signal?: AbortSignal;
 }
 
-const CALL_OPTION_KEYS = new Set(['timeout', 'node', 'where', 'selector', 'affinity', 'retry', 'signal']);
+/** The names of {@link CallOptions}, for telling options from arguments and refusing typos. */
+export const CALL_OPTION_KEYS: ReadonlySet<string> = new Set<keyof CallOptions>(['timeout', 'node', 'where', 'selector', 'affinity', 'retry', 'signal']);
+
+/** The names of {@link BroadcastOptions}. */
+export const BROADCAST_OPTION_KEYS: ReadonlySet<string> = new Set<keyof BroadcastOptions>(['timeout', 'where', 'signal']);
 
 /**
  * `call(method, ...args, options)` takes its last argument as options when it is a plain object whose

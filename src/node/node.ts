@@ -312,6 +312,7 @@ export class TunnelNode extends EventEmitter {
    * Serves one caller connected straight to this node, without a relay (see direct.ts): the caller
    * speaks the caller protocol and is one session, exactly as it would be through a relay; the node
    * answers its cancels and deadlines itself, since no relay does.
+   * @internal
    */
   acceptDirect(conn: Connection, address: string): void {
     const session = `direct-${++this.directCount}`;

@@ -99,7 +99,7 @@ export interface Revocation {
   reason: string;
 }
 
-/** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. */
+/** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. @internal */
 export interface GatewaySession {
   readonly link: CallerLink;
   close(): void;
@@ -112,7 +112,9 @@ export interface GatewaySession {
  * `revoked` ({@link Revocation}: a reload closed a connection).
  */
 export class Relay extends EventEmitter {
+  /** @internal */
   readonly directory = new NodeDirectory();
+  /** @internal */
   readonly metrics: RelayMetrics;
   /** Who may register nodes and call; `auth.reload()` rereads the tokens file and closes what it no longer admits. */
   readonly auth: Authenticator;
@@ -222,7 +224,7 @@ export class Relay extends EventEmitter {
     return this.drainPromise !== undefined;
   }
 
-  /** Largest HTTP gateway body, bytes: the largest params plus room for the JSON around them. */
+  /** Largest HTTP gateway body, bytes: the largest params plus room for the JSON around them. @internal */
   get maxBody(): number {
     return frameLimit(this.opts.maxMessage);
   }
@@ -231,6 +233,7 @@ export class Relay extends EventEmitter {
    * Checks a caller's token (HTTP gateway `Authorization: Bearer`, msgpack-rpc `Relay.Auth`) and
    * returns its identity (null when anonymous), or throws a TunnelError with code UNAUTHORIZED.
    * With no caller authentication configured every caller is allowed.
+   * @internal
    */
   authenticateCaller(token: string | undefined, address: string): string | null {
     return this.admitCaller(token, address).identity;
@@ -268,6 +271,7 @@ export class Relay extends EventEmitter {
   /**
    * Opens the session of one HTTP gateway request; its answers go to `transport`. A reload that no
    * longer admits `identity` (or `credential`) answers its call UNAUTHORIZED and ends the session.
+   * @internal
    */
   openGatewaySession(address: string, identity: string | null, transport: CallerOutput, credential?: Credential): GatewaySession {
     const link = this.newCallerLink('h', transport, address, identity, this.log.child({ peer: address }));
@@ -668,6 +672,7 @@ export class Relay extends EventEmitter {
    * `out.close(4003, reason)` (or answers the calls in flight UNAUTHORIZED, for an output without
    * `close`), closes the session, which cancels its calls on the nodes, and emits `revoked`. `log`
    * should carry the peer's address (`peer`): the audit lines of refused calls are written to it.
+   * @internal
    */
   openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger, credential?: Credential): CallerLink {
     const link = this.newCallerLink('', out, address, identity, log);
@@ -685,7 +690,7 @@ export class Relay extends EventEmitter {
     return new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer, logins);
   }
 
-  /** Ends a caller session: its calls are dropped and every node that saw it forgets it. */
+  /** Ends a caller session: its calls are dropped and every node that saw it forgets it. @internal */
   closeCallerSession(link: CallerLink): void {
     if (this.callers.delete(link)) link.onClose();
   }

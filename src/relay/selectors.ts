@@ -14,6 +14,7 @@ export type Where = Readonly<Record<string, string>>;
  * round-robin cursor; selectors scan from it so that ties rotate instead of piling onto the first node.
  * `access` is the caller's permissions (undefined: it may call every node). Returns the index of the
  * chosen node, or -1 when no node is eligible. Selectors never allocate: route() runs once per call.
+ * @internal
  */
 export type Selector = (
   nodes: readonly NodeLink[],
@@ -24,11 +25,12 @@ export type Selector = (
   access?: CallerAccess,
 ) => number;
 
-/** True when `node` can take a new call to `service.method` restricted to `where`, from a caller with `access`. */
+/** True when `node` can take a new call to `service.method` restricted to `where`, from a caller with `access`. @internal */
 export function eligible(node: NodeLink, service: string, method: string, where: Where | undefined, access?: CallerAccess): boolean {
   return node.available && node.hasMethod(service, method) && matchesWhere(node, where) && (access === undefined || access.mayCall(node.name, service, method));
 }
 
+/** @internal */
 export function matchesWhere(node: NodeLink, where: Where | undefined): boolean {
   if (where === undefined) return true;
   for (const key in where) if (node.labels[key] !== where[key]) return false;
@@ -68,7 +70,7 @@ const leastPending: Selector = (nodes, start, service, method, where, access) =>
 
 const BY_NAME: Record<SelectorName, Selector> = { 'round-robin': roundRobin, random, 'least-pending': leastPending };
 
-/** The selector called `name`; throws BAD_REQUEST naming the choices for anything else. */
+/** The selector called `name`; throws BAD_REQUEST naming the choices for anything else. @internal */
 export function selectorNamed(name: unknown): Selector {
   if (typeof name === 'string' && Object.hasOwn(BY_NAME, name)) return BY_NAME[name as SelectorName];
   throw new TunnelError(ErrorCode.BAD_REQUEST, `unknown selector ${JSON.stringify(name)}; choose one of ${SELECTORS.join(', ')}`);

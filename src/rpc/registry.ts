@@ -1,14 +1,15 @@
 import { ErrorCode, TunnelError } from '../errors.js';
 import type { ServiceDescription } from '../wire/messages.js';
-import type { CallContext } from './context.js';
+import { isContextHandler, type CallContext } from './context.js';
 
-// Handlers take the call's arguments and the context last; `any` because each service declares its own.
+// Each service declares its own parameters; `any` so that every handler is one.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Handler = (...args: any[]) => unknown;
 
 /** An object whose methods become the service's methods, as Go's `rpc.Register` does with a type. */
 export type ServiceImpl = object;
 
+/** How a service is registered; given to {@link defineService} or {@link ServiceRegistry.register}. */
 export interface ServiceOptions {
   /**
    * Methods that fail with NOT_LOGGED_IN unless the session has a user. `true` means every method
@@ -17,23 +18,30 @@ export interface ServiceOptions {
   requireLogin?: boolean | string[];
 }
 
-const SERVICE_OPTIONS = Symbol('tunnel.serviceOptions');
+// Symbol.for: a --services module may import its own copy of the library (see context.ts).
+const SERVICE_OPTIONS = Symbol.for('tunnel-rpc.serviceOptions');
 
 /**
- * Attaches {@link ServiceOptions} to a service object, for modules that export a plain map of
- * services (`export default { Hello: defineService({...}, { requireLogin: ['Hello'] }) }`).
+ * Declares a service object, with optional {@link ServiceOptions} attached to it for modules that
+ * export a plain map of services (`export default { Hello: defineService({...}, { requireLogin: ['Hello'] }) }`).
+ * Returns `impl` itself, with its type unchanged, so that callers can take their stub's type from it:
+ * `client.service<typeof Arith>('Arith')`.
  */
-export function defineService<T extends object>(impl: T, options: ServiceOptions): T {
-  Object.defineProperty(impl, SERVICE_OPTIONS, { value: options, enumerable: false });
+export function defineService<T extends object>(impl: T, options?: ServiceOptions): T {
+  if (impl === null || typeof impl !== 'object') throw new TypeError(`defineService takes an object of methods, got ${impl === null ? 'null' : typeof impl}`);
+  if (options !== undefined) Object.defineProperty(impl, SERVICE_OPTIONS, { value: options, enumerable: false, configurable: true });
   return impl;
 }
 
+/** One registered method, as {@link ServiceRegistry.lookup} finds it for the node. */
 export interface MethodEntry {
   service: string;
   method: string;
   fn: Handler;
   self: object;
   requireLogin: boolean;
+  /** Made with withContext: receives the CallContext before the caller's arguments. */
+  wantsContext: boolean;
 }
 
 const SERVICE_NAME = /^[A-Za-z_][\w.-]*$/;
@@ -57,8 +65,9 @@ export class ServiceRegistry {
   private readonly services = new Map<string, Map<string, MethodEntry>>();
 
   /**
-   * Registers `impl`'s methods under `name`. Each method receives the call's arguments followed by a
-   * {@link CallContext}; what it returns (or resolves to) is the result, what it throws the error.
+   * Registers `impl`'s methods under `name`. Each method receives exactly the caller's arguments; one
+   * wrapped with {@link withContext} receives the {@link CallContext} first. What it returns (or
+   * resolves to) is the result, what it throws the error.
    */
   register(name: string, impl: ServiceImpl, options: ServiceOptions = (impl as { [SERVICE_OPTIONS]?: ServiceOptions })[SERVICE_OPTIONS] ?? {}): this {
     if (!SERVICE_NAME.test(name)) {
@@ -71,13 +80,8 @@ export class ServiceRegistry {
     const table = new Map<string, MethodEntry>();
     for (const method of methods) {
       const needsLogin = requireLogin === true ? method !== 'Login' : Array.isArray(requireLogin) && requireLogin.includes(method);
-      table.set(method, {
-        service: name,
-        method,
-        fn: (impl as Record<string, Handler>)[method]!,
-        self: impl,
-        requireLogin: needsLogin,
-      });
+      const fn = (impl as Record<string, Handler>)[method]!;
+      table.set(method, { service: name, method, fn, self: impl, requireLogin: needsLogin, wantsContext: isContextHandler(fn) });
     }
     if (Array.isArray(requireLogin)) {
       const unknown = requireLogin.filter((m) => !table.has(m));
@@ -87,20 +91,24 @@ export class ServiceRegistry {
     return this;
   }
 
+  /** True when a service of that name is registered. */
   has(service: string): boolean {
     return this.services.has(service);
   }
 
+  /** Number of registered services. */
   get size(): number {
     return this.services.size;
   }
 
+  /** Each service's method names, as the node announces them to the relay. */
   describe(): ServiceDescription {
     const out: ServiceDescription = {};
     for (const [name, table] of this.services) out[name] = [...table.keys()];
     return out;
   }
 
+  /** The method to run for `Service.Method`; NO_SERVICE or NO_METHOD, naming what exists, otherwise. */
   lookup(service: string, method: string): MethodEntry {
     const table = this.services.get(service);
     if (!table) {
@@ -115,33 +123,38 @@ export class ServiceRegistry {
 }
 
 /**
- * Runs one handler. Arguments are padded with `undefined` up to the handler's declared arity so that
- * the context always lands in the last declared parameter; surplus arguments are a BAD_REQUEST,
- * except trailing nil or empty-map ones, which are dropped.
+ * Runs one handler with exactly the caller's arguments, and the context first when the handler was
+ * made with withContext. Go's net/rpc always sends one argument (nil or an empty struct for a method
+ * that takes none): a handler without parameters just ignores it.
  */
 export async function invoke(entry: MethodEntry, args: unknown[], ctx: CallContext): Promise<unknown> {
   if (entry.requireLogin && !ctx.session.loggedIn) {
     throw new TunnelError(ErrorCode.NOT_LOGGED_IN, `${entry.service}.${entry.method} needs a login: call ${entry.service}.Login first on this connection`);
   }
-  const arity = entry.fn.length;
-  if (arity > 0) {
-    const wanted = arity - 1;
-    // Go's net/rpc always sends exactly one argument, nil or an empty struct when the method needs
-    // none: surplus arguments that carry nothing are dropped instead of refused.
-    while (args.length > wanted && isEmpty(args[args.length - 1])) args.pop();
-    if (args.length > wanted) {
-      throw new TunnelError(
-        ErrorCode.BAD_REQUEST,
-        `${entry.service}.${entry.method} takes ${wanted} argument${wanted === 1 ? '' : 's'}, got ${args.length}` +
-          ' (a handler\'s last declared parameter receives the call context)',
-      );
-    }
-    while (args.length < wanted) args.push(undefined);
+  if (entry.wantsContext) return entry.fn.call(entry.self, ctx, ...args);
+  try {
+    return await entry.fn.apply(entry.self, args);
+  } catch (err) {
+    throw explainMissingContext(entry, err);
   }
-  return entry.fn.call(entry.self, ...args, ctx);
 }
 
-function isEmpty(v: unknown): boolean {
-  if (v === null || v === undefined) return true;
-  return typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array) && Object.keys(v).length === 0;
+const CONTEXT_FIELDS = new Set(['session', 'caller', 'node', 'method', 'signal', 'deadline', 'log']);
+const MISSING_PROPERTY = /^Cannot (?:read properties of (?:undefined|null) \(reading '(\w+)'\)|destructure property '(\w+)' of .* as it is (?:undefined|null))/;
+
+/**
+ * A handler written for the old convention (context as its last parameter) now finds `undefined`
+ * there and fails reading `ctx.session`: say how to fix it instead of only "Cannot read properties".
+ */
+function explainMissingContext(entry: MethodEntry, err: unknown): unknown {
+  if (!(err instanceof TypeError)) return err;
+  const m = MISSING_PROPERTY.exec(err.message);
+  const field = m?.[1] ?? m?.[2];
+  if (field === undefined || !CONTEXT_FIELDS.has(field)) return err;
+  return new TunnelError(
+    ErrorCode.APP_ERROR,
+    `${entry.service}.${entry.method} failed: ${err.message}. If it reads the call context (ctx.${field}), wrap it with ` +
+      `withContext((ctx, ...args) => ...): a handler receives the context only that way, as its first parameter, never as its last`,
+    { cause: err },
+  );
 }

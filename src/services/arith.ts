@@ -1,5 +1,8 @@
 import { ErrorCode, TunnelError } from '../errors.js';
-import type { CallContext } from '../rpc/context.js';
+import { defineService } from '../rpc/registry.js';
+
+/** The one struct a Go net/rpc client sends instead of two numbers (its field names as keys). */
+export type Operands = { X: number; Y: number } | { A: number; B: number } | { x: number; y: number };
 
 /**
  * The two operands: `(a, b)` from TypeScript and JSON callers, or one struct `{X, Y}` (also `{A, B}`,
@@ -17,15 +20,15 @@ function numbers(method: string, a: unknown, b: unknown): [number, number] {
   return [a, b];
 }
 
-/** Example service: arithmetic on two numbers. */
-export const Arith = {
-  Multiply(a: unknown, b: unknown, _ctx: CallContext): number {
+/** Example service: arithmetic on two numbers, `Multiply(2, 3)` or `Multiply({X: 2, Y: 3})`. */
+export const Arith = defineService({
+  Multiply(a: number | Operands, b?: number): number {
     const [x, y] = numbers('Multiply', a, b);
     return x * y;
   },
-  Divide(a: unknown, b: unknown, _ctx: CallContext): number {
+  Divide(a: number | Operands, b?: number): number {
     const [x, y] = numbers('Divide', a, b);
     if (y === 0) throw new TunnelError(ErrorCode.APP_ERROR, 'divide by zero');
     return x / y;
   },
-};
+});

@@ -10,7 +10,7 @@ export const DEMO_USERS = { alice: 'secret' };
 export function registerExamples(registry: ServiceRegistry, users: Record<string, string> = DEMO_USERS): ServiceRegistry {
   return registry
     .register('Arith', Arith)
-    .register('Hello', helloService(users), { requireLogin: true })
+    .register('Hello', helloService(users))
     .register('KV', kvService())
     .register('Server', Server);
 }

@@ -1,6 +1,7 @@
 import { EventEmitter, once } from 'node:events';
 import { ErrorCode, TunnelError } from '../errors.js';
-import type { CallContext } from '../rpc/context.js';
+import { withContext } from '../rpc/context.js';
+import { defineService } from '../rpc/registry.js';
 
 /** Example service: a key-value store on the node, shared by every caller, with a long-poll Watch. */
 export function kvService() {
@@ -13,24 +14,24 @@ export function kvService() {
     return key;
   };
 
-  return {
-    Get(key: unknown, _ctx: CallContext): unknown {
+  return defineService({
+    Get(key: string): unknown {
       return store.get(checkKey('Get', key)) ?? null;
     },
-    Set(key: unknown, value: unknown, _ctx: CallContext): boolean {
+    Set(key: string, value: unknown): boolean {
       const k = checkKey('Set', key);
       store.set(k, value ?? null);
       changes.emit('change', { key: k, value: value ?? null });
       return true;
     },
-    Keys(_ctx: CallContext): string[] {
+    Keys(): string[] {
       return [...store.keys()].sort();
     },
     /**
      * Waits for the next Set (of `key`, or of any key when it is empty or nil) and returns
      * `{ key, value }`; fails with TIMEOUT after `waitMs` (default 25 s).
      */
-    async Watch(key: unknown, waitMs: unknown, ctx: CallContext): Promise<{ key: string; value: unknown }> {
+    Watch: withContext(async (ctx, key?: string | null, waitMs?: number): Promise<{ key: string; value: unknown }> => {
       const wanted = key === null || key === undefined || key === '' ? undefined : checkKey('Watch', key);
       const wait = typeof waitMs === 'number' && waitMs > 0 ? waitMs : 25_000;
       const timeout = AbortSignal.timeout(wait);
@@ -46,6 +47,6 @@ export function kvService() {
         }
         throw ctx.signal.aborted ? ctx.signal.reason : err;
       }
-    },
-  };
+    }),
+  });
 }

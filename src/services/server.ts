@@ -1,8 +1,8 @@
-import type { CallContext } from '../rpc/context.js';
+import { defineService } from '../rpc/registry.js';
 
 /** Example service: a liveness probe that answers through the whole tunnel. */
-export const Server = {
-  Ping(_ctx: CallContext): string {
+export const Server = defineService({
+  Ping(): string {
     return 'pong';
   },
-};
+});

@@ -62,7 +62,7 @@ export function loadClientTls(opts: ClientTlsOptions, log: Logger): LoadedTls {
   return tls;
 }
 
-/** Opens a WebSocket to the relay with the settings every role shares. */
+/** Opens a WebSocket to the relay with the settings every role shares. @internal */
 export function dial(url: string, options: DialOptions): WebSocket {
   const ws = new WebSocket(url, {
     maxPayload: options.maxMessage,
