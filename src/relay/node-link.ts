@@ -22,6 +22,8 @@ export class NodeLink {
     readonly labels: Record<string, string>,
     readonly address: string,
     private readonly log: Logger,
+    /** The node process's random id from its hello (undefined for peers that send none). */
+    readonly instance?: string,
   ) {
     this.services = new Map(Object.entries(services).map(([s, methods]) => [s, new Set(methods)]));
   }

@@ -80,6 +80,9 @@ const DEFAULTS = {
   selector: 'round-robin' as SelectorName,
 };
 
+/** How long a node holding a name may take to answer a ping before a newcomer may take the name, ms. */
+const NAME_PROBE_TIMEOUT = 2_000;
+
 /** Node names remembered to tell a reconnect from a first connection; more are not remembered. */
 const SEEN_NODES_LIMIT = 10_000;
 
@@ -603,7 +606,40 @@ export class Relay extends EventEmitter {
     }
     const forbidden = this.auth.serveRefusal(name, Object.keys(services), credential);
     if (forbidden !== undefined) return this.refuse(conn, log, 'node', forbidden, name, 'forbidden_service');
-    const link = new NodeLink(name, conn, services, h.labels ?? {}, address, log);
+    this.claimName(conn, h, address, log, credential);
+  }
+
+  /**
+   * One name, one live node. The same process reconnecting (same instance id) replaces its old
+   * connection at once: that one is half-open. Another process is refused while the holder answers
+   * a ping, so that two nodes left on one name never take turns; a holder that does not answer is
+   * gone, and the newcomer replaces it.
+   */
+  private claimName(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
+    const name = h.name!;
+    const holder = this.directory.get(name);
+    const sameProcess = holder !== undefined && h.instance !== undefined && holder.instance === h.instance;
+    if (holder === undefined || holder.draining || sameProcess) return this.registerNode(conn, h, address, log, credential);
+    // Messages the newcomer sends meanwhile are not calls; it is not registered yet.
+    conn.setHandlers({ message: () => undefined, close: () => undefined });
+    const wait = Math.min(NAME_PROBE_TIMEOUT, this.opts.heartbeatTimeout || NAME_PROBE_TIMEOUT);
+    void holder.conn.probe(wait).then((alive) => {
+      if (!conn.isOpen) return;
+      if (this.directory.get(name) !== holder) return this.claimName(conn, h, address, log, credential);
+      if (!alive) {
+        log.warn({ node: name, previous: holder.address, probeMs: wait }, 'node name held by a connection that does not answer; replacing it');
+        return this.registerNode(conn, h, address, log, credential);
+      }
+      const reason = `name ${name} is held by a live node from ${holder.address} since ${holder.connectedAt.toISOString()}; give each node its own --name`;
+      log.warn({ node: name, holder: holder.address, reason }, 'refused hello');
+      this.reject(conn, CloseCode.NAME_CONFLICT, reason, 'name_conflict');
+    });
+  }
+
+  private registerNode(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
+    const name = h.name!;
+    const services = h.services!;
+    const link = new NodeLink(name, conn, services, h.labels ?? {}, address, log, h.instance);
     this.credentials.set(link, credential);
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
@@ -622,7 +658,7 @@ export class Relay extends EventEmitter {
     const old = this.directory.add(link);
     if (old) {
       old.draining = true;
-      log.warn({ node: name, previous: old.address }, 'node name reconnected; replacing the previous connection');
+      log.warn({ node: name, previous: old.address, sameProcess: old.instance !== undefined && old.instance === link.instance }, 'node name reconnected; replacing the previous connection');
       old.conn.close(CloseCode.REPLACED, `replaced by a new connection for node ${name}`);
       this.presence.announce('leave', old);
     }

@@ -261,6 +261,26 @@ export class Connection {
     this.send(this.peerVersion >= 2 ? chunkAck(id, bytes) : chunkAckV1(bytes));
   }
 
+  /**
+   * Asks the peer whether it is still there: a WebSocket ping, true when its pong arrives within
+   * `timeout` ms. A half-open connection (the peer vanished without closing) answers false.
+   */
+  probe(timeout: number): Promise<boolean> {
+    if (!this.isOpen) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const onPong = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.ws.off('pong', onPong);
+        resolve(false);
+      }, timeout);
+      this.ws.once('pong', onPong);
+      this.ws.ping();
+    });
+  }
+
   /** Sends what is queued, then closes with a code and a reason the peer can log. */
   close(code: number = CloseCode.NORMAL, reason = ''): void {
     if (this.closed) return;
