@@ -4,7 +4,7 @@ import type { Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Kind, type Message, type NodeMeta } from '../wire/messages.js';
 import { RELAY_SERVICE } from '../wire/presence.js';
-import { methodProblem, NAME_LIMITS } from '../wire/bounds.js';
+import { labelsProblem, methodProblem, NAME_LIMITS } from '../wire/bounds.js';
 import { UNKNOWN as UNKNOWN_METHOD } from './metrics.js';
 import { Broadcast } from './broadcast.js';
 import type { NodeDirectory } from './directory.js';
@@ -191,6 +191,8 @@ export class CallerLink {
     let selector: Selector | undefined;
     try {
       if (meta.where !== undefined) where = parseWhere(meta.where);
+      const badWhere = where === undefined ? undefined : labelsProblem(where, 'metadata where');
+      if (badWhere !== undefined) throw new TunnelError(ErrorCode.BAD_REQUEST, badWhere);
       if (meta.selector !== undefined) selector = selectorNamed(meta.selector);
     } catch (err) {
       return this.reply(id, method, err as TunnelError);
