@@ -231,7 +231,7 @@ describe('serve= and call= from the tokens file', () => {
     expect(await temp.waitClosed(1_000)).toEqual({ code: 4003, reason: 'caller token refused (its token was revoked)' });
     const answer = await gateway;
     expect(answer.status).toBe(401);
-    expect(answer.json).toMatchObject({ error: { code: 'UNAUTHORIZED', message: 'caller temp has no token any more (its token was revoked)' } });
+    expect(answer.json).toMatchObject({ error: { code: 'UNAUTHORIZED', message: 'caller token refused (its token was revoked)' } });
     // Both of temp's sessions are closed on the node, which aborts their running calls.
     await office3.waitForLog(() => office3.logs.filter((l) => l.msg === 'session closed' && l.abortedCalls === 1).length === 2, 5_000, 'two sessions closed');
     expect(isTunnelError(await onLab, 'NODE_LOST')).toBe(true);

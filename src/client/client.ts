@@ -10,7 +10,7 @@ import { dial, loadClientTls, type ClientTlsOptions, type Refusal } from '../wir
 import { cancel, DEFAULT_MAX_FRAME, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
 import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent, type WireBroadcastEntry } from '../wire/presence.js';
-import { isCallOptions, type BroadcastOptions, type CallOptions } from './options.js';
+import { isCallOptions, type BroadcastOptions, type BroadcastResult, type CallOptions } from './options.js';
 import { serviceStub, type ServiceStub, type UntypedService } from './stub.js';
 
 export interface ClientOptions extends ClientTlsOptions {
@@ -40,10 +40,7 @@ const RETRY_CAP = 2_000;
 /** Extra wait for a broadcast's answer, so the relay's per-node TIMEOUT entries arrive before ours fires. */
 const BROADCAST_GRACE = 2_000;
 
-/** One node's outcome of {@link Client.broadcast}: its result `R`, or its error; `ms` as the relay measured. */
-export type BroadcastResult<R = unknown> =
-  | { node: string; ok: true; result: R; ms: number }
-  | { node: string; ok: false; error: TunnelError; ms: number };
+export type { BroadcastResult } from './options.js';
 
 /** A running presence watch; {@link Client.watchPresence}. */
 export interface PresenceWatch {
@@ -344,7 +341,7 @@ export class Client extends EventEmitter {
     }
     for (const e of events) {
       const event = e as PresenceEvent;
-      if (event && (event.event === 'join' || event.event === 'leave') && typeof event.node?.name === 'string') this.emit('presence', event);
+      if (event && (event.event === 'join' || event.event === 'leave' || event.event === 'update') && typeof event.node?.name === 'string') this.emit('presence', event);
     }
   }
 

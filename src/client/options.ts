@@ -1,3 +1,4 @@
+import type { TunnelError } from '../errors.js';
 /** How the relay picks a node for a call that names none (the relay's `--selector` is the default). */
 export type Selector = 'round-robin' | 'random' | 'least-pending';
 
@@ -52,3 +53,8 @@ export function isCallOptions(value: unknown): value is CallOptions {
   const keys = Object.keys(value);
   return keys.length > 0 && keys.every((k) => CALL_OPTION_KEYS.has(k));
 }
+
+/** One node's outcome of a broadcast: its result `R`, or its error; `ms` as the relay measured. */
+export type BroadcastResult<R = unknown> =
+  | { node: string; ok: true; result: R; ms: number }
+  | { node: string; ok: false; error: TunnelError; ms: number };

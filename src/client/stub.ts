@@ -1,6 +1,5 @@
 import type { ContextHandler } from '../rpc/context.js';
-import type { BroadcastResult } from './client.js';
-import { BROADCAST_OPTION_KEYS, CALL_OPTION_KEYS, type BroadcastOptions, type CallOptions } from './options.js';
+import { BROADCAST_OPTION_KEYS, CALL_OPTION_KEYS, type BroadcastOptions, type BroadcastResult, type CallOptions } from './options.js';
 
 /**
  * Names a stub keeps for itself: its own `with` and `broadcast`, and JavaScript's protocol names

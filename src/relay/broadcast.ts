@@ -2,14 +2,9 @@ import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { encode } from '../wire/codec.js';
 import type { NodeMeta } from '../wire/messages.js';
 import type { WireBroadcastEntry } from '../wire/presence.js';
-import type { NodeLink } from './node-link.js';
-import { RelayedCall, type CallSink } from './relayed-call.js';
+import type { BroadcastOwner, CallSink, NodeRoute, RoutedCall } from './contracts.js';
+import { RelayedCall } from './relayed-call.js';
 import { Reassembly, type ReassemblyBudget } from '../wire/streams.js';
-
-/** Where a finished broadcast goes: the caller link that asked for it. */
-export interface BroadcastOwner {
-  complete(call: Broadcast, error: WireError | null, result: Uint8Array | null): void;
-}
 
 /**
  * One caller request fanned out to every matching node. Each node gets an ordinary forwarded call;
@@ -21,7 +16,7 @@ export class Broadcast implements CallSink {
   /** Monotonic, for the latency histogram (as RelayedCall.started). */
   readonly started = performance.now();
   /** Streamed results of the sub-calls, by sub-call index, charged to the caller connection's budget. */
-  private readonly downloads: Reassembly<RelayedCall>;
+  private readonly downloads: Reassembly<RoutedCall>;
   private readonly calls: RelayedCall[];
   private readonly entries: Array<WireBroadcastEntry | undefined>;
   private left: number;
@@ -31,12 +26,12 @@ export class Broadcast implements CallSink {
     readonly callerId: number,
     readonly method: string,
     readonly timeout: number,
-    nodes: readonly NodeLink[],
+    nodes: readonly NodeRoute[],
     /** Largest result one node may send (the relay's maxMessage): bigger is TOO_LARGE for that node. */
     maxMessage: number,
     budget: ReassemblyBudget,
   ) {
-    this.downloads = new Reassembly<RelayedCall>(maxMessage, budget);
+    this.downloads = new Reassembly<RoutedCall>(maxMessage, budget);
     // A sub-call's callerId is its index in `calls`.
     this.calls = nodes.map((node, i) => new RelayedCall(this, i, node, method, timeout));
     this.entries = new Array<WireBroadcastEntry | undefined>(nodes.length);
@@ -53,13 +48,13 @@ export class Broadcast implements CallSink {
     this.timer = setTimeout(() => this.expire(), this.timeout);
   }
 
-  complete(call: RelayedCall, error: WireError | null, result: Uint8Array | null): void {
+  complete(call: RoutedCall, error: WireError | null, result: Uint8Array | null): void {
     if (this.entries[call.callerId] !== undefined) return;
     this.entries[call.callerId] = { node: call.node.name, ms: Math.round(performance.now() - call.started), error, result: error ? null : result };
     if (--this.left === 0) this.finish();
   }
 
-  streamStart(call: RelayedCall, length: number): void {
+  streamStart(call: RoutedCall, length: number): void {
     if (this.entries[call.callerId] !== undefined) return;
     try {
       this.downloads.start(call.callerId, length, call);
@@ -68,7 +63,7 @@ export class Broadcast implements CallSink {
     }
   }
 
-  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array, done: () => void): void {
+  streamChunk(call: RoutedCall, final: boolean, bytes: Uint8Array, done: () => void): void {
     done();
     if (this.entries[call.callerId] !== undefined) return;
     let whole;
@@ -83,8 +78,8 @@ export class Broadcast implements CallSink {
   }
 
   /** One node's result cannot be taken (too large, over the budget): that node is cancelled, its entry says why. */
-  private fail(call: RelayedCall, err: unknown): void {
-    call.node.abandon(call, true);
+  private fail(call: RoutedCall, err: unknown): void {
+    (call.path ?? call.node).abandon(call, true);
     this.complete(call, TunnelError.from(err).toWire(), null);
   }
 
@@ -99,14 +94,14 @@ export class Broadcast implements CallSink {
   abandon(tellNodes: boolean): void {
     clearTimeout(this.timer);
     this.downloads.clear();
-    for (const call of this.calls) if (this.entries[call.callerId] === undefined) call.node.abandon(call, tellNodes);
+    for (const call of this.calls) if (this.entries[call.callerId] === undefined) call.abandon(tellNodes);
   }
 
   /** The deadline passed: nodes that have not answered are cancelled and reported as TIMEOUT. */
   private expire(): void {
     for (const call of this.calls) {
       if (this.entries[call.callerId] !== undefined) continue;
-      call.node.abandon(call, true);
+      call.abandon(true);
       const error = new TunnelError(ErrorCode.TIMEOUT, `node ${call.node.name} did not answer within ${this.timeout} ms`).toWire();
       this.entries[call.callerId] = { node: call.node.name, ms: Math.round(performance.now() - call.started), error, result: null };
     }

@@ -9,46 +9,11 @@ import { UNKNOWN as UNKNOWN_METHOD } from './metrics.js';
 import { Broadcast } from './broadcast.js';
 import type { NodeDirectory } from './directory.js';
 import type { LoginFailures } from './limits.js';
-import type { NodeLink } from './node-link.js';
+import type { CallerLimits, CallerOutput, CallObserver, CallSink, NodeRoute, RoutedCall } from './contracts.js';
 import type { Presence } from './presence.js';
 import { RelayedCall } from './relayed-call.js';
 import { parseWhere, selectorNamed, type Selector, type Where } from './selectors.js';
 import { Reassembly, ReassemblyBudget } from '../wire/streams.js';
-
-/**
- * Where a caller's answers go: a WebSocket connection, one HTTP gateway request, or a connection on
- * the MessagePack-RPC port.
- */
-export interface CallerOutput {
-  respond(id: number, error: WireError | null, result: Uint8Array | null): void;
-  /** Tells the caller the relay is draining, where its transport can say so. */
-  goaway?(reason: string): void;
-  /** Sends a notification (presence events), where the transport can carry one. */
-  notify?(method: string, params: Uint8Array): void;
-  /**
-   * Passes on a large result as the node streams it: a head, then chunks. A transport without these
-   * gets the result whole through `respond` once every chunk has arrived.
-   */
-  streamStart?(id: number, length: number): void;
-  streamChunk?(id: number, final: boolean, bytes: Uint8Array, onSent: () => void): void;
-  /** Stops passing on a result stream that ended early (cancelled, expired, node lost). */
-  dropStream?(id: number): void;
-  /** Acknowledges the caller's own chunks of stream `id` once the relay has passed them on (flow control). */
-  acknowledge?(id: number, bytes: number): void;
-  /** Ends the caller's connection, where it has one (too many failed Logins). */
-  close?(code: number, reason: string): void;
-}
-
-export interface CallerLimits {
-  defaultTimeout: number;
-  maxTimeout: number;
-  /** Largest params or result, bytes; also the largest streamed body the relay will reassemble. */
-  maxMessage: number;
-  maxCallerInFlight: number;
-  maxNodeInFlight: number;
-  /** Bytes of incomplete bodies the relay reassembles for one caller connection. */
-  maxReassembly: number;
-}
 
 /** Params of a call to the relay's own service are ignored; anything bigger than this is refused. */
 const RELAY_PARAMS_LIMIT = 64 * 1024;
@@ -58,29 +23,18 @@ export function relayDeadlines(): DeadlineWheel<RelayedCall> {
   return new DeadlineWheel<RelayedCall>((call) => (call.caller as CallerLink).expire(call));
 }
 
-/** Sees every call begin and end, for metrics and for the relay's drain (a broadcast counts as one call). */
-export interface CallObserver {
-  /** A call was routed to a node (or a broadcast to its nodes). */
-  started(call: RelayedCall | Broadcast): void;
-  /**
-   * A call ended with `code` (`OK` on success). `call` is undefined when the request was refused
-   * before it reached a node; then `method` is what the caller asked for.
-   */
-  ended(method: string, code: string, call: RelayedCall | Broadcast | undefined): void;
-}
-
 /**
  * The relay's side of one caller connection, which is one session. It routes the caller's requests,
  * remembers which nodes saw the session, and cleans up on both sides when the caller leaves.
  */
-export class CallerLink {
+export class CallerLink implements CallSink {
   private readonly inflight = new Map<number, RelayedCall | Broadcast>();
-  private readonly nodesSeen = new Set<NodeLink>();
-  private readonly affinity = new Map<string, NodeLink>();
+  private readonly nodesSeen = new Set<NodeRoute>();
+  private readonly affinity = new Map<string, NodeRoute>();
   /** Streamed requests the relay needs whole (broadcasts), by caller id. */
   private readonly uploads: Reassembly<Extract<Message, { kind: 0 }>>;
   /** Streamed results for a transport that cannot pass chunks on, by caller id. */
-  private readonly downloads: Reassembly<RelayedCall>;
+  private readonly downloads: Reassembly<RoutedCall>;
   /** What this connection's incomplete bodies may hold at the relay, together (uploads, downloads, broadcast results). */
   readonly budget: ReassemblyBudget;
   /** Set when the relay is draining: new requests fail at once with GOING_AWAY. */
@@ -202,7 +156,7 @@ export class CallerLink {
     // `affinity: false` lets a caller spread stateless calls over the fleet on one connection.
     const sticky = meta.affinity !== false;
     const previous = sticky ? this.affinity.get(service) : undefined;
-    let node: NodeLink;
+    let node: NodeRoute;
     try {
       node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, previous, where, selector, access);
     } catch (err) {
@@ -259,7 +213,7 @@ export class CallerLink {
   }
 
   /** The node streams a large result: pass it on, or collect it for a transport that needs it whole. */
-  streamStart(call: RelayedCall, length: number): void {
+  streamStart(call: RoutedCall, length: number): void {
     if (this.inflight.get(call.callerId) !== call) return;
     if (length > this.limits.maxMessage) {
       call.abandon(true);
@@ -279,13 +233,13 @@ export class CallerLink {
     }
   }
 
-  streamChunk(call: RelayedCall, final: boolean, bytes: Uint8Array, done: () => void): void {
+  streamChunk(call: RoutedCall, final: boolean, bytes: Uint8Array, done: () => void): void {
     if (this.inflight.get(call.callerId) !== call) return done();
     if (this.out.streamChunk) {
       this.out.streamChunk(call.callerId, final, bytes, done);
       if (!final) return;
       this.inflight.delete(call.callerId);
-      this.deadlines.remove(call);
+      this.deadlines.remove(call as RelayedCall);
       this.observer?.ended(call.method, 'OK', call);
       return;
     }
@@ -328,7 +282,7 @@ export class CallerLink {
     nodeMeta: NodeMeta,
   ): void {
     if (meta.node !== undefined) return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, 'a broadcast goes to every matching node; drop node or broadcast'));
-    let nodes: NodeLink[];
+    let nodes: NodeRoute[];
     try {
       nodes = this.directory.targets(service, method.slice(dot + 1), where, this.directory.permissions.access(this.identity));
     } catch (err) {
@@ -353,7 +307,7 @@ export class CallerLink {
   }
 
   /** Delivers the outcome of a call to the caller, once. */
-  complete(call: RelayedCall | Broadcast, error: WireError | null, result: Uint8Array | null): void {
+  complete(call: RoutedCall | Broadcast, error: WireError | null, result: Uint8Array | null): void {
     if (this.inflight.get(call.callerId) !== call) return;
     this.inflight.delete(call.callerId);
     this.downloads.drop(call.callerId);

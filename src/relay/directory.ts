@@ -1,62 +1,215 @@
 import { ErrorCode, TunnelError } from '../errors.js';
-import type { NodeLink } from './node-link.js';
+import type { NodeMeta } from '../wire/messages.js';
+import type { NodeRoute, RoutedCall } from './contracts.js';
 import { PermissionTable, type CallerAccess } from './permissions.js';
 import { eligible, formatLabels, matchesWhere, selectorNamed, type Selector, type Where } from './selectors.js';
 
 /**
- * The nodes attached to this relay, by name and by service, and the choice of a node for a call.
- * Error messages name what is online so that a caller can fix a typo without another tool, but only
- * what that caller may call: with a caller's `access`, the nodes it may not call do not exist for it.
+ * One node as routing sees it, whatever holds its tunnels: its own link on this relay, other relays
+ * of the cluster, or both (a dual-homed node). Calls prefer the local route, then the routes in the
+ * order they came; what the node serves is what its newest route says.
+ */
+export class DirectoryNode implements NodeRoute {
+  /** Routes in the order they were added; the local one, if any, is tried first. */
+  private readonly paths: NodeRoute[] = [];
+  private turn = 0;
+
+  constructor(readonly name: string) {}
+
+  get routes(): readonly NodeRoute[] {
+    return this.paths;
+  }
+
+  /** The route presence describes the node by: the local one, else the newest. */
+  private get main(): NodeRoute {
+    return this.paths.find((r) => r.local) ?? this.paths[this.paths.length - 1]!;
+  }
+
+  get instance(): string | undefined {
+    return this.main.instance;
+  }
+  get services(): ReadonlyMap<string, ReadonlySet<string>> {
+    return this.main.services;
+  }
+  get labels(): Readonly<Record<string, string>> {
+    return this.main.labels;
+  }
+  get address(): string {
+    return this.main.address;
+  }
+  get connectedAt(): Date {
+    return this.main.connectedAt;
+  }
+  get relays(): readonly string[] {
+    if (this.paths.length === 1) return this.paths[0]!.relays;
+    return [...new Set(this.paths.flatMap((r) => r.relays))].sort();
+  }
+  get local(): boolean {
+    return this.paths.some((r) => r.local);
+  }
+  get draining(): boolean {
+    return this.paths.every((r) => r.draining);
+  }
+  get available(): boolean {
+    for (const r of this.paths) if (r.available) return true;
+    return false;
+  }
+  get inFlight(): number {
+    let n = 0;
+    for (const r of this.paths) n += r.inFlight;
+    return n;
+  }
+  get served(): number {
+    let n = 0;
+    for (const r of this.paths) n += r.served;
+    return n;
+  }
+
+  hasMethod(service: string, method: string): boolean {
+    return this.main.hasMethod(service, method);
+  }
+
+  methods(service: string): string[] {
+    return this.main.methods(service);
+  }
+
+  /** The route for a new call: the local one while it takes calls, else the others in turn. */
+  pick(): NodeRoute | undefined {
+    const n = this.paths.length;
+    if (n === 1) return this.paths[0]!.available ? this.paths[0] : undefined;
+    for (const r of this.paths) if (r.local && r.available) return r;
+    for (let i = 0; i < n; i++) {
+      const r = this.paths[(this.turn + i) % n]!;
+      if (r.available) {
+        this.turn = (this.turn + i + 1) % n;
+        return r;
+      }
+    }
+    return undefined;
+  }
+
+  forward(call: RoutedCall, params: Uint8Array, meta: NodeMeta, stream = 0): void {
+    // The directory picked this node because a route was available; pick() only fails in a race.
+    (this.pick() ?? this.main).forward(call, params, meta, stream);
+  }
+
+  forwardChunk(call: RoutedCall, final: boolean, bytes: Uint8Array, onSent: () => void): void {
+    if (call.path && call.path !== this) call.path.forwardChunk(call, final, bytes, onSent);
+    else onSent();
+  }
+
+  abandon(call: RoutedCall, tellNode: boolean): void {
+    if (call.path && call.path !== this) call.path.abandon(call, tellNode);
+  }
+
+  /** Every route is told: the session's calls may have gone through any of them. */
+  closeSession(session: string): void {
+    for (const r of this.paths) r.closeSession(session);
+  }
+
+  /** @internal */
+  add(route: NodeRoute): void {
+    if (route.local) this.paths.unshift(route);
+    else this.paths.push(route);
+  }
+
+  /** @internal */
+  remove(route: NodeRoute): boolean {
+    const i = this.paths.indexOf(route);
+    if (i < 0) return false;
+    this.paths.splice(i, 1);
+    return true;
+  }
+}
+
+/**
+ * The nodes this relay can reach, by name and by service, and the choice of a node for a call. A node
+ * may be reached by several routes (its link here, other relays); routing works on the node and the
+ * node picks the route. Error messages name what is online so that a caller can fix a typo without
+ * another tool, but only what that caller may call: with a caller's `access`, the nodes it may not
+ * call do not exist for it.
  */
 export class NodeDirectory {
-  private readonly byName = new Map<string, NodeLink>();
-  private readonly byService = new Map<string, NodeLink[]>();
+  private readonly byName = new Map<string, DirectoryNode>();
+  private readonly byService = new Map<string, DirectoryNode[]>();
   private readonly cursor = new Map<string, number>();
   /** The selector of calls that name none (the relay's `selector` option). */
   selector: Selector = selectorNamed('round-robin');
   /** The permissions in force; the relay replaces the table when the tokens file is reloaded. */
   permissions: PermissionTable = PermissionTable.OPEN;
 
+  /** Nodes reachable (by any route). */
   get size(): number {
     return this.byName.size;
   }
 
-  get(name: string): NodeLink | undefined {
+  get(name: string): DirectoryNode | undefined {
     return this.byName.get(name);
   }
 
-  all(): IterableIterator<NodeLink> {
+  /** The node's route on this relay, if its tunnel ends here. */
+  local(name: string): NodeRoute | undefined {
+    return this.byName.get(name)?.routes.find((r) => r.local);
+  }
+
+  all(): IterableIterator<DirectoryNode> {
     return this.byName.values();
   }
 
-  /** Registers `link`, returning the link it replaces under the same name, if any. */
-  add(link: NodeLink): NodeLink | undefined {
-    const old = this.byName.get(link.name);
-    if (old) this.remove(old);
-    this.byName.set(link.name, link);
-    for (const service of link.services.keys()) {
-      const list = this.byService.get(service);
-      if (list) list.push(link);
-      else this.byService.set(service, [link]);
+  /**
+   * Adds a route to its node. A local route replaces the node's previous local route (returned: the
+   * caller closes it); a remote route is added beside the others.
+   */
+  add(route: NodeRoute): NodeRoute | undefined {
+    let node = this.byName.get(route.name);
+    let old: NodeRoute | undefined;
+    if (!node) {
+      node = new DirectoryNode(route.name);
+      this.byName.set(route.name, node);
+    } else {
+      this.unindex(node);
+      if (route.local) {
+        old = node.routes.find((r) => r.local);
+        if (old) node.remove(old);
+      }
     }
+    node.add(route);
+    this.index(node);
     return old;
   }
 
-  /** Removes `link` only if it is still the registered one: a replaced link's late close is a no-op. */
-  remove(link: NodeLink): boolean {
-    if (this.byName.get(link.name) !== link) return false;
-    this.byName.delete(link.name);
-    for (const service of link.services.keys()) {
+  /**
+   * Removes `route` only if it is still registered: a replaced link's late close is a no-op. The node
+   * leaves the directory with its last route. Returns whether the route was registered.
+   */
+  remove(route: NodeRoute): boolean {
+    const node = this.byName.get(route.name);
+    if (!node || !node.routes.includes(route)) return false;
+    this.unindex(node);
+    node.remove(route);
+    if (node.routes.length === 0) this.byName.delete(route.name);
+    else this.index(node);
+    return true;
+  }
+
+  private index(node: DirectoryNode): void {
+    for (const service of node.services.keys()) {
       const list = this.byService.get(service);
-      if (!list) continue;
-      const rest = list.filter((l) => l !== link);
-      if (rest.length > 0) this.byService.set(service, rest);
-      else {
+      if (list) list.push(node);
+      else this.byService.set(service, [node]);
+    }
+  }
+
+  private unindex(node: DirectoryNode): void {
+    for (const [service, list] of this.byService) {
+      const i = list.indexOf(node);
+      if (i < 0) continue;
+      list.splice(i, 1);
+      if (list.length === 0) {
         this.byService.delete(service);
         this.cursor.delete(service);
       }
     }
-    return true;
   }
 
   /**
@@ -70,11 +223,11 @@ export class NodeDirectory {
     service: string,
     method: string,
     nodeName: string | undefined,
-    affinity: NodeLink | undefined,
+    affinity: NodeRoute | undefined,
     where?: Where,
     selector: Selector = this.selector,
     access?: CallerAccess,
-  ): NodeLink {
+  ): NodeRoute {
     if (nodeName !== undefined) {
       const node = this.byName.get(nodeName);
       if (!node || (access && !access.canSee(node))) {
@@ -99,7 +252,7 @@ export class NodeDirectory {
   }
 
   /** Every node that can take `service.method` now and matches `where` (the targets of a broadcast). */
-  targets(service: string, method: string, where: Where | undefined, access?: CallerAccess): NodeLink[] {
+  targets(service: string, method: string, where: Where | undefined, access?: CallerAccess): NodeRoute[] {
     const candidates = this.byService.get(service);
     if (!candidates) throw this.noService(service, access);
     const nodes = candidates.filter((n) => eligible(n, service, method, where, access));
@@ -112,7 +265,7 @@ export class NodeDirectory {
   }
 
   /** The error for "no candidate qualified", naming the first reason that rules them all out. */
-  private whyNone(all: readonly NodeLink[], service: string, method: string, where: Where | undefined, access: CallerAccess | undefined): TunnelError {
+  private whyNone(all: readonly NodeRoute[], service: string, method: string, where: Where | undefined, access: CallerAccess | undefined): TunnelError {
     // Nodes the caller may not call do not exist for it: if that leaves none, the service does not either.
     const candidates = access ? all.filter((n) => access.mayCall(n.name, service, method)) : all;
     if (candidates.length === 0) return this.noService(service, access);
@@ -129,7 +282,7 @@ export class NodeDirectory {
     return new TunnelError(ErrorCode.NO_NODE, `every node serving ${service}${where ? ` with labels ${formatLabels(where)}` : ''} is draining; try again shortly`);
   }
 
-  private check(node: NodeLink, service: string, method: string, access: CallerAccess | undefined): void {
+  private check(node: NodeRoute, service: string, method: string, access: CallerAccess | undefined): void {
     if (!node.services.has(service)) {
       throw new TunnelError(ErrorCode.NO_SERVICE, `node ${node.name} does not serve ${service}; it serves ${servicesOf(node, access).join(', ')}`);
     }
@@ -157,11 +310,11 @@ export class NodeDirectory {
 }
 
 /** The services of `node` that `access` may call something of (every service without access). */
-export function servicesOf(node: NodeLink, access: CallerAccess | undefined): string[] {
+export function servicesOf(node: NodeRoute, access: CallerAccess | undefined): string[] {
   return access ? access.servicesOf(node) : [...node.services.keys()];
 }
 
 /** The methods of `service` on `node` that `access` may call, sorted. */
-export function methodsOf(node: NodeLink, service: string, access: CallerAccess | undefined): string[] {
+export function methodsOf(node: NodeRoute, service: string, access: CallerAccess | undefined): string[] {
   return access ? access.methodsOf(node, service) : node.methods(service);
 }

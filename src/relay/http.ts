@@ -4,9 +4,27 @@ import { decodeResult, encodeParams } from '../rpc/body.js';
 import { peerAddress } from '../util/address.js';
 import { parseDuration } from '../util/units.js';
 import { Kind } from '../wire/messages.js';
-import type { CallerOutput } from './caller-link.js';
+import type { CallerOutput, GatewaySession } from './contracts.js';
 import { headerSafe } from './listener.js';
-import type { Relay } from './relay.js';
+import type { Logger } from '../util/logger.js';
+import type { BrowserPolicy } from '../util/browser-policy.js';
+import type { NodeInfo } from '../wire/presence.js';
+import type { Credential } from './auth.js';
+
+/** What the HTTP endpoints need from the relay. */
+export interface HttpHost {
+  readonly log: Logger;
+  readonly metrics: { render(): Promise<string>; readonly contentType: string };
+  readonly browsers: BrowserPolicy;
+  readonly draining: boolean;
+  /** Largest request body, bytes. */
+  readonly maxBody: number;
+  readiness(): { ready: boolean; reasons: string[] };
+  nodes(): NodeInfo[];
+  /** Checks a caller's token; throws UNAUTHORIZED. */
+  admitCaller(token: string | undefined, address: string): { identity: string | null; credential: Credential };
+  openGatewaySession(address: string, identity: string | null, transport: CallerOutput, credential?: Credential): GatewaySession;
+}
 
 /** Which endpoints a listener serves. */
 export interface HttpRoutes {
@@ -41,7 +59,7 @@ export const HTTP_STATUS: Record<string, number> = {
 const JSON_TYPE = 'application/json; charset=utf-8';
 
 /** Returns the request handler of one listener of `relay`. */
-export function httpHandler(relay: Relay, routes: HttpRoutes): (req: IncomingMessage, res: ServerResponse) => void {
+export function httpHandler(relay: HttpHost, routes: HttpRoutes): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
     route(relay, routes, req, res).catch((err: unknown) => {
       relay.log.error({ err, url: req.url }, 'http handler failed');
@@ -51,7 +69,7 @@ export function httpHandler(relay: Relay, routes: HttpRoutes): (req: IncomingMes
   };
 }
 
-async function route(relay: Relay, routes: HttpRoutes, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function route(relay: HttpHost, routes: HttpRoutes, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://relay');
   const path = url.pathname;
   if (routes.gateway && path.startsWith('/call/')) {
@@ -83,7 +101,7 @@ async function route(relay: Relay, routes: HttpRoutes, req: IncomingMessage, res
  * One gateway call: one HTTP request is one session, routed through the same CallerLink code as a
  * WebSocket caller. The session ends with the response, so a Login does not carry over to the next request.
  */
-async function gatewayCall(relay: Relay, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+async function gatewayCall(relay: HttpHost, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
   if (req.method !== 'POST') {
     res.setHeader('allow', 'POST');
     return sendError(res, new TunnelError(ErrorCode.BAD_REQUEST, `use POST with a JSON array of arguments, not ${req.method}`), 405);
@@ -98,11 +116,11 @@ async function gatewayCall(relay: Relay, req: IncomingMessage, res: ServerRespon
     return sendError(res, new TunnelError(ErrorCode.GOING_AWAY, 'the relay is going away and takes no new calls; try again on another relay'));
   }
   const address = peerAddress(req.socket);
-  let identity: string | null;
+  let admitted: { identity: string | null; credential: Credential };
   let meta: { timeout?: number; node?: string };
   let params: Buffer;
   try {
-    identity = relay.authenticateCaller(bearerToken(req.headers.authorization), address);
+    admitted = relay.admitCaller(bearerToken(req.headers.authorization), address);
     meta = callMeta(url);
     params = encodeParams(parseArgs(await readBody(req, relay.maxBody)));
   } catch (err) {
@@ -122,7 +140,8 @@ async function gatewayCall(relay: Relay, req: IncomingMessage, res: ServerRespon
     },
   };
   if (req.socket.destroyed) return;
-  const session = relay.openGatewaySession(address, identity, transport);
+  // With the credential, a reload that revokes the token answers this call UNAUTHORIZED.
+  const session = relay.openGatewaySession(address, admitted.identity, transport, admitted.credential);
   // The HTTP client gave up: the session closes, which aborts the call on the node.
   res.once('close', () => session.close());
   session.link.onMessage({ kind: Kind.REQUEST, id: 1, method, params, meta, stream: 0 });
@@ -132,7 +151,7 @@ async function gatewayCall(relay: Relay, req: IncomingMessage, res: ServerRespon
  * CORS for pages from allowed origins (a foreign origin never gets here: the relay refused it):
  * answers the preflight, and lets the page read the answer. Returns true when it answered.
  */
-function cors(relay: Relay, req: IncomingMessage, res: ServerResponse): boolean {
+function cors(relay: HttpHost, req: IncomingMessage, res: ServerResponse): boolean {
   res.setHeader('vary', 'Origin');
   const origin = req.headers.origin;
   if (origin === undefined || !relay.browsers.allowsOrigin(origin)) return false;

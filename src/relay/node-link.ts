@@ -3,17 +3,19 @@ import { PendingTable } from '../rpc/pending.js';
 import type { Logger } from '../util/logger.js';
 import type { Connection } from '../wire/connection.js';
 import { ANY_METHOD, cancel, Kind, request, response, sessionClosed, type Message, type NodeMeta, type ServiceDescription } from '../wire/messages.js';
-import type { RelayedCall } from './relayed-call.js';
+import type { NodeRoute, RoutedCall } from './contracts.js';
 import { STREAM_THRESHOLD } from '../wire/streams.js';
 
-/** The relay's side of one node connection: what it serves and the calls in flight on it. */
-export class NodeLink {
+/** The relay's side of one node connection: what it serves and the calls in flight on it. A local route. */
+export class NodeLink implements NodeRoute {
   readonly services: Map<string, Set<string>>;
   readonly connectedAt = new Date();
+  readonly local = true;
+  readonly relays: readonly string[];
   draining = false;
   closed = false;
   served = 0;
-  private readonly inflight = new PendingTable<RelayedCall>();
+  private readonly inflight = new PendingTable<RoutedCall>();
 
   constructor(
     readonly name: string,
@@ -23,8 +25,11 @@ export class NodeLink {
     readonly address: string,
     private readonly log: Logger,
     /** The node process's random id from its hello (undefined for peers that send none). */
-    readonly instance?: string,
+    readonly instance: string | undefined,
+    /** This relay's name, for presence (`relays`). */
+    relayName: string,
   ) {
+    this.relays = [relayName];
     this.services = new Map(Object.entries(services).map(([s, methods]) => [s, new Set(methods)]));
   }
 
@@ -53,7 +58,8 @@ export class NodeLink {
    * Sends a call to the node under a tunnel id unique on this connection. Large params go in chunks;
    * with `stream` > 0 the caller is still sending them, and {@link forwardChunk} passes each on.
    */
-  forward(call: RelayedCall, params: Uint8Array, meta: NodeMeta, stream = 0): void {
+  forward(call: RoutedCall, params: Uint8Array, meta: NodeMeta, stream = 0): void {
+    call.path = this;
     call.tunnelId = this.inflight.add(call);
     if (stream > 0) this.conn.send(request(call.tunnelId, call.method, null, { ...meta, stream }));
     else if (params.length > STREAM_THRESHOLD) {
@@ -63,13 +69,13 @@ export class NodeLink {
   }
 
   /** Passes on a chunk of a call's params as the caller sends it; `onSent` once it is written. */
-  forwardChunk(call: RelayedCall, final: boolean, bytes: Uint8Array, onSent: () => void): void {
+  forwardChunk(call: RoutedCall, final: boolean, bytes: Uint8Array, onSent: () => void): void {
     if (this.inflight.get(call.tunnelId) === call) this.conn.sendChunk(call.tunnelId, final, bytes, onSent);
     else onSent();
   }
 
   /** Forgets a call (answered elsewhere, expired, or its caller left) and tells the node to stop it. */
-  abandon(call: RelayedCall, tellNode: boolean): void {
+  abandon(call: RoutedCall, tellNode: boolean): void {
     if (this.inflight.take(call.tunnelId) !== call) return;
     if (call.uploadLeft > 0 || call.uploading) this.conn.dropStream(call.tunnelId);
     if (tellNode) this.conn.send(cancel(call.tunnelId));

@@ -2,15 +2,15 @@ import { ErrorCode, TunnelError } from '../errors.js';
 import { decodeParams, encodeResult } from '../rpc/body.js';
 import type { Logger } from '../util/logger.js';
 import { encode } from '../wire/codec.js';
-import type { CallerOutput } from './caller-link.js';
+import type { CallerOutput } from './contracts.js';
 import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent } from '../wire/presence.js';
 import { methodsOf, servicesOf, type NodeDirectory } from './directory.js';
-import type { NodeLink } from './node-link.js';
+import type { NodeRoute } from './contracts.js';
 import type { CallerAccess } from './permissions.js';
 import { matchesWhere, parseWhere, type Where } from './selectors.js';
 
 /** `n` as presence shows it; with a caller's `access`, only the services and methods it may call. */
-export function nodeInfo(n: NodeLink, access?: CallerAccess): NodeInfo {
+export function nodeInfo(n: NodeRoute, access?: CallerAccess): NodeInfo {
   return {
     name: n.name,
     labels: n.labels,
@@ -20,6 +20,7 @@ export function nodeInfo(n: NodeLink, access?: CallerAccess): NodeInfo {
     inFlight: n.inFlight,
     served: n.served,
     draining: n.draining,
+    relays: [...n.relays],
   };
 }
 
@@ -55,7 +56,7 @@ export class Presence {
   }
 
   /** Tells every watcher that `link` joined or left. */
-  announce(event: PresenceEvent['event'], link: NodeLink): void {
+  announce(event: PresenceEvent['event'], link: NodeRoute): void {
     if (this.watchers.size === 0) return;
     const at = new Date().toISOString();
     let params: Uint8Array | undefined;

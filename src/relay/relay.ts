@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -13,13 +14,15 @@ import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '..
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { Authenticator, peerCertificate, type AuthOptions, type Credential } from './auth.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
-import { CallerLink, relayDeadlines, type CallerOutput, type CallObserver } from './caller-link.js';
+import { CallerLink, relayDeadlines } from './caller-link.js';
+import type { CallerOutput, CallObserver, GatewaySession } from './contracts.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler, refuseRequest } from './http.js';
 import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, RefusalLog, type Limits } from './limits.js';
 import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
-import { NodeLink } from './node-link.js';
+import { NodeRegistry } from './node-registry.js';
+import type { NodeRoute } from './contracts.js';
 import { Presence } from './presence.js';
 import { SELECTORS, selectorNamed, type SelectorName } from './selectors.js';
 
@@ -66,6 +69,8 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
    * (default: none).
    */
   allowHost?: string[];
+  /** This relay's name in presence (`relays` of each node) and in a cluster (default: the host name). */
+  relayName?: string;
 }
 
 const DEFAULTS = {
@@ -79,12 +84,6 @@ const DEFAULTS = {
   drainTimeout: 30_000,
   selector: 'round-robin' as SelectorName,
 };
-
-/** How long a node holding a name may take to answer a ping before a newcomer may take the name, ms. */
-const NAME_PROBE_TIMEOUT = 2_000;
-
-/** Node names remembered to tell a reconnect from a first connection; more are not remembered. */
-const SEEN_NODES_LIMIT = 10_000;
 
 /** A caller admitted by its token: what {@link Relay.openCallerSession} needs to re-check it at each reload. */
 export interface CallerAdmission {
@@ -103,10 +102,7 @@ export interface Revocation {
 }
 
 /** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. @internal */
-export interface GatewaySession {
-  readonly link: CallerLink;
-  close(): void;
-}
+export type { GatewaySession } from './contracts.js';
 
 /**
  * The relay: one port where nodes attach and callers call. It routes each call to a node, keeps the
@@ -130,6 +126,8 @@ export class Relay extends EventEmitter {
   /** Every limit in force: the options merged with their defaults (limits.ts). */
   readonly limits: Readonly<Limits>;
   private readonly presence: Presence;
+  /** This relay's name (presence, cluster). */
+  readonly relayName: string;
   private readonly opts: typeof DEFAULTS & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
@@ -149,15 +147,15 @@ export class Relay extends EventEmitter {
   /** HTTP gateway sessions in progress, with the function that ends each. */
   private readonly gateways = new Map<CallerLink, () => void>();
   /** What admitted each connection (a token digest, never the token), checked again at each reload. */
-  private readonly credentials = new WeakMap<CallerLink | NodeLink, Credential>();
-  private readonly revoked = new WeakSet<NodeLink>();
+  private readonly credentials = new WeakMap<CallerLink, Credential>();
+  /** The nodes whose tunnels end here. */
+  readonly registry: NodeRegistry;
   private readonly deadlines = relayDeadlines();
   private readonly sessionPrefix = randomBytes(4).toString('hex');
   private sessionCounter = 0;
   private callsInFlight = 0;
   private readonly sockets = new Set<Socket>();
   private readonly closedBytes = { received: 0, sent: 0 };
-  private readonly seenNodes = new Set<string>();
   private drainPromise: Promise<void> | undefined;
   private drainReason: string | undefined;
   private readonly observer: CallObserver = {
@@ -211,6 +209,19 @@ export class Relay extends EventEmitter {
     const adminHandle = httpHandler(this, { gateway: false, admin: true, fallback: 'not-found' });
     this.admin = separateAdmin ? createServer((req, res) => this.onHttp(req, res, adminHandle, this.admin!)) : undefined;
     this.presence = new Presence(this.directory, this.log);
+    this.relayName = this.opts.relayName ?? hostname();
+    this.registry = new NodeRegistry({
+      relayName: this.relayName,
+      relayVersion: RELAY_VERSION,
+      maxMessage: this.opts.maxMessage,
+      heartbeatTimeout: this.opts.heartbeatTimeout,
+      log: this.log,
+      directory: this.directory,
+      metrics: this.metrics,
+      reject: (conn, code, reason, metric) => this.reject(conn, code, reason, metric),
+    });
+    this.registry.on('join', (link: NodeRoute) => this.nodeJoined(link));
+    this.registry.on('leave', (link: NodeRoute, why: string) => this.nodeLeft(link, why));
     this.wss = new WebSocketServer({ noServer: true, maxPayload: frameLimit(this.opts.maxMessage), perMessageDeflate: false });
     this.http.on(listener.socketEvent, (socket: Socket) => this.onSocket(socket));
     this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
@@ -291,6 +302,22 @@ export class Relay extends EventEmitter {
     const now = Date.now();
     for (const link of this.callers) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
     for (const link of this.gateways.keys()) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
+  }
+
+  /** A route to a node was added: presence says `join` for a node it did not show yet, else `update`. */
+  private nodeJoined(route: NodeRoute): void {
+    const node = this.directory.get(route.name);
+    if (!node) return;
+    this.presence.announce(node.routes.length === 1 ? 'join' : 'update', node);
+    if (route.local) this.emit('node', route.name);
+  }
+
+  /** A route went: the node leaves presence with its last route; a replaced connection leaves before its successor joins. */
+  private nodeLeft(route: NodeRoute, why: string): void {
+    const node = this.directory.get(route.name);
+    if (!node || why === 'replaced') this.presence.announce('leave', route);
+    else this.presence.announce('update', node);
+    if (route.local && why !== 'replaced') this.emit('node-left', route.name);
   }
 
   /** Whether /readyz should answer 200, and if not, why. */
@@ -383,7 +410,7 @@ export class Relay extends EventEmitter {
     this.drainReason = reason;
     this.log.info({ inFlight: this.callsInFlight, drainTimeoutMs: timeout, reason }, 'draining: refusing new connections and calls');
     const message = goaway(reason);
-    for (const node of this.directory.all()) node.conn.send(message);
+    for (const link of this.registry.all()) link.conn.send(message);
     for (const caller of this.callers) {
       caller.goingAway = reason;
       caller.out.goaway?.(reason);
@@ -606,66 +633,7 @@ export class Relay extends EventEmitter {
     }
     const forbidden = this.auth.serveRefusal(name, Object.keys(services), credential);
     if (forbidden !== undefined) return this.refuse(conn, log, 'node', forbidden, name, 'forbidden_service');
-    this.claimName(conn, h, address, log, credential);
-  }
-
-  /**
-   * One name, one live node. The same process reconnecting (same instance id) replaces its old
-   * connection at once: that one is half-open. Another process is refused while the holder answers
-   * a ping, so that two nodes left on one name never take turns; a holder that does not answer is
-   * gone, and the newcomer replaces it.
-   */
-  private claimName(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
-    const name = h.name!;
-    const holder = this.directory.get(name);
-    const sameProcess = holder !== undefined && h.instance !== undefined && holder.instance === h.instance;
-    if (holder === undefined || holder.draining || sameProcess) return this.registerNode(conn, h, address, log, credential);
-    // Messages the newcomer sends meanwhile are not calls; it is not registered yet.
-    conn.setHandlers({ message: () => undefined, close: () => undefined });
-    const wait = Math.min(NAME_PROBE_TIMEOUT, this.opts.heartbeatTimeout || NAME_PROBE_TIMEOUT);
-    void holder.conn.probe(wait).then((alive) => {
-      if (!conn.isOpen) return;
-      if (this.directory.get(name) !== holder) return this.claimName(conn, h, address, log, credential);
-      if (!alive) {
-        log.warn({ node: name, previous: holder.address, probeMs: wait }, 'node name held by a connection that does not answer; replacing it');
-        return this.registerNode(conn, h, address, log, credential);
-      }
-      const reason = `name ${name} is held by a live node from ${holder.address} since ${holder.connectedAt.toISOString()}; give each node its own --name`;
-      log.warn({ node: name, holder: holder.address, reason }, 'refused hello');
-      this.reject(conn, CloseCode.NAME_CONFLICT, reason, 'name_conflict');
-    });
-  }
-
-  private registerNode(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
-    const name = h.name!;
-    const services = h.services!;
-    const link = new NodeLink(name, conn, services, h.labels ?? {}, address, log, h.instance);
-    this.credentials.set(link, credential);
-    conn.setHandlers({
-      message: (msg) => link.onMessage(msg),
-      close: (code, reason) => {
-        const failed = link.onClose();
-        const current = this.directory.remove(link);
-        const gone = this.revoked.has(link) ? 'revoked node connection closed' : 'replaced node connection closed';
-        log.info({ node: name, code, reason, failedCalls: failed }, current ? 'node disconnected' : gone);
-        if (!current) return;
-        this.presence.announce('leave', link);
-        this.emit('node-left', name);
-      },
-    });
-    if (this.seenNodes.has(name)) this.metrics.nodeReconnected(name);
-    else if (this.seenNodes.size < SEEN_NODES_LIMIT) this.seenNodes.add(name);
-    const old = this.directory.add(link);
-    if (old) {
-      old.draining = true;
-      log.warn({ node: name, previous: old.address, sameProcess: old.instance !== undefined && old.instance === link.instance }, 'node name reconnected; replacing the previous connection');
-      old.conn.close(CloseCode.REPLACED, `replaced by a new connection for node ${name}`);
-      this.presence.announce('leave', old);
-    }
-    conn.send(welcome({ version: conn.peerVersion, relay: RELAY_VERSION, name, maxMessage: this.opts.maxMessage }));
-    log.info({ node: name, services: Object.keys(services), labels: link.labels }, 'node connected');
-    this.presence.announce('join', link);
-    this.emit('node', name);
+    this.registry.claim(conn, h, address, log, credential);
   }
 
   private attachCaller(conn: Connection, identity: string | null, address: string, log: Logger, credential: Credential): void {
@@ -734,10 +702,13 @@ export class Relay extends EventEmitter {
   /** After a reload: every connection its token or the permissions no longer admit is closed (4003). */
   private recheck(): void {
     this.directory.permissions = this.auth.permissions;
-    for (const node of [...this.directory.all()]) {
-      const credential = this.credentials.get(node);
-      const reason = credential && this.auth.recheckNode(node.name, credential, node.services.keys());
-      if (reason) this.revokeNode(node, reason);
+    for (const link of [...this.registry.all()]) {
+      const credential = this.registry.credentialOf(link);
+      const reason = credential && this.auth.recheckNode(link.name, credential, link.services.keys());
+      if (reason) {
+        this.audit({ role: 'node', name: link.name, address: link.address, reason });
+        this.registry.revoke(link, reason);
+      }
     }
     for (const link of [...this.callers]) {
       const reason = this.auth.recheckCaller(link.identity, this.credentials.get(link));
@@ -747,17 +718,6 @@ export class Relay extends EventEmitter {
       const reason = this.auth.recheckCaller(link.identity, this.credentials.get(link));
       if (reason) this.revokeCaller(link, reason, close);
     }
-  }
-
-  /** The node leaves at once (presence, routing; its calls fail NODE_LOST), whatever its socket does. */
-  private revokeNode(link: NodeLink, reason: string): void {
-    this.audit({ role: 'node', name: link.name, address: link.address, reason });
-    this.revoked.add(link);
-    link.conn.close(CloseCode.UNAUTHORIZED, reason);
-    link.onClose();
-    if (!this.directory.remove(link)) return;
-    this.presence.announce('leave', link);
-    this.emit('node-left', link.name);
   }
 
   private revokeCaller(link: CallerLink, reason: string, closeSession: () => void): void {

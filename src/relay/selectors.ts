@@ -1,5 +1,5 @@
 import { ErrorCode, TunnelError } from '../errors.js';
-import type { NodeLink } from './node-link.js';
+import type { NodeRoute } from './contracts.js';
 import type { CallerAccess } from './permissions.js';
 
 /** The ways the relay picks one of several nodes serving a service. */
@@ -17,7 +17,7 @@ export type Where = Readonly<Record<string, string>>;
  * @internal
  */
 export type Selector = (
-  nodes: readonly NodeLink[],
+  nodes: readonly NodeRoute[],
   start: number,
   service: string,
   method: string,
@@ -26,12 +26,12 @@ export type Selector = (
 ) => number;
 
 /** True when `node` can take a new call to `service.method` restricted to `where`, from a caller with `access`. @internal */
-export function eligible(node: NodeLink, service: string, method: string, where: Where | undefined, access?: CallerAccess): boolean {
+export function eligible(node: NodeRoute, service: string, method: string, where: Where | undefined, access?: CallerAccess): boolean {
   return node.available && node.hasMethod(service, method) && matchesWhere(node, where) && (access === undefined || access.mayCall(node.name, service, method));
 }
 
 /** @internal */
-export function matchesWhere(node: NodeLink, where: Where | undefined): boolean {
+export function matchesWhere(node: NodeRoute, where: Where | undefined): boolean {
   if (where === undefined) return true;
   for (const key in where) if (node.labels[key] !== where[key]) return false;
   return true;

@@ -31,11 +31,16 @@ export interface NodeInfo {
   served: number;
   /** The node said GOAWAY: it finishes its calls and takes no new ones. */
   draining: boolean;
+  /** The relays holding the node's tunnels (one, unless the node is dual-homed in a cluster), sorted. */
+  relays: string[];
 }
 
-/** A node joined (attached), or left (closed, replaced, or dropped for missing heartbeats). */
+/**
+ * A node joined (attached), or left (closed, replaced, or dropped for missing heartbeats), or changed
+ * without leaving (`update`: a dual-homed node gained or lost one of its tunnels).
+ */
 export interface PresenceEvent {
-  event: 'join' | 'leave';
+  event: 'join' | 'leave' | 'update';
   node: NodeInfo;
   /** ISO 8601 time of the event at the relay. */
   at: string;
