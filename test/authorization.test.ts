@@ -192,7 +192,9 @@ describe('serve= and call= from the tokens file', () => {
     nodes.get('lab-2')!.kill();
     nodes.get('office-3')!.kill();
     await until(() => billingEvents.some((e) => e.event === 'leave') && opsEvents.filter((e) => e.event === 'leave').length === 2, 'leaves');
-    expect(billingEvents.map((e) => `${e.event} ${e.node.name}`)).toEqual(['join office-3', 'leave office-3']);
+    // A node stopped with SIGTERM drains first: watchers see it as an update (draining) before it leaves.
+    expect(billingEvents.filter((e) => e.event !== 'update').map((e) => `${e.event} ${e.node.name}`)).toEqual(['join office-3', 'leave office-3']);
+    expect(billingEvents.filter((e) => e.event === 'update').every((e) => e.node.name === 'office-3' && e.node.draining)).toBe(true);
   });
 
   it('revokes at reload: removed tokens and services no longer allowed close their connections (4003) at once', async () => {

@@ -91,8 +91,8 @@ describe('broadcast and presence', () => {
     });
 
     const text = await runCall(relay.addr, ['--list']);
-    expect(text.stdout).toMatch(/^NODE\s+STATE\s+LABELS\s+ADDRESS\s+CONNECTED SINCE\s+IN FLIGHT\s+SERVED\n/);
-    expect(text.stdout).toMatch(/\nex1\s+online\s+role=examples\s+127\.0\.0\.1:\d+\s+\S+Z \(\d+[smhd] ago\)\s+0\s+0\n {4}Arith: Divide, Multiply\n/);
+    expect(text.stdout).toMatch(/^NODE\s+STATE\s+LABELS\s+ADDRESS\s+RELAYS\s+CONNECTED SINCE\s+IN FLIGHT\s+SERVED\n/);
+    expect(text.stdout).toMatch(/\nex1\s+online\s+role=examples\s+127\.0\.0\.1:\d+\s+\S+\s+\S+Z \(\d+[smhd] ago\)\s+0\s+0\n {4}Arith: Divide, Multiply\n/);
     expect(text.stdout).toContain('    Fleet: Apply, Login, Where, Whoami, Work');
 
     const unknown = await runCall(relay.addr, ['Relay.Nope']);

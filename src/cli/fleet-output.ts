@@ -33,11 +33,12 @@ export function formatNodes(nodes: NodeInfo[], now = Date.now()): string {
     n.draining ? 'draining' : 'online',
     Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',') || '-',
     n.address,
+    (n.relays ?? []).join(',') || '-',
     since(n.connectedAt, now),
     String(n.inFlight),
     String(n.served),
   ]);
-  const head = table(['NODE', 'STATE', 'LABELS', 'ADDRESS', 'CONNECTED SINCE', 'IN FLIGHT', 'SERVED'], rows).split('\n');
+  const head = table(['NODE', 'STATE', 'LABELS', 'ADDRESS', 'RELAYS', 'CONNECTED SINCE', 'IN FLIGHT', 'SERVED'], rows).split('\n');
   const out = [head[0]!];
   nodes.forEach((n, i) => {
     out.push(head[i + 1]!);

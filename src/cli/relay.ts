@@ -1,6 +1,8 @@
+import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { MsgpackRpcPort } from '../relay/msgpack-rpc-port.js';
 import { Relay } from '../relay/relay.js';
+import { checkClusterOptions, clusterServer, type ClusterOptions } from '../relay/cluster/options.js';
 import { SELECTORS, type SelectorName } from '../relay/selectors.js';
 import { LIMIT_DEFAULTS } from '../relay/limits.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
@@ -40,6 +42,14 @@ const argv = await parse(
   .option('max-connections', { type: 'number', default: D.maxConnections, describe: 'Open connections on every port together; more are closed at once. Keep it below the file-descriptor limit (ulimit -n)' })
   .option('max-backlog', { type: 'string', default: '8MiB', describe: 'Bytes waiting to be written to one peer; above it the relay stops reading from that caller until it is under an eighth' })
   .option('slow-consumer-timeout', { type: 'string', default: `${D.slowConsumerTimeout / 1000}s`, describe: 'A caller whose backlog stays above --max-backlog this long, or has twice it waiting in its socket, is cut as a slow consumer (WebSocket close 4008)' })
+  .option('cluster', { type: 'string', array: true, nargs: 1, describe: 'Join a cluster of relays over NATS: nats://host:port (repeatable, or comma-separated). Absent: a standalone relay, nothing to install (see docs/CLUSTER.md)' })
+  .option('cluster-name', { type: 'string', default: 'tunnel', describe: 'NATS subject prefix of the cluster: relays with the same name form one cluster' })
+  .option('relay-name', { type: 'string', default: hostname(), defaultDescription: 'the host name', describe: 'This relay\'s name in the cluster and in presence (the RELAYS column of --list)' })
+  .option('cluster-user', { type: 'string', describe: 'NATS user (with --cluster-password)' })
+  .option('cluster-password', { type: 'string', describe: 'NATS password. Prefer TUNNEL_CLUSTER_PASSWORD' })
+  .option('cluster-token', { type: 'string', describe: 'NATS token. Prefer TUNNEL_CLUSTER_TOKEN' })
+  .option('cluster-creds', { type: 'string', describe: 'NATS credentials file (JWT and nkey seed)' })
+  .option('cluster-ca', { type: 'string', describe: 'PEM CA of the NATS servers\' certificates (TLS)' })
   .option('msgpack-rpc-idle-timeout', { type: 'string', default: '5m', describe: 'Close a msgpack-rpc connection with no call in flight that has sent nothing for this long' })
   .option('max-reassembly', { type: 'string', default: '32MiB', describe: 'Bytes of incomplete streamed bodies the relay holds for one caller connection (broadcast params, gateway and msgpack-rpc results, broadcast results); a call past it is answered OVERLOADED' })
   .option('stream-idle-timeout', { type: 'string', default: `${D.streamIdleTimeout / 1000}s`, describe: 'A streamed body that receives no chunk for this long is cancelled (TIMEOUT)' })
@@ -60,6 +70,25 @@ const argv = await parse(
 );
 
 const log = logger('tunnel-relay', argv.logLevel);
+
+/** `--cluster` and its companions; each server address checked, named by its flag. */
+function clusterOptions(): { cluster?: ClusterOptions } {
+  const servers = (argv.cluster ?? []).flatMap((v) => String(v).split(',')).map((v) => v.trim()).filter((v) => v !== '');
+  const companions = ['clusterUser', 'clusterPassword', 'clusterToken', 'clusterCreds', 'clusterCa'] as const;
+  if (servers.length === 0) {
+    const stray = companions.find((k) => argv[k] !== undefined);
+    if (stray) throw new Error(`--${stray.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs --cluster`);
+    return {};
+  }
+  const cluster: ClusterOptions = { servers: servers.map((v) => clusterServer(v)), name: argv.clusterName };
+  if (argv.clusterUser !== undefined) cluster.user = argv.clusterUser;
+  if (argv.clusterPassword !== undefined) cluster.password = argv.clusterPassword;
+  if (argv.clusterToken !== undefined) cluster.token = argv.clusterToken;
+  if (argv.clusterCreds !== undefined) cluster.creds = argv.clusterCreds;
+  if (argv.clusterCa !== undefined) cluster.ca = argv.clusterCa;
+  checkClusterOptions(cluster);
+  return { cluster };
+}
 let relay: Relay;
 let rpcPort: MsgpackRpcPort | undefined;
 try {
@@ -101,10 +130,12 @@ try {
     maxConnections: argv.maxConnections,
     maxBacklog: parseSize(argv.maxBacklog, 'max-backlog'),
     slowConsumerTimeout: parseDuration(argv.slowConsumerTimeout, 'slow-consumer-timeout'),
+    relayName: argv.relayName,
+    ...clusterOptions(),
   };
   const msgpackRpcIdleTimeout = parseDuration(argv.msgpackRpcIdleTimeout, 'msgpack-rpc-idle-timeout');
   // The settings in force after flags, environment and config file are merged: what an operator checks first.
-  log.info({ ...options, msgpackRpcIdleTimeout }, 'relay starting');
+  log.info({ ...options, cluster: options.cluster ? { ...options.cluster, password: options.cluster.password && '[redacted]', token: options.cluster.token && '[redacted]' } : undefined, msgpackRpcIdleTimeout }, 'relay starting');
   relay = new Relay({ ...options, log });
   if (argv.msgpackRpcListen !== undefined) {
     // The same certificate as the WebSocket port; caller tokens, connection limits and backlog come

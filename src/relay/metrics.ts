@@ -9,6 +9,8 @@ export interface RelayGauges {
   /** Bytes read from and written to every TCP connection on the relay port, closed ones included. */
   bytes(): { received: number; sent: number };
   draining(): boolean;
+  /** The cluster's state, when the relay is in one. */
+  cluster?(): { connected: boolean; peers: number } | undefined;
 }
 
 /** The label used once a label has seen its limit of distinct values. */
@@ -60,6 +62,9 @@ export class RelayMetrics {
   private readonly reconnects: Counter<'node'>;
   private readonly rejected: Counter<'reason'>;
   private readonly slowConsumers: Counter<'transport'>;
+  private readonly routedLocal: { inc(): void };
+  private readonly routedRemote: { inc(): void };
+  private readonly lag: Histogram;
   /** Method names come from callers (any name reaches a forwarded service): few keep their own label. */
   private readonly methods = new LabelCap(200);
   /** Methods with a latency histogram of their own (20 lines each); the rest share "(other)". */
@@ -97,6 +102,38 @@ export class RelayMetrics {
       help: 'Connections the relay refused or closed before they could call or serve, by reason',
       labelNames: ['reason'],
       registers,
+    });
+    const routes = new Counter({
+      name: 'tunnel_relay_routed_calls_total',
+      help: 'Calls answered, by the route that carried them: local (a node attached here) or remote (through another relay of the cluster)',
+      labelNames: ['route'],
+      registers,
+    });
+    this.routedLocal = routes.labels('local');
+    this.routedRemote = routes.labels('remote');
+    this.lag = new Histogram({
+      name: 'tunnel_relay_presence_lag_seconds',
+      help: 'Time from a node joining another relay of the cluster to this relay hearing of it',
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    new Gauge({
+      name: 'tunnel_relay_cluster_connected',
+      help: '1 while this relay is connected to the cluster (NATS), 0 while not (degraded: local nodes only); absent without a cluster',
+      registers,
+      collect() {
+        const c = gauges.cluster?.();
+        if (c) this.set(c.connected ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'tunnel_relay_cluster_peers',
+      help: 'Other relays of the cluster this relay hears from',
+      registers,
+      collect() {
+        const c = gauges.cluster?.();
+        if (c) this.set(c.peers);
+      },
     });
     this.slowConsumers = new Counter({
       name: 'tunnel_relay_slow_consumers_total',
@@ -215,6 +252,16 @@ export class RelayMetrics {
 
   connectionRejected(reason: string): void {
     this.rejected.inc({ reason });
+  }
+
+  /** A call ended that went through a local route (this relay's node link) or a remote one (another relay). */
+  routed(local: boolean): void {
+    (local ? this.routedLocal : this.routedRemote).inc();
+  }
+
+  /** A presence event from another relay arrived `seconds` after it happened (negative: ignored). */
+  presenceLag(seconds: number): void {
+    if (seconds >= 0) this.lag.observe(seconds);
   }
 
   /** A peer was cut as a slow consumer; `transport` is `websocket`, `msgpack-rpc` or `http`. */

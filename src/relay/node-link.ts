@@ -14,6 +14,8 @@ export class NodeLink implements NodeRoute {
   readonly relays: readonly string[];
   draining = false;
   closed = false;
+  /** Called when the node says GOAWAY (presence tells everyone it drains). */
+  onDraining: (() => void) | undefined;
   served = 0;
   private readonly inflight = new PendingTable<RoutedCall>();
 
@@ -110,6 +112,7 @@ export class NodeLink implements NodeRoute {
       case Kind.GOAWAY:
         this.draining = true;
         this.log.info({ node: this.name, reason: m.reason, inFlight: this.inflight.size }, 'node is draining');
+        this.onDraining?.();
         return;
       case Kind.REQUEST:
         this.conn.send(response(m.id, { code: ErrorCode.BAD_REQUEST, message: 'nodes serve calls; they cannot make them on this connection' }, null));

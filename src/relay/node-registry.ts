@@ -25,23 +25,23 @@ export interface NodeRegistryOptions {
   metrics: RelayMetrics;
   /** Refuses a newcomer: close with `code` and count it under `metric`. */
   reject(conn: Connection, code: number, reason: string, metric: string): void;
-  /**
-   * Whether the node behind a route of another relay still answers (cluster). Without a cluster
-   * there are no such routes.
-   */
-  probeRemote?(route: NodeRoute, timeout: number): Promise<boolean>;
 }
 
 /**
  * The nodes whose tunnels end on this relay: registration (one name, one live node), their links in
- * the directory, and what leaves with them. Events: `join` (route), `leave` (route, reason: 'closed'
- * | 'replaced' | 'revoked').
+ * the directory, and what leaves with them. Events: `join` (link), `update` (link: it drains),
+ * `leave` (link, reason: 'closed' | 'replaced' | 'revoked' | 'conflict').
  */
 export class NodeRegistry extends EventEmitter {
   private readonly links = new Set<NodeLink>();
   private readonly credentials = new WeakMap<NodeLink, Credential>();
   private readonly revoked = new WeakSet<NodeLink>();
   private readonly seen = new Set<string>();
+  /**
+   * Whether the node behind a route of another relay still answers (set by the cluster). Without a
+   * cluster there are no such routes.
+   */
+  probeRemote: ((route: NodeRoute, timeout: number) => Promise<boolean>) | undefined;
 
   constructor(private readonly o: NodeRegistryOptions) {
     super();
@@ -93,13 +93,14 @@ export class NodeRegistry extends EventEmitter {
 
   private probe(route: NodeRoute, wait: number): Promise<boolean> {
     if (route instanceof NodeLink) return route.conn.probe(wait);
-    return this.o.probeRemote ? this.o.probeRemote(route, wait) : Promise.resolve(false);
+    return this.probeRemote ? this.probeRemote(route, wait) : Promise.resolve(false);
   }
 
   private register(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
     const name = h.name!;
     const services = h.services!;
     const link = new NodeLink(name, conn, services, h.labels ?? {}, address, log, h.instance, this.o.relayName);
+    link.onDraining = () => this.emit('update', link);
     this.credentials.set(link, credential);
     this.links.add(link);
     conn.setHandlers({
@@ -129,6 +130,16 @@ export class NodeRegistry extends EventEmitter {
     conn.send(welcome({ version: conn.peerVersion, relay: this.o.relayVersion, name, maxMessage: this.o.maxMessage }));
     log.info({ node: name, services: Object.keys(services), labels: link.labels }, 'node connected');
     this.emit('join', link);
+  }
+
+  /** A node of another relay, older under the same name, keeps it: this one is refused after the fact (4006). */
+  yieldName(link: NodeLink, reason: string): void {
+    this.o.log.warn({ node: link.name, reason }, 'refused hello');
+    this.o.metrics.connectionRejected('name_conflict');
+    this.links.delete(link);
+    link.conn.close(CloseCode.NAME_CONFLICT, reason);
+    link.onClose();
+    if (this.o.directory.remove(link)) this.emit('leave', link, 'conflict');
   }
 
   /** The node leaves at once (presence, routing; its calls fail NODE_LOST), whatever its socket does. */

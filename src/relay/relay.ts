@@ -22,6 +22,8 @@ import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, R
 import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeRegistry } from './node-registry.js';
+import type { NodeLink } from './node-link.js';
+import { Cluster, type ClusterOptions } from './cluster/cluster.js';
 import type { NodeRoute } from './contracts.js';
 import { Presence } from './presence.js';
 import { SELECTORS, selectorNamed, type SelectorName } from './selectors.js';
@@ -71,6 +73,11 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
   allowHost?: string[];
   /** This relay's name in presence (`relays` of each node) and in a cluster (default: the host name). */
   relayName?: string;
+  /**
+   * Join a cluster of relays over NATS (docs/CLUSTER.md): any relay reaches any node. Without it the
+   * relay stands alone, with nothing to install.
+   */
+  cluster?: ClusterOptions;
 }
 
 const DEFAULTS = {
@@ -126,6 +133,8 @@ export class Relay extends EventEmitter {
   /** Every limit in force: the options merged with their defaults (limits.ts). */
   readonly limits: Readonly<Limits>;
   private readonly presence: Presence;
+  /** Membership of a cluster over NATS, when `cluster` is given. */
+  readonly cluster: Cluster | undefined;
   /** This relay's name (presence, cluster). */
   readonly relayName: string;
   private readonly opts: typeof DEFAULTS & RelayOptions;
@@ -165,6 +174,7 @@ export class Relay extends EventEmitter {
     ended: (method, code, call) => {
       if (call) {
         this.callsInFlight--;
+        if (call.path) this.metrics.routed(call.path.local);
         this.metrics.callEnded(method, code, (performance.now() - call.started) / 1_000, true);
         if (this.callsInFlight === 0 && this.draining) this.emit('idle');
       } else {
@@ -200,6 +210,7 @@ export class Relay extends EventEmitter {
       callerConnections: () => ({ websocket: this.callers.size, http: this.gateways.size }),
       bytes: () => this.bytes(),
       draining: () => this.draining,
+      cluster: () => (this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length } : undefined),
     });
     const separateAdmin = this.opts.adminListen !== undefined;
     const handle = httpHandler(this, { gateway: true, admin: !separateAdmin, fallback: 'upgrade' });
@@ -220,8 +231,40 @@ export class Relay extends EventEmitter {
       metrics: this.metrics,
       reject: (conn, code, reason, metric) => this.reject(conn, code, reason, metric),
     });
-    this.registry.on('join', (link: NodeRoute) => this.nodeJoined(link));
-    this.registry.on('leave', (link: NodeRoute, why: string) => this.nodeLeft(link, why));
+    this.registry.on('join', (link: NodeLink) => {
+      this.nodeJoined(link);
+      this.cluster?.announce('join', link);
+    });
+    this.registry.on('update', (link: NodeLink) => {
+      const node = this.directory.get(link.name);
+      if (node) this.presence.announce('update', node);
+      this.cluster?.announce('update', link);
+    });
+    this.registry.on('leave', (link: NodeLink, why: string) => {
+      this.nodeLeft(link, why);
+      this.cluster?.announce('leave', link);
+    });
+    if (this.opts.cluster) {
+      const cluster = new Cluster(
+        {
+          relayName: this.relayName,
+          log: this.log,
+          directory: this.directory,
+          localLinks: () => this.registry.all(),
+          maxTimeout: this.opts.maxTimeout,
+          maxNodeInFlight: this.opts.maxNodeInFlight,
+          maxMessage: this.opts.maxMessage,
+          allowedServices: (node, services) => services.filter((s) => this.directory.permissions.serveRefusal(node, [s], true) === undefined),
+          routeAdded: (route) => this.nodeJoined(route),
+          routeRemoved: (route, why) => this.nodeLeft(route, why),
+          yieldName: (link, reason) => this.registry.yieldName(link, reason),
+          presenceLag: (seconds) => this.metrics.presenceLag(seconds),
+        },
+        this.opts.cluster,
+      );
+      this.cluster = cluster;
+      this.registry.probeRemote = (route, timeout) => cluster.probe(route, timeout);
+    }
     this.wss = new WebSocketServer({ noServer: true, maxPayload: frameLimit(this.opts.maxMessage), perMessageDeflate: false });
     this.http.on(listener.socketEvent, (socket: Socket) => this.onSocket(socket));
     this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
@@ -320,8 +363,12 @@ export class Relay extends EventEmitter {
     if (route.local && why !== 'replaced') this.emit('node-left', route.name);
   }
 
-  /** Whether /readyz should answer 200, and if not, why. */
-  readiness(): { ready: boolean; reasons: string[] } {
+  /**
+   * Whether /readyz should answer 200, and if not, why. In a cluster, `cluster` says whether NATS is
+   * connected (`connected`) or not (`degraded`: the relay serves its own nodes and callers only) and
+   * which relays it hears from; a degraded cluster does not make the relay unready.
+   */
+  readiness(): { ready: boolean; reasons: string[]; cluster?: { state: 'connected' | 'degraded'; relays: string[] } } {
     const reasons: string[] = [];
     if (!this.http.listening) reasons.push('not listening');
     if (this.draining) reasons.push('draining before shutdown');
@@ -334,7 +381,9 @@ export class Relay extends EventEmitter {
         reasons.push(`no node serves required service ${service}`);
       }
     }
-    return { ready: reasons.length === 0, reasons };
+    const out: ReturnType<Relay['readiness']> = { ready: reasons.length === 0, reasons };
+    if (this.cluster) out.cluster = { state: this.cluster.connected ? 'connected' : 'degraded', relays: this.cluster.peerNames };
+    return out;
   }
 
   /** Calls routed to a node and not answered yet. */
@@ -369,7 +418,8 @@ export class Relay extends EventEmitter {
     }
     const address = this.address!;
     this.auth.watch();
-    this.log.info({ ...address, tls: this.secure, auth: this.auth.describe() }, 'relay listening');
+    this.cluster?.start();
+    this.log.info({ ...address, tls: this.secure, auth: this.auth.describe(), relay: this.relayName, cluster: this.opts.cluster?.name ?? (this.cluster ? 'tunnel' : undefined) }, 'relay listening');
     this.emit('listening', address);
     return address;
   }
@@ -434,6 +484,7 @@ export class Relay extends EventEmitter {
     clearInterval(this.pruneTimer);
     clearInterval(this.streamTimer);
     this.auth.close();
+    await this.cluster?.stop();
     for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
     for (const ws of this.wss.clients) setTimeout(() => ws.terminate(), 1_000).unref();
     this.wss.close();

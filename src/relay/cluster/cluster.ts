@@ -1,0 +1,798 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import {
+  connect,
+  credsAuthenticator,
+  tokenAuthenticator,
+  usernamePasswordAuthenticator,
+  type Authenticator,
+  type Msg,
+  type NatsConnection,
+} from '@nats-io/transport-node';
+import { ErrorCode, TunnelError, type WireError } from '../../errors.js';
+import { DeadlineWheel } from '../../rpc/deadlines.js';
+import { PendingTable } from '../../rpc/pending.js';
+import type { Logger } from '../../util/logger.js';
+import type { NodeMeta } from '../../wire/messages.js';
+import { STREAM_THRESHOLD } from '../../wire/streams.js';
+import type { CallSink, NodeRoute, RoutedCall } from '../contracts.js';
+import type { NodeDirectory } from '../directory.js';
+import type { NodeLink } from '../node-link.js';
+import { RelayedCall } from '../relayed-call.js';
+import { HopStream } from './hop-stream.js';
+import { ClusterKind, ClusterMessageError, pack, unpack, type ClusterMessage, type PresenceBody, type RelayStamp, type RemoteNodeInfo } from './messages.js';
+import { RemoteRoute, type RouteTransport } from './remote-route.js';
+import { checkClusterOptions, clusterServer, type ClusterOptions } from './options.js';
+
+export type { ClusterOptions } from './options.js';
+
+/** How often a relay announces itself, ms. */
+export const HEARTBEAT_INTERVAL = 1_000;
+/** A relay not heard from for this long is gone, with its nodes, ms. */
+export const PEER_EXPIRY = 3_000;
+/** How long a probe or a snapshot page may take to be answered, ms. */
+const REQUEST_TIMEOUT = 2_000;
+/** Nodes per snapshot page: well below NATS's default max_payload of 1 MB. */
+const SNAPSHOT_PAGE = 200;
+/** Relay ids remembered as gone, so that their late messages never bring their nodes back. */
+const TOMBSTONES = 1_000;
+
+/** What the cluster needs from the relay it belongs to. */
+export interface ClusterHost {
+  readonly relayName: string;
+  readonly log: Logger;
+  readonly directory: NodeDirectory;
+  /** The relay's own node links. */
+  localLinks(): Iterable<NodeLink>;
+  /** Largest deadline the relay gives a call, ms; a call from another relay asking more is capped. */
+  readonly maxTimeout: number;
+  readonly maxNodeInFlight: number;
+  readonly maxMessage: number;
+  /** The services of a node of another relay that this relay's own rules (`serve=`) let it serve. */
+  allowedServices(node: string, services: string[]): string[];
+  /** A route to a node of another relay appeared (`join` or `update` for presence) or went. */
+  routeAdded(route: NodeRoute): void;
+  routeRemoved(route: NodeRoute, why: 'left' | 'relay-gone' | 'conflict'): void;
+  /** The local link lost a name conflict with a node of another relay: close it (4006). */
+  yieldName(link: NodeLink, reason: string): void;
+  /** For metrics: a presence event arrived `seconds` after it happened; the NATS connection went up or down. */
+  presenceLag?(seconds: number): void;
+}
+
+interface Peer {
+  stamp: RelayStamp;
+  lastSeen: number;
+  routes: Map<string, RemoteRoute>;
+  snapshotting: boolean;
+}
+
+/** A call this relay sent to another one: the caller's call, the route, its params stream. */
+interface OutCall {
+  call: RoutedCall;
+  route: RemoteRoute;
+  up: HopStream | undefined;
+}
+
+/** A call another relay sent to a node of this relay. */
+class ServedCall implements CallSink {
+  call!: RelayedCall;
+  down: HopStream | undefined;
+  over = false;
+  uploadLeft = 0;
+
+  constructor(
+    readonly cluster: Cluster,
+    readonly peerId: string,
+    readonly callId: number,
+    readonly link: NodeLink,
+  ) {}
+
+  get key(): string {
+    return `${this.peerId}:${this.callId}`;
+  }
+
+  complete(_call: RoutedCall, error: WireError | null, result: Uint8Array | null): void {
+    this.cluster.servedComplete(this, error, result);
+  }
+
+  streamStart(_call: RoutedCall, length: number): void {
+    this.cluster.servedStreamStart(this, length);
+  }
+
+  streamChunk(_call: RoutedCall, final: boolean, bytes: Uint8Array, done: () => void): void {
+    this.cluster.servedChunk(this, final, bytes, done);
+  }
+}
+
+/**
+ * This relay's membership of a cluster over NATS (docs/CLUSTER.md): it announces its nodes and learns
+ * the others' (presence), carries calls from its callers to nodes on other relays (as remote routes
+ * in the directory), and serves calls from other relays to its own nodes.
+ */
+export class Cluster implements RouteTransport {
+  /** Random per process: this relay's inbox, and its epoch in presence. */
+  readonly id = randomBytes(8).toString('hex');
+  private readonly started = Date.now();
+  private seq = 0;
+  private readonly prefix: string;
+  private readonly servers: string[];
+  private readonly log: Logger;
+  private nc: NatsConnection | undefined;
+  private connectedNow = false;
+  private stopping = false;
+  private readonly peers = new Map<string, Peer>();
+  private readonly tombstones = new Set<string>();
+  private readonly outCalls = new PendingTable<OutCall>();
+  private readonly served = new Map<string, ServedCall>();
+  /** Sessions of other relays' callers that reached our nodes: closed when their relay goes. */
+  private readonly peerSessions = new Map<string, Map<string, Set<NodeLink>>>();
+  private readonly deadlines = new DeadlineWheel<RelayedCall>((call) => this.servedExpired(call));
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+  private readonly badMessages = new Set<string>();
+
+  constructor(
+    private readonly host: ClusterHost,
+    private readonly opts: ClusterOptions,
+  ) {
+    checkClusterOptions(opts);
+    this.servers = opts.servers.map(clusterServer);
+    this.prefix = opts.name ?? 'tunnel';
+    this.log = host.log.child({ cluster: this.prefix });
+  }
+
+  /** Connected to NATS now. */
+  get connected(): boolean {
+    return this.connectedNow;
+  }
+
+  /** The other relays heard from, by name. */
+  get peerNames(): string[] {
+    return [...this.peers.values()].map((p) => p.stamp.name).sort();
+  }
+
+  /** Connects in the background, forever: a relay without NATS keeps serving its own nodes and callers. */
+  start(): void {
+    const authenticator = this.authenticator();
+    void connect({
+      servers: this.servers,
+      name: `tunnel-relay ${this.host.relayName}`,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 500,
+      waitOnFirstConnect: true,
+      pingInterval: 5_000,
+      maxPingOut: 2,
+      ...(authenticator ? { authenticator } : {}),
+      ...(this.opts.ca ? { tls: { caFile: this.opts.ca } } : {}),
+    }).then(
+      (nc) => this.onConnected(nc),
+      (err: Error) => this.log.error({ err: err.message }, 'cannot connect to the cluster'),
+    );
+    this.heartbeatTimer = setInterval(() => this.heartbeat(), HEARTBEAT_INTERVAL);
+    this.heartbeatTimer.unref();
+    this.expiryTimer = setInterval(() => this.expirePeers(), HEARTBEAT_INTERVAL / 2);
+    this.expiryTimer.unref();
+  }
+
+  /** Says goodbye (other relays drop our nodes at once) and closes the NATS connection. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.heartbeatTimer);
+    clearInterval(this.expiryTimer);
+    this.deadlines.clear();
+    const nc = this.nc;
+    if (!nc) return;
+    if (this.connectedNow) {
+      this.publishPresence({ event: 'bye' });
+      await nc.flush().catch(() => undefined);
+    }
+    await nc.close().catch(() => undefined);
+  }
+
+  private authenticator(): Authenticator | undefined {
+    const o = this.opts;
+    if (o.creds !== undefined) return credsAuthenticator(readFileSync(o.creds));
+    if (o.token !== undefined) return tokenAuthenticator(o.token);
+    if (o.user !== undefined) return usernamePasswordAuthenticator(o.user, o.password);
+    return undefined;
+  }
+
+  private onConnected(nc: NatsConnection): void {
+    if (this.stopping) {
+      void nc.close();
+      return;
+    }
+    this.nc = nc;
+    nc.subscribe(`${this.prefix}.presence`, {
+      callback: (err, msg) => {
+        if (!err) this.onPresenceMessage(msg);
+      },
+    });
+    nc.subscribe(`${this.prefix}.relay.${this.id}.>`, {
+      callback: (err, msg) => {
+        if (!err) this.onInbox(msg);
+      },
+    });
+    this.setConnected(true);
+    void (async () => {
+      for await (const s of nc.status()) {
+        if (s.type === 'disconnect') this.setConnected(false);
+        else if (s.type === 'reconnect') this.setConnected(true);
+      }
+    })().catch(() => undefined);
+    void nc.closed().then(() => this.setConnected(false));
+  }
+
+  private setConnected(up: boolean): void {
+    if (up === this.connectedNow) return;
+    this.connectedNow = up;
+    this.host.presenceLag?.(-1);
+    if (up) {
+      this.log.info({ server: this.nc?.getServer() }, 'connected to the cluster');
+      // Everyone learns our nodes again, and we theirs: announce now, heartbeats do the rest.
+      for (const link of this.host.localLinks()) this.announce('join', link);
+      this.heartbeat();
+      return;
+    }
+    if (this.stopping) return;
+    this.log.warn('lost the cluster (NATS); serving local nodes and callers only until it is back');
+    // Answers to calls sent to other relays may be lost with the connection: fail them now, once.
+    this.failOutCalls(() => true, 'the connection to the cluster (NATS) was lost while the call was in flight; it may or may not have run');
+  }
+
+  // ---- presence ----
+
+  /** Tells the cluster a local node joined, changed or left. */
+  announce(event: 'join' | 'update' | 'leave', link: NodeLink): void {
+    if (!this.connectedNow) return;
+    if (event === 'leave') this.publishPresence({ event, node: link.name, instance: link.instance ?? null });
+    else this.publishPresence({ event, node: infoOf(link) });
+  }
+
+  private heartbeat(): void {
+    if (!this.connectedNow) return;
+    const links = [...this.host.localLinks()];
+    this.publishPresence({ event: 'heartbeat', count: links.length, digest: digestOf(links.map(infoOf)) });
+  }
+
+  private publishPresence(body: PresenceBody): void {
+    const stamp: RelayStamp = { name: this.host.relayName, id: this.id, started: this.started, seq: ++this.seq };
+    let payload: unknown;
+    switch (body.event) {
+      case 'join':
+      case 'update':
+        payload = body.node;
+        break;
+      case 'leave':
+        payload = body.node;
+        break;
+      case 'heartbeat':
+        payload = { count: body.count, digest: body.digest };
+        break;
+      case 'bye':
+        payload = null;
+        break;
+    }
+    this.publish(`${this.prefix}.presence`, pack([ClusterKind.PRESENCE, stamp, body.event, payload]));
+  }
+
+  private onPresenceMessage(msg: Msg): void {
+    const m = this.parse(msg, 'presence');
+    if (!m || m.kind !== ClusterKind.PRESENCE) return;
+    const { relay, body } = m;
+    if (relay.id === this.id || this.tombstones.has(relay.id)) return;
+    let peer = this.peers.get(relay.id);
+    if (!peer) {
+      // A restarted relay has a new id: the older process under that name is gone, with its nodes.
+      for (const other of this.peers.values()) {
+        if (other.stamp.name !== relay.name) continue;
+        if (other.stamp.started > relay.started) return this.bury(relay.id);
+        this.expirePeer(other, 'restarted');
+      }
+      if (body.event === 'bye') return;
+      peer = { stamp: relay, lastSeen: Date.now(), routes: new Map(), snapshotting: false };
+      this.peers.set(relay.id, peer);
+      this.log.info({ relay: relay.name }, 'relay joined the cluster');
+      this.requestSnapshot(peer);
+    } else if (relay.seq <= peer.stamp.seq) {
+      return; // a late or repeated message
+    }
+    peer.stamp = relay;
+    peer.lastSeen = Date.now();
+    switch (body.event) {
+      case 'join':
+      case 'update':
+        this.host.presenceLag?.(Math.max(0, Date.now() - body.node.connectedAt) / 1_000);
+        this.upsertRoute(peer, body.node);
+        return;
+      case 'leave': {
+        const route = peer.routes.get(body.node);
+        if (route) this.removeRoute(peer, route, 'left');
+        return;
+      }
+      case 'heartbeat':
+        if (!peer.snapshotting && (body.count !== peer.routes.size || body.digest !== digestOf([...peer.routes.values()].map(infoOfRoute)))) {
+          this.requestSnapshot(peer);
+        }
+        return;
+      case 'bye':
+        this.expirePeer(peer, 'said goodbye');
+    }
+  }
+
+  private upsertRoute(peer: Peer, info: RemoteNodeInfo): void {
+    const allowed = this.host.allowedServices(info.name, Object.keys(info.services));
+    if (allowed.length === 0) {
+      this.warnOnce(`serve:${info.name}`, { node: info.name, relay: peer.stamp.name }, 'ignoring a node of another relay: this relay\'s serve= rules let it serve none of its services');
+      return;
+    }
+    if (allowed.length < Object.keys(info.services).length) info = { ...info, services: Object.fromEntries(allowed.map((s) => [s, info.services[s]!])) };
+    const existing = peer.routes.get(info.name);
+    if (existing && existing.instance === (info.instance ?? undefined) && existing.connectedAt.getTime() === info.connectedAt) {
+      const wasDraining = existing.draining;
+      existing.update(info);
+      if (wasDraining !== existing.draining) this.host.routeAdded(existing);
+      return;
+    }
+    if (existing) this.removeRoute(peer, existing, 'left');
+    // One name, one live node, across the cluster: of two processes under one name the older keeps it.
+    const local = this.host.directory.local(info.name) as NodeLink | undefined;
+    if (local && !(local.instance !== undefined && local.instance === info.instance)) {
+      const localOlder = local.connectedAt.getTime() < info.connectedAt || (local.connectedAt.getTime() === info.connectedAt && this.host.relayName < peer.stamp.name);
+      if (localOlder) return; // the other relay will give way when it hears of ours
+      this.host.yieldName(local, `name ${info.name} is held by a live node from ${info.address} on relay ${peer.stamp.name} since ${new Date(info.connectedAt).toISOString()}; give each node its own --name`);
+    }
+    const route = new RemoteRoute(peer.stamp.id, peer.stamp.name, info, this);
+    peer.routes.set(info.name, route);
+    this.host.directory.add(route);
+    this.host.routeAdded(route);
+  }
+
+  private removeRoute(peer: Peer, route: RemoteRoute, why: 'left' | 'relay-gone'): void {
+    peer.routes.delete(route.name);
+    this.failOutCalls((o) => o.route === route, `node ${route.name} left relay ${peer.stamp.name} while the call was in flight; it may or may not have run`);
+    if (this.host.directory.remove(route)) this.host.routeRemoved(route, why);
+  }
+
+  private requestSnapshot(peer: Peer): void {
+    if (!this.nc || !this.connectedNow || peer.snapshotting) return;
+    peer.snapshotting = true;
+    void this.fetchSnapshot(peer).finally(() => {
+      peer.snapshotting = false;
+    });
+  }
+
+  /** Reads a peer's whole node list, a page at a time, and makes our view of it the same. */
+  private async fetchSnapshot(peer: Peer): Promise<void> {
+    const nodes: RemoteNodeInfo[] = [];
+    for (let offset = 0; ; ) {
+      let reply: ClusterMessage | undefined;
+      try {
+        const msg = await this.nc!.request(`${this.prefix}.relay.${peer.stamp.id}.q`, pack([ClusterKind.SNAPSHOT, offset]), { timeout: REQUEST_TIMEOUT });
+        reply = this.parse(msg, 'snapshot');
+      } catch (err) {
+        this.log.debug({ relay: peer.stamp.name, err: (err as Error).message }, 'snapshot request failed');
+        return;
+      }
+      if (!reply || reply.kind !== ClusterKind.SNAPSHOT_PAGE) return;
+      nodes.push(...reply.nodes);
+      offset += reply.nodes.length;
+      if (offset >= reply.total || reply.nodes.length === 0) break;
+    }
+    if (this.peers.get(peer.stamp.id) !== peer) return;
+    const names = new Set(nodes.map((n) => n.name));
+    for (const route of [...peer.routes.values()]) if (!names.has(route.name)) this.removeRoute(peer, route, 'left');
+    for (const info of nodes) this.upsertRoute(peer, info);
+  }
+
+  private expirePeers(): void {
+    const now = Date.now();
+    for (const peer of [...this.peers.values()]) {
+      if (now - peer.lastSeen > PEER_EXPIRY) this.expirePeer(peer, `no heartbeat for ${PEER_EXPIRY} ms`);
+    }
+  }
+
+  /** A relay is gone: its nodes leave, calls through it fail NODE_LOST, calls it sent us are cancelled. */
+  private expirePeer(peer: Peer, why: string): void {
+    if (this.peers.get(peer.stamp.id) !== peer) return;
+    this.peers.delete(peer.stamp.id);
+    this.bury(peer.stamp.id);
+    this.log.warn({ relay: peer.stamp.name, reason: why, nodes: peer.routes.size }, 'relay left the cluster');
+    for (const route of [...peer.routes.values()]) this.removeRoute(peer, route, 'relay-gone');
+    for (const served of [...this.served.values()]) {
+      if (served.peerId !== peer.stamp.id) continue;
+      served.call.abandon(true);
+      this.endServed(served);
+    }
+    const sessions = this.peerSessions.get(peer.stamp.id);
+    this.peerSessions.delete(peer.stamp.id);
+    for (const [session, links] of sessions ?? []) for (const link of links) link.closeSession(session);
+  }
+
+  private bury(id: string): void {
+    this.tombstones.add(id);
+    if (this.tombstones.size > TOMBSTONES) this.tombstones.delete(this.tombstones.values().next().value!);
+  }
+
+  // ---- calls this relay sends (RouteTransport) ----
+
+  reachable(relayId: string): boolean {
+    return this.connectedNow && this.peers.has(relayId);
+  }
+
+  open(route: RemoteRoute, call: RoutedCall, params: Uint8Array, meta: NodeMeta, stream: number): void {
+    const out: OutCall = { call, route, up: undefined };
+    const callId = this.outCalls.add(out);
+    call.tunnelId = callId;
+    route.inFlight++;
+    if (!this.reachable(route.relayId)) {
+      this.finishOut(callId);
+      call.caller.complete(call, new TunnelError(ErrorCode.NO_NODE, `relay ${route.relayName} of node ${route.name} is not reachable; the call was not sent`).toWire(), null);
+      return;
+    }
+    const whole = stream === 0 && params.length > STREAM_THRESHOLD;
+    const length = whole ? params.length : stream;
+    if (length > 0) {
+      call.uploading = whole;
+      out.up = new HopStream((final, bytes) => this.toServer(route.relayId, [ClusterKind.CHUNK, callId, final, bytes]));
+    }
+    const body = length > 0 ? null : params;
+    const head = pack([ClusterKind.OPEN, callId, route.name, call.method, body, length > 0 ? { ...meta, stream: length } : meta]);
+    // The reply subject is ours for this call: if no relay listens there any more, NATS tells us (no responders).
+    this.publish(`${this.prefix}.relay.${route.relayId}.open`, head, `${this.prefix}.relay.${this.id}.r.${callId}`);
+    if (whole) out.up!.pushBody(params);
+  }
+
+  chunk(route: RemoteRoute, call: RoutedCall, final: boolean, bytes: Uint8Array, onSent: () => void): void {
+    const out = this.outCalls.get(call.tunnelId);
+    if (!out || out.call !== call || !out.up) return onSent();
+    void route;
+    out.up.push(final, bytes, onSent);
+  }
+
+  abandon(route: RemoteRoute, call: RoutedCall, tellNode: boolean): void {
+    const out = this.outCalls.get(call.tunnelId);
+    if (!out || out.call !== call) return;
+    this.finishOut(call.tunnelId);
+    if (tellNode) this.toServer(route.relayId, [ClusterKind.CANCEL, call.tunnelId]);
+  }
+
+  closeSession(route: RemoteRoute, session: string): void {
+    this.toServer(route.relayId, [ClusterKind.SESSION_CLOSED, session, route.name]);
+  }
+
+  private finishOut(callId: number): OutCall | undefined {
+    const out = this.outCalls.take(callId);
+    if (!out) return undefined;
+    out.route.inFlight--;
+    out.up?.close();
+    return out;
+  }
+
+  private failOutCalls(match: (o: OutCall) => boolean, message: string): void {
+    const error = new TunnelError(ErrorCode.NODE_LOST, message).toWire();
+    for (const o of [...this.outCalls.values()]) {
+      if (!match(o)) continue;
+      this.finishOut(o.call.tunnelId);
+      o.call.caller.complete(o.call, error, null);
+    }
+  }
+
+  /** What the node's relay sends back about a call of ours. */
+  private onCallerSide(m: ClusterMessage, from: string): void {
+    if (m.kind !== ClusterKind.RESPONSE && m.kind !== ClusterKind.RESPONSE_STREAM && m.kind !== ClusterKind.CHUNK && m.kind !== ClusterKind.ACK) return;
+    const out = this.outCalls.get(m.callId);
+    // Only the relay the call went to may answer it.
+    if (!out || out.route.relayId !== from) {
+      if (m.kind === ClusterKind.CHUNK) this.toServer(from, [ClusterKind.ACK, m.callId, m.bytes.length]);
+      return;
+    }
+    const { call, route } = out;
+    switch (m.kind) {
+      case ClusterKind.RESPONSE:
+        this.finishOut(m.callId);
+        route.served++;
+        call.caller.complete(call, m.error, m.result);
+        return;
+      case ClusterKind.RESPONSE_STREAM:
+        call.streaming = true;
+        call.caller.streamStart(call, m.length);
+        return;
+      case ClusterKind.CHUNK: {
+        if (m.final) {
+          this.finishOut(m.callId);
+          route.served++;
+        }
+        const bytes = m.bytes.length;
+        call.caller.streamChunk(call, m.final, m.bytes, () => this.toServer(from, [ClusterKind.ACK, m.callId, bytes]));
+        return;
+      }
+      case ClusterKind.ACK:
+        if (!out.up?.ack(m.bytes)) this.warnOnce(`ack:${from}`, { relay: route.relayName }, 'relay acknowledged more than it was sent; ignoring');
+    }
+  }
+
+  // ---- calls other relays send to our nodes ----
+
+  private onOpen(m: Extract<ClusterMessage, { kind: 0 }>, from: string): void {
+    const reject = (code: ErrorCode, message: string) => this.toCaller(from, [ClusterKind.RESPONSE, m.callId, new TunnelError(code, message).toWire(), null]);
+    const link = this.host.directory.local(m.node) as NodeLink | undefined;
+    if (!link || !link.available) return reject(ErrorCode.NO_NODE, `node ${m.node} is no longer attached to relay ${this.host.relayName}`);
+    if (!link.hasMethod(m.method.slice(0, m.method.lastIndexOf('.')), m.method.slice(m.method.lastIndexOf('.') + 1))) {
+      return reject(ErrorCode.NO_METHOD, `node ${m.node} does not serve ${m.method}`);
+    }
+    if (link.inFlight >= this.host.maxNodeInFlight) return reject(ErrorCode.OVERLOADED, `node ${m.node} already has ${link.inFlight} calls in flight (the limit); try again shortly`);
+    const key = `${from}:${m.callId}`;
+    if (this.served.has(key)) return reject(ErrorCode.BAD_REQUEST, `call ${m.callId} is already in flight`);
+    const meta = servedMeta(m.meta, this.host.maxTimeout);
+    if (typeof meta === 'string') return reject(ErrorCode.BAD_REQUEST, meta);
+    const stream = meta.stream ?? 0;
+    if (stream > this.host.maxMessage || (m.params && m.params.length > this.host.maxMessage)) {
+      return reject(ErrorCode.TOO_LARGE, `params of ${m.method} are over this relay's limit of ${this.host.maxMessage} bytes`);
+    }
+    if (stream === 0 && m.params === null) return reject(ErrorCode.BAD_REQUEST, 'open without params needs meta.stream');
+    const served = new ServedCall(this, from, m.callId, link);
+    served.call = new RelayedCall(served, m.callId, link, m.method, meta.timeout);
+    served.uploadLeft = stream;
+    this.served.set(key, served);
+    this.trackSession(from, meta.session, link);
+    const nodeMeta: NodeMeta = { session: meta.session, address: meta.address, identity: meta.identity, timeout: meta.timeout };
+    link.forward(served.call, m.params ?? EMPTY, nodeMeta, stream);
+    this.deadlines.add(served.call, meta.timeout);
+  }
+
+  private trackSession(peerId: string, session: string, link: NodeLink): void {
+    let sessions = this.peerSessions.get(peerId);
+    if (!sessions) {
+      sessions = new Map();
+      this.peerSessions.set(peerId, sessions);
+    }
+    let links = sessions.get(session);
+    if (!links) {
+      links = new Set();
+      sessions.set(session, links);
+    }
+    links.add(link);
+  }
+
+  private onServedSide(m: ClusterMessage, from: string): void {
+    switch (m.kind) {
+      case ClusterKind.CHUNK: {
+        const served = this.served.get(`${from}:${m.callId}`);
+        const ack = () => this.toCaller(from, [ClusterKind.ACK, m.callId, m.bytes.length]);
+        if (!served || served.over) return ack();
+        served.uploadLeft -= m.bytes.length;
+        if (served.uploadLeft < 0 || (m.final && served.uploadLeft !== 0)) {
+          ack();
+          served.call.abandon(true);
+          this.servedComplete(served, new TunnelError(ErrorCode.BAD_REQUEST, `the chunks of ${served.call.method} do not add up to the announced stream length`).toWire(), null);
+          return;
+        }
+        served.link.forwardChunk(served.call, m.final, m.bytes, ack);
+        return;
+      }
+      case ClusterKind.ACK: {
+        const served = this.served.get(`${from}:${m.callId}`);
+        if (!served?.down) return;
+        if (!served.down.ack(m.bytes)) this.warnOnce(`ack:${from}`, { from }, 'relay acknowledged more than it was sent; ignoring');
+        // A finished result stream is forgotten once its last chunk is acknowledged.
+        if (served.over && served.down.idle) this.endServed(served);
+        return;
+      }
+      case ClusterKind.CANCEL: {
+        const served = this.served.get(`${from}:${m.callId}`);
+        if (!served) return;
+        served.call.abandon(true);
+        this.endServed(served);
+        return;
+      }
+      case ClusterKind.SESSION_CLOSED: {
+        const link = this.host.directory.local(m.node) as NodeLink | undefined;
+        link?.closeSession(m.session);
+        this.peerSessions.get(from)?.delete(m.session);
+      }
+    }
+  }
+
+  /** @internal The node answered a served call. */
+  servedComplete(served: ServedCall, error: WireError | null, result: Uint8Array | null): void {
+    if (served.over) return;
+    served.over = true;
+    this.deadlines.remove(served.call);
+    if (!error && result !== null && result.length > STREAM_THRESHOLD) {
+      // A node that answered whole with a large body: it crosses NATS in chunks, like any other.
+      this.toCaller(served.peerId, [ClusterKind.RESPONSE_STREAM, served.callId, result.length]);
+      served.down = this.downStream(served);
+      served.down.pushBody(result);
+      return;
+    }
+    this.toCaller(served.peerId, [ClusterKind.RESPONSE, served.callId, error, error ? null : result]);
+    this.endServed(served);
+  }
+
+  /** @internal */
+  servedStreamStart(served: ServedCall, length: number): void {
+    if (served.over) return;
+    this.toCaller(served.peerId, [ClusterKind.RESPONSE_STREAM, served.callId, length]);
+    served.down = this.downStream(served);
+  }
+
+  /** @internal A chunk of a served call's result: the node is acknowledged once the caller's relay acknowledges it. */
+  servedChunk(served: ServedCall, final: boolean, bytes: Uint8Array, done: () => void): void {
+    if (!served.down) return done();
+    served.down.push(final, bytes, done);
+    if (final) {
+      served.over = true;
+      this.deadlines.remove(served.call);
+    }
+  }
+
+  /** A result stream stays until its last chunk is acknowledged, or the caller's relay cancels or goes. */
+  private downStream(served: ServedCall): HopStream {
+    return new HopStream((final, bytes) => this.toCaller(served.peerId, [ClusterKind.CHUNK, served.callId, final, bytes]));
+  }
+
+  private endServed(served: ServedCall): void {
+    served.over = true;
+    served.down?.close();
+    this.deadlines.remove(served.call);
+    if (this.served.get(served.key) === served) this.served.delete(served.key);
+  }
+
+  private servedExpired(call: RelayedCall): void {
+    const served = call.caller as ServedCall;
+    call.abandon(true);
+    this.servedComplete(served, new TunnelError(ErrorCode.TIMEOUT, `${call.method} on node ${served.link.name} did not answer within ${call.timeout} ms`).toWire(), null);
+  }
+
+  // ---- requests (probes, snapshots) ----
+
+  /** Whether the node behind `route` (on another relay) still answers a ping. */
+  async probe(route: NodeRoute, timeout: number): Promise<boolean> {
+    if (!(route instanceof RemoteRoute) || !this.nc || !this.connectedNow) return false;
+    try {
+      const msg = await this.nc.request(`${this.prefix}.relay.${route.relayId}.q`, pack([ClusterKind.PROBE, route.name]), { timeout: timeout + 500 });
+      const m = this.parse(msg, 'probe reply');
+      return m?.kind === ClusterKind.PROBE_REPLY && m.alive;
+    } catch {
+      return false;
+    }
+  }
+
+  private onRequest(msg: Msg): void {
+    const m = this.parse(msg, 'request');
+    if (!m || !msg.reply) return;
+    if (m.kind === ClusterKind.PROBE) {
+      const link = this.host.directory.local(m.node) as NodeLink | undefined;
+      const answer = (alive: boolean) => this.publish(msg.reply!, pack([ClusterKind.PROBE_REPLY, alive]));
+      if (!link || link.draining) return answer(false);
+      void link.conn.probe(REQUEST_TIMEOUT).then(answer);
+      return;
+    }
+    if (m.kind === ClusterKind.SNAPSHOT) {
+      const all = [...this.host.localLinks()].map(infoOf);
+      this.publish(msg.reply, pack([ClusterKind.SNAPSHOT_PAGE, all.length, all.slice(m.offset, m.offset + SNAPSHOT_PAGE)]));
+    }
+  }
+
+  // ---- plumbing ----
+
+  private onInbox(msg: Msg): void {
+    // ${prefix}.relay.${id}.${what}[.${from or callId}]
+    const rest = msg.subject.slice(`${this.prefix}.relay.${this.id}.`.length);
+    const dot = rest.indexOf('.');
+    const what = dot < 0 ? rest : rest.slice(0, dot);
+    const tail = dot < 0 ? '' : rest.slice(dot + 1);
+    if (what === 'q') return this.onRequest(msg);
+    if (what === 'r') return this.onNoResponders(msg, Number(tail));
+    const m = this.parse(msg, what);
+    if (!m) return;
+    if (what === 'open' && m.kind === ClusterKind.OPEN) {
+      // A relay that just joined may call before its first heartbeat reaches us: it is served all the same.
+      const from = senderOfReply(msg.reply, this.prefix);
+      if (from) this.onOpen(m, from);
+      return;
+    }
+    if (what === 'm') return this.onCallerSide(m, tail);
+    if (what === 's') return this.onServedSide(m, tail);
+  }
+
+  /** NATS says nobody listens on the relay a call went to: it was not delivered. */
+  private onNoResponders(msg: Msg, callId: number): void {
+    if (msg.headers?.code !== 503) return;
+    const out = this.outCalls.get(callId);
+    if (!out) return;
+    this.finishOut(callId);
+    out.call.caller.complete(out.call, new TunnelError(ErrorCode.NO_NODE, `relay ${out.route.relayName} of node ${out.route.name} is not reachable; the call was not delivered`).toWire(), null);
+  }
+
+  /** To the relay that made the call (about its call): `.m`. */
+  private toCaller(relayId: string, message: unknown[]): void {
+    this.publish(`${this.prefix}.relay.${relayId}.m.${this.id}`, pack(message));
+  }
+
+  /** To the relay that serves the call (about our call): `.s`. */
+  private toServer(relayId: string, message: unknown[]): void {
+    this.publish(`${this.prefix}.relay.${relayId}.s.${this.id}`, pack(message));
+  }
+
+  private publish(subject: string, data: Uint8Array, reply?: string): void {
+    if (!this.nc || !this.connectedNow) return;
+    try {
+      this.nc.publish(subject, data, reply ? { reply } : undefined);
+    } catch (err) {
+      this.log.debug({ subject, err: (err as Error).message }, 'cluster publish failed');
+    }
+  }
+
+  private parse(msg: Msg, what: string): ClusterMessage | undefined {
+    try {
+      return unpack(msg.data);
+    } catch (err) {
+      if (err instanceof ClusterMessageError) this.warnOnce(`bad:${what}`, { subject: msg.subject, reason: err.message }, 'ignoring a malformed cluster message');
+      return undefined;
+    }
+  }
+
+  /** Logs a warning once per key: a broken peer must not flood the log. */
+  private warnOnce(key: string, fields: Record<string, unknown>, message: string): void {
+    if (this.badMessages.has(key)) return;
+    if (this.badMessages.size < 1_000) this.badMessages.add(key);
+    this.log.warn(fields, message);
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+function infoOf(link: NodeLink): RemoteNodeInfo {
+  return {
+    name: link.name,
+    instance: link.instance ?? null,
+    services: Object.fromEntries([...link.services].map(([s, m]) => [s, [...m].sort()])),
+    labels: link.labels,
+    address: link.address,
+    connectedAt: link.connectedAt.getTime(),
+    draining: link.draining,
+  };
+}
+
+function infoOfRoute(route: RemoteRoute): RemoteNodeInfo {
+  return {
+    name: route.name,
+    instance: route.instance ?? null,
+    services: {},
+    labels: {},
+    address: route.address,
+    connectedAt: route.connectedAt.getTime(),
+    draining: route.draining,
+  };
+}
+
+/** What a heartbeat compares: each node's name, instance, connection time and draining flag. */
+function digestOf(nodes: RemoteNodeInfo[]): string {
+  const h = createHash('sha1');
+  for (const n of [...nodes].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    h.update(`${n.name}\0${n.instance ?? ''}\0${n.connectedAt}\0${n.draining ? 1 : 0}\n`);
+  }
+  return h.digest('hex');
+}
+
+/** The caller's relay id from the reply subject of an open: `${prefix}.relay.${id}.r.${callId}`. */
+function senderOfReply(reply: string | undefined, prefix: string): string | undefined {
+  if (!reply?.startsWith(`${prefix}.relay.`)) return undefined;
+  const parts = reply.slice(prefix.length + 7).split('.');
+  return parts.length === 3 && parts[1] === 'r' ? parts[0] : undefined;
+}
+
+/** The metadata of a call from another relay, checked as a node would check the relay's. */
+function servedMeta(meta: Record<string, unknown>, maxTimeout: number): (NodeMeta & { stream?: number }) | string {
+  const { session, address, identity, timeout, stream } = meta;
+  if (typeof session !== 'string' || session.length === 0 || session.length > 256) return 'meta.session must be a string';
+  if (typeof address !== 'string' || address.length > 128) return 'meta.address must be a string';
+  if (identity !== null && identity !== undefined && (typeof identity !== 'string' || identity.length > 256)) return 'meta.identity must be a string or nil';
+  if (typeof timeout !== 'number' || !(timeout > 0)) return 'meta.timeout must be a positive number';
+  if (stream !== undefined && (typeof stream !== 'number' || !Number.isSafeInteger(stream) || stream <= 0)) return 'meta.stream must be a positive integer';
+  const out: NodeMeta & { stream?: number } = { session, address, identity: (identity as string | null | undefined) ?? null, timeout: Math.min(timeout, maxTimeout) };
+  if (stream !== undefined) out.stream = stream as number;
+  return out;
+}
