@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { ForwardedService, parseForward } from '../node/forward.js';
-import { TunnelNode } from '../node/node.js';
+import { relayUrls, TunnelNode } from '../node/node.js';
 import { parseCredentials } from '../rpc/login.js';
 import { ServiceRegistry } from '../rpc/registry.js';
 import { DEMO_USERS, registerExamples } from '../services/index.js';
@@ -10,11 +10,11 @@ import { loadServices } from './load-services.js';
 import { DirectListener } from '../node/direct.js';
 import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
 import { nodeNameProblem } from '../wire/bounds.js';
-import { listenAddress, relayUrl } from '../util/address.js';
+import { listenAddress } from '../util/address.js';
 
 const argv = await parse(
   command('tunnel-node', '$0 --relay host:port [options]\n\nDials out to a relay and serves RPC through it, reconnecting forever with backoff.')
-  .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay to dial: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port' })
+  .option('relay', { type: 'string', array: true, nargs: 1, default: ['localhost:9090'], defaultDescription: 'localhost:9090', describe: 'Relay to dial: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port. Repeatable, or several separated by commas (TUNNEL_RELAY=a:9090,b:9090): the node holds a tunnel to each relay at once (dual-homed, for the relays of one cluster)' })
   .option('name', { type: 'string', default: hostname(), defaultDescription: 'the host name', describe: 'Name to register under; callers can target it with --node. 1-128 letters, digits, _ . - (a letter or digit first)' })
   .option('services', { type: 'string', describe: 'ES module whose default export is a map of services or a function (registry) => void; without it and without --forward the built-in examples (Arith, Hello, KV, Server) are served' })
   .option('forward', { type: 'string', array: true, nargs: 1, describe: 'Serve Name by passing its calls to an existing local MessagePack-RPC server (Go net/rpc with ugorji\'s MsgpackSpecRpc, ...): Name=host:port, Name=PORT (127.0.0.1) or Name=unix:/path (repeatable). Its methods are not known in advance: it is announced as Name.*' })
@@ -35,6 +35,7 @@ const argv = await parse(
   .option('drain-timeout', { type: 'string', default: '10s', describe: 'On SIGINT/SIGTERM, how long running calls may take to finish (the relay sends no new ones meanwhile; a second signal exits at once)' })
   .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')
   .example('$0 --relay 9090', 'a bare number is a port on this host: localhost:9090')
+  .example('$0 --relay wss://eu-1.example --relay wss://us-1.example', 'dual-homed: one node with a tunnel to each relay of a cluster')
   .example('$0 --relay :9090 --services ./my-services.js', 'serve your own services')
   .example('$0 --config /etc/tunnel/node.yaml', 'flags from a file (see docs/deploy/node.yaml)')
   .example('$0 --relay :9090 --forward Arith=127.0.0.1:8080 --forward KV=unix:/run/kv.sock', 'put existing msgpack-rpc servers behind the tunnel')
@@ -46,7 +47,7 @@ const log = logger('tunnel-node', argv.logLevel);
 let node: TunnelNode;
 try {
   // Checked before anything starts, with the flag's name in the message.
-  relayUrl(argv.relay, '--relay');
+  const relays = relayUrls(argv.relay.flatMap((r) => String(r).split(',').map((part) => part.trim())), '--relay');
   const nameProblem = nodeNameProblem(argv.name);
   if (nameProblem !== undefined) throw new Error(`--name: ${nameProblem}`);
   if (argv.directListen !== undefined) listenAddress(argv.directListen, '--direct-listen');
@@ -71,7 +72,7 @@ try {
     registerExamples(registry, users);
   }
   node = new TunnelNode({
-    relay: argv.relay,
+    relay: relays,
     name: argv.name,
     labels: keyValues(argv.label, 'label'),
     token: argv.token,
@@ -92,7 +93,7 @@ try {
 } catch (err) {
   usageError('tunnel-node', (err as Error).message);
 }
-log.info({ relay: node.url, name: node.name }, 'node starting');
+log.info({ relay: node.url, relays: node.urls, name: node.name }, 'node starting');
 node.start();
 let direct: DirectListener | undefined;
 if (argv.directListen) {

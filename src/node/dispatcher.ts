@@ -146,11 +146,20 @@ export class Dispatcher {
 
   /** The caller disconnected: its handlers are aborted, its uploads and state dropped. */
   closeSession(session: string): void {
-    let aborted = 0;
-    for (const call of this.running.values()) if (call.session.id === session) aborted++;
+    const aborted = this.forgetSession(session);
+    if (this.sessions.close(session)) this.host.log.debug({ session, abortedCalls: aborted }, 'session closed');
+  }
+
+  /**
+   * Drops the uploads of a session that ended and returns how many of its handlers run here; the
+   * session table aborts them. A node with several tunnels calls this on each (the session is shared).
+   */
+  forgetSession(session: string): number {
+    let running = 0;
+    for (const call of this.running.values()) if (call.session.id === session) running++;
     this.uploads.dropWhere((u) => u.session === session);
     this.sessionBudgets.delete(session);
-    if (this.sessions.close(session)) this.host.log.debug({ session, abortedCalls: aborted }, 'session closed');
+    return running;
   }
 
   /** Cancels uploads that stopped moving; the caller is told why. */

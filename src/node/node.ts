@@ -6,19 +6,23 @@ import type { ServiceRegistry } from '../rpc/registry.js';
 import { relayUrl } from '../util/address.js';
 import { nodeNameProblem } from '../wire/bounds.js';
 import { silentLogger, type Logger } from '../util/logger.js';
-import { CloseCode } from '../wire/close-codes.js';
-import { Connection } from '../wire/connection.js';
-import { dial, loadClientTls, type ClientTlsOptions, type LoadedTls, type Refusal } from '../wire/dial.js';
-import { DEFAULT_MAX_FRAME, ENVELOPE_ALLOWANCE, goaway, hello, Kind, PROTOCOL_VERSION, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
-import { Backoff } from './backoff.js';
+import type { Connection } from '../wire/connection.js';
+import { loadClientTls, type ClientTlsOptions } from '../wire/dial.js';
+import { DEFAULT_MAX_FRAME, ENVELOPE_ALLOWANCE, Kind, PROTOCOL_VERSION, welcome, type Hello, type ServiceDescription } from '../wire/messages.js';
 import { Dispatcher, type DispatchHost, type RunningCall } from './dispatcher.js';
 import type { ForwardedService } from './forward.js';
 import { SessionTable } from './sessions.js';
+import { RelayTunnel, type TunnelHost, type TunnelState } from './tunnel.js';
 import { DeadlineWheel } from '../rpc/deadlines.js';
 
+export type { TunnelState } from './tunnel.js';
+
 export interface NodeOptions extends ClientTlsOptions {
-  /** Relay address: `host:port`, `:port`, `ws://…` or `wss://…`. */
-  relay: string;
+  /**
+   * Relay address: `host:port`, `:port`, `ws://…` or `wss://…`. Several (the relays of one cluster):
+   * the node holds a tunnel to each at once, under one name and one instance (dual-homed).
+   */
+  relay: string | string[];
   /** Name the node registers under (default: the host name). */
   name?: string;
   labels?: Record<string, string>;
@@ -62,34 +66,55 @@ const DEFAULTS = {
 };
 
 /**
- * The node: dials out to the relay, announces its services, runs the calls the relay forwards, and
- * reconnects forever with jittered exponential backoff. Events: `connected`, `disconnected`, `stopped`.
+ * Checks a node's relay addresses (`what` names the flag or option in messages) and returns their
+ * URLs: at least one, each relay once.
+ */
+export function relayUrls(relays: string | readonly string[], what: string): string[] {
+  const texts = typeof relays === 'string' ? [relays] : [...relays];
+  if (texts.length === 0) throw new TypeError(`${what}: give at least one relay address`);
+  const seen = new Map<string, string>();
+  for (const text of texts) {
+    const url = relayUrl(text, what);
+    const first = seen.get(url);
+    if (first !== undefined) {
+      const same = first === text ? `"${text}" is given twice` : `"${first}" and "${text}" are the same relay (${url})`;
+      throw new TypeError(`${what} ${same}; give each relay once`);
+    }
+    seen.set(url, text);
+  }
+  return [...seen.keys()];
+}
+
+/**
+ * The node: holds a tunnel to each of its relays (see tunnel.ts), announces its services on each,
+ * runs the calls they forward, and serves direct callers. Each tunnel reconnects by itself, forever,
+ * with jittered exponential backoff. Sessions belong to the node process: losing one tunnel aborts
+ * only the calls that came through it, and sessions end only when no tunnel is connected.
+ *
+ * Events: `connected` (url) when a relay welcomes a tunnel, `disconnected` (code, reason, url) when a
+ * tunnel closes or a dial fails, `stopped`.
  */
 export class TunnelNode extends EventEmitter {
   readonly name: string;
+  /** The first relay's URL. */
   readonly url: string;
-  /** Random id of this node process, sent in every hello: the relay tells our reconnects from another process's claim. */
+  /** Every relay's URL, in the order given. */
+  readonly urls: readonly string[];
+  /** Random id of this node process, sent in every hello on every tunnel: relays tell our reconnects (and our other tunnels) from another process's claim. */
   readonly instance = randomUUID();
   private readonly opts: typeof DEFAULTS & NodeOptions;
   private readonly log: Logger;
-  private readonly backoff: Backoff;
-  private readonly tls: LoadedTls;
+  /** Shared by every tunnel (a session id is unique across the relays of a cluster). */
   private readonly sessions = new SessionTable();
   private readonly directSessions = new SessionTable();
-  /** Every connection's calls: the tunnel to the relay, and direct callers. */
-  private readonly dispatchers = new Set<Dispatcher>();
+  private readonly relayTunnels: RelayTunnel[];
+  /** Each direct caller's calls. */
+  private readonly direct = new Set<Dispatcher>();
   private readonly host: DispatchHost;
   private readonly deadlines = new DeadlineWheel<RunningCall>((call) => call.dispatcher.expire(call));
   private readonly forwarded = new Map<string, ForwardedService>();
   private readonly streamTimer: NodeJS.Timeout;
   private directCount = 0;
-  private conn: Connection | undefined;
-  private link: Dispatcher | undefined;
-  private welcomed = false;
-  /** The connection whose relay sent GOAWAY: left once its running calls are done. */
-  private relayGoingAway: Connection | undefined;
-  private reconnectTimer: NodeJS.Timeout | undefined;
-  private healthyTimer: NodeJS.Timeout | undefined;
   private stopping = false;
   private started = false;
 
@@ -99,10 +124,10 @@ export class TunnelNode extends EventEmitter {
     this.name = options.name ?? hostname();
     const nameProblem = nodeNameProblem(this.name);
     if (nameProblem !== undefined) throw new TypeError(`TunnelNode option name: ${nameProblem}`);
-    this.url = relayUrl(options.relay, 'TunnelNode option relay');
+    this.urls = relayUrls(options.relay, 'TunnelNode option relay');
+    this.url = this.urls[0]!;
     this.log = (options.log ?? silentLogger).child({ node: this.name });
-    this.backoff = new Backoff(this.opts.reconnectBase, this.opts.reconnectCap);
-    this.tls = loadClientTls(this.opts, this.log);
+    const tls = loadClientTls(this.opts, this.log);
     for (const f of options.forward ?? []) {
       if (options.services.has(f.name) || this.forwarded.has(f.name)) throw new TypeError(`service ${f.name} is forwarded and also served otherwise; pick one`);
       this.forwarded.set(f.name, f);
@@ -119,71 +144,88 @@ export class TunnelNode extends EventEmitter {
       maxReassembly: this.opts.maxReassembly,
       callFinished: () => {
         if (this.inFlight === 0) this.emit('idle');
-        this.leaveIfRelayGoingAway();
       },
     };
+    const tunnelHost: TunnelHost = {
+      dispatch: this.host,
+      sessions: this.sessions,
+      hello: () => this.hello(),
+      welcomed: (t) => this.emit('connected', t.url),
+      lost: (t, code, reason) => this.onTunnelLost(t, code, reason),
+      sessionClosed: (session) => this.closeSession(session),
+    };
+    const tunnelOptions = {
+      token: this.opts.token,
+      tls,
+      maxMessage: this.opts.maxMessage,
+      heartbeatTimeout: this.opts.heartbeatTimeout,
+      reconnectBase: this.opts.reconnectBase,
+      reconnectCap: this.opts.reconnectCap,
+      reconnectReset: this.opts.reconnectReset,
+    };
+    this.relayTunnels = this.urls.map((url) => new RelayTunnel(url, tunnelHost, tunnelOptions));
     this.streamTimer = setInterval(() => {
-      for (const d of this.dispatchers) d.expireIdleUploads(this.opts.streamIdleTimeout);
+      for (const d of this.dispatchers()) d.expireIdleUploads(this.opts.streamIdleTimeout);
     }, Math.max(100, Math.min(this.opts.streamIdleTimeout / 2, 5_000)));
     this.streamTimer.unref();
   }
 
-  /** True while the relay has accepted us. */
+  /** True while at least one relay has accepted us. */
   get connected(): boolean {
-    return this.welcomed && this.conn?.isOpen === true;
+    return this.relayTunnels.some((t) => t.connected);
   }
 
-  /** Handlers running now. */
+  /** Each tunnel: its relay, whether it is connected, since when, and its running handlers. */
+  get tunnels(): TunnelState[] {
+    return this.relayTunnels.map((t) => t.state);
+  }
+
+  /** Handlers running now, on every tunnel and for direct callers. */
   get inFlight(): number {
     let n = 0;
-    for (const d of this.dispatchers) n += d.size;
+    for (const d of this.dispatchers()) n += d.size;
     return n;
   }
 
-  /** Starts dialling; returns at once. Use {@link waitConnected} to wait for the relay. */
+  /** Starts dialling every relay; returns at once. Use {@link waitConnected} to wait for the first. */
   start(): this {
     if (this.started) return this;
     this.started = true;
-    this.dial();
+    for (const t of this.relayTunnels) t.start();
     return this;
   }
 
-  /** Resolves when the node is (or next becomes) connected; rejects after `timeout` ms. */
+  /** Resolves when the node is (or next becomes) connected to at least one relay; rejects after `timeout` ms. */
   async waitConnected(timeout = 10_000): Promise<void> {
     if (this.connected) return;
     await once(this, 'connected', { signal: AbortSignal.timeout(timeout) });
   }
 
   /**
-   * Drains and stops: tells the relay to send no new calls, lets running handlers finish for up to
-   * `drainTimeout`, aborts the rest, and closes. Does not reconnect afterwards.
+   * Drains and stops: tells every relay to send no new calls, lets running handlers (of every tunnel
+   * and of direct callers) finish for up to `drainTimeout`, aborts the rest, and closes every tunnel.
+   * Does not reconnect afterwards.
    */
   async stop(drainTimeout = this.opts.drainTimeout): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    clearTimeout(this.reconnectTimer);
-    clearTimeout(this.healthyTimer);
     clearInterval(this.streamTimer);
-    const conn = this.conn;
-    if (conn?.isOpen) {
-      conn.send(goaway('node is shutting down'));
-      if (this.inFlight > 0) {
-        this.log.info({ running: this.inFlight, drainTimeoutMs: drainTimeout }, 'draining: waiting for running calls');
-        await this.waitIdle(drainTimeout);
-      }
+    for (const t of this.relayTunnels) t.goaway('node is shutting down');
+    if (this.inFlight > 0) {
+      this.log.info({ running: this.inFlight, drainTimeoutMs: drainTimeout }, 'draining: waiting for running calls');
+      await this.waitIdle(drainTimeout);
     }
-    for (const d of this.dispatchers) d.drop(new TunnelError(ErrorCode.CANCELLED, 'node is shutting down'));
+    for (const d of this.dispatchers()) d.drop(new TunnelError(ErrorCode.CANCELLED, 'node is shutting down'));
     this.sessions.clear('node is shutting down');
     for (const f of this.forwarded.values()) f.close();
-    if (conn?.isOpen) {
-      const closed = once(this, 'disconnected', { signal: AbortSignal.timeout(2_000) }).catch(() => undefined);
-      conn.close(CloseCode.GOING_AWAY, 'node is shutting down');
-      await closed;
-    } else if (conn) {
-      conn.terminate();
-    }
+    await Promise.all(this.relayTunnels.map((t) => t.close('node is shutting down')));
     this.log.info('node stopped');
     this.emit('stopped');
+  }
+
+  private *dispatchers(): Generator<Dispatcher> {
+    for (const t of this.relayTunnels) if (t.dispatcher) yield t.dispatcher;
+    yield* this.direct;
   }
 
   private async waitIdle(timeout: number): Promise<void> {
@@ -193,58 +235,18 @@ export class TunnelNode extends EventEmitter {
     }
   }
 
-  private dial(): void {
-    this.reconnectTimer = undefined;
-    if (this.stopping) return;
-    const headers: Record<string, string> = {};
-    if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
-    let refused: Refusal | undefined;
-    const ws = dial(this.url, {
-      maxMessage: this.opts.maxMessage,
-      handshakeTimeout: 10_000,
-      headers,
-      tls: this.tls,
-      onRefused: (r) => {
-        refused = r;
-      },
-    });
-    let lastError = '';
-    ws.on('error', (err) => {
-      lastError = err.message;
-    });
-    const conn: Connection = new Connection(
-      ws,
-      {
-        message: (m) => this.onMessage(conn, m),
-        close: (code, reason) => {
-          if (refused) {
-            // An HTTP 401/403 at the upgrade is the same refusal as a 4003 close after the hello.
-            const denied = refused.status === 401 || refused.status === 403;
-            this.onClose(conn, denied ? CloseCode.UNAUTHORIZED : code, `HTTP ${refused.status}: ${refused.reason}`);
-          } else {
-            this.onClose(conn, code, reason || lastError);
-          }
-        },
-      },
-      { log: this.log, heartbeatTimeout: this.opts.heartbeatTimeout, maxFrame: this.opts.maxMessage },
-    );
-    const link = new Dispatcher(this.host, conn, this.sessions, false);
-    this.dispatchers.add(link);
-    this.conn = conn;
-    this.link = link;
-    this.welcomed = false;
-    ws.on('open', () => {
-      const h: Parameters<typeof hello>[0] = {
-        version: PROTOCOL_VERSION,
-        role: 'node',
-        name: this.name,
-        instance: this.instance,
-        services: this.describe(),
-        labels: this.opts.labels ?? {},
-      };
-      if (this.opts.token) h.token = this.opts.token;
-      conn.send(hello(h));
-    });
+  /** The hello of every tunnel: one name and one instance, so that the relays see one node process. */
+  private hello(): Hello {
+    const h: Hello = {
+      version: PROTOCOL_VERSION,
+      role: 'node',
+      name: this.name,
+      instance: this.instance,
+      services: this.describe(),
+      labels: this.opts.labels ?? {},
+    };
+    if (this.opts.token) h.token = this.opts.token;
+    return h;
   }
 
   /** Registered services with their methods, forwarded ones with `*`. */
@@ -254,58 +256,25 @@ export class TunnelNode extends EventEmitter {
     return out;
   }
 
-  private onClose(conn: Connection, code: number, reason: string): void {
-    if (conn !== this.conn) return;
-    const wasConnected = this.welcomed;
-    const link = this.link!;
-    this.conn = undefined;
-    this.link = undefined;
-    this.welcomed = false;
-    clearTimeout(this.healthyTimer);
-    // The relay has already failed these calls with NODE_LOST; nobody waits for their answers.
-    this.dispatchers.delete(link);
-    link.drop(new TunnelError(ErrorCode.NODE_LOST, 'connection to the relay was lost'));
-    this.sessions.clear('connection to the relay was lost');
-    if (wasConnected) this.log.warn({ code, reason }, 'disconnected from relay');
-    else if (!this.stopping) this.log.warn({ relay: this.url, code, reason }, 'could not connect to relay');
-    if (code === CloseCode.UNAUTHORIZED || code === CloseCode.NAME_CONFLICT) {
-      const why = code === CloseCode.UNAUTHORIZED ? 'relay refused our credentials' : 'relay refused our name';
-      this.log.error({ reason }, `${why}; retrying at the longest backoff`);
-      this.backoff.exhaust();
+  /**
+   * One tunnel closed; its own calls are already aborted. Sessions stay while another tunnel is
+   * connected: the callers may still reach us through it. With none left, they end as on a
+   * single-relay node, and callers log in again after the reconnect.
+   */
+  private onTunnelLost(tunnel: RelayTunnel, code: number, reason: string): void {
+    if (!this.connected && !this.stopping) {
+      const cleared = this.sessions.clear('connection to the relay was lost');
+      if (cleared > 0) this.log.info({ sessions: cleared }, 'no relay connected: sessions cleared');
     }
-    this.emit('disconnected', code, reason);
+    this.emit('disconnected', code, reason, tunnel.url);
     this.emit('idle');
-    this.scheduleReconnect();
   }
 
-  /** One timer at a time: a second close or error while a reconnect is pending does nothing. */
-  private scheduleReconnect(): void {
-    if (this.stopping || this.reconnectTimer) return;
-    const { delay, ceiling, attempt } = this.backoff.next();
-    this.log.info({ attempt, delayMs: delay, ceilingMs: ceiling }, 'reconnecting');
-    this.reconnectTimer = setTimeout(() => this.dial(), delay);
-  }
-
-  private onMessage(conn: Connection, m: Message): void {
-    switch (m.kind) {
-      case Kind.WELCOME:
-        this.welcomed = true;
-        if (typeof m.welcome.version === 'number') conn.peerVersion = m.welcome.version;
-        if (this.link) this.link.peerMaxMessage = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : Infinity;
-        this.log.info({ relay: this.url, services: Object.keys(this.describe()) }, 'connected to relay');
-        clearTimeout(this.healthyTimer);
-        this.healthyTimer = setTimeout(() => this.backoff.reset(), this.opts.reconnectReset);
-        this.healthyTimer.unref();
-        this.emit('connected');
-        return;
-      case Kind.GOAWAY:
-        this.log.warn({ reason: m.reason, running: this.inFlight }, 'relay is going away');
-        this.relayGoingAway = conn;
-        this.leaveIfRelayGoingAway();
-        return;
-      default:
-        if (conn === this.conn) this.link?.onMessage(m);
-    }
+  /** A relay said the caller disconnected: its handlers end on every tunnel, and its state with them. */
+  private closeSession(session: string): void {
+    let aborted = 0;
+    for (const t of this.relayTunnels) aborted += t.dispatcher?.forgetSession(session) ?? 0;
+    if (this.sessions.close(session)) this.log.debug({ session, abortedCalls: aborted }, 'session closed');
   }
 
   /**
@@ -324,7 +293,7 @@ export class TunnelNode extends EventEmitter {
       timeout: typeof meta.timeout === 'number' && meta.timeout > 0 ? meta.timeout : this.opts.defaultTimeout,
     }));
     d.peerMaxMessage = maxBody;
-    this.dispatchers.add(d);
+    this.direct.add(d);
     conn.setHandlers({
       message: (m) => {
         switch (m.kind) {
@@ -342,23 +311,10 @@ export class TunnelNode extends EventEmitter {
         }
       },
       close: () => {
-        this.dispatchers.delete(d);
+        this.direct.delete(d);
         d.drop(new TunnelError(ErrorCode.CANCELLED, 'caller disconnected'));
         this.directSessions.close(session);
       },
     });
-  }
-
-  /**
-   * The relay sent GOAWAY: it routes us no new calls and waits for the running ones. Once they are
-   * answered, close and reconnect with backoff, reaching another relay behind the same address or
-   * this one after its restart.
-   */
-  private leaveIfRelayGoingAway(): void {
-    const conn = this.relayGoingAway;
-    if (!conn || conn !== this.conn || (this.link?.size ?? 0) > 0 || this.stopping) return;
-    this.relayGoingAway = undefined;
-    // Let the answers queued in this turn leave first: close() flushes the write queue.
-    conn.close(CloseCode.GOING_AWAY, 'relay is going away; reconnecting');
   }
 }

@@ -1,7 +1,11 @@
 import { ErrorCode, TunnelError } from '../errors.js';
 import { Session } from '../rpc/session.js';
 
-/** The node's sessions, one per caller connection that has called it, created on first use. */
+/**
+ * The node's sessions, one per caller connection that has called it, created on first use. A node
+ * with several tunnels has one table for all of them: session ids are unique across a cluster, and a
+ * caller's calls may reach the node through either relay.
+ */
 export class SessionTable {
   private readonly sessions = new Map<string, Session>();
 
@@ -31,9 +35,14 @@ export class SessionTable {
     return true;
   }
 
-  /** The relay connection is gone: every session is gone with it (callers log in again). */
-  clear(reason: string): void {
+  /**
+   * No relay connection is left (or the node stops): every session is gone (callers log in again).
+   * Returns how many there were.
+   */
+  clear(reason: string): number {
+    const had = this.sessions.size;
     for (const s of this.sessions.values()) s.abortAll(new TunnelError(ErrorCode.CANCELLED, reason));
     this.sessions.clear();
+    return had;
   }
 }
