@@ -167,6 +167,50 @@ describe('relays in a cluster over NATS', () => {
   });
 });
 
+describe('a dual-homed node in a cluster', () => {
+  afterAll(async () => {
+    await killAll();
+    await stopAllNats();
+  });
+
+  it('is one node with two routes, keeps its Logins, and survives the SIGKILL of one of its relays: new calls succeed at once', async () => {
+    const nats = await NatsServer.start();
+    const [a, b, c] = await Promise.all([clusterRelay(nats.url, 'a-1'), clusterRelay(nats.url, 'b-1'), clusterRelay(nats.url, 'c-1')]);
+    await Promise.all([hears(c, 'a-1', 'b-1'), hears(a, 'b-1', 'c-1'), hears(b, 'a-1', 'c-1')]);
+    const node = await startNode(`${a.addr},${b.addr}`, ['--name', 'twin-1', '--services', 'test/fixtures/dual-services.js']);
+    await node.waitForLog((l) => l.msg === 'connected to relay' && String(l.relay).includes(String(b.port)), 10_000, 'both tunnels');
+    const caller = await connect(c.addr);
+    const seen = await eventually(async () => {
+      const [n] = (await caller.nodes()).filter((x) => x.name === 'twin-1');
+      if (!n || n.relays.length < 2) throw Object.assign(new Error('not yet'), { code: 'NO_NODE' });
+      return n;
+    });
+    expect(seen.relays).toEqual(['a-1', 'b-1']);
+    expect(await caller.call('Hello.Login', 'alice:secret')).toBe('alice');
+    // Calls go by either relay; the Login lives in the node process, valid whichever tunnel a call takes.
+    for (let i = 0; i < 6; i++) expect(await caller.call('Hello.WhoAmI')).toBe('alice');
+    const inFlight = [0, 1, 2, 3].map(() => caller.call('Slow.Sleep', 60_000, { timeout: 60_000 }).then(() => 'ok', (e: { code: string }) => e.code));
+    await node.waitForLog(() => node.logs.filter((l) => l.msg === 'test handler started').length >= 4, 5_000, 'four calls running');
+
+    const t0 = Date.now();
+    a.proc.kill('SIGKILL');
+    // A call sent in the instant NATS still holds the dead relay's subscription is in flight on the dead
+    // tunnel, like the others there; once the node and NATS have seen the socket close, calls go by b-1.
+    await node.waitForLog((l) => l.msg === 'disconnected from relay' && String(l.relay).includes(String(a.port)), 2_000, 'the node lost a-1');
+    for (let i = 0; i < 20; i++) expect(await caller.call('Hello.WhoAmI', { timeout: 5_000 })).toBe('alice');
+    expect(Date.now() - t0).toBeLessThan(1_000);
+    // Only the calls in flight on the dead relay's tunnel fail; the others are still running.
+    await c.proc.waitForLog((l) => l.msg === 'relay left the cluster' && l.relay === 'a-1', 6_000, 'a-1 gone');
+    const lost = await Promise.all(inFlight.map((p) => Promise.race([p, new Promise<string>((r) => setTimeout(() => r('running'), 500))])));
+    expect(lost.filter((x) => x === 'NODE_LOST').length).toBeGreaterThan(0);
+    expect(lost.filter((x) => x === 'running').length).toBeGreaterThan(0);
+    expect(lost.every((x) => x === 'NODE_LOST' || x === 'running')).toBe(true);
+    const [after] = (await caller.nodes()).filter((x) => x.name === 'twin-1');
+    expect(after!.relays).toEqual(['b-1']);
+    await caller.close();
+  });
+});
+
 describe('NATS trouble', () => {
   afterEach(async () => {
     await killAll();

@@ -64,6 +64,8 @@ interface Peer {
   lastSeen: number;
   routes: Map<string, RemoteRoute>;
   snapshotting: boolean;
+  /** NATS said nobody listens on its inbox: it is not used until it is heard from again. */
+  suspect: boolean;
 }
 
 /** A call this relay sent to another one: the caller's call, the route, its params stream. */
@@ -71,6 +73,8 @@ interface OutCall {
   call: RoutedCall;
   route: RemoteRoute;
   up: HopStream | undefined;
+  /** What it takes to send the call again by another route while it was not delivered (whole params only). */
+  resend: { params: Uint8Array; meta: NodeMeta } | undefined;
 }
 
 /** A call another relay sent to a node of this relay. */
@@ -290,7 +294,7 @@ export class Cluster implements RouteTransport {
         this.expirePeer(other, 'restarted');
       }
       if (body.event === 'bye') return;
-      peer = { stamp: relay, lastSeen: Date.now(), routes: new Map(), snapshotting: false };
+      peer = { stamp: relay, lastSeen: Date.now(), routes: new Map(), snapshotting: false, suspect: false };
       this.peers.set(relay.id, peer);
       this.log.info({ relay: relay.name }, 'relay joined the cluster');
       this.requestSnapshot(peer);
@@ -299,6 +303,7 @@ export class Cluster implements RouteTransport {
     }
     peer.stamp = relay;
     peer.lastSeen = Date.now();
+    peer.suspect = false;
     switch (body.event) {
       case 'join':
       case 'update':
@@ -417,11 +422,12 @@ export class Cluster implements RouteTransport {
   // ---- calls this relay sends (RouteTransport) ----
 
   reachable(relayId: string): boolean {
-    return this.connectedNow && this.peers.has(relayId);
+    const peer = this.peers.get(relayId);
+    return this.connectedNow && peer !== undefined && !peer.suspect;
   }
 
   open(route: RemoteRoute, call: RoutedCall, params: Uint8Array, meta: NodeMeta, stream: number): void {
-    const out: OutCall = { call, route, up: undefined };
+    const out: OutCall = { call, route, up: undefined, resend: stream === 0 && params.length <= STREAM_THRESHOLD ? { params, meta } : undefined };
     const callId = this.outCalls.add(out);
     call.tunnelId = callId;
     route.inFlight++;
@@ -703,7 +709,20 @@ export class Cluster implements RouteTransport {
     const out = this.outCalls.get(callId);
     if (!out) return;
     this.finishOut(callId);
-    out.call.caller.complete(out.call, new TunnelError(ErrorCode.NO_NODE, `relay ${out.route.relayName} of node ${out.route.name} is not reachable; the call was not delivered`).toWire(), null);
+    // That relay is gone (it died, or lost NATS): use it no more until it is heard from again.
+    const peer = this.peers.get(out.route.relayId);
+    if (peer && !peer.suspect) {
+      peer.suspect = true;
+      this.log.warn({ relay: peer.stamp.name }, 'relay does not answer on NATS; not using it until it is heard from again');
+    }
+    // Nobody received the call, so sending it by another route of the same node keeps it at most once.
+    const { call, resend } = out;
+    if (resend && call.node !== out.route && call.node.available) {
+      call.path = undefined;
+      call.node.forward(call, resend.params, resend.meta, 0);
+      return;
+    }
+    call.caller.complete(call, new TunnelError(ErrorCode.NO_NODE, `relay ${out.route.relayName} of node ${out.route.name} is not reachable; the call was not delivered`).toWire(), null);
   }
 
   /** To the relay that made the call (about its call): `.m`. */
