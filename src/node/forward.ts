@@ -6,7 +6,8 @@ import { dialAddress } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
-import { ANY_METHOD, DEFAULT_MAX_FRAME, Kind, MAX_ID } from '../wire/messages.js';
+import { ANY_METHOD, Kind, MAX_ID } from '../wire/messages.js';
+import { resolveForwardOptions, type ForwardSettings } from './options.js';
 
 /** Where a forwarded service's local MessagePack-RPC server listens. */
 export type ForwardTarget = { host: string; port: number } | { path: string };
@@ -20,12 +21,6 @@ export interface ForwardOptions {
   maxMessage?: number;
   log?: Logger;
 }
-
-const DEFAULTS = {
-  connections: 2,
-  connectTimeout: 5_000,
-  maxMessage: DEFAULT_MAX_FRAME,
-};
 
 const SERVICE_NAME = /^[A-Za-z_][\w.-]*$/;
 
@@ -63,7 +58,7 @@ export function describeTarget(target: ForwardTarget): string {
  */
 export class ForwardedService {
   readonly methods = [ANY_METHOD];
-  private readonly opts: typeof DEFAULTS & ForwardOptions;
+  private readonly opts: ForwardSettings & ForwardOptions;
   private readonly log: Logger;
   private readonly pool: (Upstream | undefined)[];
   private cursor = 0;
@@ -75,10 +70,7 @@ export class ForwardedService {
     readonly target: ForwardTarget,
     options: ForwardOptions = {},
   ) {
-    this.opts = { ...DEFAULTS, ...options };
-    if (!(Number.isInteger(this.opts.connections) && this.opts.connections >= 1)) {
-      throw new RangeError(`forward connections must be a whole number ≥ 1, got ${this.opts.connections}`);
-    }
+    this.opts = resolveForwardOptions(options);
     this.log = (options.log ?? silentLogger).child({ service: name, forward: describeTarget(target) });
     this.pool = new Array<Upstream | undefined>(this.opts.connections).fill(undefined);
   }
@@ -144,7 +136,7 @@ class Upstream {
   constructor(
     private readonly service: ForwardedService,
     target: ForwardTarget,
-    opts: typeof DEFAULTS,
+    opts: ForwardSettings,
   ) {
     this.framer = new MessagePackFramer(opts.maxMessage);
     this.socket = 'path' in target ? connect(target.path) : connect(target.port, target.host);

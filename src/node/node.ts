@@ -9,8 +9,9 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import { dial, loadClientTls, type ClientTlsOptions, type LoadedTls, type Refusal } from '../wire/dial.js';
-import { DEFAULT_MAX_FRAME, ENVELOPE_ALLOWANCE, goaway, hello, Kind, PROTOCOL_VERSION, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
+import { ENVELOPE_ALLOWANCE, goaway, hello, Kind, PROTOCOL_VERSION, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
 import { Backoff } from './backoff.js';
+import { resolveNodeOptions, type NodeSettings } from './options.js';
 import { Dispatcher, type DispatchHost, type RunningCall } from './dispatcher.js';
 import type { ForwardedService } from './forward.js';
 import { SessionTable } from './sessions.js';
@@ -49,18 +50,6 @@ export interface NodeOptions extends ClientTlsOptions {
   streamIdleTimeout?: number;
 }
 
-const DEFAULTS = {
-  heartbeatTimeout: 30_000,
-  reconnectBase: 500,
-  reconnectCap: 30_000,
-  reconnectReset: 10_000,
-  drainTimeout: 10_000,
-  defaultTimeout: 30_000,
-  maxMessage: DEFAULT_MAX_FRAME,
-  maxReassembly: 32 * 1024 * 1024,
-  streamIdleTimeout: 30_000,
-};
-
 /**
  * The node: dials out to the relay, announces its services, runs the calls the relay forwards, and
  * reconnects forever with jittered exponential backoff. Events: `connected`, `disconnected`, `stopped`.
@@ -70,7 +59,7 @@ export class TunnelNode extends EventEmitter {
   readonly url: string;
   /** Random id of this node process, sent in every hello: the relay tells our reconnects from another process's claim. */
   readonly instance = randomUUID();
-  private readonly opts: typeof DEFAULTS & NodeOptions;
+  private readonly opts: NodeSettings & NodeOptions;
   private readonly log: Logger;
   private readonly backoff: Backoff;
   private readonly tls: LoadedTls;
@@ -95,7 +84,7 @@ export class TunnelNode extends EventEmitter {
 
   constructor(options: NodeOptions) {
     super();
-    this.opts = { ...DEFAULTS, ...options };
+    this.opts = resolveNodeOptions(options);
     this.name = options.name ?? hostname();
     const nameProblem = nodeNameProblem(this.name);
     if (nameProblem !== undefined) throw new TypeError(`TunnelNode option name: ${nameProblem}`);

@@ -3,7 +3,7 @@ import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { isLoopbackHost, listenAddress, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
+import { isLoopbackHost, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
@@ -21,7 +21,8 @@ import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeLink } from './node-link.js';
 import { Presence } from './presence.js';
-import { SELECTORS, selectorNamed, type SelectorName } from './selectors.js';
+import { resolveRelayOptions, type RelaySettings } from './options.js';
+import { selectorNamed, type SelectorName } from './selectors.js';
 
 export type { NodeInfo } from '../wire/presence.js';
 
@@ -67,18 +68,6 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
    */
   allowHost?: string[];
 }
-
-const DEFAULTS = {
-  listen: ':9090',
-  heartbeatTimeout: 30_000,
-  defaultTimeout: 30_000,
-  maxTimeout: 300_000,
-  ...LIMIT_DEFAULTS,
-  requireNode: [] as string[],
-  requireService: [] as string[],
-  drainTimeout: 30_000,
-  selector: 'round-robin' as SelectorName,
-};
 
 /** How long a node holding a name may take to answer a ping before a newcomer may take the name, ms. */
 const NAME_PROBE_TIMEOUT = 2_000;
@@ -130,7 +119,7 @@ export class Relay extends EventEmitter {
   /** Every limit in force: the options merged with their defaults (limits.ts). */
   readonly limits: Readonly<Limits>;
   private readonly presence: Presence;
-  private readonly opts: typeof DEFAULTS & RelayOptions;
+  private readonly opts: RelaySettings & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
   private readonly secure: boolean;
@@ -177,18 +166,10 @@ export class Relay extends EventEmitter {
 
   constructor(options: RelayOptions = {}) {
     super();
-    this.opts = { ...DEFAULTS, ...options };
-    if (this.opts.defaultTimeout > this.opts.maxTimeout) {
-      throw new RangeError(`defaultTimeout (${this.opts.defaultTimeout}) must not exceed maxTimeout (${this.opts.maxTimeout})`);
-    }
-    if (!SELECTORS.includes(this.opts.selector)) {
-      throw new RangeError(`selector must be one of ${SELECTORS.join(', ')}; got ${JSON.stringify(this.opts.selector)}`);
-    }
+    this.opts = resolveRelayOptions(options);
     this.directory.selector = selectorNamed(this.opts.selector);
     this.limits = Object.freeze(pickLimits(this.opts));
     checkLimits(this.limits);
-    listenAddress(this.opts.listen, 'Relay option listen');
-    if (this.opts.adminListen !== undefined) listenAddress(this.opts.adminListen, 'Relay option adminListen');
     this.browsers = new BrowserPolicy(this.opts);
     this.log = options.log ?? silentLogger;
     this.refusals = new RefusalLog(this.log, 'too many connections on the relay; closing the extra ones');
