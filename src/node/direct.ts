@@ -57,7 +57,7 @@ export class DirectListener {
         maxFirstMessage: 64 * 1024,
       });
       conn.pauseWhenBacklogged = true;
-      this.node.acceptDirect(conn, address);
+      this.node.acceptDirect(conn, address, `${urlHost((req.socket.localAddress ?? '').replace(/^::ffff:/, ''))}:${req.socket.localPort}`);
     });
   }
 

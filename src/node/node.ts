@@ -9,7 +9,9 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import { dial, loadClientTls, type ClientTlsOptions, type LoadedTls, type Refusal } from '../wire/dial.js';
-import { ENVELOPE_ALLOWANCE, goaway, hello, Kind, PROTOCOL_VERSION, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
+import { ENVELOPE_ALLOWANCE, goaway, hello, Kind, PROTOCOL_VERSION, response, welcome, type Message, type ServiceDescription } from '../wire/messages.js';
+import { RELAY_SERVICE, RelayMethod, type NodeInfo } from '../wire/presence.js';
+import { encodeResult } from '../rpc/body.js';
 import { Backoff } from './backoff.js';
 import { resolveNodeOptions, type NodeSettings } from './options.js';
 import { Dispatcher, type DispatchHost, type RunningCall } from './dispatcher.js';
@@ -81,6 +83,7 @@ export class TunnelNode extends EventEmitter {
   private healthyTimer: NodeJS.Timeout | undefined;
   private stopping = false;
   private started = false;
+  private readonly startedAt = new Date();
 
   constructor(options: NodeOptions) {
     super();
@@ -110,6 +113,7 @@ export class TunnelNode extends EventEmitter {
         if (this.inFlight === 0) this.emit('idle');
         this.leaveIfRelayGoingAway();
       },
+      served: 0,
     };
     this.streamTimer = setInterval(() => {
       for (const d of this.dispatchers) d.expireIdleUploads(this.opts.streamIdleTimeout);
@@ -303,7 +307,7 @@ export class TunnelNode extends EventEmitter {
    * answers its cancels and deadlines itself, since no relay does.
    * @internal
    */
-  acceptDirect(conn: Connection, address: string): void {
+  acceptDirect(conn: Connection, address: string, local = ''): void {
     const session = `direct-${++this.directCount}`;
     const maxBody = this.opts.maxMessage - ENVELOPE_ALLOWANCE;
     const d = new Dispatcher(this.host, conn, this.directSessions, true, (meta) => ({
@@ -311,6 +315,7 @@ export class TunnelNode extends EventEmitter {
       address,
       identity: null,
       timeout: typeof meta.timeout === 'number' && meta.timeout > 0 ? meta.timeout : this.opts.defaultTimeout,
+      broadcast: meta.broadcast === true,
     }));
     d.peerMaxMessage = maxBody;
     this.dispatchers.add(d);
@@ -322,6 +327,9 @@ export class TunnelNode extends EventEmitter {
             conn.send(welcome({ version: conn.peerVersion, relay: `tunnel-node/${this.name}`, session, maxMessage: maxBody }));
             return;
           case Kind.REQUEST:
+            if (m.method.startsWith(`${RELAY_SERVICE}.`)) return this.answerAsRelay(conn, m, local);
+            d.onMessage(m);
+            return;
           case Kind.CANCEL:
           case Kind.CHUNK:
             d.onMessage(m);
@@ -336,6 +344,33 @@ export class TunnelNode extends EventEmitter {
         this.directSessions.close(session);
       },
     });
+  }
+
+  /**
+   * A direct caller asking for the relay's own service: `Relay.List` is answered with this node
+   * alone (its address as the caller reached it), so that `tunnel-call --list` works against a direct
+   * port; there is no presence to watch.
+   */
+  private answerAsRelay(conn: Connection, m: Extract<Message, { kind: typeof Kind.REQUEST }>, local: string): void {
+    if (m.method !== RelayMethod.LIST) {
+      const message = `${m.method}: this is node ${this.name}'s direct port (tunnel-node --direct-listen), not a relay; of the Relay service it answers only ${RelayMethod.LIST}`;
+      conn.send(response(m.id, new TunnelError(ErrorCode.BAD_REQUEST, message).toWire(), null));
+      return;
+    }
+    const labels = this.opts.labels ?? {};
+    const where = m.meta.where;
+    const matches = where === null || typeof where !== 'object' || Object.entries(where).every(([k, v]) => labels[k] === v);
+    const self: NodeInfo = {
+      name: this.name,
+      labels,
+      services: this.describe(),
+      address: local,
+      connectedAt: this.startedAt.toISOString(),
+      inFlight: this.inFlight,
+      served: this.host.served,
+      draining: this.stopping,
+    };
+    conn.send(response(m.id, null, encodeResult(matches ? [self] : [])));
   }
 
   /**
