@@ -432,7 +432,7 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
           if (typeof m.welcome.version === 'number') conn.peerVersion = m.welcome.version;
           const limit = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : opts.maxMessage;
           const client = new Client(conn, String(m.welcome.session ?? ''), opts.timeout, limit, String(m.welcome.relay ?? ''));
-          log.debug({ url, server: client.server, session: client.session, maxMessage: limit, ms: Math.round(performance.now() - started) }, 'connected to relay');
+          log.debug({ url, server: client.server, session: client.session, maxMessage: limit, ms: Math.round(performance.now() - started) }, 'connected');
           resolve(client);
         },
         close(code, reason) {
