@@ -4,8 +4,7 @@ import { TunnelNode } from '../node/node.js';
 import { parseCredentials } from '../rpc/login.js';
 import { ServiceRegistry } from '../rpc/registry.js';
 import { DEMO_USERS, registerExamples } from '../services/index.js';
-import { parseDuration, parseSize } from '../util/units.js';
-import { command, parse, keyValues, logger, onShutdown, PRECEDENCE, usageError } from './common.js';
+import { command, durationFlag, explainStartError, fatal, flagLabel, keyValues, logger, onShutdown, parse, PRECEDENCE, sizeFlag, usageError } from './common.js';
 import { loadServices } from './load-services.js';
 import { DirectListener } from '../node/direct.js';
 import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
@@ -44,12 +43,16 @@ const argv = await parse(
 
 const log = logger('tunnel-node', argv.logLevel);
 let node: TunnelNode;
+let direct: DirectListener | undefined;
+let demoUsers = false;
 try {
-  // Checked before anything starts, with the flag's name in the message.
-  relayUrl(argv.relay, '--relay');
+  // Everything is checked before anything starts; a message names the flag as written, where it
+  // came from (command line, TUNNEL_* variable or config file) and its text.
+  relayUrl(argv.relay, flagLabel('relay'));
   const nameProblem = nodeNameProblem(argv.name);
-  if (nameProblem !== undefined) throw new Error(`--name: ${nameProblem}`);
-  if (argv.directListen !== undefined) listenAddress(argv.directListen, '--direct-listen');
+  if (nameProblem !== undefined) throw new Error(`${flagLabel('name')}: ${nameProblem}`);
+  if (argv.directListen !== undefined) listenAddress(argv.directListen, flagLabel('direct-listen'));
+  const heartbeatTimeout = durationFlag(argv, 'heartbeat-timeout');
   const registry = new ServiceRegistry();
   const forward = (argv.forward ?? []).map((text) => {
     const { name, target } = parseForward(text);
@@ -66,7 +69,7 @@ try {
         users[user] = password;
       }
     } else {
-      log.warn('Hello.Login accepts the demo account alice:secret; set --users or TUNNEL_USERS for real accounts');
+      demoUsers = true;
     }
     registerExamples(registry, users);
   }
@@ -82,26 +85,25 @@ try {
     services: registry,
     forward,
     log,
-    heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout'),
-    reconnectBase: parseDuration(argv.reconnectBase, 'reconnect-base'),
-    reconnectCap: parseDuration(argv.reconnectCap, 'reconnect-cap'),
-    drainTimeout: parseDuration(argv.drainTimeout, 'drain-timeout'),
-    maxReassembly: parseSize(argv.maxReassembly, 'max-reassembly'),
-    streamIdleTimeout: parseDuration(argv.streamIdleTimeout, 'stream-idle-timeout'),
+    heartbeatTimeout,
+    reconnectBase: durationFlag(argv, 'reconnect-base'),
+    reconnectCap: durationFlag(argv, 'reconnect-cap'),
+    drainTimeout: durationFlag(argv, 'drain-timeout'),
+    maxReassembly: sizeFlag(argv, 'max-reassembly'),
+    streamIdleTimeout: durationFlag(argv, 'stream-idle-timeout'),
   });
+  if (argv.directListen !== undefined) direct = new DirectListener(node, log, { maxMessage: DEFAULT_MAX_FRAME, heartbeatTimeout });
 } catch (err) {
-  usageError('tunnel-node', (err as Error).message);
+  usageError('tunnel-node', explainStartError(err, argv, { connections: 'forward-connections' }));
 }
-log.info({ relay: node.url, name: node.name }, 'node starting');
+if (demoUsers) log.warn('Hello.Login accepts the demo account alice:secret; set --users or TUNNEL_USERS for real accounts');
+log.debug({ relay: node.url, node: node.name, labels: argv.label ?? [], directListen: argv.directListen }, 'node starting');
 node.start();
-let direct: DirectListener | undefined;
-if (argv.directListen) {
-  direct = new DirectListener(node, log, { maxMessage: DEFAULT_MAX_FRAME, heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout') });
+if (direct) {
   try {
-    await direct.listen(argv.directListen);
+    await direct.listen(argv.directListen!);
   } catch (err) {
-    log.fatal({ directListen: argv.directListen, err: (err as Error).message }, 'cannot listen for direct callers');
-    process.exit(1);
+    await fatal(log, 'tunnel-node', { directListen: argv.directListen, err: (err as Error).message }, 'cannot listen for direct callers');
   }
 }
 onShutdown(log, async () => {
