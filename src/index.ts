@@ -25,7 +25,7 @@ export { MsgpackRpcPort, type MsgpackRpcPortOptions, type CallerAuthenticator } 
 
 // Node
 export { TunnelNode, type NodeOptions } from './node/node.js';
-export { ForwardedService, parseForward, type ForwardOptions, type ForwardTarget } from './node/forward.js';
+export { ForwardedService, parseForward, type ForwardArgs, type ForwardOptions, type ForwardTarget } from './node/forward.js';
 export { DirectListener, type DirectListenerOptions } from './node/direct.js';
 
 // Caller

@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import { ForwardedService, parseForward } from '../node/forward.js';
+import type { ForwardArgs } from '../node/options.js';
 import { TunnelNode } from '../node/node.js';
 import { parseCredentials } from '../rpc/login.js';
 import { ServiceRegistry } from '../rpc/registry.js';
@@ -18,6 +19,7 @@ const argv = await parse(
   .option('services', { type: 'string', describe: 'ES module whose default export is a map of services or a function (registry) => void; without it and without --forward the built-in examples (Arith, Hello, KV, Server) are served' })
   .option('forward', { type: 'string', array: true, nargs: 1, describe: 'Serve Name by passing its calls to an existing local MessagePack-RPC server (Go net/rpc with ugorji\'s MsgpackSpecRpc, ...): Name=host:port, Name=PORT (127.0.0.1) or Name=unix:/path (repeatable). Its methods are not known in advance: it is announced as Name.*' })
   .option('forward-connections', { type: 'number', default: 2, describe: 'Connections to each --forward server; calls are spread over them' })
+  .option('forward-args', { type: 'string', choices: ['one', 'any'], default: 'one', describe: "Arguments a --forward call may carry: one (Go's net/rpc takes exactly one, a struct; more are refused with BAD_REQUEST) or any (servers that take positional parameters)" })
   .option('users', { type: 'string', describe: 'Accounts for the example Hello.Login, "user:password,user2:password2" (default alice:secret)' })
   .option('label', { type: 'string', array: true, nargs: 1, describe: 'Label key=value announced to the relay (repeatable)' })
   .option('token', { type: 'string', describe: 'Node token, when the relay requires one (prefer TUNNEL_TOKEN: command lines are visible to other users)' })
@@ -56,7 +58,7 @@ try {
   const registry = new ServiceRegistry();
   const forward = (argv.forward ?? []).map((text) => {
     const { name, target } = parseForward(text);
-    return new ForwardedService(name, target, { connections: argv.forwardConnections, log });
+    return new ForwardedService(name, target, { connections: argv.forwardConnections, args: argv.forwardArgs as ForwardArgs, log });
   });
   if (argv.services) {
     await loadServices(argv.services, registry, log);

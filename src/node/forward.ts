@@ -7,7 +7,9 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
 import { ANY_METHOD, Kind, MAX_ID } from '../wire/messages.js';
-import { resolveForwardOptions, type ForwardSettings } from './options.js';
+import { resolveForwardOptions, type ForwardArgs, type ForwardSettings } from './options.js';
+
+export type { ForwardArgs } from './options.js';
 
 /** Where a forwarded service's local MessagePack-RPC server listens. */
 export type ForwardTarget = { host: string; port: number } | { path: string };
@@ -19,6 +21,12 @@ export interface ForwardOptions {
   connectTimeout?: number;
   /** Largest answer accepted from the local server, bytes (default 16 MiB + 64 KiB). */
   maxMessage?: number;
+  /**
+   * `one` (default): a call with more than one argument is refused with BAD_REQUEST, because Go's
+   * net/rpc decodes exactly one (a struct) and would silently answer a zero value. `any` passes every
+   * argument on, for MessagePack-RPC servers that take positional parameters.
+   */
+  args?: ForwardArgs;
   log?: Logger;
 }
 
@@ -82,7 +90,14 @@ export class ForwardedService {
   async call(method: string, params: Uint8Array, ctx: CallContext): Promise<Uint8Array> {
     if (this.closed) throw new TunnelError(ErrorCode.GOING_AWAY, `forwarded service ${this.name} is shutting down`);
     // Checked here, because a bad value sent on would break a connection that other callers share.
-    decodeParams(params);
+    const args = decodeParams(params);
+    if (args.length > 1 && this.opts.args === 'one') {
+      throw new TunnelError(
+        ErrorCode.BAD_REQUEST,
+        `forwarded service ${this.name} follows Go's net/rpc: it takes exactly one argument (a struct as a JSON object, e.g. '{"A":2,"B":3}'); got ${args.length}` +
+          ' (a server that takes several: tunnel-node --forward-args any)',
+      );
+    }
     const upstream = this.pick();
     await upstream.ready(ctx.signal);
     return upstream.call(method, params, ctx.signal);

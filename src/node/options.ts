@@ -50,14 +50,18 @@ export const FORWARD_DEFAULTS = {
   connections: 2,
   connectTimeout: 5_000,
   maxMessage: DEFAULT_MAX_FRAME,
+  args: 'one' as ForwardArgs,
 };
+
+/** How many arguments a forwarded call may carry: Go's net/rpc takes exactly `one`. */
+export type ForwardArgs = 'one' | 'any';
 
 export type ForwardSettings = typeof FORWARD_DEFAULTS;
 
 /** A forwarded service's options over {@link FORWARD_DEFAULTS}, checked. */
 export function resolveForwardOptions<O extends Given<ForwardSettings>>(options: O): O & ForwardSettings {
   const o = withDefaults(FORWARD_DEFAULTS, options);
-  new OptionChecks('ForwardedService', o).count('connections').duration('connectTimeout').bytes('maxMessage');
+  new OptionChecks('ForwardedService', o).count('connections').duration('connectTimeout').bytes('maxMessage').oneOf('args', ['one', 'any']);
   return o;
 }
 

@@ -24,8 +24,9 @@ export class OptionError extends RangeError {
     /** For one option: the value given. */
     readonly value: unknown,
     private readonly explain: (label: (option: string) => string) => string,
+    values: Readonly<Record<string, unknown>> = {},
   ) {
-    super(`${owner} ${explain((o) => `option ${o}`)}`);
+    super(`${owner} ${explain((o) => (o in values ? `option ${o} (${show(values[o])})` : `option ${o}`))}`);
   }
 
   /** One option whose value is not what it `requirement`s. */
@@ -33,12 +34,18 @@ export class OptionError extends RangeError {
     return new OptionError(owner, [option], requirement, value, (label) => `${label(option)} ${requirement}, got ${show(value)}`);
   }
 
-  /** Options that contradict each other; `explain` words the conflict with a label for each. */
-  static conflict(owner: string, options: readonly string[], explain: (label: (option: string) => string) => string): OptionError {
-    return new OptionError(owner, options, undefined, undefined, explain);
+  /**
+   * Options that contradict each other, with their `values`; `explain` words the conflict with a
+   * label for each option (in the message: the option and its value).
+   */
+  static conflict(owner: string, values: Readonly<Record<string, unknown>>, explain: (label: (option: string) => string) => string): OptionError {
+    return new OptionError(owner, Object.keys(values), undefined, undefined, explain, values);
   }
 
-  /** The same problem with each option named by `label` (e.g. the flag that set it, and where from). */
+  /**
+   * The same problem with each option named by `label`: for the CLI, the flag that set it, its text
+   * and where it came from.
+   */
   describe(label: (option: string) => string): string {
     return this.explain(label);
   }
@@ -109,7 +116,7 @@ export class OptionChecks {
     const a = this.get(small) as number;
     const b = this.get(large) as number;
     if (a > b) {
-      throw OptionError.conflict(this.owner, [small, large], (label) => `${label(small)} (${a}) must not exceed ${label(large)} (${b})${why}`);
+      throw OptionError.conflict(this.owner, { [small]: a, [large]: b }, (label) => `${label(small)} must not exceed ${label(large)}${why}`);
     }
     return this;
   }
