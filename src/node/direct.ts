@@ -46,6 +46,9 @@ export class DirectListener {
         done(false, 403, refusal.reason, { 'X-Tunnel-Reason': refusal.reason.replace(/[^\x20-\x7e]/g, '?') });
       },
     });
+    // ws passes the HTTP server's errors on; listen() already rejects with them (EADDRINUSE), so an
+    // unheard copy here must not crash the node.
+    this.wss.on('error', () => undefined);
     this.wss.on('connection', (ws, req) => {
       const address = peerAddress(req.socket);
       // A direct caller is charged like a relay's caller: it may not make the node hold more than
