@@ -17,7 +17,7 @@ const argv = await parse(
 )
   .positional('method', { type: 'string', describe: 'Service.Method to call' })
   .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay address: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port' })
-  .option('timeout', { type: 'string', default: '30s', describe: 'How long to wait for the answer, retries included (500ms, 30s, 2m)' })
+  .option('timeout', { type: 'string', default: '30s', describe: 'How long the whole command may take: connecting, --login and the call, retries included (500ms, 30s, 2m)' })
   .option('login', { type: 'string', describe: 'Log in first on the same connection with "user:password" (calls <Service>.Login; with --all, on every node)' })
   .option('login-method', { type: 'string', describe: 'Method used by --login (default: <Service>.Login of the called method)' })
   .option('node', { type: 'string', describe: 'Only this node may serve the call' })
@@ -30,7 +30,7 @@ const argv = await parse(
   .option('ca', { type: 'string', describe: 'PEM CA certificate to trust for a wss:// relay (a private CA); the system CAs otherwise' })
   .option('insecure', { type: 'boolean', default: false, describe: 'Do not verify the relay certificate (tests only: anyone on the path can impersonate the relay)' })
   .option('json', { type: 'boolean', default: false, describe: 'Print one JSON line on stdout: {"result": ...} or {"error": {code, message}}; with --all {"results": [...]}; with --list {"nodes": [...]}' })
-  .option('log-level', { type: 'string', default: 'warn', describe: 'Least severe log level written to stderr' })
+  .option('log-level', { type: 'string', default: 'warn', describe: 'Least severe log level written to stderr; debug shows the relay, the session, and each call with its milliseconds' })
   .demandCommand(0)
   .check((a) => {
     if (a.list) {
@@ -49,7 +49,7 @@ const argv = await parse(
   .example('$0 --login alice:secret Hello.Hello bob', 'logs in, then calls Hello.Hello on the same connection (and node)')
   .example('$0 --relay relay.example:9090 KV.Set config \'{"v":2}\'', 'JSON arguments')
   .example('$0 --node office-1 Arith.Multiply 2 3', 'only node office-1 may answer')
-  .example('$0 --where region=eu --selector least-pending Arith.Add 1 2', 'the least busy node labelled region=eu')
+  .example('$0 --where region=eu --selector least-pending Arith.Multiply 2 3', 'the least busy node labelled region=eu')
   .example('$0 --all KV.Set config v2', 'every node serving KV.Set; one row per node')
   .example('$0 --list', 'every node, its labels and services')
   .epilog(
