@@ -181,14 +181,15 @@ export function onShutdown(log: Logger, fn: (signal: string) => Promise<void>, s
 }
 
 /**
- * Under `npx` or `npm exec` the command runs below `npm` and a shell, and a SIGTERM sent to `npm`
- * kills them without reaching us: the relay would keep its port, orphaned. There, and only there,
+ * Under `npx`, `npm exec` or `npm run` the command runs below `npm` and a shell, and a SIGTERM sent
+ * to `npm` kills them without reaching us: the relay would keep its port, orphaned. There, and only there,
  * a change of parent process means whoever started us is gone, so `fn` runs as for SIGTERM. Started
  * any other way (systemd, where the parent is 1 from the start; a shell, `nohup`, `setsid`) nothing
  * is watched, so that a command meant to outlive its shell does.
  */
 export function onParentExit(log: Logger, fn: () => void, env: NodeJS.ProcessEnv = process.env): void {
-  if (env.npm_command !== 'exec' && env.npm_command !== 'run-script') return;
+  // npm sets npm_command for what it runs: exec (npx), run, start, test, ...
+  if (env.npm_command === undefined) return;
   const parent = process.ppid;
   const timer = setInterval(() => {
     if (process.ppid === parent) return;
