@@ -100,6 +100,11 @@ try {
 }
 if (demoUsers) log.warn('Hello.Login accepts the demo account alice:secret; set --users or TUNNEL_USERS for real accounts');
 log.debug({ relay: node.url, node: node.name, labels: argv.label ?? [], directListen: argv.directListen }, 'node starting');
+// Signals are handled before anything starts, so that none arrives unhandled.
+onShutdown(log, async () => {
+  await direct?.close();
+  await node.stop();
+});
 node.start();
 if (direct) {
   try {
@@ -108,7 +113,3 @@ if (direct) {
     await fatal(log, 'tunnel-node', { directListen: argv.directListen, err: (err as Error).message }, 'cannot listen for direct callers');
   }
 }
-onShutdown(log, async () => {
-  await direct?.close();
-  await node.stop();
-});

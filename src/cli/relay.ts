@@ -124,6 +124,20 @@ try {
 // The settings in force after flags, environment and config file are merged: what an operator
 // checks first when the relay does not do what they meant. At info, "relay listening" says it started.
 log.debug(settings, 'relay starting');
+// Signals are handled from here on: one that arrives while the ports open must not kill the relay
+// the way an unhandled SIGHUP or SIGTERM would.
+process.on('SIGHUP', () => relay.auth.reload());
+onShutdown(
+  log,
+  async () => {
+    // Calls that arrived on the msgpack-rpc port drain with the rest; its listener closes after.
+    await relay.drain();
+    await rpcPort?.close();
+    log.info('relay stopped');
+  },
+  // SIGHUP rereads the tokens file.
+  ['SIGINT', 'SIGTERM'],
+);
 try {
   await relay.listen();
 } catch (err) {
@@ -138,15 +152,3 @@ if (!relay.auth.nodesNeedAuth) {
   log.warn('no node authentication is configured (--node-token, --tokens or --tls-ca): anyone who reaches this port can register nodes');
 }
 if (!relay.auth.callersNeedAuth) log.warn('callers are not authenticated (--caller-token or caller lines in --tokens): anyone who reaches this port can call');
-process.on('SIGHUP', () => relay.auth.reload());
-onShutdown(
-  log,
-  async () => {
-    // Calls that arrived on the msgpack-rpc port drain with the rest; its listener closes after.
-    await relay.drain();
-    await rpcPort?.close();
-    log.info('relay stopped');
-  },
-  // SIGHUP rereads the tokens file.
-  ['SIGINT', 'SIGTERM'],
-);
