@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs the packed tarball into a fresh strict TypeScript project (skipLibCheck off), type-checks
-# test/consumer/main.ts and the README's library and service examples against it, and runs the
-# program and the library example: the published declarations must stand on their own (no type from
-# one of our devDependencies), the typed stubs' @ts-expect-error lines must be errors, and each
-# program must exit by itself with status 0.
+# Checks what the packed tarball holds, installs it into a fresh strict TypeScript project
+# (skipLibCheck off), type-checks test/consumer/main.ts and the README's library and service
+# examples against it, and runs the program and the library example: the published declarations
+# must stand on their own (no type from one of our devDependencies), the typed stubs'
+# @ts-expect-error lines must be errors, and each program must exit by itself with status 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -14,6 +14,23 @@ trap 'rm -rf "$tmp"' EXIT
 echo "consumer check: packing into $tmp"
 npm pack --pack-destination "$tmp" --silent >/dev/null
 tarball=$(ls "$tmp"/tunnel-rpc-*.tgz)
+
+# What the tarball ships: the library, its declarations, the commands, docs and the licence; no test
+# helpers, benchmarks, or source maps pointing at sources it does not include.
+files=$(tar -tzf "$tarball" | sed 's#^package/##')
+for required in LICENSE README.md package.json bin/tunnel-relay.js bin/tunnel-node.js bin/tunnel-call.js \
+  dist/src/index.js dist/src/index.d.ts dist/src/cli/relay.js certs/make-certs.mjs docs/PROTOCOL.md; do
+  if ! grep -qx "$required" <<<"$files"; then
+    echo "consumer check: the tarball lacks $required" >&2
+    exit 1
+  fi
+done
+if unwanted=$(grep -E '^dist/(test|bench)/|\.map$|^dist/readme-' <<<"$files"); then
+  echo "consumer check: the tarball ships files it should not:" >&2
+  echo "$unwanted" >&2
+  exit 1
+fi
+echo "consumer check: tarball holds $(wc -l <<<"$files") files, none from dist/test or dist/bench, no source maps"
 
 # The same major versions as ours, read from our package.json.
 dev() { node -p "require('$root/package.json').devDependencies['$1']"; }
@@ -42,17 +59,18 @@ cat >tsconfig.json <<'EOF'
 }
 EOF
 cp "$root/test/consumer/main.ts" main.ts
-# README examples as a user would copy them: the first ```ts block under a heading.
+# README examples as a user would copy them: the fenced block after a `<!-- test: NAME -->` marker
+# (test/readme.test.ts runs the same blocks from the checkout).
 readme_block() {
-  awk -v heading="$1" '$0 == heading { section = 1; next } section && /^```ts$/ { inside = 1; next } inside && /^```$/ { exit } inside { print }' \
+  awk -v marker="<!-- test: $1 -->" '$0 == marker { found = 1; next } found && /^```/ && !inside { inside = 1; next } inside && /^```$/ { exit } inside { print }' \
     "$root/README.md" >"$2"
   if [ ! -s "$2" ]; then
-    echo "consumer check: found no \`\`\`ts block under '$1' in README.md" >&2
+    echo "consumer check: found no block marked '<!-- test: $1 -->' in README.md" >&2
     exit 1
   fi
 }
-readme_block '## The library' readme.ts
-readme_block '### Writing services' readme-services.ts
+readme_block library readme.ts
+readme_block service-definition readme-services.ts
 
 echo "consumer check: type-checking with $(npx tsc --version) (strict, skipLibCheck false)"
 npx tsc --noEmit

@@ -25,8 +25,8 @@ export { MsgpackRpcPort, type MsgpackRpcPortOptions, type CallerAuthenticator } 
 
 // Node
 export { TunnelNode, type NodeOptions } from './node/node.js';
-export { ForwardedService, parseForward, type ForwardOptions, type ForwardTarget } from './node/forward.js';
-export { DirectListener } from './node/direct.js';
+export { ForwardedService, parseForward, type ForwardArgs, type ForwardOptions, type ForwardTarget } from './node/forward.js';
+export { DirectListener, type DirectListenerOptions } from './node/direct.js';
 
 // Caller
 export { connect, Client, type ClientOptions, type BroadcastResult, type PresenceWatch } from './client/client.js';
@@ -52,6 +52,7 @@ export { passwordLogin, parseCredentials, secretsEqual, type LoginArgs, type Pas
 
 // Errors
 export { TunnelError, ErrorCode, isTunnelError, type TunnelErrorCode, type WireError } from './errors.js';
+export { OptionError } from './util/options.js';
 
 // Logging and protocol
 export { createLogger, type Logger, type LogLevel } from './util/logger.js';

@@ -1,5 +1,9 @@
+import { once } from 'node:events';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fileURLToPath } from 'node:url';
+import { connect } from '../src/client/client.js';
+import { isTunnelError } from '../src/errors.js';
 import { BIN, killAll, Proc, runCall, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
 
 describe('the three CLIs end to end', () => {
@@ -117,6 +121,65 @@ describe('direct callers', () => {
     expect((await runCall(direct, ['Hello.Hello', 'bob'])).stderr).toContain('NOT_LOGGED_IN');
     // The relay path still works beside it.
     expect((await runCall(relay.addr, ['Arith.Multiply', '4', '5'])).stdout).toBe('20\n');
+  });
+
+  it('answers --list with the node itself and --all with that one node; other Relay methods clearly', async () => {
+    // No relay at all: the node serves its direct port while it keeps trying to reach one.
+    const solo = new Proc(BIN.node, ['--relay', '127.0.0.1:1', '--name', 'solo-1', '--label', 'site=lab', '--direct-listen', '127.0.0.1:0', '--log-level', 'debug']);
+    const port = (await solo.waitForMsg('direct listener ready')).port as number;
+    const direct = `127.0.0.1:${port}`;
+
+    const list = await runCall(direct, ['--list', '--json']);
+    expect(list.code).toBe(0);
+    expect(JSON.parse(list.stdout)).toEqual({
+      nodes: [
+        expect.objectContaining({ name: 'solo-1', labels: { site: 'lab' }, address: direct, draining: false, services: expect.objectContaining({ Arith: ['Divide', 'Multiply'] }) }),
+      ],
+    });
+    expect((await runCall(direct, ['--list'])).stdout).toMatch(/^NODE +STATE +LABELS +ADDRESS .*\nsolo-1 +online +site=lab +127\.0\.0\.1:\d+ /);
+    expect(JSON.parse((await runCall(direct, ['--list', '--json', '--where', 'site=office'])).stdout)).toEqual({ nodes: [] });
+
+    const all = await runCall(direct, ['--all', '--json', 'Arith.Multiply', '2', '3']);
+    expect(all.code).toBe(0);
+    expect(JSON.parse(all.stdout)).toEqual({ results: [{ node: 'solo-1', ok: true, result: 6, ms: expect.any(Number) }] });
+    const failed = await runCall(direct, ['--all', 'Arith.Divide', '1', '0']);
+    expect(failed.code).toBe(1);
+    expect(failed.stdout).toMatch(/^NODE +STATUS +RESULT +MS\nsolo-1 +APP_ERROR +divide by zero +\d+\n0 ok, 1 failed\n$/);
+    expect((await runCall(direct, ['--login', 'alice:secret', '--all', 'Hello.WhoAmI'])).stdout).toMatch(/^NODE .*\nsolo-1 +ok +alice /);
+
+    const watch = await runCall(direct, ['Relay.Watch']);
+    expect(watch.code).toBe(1);
+    expect(watch.stderr).toBe("BAD_REQUEST: Relay.Watch: this is node solo-1's direct port (tunnel-node --direct-listen), not a relay; of the Relay service it answers only Relay.List\n");
+  });
+});
+
+describe('--timeout covers connecting', () => {
+  it('gives up on a relay that accepts TCP and never answers within --timeout, exit 3', async () => {
+    const sockets = new Set<Socket>();
+    const silent = createServer((s) => sockets.add(s));
+    silent.listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    const addr = `127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    try {
+      const started = Date.now();
+      const r = await runCall(addr, ['--timeout', '3s', 'Arith.Multiply', '2', '3']);
+      const took = Date.now() - started;
+      expect(r.code).toBe(3);
+      expect(r.stderr).toBe(
+        `TIMEOUT: cannot connect to relay ws://${addr}/: no WebSocket handshake within 3000 ms (something accepts connections there but does not answer as a relay: a firewall, another program, or a TLS port dialled with ws://?)\n`,
+      );
+      expect(took).toBeGreaterThanOrEqual(3_000);
+      expect(took).toBeLessThan(6_000);
+
+      // The library: connectTimeout follows a shorter timeout.
+      const t0 = Date.now();
+      const err = await connect(addr, { timeout: 1_000 }).catch((e: unknown) => e);
+      expect(isTunnelError(err, 'TIMEOUT')).toBe(true);
+      expect(Date.now() - t0).toBeLessThan(3_000);
+    } finally {
+      for (const s of sockets) s.destroy();
+      silent.close();
+    }
   });
 });
 

@@ -62,7 +62,7 @@ describe('configuration from flags, environment and file', () => {
       ['typo.yaml', 'listen: 127.0.0.1:0\nlisten-adress: 127.0.0.1:0\n', /config file .*typo\.yaml: unknown key "listen-adress"; known keys: admin-listen, .*listen/],
       ['nested.yaml', 'listen:\n  host: 127.0.0.1\n', /key "listen" must be a string or a number/],
       ['broken.json', '{"listen": ', /config file .*broken\.json is not valid JSON/],
-      ['duration.yaml', 'drain-timeout: soon\n', /--drain-timeout must be a duration/],
+      ['duration.yaml', 'drain-timeout: soon\n', /--drain-timeout \(from config file .*duration\.yaml\): must be a duration such as 500ms, 30s or 5m; got "soon"/],
     ];
     for (const [name, text, message] of cases) {
       const proc = new Proc(BIN.relay, ['--listen', '127.0.0.1:0', '--config', file(name, text)]);
@@ -70,6 +70,32 @@ describe('configuration from flags, environment and file', () => {
       expect({ name, code }).toEqual({ name, code: 2 });
       expect(proc.stderr).toMatch(message);
       expect(proc.logs.some((l) => l.msg === 'relay listening')).toBe(false);
+    }
+  });
+
+  it('names the flag, its source and its text for a bad value, before anything is logged', async () => {
+    const camel = file('camel.yaml', 'maxTimeout: soon\n');
+    const count = file('count.yaml', 'max-connections: lots\n');
+    const cases: Array<[string, string[], Record<string, string>, string]> = [
+      [BIN.relay, [], { TUNNEL_MAX_TIMEOUT: 'abc' }, 'tunnel-relay: --max-timeout (from TUNNEL_MAX_TIMEOUT): must be a duration such as 500ms, 30s or 5m; got "abc"'],
+      [BIN.relay, ['--max-timeout=0s'], {}, 'tunnel-relay: --max-timeout: must be a positive number of milliseconds; got "0s"'],
+      [BIN.relay, ['--config', camel], {}, `tunnel-relay: maxTimeout (from config file ${camel}): must be a duration such as 500ms, 30s or 5m; got "soon"`],
+      [BIN.relay, ['--config', count], {}, `tunnel-relay: --max-connections (from config file ${count}): must be a whole number, 1 or more; got "lots"`],
+      [BIN.relay, ['--max-backlog', '8 apples'], {}, 'tunnel-relay: --max-backlog: must be a size such as 16MiB, 512KiB or a number of bytes; got "8 apples"'],
+      [BIN.relay, ['--default-timeout', '10m'], {}, 'tunnel-relay: --default-timeout 10m must not exceed --max-timeout 5m (default)'],
+      [BIN.relay, [], { TUNNEL_MAX_CALLER_IN_FLIGHT: '-3' }, 'tunnel-relay: --max-caller-in-flight (from TUNNEL_MAX_CALLER_IN_FLIGHT): must be a whole number, 1 or more; got "-3"'],
+      [BIN.node, ['--reconnect-base', '1m'], { TUNNEL_RECONNECT_CAP: '2s' }, 'tunnel-node: --reconnect-base 1m must not exceed --reconnect-cap 2s (from TUNNEL_RECONNECT_CAP)'],
+      [BIN.node, [], { TUNNEL_HEARTBEAT_TIMEOUT: '1y' }, 'tunnel-node: --heartbeat-timeout (from TUNNEL_HEARTBEAT_TIMEOUT): must be a duration such as 500ms, 30s or 5m; got "1y"'],
+      [BIN.node, ['--forward', 'Arith=127.0.0.1:1', '--forward-connections', '0'], {}, 'tunnel-node: --forward-connections: must be a whole number, 1 or more; got "0"'],
+      [BIN.call, ['Arith.Multiply', '2', '3'], { TUNNEL_TIMEOUT: 'abc' }, 'tunnel-call: --timeout (from TUNNEL_TIMEOUT): must be a duration such as 500ms, 30s or 5m; got "abc"'],
+    ];
+    for (const [bin, args, env, message] of cases) {
+      // --log-level debug: even the debug lines come only after the checks.
+      const proc = new Proc(bin, ['--log-level', 'debug', ...args], env);
+      const { code } = await proc.exited;
+      expect({ message, code }).toEqual({ message, code: 2 });
+      expect(proc.stderr.split('\n')[0]).toBe(message);
+      expect(proc.logs).toEqual([]);
     }
   });
 });

@@ -1,10 +1,16 @@
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type Client } from '../src/client/client.js';
 import { isTunnelError } from '../src/errors.js';
+import { ForwardedService } from '../src/node/forward.js';
+import { decodeResult, encodeParams } from '../src/rpc/body.js';
+import type { CallContext } from '../src/rpc/context.js';
+import { decode, encode } from '../src/wire/codec.js';
+import { MessagePackFramer } from '../src/wire/framer.js';
 import { buildGo, CI, GO_PACKAGES, goMissing, GoServer, killForeign, runJsonLines, skipNote, type GoPrograms } from './helpers/foreign.js';
 import { BIN, killAll, Proc, runCall, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
 
@@ -23,6 +29,58 @@ describe('tunnel-node --forward flags', () => {
     const { code } = await p.exited;
     expect(code).toBe(2);
     expect(p.stderr).toContain(message);
+  });
+});
+
+describe('the argument count of a forwarded call', () => {
+  let server: Server;
+  let port: number;
+  const sockets = new Set<Socket>();
+  const ctx = { signal: new AbortController().signal } as CallContext;
+
+  beforeAll(async () => {
+    // A MessagePack-RPC server that answers every request with its params: positional, not Go.
+    server = createServer((socket) => {
+      sockets.add(socket);
+      const framer = new MessagePackFramer(1 << 20);
+      socket.on('data', (d: Buffer) => {
+        for (const frame of framer.push(d)) {
+          const [, id, , params] = decode(frame) as [number, number, string, unknown[]];
+          socket.write(encode([1, id, null, params]));
+        }
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    port = (server.address() as AddressInfo).port;
+  });
+  afterAll(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  it("refuses more than one argument by default, as Go's net/rpc would silently answer a zero value", async () => {
+    const goLike = new ForwardedService('Arith', { host: '127.0.0.1', port });
+    try {
+      const err = await goLike.call('Arith.Multiply', encodeParams([6, 7]), ctx).catch((e: unknown) => e);
+      expect(isTunnelError(err, 'BAD_REQUEST')).toBe(true);
+      expect((err as Error).message).toBe(
+        `forwarded service Arith follows Go's net/rpc: it takes exactly one argument (a struct as a JSON object, e.g. '{"A":2,"B":3}'); got 2 (a server that takes several: tunnel-node --forward-args any)`,
+      );
+      // One argument, and none, pass.
+      expect(decodeResult(await goLike.call('Arith.Multiply', encodeParams([{ A: 6, B: 7 }]), ctx))).toEqual([{ A: 6, B: 7 }]);
+      expect(decodeResult(await goLike.call('Server.Ping', encodeParams([]), ctx))).toEqual([]);
+    } finally {
+      goLike.close();
+    }
+  });
+
+  it('passes every argument with args: any', async () => {
+    const positional = new ForwardedService('Calc', { host: '127.0.0.1', port }, { args: 'any' });
+    try {
+      expect(decodeResult(await positional.call('Calc.Add', encodeParams([1, 2, 3]), ctx))).toEqual([1, 2, 3]);
+    } finally {
+      positional.close();
+    }
   });
 });
 
@@ -72,6 +130,11 @@ describe.skipIf(goReason !== undefined && !CI)('tunnel-node --forward to a Go ne
     expect(zero.stderr).toBe('APP_ERROR: divide by zero\n');
     const ping = await runCall(relay.addr, ['Server.Ping']);
     expect(ping.stdout).toBe('pong\n');
+    // Go's net/rpc takes one argument: positional ones are refused instead of answering 0.
+    const positional = await runCall(relay.addr, ['Arith.Multiply', '6', '7']);
+    expect(positional.code).toBe(1);
+    expect(positional.stdout).toBe('');
+    expect(positional.stderr).toMatch(/^BAD_REQUEST: forwarded service Arith follows Go's net\/rpc: it takes exactly one argument .*; got 2 /);
     const missing = await runCall(relay.addr, ['Arith.Power', '{"X":1,"Y":0}']);
     expect(missing.stderr).toBe('APP_ERROR: rpc: can\'t find method Arith.Power\n');
     // The same node still serves its own TypeScript service.

@@ -2,9 +2,9 @@ import { connect, type Client } from '../client/client.js';
 import type { CallOptions, Selector } from '../client/options.js';
 import { ErrorCode, TunnelError } from '../errors.js';
 import { SELECTORS } from '../relay/selectors.js';
-import { parseDuration } from '../util/units.js';
 import { relayUrl } from '../util/address.js';
-import { command, keyValues, parse, logger, PRECEDENCE, usageError } from './common.js';
+import { command, durationFlag, exitAfter, flagLabel, keyValues, logger, onParentExit, parse, PRECEDENCE, usageError } from './common.js';
+import { RelayMethod } from '../wire/presence.js';
 import { broadcastJson, formatBroadcast, formatNodes, toJson } from './fleet-output.js';
 
 /** Exit codes, documented in --help. */
@@ -17,7 +17,7 @@ const argv = await parse(
 )
   .positional('method', { type: 'string', describe: 'Service.Method to call' })
   .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay address: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port' })
-  .option('timeout', { type: 'string', default: '30s', describe: 'How long to wait for the answer, retries included (500ms, 30s, 2m)' })
+  .option('timeout', { type: 'string', default: '30s', describe: 'How long the whole command may take: connecting, --login and the call, retries included (500ms, 30s, 2m)' })
   .option('login', { type: 'string', describe: 'Log in first on the same connection with "user:password" (calls <Service>.Login; with --all, on every node)' })
   .option('login-method', { type: 'string', describe: 'Method used by --login (default: <Service>.Login of the called method)' })
   .option('node', { type: 'string', describe: 'Only this node may serve the call' })
@@ -30,7 +30,7 @@ const argv = await parse(
   .option('ca', { type: 'string', describe: 'PEM CA certificate to trust for a wss:// relay (a private CA); the system CAs otherwise' })
   .option('insecure', { type: 'boolean', default: false, describe: 'Do not verify the relay certificate (tests only: anyone on the path can impersonate the relay)' })
   .option('json', { type: 'boolean', default: false, describe: 'Print one JSON line on stdout: {"result": ...} or {"error": {code, message}}; with --all {"results": [...]}; with --list {"nodes": [...]}' })
-  .option('log-level', { type: 'string', default: 'warn', describe: 'Least severe log level written to stderr' })
+  .option('log-level', { type: 'string', default: 'warn', describe: 'Least severe log level written to stderr; debug shows the relay, the session, and each call with its milliseconds' })
   .demandCommand(0)
   .check((a) => {
     if (a.list) {
@@ -49,7 +49,7 @@ const argv = await parse(
   .example('$0 --login alice:secret Hello.Hello bob', 'logs in, then calls Hello.Hello on the same connection (and node)')
   .example('$0 --relay relay.example:9090 KV.Set config \'{"v":2}\'', 'JSON arguments')
   .example('$0 --node office-1 Arith.Multiply 2 3', 'only node office-1 may answer')
-  .example('$0 --where region=eu --selector least-pending Arith.Add 1 2', 'the least busy node labelled region=eu')
+  .example('$0 --where region=eu --selector least-pending Arith.Multiply 2 3', 'the least busy node labelled region=eu')
   .example('$0 --all KV.Set config v2', 'every node serving KV.Set; one row per node')
   .example('$0 --list', 'every node, its labels and services')
   .epilog(
@@ -64,8 +64,9 @@ const log = logger('tunnel-call', argv.logLevel);
 let timeout: number;
 let where: Record<string, string> | undefined;
 try {
-  relayUrl(argv.relay, '--relay');
-  timeout = parseDuration(argv.timeout, 'timeout');
+  relayUrl(argv.relay, flagLabel('relay'));
+  timeout = durationFlag(argv, 'timeout');
+  if (timeout === 0) throw new Error(`${flagLabel('timeout')}: must be more than 0; got ${JSON.stringify(argv.timeout)}`);
   if (argv.where !== undefined) where = keyValues(argv.where, 'where');
 } catch (err) {
   usageError('tunnel-call', (err as Error).message);
@@ -86,60 +87,79 @@ function print(value: unknown): string {
   return typeof value === 'string' ? value : toJson(value);
 }
 
-function fail(err: unknown, exitCode: number): never {
+function fail(err: unknown, exitCode: number): Promise<never> {
   const e = err instanceof TunnelError ? err : TunnelError.from(err);
-  if (argv.json) process.stdout.write(`${JSON.stringify({ error: { code: e.code, message: e.message } })}\n`);
-  else process.stderr.write(`${e.code}: ${e.message}\n`);
-  process.exit(exitCode);
+  if (argv.json) return exitAfter(exitCode, { stdout: `${JSON.stringify({ error: { code: e.code, message: e.message } })}\n` });
+  return exitAfter(exitCode, { stderr: `${e.code}: ${e.message}\n` });
 }
 
-let client: Client;
-try {
-  client = await connect(argv.relay, { timeout, token: argv.token, ca: argv.ca, insecure: argv.insecure, log });
-} catch (err) {
-  fail(err, EXIT.UNREACHABLE);
-}
+// --timeout bounds the whole command: connecting, --login and the call.
+const started = performance.now();
+const left = () => Math.max(1, Math.round(timeout - (performance.now() - started)));
+
+log.debug({ relay: relayUrl(argv.relay, '--relay'), timeoutMs: timeout }, 'connecting');
+const client: Client = await connect(argv.relay, { timeout, connectTimeout: timeout, token: argv.token, ca: argv.ca, insecure: argv.insecure, log }).catch((err: unknown) =>
+  fail(err, EXIT.UNREACHABLE),
+);
+// A node's direct port (tunnel-node --direct-listen) serves every call itself; through a relay the
+// node is known only when --node names it (the relay does not say which node answered).
+const direct = /^tunnel-node\/(.+)$/.exec(client.server)?.[1];
+const servedBy = direct ?? argv.node;
 
 const controller = new AbortController();
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
   process.once(signal, () => {
     controller.abort();
     setTimeout(() => process.exit(EXIT.INTERRUPTED), 200).unref();
   });
 }
+onParentExit(log, () => controller.abort());
 
 client.on('retry', (r: { method: string; attempt: number; delay: number; error: TunnelError }) => {
   log.warn({ method: r.method, attempt: r.attempt, delayMs: r.delay, reason: r.error.message }, 'retrying after NODE_LOST');
 });
 
+/** Runs one request and logs what the caller knows of it at debug: method, milliseconds, node. */
+async function timed<T>(what: string, run: () => Promise<T>, detail: (result: T) => Record<string, unknown> = () => ({})): Promise<T> {
+  const t0 = performance.now();
+  try {
+    const result = await run();
+    log.debug({ method: what, ms: Math.round(performance.now() - t0), ...(servedBy ? { node: servedBy } : {}), ...detail(result) }, 'call answered');
+    return result;
+  } catch (err) {
+    const code = err instanceof TunnelError ? err.code : undefined;
+    log.debug({ method: what, ms: Math.round(performance.now() - t0), ...(servedBy ? { node: servedBy } : {}), code }, 'call failed');
+    throw err;
+  }
+}
+
 try {
   if (argv.list) {
-    const nodes = await client.nodes({ timeout, ...(where ? { where } : {}) });
-    process.stdout.write(argv.json ? `${toJson({ nodes })}\n` : `${formatNodes(nodes)}\n`);
+    const nodes = await timed(RelayMethod.LIST, () => client.nodes({ timeout: left(), ...(where ? { where } : {}) }), (n) => ({ nodes: n.length }));
     await client.close();
-    process.exit(EXIT.OK);
+    await exitAfter(EXIT.OK, { stdout: argv.json ? `${toJson({ nodes })}\n` : `${formatNodes(nodes)}\n` });
   }
-  const options: CallOptions = { timeout, signal: controller.signal };
+  const options: CallOptions = { signal: controller.signal };
   if (argv.node !== undefined) options.node = argv.node;
   if (where) options.where = where;
   if (argv.selector !== undefined) options.selector = argv.selector as Selector;
   if (argv.retry > 0) options.retry = argv.retry;
   const loginMethod = argv.loginMethod ?? `${method.slice(0, method.lastIndexOf('.'))}.Login`;
   if (argv.all) {
-    const bopts = { timeout, signal: controller.signal, ...(where ? { where } : {}) };
+    const bopts = () => ({ timeout: left(), signal: controller.signal, ...(where ? { where } : {}) });
     // Logging in on every node first; a node where it fails answers the call with NOT_LOGGED_IN.
-    if (argv.login) await client.broadcast(loginMethod, [argv.login], bopts);
-    const results = await client.broadcast(method, args, bopts);
-    process.stdout.write(argv.json ? `${toJson({ results: broadcastJson(results) })}\n` : `${formatBroadcast(results)}\n`);
+    if (argv.login) await timed(loginMethod, () => client.broadcast(loginMethod, [argv.login], bopts()));
+    const results = await timed(method, () => client.broadcast(method, args, bopts()), (r) => ({ nodes: r.map((e) => `${e.node}:${e.ok ? 'ok' : e.error.code}:${e.ms}ms`) }));
     await client.close();
-    process.exit(results.every((r) => r.ok) ? EXIT.OK : EXIT.CALL_FAILED);
+    await exitAfter(results.every((r) => r.ok) ? EXIT.OK : EXIT.CALL_FAILED, {
+      stdout: argv.json ? `${toJson({ results: broadcastJson(results) })}\n` : `${formatBroadcast(results)}\n`,
+    });
   }
-  if (argv.login) await client.request(loginMethod, [argv.login], options);
-  const result = await client.request(method, args, options);
-  process.stdout.write(argv.json ? `${toJson({ result })}\n` : `${print(result)}\n`);
+  if (argv.login) await timed(loginMethod, () => client.request(loginMethod, [argv.login], { ...options, timeout: left() }));
+  const result = await timed(method, () => client.request(method, args, { ...options, timeout: left() }));
   await client.close();
-  process.exit(EXIT.OK);
+  await exitAfter(EXIT.OK, { stdout: argv.json ? `${toJson({ result })}\n` : `${print(result)}\n` });
 } catch (err) {
   const code = err instanceof TunnelError && err.code === ErrorCode.CANCELLED ? EXIT.INTERRUPTED : EXIT.CALL_FAILED;
-  fail(err, code);
+  await fail(err, code);
 }

@@ -16,9 +16,10 @@ const NOT_IN_FILE = new Set(['config', 'help', 'version']);
 /**
  * Reads a `--config` file, YAML (`.yaml`, `.yml`) or JSON (`.json`), whose keys are flag names
  * (`heartbeat-timeout` or `heartbeatTimeout`). Every key and value is checked here, so that a typo
- * fails at start with the file and the key named instead of being ignored.
+ * fails at start with the file and the key named instead of being ignored. `onValue` hears each
+ * key, so that a value found bad later (a duration, a number) can be traced to this file.
  */
-export function loadConfigFile(path: string, schema: FlagSchema): Record<string, unknown> {
+export function loadConfigFile(path: string, schema: FlagSchema, onValue?: (flag: string, key: string, value: unknown) => void): Record<string, unknown> {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -44,6 +45,7 @@ export function loadConfigFile(path: string, schema: FlagSchema): Record<string,
       throw new Error(`config file ${path}: unknown key "${key}"; known keys: ${known}`);
     }
     out[flag] = checkValue(path, key, value, schema.arrays.has(flag), schema.booleans.has(flag));
+    onValue?.(flag, key, value);
   }
   return out;
 }

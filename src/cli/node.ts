@@ -1,11 +1,11 @@
 import { hostname } from 'node:os';
 import { ForwardedService, parseForward } from '../node/forward.js';
+import type { ForwardArgs } from '../node/options.js';
 import { relayUrls, TunnelNode } from '../node/node.js';
 import { parseCredentials } from '../rpc/login.js';
 import { ServiceRegistry } from '../rpc/registry.js';
 import { DEMO_USERS, registerExamples } from '../services/index.js';
-import { parseDuration, parseSize } from '../util/units.js';
-import { command, parse, keyValues, logger, onShutdown, PRECEDENCE, usageError } from './common.js';
+import { command, durationFlag, explainStartError, fatal, flagLabel, keyValues, logger, onShutdown, parse, PRECEDENCE, sizeFlag, usageError } from './common.js';
 import { loadServices } from './load-services.js';
 import { DirectListener } from '../node/direct.js';
 import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
@@ -19,6 +19,7 @@ const argv = await parse(
   .option('services', { type: 'string', describe: 'ES module whose default export is a map of services or a function (registry) => void; without it and without --forward the built-in examples (Arith, Hello, KV, Server) are served' })
   .option('forward', { type: 'string', array: true, nargs: 1, describe: 'Serve Name by passing its calls to an existing local MessagePack-RPC server (Go net/rpc with ugorji\'s MsgpackSpecRpc, ...): Name=host:port, Name=PORT (127.0.0.1) or Name=unix:/path (repeatable). Its methods are not known in advance: it is announced as Name.*' })
   .option('forward-connections', { type: 'number', default: 2, describe: 'Connections to each --forward server; calls are spread over them' })
+  .option('forward-args', { type: 'string', choices: ['one', 'any'], default: 'one', describe: "Arguments a --forward call may carry: one (Go's net/rpc takes exactly one, a struct; more are refused with BAD_REQUEST) or any (servers that take positional parameters)" })
   .option('users', { type: 'string', describe: 'Accounts for the example Hello.Login, "user:password,user2:password2" (default alice:secret)' })
   .option('label', { type: 'string', array: true, nargs: 1, describe: 'Label key=value announced to the relay (repeatable)' })
   .option('token', { type: 'string', describe: 'Node token, when the relay requires one (prefer TUNNEL_TOKEN: command lines are visible to other users)' })
@@ -45,16 +46,20 @@ const argv = await parse(
 
 const log = logger('tunnel-node', argv.logLevel);
 let node: TunnelNode;
+let direct: DirectListener | undefined;
+let demoUsers = false;
 try {
-  // Checked before anything starts, with the flag's name in the message.
-  const relays = relayUrls(argv.relay.flatMap((r) => String(r).split(',').map((part) => part.trim())), '--relay');
+  // Everything is checked before anything starts; a message names the flag as written, where it
+  // came from (command line, TUNNEL_* variable or config file) and its text.
+  const relays = relayUrls(argv.relay.flatMap((r) => String(r).split(',').map((part) => part.trim())), flagLabel('relay'));
   const nameProblem = nodeNameProblem(argv.name);
-  if (nameProblem !== undefined) throw new Error(`--name: ${nameProblem}`);
-  if (argv.directListen !== undefined) listenAddress(argv.directListen, '--direct-listen');
+  if (nameProblem !== undefined) throw new Error(`${flagLabel('name')}: ${nameProblem}`);
+  if (argv.directListen !== undefined) listenAddress(argv.directListen, flagLabel('direct-listen'));
+  const heartbeatTimeout = durationFlag(argv, 'heartbeat-timeout');
   const registry = new ServiceRegistry();
   const forward = (argv.forward ?? []).map((text) => {
     const { name, target } = parseForward(text);
-    return new ForwardedService(name, target, { connections: argv.forwardConnections, log });
+    return new ForwardedService(name, target, { connections: argv.forwardConnections, args: argv.forwardArgs as ForwardArgs, log });
   });
   if (argv.services) {
     await loadServices(argv.services, registry, log);
@@ -67,7 +72,7 @@ try {
         users[user] = password;
       }
     } else {
-      log.warn('Hello.Login accepts the demo account alice:secret; set --users or TUNNEL_USERS for real accounts');
+      demoUsers = true;
     }
     registerExamples(registry, users);
   }
@@ -83,29 +88,29 @@ try {
     services: registry,
     forward,
     log,
-    heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout'),
-    reconnectBase: parseDuration(argv.reconnectBase, 'reconnect-base'),
-    reconnectCap: parseDuration(argv.reconnectCap, 'reconnect-cap'),
-    drainTimeout: parseDuration(argv.drainTimeout, 'drain-timeout'),
-    maxReassembly: parseSize(argv.maxReassembly, 'max-reassembly'),
-    streamIdleTimeout: parseDuration(argv.streamIdleTimeout, 'stream-idle-timeout'),
+    heartbeatTimeout,
+    reconnectBase: durationFlag(argv, 'reconnect-base'),
+    reconnectCap: durationFlag(argv, 'reconnect-cap'),
+    drainTimeout: durationFlag(argv, 'drain-timeout'),
+    maxReassembly: sizeFlag(argv, 'max-reassembly'),
+    streamIdleTimeout: durationFlag(argv, 'stream-idle-timeout'),
   });
+  if (argv.directListen !== undefined) direct = new DirectListener(node, log, { maxMessage: DEFAULT_MAX_FRAME, heartbeatTimeout });
 } catch (err) {
-  usageError('tunnel-node', (err as Error).message);
+  usageError('tunnel-node', explainStartError(err, argv, { connections: 'forward-connections' }));
 }
-log.info({ relay: node.url, relays: node.urls, name: node.name }, 'node starting');
-node.start();
-let direct: DirectListener | undefined;
-if (argv.directListen) {
-  direct = new DirectListener(node, log, { maxMessage: DEFAULT_MAX_FRAME, heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout') });
-  try {
-    await direct.listen(argv.directListen);
-  } catch (err) {
-    log.fatal({ directListen: argv.directListen, err: (err as Error).message }, 'cannot listen for direct callers');
-    process.exit(1);
-  }
-}
+if (demoUsers) log.warn('Hello.Login accepts the demo account alice:secret; set --users or TUNNEL_USERS for real accounts');
+log.debug({ relay: node.url, relays: node.urls, node: node.name, labels: argv.label ?? [], directListen: argv.directListen }, 'node starting');
+// Signals are handled before anything starts, so that none arrives unhandled.
 onShutdown(log, async () => {
   await direct?.close();
   await node.stop();
 });
+node.start();
+if (direct) {
+  try {
+    await direct.listen(argv.directListen!);
+  } catch (err) {
+    await fatal(log, 'tunnel-node', { directListen: argv.directListen, err: (err as Error).message }, 'cannot listen for direct callers');
+  }
+}

@@ -7,8 +7,7 @@ import { SELECTORS, type SelectorName } from '../relay/selectors.js';
 import { LIMIT_DEFAULTS } from '../relay/limits.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
 import { listenAddress } from '../util/address.js';
-import { parseDuration, parseSize } from '../util/units.js';
-import { command, parse, logger, onShutdown, PRECEDENCE, usageError } from './common.js';
+import { command, durationFlag, explainStartError, fatal, flagLabel, logger, onShutdown, parse, PRECEDENCE, sizeFlag, usageError } from './common.js';
 
 const D = LIMIT_DEFAULTS;
 const argv = await parse(
@@ -91,27 +90,29 @@ function clusterOptions(): { cluster?: ClusterOptions } {
 }
 let relay: Relay;
 let rpcPort: MsgpackRpcPort | undefined;
+let settings: Record<string, unknown>;
 try {
-  // Checked before anything starts, with the flag's name in the message.
-  listenAddress(argv.listen, '--listen');
-  if (argv.adminListen !== undefined) listenAddress(argv.adminListen, '--admin-listen');
-  if (argv.msgpackRpcListen !== undefined) listenAddress(argv.msgpackRpcListen, '--msgpack-rpc-listen');
+  // Everything is checked before anything starts; a message names the flag as written, where it
+  // came from (command line, TUNNEL_* variable or config file) and its text.
+  listenAddress(argv.listen, flagLabel('listen'));
+  if (argv.adminListen !== undefined) listenAddress(argv.adminListen, flagLabel('admin-listen'));
+  if (argv.msgpackRpcListen !== undefined) listenAddress(argv.msgpackRpcListen, flagLabel('msgpack-rpc-listen'));
   const browsers = { allowOrigin: argv.allowOrigin ?? [], allowHost: argv.allowHost ?? [] };
-  new BrowserPolicy(browsers, { allowOrigin: '--allow-origin', allowHost: '--allow-host' });
-  const maxMessage = parseSize(argv.maxMessage, 'max-message');
+  new BrowserPolicy(browsers, { allowOrigin: flagLabel('allow-origin'), allowHost: flagLabel('allow-host') });
+  const maxMessage = sizeFlag(argv, 'max-message');
   const options = {
     listen: argv.listen,
-    heartbeatTimeout: parseDuration(argv.heartbeatTimeout, 'heartbeat-timeout'),
-    helloTimeout: parseDuration(argv.helloTimeout, 'hello-timeout'),
-    defaultTimeout: parseDuration(argv.defaultTimeout, 'default-timeout'),
-    maxTimeout: parseDuration(argv.maxTimeout, 'max-timeout'),
+    heartbeatTimeout: durationFlag(argv, 'heartbeat-timeout'),
+    helloTimeout: durationFlag(argv, 'hello-timeout'),
+    defaultTimeout: durationFlag(argv, 'default-timeout'),
+    maxTimeout: durationFlag(argv, 'max-timeout'),
     maxMessage,
     selector: argv.selector as SelectorName,
     adminListen: argv.adminListen,
     requireNode: argv.requireNode ?? [],
     requireService: argv.requireService ?? [],
     ...browsers,
-    drainTimeout: parseDuration(argv.drainTimeout, 'drain-timeout'),
+    drainTimeout: durationFlag(argv, 'drain-timeout'),
     msgpackRpcListen: argv.msgpackRpcListen,
     tlsCert: argv.tlsCert,
     tlsKey: argv.tlsKey,
@@ -123,19 +124,17 @@ try {
     maxNodeInFlight: argv.maxNodeInFlight,
     maxLoginFailures: argv.maxLoginFailures,
     maxLoginFailuresPerAddress: argv.maxLoginFailuresPerAddress,
-    loginFailureWindow: parseDuration(argv.loginFailureWindow, 'login-failure-window'),
+    loginFailureWindow: durationFlag(argv, 'login-failure-window'),
     maxConnectionsPerAddress: argv.maxConnectionsPerAddress,
-    maxReassembly: parseSize(argv.maxReassembly, 'max-reassembly'),
-    streamIdleTimeout: parseDuration(argv.streamIdleTimeout, 'stream-idle-timeout'),
+    maxReassembly: sizeFlag(argv, 'max-reassembly'),
+    streamIdleTimeout: durationFlag(argv, 'stream-idle-timeout'),
     maxConnections: argv.maxConnections,
-    maxBacklog: parseSize(argv.maxBacklog, 'max-backlog'),
-    slowConsumerTimeout: parseDuration(argv.slowConsumerTimeout, 'slow-consumer-timeout'),
+    maxBacklog: sizeFlag(argv, 'max-backlog'),
+    slowConsumerTimeout: durationFlag(argv, 'slow-consumer-timeout'),
     relayName: argv.relayName,
     ...clusterOptions(),
   };
-  const msgpackRpcIdleTimeout = parseDuration(argv.msgpackRpcIdleTimeout, 'msgpack-rpc-idle-timeout');
-  // The settings in force after flags, environment and config file are merged: what an operator checks first.
-  log.info({ ...options, cluster: options.cluster ? { ...options.cluster, password: options.cluster.password && '[redacted]', token: options.cluster.token && '[redacted]' } : undefined, msgpackRpcIdleTimeout }, 'relay starting');
+  const msgpackRpcIdleTimeout = durationFlag(argv, 'msgpack-rpc-idle-timeout');
   relay = new Relay({ ...options, log });
   if (argv.msgpackRpcListen !== undefined) {
     // The same certificate as the WebSocket port; caller tokens, connection limits and backlog come
@@ -149,29 +148,38 @@ try {
       ...(argv.tlsCert && argv.tlsKey ? { tls: { cert: readFileSync(argv.tlsCert), key: readFileSync(argv.tlsKey) } } : {}),
     });
   }
+  settings = { ...options, msgpackRpcIdleTimeout };
 } catch (err) {
-  usageError('tunnel-relay', (err as Error).message);
+  usageError('tunnel-relay', explainStartError(err, argv, { idleTimeout: 'msgpack-rpc-idle-timeout' }));
 }
+// The settings in force after flags, environment and config file are merged: what an operator
+// checks first when the relay does not do what they meant. At info, "relay listening" says it started.
+log.debug(settings, 'relay starting');
+// Signals are handled from here on: one that arrives while the ports open must not kill the relay
+// the way an unhandled SIGHUP or SIGTERM would.
+process.on('SIGHUP', () => relay.auth.reload());
+onShutdown(
+  log,
+  async () => {
+    // Calls that arrived on the msgpack-rpc port drain with the rest; its listener closes after.
+    await relay.drain();
+    await rpcPort?.close();
+    log.info('relay stopped');
+  },
+  // SIGHUP rereads the tokens file.
+  ['SIGINT', 'SIGTERM'],
+);
 try {
   await relay.listen();
 } catch (err) {
-  log.fatal({ listen: argv.listen, err: (err as Error).message }, 'cannot listen');
-  process.exit(1);
+  await fatal(log, 'tunnel-relay', { listen: argv.listen, err: (err as Error).message }, 'cannot listen');
 }
 try {
   await rpcPort?.listen();
 } catch (err) {
-  log.fatal({ listen: argv.msgpackRpcListen, err: (err as Error).message }, 'cannot listen for msgpack-rpc');
-  process.exit(1);
+  await fatal(log, 'tunnel-relay', { msgpackRpcListen: argv.msgpackRpcListen, err: (err as Error).message }, 'cannot listen for msgpack-rpc');
 }
 if (!relay.auth.nodesNeedAuth) {
   log.warn('no node authentication is configured (--node-token, --tokens or --tls-ca): anyone who reaches this port can register nodes');
 }
 if (!relay.auth.callersNeedAuth) log.warn('callers are not authenticated (--caller-token or caller lines in --tokens): anyone who reaches this port can call');
-process.on('SIGHUP', () => relay.auth.reload());
-onShutdown(log, async () => {
-  // Calls that arrived on the msgpack-rpc port drain with the rest; its listener closes after.
-  await relay.drain();
-  await rpcPort?.close();
-  log.info('relay stopped');
-});

@@ -7,16 +7,16 @@ import { relayUrl } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
 import { dial, loadClientTls, type ClientTlsOptions, type Refusal } from '../wire/dial.js';
-import { cancel, DEFAULT_MAX_FRAME, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
+import { cancel, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
 import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent, type WireBroadcastEntry } from '../wire/presence.js';
-import { isCallOptions, type BroadcastOptions, type BroadcastResult, type CallOptions } from './options.js';
+import { isCallOptions, resolveClientOptions, type BroadcastOptions, type BroadcastResult, type CallOptions, type ClientSettings } from './options.js';
 import { serviceStub, type ServiceStub, type UntypedService } from './stub.js';
 
 export interface ClientOptions extends ClientTlsOptions {
   /** Default milliseconds a call may take (default 30 000). */
   timeout?: number;
-  /** Milliseconds to reach the relay and be welcomed (default 10 000). */
+  /** Milliseconds to reach the relay and be welcomed (default 10 000, or `timeout` when that is shorter). */
   connectTimeout?: number;
   /** Caller token, when the relay asks for one. */
   token?: string;
@@ -26,13 +26,6 @@ export interface ClientOptions extends ClientTlsOptions {
   heartbeatTimeout?: number;
   log?: Logger;
 }
-
-const DEFAULTS = {
-  timeout: 30_000,
-  connectTimeout: 10_000,
-  maxMessage: DEFAULT_MAX_FRAME,
-  heartbeatTimeout: 30_000,
-};
 
 /** Backoff between retries of a NODE_LOST call: full jitter below min(cap, base·2ⁿ). */
 const RETRY_BASE = 100;
@@ -69,6 +62,11 @@ interface PendingCall extends Expiring {
 export class Client extends EventEmitter {
   /** Session id the relay gave this connection. */
   readonly session: string;
+  /**
+   * What welcomed this connection: `tunnel-relay/<version>`, or `tunnel-node/<name>` for a node's
+   * direct port (`tunnel-node --direct-listen`), where every call is served by that node.
+   */
+  readonly server: string;
   private readonly conn: Connection;
   private readonly pending = new PendingTable<PendingCall>();
   private readonly deadlines = new DeadlineWheel<PendingCall>((call) => this.expire(call.id));
@@ -79,10 +77,11 @@ export class Client extends EventEmitter {
   private goingAway: TunnelError | undefined;
 
   /** @internal use {@link connect} */
-  constructor(conn: Connection, session: string, defaultTimeout: number, maxMessage: number) {
+  constructor(conn: Connection, session: string, defaultTimeout: number, maxMessage: number, server = '') {
     super();
     this.conn = conn;
     this.session = session;
+    this.server = server;
     this.defaultTimeout = defaultTimeout;
     this.maxMessage = maxMessage;
     this.downloads = new Reassembly<PendingCall>(maxMessage);
@@ -378,14 +377,15 @@ function pause(ms: number, method: string, signal: AbortSignal | undefined): Pro
  * connection; a malformed address rejects at once, naming it.
  */
 export function connect(relay: string, options: ClientOptions = {}): Promise<Client> {
-  const opts = { ...DEFAULTS, ...options };
-  const log = opts.log ?? silentLogger;
+  let opts: ClientOptions & ClientSettings;
   let url: string;
   try {
+    opts = resolveClientOptions(options);
     url = relayUrl(relay, 'connect() relay');
   } catch (err) {
     return Promise.reject(err as Error);
   }
+  const log = opts.log ?? silentLogger;
   return new Promise<Client>((resolve, reject) => {
     const headers: Record<string, string> = {};
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
@@ -397,9 +397,11 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
       return;
     }
     let refused: Refusal | undefined;
+    const started = performance.now();
     const ws = dial(url, {
       maxMessage: opts.maxMessage,
-      handshakeTimeout: opts.connectTimeout,
+      // Our own timer below gives the reason; this one only frees the socket if that one did not.
+      handshakeTimeout: opts.connectTimeout + 1_000,
       headers,
       tls,
       onRefused: (r) => {
@@ -407,15 +409,14 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
       },
     });
     let lastError = '';
-    const fail = (err: TunnelError) => {
-      clearTimeout(timer);
+    let opened = false;
+    const timer = setTimeout(() => {
+      const why = opened
+        ? `the WebSocket opened but no welcome came within ${opts.connectTimeout} ms`
+        : `no WebSocket handshake within ${opts.connectTimeout} ms (something accepts connections there but does not answer as a relay: a firewall, another program, or a TLS port dialled with ws://?)`;
       conn.terminate();
-      reject(err);
-    };
-    const timer = setTimeout(
-      () => fail(new TunnelError(ErrorCode.CONNECTION_CLOSED, `relay ${url} did not welcome us within ${opts.connectTimeout} ms`)),
-      opts.connectTimeout,
-    );
+      reject(new TunnelError(ErrorCode.TIMEOUT, `cannot connect to relay ${url}: ${why}`));
+    }, opts.connectTimeout);
     ws.on('error', (err) => {
       lastError = err.message;
     });
@@ -427,7 +428,9 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
           clearTimeout(timer);
           if (typeof m.welcome.version === 'number') conn.peerVersion = m.welcome.version;
           const limit = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : opts.maxMessage;
-          resolve(new Client(conn, String(m.welcome.session ?? ''), opts.timeout, limit));
+          const client = new Client(conn, String(m.welcome.session ?? ''), opts.timeout, limit, String(m.welcome.relay ?? ''));
+          log.debug({ url, server: client.server, session: client.session, maxMessage: limit, ms: Math.round(performance.now() - started) }, 'connected');
+          resolve(client);
         },
         close(code, reason) {
           clearTimeout(timer);
@@ -444,6 +447,7 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
       { log, heartbeatTimeout: opts.heartbeatTimeout, maxFrame: opts.maxMessage },
     );
     ws.on('open', () => {
+      opened = true;
       const h: Parameters<typeof hello>[0] = { version: PROTOCOL_VERSION, role: 'caller' };
       if (opts.token) h.token = opts.token;
       conn.send(hello(h));

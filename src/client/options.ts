@@ -1,4 +1,7 @@
 import type { TunnelError } from '../errors.js';
+import { OptionChecks, withDefaults } from '../util/options.js';
+import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
+
 /** How the relay picks a node for a call that names none (the relay's `--selector` is the default). */
 export type Selector = 'round-robin' | 'random' | 'least-pending';
 
@@ -58,3 +61,34 @@ export function isCallOptions(value: unknown): value is CallOptions {
 export type BroadcastResult<R = unknown> =
   | { node: string; ok: true; result: R; ms: number }
   | { node: string; ok: false; error: TunnelError; ms: number };
+
+/** Every default of `connect()`'s options but `connectTimeout`, which is derived from `timeout`. */
+export const CLIENT_DEFAULTS = {
+  timeout: 30_000,
+  maxMessage: DEFAULT_MAX_FRAME,
+  heartbeatTimeout: 30_000,
+};
+
+/** Longest wait to be welcomed by the relay when `timeout` is longer, ms. */
+const CONNECT_TIMEOUT = 10_000;
+
+export type ClientSettings = typeof CLIENT_DEFAULTS & { connectTimeout: number };
+
+type Given = { [K in keyof ClientSettings]?: ClientSettings[K] | undefined };
+
+/**
+ * The options of `connect()` merged over {@link CLIENT_DEFAULTS} (an explicit `undefined` keeps the
+ * default) and checked. `connectTimeout` defaults to 10 s, or to `timeout` when that is shorter: a
+ * caller that gives a call 3 s does not wait 10 s for a relay that accepts TCP and never answers.
+ */
+export function resolveClientOptions<O extends Given>(options: O): O & ClientSettings {
+  const merged = withDefaults(CLIENT_DEFAULTS, options);
+  const timeout = typeof merged.timeout === 'number' && merged.timeout > 0 ? merged.timeout : CONNECT_TIMEOUT;
+  const o = withDefaults({ ...merged, connectTimeout: Math.min(CONNECT_TIMEOUT, timeout) }, options);
+  new OptionChecks('connect()', o)
+    .duration('timeout')
+    .duration('connectTimeout')
+    .bytes('maxMessage')
+    .duration('heartbeatTimeout', 'turns heartbeats off');
+  return o;
+}

@@ -8,6 +8,7 @@ import type { Session } from '../rpc/session.js';
 import type { Logger } from '../util/logger.js';
 import type { Connection } from '../wire/connection.js';
 import { Kind, response, responseStream, type Message } from '../wire/messages.js';
+import type { WireBroadcastEntry } from '../wire/presence.js';
 import { Reassembly, ReassemblyBudget, STREAM_THRESHOLD } from '../wire/streams.js';
 import type { ForwardedService } from './forward.js';
 import type { SessionTable } from './sessions.js';
@@ -28,6 +29,8 @@ export interface DispatchHost {
   readonly maxReassembly: number;
   /** A handler finished (the node counts what still runs, for drain). */
   callFinished(): void;
+  /** Handlers finished since the node started, on every connection. */
+  served: number;
 }
 
 /** One handler running on the node, on behalf of one request of one connection. */
@@ -232,6 +235,9 @@ export class Dispatcher {
       this.conn.send(response(id, TunnelError.from(err).toWire(), null));
       return;
     }
+    // A direct caller's broadcast (`tunnel-call --all` at a node's direct port) has this node as its
+    // only node: the answer is a list of one entry, as a relay would send.
+    if (this.localMeta && meta.broadcast === true) work = asBroadcastEntry(work, this.host.name);
     if (this.running.has(id)) {
       this.conn.send(response(id, new TunnelError(ErrorCode.BAD_REQUEST, `request id ${id} is already running`).toWire(), null));
       return;
@@ -259,7 +265,10 @@ export class Dispatcher {
     const mine = this.running.get(call.id) === call;
     if (mine) this.running.delete(call.id);
     this.answer(call, err, result);
-    if (mine) this.host.callFinished();
+    if (mine) {
+      this.host.served++;
+      this.host.callFinished();
+    }
   }
 
   private answer(call: RunningCall, err: unknown, result: Uint8Array | Pieces | undefined): void {
@@ -284,6 +293,20 @@ export class Dispatcher {
     if (length > STREAM_THRESHOLD) this.conn.sendStream(responseStream(call.id, length), call.id, pieces);
     else this.conn.send(response(call.id, null, join(pieces)));
   }
+}
+
+function asBroadcastEntry(work: (ctx: CallContext) => Promise<Uint8Array | Pieces>, node: string): (ctx: CallContext) => Promise<Pieces> {
+  return async (ctx) => {
+    const started = performance.now();
+    let entry: WireBroadcastEntry;
+    try {
+      const result = await work(ctx);
+      entry = { node, ms: Math.round(performance.now() - started), error: null, result: join(Array.isArray(result) ? result : [result]) };
+    } catch (err) {
+      entry = { node, ms: Math.round(performance.now() - started), error: TunnelError.from(err).toWire(), result: null };
+    }
+    return resultPieces([entry]);
+  };
 }
 
 function sessionOf(m: Request): string {

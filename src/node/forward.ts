@@ -6,7 +6,10 @@ import { dialAddress } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
-import { ANY_METHOD, DEFAULT_MAX_FRAME, Kind, MAX_ID } from '../wire/messages.js';
+import { ANY_METHOD, Kind, MAX_ID } from '../wire/messages.js';
+import { resolveForwardOptions, type ForwardArgs, type ForwardSettings } from './options.js';
+
+export type { ForwardArgs } from './options.js';
 
 /** Where a forwarded service's local MessagePack-RPC server listens. */
 export type ForwardTarget = { host: string; port: number } | { path: string };
@@ -18,14 +21,14 @@ export interface ForwardOptions {
   connectTimeout?: number;
   /** Largest answer accepted from the local server, bytes (default 16 MiB + 64 KiB). */
   maxMessage?: number;
+  /**
+   * `one` (default): a call with more than one argument is refused with BAD_REQUEST, because Go's
+   * net/rpc decodes exactly one (a struct) and would silently answer a zero value. `any` passes every
+   * argument on, for MessagePack-RPC servers that take positional parameters.
+   */
+  args?: ForwardArgs;
   log?: Logger;
 }
-
-const DEFAULTS = {
-  connections: 2,
-  connectTimeout: 5_000,
-  maxMessage: DEFAULT_MAX_FRAME,
-};
 
 const SERVICE_NAME = /^[A-Za-z_][\w.-]*$/;
 
@@ -63,7 +66,7 @@ export function describeTarget(target: ForwardTarget): string {
  */
 export class ForwardedService {
   readonly methods = [ANY_METHOD];
-  private readonly opts: typeof DEFAULTS & ForwardOptions;
+  private readonly opts: ForwardSettings & ForwardOptions;
   private readonly log: Logger;
   private readonly pool: (Upstream | undefined)[];
   private cursor = 0;
@@ -75,10 +78,7 @@ export class ForwardedService {
     readonly target: ForwardTarget,
     options: ForwardOptions = {},
   ) {
-    this.opts = { ...DEFAULTS, ...options };
-    if (!(Number.isInteger(this.opts.connections) && this.opts.connections >= 1)) {
-      throw new RangeError(`forward connections must be a whole number ≥ 1, got ${this.opts.connections}`);
-    }
+    this.opts = resolveForwardOptions(options);
     this.log = (options.log ?? silentLogger).child({ service: name, forward: describeTarget(target) });
     this.pool = new Array<Upstream | undefined>(this.opts.connections).fill(undefined);
   }
@@ -90,7 +90,14 @@ export class ForwardedService {
   async call(method: string, params: Uint8Array, ctx: CallContext): Promise<Uint8Array> {
     if (this.closed) throw new TunnelError(ErrorCode.GOING_AWAY, `forwarded service ${this.name} is shutting down`);
     // Checked here, because a bad value sent on would break a connection that other callers share.
-    decodeParams(params);
+    const args = decodeParams(params);
+    if (args.length > 1 && this.opts.args === 'one') {
+      throw new TunnelError(
+        ErrorCode.BAD_REQUEST,
+        `forwarded service ${this.name} follows Go's net/rpc: it takes exactly one argument (a struct as a JSON object, e.g. '{"A":2,"B":3}'); got ${args.length}` +
+          ' (a server that takes several: tunnel-node --forward-args any)',
+      );
+    }
     const upstream = this.pick();
     await upstream.ready(ctx.signal);
     return upstream.call(method, params, ctx.signal);
@@ -144,7 +151,7 @@ class Upstream {
   constructor(
     private readonly service: ForwardedService,
     target: ForwardTarget,
-    opts: typeof DEFAULTS,
+    opts: ForwardSettings,
   ) {
     this.framer = new MessagePackFramer(opts.maxMessage);
     this.socket = 'path' in target ? connect(target.path) : connect(target.port, target.host);

@@ -8,7 +8,10 @@ import { nodeNameProblem } from '../wire/bounds.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import type { Connection } from '../wire/connection.js';
 import { loadClientTls, type ClientTlsOptions } from '../wire/dial.js';
-import { DEFAULT_MAX_FRAME, ENVELOPE_ALLOWANCE, Kind, PROTOCOL_VERSION, welcome, type Hello, type ServiceDescription } from '../wire/messages.js';
+import { ENVELOPE_ALLOWANCE, Kind, PROTOCOL_VERSION, response, welcome, type Hello, type Message, type ServiceDescription } from '../wire/messages.js';
+import { RELAY_SERVICE, RelayMethod, type NodeInfo } from '../wire/presence.js';
+import { encodeResult } from '../rpc/body.js';
+import { resolveNodeOptions, type NodeSettings } from './options.js';
 import { Dispatcher, type DispatchHost, type RunningCall } from './dispatcher.js';
 import type { ForwardedService } from './forward.js';
 import { SessionTable } from './sessions.js';
@@ -53,17 +56,6 @@ export interface NodeOptions extends ClientTlsOptions {
   streamIdleTimeout?: number;
 }
 
-const DEFAULTS = {
-  heartbeatTimeout: 30_000,
-  reconnectBase: 500,
-  reconnectCap: 30_000,
-  reconnectReset: 10_000,
-  drainTimeout: 10_000,
-  defaultTimeout: 30_000,
-  maxMessage: DEFAULT_MAX_FRAME,
-  maxReassembly: 32 * 1024 * 1024,
-  streamIdleTimeout: 30_000,
-};
 
 /**
  * Checks a node's relay addresses (`what` names the flag or option in messages) and returns their
@@ -102,7 +94,8 @@ export class TunnelNode extends EventEmitter {
   readonly urls: readonly string[];
   /** Random id of this node process, sent in every hello on every tunnel: relays tell our reconnects (and our other tunnels) from another process's claim. */
   readonly instance = randomUUID();
-  private readonly opts: typeof DEFAULTS & NodeOptions;
+  private readonly opts: NodeSettings & NodeOptions;
+  private readonly startedAt = new Date();
   private readonly log: Logger;
   /** Shared by every tunnel (a session id is unique across the relays of a cluster). */
   private readonly sessions = new SessionTable();
@@ -120,7 +113,7 @@ export class TunnelNode extends EventEmitter {
 
   constructor(options: NodeOptions) {
     super();
-    this.opts = { ...DEFAULTS, ...options };
+    this.opts = resolveNodeOptions(options);
     this.name = options.name ?? hostname();
     const nameProblem = nodeNameProblem(this.name);
     if (nameProblem !== undefined) throw new TypeError(`TunnelNode option name: ${nameProblem}`);
@@ -145,6 +138,7 @@ export class TunnelNode extends EventEmitter {
       callFinished: () => {
         if (this.inFlight === 0) this.emit('idle');
       },
+      served: 0,
     };
     const tunnelHost: TunnelHost = {
       dispatch: this.host,
@@ -283,7 +277,7 @@ export class TunnelNode extends EventEmitter {
    * answers its cancels and deadlines itself, since no relay does.
    * @internal
    */
-  acceptDirect(conn: Connection, address: string): void {
+  acceptDirect(conn: Connection, address: string, local = ''): void {
     const session = `direct-${++this.directCount}`;
     const maxBody = this.opts.maxMessage - ENVELOPE_ALLOWANCE;
     const d = new Dispatcher(this.host, conn, this.directSessions, true, (meta) => ({
@@ -291,6 +285,7 @@ export class TunnelNode extends EventEmitter {
       address,
       identity: null,
       timeout: typeof meta.timeout === 'number' && meta.timeout > 0 ? meta.timeout : this.opts.defaultTimeout,
+      broadcast: meta.broadcast === true,
     }));
     d.peerMaxMessage = maxBody;
     this.direct.add(d);
@@ -302,6 +297,9 @@ export class TunnelNode extends EventEmitter {
             conn.send(welcome({ version: conn.peerVersion, relay: `tunnel-node/${this.name}`, session, maxMessage: maxBody }));
             return;
           case Kind.REQUEST:
+            if (m.method.startsWith(`${RELAY_SERVICE}.`)) return this.answerAsRelay(conn, m, local);
+            d.onMessage(m);
+            return;
           case Kind.CANCEL:
           case Kind.CHUNK:
             d.onMessage(m);
@@ -316,5 +314,33 @@ export class TunnelNode extends EventEmitter {
         this.directSessions.close(session);
       },
     });
+  }
+
+  /**
+   * A direct caller asking for the relay's own service: `Relay.List` is answered with this node
+   * alone (its address as the caller reached it), so that `tunnel-call --list` works against a direct
+   * port; there is no presence to watch.
+   */
+  private answerAsRelay(conn: Connection, m: Extract<Message, { kind: typeof Kind.REQUEST }>, local: string): void {
+    if (m.method !== RelayMethod.LIST) {
+      const message = `${m.method}: this is node ${this.name}'s direct port (tunnel-node --direct-listen), not a relay; of the Relay service it answers only ${RelayMethod.LIST}`;
+      conn.send(response(m.id, new TunnelError(ErrorCode.BAD_REQUEST, message).toWire(), null));
+      return;
+    }
+    const labels = this.opts.labels ?? {};
+    const where = m.meta.where;
+    const matches = where === null || typeof where !== 'object' || Object.entries(where).every(([k, v]) => labels[k] === v);
+    const self: NodeInfo = {
+      name: this.name,
+      labels,
+      services: this.describe(),
+      address: local,
+      connectedAt: this.startedAt.toISOString(),
+      inFlight: this.inFlight,
+      served: this.host.served,
+      draining: this.stopping,
+      relays: [],
+    };
+    conn.send(response(m.id, null, encodeResult(matches ? [self] : [])));
   }
 }

@@ -2,13 +2,14 @@ import { createServer as createTcpServer, type AddressInfo, type Server, type So
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { encodeParams } from '../rpc/body.js';
-import { listenAddress, listenOn, peerAddress, peerIp } from '../util/address.js';
+import { listenOn, peerAddress, peerIp } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
-import { DEFAULT_MAX_FRAME, Kind, MAX_ID } from '../wire/messages.js';
+import { Kind, MAX_ID } from '../wire/messages.js';
 import type { CallerLink } from './caller-link.js';
 import { RefusalLog } from './limits.js';
+import { resolveMsgpackRpcPortOptions, type MsgpackRpcPortSettings } from './options.js';
 import type { Relay } from './relay.js';
 
 /**
@@ -49,16 +50,7 @@ export interface MsgpackRpcPortOptions {
   slowConsumerTimeout?: number;
 }
 
-const DEFAULTS = {
-  listen: ':9091',
-  maxMessage: DEFAULT_MAX_FRAME,
-  keepAlive: 30_000,
-  idleTimeout: 300_000,
-};
-
-type Settings = typeof DEFAULTS &
-  MsgpackRpcPortOptions &
-  Required<Pick<MsgpackRpcPortOptions, 'firstRequestTimeout' | 'maxBacklog' | 'slowConsumerTimeout'>>;
+type Settings = MsgpackRpcPortSettings & MsgpackRpcPortOptions;
 
 /** The method a caller uses to present a relay-level token on this port. */
 export const AUTH_METHOD = 'Relay.Auth';
@@ -86,16 +78,10 @@ export class MsgpackRpcPort {
     private readonly relay: Relay,
     options: MsgpackRpcPortOptions = {},
   ) {
-    const { helloTimeout, maxBacklog, slowConsumerTimeout } = relay.limits;
-    this.opts = { ...DEFAULTS, firstRequestTimeout: helloTimeout, maxBacklog, slowConsumerTimeout, ...defined(options) };
-    for (const name of ['maxMessage', 'keepAlive', 'idleTimeout', 'firstRequestTimeout', 'maxBacklog', 'slowConsumerTimeout'] as const) {
-      const value = this.opts[name];
-      if (!Number.isFinite(value) || value <= 0) throw new RangeError(`${name} must be a positive number, got ${String(value)}`);
-    }
-    this.log = (options.log ?? silentLogger).child({ port: 'msgpack-rpc' });
+    // A bad number or address fails here, at start, not at listen().
+    this.opts = resolveMsgpackRpcPortOptions(options, relay.limits);
+    this.log = (options.log ?? silentLogger).child({ door: 'msgpack-rpc' });
     this.refusals = new RefusalLog(this.log, 'too many msgpack-rpc connections; closing the extra ones');
-    // A bad address fails here, at start, not at listen().
-    listenAddress(this.opts.listen, 'MsgpackRpcPort option listen');
     if (options.tls) {
       // The handshake gets the same bound as the first request that follows it.
       this.server = createTlsServer({ handshakeTimeout: this.opts.firstRequestTimeout, ...options.tls }, (socket) => this.accept(socket));
@@ -494,9 +480,4 @@ const NIL = Buffer.from([0xc0]);
 
 function isMsgid(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_ID;
-}
-
-/** The options actually given: an explicit `undefined` must not erase a default. */
-function defined<T extends object>(options: T): Partial<T> {
-  return Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

@@ -4,7 +4,7 @@ import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { isLoopbackHost, listenAddress, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
+import { isLoopbackHost, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
@@ -26,7 +26,8 @@ import type { NodeLink } from './node-link.js';
 import { Cluster, type ClusterOptions } from './cluster/cluster.js';
 import type { NodeRoute } from './contracts.js';
 import { Presence } from './presence.js';
-import { SELECTORS, selectorNamed, type SelectorName } from './selectors.js';
+import { resolveRelayOptions, type RelaySettings } from './options.js';
+import { selectorNamed, type SelectorName } from './selectors.js';
 
 export type { NodeInfo } from '../wire/presence.js';
 
@@ -80,17 +81,6 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
   cluster?: ClusterOptions;
 }
 
-const DEFAULTS = {
-  listen: ':9090',
-  heartbeatTimeout: 30_000,
-  defaultTimeout: 30_000,
-  maxTimeout: 300_000,
-  ...LIMIT_DEFAULTS,
-  requireNode: [] as string[],
-  requireService: [] as string[],
-  drainTimeout: 30_000,
-  selector: 'round-robin' as SelectorName,
-};
 
 /** A caller admitted by its token: what {@link Relay.openCallerSession} needs to re-check it at each reload. */
 export interface CallerAdmission {
@@ -137,7 +127,7 @@ export class Relay extends EventEmitter {
   readonly cluster: Cluster | undefined;
   /** This relay's name (presence, cluster). */
   readonly relayName: string;
-  private readonly opts: typeof DEFAULTS & RelayOptions;
+  private readonly opts: RelaySettings & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
   private readonly secure: boolean;
@@ -185,18 +175,10 @@ export class Relay extends EventEmitter {
 
   constructor(options: RelayOptions = {}) {
     super();
-    this.opts = { ...DEFAULTS, ...options };
-    if (this.opts.defaultTimeout > this.opts.maxTimeout) {
-      throw new RangeError(`defaultTimeout (${this.opts.defaultTimeout}) must not exceed maxTimeout (${this.opts.maxTimeout})`);
-    }
-    if (!SELECTORS.includes(this.opts.selector)) {
-      throw new RangeError(`selector must be one of ${SELECTORS.join(', ')}; got ${JSON.stringify(this.opts.selector)}`);
-    }
+    this.opts = resolveRelayOptions(options);
     this.directory.selector = selectorNamed(this.opts.selector);
     this.limits = Object.freeze(pickLimits(this.opts));
     checkLimits(this.limits);
-    listenAddress(this.opts.listen, 'Relay option listen');
-    if (this.opts.adminListen !== undefined) listenAddress(this.opts.adminListen, 'Relay option adminListen');
     this.browsers = new BrowserPolicy(this.opts);
     this.log = options.log ?? silentLogger;
     this.refusals = new RefusalLog(this.log, 'too many connections on the relay; closing the extra ones');

@@ -47,10 +47,25 @@ export interface MethodEntry {
 const SERVICE_NAME = /^[A-Za-z_][\w.-]*$/;
 const METHOD_NAME = /^[A-Za-z_]\w*$/;
 
-/** Methods of an object and of its class chain, excluding Object's own and private-looking names. */
+/**
+ * Prototypes of the language's own types. Their methods (`toFixed`, `toString`, `push`, `call`, …)
+ * are never a service's: discovery stops at the first of them, so that a Map or an array given by
+ * mistake is refused instead of serving `clear` and `pop`.
+ */
+const BUILT_IN_PROTOTYPES: ReadonlySet<object> = new Set<object>(
+  [
+    Object, Function, Array, Number, String, Boolean, Symbol, BigInt, Date, RegExp, Error, Map, Set, WeakMap, WeakSet,
+    Promise, ArrayBuffer, SharedArrayBuffer, DataView, Object.getPrototypeOf(Uint8Array), Uint8Array, Buffer,
+  ].map((c) => c.prototype as object),
+);
+
+/**
+ * Methods of an object and of its class chain, up to the first built-in prototype (Object's,
+ * Array's, …), excluding constructors and private-looking names.
+ */
 export function discoverMethods(impl: object): string[] {
   const names = new Set<string>();
-  for (let o: object | null = impl; o !== null && o !== Object.prototype; o = Object.getPrototypeOf(o)) {
+  for (let o: object | null = impl; o !== null && !BUILT_IN_PROTOTYPES.has(o); o = Object.getPrototypeOf(o)) {
     for (const name of Object.getOwnPropertyNames(o)) {
       if (name === 'constructor' || name.startsWith('_') || !METHOD_NAME.test(name)) continue;
       const d = Object.getOwnPropertyDescriptor(o, name);
@@ -58,6 +73,21 @@ export function discoverMethods(impl: object): string[] {
     }
   }
   return [...names].sort();
+}
+
+/** Why `impl` cannot be a service (undefined when it can): it must be an object, not a value of a built-in type. */
+function shapeProblem(name: string, impl: unknown): string | undefined {
+  const example = `e.g. { Greet(name) { return \`hi \${name}\`; } }`;
+  if (impl === null || impl === undefined) return `service ${name} is ${impl}; give an object of methods (${example})`;
+  if (typeof impl === 'function') {
+    const cls = /^class\b/.test(Function.prototype.toString.call(impl));
+    return cls
+      ? `service ${name} is a class; give an instance (new ${(impl as { name?: string }).name || name}()) or an object of methods`
+      : `service ${name} is a function; give an object of methods (${example})`;
+  }
+  if (typeof impl !== 'object') return `service ${name} must be an object of methods (${example}), got the ${typeof impl} ${typeof impl === 'string' ? JSON.stringify(impl) : String(impl)}`;
+  if (Array.isArray(impl)) return `service ${name} must be an object of methods (${example}), got an array`;
+  return undefined;
 }
 
 /** The services one node serves. */
@@ -69,14 +99,20 @@ export class ServiceRegistry {
    * wrapped with {@link withContext} receives the {@link CallContext} first. What it returns (or
    * resolves to) is the result, what it throws the error.
    */
-  register(name: string, impl: ServiceImpl, options: ServiceOptions = (impl as { [SERVICE_OPTIONS]?: ServiceOptions })[SERVICE_OPTIONS] ?? {}): this {
+  register(name: string, impl: ServiceImpl, options?: ServiceOptions): this {
     if (!SERVICE_NAME.test(name)) {
       throw new TypeError(`service name "${name}" must start with a letter and hold only letters, digits, _ . -`);
     }
     if (this.services.has(name)) throw new TypeError(`service ${name} is already registered`);
+    const problem = shapeProblem(name, impl);
+    if (problem !== undefined) throw new TypeError(problem);
     const methods = discoverMethods(impl);
-    if (methods.length === 0) throw new TypeError(`service ${name} has no methods`);
-    const { requireLogin = false } = options;
+    if (methods.length === 0) {
+      const proto = Object.getPrototypeOf(impl) as object | null;
+      const kind = proto !== null && proto !== Object.prototype && BUILT_IN_PROTOTYPES.has(proto) ? ` (a ${(proto.constructor as { name: string }).name}: its built-in methods are not served)` : '';
+      throw new TypeError(`service ${name} has no methods${kind}; give an object whose own or class methods are the service's`);
+    }
+    const { requireLogin = false } = options ?? (impl as { [SERVICE_OPTIONS]?: ServiceOptions })[SERVICE_OPTIONS] ?? {};
     const table = new Map<string, MethodEntry>();
     for (const method of methods) {
       const needsLogin = requireLogin === true ? method !== 'Login' : Array.isArray(requireLogin) && requireLogin.includes(method);

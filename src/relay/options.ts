@@ -1,0 +1,102 @@
+import type { TlsOptions as NodeTlsOptions } from 'node:tls';
+import { listenAddress } from '../util/address.js';
+import { OptionChecks, withDefaults } from '../util/options.js';
+import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
+import { LIMIT_DEFAULTS, type Limits } from './limits.js';
+import { SELECTORS, type SelectorName } from './selectors.js';
+
+/** Every default of `new Relay()` that is not a limit (limits.ts has those). */
+export const RELAY_DEFAULTS = {
+  listen: ':9090',
+  heartbeatTimeout: 30_000,
+  defaultTimeout: 30_000,
+  maxTimeout: 300_000,
+  ...LIMIT_DEFAULTS,
+  requireNode: [] as string[],
+  requireService: [] as string[],
+  drainTimeout: 30_000,
+  selector: 'round-robin' as SelectorName,
+};
+
+/** The relay's settings once resolved: every defaulted option is present. */
+export type RelaySettings = typeof RELAY_DEFAULTS;
+
+/** What {@link resolveRelayOptions} reads: the defaulted options, any of them `undefined`. */
+type Given = { [K in keyof RelaySettings]?: RelaySettings[K] | undefined } & { adminListen?: string | undefined };
+
+/**
+ * The relay's options merged over {@link RELAY_DEFAULTS} (an explicit `undefined` keeps the default)
+ * and checked: every duration, count and size is a finite number in range, the selector is known, the
+ * addresses parse, and `defaultTimeout` ≤ `maxTimeout`, `maxReassembly` ≥ `maxMessage`. Throws an
+ * OptionError (util/options.ts; an address: an Error) naming the option.
+ */
+export function resolveRelayOptions<O extends Given>(options: O): O & RelaySettings {
+  const o = withDefaults(RELAY_DEFAULTS, options);
+  const check = new OptionChecks('Relay', o);
+  check
+    .duration('heartbeatTimeout', 'turns heartbeats off')
+    .duration('defaultTimeout')
+    .duration('maxTimeout')
+    .notAbove('defaultTimeout', 'maxTimeout')
+    .duration('drainTimeout', 'closes at once')
+    .oneOf('selector', SELECTORS)
+    .strings('requireNode')
+    .strings('requireService');
+  checkLimitOptions(check);
+  listenAddress(o.listen, 'Relay option listen');
+  if (o.adminListen !== undefined) listenAddress(o.adminListen, 'Relay option adminListen');
+  return o;
+}
+
+/** Each limit of limits.ts: its kind and range. */
+function checkLimitOptions(check: OptionChecks): void {
+  check
+    .bytes('maxMessage')
+    .count('maxCallerInFlight')
+    .count('maxNodeInFlight')
+    .duration('helloTimeout')
+    .count('maxLoginFailures')
+    .count('maxLoginFailuresPerAddress')
+    .duration('loginFailureWindow')
+    .count('maxConnectionsPerAddress')
+    .count('maxConnections')
+    .bytes('maxBacklog')
+    .duration('slowConsumerTimeout')
+    .bytes('maxReassembly')
+    .duration('streamIdleTimeout')
+    .notAbove('maxMessage', 'maxReassembly', ', or a body of the largest size could never be reassembled');
+}
+
+/** The options of `MsgpackRpcPort` that have defaults. */
+export const MSGPACK_RPC_PORT_DEFAULTS = {
+  listen: ':9091',
+  maxMessage: DEFAULT_MAX_FRAME,
+  keepAlive: 30_000,
+  idleTimeout: 300_000,
+};
+
+/** The port's defaults that come from its relay's limits. */
+type PortLimits = Pick<Limits, 'helloTimeout' | 'maxBacklog' | 'slowConsumerTimeout'>;
+
+export type MsgpackRpcPortSettings = typeof MSGPACK_RPC_PORT_DEFAULTS & { firstRequestTimeout: number; maxBacklog: number; slowConsumerTimeout: number };
+
+type PortGiven = { [K in keyof MsgpackRpcPortSettings]?: MsgpackRpcPortSettings[K] | undefined } & { tls?: NodeTlsOptions | undefined };
+
+/**
+ * The MessagePack-RPC port's options over its defaults, some taken from the relay's limits
+ * (`firstRequestTimeout` from `helloTimeout`, `maxBacklog`, `slowConsumerTimeout`), then checked.
+ */
+export function resolveMsgpackRpcPortOptions<O extends PortGiven>(options: O, limits: PortLimits): O & MsgpackRpcPortSettings {
+  const defaults = { ...MSGPACK_RPC_PORT_DEFAULTS, firstRequestTimeout: limits.helloTimeout, maxBacklog: limits.maxBacklog, slowConsumerTimeout: limits.slowConsumerTimeout };
+  const o = withDefaults(defaults, options);
+  new OptionChecks('MsgpackRpcPort', o)
+    .bytes('maxMessage')
+    .duration('keepAlive')
+    .duration('idleTimeout')
+    .duration('firstRequestTimeout')
+    .bytes('maxBacklog')
+    .duration('slowConsumerTimeout');
+  listenAddress(o.listen, 'MsgpackRpcPort option listen');
+  return o;
+}
+
