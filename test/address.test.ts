@@ -210,6 +210,7 @@ describe('address flags of the CLIs', () => {
   it('checks an address from the environment under its flag name', async () => {
     const p = await run(BIN.call, ['Arith.Multiply', '2', '3'], { TUNNEL_RELAY: '9090:9090' });
     expect(p.code).toBe(2);
-    expect(p.stderr).toContain('--relay "9090:9090": ');
+    // The message names the flag and where the value came from.
+    expect(p.stderr).toContain('--relay (from TUNNEL_RELAY) "9090:9090": ');
   });
 });

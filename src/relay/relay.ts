@@ -23,7 +23,8 @@ import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeRegistry } from './node-registry.js';
 import type { NodeLink } from './node-link.js';
-import { Cluster, type ClusterOptions } from './cluster/cluster.js';
+import { Cluster } from './cluster/cluster.js';
+import type { ClusterOptions } from './cluster/options.js';
 import type { NodeRoute } from './contracts.js';
 import { Presence } from './presence.js';
 import { resolveRelayOptions, type RelaySettings } from './options.js';
@@ -123,7 +124,7 @@ export class Relay extends EventEmitter {
   /** Every limit in force: the options merged with their defaults (limits.ts). */
   readonly limits: Readonly<Limits>;
   private readonly presence: Presence;
-  /** Membership of a cluster over NATS, when `cluster` is given. */
+  /** Membership of a cluster over NATS, when `cluster` is given. @internal */
   readonly cluster: Cluster | undefined;
   /** This relay's name (presence, cluster). */
   readonly relayName: string;
@@ -147,7 +148,7 @@ export class Relay extends EventEmitter {
   private readonly gateways = new Map<CallerLink, () => void>();
   /** What admitted each connection (a token digest, never the token), checked again at each reload. */
   private readonly credentials = new WeakMap<CallerLink, Credential>();
-  /** The nodes whose tunnels end here. */
+  /** The nodes whose tunnels end here. @internal */
   readonly registry: NodeRegistry;
   private readonly deadlines = relayDeadlines();
   private readonly sessionPrefix = randomBytes(4).toString('hex');
