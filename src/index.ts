@@ -1,8 +1,8 @@
 /**
  * tunnel-rpc: reverse RPC for services behind NAT. The public API, by role:
  *
- * - **Relay**: {@link Relay}; {@link MsgpackRpcPort} lets MessagePack-RPC programs (Go's net/rpc)
- *   call nodes through it.
+ * - **Relay**: {@link Relay} (several form a cluster over NATS with its `cluster` option);
+ *   {@link MsgpackRpcPort} lets MessagePack-RPC programs (Go's net/rpc) call nodes through it.
  * - **Node**: {@link TunnelNode} serves a {@link ServiceRegistry}; {@link ForwardedService} (made
  *   from a `--forward` value with {@link parseForward}) passes a service to an existing local
  *   MessagePack-RPC server; {@link DirectListener} lets callers on the node's own network skip the
@@ -21,10 +21,12 @@
 export { Relay, type RelayOptions, type NodeInfo } from './relay/relay.js';
 export type { CallerAdmission, Revocation } from './relay/relay.js';
 export type { Permissions } from './relay/permissions.js';
+export type { ClusterOptions } from './relay/cluster/options.js';
 export { MsgpackRpcPort, type MsgpackRpcPortOptions, type CallerAuthenticator } from './relay/msgpack-rpc-port.js';
 
 // Node
 export { TunnelNode, type NodeOptions } from './node/node.js';
+export type { TunnelState } from './node/tunnel.js';
 export { ForwardedService, parseForward, type ForwardArgs, type ForwardOptions, type ForwardTarget } from './node/forward.js';
 export { DirectListener, type DirectListenerOptions } from './node/direct.js';
 

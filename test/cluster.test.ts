@@ -1,4 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { connect, type Client } from '../src/index.js';
 import type { PresenceEvent } from '../src/wire/presence.js';
 import { freePort, NatsServer, stopAllNats } from './helpers/nats.js';
@@ -211,6 +214,51 @@ describe('a dual-homed node in a cluster', () => {
     const [after] = (await caller.nodes()).filter((x) => x.name === 'twin-1');
     expect(after!.relays).toEqual(['b-1']);
     await caller.close();
+  });
+});
+
+describe('a cluster whose NATS account covers only its prefix', () => {
+  afterAll(async () => {
+    await killAll();
+    await stopAllNats();
+  });
+
+  it('works with the README\'s account (user, password, publish and subscribe on the prefix only), and refuses a wrong password', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nats-auth-'));
+    const conf = join(dir, 'nats.conf');
+    // The account of docs/CLUSTER.md: the relays may publish and subscribe under acme.tunnel and nowhere else.
+    writeFileSync(conf, [
+      'authorization {',
+      '  users = [',
+      '    { user: tunnel-relay, password: "correct horse battery staple",',
+      '      permissions: { publish: ["acme.tunnel.>"], subscribe: ["acme.tunnel.>"] } }',
+      '  ]',
+      '}',
+    ].join('\n'));
+    const nats = await NatsServer.start({ args: ['-c', conf] });
+    const auth = ['--cluster-name', 'acme.tunnel', '--cluster-user', 'tunnel-relay'];
+    const env = { TUNNEL_CLUSTER_PASSWORD: 'correct horse battery staple' };
+    const a = await startRelay(['--cluster', nats.url, '--relay-name', 'a-1', ...auth], 0, env);
+    const b = await startRelay(['--cluster', nats.url, '--relay-name', 'b-1', ...auth], 0, env);
+    await Promise.all([a.proc.waitForMsg('connected to the cluster'), b.proc.waitForMsg('connected to the cluster')]);
+    await Promise.all([hears(a, 'b-1'), hears(b, 'a-1')]);
+    await startNode(b.addr, ['--name', 'far-1']);
+    const c = await connect(a.addr);
+    // A probe (request/reply) needs replies under the prefix too.
+    expect(await eventually(() => c.call('Arith.Multiply', 4, 5, { node: 'far-1' }))).toBe(20);
+    const claimer = new Proc(BIN.node, ['--relay', a.addr, '--name', 'far-1', '--log-level', 'debug']);
+    await claimer.waitForMsg('relay refused our name; retrying at the longest backoff', 10_000);
+    claimer.kill('SIGKILL');
+    await c.close();
+    expect(nats.stderr).not.toMatch(/Permissions Violation/);
+    expect(a.proc.stderr).not.toContain('correct horse');
+    // A relay with a wrong password serves its own nodes, degraded, and says why.
+    const wrong = await startRelay(['--cluster', nats.url, '--relay-name', 'w-1', ...auth], 0, { TUNNEL_CLUSTER_PASSWORD: 'wrong horse battery staple' });
+    await wrong.proc.waitForLog((l) => l.level === 50 || /authorization|auth/i.test(String(l.err ?? '')), 10_000, 'an authorization error');
+    await startNode(wrong.addr, ['--name', 'alone-1']);
+    const w = await connect(wrong.addr);
+    expect(await w.call('Arith.Multiply', 2, 2)).toBe(4);
+    await w.close();
   });
 });
 

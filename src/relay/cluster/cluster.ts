@@ -132,6 +132,7 @@ export class Cluster implements RouteTransport {
   private readonly peerSessions = new Map<string, Map<string, Set<NodeLink>>>();
   private readonly deadlines = new DeadlineWheel<RelayedCall>((call) => this.servedExpired(call));
   private heartbeatTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private readonly badMessages = new Set<string>();
 
@@ -157,6 +158,19 @@ export class Cluster implements RouteTransport {
 
   /** Connects in the background, forever: a relay without NATS keeps serving its own nodes and callers. */
   start(): void {
+    this.dial(0);
+    this.heartbeatTimer = setInterval(() => this.heartbeat(), HEARTBEAT_INTERVAL);
+    this.heartbeatTimer.unref();
+    this.expiryTimer = setInterval(() => this.expirePeers(), HEARTBEAT_INTERVAL / 2);
+    this.expiryTimer.unref();
+  }
+
+  /**
+   * Connects. nats.js retries unreachable servers by itself; a refusal it gives up on (credentials
+   * refused) is tried again here with backoff, so a fixed account or server brings the relay back.
+   */
+  private dial(attempt: number): void {
+    if (this.stopping) return;
     const authenticator = this.authenticator();
     void connect({
       servers: this.servers,
@@ -166,21 +180,25 @@ export class Cluster implements RouteTransport {
       waitOnFirstConnect: true,
       pingInterval: 5_000,
       maxPingOut: 2,
+      // Replies to our requests come under the cluster's prefix too: one NATS permission covers everything.
+      inboxPrefix: `${this.prefix}._INBOX`,
       ...(authenticator ? { authenticator } : {}),
       ...(this.opts.ca ? { tls: { caFile: this.opts.ca } } : {}),
     }).then(
       (nc) => this.onConnected(nc),
-      (err: Error) => this.log.error({ err: err.message }, 'cannot connect to the cluster'),
+      (err: Error) => {
+        const delayMs = Math.min(30_000, 1_000 * 2 ** Math.min(attempt, 5));
+        this.log.error({ err: err.message, retryInMs: delayMs }, 'cannot connect to the cluster; serving local nodes and callers only');
+        this.retryTimer = setTimeout(() => this.dial(attempt + 1), delayMs);
+        this.retryTimer.unref();
+      },
     );
-    this.heartbeatTimer = setInterval(() => this.heartbeat(), HEARTBEAT_INTERVAL);
-    this.heartbeatTimer.unref();
-    this.expiryTimer = setInterval(() => this.expirePeers(), HEARTBEAT_INTERVAL / 2);
-    this.expiryTimer.unref();
   }
 
   /** Says goodbye (other relays drop our nodes at once) and closes the NATS connection. */
   async stop(): Promise<void> {
     this.stopping = true;
+    clearTimeout(this.retryTimer);
     clearInterval(this.heartbeatTimer);
     clearInterval(this.expiryTimer);
     this.deadlines.clear();
