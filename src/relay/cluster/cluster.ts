@@ -20,7 +20,7 @@ import type { NodeDirectory } from '../directory.js';
 import type { NodeLink } from '../node-link.js';
 import { RelayedCall } from '../relayed-call.js';
 import { HopStream } from './hop-stream.js';
-import { ClusterKind, ClusterMessageError, pack, unpack, type ClusterMessage, type PresenceBody, type RelayStamp, type RemoteNodeInfo } from './messages.js';
+import { ClusterKind, ClusterMessageError, pack, unpack, unpackAll, type ClusterMessage, type PresenceBody, type RelayStamp, type RemoteNodeInfo } from './messages.js';
 import { RemoteRoute, type RouteTransport } from './remote-route.js';
 import { checkClusterOptions, clusterServer, type ClusterOptions } from './options.js';
 
@@ -34,6 +34,10 @@ export const PEER_EXPIRY = 3_000;
 const REQUEST_TIMEOUT = 2_000;
 /** Nodes per snapshot page: well below NATS's default max_payload of 1 MB. */
 const SNAPSHOT_PAGE = 200;
+/** Largest batch of messages for one relay in one NATS message, bytes (NATS's default max_payload is 1 MB). */
+const BATCH_LIMIT = 512 * 1024;
+/** Batches of opens remembered for a "no responders" answer, which comes at once if it comes. */
+const OPEN_BATCHES = 4_096;
 /** Relay ids remembered as gone, so that their late messages never bring their nodes back. */
 const TOMBSTONES = 1_000;
 
@@ -135,6 +139,12 @@ export class Cluster implements RouteTransport {
   private retryTimer: NodeJS.Timeout | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private readonly badMessages = new Set<string>();
+  /** Messages queued for other relays in this turn, by subject. */
+  private readonly batches = new Map<string, { parts: Uint8Array[]; size: number; calls: number[] | undefined }>();
+  private flushScheduled = false;
+  private batchCounter = 0;
+  /** The calls of recent batches of opens, by batch: NATS's "no responders" names the batch. */
+  private readonly openBatches = new Map<number, number[]>();
 
   constructor(
     private readonly host: ClusterHost,
@@ -461,9 +471,7 @@ export class Cluster implements RouteTransport {
       out.up = new HopStream((final, bytes) => this.toServer(route.relayId, [ClusterKind.CHUNK, callId, final, bytes]));
     }
     const body = length > 0 ? null : params;
-    const head = pack([ClusterKind.OPEN, callId, route.name, call.method, body, length > 0 ? { ...meta, stream: length } : meta]);
-    // The reply subject is ours for this call: if no relay listens there any more, NATS tells us (no responders).
-    this.publish(`${this.prefix}.relay.${route.relayId}.open`, head, `${this.prefix}.relay.${this.id}.r.${callId}`);
+    this.queue(route.relayId, 'open', [ClusterKind.OPEN, callId, route.name, call.method, body, length > 0 ? { ...meta, stream: length } : meta], callId);
     if (whole) out.up!.pushBody(params);
   }
 
@@ -709,21 +717,35 @@ export class Cluster implements RouteTransport {
     const tail = dot < 0 ? '' : rest.slice(dot + 1);
     if (what === 'q') return this.onRequest(msg);
     if (what === 'r') return this.onNoResponders(msg, Number(tail));
-    const m = this.parse(msg, what);
-    if (!m) return;
-    if (what === 'open' && m.kind === ClusterKind.OPEN) {
-      // A relay that just joined may call before its first heartbeat reaches us: it is served all the same.
-      const from = senderOfReply(msg.reply, this.prefix);
-      if (from) this.onOpen(m, from);
+    let batch: Array<ClusterMessage | ClusterMessageError>;
+    try {
+      batch = unpackAll(msg.data);
+    } catch (err) {
+      this.warnOnce(`bad:${what}`, { subject: msg.subject, reason: (err as Error).message }, 'ignoring a malformed cluster message');
       return;
     }
-    if (what === 'm') return this.onCallerSide(m, tail);
-    if (what === 's') return this.onServedSide(m, tail);
+    for (const m of batch) {
+      if (m instanceof ClusterMessageError) {
+        this.warnOnce(`bad:${what}`, { subject: msg.subject, reason: m.message }, 'ignoring a malformed cluster message');
+        continue;
+      }
+      if (what === 'open') {
+        // A relay that just joined may call before its first heartbeat reaches us: it is served all the same.
+        if (m.kind === ClusterKind.OPEN && tail !== '') this.onOpen(m, tail);
+      } else if (what === 'm') this.onCallerSide(m, tail);
+      else if (what === 's') this.onServedSide(m, tail);
+    }
   }
 
-  /** NATS says nobody listens on the relay a call went to: it was not delivered. */
-  private onNoResponders(msg: Msg, callId: number): void {
+  /** NATS says nobody listens on the relay a batch of calls went to: none of them was delivered. */
+  private onNoResponders(msg: Msg, batch: number): void {
     if (msg.headers?.code !== 503) return;
+    const ids = this.openBatches.get(batch);
+    this.openBatches.delete(batch);
+    for (const callId of ids ?? []) this.undelivered(callId);
+  }
+
+  private undelivered(callId: number): void {
     const out = this.outCalls.get(callId);
     if (!out) return;
     this.finishOut(callId);
@@ -745,12 +767,56 @@ export class Cluster implements RouteTransport {
 
   /** To the relay that made the call (about its call): `.m`. */
   private toCaller(relayId: string, message: unknown[]): void {
-    this.publish(`${this.prefix}.relay.${relayId}.m.${this.id}`, pack(message));
+    this.queue(relayId, 'm', message);
   }
 
   /** To the relay that serves the call (about our call): `.s`. */
   private toServer(relayId: string, message: unknown[]): void {
-    this.publish(`${this.prefix}.relay.${relayId}.s.${this.id}`, pack(message));
+    this.queue(relayId, 's', message);
+  }
+
+  /**
+   * Messages for one relay queued in one turn of the event loop leave as one NATS message, values
+   * back to back, as a WebSocket writer coalesces: at many calls in flight NATS carries a few large
+   * messages instead of many small ones. Opens carry the batch's reply subject, where NATS says "no
+   * responders" when the relay is gone.
+   */
+  private queue(relayId: string, what: 'open' | 'm' | 's', message: unknown[], callId?: number): void {
+    const subject = `${this.prefix}.relay.${relayId}.${what}.${this.id}`;
+    let b = this.batches.get(subject);
+    const bytes = pack(message);
+    if (b && b.size + bytes.length > BATCH_LIMIT) {
+      this.flushBatch(subject, b);
+      b = undefined;
+    }
+    if (!b) {
+      b = { parts: [], size: 0, calls: what === 'open' ? [] : undefined };
+      this.batches.set(subject, b);
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        process.nextTick(this.flushAll);
+      }
+    }
+    b.parts.push(bytes);
+    b.size += bytes.length;
+    if (callId !== undefined) b.calls?.push(callId);
+  }
+
+  private readonly flushAll = (): void => {
+    this.flushScheduled = false;
+    const batches = [...this.batches];
+    this.batches.clear();
+    for (const [subject, b] of batches) this.flushBatch(subject, b);
+  };
+
+  private flushBatch(subject: string, b: { parts: Uint8Array[]; size: number; calls: number[] | undefined }): void {
+    if (this.batches.get(subject) === b) this.batches.delete(subject);
+    const data = b.parts.length === 1 ? b.parts[0]! : Buffer.concat(b.parts, b.size);
+    if (!b.calls) return this.publish(subject, data);
+    const batch = ++this.batchCounter;
+    this.openBatches.set(batch, b.calls);
+    if (this.openBatches.size > OPEN_BATCHES) this.openBatches.delete(this.openBatches.keys().next().value!);
+    this.publish(subject, data, `${this.prefix}.relay.${this.id}.r.${batch}`);
   }
 
   private publish(subject: string, data: Uint8Array, reply?: string): void {
@@ -814,12 +880,6 @@ function digestOf(nodes: RemoteNodeInfo[]): string {
   return h.digest('hex');
 }
 
-/** The caller's relay id from the reply subject of an open: `${prefix}.relay.${id}.r.${callId}`. */
-function senderOfReply(reply: string | undefined, prefix: string): string | undefined {
-  if (!reply?.startsWith(`${prefix}.relay.`)) return undefined;
-  const parts = reply.slice(prefix.length + 7).split('.');
-  return parts.length === 3 && parts[1] === 'r' ? parts[0] : undefined;
-}
 
 /** The metadata of a call from another relay, checked as a node would check the relay's. */
 function servedMeta(meta: Record<string, unknown>, maxTimeout: number): (NodeMeta & { stream?: number }) | string {

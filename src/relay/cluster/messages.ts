@@ -1,4 +1,4 @@
-import { decode, encode } from '../../wire/codec.js';
+import { decode, decodeAll, encode } from '../../wire/codec.js';
 import { labelsProblem, nodeNameProblem, servicesProblem } from '../../wire/bounds.js';
 import { CHUNK_SIZE } from '../../wire/streams.js';
 import type { WireError } from '../../errors.js';
@@ -107,6 +107,31 @@ export function unpack(bytes: Uint8Array): ClusterMessage {
   } catch (err) {
     return bad(`not MessagePack: ${(err as Error).message}`);
   }
+  return check(v);
+}
+
+/**
+ * Decodes a NATS message that carries several cluster messages back to back (what one relay queued
+ * for another in one turn of its event loop). Throws ClusterMessageError when the bytes do not decode;
+ * a value that is not a message is returned as the error it is, so that the others still count.
+ */
+export function unpackAll(bytes: Uint8Array): Array<ClusterMessage | ClusterMessageError> {
+  let values: unknown[];
+  try {
+    values = decodeAll(bytes);
+  } catch (err) {
+    return bad(`not MessagePack: ${(err as Error).message}`);
+  }
+  return values.map((v) => {
+    try {
+      return check(v);
+    } catch (err) {
+      return err as ClusterMessageError;
+    }
+  });
+}
+
+function check(v: unknown): ClusterMessage {
   if (!Array.isArray(v) || v.length < 2) return bad('a cluster message is an array [kind, ...]');
   switch (v[0]) {
     case ClusterKind.OPEN: {
