@@ -2,8 +2,9 @@ import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { PendingTable } from '../rpc/pending.js';
 import type { Logger } from '../util/logger.js';
 import type { Connection } from '../wire/connection.js';
-import { ANY_METHOD, cancel, Kind, request, response, sessionClosed, type Message, type NodeMeta, type ServiceDescription } from '../wire/messages.js';
+import { cancel, Kind, request, response, sessionClosed, type Message, type NodeMeta, type ServiceDescription } from '../wire/messages.js';
 import type { NodeRoute, RoutedCall } from './contracts.js';
+import { methodsIn, servesMethod, serviceTable } from './service-table.js';
 import { STREAM_THRESHOLD } from '../wire/streams.js';
 
 /** The relay's side of one node connection: what it serves and the calls in flight on it. A local route. */
@@ -32,7 +33,7 @@ export class NodeLink implements NodeRoute {
     relayName: string,
   ) {
     this.relays = [relayName];
-    this.services = new Map(Object.entries(services).map(([s, methods]) => [s, new Set(methods)]));
+    this.services = serviceTable(services);
   }
 
   get inFlight(): number {
@@ -48,12 +49,11 @@ export class NodeLink implements NodeRoute {
   }
 
   hasMethod(service: string, method: string): boolean {
-    const methods = this.services.get(service);
-    return methods !== undefined && (methods.has(method) || methods.has(ANY_METHOD));
+    return servesMethod(this.services, service, method);
   }
 
   methods(service: string): string[] {
-    return [...(this.services.get(service) ?? [])].sort();
+    return methodsIn(this.services, service);
   }
 
   /**

@@ -1,4 +1,5 @@
-import { ANY_METHOD, type NodeMeta } from '../../wire/messages.js';
+import type { NodeMeta } from '../../wire/messages.js';
+import { methodsIn, servesMethod, serviceTable } from '../service-table.js';
 import type { NodeRoute, RoutedCall } from '../contracts.js';
 import type { RemoteNodeInfo } from './messages.js';
 
@@ -34,7 +35,7 @@ export class RemoteRoute implements NodeRoute {
   ) {
     this.info = info;
     this.relays = [relayName];
-    this.services = toServices(info.services);
+    this.services = serviceTable(info.services);
     this.connectedAt = new Date(info.connectedAt);
   }
 
@@ -63,12 +64,11 @@ export class RemoteRoute implements NodeRoute {
   }
 
   hasMethod(service: string, method: string): boolean {
-    const methods = this.services.get(service);
-    return methods !== undefined && (methods.has(method) || methods.has(ANY_METHOD));
+    return servesMethod(this.services, service, method);
   }
 
   methods(service: string): string[] {
-    return [...(this.services.get(service) ?? [])].sort();
+    return methodsIn(this.services, service);
   }
 
   forward(call: RoutedCall, params: Uint8Array, meta: NodeMeta, stream = 0): void {
@@ -87,8 +87,4 @@ export class RemoteRoute implements NodeRoute {
   closeSession(session: string): void {
     this.transport.closeSession(this, session);
   }
-}
-
-function toServices(services: Record<string, string[]>): Map<string, Set<string>> {
-  return new Map(Object.entries(services).map(([s, methods]) => [s, new Set(methods)]));
 }
