@@ -465,7 +465,7 @@ function describe(e) {
   if (e.by) parts.push(`by ${e.by}`);
   if (e.address) parts.push(`from ${e.address}`);
   if (e.door) parts.push(`(${e.door})`);
-  if (e.relays && e.relays.length) parts.push(`relay ${e.relays.join(', ')}`);
+  if (e.relays && e.relays.length) parts.push(`via ${e.relays.join(', ')}`);
   let text = parts.join(' ');
   if (e.reason) text += `: ${e.reason}`;
   return text;
