@@ -52,8 +52,8 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
   /** Longest deadline a caller may ask for, ms (default 300 000). */
   maxTimeout?: number;
   /**
-   * `[host]:port` of a separate listener for /metrics, /nodes, /healthz and /readyz. When set, the
-   * main port no longer serves /metrics and /nodes, so they need not be public (default: none).
+   * `[host]:port` of a separate listener for /metrics, /nodes, /healthz, /readyz and the dashboard.
+   * When set, the main port no longer serves /metrics and /nodes, so they need not be public (default: none).
    */
   adminListen?: string;
   /** /readyz answers 503 until nodes with these names are connected (default none). */
@@ -154,7 +154,7 @@ export class Relay extends EventEmitter {
   readonly events = new RelayEvents();
   /** @internal The live dashboard, served when there is an admin listener or a dashboard token. */
   readonly dashboard: Dashboard | undefined;
-  /** @internal When each caller connection opened, and which of them are WebSocket connections (the others: the msgpack-rpc port). */
+  /** When each caller connection opened, and which of them are WebSocket connections (the others: the msgpack-rpc port). */
   private readonly callerSince = new WeakMap<CallerLink, number>();
   private readonly websocketCallers = new WeakSet<CallerLink>();
   /** The address and claimed node name of each WebSocket, for the audit events of refusals. */
