@@ -98,7 +98,7 @@ async function route(relay: HttpHost, routes: HttpRoutes, req: IncomingMessage, 
   if (!routes.admin && (path === '/metrics' || path === '/nodes')) {
     return send(res, 404, 'text/plain; charset=utf-8', `${path} is served on the admin listener (--admin-listen), not on this port\n`);
   }
-  if (routes.fallback === 'not-found') return send(res, 404, 'text/plain; charset=utf-8', `no such endpoint: ${path}; try /healthz, /readyz, /metrics, /nodes\n`);
+  if (routes.fallback === 'not-found') return send(res, 404, 'text/plain; charset=utf-8', `no such endpoint: ${path}; try /healthz, /readyz, /metrics, /nodes, /dashboard\n`);
   res.writeHead(426, { 'content-type': 'text/plain; charset=utf-8', upgrade: 'websocket' });
   res.end(
     'This is a tunnel relay. Connect with tunnel-node or tunnel-call (WebSocket), ' +
