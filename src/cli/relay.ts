@@ -19,7 +19,9 @@ const argv = await parse(
   .option('max-timeout', { type: 'string', default: '5m', describe: 'Longest deadline a caller may ask for (longer ones are capped)' })
   .option('selector', { type: 'string', choices: SELECTORS, default: 'round-robin', describe: 'How a call that names no node picks one of the nodes serving its service: round-robin, random, or least-pending (fewest calls in flight); callers may override per call' })
   .option('max-message', { type: 'string', default: '16MiB', describe: 'Largest params or result: bigger ones are answered TOO_LARGE; a WebSocket message bigger than this plus 64 KiB closes with 1009' })
-  .option('admin-listen', { type: 'string', describe: 'Serve /metrics, /nodes, /healthz and /readyz on this separate address, same forms as --listen (e.g. 127.0.0.1:9100) and no longer /metrics and /nodes on --listen; recommended, so that metrics and the node list are not public' })
+  .option('admin-listen', { type: 'string', describe: 'Serve /metrics, /nodes, /healthz, /readyz and the live /dashboard on this separate address, same forms as --listen (e.g. 127.0.0.1:9100) and no longer /metrics and /nodes on --listen; recommended, so that metrics and the node list are not public' })
+  .option('dashboard-token', { type: 'string', describe: 'Serve the live /dashboard on --listen too, to whoever presents this token (the page asks for it, or open /dashboard?token=...); without it the dashboard is on --admin-listen only. Prefer TUNNEL_DASHBOARD_TOKEN' })
+  .option('admin-token', { type: 'string', describe: 'Enable the dashboard\'s actions (drain or disconnect a node, disconnect a caller) for whoever enters this token in the page; without it they are disabled. Prefer TUNNEL_ADMIN_TOKEN' })
   .option('require-node', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node with this name is connected (repeatable)' })
   .option('require-service', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node serves this service (repeatable)' })
   .option('drain-timeout', { type: 'string', default: '30s', describe: 'On SIGINT/SIGTERM, how long calls in flight may take to finish before the relay closes (a second signal exits at once)' })
@@ -57,12 +59,12 @@ const argv = await parse(
   .example('$0 --listen 9090', 'the same: a bare number is a port on this host, never an IPv4 address')
   .example('$0 --listen 127.0.0.1:9090 --allow-origin https://app.example', 'loopback only; pages from https://app.example may call (CORS)')
   .example('$0 --listen 127.0.0.1:0', 'loopback only, any free port (printed in the "relay listening" log line)')
-  .example('$0 --listen :9090 --admin-listen 127.0.0.1:9100', 'metrics and node list on a loopback-only admin port')
+  .example('$0 --listen :9090 --admin-listen 127.0.0.1:9100', 'metrics, node list and the dashboard (http://127.0.0.1:9100/dashboard) on a loopback-only admin port')
   .example('$0 --tls-cert relay.crt --tls-key relay.key --tls-ca ca.crt --tokens tokens.txt', 'on the internet: TLS, node certificates, tokens (see README, "Running a relay on the internet")')
   .example('$0 --tokens tokens.txt', 'tokens.txt: "node office-1 TOKEN serve=Arith,Hello" and "caller billing TOKEN call=office-*/Arith.*,*/KV.Get" (README, "Permissions")')
   .example('$0 --config /etc/tunnel/relay.yaml', 'flags from a file (see docs/deploy/relay.yaml)')
   .epilog(
-    'HTTP on the --listen port: POST /call/Service.Method with a JSON array body, GET /healthz, /readyz, /metrics, /nodes.\n' +
+    'HTTP on the --listen port: POST /call/Service.Method with a JSON array body, GET /healthz, /readyz, /metrics, /nodes (/dashboard: on --admin-listen, or here with --dashboard-token).\n' +
       `Every flag can also be set as an environment variable (TUNNEL_LISTEN, TUNNEL_NODE_TOKEN, TUNNEL_TOKENS, ...) or in a --config file. ${PRECEDENCE}`,
   )
   ,
@@ -109,6 +111,8 @@ try {
     maxMessage,
     selector: argv.selector as SelectorName,
     adminListen: argv.adminListen,
+    dashboardToken: argv.dashboardToken,
+    adminToken: argv.adminToken,
     requireNode: argv.requireNode ?? [],
     requireService: argv.requireService ?? [],
     ...browsers,
@@ -183,3 +187,6 @@ if (!relay.auth.nodesNeedAuth) {
   log.warn('no node authentication is configured (--node-token, --tokens or --tls-ca): anyone who reaches this port can register nodes');
 }
 if (!relay.auth.callersNeedAuth) log.warn('callers are not authenticated (--caller-token or caller lines in --tokens): anyone who reaches this port can call');
+if (argv.adminToken !== undefined && relay.dashboard === undefined) {
+  log.warn('--admin-token is set but no dashboard is served: add --admin-listen (or --dashboard-token)');
+}

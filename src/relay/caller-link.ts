@@ -90,7 +90,10 @@ export class CallerLink implements CallSink {
 
   /** Refuses a request before it reaches a node; a FORBIDDEN one is an audit line (the log carries the peer). */
   private reply(id: number, method: string, error: TunnelError): void {
-    if (error.code === ErrorCode.FORBIDDEN) this.log.warn({ session: this.session, identity: this.identity, method, reason: error.message }, 'refused call');
+    if (error.code === ErrorCode.FORBIDDEN) {
+      this.log.warn({ session: this.session, identity: this.identity, method, reason: error.message }, 'refused call');
+      this.observer?.refused?.(this, method, error.message);
+    }
     this.observer?.ended(method, error.code, undefined);
     this.out.respond(id, error.toWire(), null);
   }

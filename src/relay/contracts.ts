@@ -142,6 +142,8 @@ export interface CallObserver {
    * before it reached a node; then `method` is what the caller asked for.
    */
   ended(method: string, code: string, call: ObservedCall | undefined): void;
+  /** A request was refused by a rule (FORBIDDEN) before it reached a node: the audit trail's `refused call`. */
+  refused?(who: { readonly session: string; readonly address: string; readonly identity: string | null }, method: string, reason: string): void;
 }
 
 /** One HTTP gateway request's session; `close` sends SESSION_CLOSED to the nodes it used. */

@@ -10,6 +10,7 @@ import type { Logger } from '../util/logger.js';
 import type { BrowserPolicy } from '../util/browser-policy.js';
 import type { NodeInfo } from '../wire/presence.js';
 import type { Credential } from './auth.js';
+import type { DashboardDoor } from './dashboard/routes.js';
 
 /** What the HTTP endpoints need from the relay. */
 export interface HttpHost {
@@ -24,6 +25,8 @@ export interface HttpHost {
   /** Checks a caller's token; throws UNAUTHORIZED. */
   admitCaller(token: string | undefined, address: string): { identity: string | null; credential: Credential };
   openGatewaySession(address: string, identity: string | null, transport: CallerOutput, credential?: Credential): GatewaySession;
+  /** The live dashboard, when the relay serves one (dashboard/routes.ts). */
+  readonly dashboard?: { handle(req: IncomingMessage, res: ServerResponse, url: URL, door: DashboardDoor): Promise<void> } | undefined;
 }
 
 /** Which endpoints a listener serves. */
@@ -34,6 +37,8 @@ export interface HttpRoutes {
   admin: boolean;
   /** Answer for paths nobody serves: 426 on the WebSocket port, 404 on the admin port. */
   fallback: 'upgrade' | 'not-found';
+  /** `/dashboard` and below, as the admin listener serves them or the public port (token required); absent: 404. */
+  dashboard?: DashboardDoor | undefined;
 }
 
 /** HTTP status of each error code a gateway call can end with; anything else is 500. */
@@ -62,7 +67,7 @@ const JSON_TYPE = 'application/json; charset=utf-8';
 export function httpHandler(relay: HttpHost, routes: HttpRoutes): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
     route(relay, routes, req, res).catch((err: unknown) => {
-      relay.log.error({ err, url: req.url }, 'http handler failed');
+      relay.log.error({ err, url: req.url?.replace(/([?&]token=)[^&#]*/gi, '$1[redacted]') }, 'http handler failed');
       if (!res.headersSent) sendError(res, new TunnelError(ErrorCode.APP_ERROR, 'internal error in the relay; see its log'));
       else res.destroy();
     });
@@ -86,10 +91,14 @@ async function route(relay: HttpHost, routes: HttpRoutes, req: IncomingMessage, 
     return send(res, 200, relay.metrics.contentType, text);
   }
   if (routes.admin && path === '/nodes') return send(res, 200, JSON_TYPE, `${JSON.stringify(relay.nodes())}\n`);
+  if (path === '/dashboard' || path.startsWith('/dashboard/')) {
+    if (routes.dashboard && relay.dashboard) return relay.dashboard.handle(req, res, url, routes.dashboard);
+    return send(res, 404, 'text/plain; charset=utf-8', 'the dashboard is served on the admin listener (--admin-listen), and on this port only with --dashboard-token\n');
+  }
   if (!routes.admin && (path === '/metrics' || path === '/nodes')) {
     return send(res, 404, 'text/plain; charset=utf-8', `${path} is served on the admin listener (--admin-listen), not on this port\n`);
   }
-  if (routes.fallback === 'not-found') return send(res, 404, 'text/plain; charset=utf-8', `no such endpoint: ${path}; try /healthz, /readyz, /metrics, /nodes\n`);
+  if (routes.fallback === 'not-found') return send(res, 404, 'text/plain; charset=utf-8', `no such endpoint: ${path}; try /healthz, /readyz, /metrics, /nodes, /dashboard\n`);
   res.writeHead(426, { 'content-type': 'text/plain; charset=utf-8', upgrade: 'websocket' });
   res.end(
     'This is a tunnel relay. Connect with tunnel-node or tunnel-call (WebSocket), ' +

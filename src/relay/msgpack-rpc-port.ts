@@ -450,6 +450,7 @@ class RpcConnection {
   private cut(backlog: number, reason: string): void {
     this.log.warn({ session: this.link?.session, backlogBytes: backlog, limit: this.opts.maxBacklog, reason }, 'slow consumer: closing connection');
     this.relay.metrics.slowConsumer('msgpack-rpc');
+    this.relay.events.audit({ kind: 'slow-consumer', door: 'msgpack-rpc', address: this.address, session: this.link?.session, reason });
     this.closed = true;
     this.release();
     this.socket.destroy();

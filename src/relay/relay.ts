@@ -29,8 +29,13 @@ import type { NodeRoute } from './contracts.js';
 import { Presence } from './presence.js';
 import { resolveRelayOptions, type RelaySettings } from './options.js';
 import { selectorNamed, type SelectorName } from './selectors.js';
+import { RelayEvents } from './events.js';
+import { Dashboard, isDashboardUrl } from './dashboard/routes.js';
+import { sameOrigin } from './dashboard/actions.js';
+import type { CallerConnection } from './dashboard/host.js';
 
 export type { NodeInfo } from '../wire/presence.js';
+export type { AuditRecord, AuditKind, AuditDoor } from './events.js';
 
 export const RELAY_VERSION = 'tunnel-relay/0.1.0';
 
@@ -49,8 +54,8 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
   /** Longest deadline a caller may ask for, ms (default 300 000). */
   maxTimeout?: number;
   /**
-   * `[host]:port` of a separate listener for /metrics, /nodes, /healthz and /readyz. When set, the
-   * main port no longer serves /metrics and /nodes, so they need not be public (default: none).
+   * `[host]:port` of a separate listener for /metrics, /nodes, /healthz, /readyz and the dashboard.
+   * When set, the main port no longer serves /metrics and /nodes, so they need not be public (default: none).
    */
   adminListen?: string;
   /** /readyz answers 503 until nodes with these names are connected (default none). */
@@ -80,6 +85,14 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
    * relay stands alone, with nothing to install.
    */
   cluster?: ClusterOptions;
+  /**
+   * Serves the live dashboard (`/dashboard`) on the public port too, to whoever presents this token
+   * (`Authorization: Bearer`, or `?token=` when opening the page). Without it the dashboard is served
+   * on the admin listener only, and not at all without `adminListen` (default: none).
+   */
+  dashboardToken?: string;
+  /** Enables the dashboard's actions (drain or disconnect a node, disconnect a caller) for whoever presents this token (default: none, actions disabled). */
+  adminToken?: string;
 }
 
 
@@ -128,6 +141,15 @@ export class Relay extends EventEmitter {
   readonly cluster: Cluster | undefined;
   /** This relay's name (presence, cluster). */
   readonly relayName: string;
+  /** What happens on the relay, as `audit` events: joins, leaves, refusals, cuts, revocations, operator actions; the last 500 are kept. */
+  readonly events = new RelayEvents();
+  /** @internal The live dashboard, served when there is an admin listener or a dashboard token. */
+  readonly dashboard: Dashboard | undefined;
+  /** When each caller connection opened, and which of them are WebSocket connections (the others: the msgpack-rpc port). */
+  private readonly callerSince = new WeakMap<CallerLink, number>();
+  private readonly websocketCallers = new WeakSet<CallerLink>();
+  /** The address and claimed node name of each WebSocket, for the audit events of refusals. */
+  private readonly peers = new WeakMap<Connection, { address: string; node?: string }>();
   private readonly opts: RelaySettings & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
@@ -166,11 +188,18 @@ export class Relay extends EventEmitter {
       if (call) {
         this.callsInFlight--;
         if (call.path) this.metrics.routed(call.path.local);
-        this.metrics.callEnded(method, code, (performance.now() - call.started) / 1_000, true);
+        const seconds = (performance.now() - call.started) / 1_000;
+        this.metrics.callEnded(method, code, seconds, true);
+        this.dashboard?.callEnded(method, code, seconds, true);
         if (this.callsInFlight === 0 && this.draining) this.emit('idle');
       } else {
-        this.metrics.callEnded(method, code, undefined, this.isServed(method));
+        const known = this.isServed(method);
+        this.metrics.callEnded(method, code, undefined, known);
+        this.dashboard?.callEnded(method, code, undefined, known);
       }
+    },
+    refused: (who, method, reason) => {
+      this.events.audit({ kind: 'refused-call', session: who.session, address: who.address, identity: who.identity, method, reason });
     },
   };
 
@@ -196,11 +225,14 @@ export class Relay extends EventEmitter {
       cluster: () => (this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length } : undefined),
     });
     const separateAdmin = this.opts.adminListen !== undefined;
-    const handle = httpHandler(this, { gateway: true, admin: !separateAdmin, fallback: 'upgrade' });
+    const { dashboardToken, adminToken } = this.opts;
+    this.dashboard = separateAdmin || dashboardToken !== undefined ? new Dashboard(this, { version: RELAY_VERSION, dashboardToken, adminToken }) : undefined;
+    const publicDashboard = dashboardToken !== undefined ? 'public' : undefined;
+    const handle = httpHandler(this, { gateway: true, admin: !separateAdmin, fallback: 'upgrade', dashboard: publicDashboard });
     const listener = createListener(this.opts, this.opts.helloTimeout, (req, res) => this.onHttp(req, res, handle, this.http));
     this.http = listener.server;
     this.secure = listener.secure;
-    const adminHandle = httpHandler(this, { gateway: false, admin: true, fallback: 'not-found' });
+    const adminHandle = httpHandler(this, { gateway: false, admin: true, fallback: 'not-found', dashboard: 'admin' });
     this.admin = separateAdmin ? createServer((req, res) => this.onHttp(req, res, adminHandle, this.admin!)) : undefined;
     this.presence = new Presence(this.directory, this.log);
     this.relayName = this.opts.relayName ?? hostname();
@@ -219,6 +251,7 @@ export class Relay extends EventEmitter {
       this.cluster?.announce('join', link);
     });
     this.registry.on('update', (link: NodeLink) => {
+      if (link.draining) this.events.audit({ kind: 'node-draining', node: link.name, address: link.address });
       const node = this.directory.get(link.name);
       if (node) this.presence.announce('update', node);
       this.cluster?.announce('update', link);
@@ -335,6 +368,7 @@ export class Relay extends EventEmitter {
     const node = this.directory.get(route.name);
     if (!node) return;
     this.presence.announce(node.routes.length === 1 ? 'join' : 'update', node);
+    if (node.routes.length === 1) this.events.audit({ kind: 'node-join', node: route.name, address: route.address, relays: route.relays });
     if (route.local) this.emit('node', route.name);
   }
 
@@ -343,6 +377,8 @@ export class Relay extends EventEmitter {
     const node = this.directory.get(route.name);
     if (!node || why === 'replaced') this.presence.announce('leave', route);
     else this.presence.announce('update', node);
+    if (why === 'replaced') this.events.audit({ kind: 'node-replaced', node: route.name, address: route.address, reason: 'a new connection took its name' });
+    else if (!node) this.events.audit({ kind: 'node-leave', node: route.name, address: route.address, reason: why, relays: route.relays });
     if (route.local && why !== 'replaced') this.emit('node-left', route.name);
   }
 
@@ -429,6 +465,69 @@ export class Relay extends EventEmitter {
     return this.callers.size;
   }
 
+  /** Every caller connection now: WebSocket and msgpack-rpc sessions, HTTP gateway requests being answered. @internal */
+  callerConnections(): CallerConnection[] {
+    const out: CallerConnection[] = [];
+    const describe = (link: CallerLink, transport: CallerConnection['transport']): CallerConnection => ({
+      session: link.session,
+      transport,
+      address: link.address,
+      identity: link.identity,
+      inFlight: link.inFlight,
+      since: this.callerSince.get(link) ?? 0,
+    });
+    for (const link of this.callers) out.push(describe(link, this.websocketCallers.has(link) ? 'websocket' : 'msgpack-rpc'));
+    for (const link of this.gateways.keys()) out.push(describe(link, 'http'));
+    return out;
+  }
+
+  /**
+   * Drains one node attached here: it takes no new calls and is sent GOAWAY, so it finishes its calls
+   * and leaves (a node reconnects with its backoff; to keep it out, revoke its token). Throws NO_NODE
+   * for a node that is not attached to this relay.
+   */
+  drainNode(name: string, reason: string): void {
+    const link = this.localLink(name);
+    if (link.draining) return;
+    this.log.info({ node: name, reason, inFlight: link.inFlight }, 'draining node');
+    link.draining = true;
+    link.conn.send(goaway(reason));
+    link.onDraining?.();
+  }
+
+  /** Closes the connection of a node attached here (1008, `reason`); its calls in flight fail NODE_LOST. Throws NO_NODE. */
+  disconnectNode(name: string, reason: string): void {
+    const link = this.localLink(name);
+    this.log.info({ node: name, reason, inFlight: link.inFlight }, 'closing node connection');
+    link.conn.close(CloseCode.POLICY, reason);
+  }
+
+  /**
+   * Closes one caller connection (1008, `reason`; an HTTP request is answered CANCELLED): its calls
+   * are cancelled on the nodes. Throws CONNECTION_CLOSED for a session that is not open.
+   */
+  disconnectCaller(session: string, reason: string): void {
+    const gateway = [...this.gateways].find(([l]) => l.session === session);
+    const link = gateway?.[0] ?? [...this.callers].find((l) => l.session === session);
+    if (!link) throw new TunnelError(ErrorCode.CONNECTION_CLOSED, `no caller connection has session ${session} on this relay; it may have closed already`);
+    this.log.info({ session, identity: link.identity, peer: link.address, reason }, 'closing caller connection');
+    const unanswered = link.out.close ? [] : link.inFlightIds;
+    link.out.close?.(CloseCode.POLICY, reason);
+    if (gateway) gateway[1]();
+    else this.closeCallerSession(link);
+    const error = new TunnelError(ErrorCode.CANCELLED, reason).toWire();
+    for (const id of unanswered) link.out.respond(id, error, null);
+  }
+
+  private localLink(name: string): NodeLink {
+    for (const link of this.registry.all()) if (link.name === name && !link.closed) return link;
+    const remote = this.directory.get(name);
+    throw new TunnelError(
+      ErrorCode.NO_NODE,
+      remote ? `node ${name} is attached to relay ${remote.relays.join(', ')}, not to this one; act on that relay` : `no node named ${name} is attached to this relay`,
+    );
+  }
+
   /**
    * Drains, then closes: refuses new connections (503) and new calls (GOING_AWAY), sends GOAWAY to
    * every node and caller, waits up to `timeout` ms for the calls in flight, then closes everything.
@@ -466,6 +565,7 @@ export class Relay extends EventEmitter {
     await new Promise<void>((resolve) => setImmediate(resolve));
     clearInterval(this.pruneTimer);
     clearInterval(this.streamTimer);
+    this.dashboard?.close();
     this.auth.close();
     await this.cluster?.stop();
     for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
@@ -486,6 +586,8 @@ export class Relay extends EventEmitter {
 
   private reject(conn: Connection, code: number, reason: string, metric: string): void {
     this.metrics.connectionRejected(metric);
+    const peer = this.peers.get(conn);
+    this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer?.address, node: peer?.node, reason });
     conn.close(code, reason);
   }
 
@@ -509,10 +611,13 @@ export class Relay extends EventEmitter {
       loopback = bound !== null && isLoopbackHost(bound.address);
       if (bound !== null) this.loopbackListeners.set(server, loopback);
     }
-    const refusal = this.browsers.check(req.headers, loopback);
+    // The dashboard's page calls its own relay: its same-origin requests pass, the Host check still applies.
+    const headers = door !== 'websocket' && isDashboardUrl(req.url) && sameOrigin(req) ? { ...req.headers, origin: undefined } : req.headers;
+    const refusal = this.browsers.check(headers, loopback);
     if (refusal === undefined) return undefined;
     this.metrics.connectionRejected(refusal.metric);
     this.log.warn({ peer: peerAddress(req.socket), door, reason: refusal.reason }, 'refused request');
+    this.events.audit({ kind: 'refused-request', door, address: peerAddress(req.socket), reason: refusal.reason });
     return refusal.reason;
   }
 
@@ -571,6 +676,7 @@ export class Relay extends EventEmitter {
     if (reason !== undefined) {
       this.metrics.connectionRejected('unauthorized');
       this.log.warn({ peer, reason }, 'refused connection at upgrade');
+      this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer, reason });
       refuseUpgrade(socket, 401, reason);
       return;
     }
@@ -604,9 +710,13 @@ export class Relay extends EventEmitter {
         maxBacklog: this.opts.maxBacklog,
         slowConsumerTimeout: this.opts.slowConsumerTimeout,
         maxFirstMessage: NAME_LIMITS.hello,
-        onSlowConsumer: () => this.metrics.slowConsumer('websocket'),
+        onSlowConsumer: (backlog) => {
+          this.metrics.slowConsumer('websocket');
+          this.events.audit({ kind: 'slow-consumer', door: 'websocket', address, node: this.peers.get(conn)?.node, reason: `${backlog} bytes waited to be written to it (limit ${this.opts.maxBacklog})` });
+        },
       },
     );
+    this.peers.set(conn, { address });
     const timer = setTimeout(() => {
       if (settled) return;
       log.info({ helloTimeoutMs: this.opts.helloTimeout }, 'closing connection that sent no hello');
@@ -625,6 +735,8 @@ export class Relay extends EventEmitter {
       return;
     }
     conn.peerVersion = h.version;
+    const peer = this.peers.get(conn);
+    if (peer && h.role === 'node' && typeof h.name === 'string') peer.node = h.name.slice(0, NAME_LIMITS.name);
     const token = h.token ?? bearerToken(req);
     if (h.role === 'node') {
       const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
@@ -672,7 +784,7 @@ export class Relay extends EventEmitter {
 
   private attachCaller(conn: Connection, identity: string | null, address: string, log: Logger, credential: Credential): void {
     conn.pauseWhenBacklogged = true;
-    const link = this.openCallerSession(
+    const link: CallerLink = this.openCallerSession(
       {
         respond: (id, error, result) => conn.send(response(id, error, result)),
         goaway: (reason) => conn.send(goaway(reason)),
@@ -688,6 +800,7 @@ export class Relay extends EventEmitter {
       log,
       credential,
     );
+    this.websocketCallers.add(link);
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
       close: (code, reason) => {
@@ -725,7 +838,9 @@ export class Relay extends EventEmitter {
   private newCallerLink(kind: string, out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
     const session = `${this.sessionPrefix}-${kind}${(++this.sessionCounter).toString(36)}`;
     const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
-    return new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer, logins);
+    const link = new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer, logins);
+    this.callerSince.set(link, Date.now());
+    return link;
   }
 
   /** Ends a caller session: its calls are dropped and every node that saw it forgets it. @internal */
@@ -768,6 +883,7 @@ export class Relay extends EventEmitter {
     const who = r.role === 'node' ? { node: r.name } : { identity: r.name };
     this.log.warn({ role: r.role, ...who, peer: r.address, reason: r.reason }, 'revoked connection');
     this.metrics.connectionRejected('revoked');
+    this.events.audit({ kind: 'revoked', address: r.address, reason: r.reason, ...(r.role === 'node' ? { node: r.name ?? undefined } : { identity: r.name }) });
     this.emit('revoked', r);
   }
 }

@@ -7,7 +7,7 @@ export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' |
 export const LOG_LEVELS: LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Every field that may hold a secret, wherever it appears in a log line. */
-const SECRET_FIELDS = ['token', 'nodeToken', 'callerToken', 'password', 'credentials', 'authorization', 'args', 'params'];
+const SECRET_FIELDS = ['token', 'nodeToken', 'callerToken', 'dashboardToken', 'adminToken', 'password', 'credentials', 'authorization', 'args', 'params'];
 const REDACT = [...SECRET_FIELDS, ...SECRET_FIELDS.map((f) => `*.${f}`), ...SECRET_FIELDS.map((f) => `*.*.${f}`)];
 
 /**

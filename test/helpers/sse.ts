@@ -1,0 +1,94 @@
+import { request } from 'node:http';
+
+/** One server-sent event as received. */
+export interface SseEvent {
+  event: string;
+  data: unknown;
+}
+
+/** A server-sent events stream read as it arrives, with a bounded wait for the event a test needs. */
+export interface SseStream {
+  readonly status: number;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly events: SseEvent[];
+  /** Waits for an event matching `pred` (among those already received too), failing after `timeout` ms. */
+  waitFor(pred: (e: SseEvent) => boolean, timeout?: number, what?: string): Promise<SseEvent>;
+  close(): void;
+}
+
+/** Opens `url` (GET, on 127.0.0.1) and parses the body as server-sent events. */
+export function openSse(url: string, headers: Record<string, string> = {}, timeout = 10_000): Promise<SseStream> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { headers: { accept: 'text/event-stream', ...headers } });
+    const timer = setTimeout(() => {
+      req.destroy();
+      reject(new Error(`no answer from ${url} within ${timeout} ms`));
+    }, timeout);
+    req.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    req.once('response', (res) => {
+      clearTimeout(timer);
+      const events: SseEvent[] = [];
+      let waiters: Array<() => void> = [];
+      let ended = false;
+      let buffer = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        buffer += chunk;
+        let end;
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let event = 'message';
+          let data = '';
+          for (const line of block.split('\n')) {
+            if (line.startsWith('event:')) event = line.slice(6).trim();
+            else if (line.startsWith('data:')) data += line.slice(5).trimStart();
+          }
+          let parsed: unknown = data;
+          try {
+            parsed = JSON.parse(data);
+          } catch {
+            /* not JSON: kept as text */
+          }
+          events.push({ event, data: parsed });
+        }
+        const w = waiters;
+        waiters = [];
+        for (const f of w) f();
+      });
+      res.once('close', () => {
+        ended = true;
+        for (const f of waiters) f();
+      });
+      resolve({
+        status: res.statusCode ?? 0,
+        headers: res.headers,
+        events,
+        async waitFor(pred, wait = 10_000, what = 'event') {
+          const deadline = Date.now() + wait;
+          for (;;) {
+            const found = events.find(pred);
+            if (found) return found;
+            const left = deadline - Date.now();
+            if (ended) throw new Error(`stream ended before ${what}; got ${events.map((e) => e.event).join(', ')}`);
+            if (left <= 0) throw new Error(`timed out after ${wait} ms waiting for ${what}`);
+            await new Promise<void>((r) => {
+              const t = setTimeout(r, left);
+              waiters.push(() => {
+                clearTimeout(t);
+                r();
+              });
+            });
+          }
+        },
+        close() {
+          req.destroy();
+        },
+      });
+    });
+    req.end();
+  });
+}
