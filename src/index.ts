@@ -26,7 +26,7 @@ export { MsgpackRpcPort, type MsgpackRpcPortOptions, type CallerAuthenticator } 
 
 // Node
 export { TunnelNode, type NodeOptions } from './node/node.js';
-export type { TunnelState } from './node/tunnel.js';
+export type { TunnelState } from './node/tunnel-state.js';
 export { ForwardedService, parseForward, type ForwardArgs, type ForwardOptions, type ForwardTarget } from './node/forward.js';
 export { DirectListener, type DirectListenerOptions } from './node/direct.js';
 

@@ -15,10 +15,11 @@ import { resolveNodeOptions, type NodeSettings } from './options.js';
 import { Dispatcher, type DispatchHost, type RunningCall } from './dispatcher.js';
 import type { ForwardedService } from './forward.js';
 import { SessionTable } from './sessions.js';
-import { RelayTunnel, type TunnelHost, type TunnelState } from './tunnel.js';
+import { RelayTunnel, type TunnelHost } from './tunnel.js';
+import type { TunnelState } from './tunnel-state.js';
 import { DeadlineWheel } from '../rpc/deadlines.js';
 
-export type { TunnelState } from './tunnel.js';
+export type { TunnelState } from './tunnel-state.js';
 
 export interface NodeOptions extends ClientTlsOptions {
   /**

@@ -1,3 +1,4 @@
+import type { TunnelState } from './tunnel-state.js';
 import { ErrorCode, TunnelError } from '../errors.js';
 import type { Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
@@ -34,18 +35,6 @@ export interface TunnelHost {
   lost(tunnel: RelayTunnel, code: number, reason: string): void;
   /** A relay said a caller disconnected: the session ends on every tunnel. */
   sessionClosed(session: string): void;
-}
-
-/** One tunnel as `TunnelNode.tunnels` shows it. */
-export interface TunnelState {
-  /** The relay's WebSocket URL. */
-  url: string;
-  /** The relay has welcomed this tunnel and it is open. */
-  connected: boolean;
-  /** When the tunnel entered its current state (welcomed, or lost); undefined before its first dial ended. */
-  since: Date | undefined;
-  /** Handlers running for calls that came through this tunnel. */
-  running: number;
 }
 
 /**
