@@ -20,6 +20,7 @@ import {
 import { serviceStub, type StubTarget } from '../src/client/stub.js';
 import type { Arith as ExampleArith } from '../src/services/arith.js';
 
+// eslint-disable-next-line @typescript-eslint/no-unused-vars -- only its type is used: typeof Arith
 const Arith = defineService({
   Multiply(a: number, b: number) {
     return a * b;
@@ -152,6 +153,7 @@ describe('typed stubs (types)', () => {
 
 describe('withContext and error codes (types)', () => {
   it('types the context and keeps `this`', () => {
+    // eslint-disable-next-line @typescript-eslint/no-unused-vars -- only its type is used
     const svc = {
       prefix: 'hi',
       Greet: withContext(function (this: { prefix: string }, ctx, name: string) {

@@ -311,7 +311,7 @@ export class Client extends EventEmitter {
         this.settle(m.id)?.reject(err as TunnelError);
         return;
       }
-      if (whole) this.settle(m.id) && this.deliver(whole.owner, null, whole.body);
+      if (whole && this.settle(m.id)) this.deliver(whole.owner, null, whole.body);
       return;
     }
     if (m.kind !== Kind.RESPONSE) return;

@@ -8,7 +8,7 @@ import { BROADCAST_OPTION_KEYS, CALL_OPTION_KEYS, type BroadcastOptions, type Br
  * A service method with one of these names is left out of the stub; call it with
  * `client.call('Service.with', ...)`.
  */
-export type ReservedName = 'with' | 'broadcast' | 'then' | 'toJSON' | keyof Object;
+export type ReservedName = 'with' | 'broadcast' | 'then' | 'toJSON' | keyof typeof Object.prototype;
 
 // `any` because each handler declares its own parameters.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any

@@ -48,7 +48,7 @@ const METHOD_GLOB = /^[\w*]+$/;
 function glob(part: string): Matcher {
   if (/^\*+$/.test(part)) return ANY;
   if (!part.includes('*')) return (value) => value === part;
-  const re = new RegExp(`^${part.split('*').map((s) => s.replace(/[.\-]/g, '\\$&')).join('.*')}$`);
+  const re = new RegExp(`^${part.split('*').map((s) => s.replace(/[.-]/g, '\\$&')).join('.*')}$`);
   return (value) => re.test(value);
 }
 
