@@ -5,13 +5,18 @@
  *
  *   npm run bench                 full run
  *   npm run bench -- --quick      one short run per scenario, for development
- *   npm run bench -- --only core,large      (scenarios: core, callers, large, hol, fleet)
+ *   npm run bench -- --only core,large      (scenarios: core, mrpc, callers, large, hol, fleet)
+ *
+ * The comparisons that need other software start it themselves on 127.0.0.1 and skip their rows with
+ * a note when it is missing: Go (golang-go, golang-github-ugorji-go-codec-dev), nats-server, and
+ * sshd with ssh (openssh-server, openssh-client); see bench/servers.ts.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { killAll, startNode, startRelay } from '../test/helpers/processes.js';
+import { startNatsServer, startSshForward } from './servers.js';
 
 const LOAD = fileURLToPath(new URL('./load.js', import.meta.url));
 
@@ -31,6 +36,14 @@ export interface Row {
   relayRssMB?: number;
   relayCpu?: number;
   note?: string;
+  /** For a ratio row: the target it must meet, checked in the summary. */
+  target?: Target;
+}
+
+/** `ratio ≥ value` (`min`) or `≤ value` (`max`); for the p99 target, the row's p99 in ms below `value`. */
+interface Target {
+  kind: 'min' | 'max' | 'p99';
+  value: number;
 }
 
 interface LoadResult {
@@ -54,6 +67,7 @@ interface LoadSpec {
   args: unknown[];
   warmup?: number;
   raw?: boolean;
+  nats?: boolean;
   payloadBytes?: number;
   count?: number;
 }
@@ -96,6 +110,7 @@ const median = (xs: number[]) => {
 const ECHO_SERVICES = fileURLToPath(new URL('./echo-services.js', import.meta.url));
 const WS_ECHO = fileURLToPath(new URL('./ws-echo.js', import.meta.url));
 const FLEET = fileURLToPath(new URL('./fleet.js', import.meta.url));
+const NATS_RESPONDER = fileURLToPath(new URL('./nats-responder.js', import.meta.url));
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 interface Sample extends LoadResult {
@@ -127,9 +142,15 @@ function row(scenario: string, samples: Sample[], unit = 'calls/s', scale = 1, n
   return r;
 }
 
-function ratioRow(scenario: string, ratios: number[], note: string): Row {
-  return { scenario, rate: median(ratios), unit: '×', p50: NaN, p99: NaN, note };
+function ratioRow(scenario: string, ratios: number[], note: string, target?: Target): Row {
+  const r: Row = { scenario, rate: median(ratios), unit: '×', p50: NaN, p99: NaN, note };
+  if (target) r.target = target;
+  return r;
 }
+
+const atLeast = (value: number): Target => ({ kind: 'min', value });
+const atMost = (value: number): Target => ({ kind: 'max', value });
+const targetText = (t: Target) => (t.kind === 'min' ? `target ≥ ${t.value}` : t.kind === 'max' ? `target ≤ ${t.value}` : `target p99 < ${t.value} ms`);
 
 /** Builds the Go net/rpc server and load generator; undefined (with the reason) when Go is missing. */
 function buildGo(): { server: string; load: string } | string {
@@ -186,17 +207,25 @@ function runGoLoad(load: string, addr: string, window: number): Promise<LoadResu
   });
 }
 
-/** Relayed vs direct vs Go net/rpc, one caller, per window size; ratios taken within each run. */
+/**
+ * Relayed vs direct vs Go net/rpc vs NATS request/reply, one caller, per window size; ratios taken
+ * within each run. The NATS row (1 and 256 in flight) is the alternative for RPC to agents that dial
+ * out: nats.js requests through nats-server to a nats.js responder, MessagePack in both directions.
+ */
 async function core(): Promise<Row[]> {
   const go = buildGo();
   const rows: Row[] = [];
   for (const window of [1, 16, 256]) {
+    const withNats = window !== 16;
     const relayed: Sample[] = [];
     const direct: Sample[] = [];
     const goDirect: LoadResult[] = [];
+    const nats: LoadResult[] = [];
     const vsDirect: number[] = [];
     const vsGo: number[] = [];
+    const vsNats: number[] = [];
     const latency: number[] = [];
+    let natsSkipped: string | undefined;
     for (let r = 0; r < runs; r++) {
       const relay = await startRelay(['--log-level', 'info']);
       const node = await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info', '--direct-listen', '127.0.0.1:0']);
@@ -213,16 +242,90 @@ async function core(): Promise<Row[]> {
         goDirect.push(c);
         vsGo.push(a.rate / c.rate);
       }
+      if (withNats) {
+        const server = await startNatsServer();
+        if (typeof server === 'string') natsSkipped = server;
+        else {
+          try {
+            await startPrinting(process.execPath, [NATS_RESPONDER, server.addr]);
+            const d = await runLoad({ relay: server.addr, nats: true, callers: 1, window, seconds, method: 'Arith.Multiply', args: [2, 3] });
+            nats.push(d);
+            vsNats.push(a.rate / d.rate);
+          } finally {
+            server.stop();
+          }
+        }
+      }
       await stopAll();
     }
     rows.push(row(`relayed, 1 caller × ${window} in flight`, relayed));
     rows.push(row(`direct (no relay), ${window} in flight`, direct));
     rows.push(ratioRow(`  relayed ÷ direct throughput, ${window} in flight`, vsDirect, 'target ≥ 0.5'));
-    if (window === 1) rows.push(ratioRow('  relayed ÷ direct median latency, 1 in flight', latency, 'target ≤ 2'));
-    if (typeof go === 'string') rows.push({ scenario: `Go net/rpc direct, ${window} in flight`, rate: NaN, unit: '', p50: NaN, p99: NaN, note: go });
+    if (window === 1) rows.push(ratioRow('  relayed ÷ direct median latency, 1 in flight', latency, '', atMost(2)));
+    if (typeof go === 'string') rows.push(skipped(`Go net/rpc direct, ${window} in flight`, go));
     else {
       rows.push(row(`Go net/rpc + msgpack direct, ${window} in flight`, goDirect.map((x) => ({ ...x }))));
       rows.push(ratioRow(`  relayed ÷ Go direct, ${window} in flight`, vsGo, window === 256 ? 'target ≥ 4' : ''));
+    }
+    if (!withNats) continue;
+    if (natsSkipped !== undefined) rows.push(skipped(`NATS request/reply, ${window} in flight`, natsSkipped));
+    else {
+      rows.push(row(`NATS request/reply (nats.js ↔ nats-server), ${window} in flight`, nats));
+      rows.push(ratioRow(`  relayed ÷ NATS, ${window} in flight`, vsNats, '', atLeast(window === 1 ? 1.2 : 3)));
+    }
+  }
+  return rows;
+}
+
+const skipped = (scenario: string, note: string): Row => ({ scenario, rate: NaN, unit: '', p50: NaN, p99: NaN, note });
+
+/**
+ * The MessagePack-RPC path against `ssh -R`, the other way to reach a Go net/rpc server behind NAT:
+ * the same Go client (one connection) calls the same Go server directly, through the relay's
+ * `--msgpack-rpc-listen` port and `tunnel-node --forward`, and through an sshd remote forward.
+ */
+async function msgpackRpc(): Promise<Row[]> {
+  const go = buildGo();
+  if (typeof go === 'string') return [skipped('msgpack-rpc path vs ssh -R', go)];
+  const windows = [1, 64];
+  const samples = windows.map(() => ({ direct: [] as LoadResult[], relayed: [] as LoadResult[], ssh: [] as LoadResult[], vsSsh: [] as number[], vsDirect: [] as number[] }));
+  let sshSkipped: string | undefined;
+  for (let r = 0; r < runs; r++) {
+    const server = await startPrinting(go.server, []);
+    const relay = await startRelay(['--log-level', 'info', '--msgpack-rpc-listen', '127.0.0.1:0']);
+    const rpcPort = (await relay.proc.waitForMsg('msgpack-rpc port listening')).port as number;
+    await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info', '--forward', `Arith=${server.first}`]);
+    const ssh = await startSshForward(server.first);
+    if (typeof ssh === 'string') sshSkipped = ssh;
+    try {
+      for (const [i, window] of windows.entries()) {
+        const s = samples[i]!;
+        const direct = await runGoLoad(go.load, server.first, window);
+        const relayed = await runGoLoad(go.load, `127.0.0.1:${rpcPort}`, window);
+        s.direct.push(direct);
+        s.relayed.push(relayed);
+        s.vsDirect.push(relayed.rate / direct.rate);
+        if (typeof ssh !== 'string') {
+          const viaSsh = await runGoLoad(go.load, ssh.addr, window);
+          s.ssh.push(viaSsh);
+          s.vsSsh.push(relayed.rate / viaSsh.rate);
+        }
+      }
+    } finally {
+      if (typeof ssh !== 'string') ssh.stop();
+      await stopAll();
+    }
+  }
+  const rows: Row[] = [];
+  for (const [i, window] of windows.entries()) {
+    const s = samples[i]!;
+    rows.push(row(`Go client → Go server direct, ${window} in flight`, s.direct));
+    rows.push(row(`Go client → relay msgpack-rpc → node --forward → Go server, ${window} in flight`, s.relayed));
+    rows.push(ratioRow(`  msgpack-rpc path ÷ direct, ${window} in flight`, s.vsDirect, ''));
+    if (sshSkipped !== undefined) rows.push(skipped(`Go client → ssh -R → Go server, ${window} in flight`, sshSkipped));
+    else {
+      rows.push(row(`Go client → ssh -R → Go server, ${window} in flight`, s.ssh));
+      rows.push(ratioRow(`  msgpack-rpc path ÷ ssh -R, ${window} in flight`, s.vsSsh, '', atLeast(window === 1 ? 0.8 : 1)));
     }
   }
   return rows;
@@ -266,7 +369,7 @@ async function large(): Promise<Row[]> {
     }
     rows.push(row(`echo ${mib} MiB through the relay`, relayed, 'MiB/s', mib));
     rows.push(row(`echo ${mib} MiB, bare ws`, raw, 'MiB/s', mib));
-    rows.push(ratioRow(`  relayed ÷ bare ws, ${mib} MiB`, ratios, mib === 16 ? 'target ≥ 0.5' : ''));
+    rows.push(ratioRow(`  relayed ÷ bare ws, ${mib} MiB`, ratios, '', mib === 16 ? atLeast(0.5) : undefined));
   }
   return rows;
 }
@@ -282,7 +385,7 @@ async function headOfLine(): Promise<Row[]> {
     await big;
     await stopAll();
   }
-  return [row('small calls while 16 MiB echoes run', samples, 'calls/s', 1, 'target p99 < 50 ms')];
+  return [{ ...row('small calls while 16 MiB echoes run', samples), target: { kind: 'p99', value: 50 } }];
 }
 
 /** 2,000 idle nodes on one relay (RSS per node), then 200 callers × 50 calls. */
@@ -318,7 +421,7 @@ function printTable(rows: Row[]): void {
     Number.isFinite(r.p99) ? r.p99.toFixed(2) : '',
     r.relayRssMB === undefined ? '' : r.relayRssMB.toFixed(1),
     r.relayCpu === undefined ? '' : `${Math.round(r.relayCpu * 100)}%`,
-    r.note ?? '',
+    [r.note, r.target && targetText(r.target)].filter(Boolean).join('; '),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
   const fmt = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
@@ -329,11 +432,26 @@ function printTable(rows: Row[]): void {
 
 const scenarios: Array<[string, () => Promise<Row[]>]> = [
   ['core', core],
+  ['mrpc', msgpackRpc],
   ['callers', manyCallers],
   ['large', large],
   ['hol', headOfLine],
   ['fleet', fleet],
 ];
+
+/** The issue's targets, each with what this run measured: met or not. */
+function printTargets(rows: Row[]): void {
+  const checked = rows.filter((r) => r.target);
+  if (checked.length === 0) return;
+  console.log('\nTargets (medians of this run):');
+  for (const r of checked) {
+    const t = r.target!;
+    const measured = t.kind === 'p99' ? r.p99 : r.rate;
+    const met = t.kind === 'min' ? measured >= t.value : t.kind === 'max' ? measured <= t.value : measured < t.value;
+    const shown = t.kind === 'p99' ? `p99 ${measured.toFixed(1)} ms` : `${measured.toFixed(2)}×`;
+    console.log(`  ${met ? 'met    ' : 'NOT MET'}  ${r.scenario.trim()}: ${shown} (${targetText(t)})`);
+  }
+}
 
 const rows: Row[] = [];
 process.on('SIGINT', () => void stopAll().then(() => process.exit(130)));
@@ -345,6 +463,7 @@ for (const [name, run] of scenarios) {
 await stopAll();
 console.log(`\n${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown CPU'}), Node ${process.version}, median of ${runs} run(s) of ${seconds} s\n`);
 printTable(rows);
+printTargets(rows);
 const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url));
 mkdirSync(dir, { recursive: true });
 const file = `${dir}${new Date().toISOString().replace(/[:.]/g, '-')}.json`;

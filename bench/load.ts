@@ -4,13 +4,17 @@
  * line: calls completed, errors, and latency percentiles (ms).
  */
 import { once } from 'node:events';
+import { connect as natsConnect } from '@nats-io/transport-node';
 import { WebSocket } from 'ws';
 import { connect } from '../src/client/client.js';
+import { decode, encode } from '../src/wire/codec.js';
 
 interface LoadArgs {
   relay: string;
   /** With `raw`, `relay` is the port of a bare ws echo server and the payload is sent as is. */
   raw?: boolean;
+  /** With `nats`, `relay` is a nats-server's address and calls are NATS requests to bench/nats-responder.ts. */
+  nats?: boolean;
   /** Replaces `args` with one Buffer argument of this many bytes. */
   payloadBytes?: number;
   /** Each lane makes this many calls and stops, instead of running for `seconds`. */
@@ -47,8 +51,19 @@ async function rawCaller(port: string): Promise<Caller> {
   };
 }
 
+/** A NATS connection with the same shape: a request carries MessagePack `[method, params]`, the reply the result. */
+async function natsCaller(server: string): Promise<Caller> {
+  const nc = await natsConnect({ servers: server });
+  return {
+    request: async (method, args) => decode((await nc.request('bench.rpc', encode([method, args]), { timeout: 60_000 })).data),
+    close: () => nc.close(),
+  };
+}
+
 const clients: Caller[] = await Promise.all(
-  Array.from({ length: spec.callers }, () => (spec.raw ? rawCaller(spec.relay) : connect(spec.relay, { timeout: 60_000 }))),
+  Array.from({ length: spec.callers }, () =>
+    spec.raw ? rawCaller(spec.relay) : spec.nats ? natsCaller(spec.relay) : connect(spec.relay, { timeout: 60_000 }),
+  ),
 );
 const latencies: number[] = [];
 let calls = 0;

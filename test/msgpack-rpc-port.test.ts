@@ -73,6 +73,25 @@ describe('the MessagePack-RPC port with a raw socket', () => {
     expect(replies).toEqual([[1, 0xffffffff, null, 42]]);
   });
 
+  it('echoes msgids of every width, however the caller encoded them, and passes params and results as they are', async () => {
+    const asFloat = Buffer.concat([Buffer.from([0x94, 0x00, 0xcb]), Buffer.from(new Float64Array([300]).buffer).reverse(), encode('Slow.Echo'), encode([3])]);
+    const value = { text: 'héllo', list: [1, -2, 3.25, null, true], big: 2 ** 40, bytes: Buffer.from([1, 2, 3]) };
+    const { replies, socket } = await exchange(
+      [req(0, 'Slow.Echo', [0]), req(200, 'Slow.Echo', [200]), req(65_535, 'Slow.Echo', [value]), req(65_536, 'Arith.Multiply', [2, 3]), asFloat],
+      5,
+    );
+    socket.destroy();
+    expect(new Map(replies.map((r) => [(r as unknown[])[1], r]))).toEqual(
+      new Map([
+        [0, [1, 0, null, 0]],
+        [200, [1, 200, null, 200]],
+        [65_535, [1, 65_535, null, value]],
+        [65_536, [1, 65_536, null, 6]],
+        [300, [1, 300, null, 3]],
+      ]),
+    );
+  });
+
   it('replies BAD_REQUEST to requests of the wrong length or shape and keeps the connection', async () => {
     const { replies, closed, socket } = await exchange(
       [

@@ -1,12 +1,13 @@
 import { connect, type Socket } from 'node:net';
 import { ErrorCode, TunnelError } from '../errors.js';
-import { decodeParams, encodeResult } from '../rpc/body.js';
 import type { CallContext } from '../rpc/context.js';
 import { dialAddress } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
 import { ANY_METHOD, Kind, MAX_ID } from '../wire/messages.js';
+import { checkMessagePack } from '../wire/scan.js';
+import { checkOneValue, EnvelopeReader, OTHER } from '../wire/skip.js';
 import { resolveForwardOptions, type ForwardArgs, type ForwardSettings } from './options.js';
 
 export type { ForwardArgs } from './options.js';
@@ -72,6 +73,8 @@ export class ForwardedService {
   private cursor = 0;
   private reachable = true;
   private closed = false;
+  /** Method names as MessagePack str, encoded once: every request repeats one of a few. */
+  private readonly names = new Map<string, Buffer>();
 
   constructor(
     readonly name: string,
@@ -87,20 +90,41 @@ export class ForwardedService {
    * Calls `method` (`Service.Method`, sent as it is) on the local server with `params` (a MessagePack
    * array); resolves to the encoded result.
    */
-  async call(method: string, params: Uint8Array, ctx: CallContext): Promise<Uint8Array> {
-    if (this.closed) throw new TunnelError(ErrorCode.GOING_AWAY, `forwarded service ${this.name} is shutting down`);
-    // Checked here, because a bad value sent on would break a connection that other callers share.
-    const args = decodeParams(params);
-    if (args.length > 1 && this.opts.args === 'one') {
-      throw new TunnelError(
-        ErrorCode.BAD_REQUEST,
-        `forwarded service ${this.name} follows Go's net/rpc: it takes exactly one argument (a struct as a JSON object, e.g. '{"A":2,"B":3}'); got ${args.length}` +
-          ' (a server that takes several: tunnel-node --forward-args any)',
+  call(method: string, params: Uint8Array, ctx: CallContext): Promise<Uint8Array> {
+    if (this.closed) return Promise.reject(new TunnelError(ErrorCode.GOING_AWAY, `forwarded service ${this.name} is shutting down`));
+    let count: number;
+    try {
+      // Checked here, because a bad value sent on would break a connection that other callers share.
+      count = checkParams(params);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (count > 1 && this.opts.args === 'one') {
+      return Promise.reject(
+        new TunnelError(
+          ErrorCode.BAD_REQUEST,
+          `forwarded service ${this.name} follows Go's net/rpc: it takes exactly one argument (a struct as a JSON object, e.g. '{"A":2,"B":3}'); got ${count}` +
+            ' (a server that takes several: tunnel-node --forward-args any)',
+        ),
       );
     }
     const upstream = this.pick();
-    await upstream.ready(ctx.signal);
-    return upstream.call(method, params, ctx.signal);
+    if (upstream.isConnected) return upstream.call(this.encodedName(method), params, ctx);
+    return upstream.ready(ctx.signal).then(() => {
+      ctx.signal.throwIfAborted();
+      return upstream.call(this.encodedName(method), params, ctx);
+    });
+  }
+
+  private encodedName(method: string): Buffer {
+    let name = this.names.get(method);
+    if (name === undefined) {
+      // Method names come from callers: keep the cache from growing without bound.
+      if (this.names.size >= 1024) this.names.clear();
+      name = encode(method);
+      this.names.set(method, name);
+    }
+    return name;
   }
 
   /** Closes every connection to the local server; calls in flight fail. */
@@ -129,22 +153,41 @@ export class ForwardedService {
   }
 }
 
+/**
+ * A call sent and not yet answered. Its caller's AbortSignal is only looked at once the call has
+ * waited a whole {@link SWEEP_INTERVAL}: most calls are answered long before, and then never make
+ * one (an AbortController and its listener cost more than the rest of the call's forwarding).
+ */
 interface Waiting {
   resolve(bytes: Uint8Array): void;
-  reject(err: TunnelError): void;
-  signal: AbortSignal;
-  onAbort(): void;
+  reject(err: unknown): void;
+  ctx: CallContext;
+  /** The sweep count when the call was sent. */
+  sent: number;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
 }
 
-/** One connection to the local server: MessagePack-RPC requests out, responses matched by msgid. */
+/**
+ * One connection to the local server: MessagePack-RPC requests out, responses matched by msgid.
+ * Neither params nor results are decoded: a request is the params bytes behind a header with our
+ * msgid, and a response's result element is handed on as the bytes the server wrote.
+ */
 class Upstream {
   closed = false;
+  isConnected = false;
   private readonly socket: Socket;
   private readonly framer: MessagePackFramer;
+  private readonly reader = new EnvelopeReader();
   private readonly pending = new Map<number, Waiting>();
   private readonly connected: Promise<void>;
   private nextId = 0;
-  private corked = false;
+  /** Requests of this event-loop turn, written together on the next tick. */
+  private queue: Uint8Array[] = [];
+  private queued = 0;
+  private flushScheduled = false;
+  private sweeps = 0;
+  private sweepTimer: NodeJS.Timeout | undefined;
   private wasConnected = false;
   private error: TunnelError | undefined;
 
@@ -164,6 +207,7 @@ class Upstream {
       this.socket.once('connect', () => {
         clearTimeout(timer);
         this.wasConnected = true;
+        this.isConnected = true;
         service.onReachable(true, {});
         resolve();
       });
@@ -190,28 +234,15 @@ class Upstream {
     return this.connected;
   }
 
-  call(method: string, params: Uint8Array, signal: AbortSignal): Promise<Uint8Array> {
+  /** Sends `[0, msgid, method, params]` (`name` is the method as a MessagePack str) and waits for its answer. */
+  call(name: Buffer, params: Uint8Array, ctx: CallContext): Promise<Uint8Array> {
     if (this.closed) return Promise.reject(this.error);
-    signal.throwIfAborted();
     const id = this.allocate();
-    // [0, msgid, method, params]: the params bytes go out exactly as the caller encoded them.
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    this.socket.write(Buffer.concat([REQUEST_HEAD, encode(id), encode(method), params]));
+    this.send(id, name, params);
     return new Promise<Uint8Array>((resolve, reject) => {
       // The server may still answer after the caller gave up; that answer is dropped by msgid.
-      const onAbort = () => {
-        this.pending.delete(id);
-        reject(signal.reason);
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.pending.set(id, { resolve, reject, signal, onAbort });
+      this.pending.set(id, { resolve, reject, ctx, sent: this.sweeps, signal: undefined, onAbort: undefined });
+      this.sweepTimer ??= setTimeout(this.sweep, SWEEP_INTERVAL).unref();
     });
   }
 
@@ -226,6 +257,78 @@ class Upstream {
     return this.nextId;
   }
 
+  /** Queues one request: small params are copied behind the header, large ones written after it as they are. */
+  private send(id: number, name: Buffer, params: Uint8Array): void {
+    const head = 2 + (id < 0x80 ? 1 : id < 0x100 ? 2 : id < 0x10000 ? 3 : 5) + name.length;
+    const small = params.length <= COPY_LIMIT;
+    const b = Buffer.allocUnsafe(small ? head + params.length : head);
+    b[0] = 0x94;
+    b[1] = Kind.REQUEST;
+    let at = 2;
+    if (id < 0x80) b[at++] = id;
+    else if (id < 0x100) {
+      b[at++] = 0xcc;
+      b[at++] = id;
+    } else if (id < 0x10000) {
+      b[at++] = 0xcd;
+      at = b.writeUInt16BE(id, at);
+    } else {
+      b[at++] = 0xce;
+      at = b.writeUInt32BE(id, at);
+    }
+    b.set(name, at);
+    if (small) b.set(params, head);
+    this.queue.push(b);
+    this.queued += b.length;
+    if (!small) {
+      this.queue.push(params);
+      this.queued += params.length;
+    }
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      process.nextTick(this.flush);
+    }
+  }
+
+  /** Everything queued in this turn in one write. */
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    const queue = this.queue;
+    const bytes = this.queued;
+    this.queue = [];
+    this.queued = 0;
+    if (queue.length === 0 || this.closed) return;
+    if (queue.length === 1) this.socket.write(queue[0]!);
+    else if (bytes <= COPY_LIMIT) this.socket.write(Buffer.concat(queue, bytes));
+    else {
+      this.socket.cork();
+      for (const b of queue) this.socket.write(b);
+      this.socket.uncork();
+    }
+  };
+
+  /** Calls that have waited a whole interval start listening for their caller giving up. */
+  private readonly sweep = (): void => {
+    this.sweepTimer = undefined;
+    this.sweeps++;
+    for (const [id, w] of this.pending) {
+      if (w.signal !== undefined || this.sweeps - w.sent < 2) continue;
+      const signal = w.ctx.signal;
+      if (signal.aborted) {
+        this.pending.delete(id);
+        w.reject(signal.reason);
+        continue;
+      }
+      w.signal = signal;
+      w.onAbort = () => {
+        this.pending.delete(id);
+        w.reject(signal.reason);
+      };
+      signal.addEventListener('abort', w.onAbort, { once: true });
+    }
+    if (this.pending.size > 0) this.sweepTimer = setTimeout(this.sweep, SWEEP_INTERVAL).unref();
+  };
+
   private onData(chunk: Buffer): void {
     let frames: Buffer[];
     try {
@@ -233,39 +336,38 @@ class Upstream {
     } catch (err) {
       return this.destroy(this.invalid(TunnelError.from(err).message));
     }
+    const r = this.reader;
     for (const frame of frames) {
-      let v: unknown;
+      let id: unknown;
+      let error: unknown;
       try {
-        v = decode(frame);
+        // What a decode would refuse is refused here too, though the result is not decoded.
+        checkMessagePack(frame);
+        const length = r.reset(frame).arrayLength();
+        if (length === OTHER) return this.destroy(this.invalid('a message that is not an array'));
+        const kind = length === 0 ? undefined : valueAt(r);
+        if (kind === Kind.NOTIFY) continue; // nothing here subscribes to the server's notifications
+        if (kind !== Kind.RESPONSE || length !== 4) return this.destroy(this.invalid('a message that is not a response [1, msgid, error, result]'));
+        id = valueAt(r);
+        if (typeof id !== 'number') return this.destroy(this.invalid('a message that is not a response [1, msgid, error, result]'));
+        error = r.nil() ? null : decode(r.element());
       } catch (err) {
         return this.destroy(this.invalid((err as Error).message));
       }
-      if (!Array.isArray(v)) return this.destroy(this.invalid('a message that is not an array'));
-      if (v[0] === Kind.NOTIFY) continue; // nothing here subscribes to the server's notifications
-      if (v[0] !== Kind.RESPONSE || v.length !== 4 || typeof v[1] !== 'number') {
-        return this.destroy(this.invalid('a message that is not a response [1, msgid, error, result]'));
-      }
-      this.settle(v[1], v[2], v[3]);
+      this.settle(id, error, r.rest());
     }
   }
 
-  private settle(id: number, error: unknown, result: unknown): void {
+  private settle(id: number, error: unknown, result: Uint8Array): void {
     const w = this.pending.get(id);
     if (!w) return; // its caller gave up
     this.pending.delete(id);
-    w.signal.removeEventListener('abort', w.onAbort);
+    if (w.onAbort) w.signal!.removeEventListener('abort', w.onAbort);
     if (error !== null && error !== undefined) {
       w.reject(new TunnelError(ErrorCode.APP_ERROR, typeof error === 'string' ? error : JSON.stringify(error) ?? String(error)));
       return;
     }
-    let bytes: Uint8Array;
-    try {
-      bytes = encodeResult(result);
-    } catch (err) {
-      w.reject(new TunnelError(ErrorCode.APP_ERROR, `forwarded service ${this.service.name} returned a value that cannot be passed on: ${(err as Error).message}`));
-      return;
-    }
-    w.resolve(bytes);
+    w.resolve(result);
   }
 
   private invalid(what: string): TunnelError {
@@ -277,17 +379,43 @@ class Upstream {
 
   private onClose(where: string): void {
     this.closed = true;
+    this.isConnected = false;
+    clearTimeout(this.sweepTimer);
     const error =
       this.error ??
       new TunnelError(ErrorCode.APP_ERROR, `forwarded service ${this.service.name}: the local server at ${where} closed the connection while the call was in flight; it may or may not have run`);
     this.error = error;
     if (this.pending.size > 0) this.service.onReachable(false, { err: 'connection closed', failedCalls: this.pending.size });
     for (const w of this.pending.values()) {
-      w.signal.removeEventListener('abort', w.onAbort);
+      if (w.onAbort) w.signal!.removeEventListener('abort', w.onAbort);
       w.reject(error);
     }
     this.pending.clear();
   }
 }
 
-const REQUEST_HEAD = Buffer.from([0x94, Kind.REQUEST]);
+/** How often calls still waiting are looked at, ms; one that has waited a whole interval then listens for its cancellation. */
+const SWEEP_INTERVAL = 100;
+
+/** Params up to this size are copied behind their header and small requests into one write; larger ones are not copied. */
+const COPY_LIMIT = 64 * 1024;
+
+/** The next element: a plain unsigned integer as read, anything else as msgpackr decodes it. */
+function valueAt(r: EnvelopeReader): unknown {
+  const n = r.uint();
+  return n !== OTHER ? n : decode(r.element());
+}
+
+/** What decodeParams checked, without building the values: one valid MessagePack array. Returns its length. */
+function checkParams(params: Uint8Array): number {
+  try {
+    checkOneValue(params);
+  } catch (err) {
+    throw new TunnelError(ErrorCode.BAD_REQUEST, `params are not valid MessagePack: ${(err as Error).message}`);
+  }
+  const t = params[0]!;
+  if (t >= 0x90 && t <= 0x9f) return t & 0x0f;
+  if (t === 0xdc) return (params[1]! << 8) | params[2]!;
+  if (t === 0xdd) return ((params[1]! << 24) | (params[2]! << 16) | (params[3]! << 8) | params[4]!) >>> 0;
+  throw new TunnelError(ErrorCode.BAD_REQUEST, 'params must be a MessagePack array');
+}

@@ -1,11 +1,12 @@
 import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TlsOptions } from 'node:tls';
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
-import { encodeParams } from '../rpc/body.js';
 import { listenOn, peerAddress, peerIp } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
+import { checkMessagePack } from '../wire/scan.js';
+import { checkOneValue, EnvelopeReader, OTHER } from '../wire/skip.js';
 import { Kind, MAX_ID } from '../wire/messages.js';
 import type { CallerLink } from './caller-link.js';
 import { RefusalLog } from './limits.js';
@@ -151,9 +152,14 @@ interface Pending {
   msgid: number | undefined;
 }
 
-/** One caller connection on the port: decodes requests, feeds its caller session, writes answers. */
+/**
+ * One caller connection on the port: reads the envelope of each request, feeds its caller session,
+ * writes answers. Params go to the node and results come back as the bytes they came in: they are
+ * a MessagePack array and value already, exactly what the native protocol carries in its bins.
+ */
 class RpcConnection {
   private readonly framer: MessagePackFramer;
+  private readonly reader = new EnvelopeReader();
   /** The caller session, opened by the first call or by `Relay.Auth`. */
   private link: CallerLink | undefined;
   /** The session was opened by `Relay.Auth` with a token that proved an identity. */
@@ -162,7 +168,7 @@ class RpcConnection {
   private nextId = 0;
   private closed = false;
   /** Answers of this event-loop turn, not yet handed to the socket, and their bytes. */
-  private queue: Buffer[] = [];
+  private queue: Uint8Array[] = [];
   private queued = 0;
   private flushScheduled = false;
   /** Not read while its backlog is high. */
@@ -231,13 +237,13 @@ class RpcConnection {
     }
     for (const frame of frames) {
       if (this.closed) return;
-      let value: unknown;
       try {
-        value = decode(frame);
+        // What a decode would refuse is refused here too, though params are not decoded.
+        checkMessagePack(frame);
       } catch (err) {
         return this.fail(`invalid MessagePack: ${(err as Error).message}`);
       }
-      this.onValue(value);
+      this.onFrame(frame);
     }
   }
 
@@ -261,34 +267,64 @@ class RpcConnection {
     this.end(`idle for ${this.opts.idleTimeout} ms`);
   };
 
-  private onValue(v: unknown): void {
-    if (!Array.isArray(v) || v.length === 0) {
+  /**
+   * One framed value: only its envelope is read. An element in a form the reader does not take is
+   * decoded on its own, so every message is judged as a full decode would have judged it.
+   */
+  private onFrame(frame: Buffer): void {
+    const r = this.reader.reset(frame);
+    const length = r.arrayLength();
+    if (length <= 0) {
       return this.fail('each message must be a request [0, msgid, method, params] or a notification [2, method, params]');
     }
-    switch (v[0]) {
+    const kind = this.uint(r);
+    if (kind === INVALID) return;
+    switch (kind) {
       case Kind.REQUEST: {
-        const msgid = v[1];
+        const msgid = length >= 2 ? this.uint(r) : undefined;
+        if (msgid === INVALID) return;
         if (!isMsgid(msgid)) return this.fail(`request msgid must be an integer 0..${MAX_ID}`);
-        if (v.length !== 4) return this.replyError(msgid, ErrorCode.BAD_REQUEST, `a request is [0, msgid, method, params]; this one has ${v.length} elements`);
-        this.onCall(msgid, v[2], v[3]);
+        if (length !== 4) return this.replyError(msgid, ErrorCode.BAD_REQUEST, `a request is [0, msgid, method, params]; this one has ${length} elements`);
+        this.onCall(msgid, r);
         return;
       }
       case Kind.NOTIFY:
-        if (v.length !== 3) return this.fail(`a notification is [2, method, params]; this one has ${v.length} elements`);
-        this.onCall(undefined, v[1], v[2]);
+        if (length !== 3) return this.fail(`a notification is [2, method, params]; this one has ${length} elements`);
+        this.onCall(undefined, r);
         return;
       case Kind.RESPONSE:
         return this.fail('this port serves requests and sends no requests of its own, so it takes no responses [1, ...]; send [0, msgid, method, params]');
       default:
-        return this.fail(`unknown message type ${JSON.stringify(v[0]) ?? typeof v[0]}; want 0 (request) or 2 (notification)`);
+        return this.fail(`unknown message type ${JSON.stringify(kind) ?? typeof kind}; want 0 (request) or 2 (notification)`);
     }
   }
 
-  /** A request (with a msgid) or a notification (without): answered here, or routed to a node. */
-  private onCall(msgid: number | undefined, method: unknown, params: unknown): void {
+  /** The next element: a plain unsigned integer as read, anything else as msgpackr decodes it. */
+  private uint(r: EnvelopeReader): unknown {
+    const n = r.uint();
+    return n !== OTHER ? n : this.decodeElement(r);
+  }
+
+  private decodeElement(r: EnvelopeReader): unknown {
+    try {
+      return decode(r.element());
+    } catch (err) {
+      this.fail(`invalid MessagePack: ${(err as Error).message}`);
+      return INVALID;
+    }
+  }
+
+  /**
+   * A request (with a msgid) or a notification (without), its method next in `r` and its params
+   * last: answered here, or routed to a node with the params bytes as they are.
+   */
+  private onCall(msgid: number | undefined, r: EnvelopeReader): void {
+    const method = r.ascii() ?? this.decodeElement(r);
+    if (method === INVALID) return;
     if (typeof method !== 'string' || method === '') return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'method must be a non-empty string');
-    if (!Array.isArray(params)) return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'params must be an array');
-    if (method === AUTH_METHOD) return this.auth(msgid, params);
+    if (!r.atArray()) return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'params must be an array');
+    const params = r.rest();
+    if (method === AUTH_METHOD) return this.auth(msgid, decode(params) as unknown[]);
     const link = this.session();
     if (typeof link === 'string') return this.replyError(msgid, ErrorCode.UNAUTHORIZED, link);
     // `node/Service.Method` names the node, as --node does for tunnel-call.
@@ -298,7 +334,7 @@ class RpcConnection {
     const name = slash >= 0 ? method.slice(slash + 1) : method;
     const id = this.allocate();
     this.pending.set(id, { msgid });
-    link.onMessage({ kind: Kind.REQUEST, id, method: name, params: encodeParams(params), meta, stream: 0 });
+    link.onMessage({ kind: Kind.REQUEST, id, method: name, params, meta, stream: 0 });
   }
 
   /** Callers need a token while a custom authenticator is set, or while the relay requires one: asked now, not at start. */
@@ -364,11 +400,38 @@ class RpcConnection {
     if (error) return this.replyError(p.msgid, error.code, error.message);
     if (result === null) return this.replyValue(p.msgid, null);
     try {
-      decode(result); // a node's bytes go into the caller's stream as they are, so they must be one valid value
+      checkOneValue(result); // a node's bytes go into the caller's stream as they are, so they must be one valid value
     } catch (err) {
       return this.replyError(p.msgid, ErrorCode.PROTOCOL_ERROR, `the node answered with a result that is not valid MessagePack: ${(err as Error).message}`);
     }
-    this.write(Buffer.concat([RESPONSE_HEAD, encode(p.msgid), NIL, result]));
+    this.writeResult(p.msgid, result);
+  }
+
+  /** `[1, msgid, nil, result]` around the node's result bytes: copied behind the header when small, else written after it. */
+  private writeResult(msgid: number, result: Uint8Array): void {
+    const head = 3 + (msgid < 0x80 ? 1 : msgid < 0x100 ? 2 : msgid < 0x10000 ? 3 : 5);
+    const small = result.length <= COPY_LIMIT;
+    const b = Buffer.allocUnsafe(small ? head + result.length : head);
+    b[0] = 0x94;
+    b[1] = Kind.RESPONSE;
+    if (msgid < 0x80) b[2] = msgid;
+    else if (msgid < 0x100) {
+      b[2] = 0xcc;
+      b[3] = msgid;
+    } else if (msgid < 0x10000) {
+      b[2] = 0xcd;
+      b.writeUInt16BE(msgid, 3);
+    } else {
+      b[2] = 0xce;
+      b.writeUInt32BE(msgid, 3);
+    }
+    b[head - 1] = 0xc0;
+    if (small) {
+      b.set(result, head);
+      this.write(b);
+    } else {
+      this.write(b, result);
+    }
   }
 
   private replyValue(msgid: number | undefined, value: unknown): void {
@@ -394,14 +457,16 @@ class RpcConnection {
    * backlog at once: answers to calls already in flight keep coming after reading stops, and only
    * the cut bounds them.
    */
-  private write(bytes: Buffer): void {
+  private write(bytes: Uint8Array, more?: Uint8Array): void {
     if (this.closed) return;
     const max = this.opts.maxBacklog;
     const before = this.backlog;
-    if (before <= max) this.allowance = Math.max(0, bytes.length - max);
+    const size = bytes.length + (more?.length ?? 0);
+    if (before <= max) this.allowance = Math.max(0, size - max);
     this.queue.push(bytes);
-    this.queued += bytes.length;
-    const after = before + bytes.length;
+    if (more) this.queue.push(more);
+    this.queued += size;
+    const after = before + size;
     if (after >= 2 * max + this.allowance) return this.cut(after, `backlog reached twice the limit of ${max} bytes`);
     if (after > max) this.overLimit(after);
     if (!this.flushScheduled) {
@@ -413,10 +478,18 @@ class RpcConnection {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     if (this.closed || this.queue.length === 0) return;
-    const data = this.queue.length === 1 ? this.queue[0]! : Buffer.concat(this.queue, this.queued);
+    const queue = this.queue;
+    const bytes = this.queued;
     this.queue = [];
     this.queued = 0;
-    this.socket.write(data);
+    if (queue.length === 1) this.socket.write(queue[0]!);
+    else if (bytes <= COPY_LIMIT) this.socket.write(Buffer.concat(queue, bytes));
+    else {
+      // Large results go out as they are, in one writev with what surrounds them.
+      this.socket.cork();
+      for (const b of queue) this.socket.write(b);
+      this.socket.uncork();
+    }
   };
 
   /** The caller is not keeping up: read none of its requests until it does, and give it `slowConsumerTimeout` to. */
@@ -476,8 +549,11 @@ class RpcConnection {
   }
 }
 
-const RESPONSE_HEAD = Buffer.from([0x94, Kind.RESPONSE]);
-const NIL = Buffer.from([0xc0]);
+/** Results up to this size are copied behind their header and small answers into one write; larger ones are not copied. */
+const COPY_LIMIT = 64 * 1024;
+
+/** An element that could not be decoded: the connection is already failing. */
+const INVALID = Symbol('invalid');
 
 function isMsgid(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_ID;
