@@ -42,7 +42,7 @@ const argv = await parse(
   .option('max-connections-per-address', { type: 'number', default: D.maxConnectionsPerAddress, describe: 'Open connections from one IP address, every port together; more are refused with HTTP 429 (on the msgpack-rpc port: closed at once)' })
   .option('max-connections', { type: 'number', default: D.maxConnections, describe: 'Open connections on every port together; more are closed at once. Keep it below the file-descriptor limit (ulimit -n)' })
   .option('max-backlog', { type: 'string', default: '8MiB', describe: 'Bytes waiting to be written to one peer; above it the relay stops reading from that caller until it is under an eighth' })
-  .option('slow-consumer-timeout', { type: 'string', default: `${D.slowConsumerTimeout / 1000}s`, describe: 'A caller whose backlog stays above --max-backlog this long, or has twice it waiting in its socket, is cut as a slow consumer (WebSocket close 4008)' })
+  .option('slow-consumer-timeout', { type: 'string', default: `${D.slowConsumerTimeout / 1000}s`, describe: 'A caller whose backlog stays above --max-backlog this long, or reaches twice it, is cut as a slow consumer (WebSocket close 4008)' })
   .option('cluster', { type: 'string', array: true, nargs: 1, describe: 'Join a cluster of relays over NATS: nats://host:port (repeatable, or comma-separated). Absent: a standalone relay, nothing to install (see docs/CLUSTER.md)' })
   .option('cluster-name', { type: 'string', default: 'tunnel', describe: 'NATS subject prefix of the cluster: relays with the same name form one cluster' })
   .option('relay-name', { type: 'string', default: hostname(), defaultDescription: 'the host name', describe: 'This relay\'s name in the cluster and in presence (the RELAYS column of --list)' })

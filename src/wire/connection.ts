@@ -478,14 +478,15 @@ export class Connection {
 
   /**
    * Every byte held for the peer is charged to it: over `maxBacklog` we stop reading it (callers),
-   * and a peer that stays over it is cut, at once when twice as much waits in its socket. Cheap
-   * enough to run on every write.
+   * and a peer that stays over it is cut, at once when it reaches twice that. Cheap enough to run on
+   * every write.
    */
   private checkBacklog(): void {
     if (this.maxBacklog === 0 || this.closed) return;
-    const socket = this.socketBacklog;
-    if (socket >= 2 * this.maxBacklog) return this.cutSlowConsumer(socket);
-    const backlog = socket + this.heldBytes;
+    const backlog = this.socketBacklog + this.heldBytes;
+    // Twice the limit is never held, whether it waits in the socket (the peer does not read) or in
+    // chunks passed on for it (it does not acknowledge): every stalled stream would add a window.
+    if (backlog >= 2 * this.maxBacklog) return this.cutSlowConsumer(backlog);
     if (backlog > this.maxBacklog) {
       if (this.overSince === 0) {
         this.overSince = Date.now();
