@@ -34,6 +34,11 @@ export const PEER_EXPIRY = 3_000;
 const REQUEST_TIMEOUT = 2_000;
 /** Nodes per snapshot page: well below NATS's default max_payload of 1 MB. */
 const SNAPSHOT_PAGE = 200;
+/**
+ * How often a relay with calls in flight through another relay asks NATS whether that relay is still
+ * there, ms: a relay that died is then known within this, not at its heartbeat expiry.
+ */
+const PING_INTERVAL = 250;
 /** Largest batch of messages for one relay in one NATS message, bytes (NATS's default max_payload is 1 MB). */
 const BATCH_LIMIT = 512 * 1024;
 /** Batches of opens remembered for a "no responders" answer, which comes at once if it comes. */
@@ -137,6 +142,8 @@ export class Cluster implements RouteTransport {
   private readonly deadlines = new DeadlineWheel<RelayedCall>((call) => this.servedExpired(call));
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
+  private pingTimer: NodeJS.Timeout | undefined;
+  private readonly pinging = new Set<string>();
   private expiryTimer: NodeJS.Timeout | undefined;
   private readonly badMessages = new Set<string>();
   /** Messages queued for other relays in this turn, by subject. */
@@ -173,6 +180,8 @@ export class Cluster implements RouteTransport {
     this.heartbeatTimer.unref();
     this.expiryTimer = setInterval(() => this.expirePeers(), HEARTBEAT_INTERVAL / 2);
     this.expiryTimer.unref();
+    this.pingTimer = setInterval(() => this.pingBusyPeers(), PING_INTERVAL);
+    this.pingTimer.unref();
   }
 
   /**
@@ -209,6 +218,7 @@ export class Cluster implements RouteTransport {
   async stop(): Promise<void> {
     this.stopping = true;
     clearTimeout(this.retryTimer);
+    clearInterval(this.pingTimer);
     clearInterval(this.heartbeatTimer);
     clearInterval(this.expiryTimer);
     this.deadlines.clear();
@@ -440,6 +450,30 @@ export class Cluster implements RouteTransport {
     const sessions = this.peerSessions.get(peer.stamp.id);
     this.peerSessions.delete(peer.stamp.id);
     for (const [session, links] of sessions ?? []) for (const link of links) link.closeSession(session);
+  }
+
+  /**
+   * Pings the relays our calls in flight went to. NATS answers "no responders" at once for a relay
+   * whose connection it has seen close (SIGKILL, a dead machine's reset), so its calls fail NODE_LOST
+   * within a ping instead of at heartbeat expiry; a relay that only answers slowly is left alone.
+   */
+  private pingBusyPeers(): void {
+    if (!this.nc || !this.connectedNow) return;
+    const busy = new Set<string>();
+    for (const o of this.outCalls.values()) busy.add(o.route.relayId);
+    for (const id of busy) {
+      const peer = this.peers.get(id);
+      if (!peer || this.pinging.has(id)) continue;
+      this.pinging.add(id);
+      this.nc.request(`${this.prefix}.relay.${id}.q`, pack([ClusterKind.PING]), { timeout: PING_INTERVAL * 4 }).then(
+        () => this.pinging.delete(id),
+        (err: Error & { isNoResponders?: () => boolean }) => {
+          this.pinging.delete(id);
+          const gone = typeof err.isNoResponders === 'function' ? err.isNoResponders() : /no responders/i.test(err.message);
+          if (gone) this.expirePeer(peer, 'gone from NATS (no responders)');
+        },
+      );
+    }
   }
 
   private bury(id: string): void {
@@ -699,6 +733,10 @@ export class Cluster implements RouteTransport {
       const answer = (alive: boolean) => this.publish(msg.reply!, pack([ClusterKind.PROBE_REPLY, alive]));
       if (!link || link.draining) return answer(false);
       void link.conn.probe(REQUEST_TIMEOUT).then(answer);
+      return;
+    }
+    if (m.kind === ClusterKind.PING) {
+      this.publish(msg.reply, pack([ClusterKind.PONG]));
       return;
     }
     if (m.kind === ClusterKind.SNAPSHOT) {

@@ -30,6 +30,9 @@ export const ClusterKind = {
   /** the whole node list of a relay, a page at a time (request/reply) `[13, offset]` → `[14, total, nodes]` */
   SNAPSHOT: 13,
   SNAPSHOT_PAGE: 14,
+  /** is this relay still there? (request/reply; NATS answers "no responders" when it is not) `[15]` → `[16]` */
+  PING: 15,
+  PONG: 16,
   /** presence, on the cluster's presence subject. `[20, relay, event, payload]` */
   PRESENCE: 20,
 } as const;
@@ -78,6 +81,8 @@ export type ClusterMessage =
   | { kind: 12; alive: boolean }
   | { kind: 13; offset: number }
   | { kind: 14; total: number; nodes: RemoteNodeInfo[] }
+  | { kind: 15 }
+  | { kind: 16 }
   | { kind: 20; relay: RelayStamp; body: PresenceBody };
 
 export class ClusterMessageError extends Error {
@@ -132,7 +137,7 @@ export function unpackAll(bytes: Uint8Array): Array<ClusterMessage | ClusterMess
 }
 
 function check(v: unknown): ClusterMessage {
-  if (!Array.isArray(v) || v.length < 2) return bad('a cluster message is an array [kind, ...]');
+  if (!Array.isArray(v) || v.length < 1) return bad('a cluster message is an array [kind, ...]');
   switch (v[0]) {
     case ClusterKind.OPEN: {
       if (v.length !== 6 || !isId(v[1]) || !isShortString(v[2], 128) || !isShortString(v[3], 258) || !(v[4] === null || isBytes(v[4])) || !isMap(v[5])) {
@@ -175,6 +180,10 @@ function check(v: unknown): ClusterMessage {
       if (v.length !== 3 || !isCount(v[1]) || !Array.isArray(v[2])) return bad('snapshot page is [14, total, nodes]');
       return { kind: 14, total: v[1], nodes: v[2].map(nodeInfo) };
     }
+    case ClusterKind.PING:
+    case ClusterKind.PONG:
+      if (v.length !== 1) return bad('ping is [15], pong [16]');
+      return { kind: v[0] };
     case ClusterKind.PRESENCE: {
       if (v.length !== 4 || !isMap(v[1]) || typeof v[2] !== 'string') return bad('presence is [20, relay, event, payload]');
       const relay = stamp(v[1]);
