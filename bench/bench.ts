@@ -265,7 +265,12 @@ async function core(): Promise<Row[]> {
     if (window === 1) rows.push(ratioRow('  relayed ÷ direct median latency, 1 in flight', latency, '', atMost(2)));
     if (typeof go === 'string') rows.push(skipped(`Go net/rpc direct, ${window} in flight`, go));
     else {
-      rows.push(row(`Go net/rpc + msgpack direct, ${window} in flight`, goDirect.map((x) => ({ ...x }))));
+      rows.push(
+        row(
+          `Go net/rpc + msgpack direct, ${window} in flight`,
+          goDirect.map((x) => ({ ...x })),
+        ),
+      );
       rows.push(ratioRow(`  relayed ÷ Go direct, ${window} in flight`, vsGo, window === 256 ? 'target ≥ 4' : ''));
     }
     if (!withNats) continue;
@@ -289,7 +294,13 @@ async function msgpackRpc(): Promise<Row[]> {
   const go = buildGo();
   if (typeof go === 'string') return [skipped('msgpack-rpc path vs ssh -R', go)];
   const windows = [1, 64];
-  const samples = windows.map(() => ({ direct: [] as LoadResult[], relayed: [] as LoadResult[], ssh: [] as LoadResult[], vsSsh: [] as number[], vsDirect: [] as number[] }));
+  const samples = windows.map(() => ({
+    direct: [] as LoadResult[],
+    relayed: [] as LoadResult[],
+    ssh: [] as LoadResult[],
+    vsSsh: [] as number[],
+    vsDirect: [] as number[],
+  }));
   let sshSkipped: string | undefined;
   for (let r = 0; r < runs; r++) {
     const server = await startPrinting(go.server, []);
@@ -360,7 +371,15 @@ async function large(): Promise<Row[]> {
     for (let r = 0; r < runs; r++) {
       const relay = await startRelay(['--log-level', 'info']);
       await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info', '--services', ECHO_SERVICES]);
-      const a = await measured(relay.proc.child.pid, { relay: relay.addr, callers: 1, window: 1, seconds, method: 'Bench.Echo', args: [], payloadBytes: bytes });
+      const a = await measured(relay.proc.child.pid, {
+        relay: relay.addr,
+        callers: 1,
+        window: 1,
+        seconds,
+        method: 'Bench.Echo',
+        args: [],
+        payloadBytes: bytes,
+      });
       const echo = await startPrinting(process.execPath, [WS_ECHO]);
       const b = await measured(undefined, { relay: echo.first, raw: true, callers: 1, window: 1, seconds, method: '', args: [], payloadBytes: bytes });
       relayed.push(a);
@@ -381,7 +400,16 @@ async function headOfLine(): Promise<Row[]> {
   for (let r = 0; r < runs; r++) {
     const relay = await startRelay(['--log-level', 'info']);
     await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info', '--services', ECHO_SERVICES]);
-    const big = runLoad({ relay: relay.addr, callers: 1, window: 2, seconds: seconds + 1, method: 'Bench.Echo', args: [], payloadBytes: 16 * 1024 * 1024 - 64, warmup: 0 });
+    const big = runLoad({
+      relay: relay.addr,
+      callers: 1,
+      window: 2,
+      seconds: seconds + 1,
+      method: 'Bench.Echo',
+      args: [],
+      payloadBytes: 16 * 1024 * 1024 - 64,
+      warmup: 0,
+    });
     samples.push(await measured(relay.proc.child.pid, { relay: relay.addr, callers: 1, window: 1, seconds, method: 'Bench.Echo', args: [1], warmup: 0.5 }));
     await big;
     await stopAll();
@@ -417,7 +445,13 @@ function printTable(rows: Row[]): void {
   const header = ['scenario', 'rate', 'p50 ms', 'p99 ms', 'relay peak RSS MB', 'relay CPU', 'note'];
   const lines = rows.map((r) => [
     r.scenario,
-    !Number.isFinite(r.rate) ? '' : r.unit === '×' ? `${r.rate.toFixed(2)}×` : Math.abs(r.rate) < 10 ? `${r.rate.toFixed(2)} ${r.unit}` : `${Math.round(r.rate).toLocaleString('en-US')} ${r.unit}`,
+    !Number.isFinite(r.rate)
+      ? ''
+      : r.unit === '×'
+        ? `${r.rate.toFixed(2)}×`
+        : Math.abs(r.rate) < 10
+          ? `${r.rate.toFixed(2)} ${r.unit}`
+          : `${Math.round(r.rate).toLocaleString('en-US')} ${r.unit}`,
     Number.isFinite(r.p50) ? r.p50.toFixed(2) : '',
     Number.isFinite(r.p99) ? r.p99.toFixed(2) : '',
     r.relayRssMB === undefined ? '' : r.relayRssMB.toFixed(1),
@@ -472,7 +506,9 @@ for (const [name, run] of scenarios) {
   rows.push(...(await run()));
 }
 await stopAll();
-console.log(`\n${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown CPU'}), Node ${process.version}, median of ${runs} run(s) of ${seconds} s\n`);
+console.log(
+  `\n${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown CPU'}), Node ${process.version}, median of ${runs} run(s) of ${seconds} s\n`,
+);
 printTable(rows);
 printTargets(rows);
 const dir = fileURLToPath(new URL('../../bench/results/', import.meta.url));

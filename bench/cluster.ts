@@ -15,7 +15,10 @@ export interface Harness {
   quick: boolean;
   echoServices: string;
   fleetScript: string;
-  measured(relayPid: number | undefined, spec: { relay: string; callers: number; window: number; seconds: number; method: string; args: unknown[]; payloadBytes?: number }): Promise<{ rate: number; p50: number; p99: number; errors: number }>;
+  measured(
+    relayPid: number | undefined,
+    spec: { relay: string; callers: number; window: number; seconds: number; method: string; args: unknown[]; payloadBytes?: number },
+  ): Promise<{ rate: number; p50: number; p99: number; errors: number }>;
   row(scenario: string, samples: Array<{ rate: number; p50: number; p99: number }>, unit?: string, scale?: number, note?: string): BenchRow;
   ratioRow(scenario: string, ratios: number[], note: string, target?: BenchTarget): BenchRow;
   startPrinting(file: string, args: string[]): Promise<{ first: string }>;
@@ -82,10 +85,23 @@ export async function clusterScenario(h: Harness, natsRate: { w1?: number | unde
     rows.push(h.row(`cross-relay (over NATS), ${window} in flight`, cross));
     rows.push(h.ratioRow(`  cross-relay ÷ same relay, ${window} in flight`, ratios, '', window === 256 ? { kind: 'min', value: 0.5 } : undefined));
     if (window === 1) {
-      rows.push({ scenario: '  cross-relay p50 − same-relay p50, 1 in flight', rate: median(p50Delta), unit: 'ms', p50: NaN, p99: NaN, target: { kind: 'max', value: 0.3 } });
+      rows.push({
+        scenario: '  cross-relay p50 − same-relay p50, 1 in flight',
+        rate: median(p50Delta),
+        unit: 'ms',
+        p50: NaN,
+        p99: NaN,
+        target: { kind: 'max', value: 0.3 },
+      });
     }
     const nats = window === 1 ? natsRate.w1 : natsRate.w256;
-    if (nats !== undefined) rows.push(h.ratioRow(`  cross-relay ÷ NATS request/reply (core run), ${window} in flight`, [median(cross.map((x) => x.rate)) / nats], '', { kind: 'min', value: 1 }));
+    if (nats !== undefined)
+      rows.push(
+        h.ratioRow(`  cross-relay ÷ NATS request/reply (core run), ${window} in flight`, [median(cross.map((x) => x.rate)) / nats], '', {
+          kind: 'min',
+          value: 1,
+        }),
+      );
   }
   rows.push(...(await crossEcho(h)));
   rows.push(await convergence(h));
@@ -147,7 +163,14 @@ async function convergence(h: Harness): Promise<BenchRow> {
     await h.stopAll();
     await stopAllNats();
   }
-  return { scenario: `presence: ${count} nodes join 3 relays, until every relay lists all`, rate: median(times), unit: 's', p50: NaN, p99: NaN, note: 'from the first connect' };
+  return {
+    scenario: `presence: ${count} nodes join 3 relays, until every relay lists all`,
+    rate: median(times),
+    unit: 's',
+    p50: NaN,
+    p99: NaN,
+    note: 'from the first connect',
+  };
 }
 
 /** A dual-homed node loses one of its relays (SIGKILL): time to the next answered call, and to the dead relay leaving the list. */
@@ -184,7 +207,14 @@ async function failover(h: Harness): Promise<BenchRow[]> {
     await stopAllNats();
   }
   return [
-    { scenario: 'failover: dual-homed node, one relay SIGKILLed → next answered call', rate: median(answered), unit: 'ms', p50: NaN, p99: NaN, target: { kind: 'max', value: 1000 } },
+    {
+      scenario: 'failover: dual-homed node, one relay SIGKILLed → next answered call',
+      rate: median(answered),
+      unit: 'ms',
+      p50: NaN,
+      p99: NaN,
+      target: { kind: 'max', value: 1000 },
+    },
     { scenario: 'failover: dead relay leaves every list', rate: median(gone), unit: 'ms', p50: NaN, p99: NaN, note: 'bound 4500 ms' },
   ];
 }

@@ -42,7 +42,11 @@ function start(command: string, args: string[], pattern: RegExp): Promise<RegExp
 }
 
 async function run(command: string, args: string[]): Promise<string> {
-  const child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, GO111MODULE: 'off', GOPATH: '/usr/share/gocode' } });
+  const child = spawn(command, args, {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, GO111MODULE: 'off', GOPATH: '/usr/share/gocode' },
+  });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   const [code] = (await once(child, 'exit')) as [number | null];
@@ -80,7 +84,8 @@ try {
 
   const direct = await bench(join(dir, 'client'), server);
   const relayed = await bench(join(dir, 'client'), `127.0.0.1:${ports.rpc}`);
-  const row = (name: string, r: { perSecond: number; failed: number }) => `${name.padEnd(44)} ${Math.round(r.perSecond).toString().padStart(8)} calls/s  (${r.failed} failed)`;
+  const row = (name: string, r: { perSecond: number; failed: number }) =>
+    `${name.padEnd(44)} ${Math.round(r.perSecond).toString().padStart(8)} calls/s  (${r.failed} failed)`;
   process.stdout.write(`Go client, Arith.Multiply, ${calls} calls, ${concurrency} in flight, one connection\n`);
   process.stdout.write(`${row('direct to the Go server', direct)}\n`);
   process.stdout.write(`${row('relay msgpack-rpc port -> node --forward', relayed)}\n`);

@@ -108,8 +108,6 @@ if (spec.count !== undefined) {
 }
 latencies.sort((a, b) => a - b);
 const pct = (p: number) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))]! : NaN);
-process.stdout.write(
-  `${JSON.stringify({ calls, errors, firstError, elapsed, rate: calls / elapsed, p50: pct(0.5), p99: pct(0.99) })}\n`,
-);
+process.stdout.write(`${JSON.stringify({ calls, errors, firstError, elapsed, rate: calls / elapsed, p50: pct(0.5), p99: pct(0.99) })}\n`);
 await Promise.all(clients.map((c) => c.close()));
 process.exit(0);

@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-import "../dist/src/cli/relay.js";
+import '../dist/src/cli/relay.js';

@@ -71,8 +71,26 @@ function issue(base, subject, extensions, validDays) {
   writeFileSync(ext, `[v3]\n${extensions.join('\n')}\n`);
   openssl(['req', '-new', ...KEY, '-keyout', file(`${base}.key`), '-out', join(work, `${base}.csr`), '-subj', subject]);
   openssl([
-    'x509', '-req', '-in', join(work, `${base}.csr`), '-CA', file('ca.crt'), '-CAkey', file('ca.key'), '-CAcreateserial',
-    '-CAserial', join(work, 'ca.srl'), '-days', String(validDays), '-sha256', '-extfile', ext, '-extensions', 'v3', '-out', file(`${base}.crt`),
+    'x509',
+    '-req',
+    '-in',
+    join(work, `${base}.csr`),
+    '-CA',
+    file('ca.crt'),
+    '-CAkey',
+    file('ca.key'),
+    '-CAcreateserial',
+    '-CAserial',
+    join(work, 'ca.srl'),
+    '-days',
+    String(validDays),
+    '-sha256',
+    '-extfile',
+    ext,
+    '-extensions',
+    'v3',
+    '-out',
+    file(`${base}.crt`),
   ]);
   chmodSync(file(`${base}.key`), 0o600);
   console.log(`wrote ${file(`${base}.crt`)} and ${base}.key`);
@@ -81,8 +99,21 @@ function issue(base, subject, extensions, validDays) {
 try {
   if (!existsSync(file('ca.crt')) || !existsSync(file('ca.key'))) {
     openssl([
-      'req', '-x509', ...KEY, '-keyout', file('ca.key'), '-out', file('ca.crt'), '-subj', `/CN=${values['ca-name']}`, '-days', String(days),
-      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+      'req',
+      '-x509',
+      ...KEY,
+      '-keyout',
+      file('ca.key'),
+      '-out',
+      file('ca.crt'),
+      '-subj',
+      `/CN=${values['ca-name']}`,
+      '-days',
+      String(days),
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
     ]);
     chmodSync(file('ca.key'), 0o600);
     console.log(`wrote ${file('ca.crt')} and ca.key`);

@@ -59,9 +59,7 @@ export class TunnelError extends Error {
 
   /** The error as it travels: `{ code, message, data? }`. */
   toWire(): WireError {
-    return this.data === undefined
-      ? { code: this.code, message: this.message }
-      : { code: this.code, message: this.message, data: this.data };
+    return this.data === undefined ? { code: this.code, message: this.message } : { code: this.code, message: this.message, data: this.data };
   }
 
   /** Rebuilds an error received from the wire; tolerates foreign shapes (plain strings). */

@@ -98,7 +98,12 @@ describe('bounded under abuse', () => {
     // whenever it likes (its external-memory trigger is 64 MiB); nothing is held once the caller is cut.
     const after = await memoryAfterGc(relay.proc);
     const held = after.heapUsed + after.external - (base.heapUsed + base.external);
-    report('1,024 × 250 KB, not reading (WebSocket)', { 'cut with backlog': line.backlogBytes as number, 'held after GC (heap+external)': held, 'RSS after GC over baseline': after.rss - base.rss, 'peak RSS over baseline': peakRss(relay.proc) - base.rss });
+    report('1,024 × 250 KB, not reading (WebSocket)', {
+      'cut with backlog': line.backlogBytes as number,
+      'held after GC (heap+external)': held,
+      'RSS after GC over baseline': after.rss - base.rss,
+      'peak RSS over baseline': peakRss(relay.proc) - base.rss,
+    });
     // The bound is on what the relay holds (heap and buffers after a collection); RSS adds what the
     // allocator keeps of the 250 MB that went through, which it returns to the system at its pace.
     expect(held).toBeLessThan(40 * MiB);
@@ -143,7 +148,12 @@ describe('bounded under abuse', () => {
     expect(await honest.call('Abuse.Echo', 'still here')).toBe('still here');
     const after = await memoryAfterGc(relay.proc);
     const held = after.heapUsed + after.external - (base.heapUsed + base.external);
-    report('32 × 8 MiB, forged acknowledgements', { close: `${c1.code}/${c2.code}`, 'held after GC (heap+external)': held, 'RSS after GC over baseline': after.rss - base.rss, 'peak RSS over baseline': peakRss(relay.proc) - base.rss });
+    report('32 × 8 MiB, forged acknowledgements', {
+      close: `${c1.code}/${c2.code}`,
+      'held after GC (heap+external)': held,
+      'RSS after GC over baseline': after.rss - base.rss,
+      'peak RSS over baseline': peakRss(relay.proc) - base.rss,
+    });
     expect(held).toBeLessThan(40 * MiB);
     expect(after.rss - base.rss).toBeLessThan(64 * MiB);
     expect(peakRss(relay.proc) - base.rss).toBeLessThan(120 * MiB);
@@ -212,7 +222,11 @@ describe('bounded under abuse', () => {
     peer.send([0, 5000, 'Relay.List', null, { stream: 16 * MiB }]);
     expect(((await peer.response(5000)) as [number, number, { code: string }])[2].code).toBe('TOO_LARGE');
     for (let id = 1; id <= 1024; id++) peer.send([0, id, 'Abuse.Echo', null, { stream: 16 * MiB, broadcast: true, timeout: 120_000 }]);
-    await upload(peer, Array.from({ length: 64 }, (_, i) => i + 1), MiB);
+    await upload(
+      peer,
+      Array.from({ length: 64 }, (_, i) => i + 1),
+      MiB,
+    );
     expect(peer.closed).toBeUndefined();
     await peer.until(() => responses(peer, 'OVERLOADED').length > 0, 10_000, 'OVERLOADED');
     expect(await honest.call('Abuse.Echo', 'served')).toBe('served');
@@ -220,7 +234,11 @@ describe('bounded under abuse', () => {
     // What is held is the budget (32 MiB) and no more; RSS adds what the allocator keeps of the churn.
     const held = await memoryAfterGc(relay.proc);
     const live = held.heapUsed + held.external - (base.heapUsed + base.external);
-    report('1,024 broadcast uploads of 16 MiB, 64 filled (relay)', { 'held (heap+external)': live, 'RSS after GC over baseline': held.rss - base.rss, 'peak RSS over baseline': peakRss(relay.proc) - base.rss });
+    report('1,024 broadcast uploads of 16 MiB, 64 filled (relay)', {
+      'held (heap+external)': live,
+      'RSS after GC over baseline': held.rss - base.rss,
+      'peak RSS over baseline': peakRss(relay.proc) - base.rss,
+    });
     expect(live).toBeGreaterThan(24 * MiB);
     expect(live).toBeLessThan(36 * MiB);
     expect(held.rss - base.rss).toBeLessThan(64 * MiB);
@@ -243,12 +261,20 @@ describe('bounded under abuse', () => {
 
     const peer = await rawCaller(relay.addr);
     for (let id = 1; id <= 1024; id++) peer.send([0, id, 'Abuse.Echo', null, { stream: 16 * MiB, timeout: 300_000 }]);
-    await upload(peer, Array.from({ length: 64 }, (_, i) => i + 1), MiB);
+    await upload(
+      peer,
+      Array.from({ length: 64 }, (_, i) => i + 1),
+      MiB,
+    );
     await peer.until(() => responses(peer, 'OVERLOADED').length > 0, 10_000, 'OVERLOADED from the node');
     expect(await honest.call('Abuse.Echo', 'served')).toBe('served');
     const held = await memoryAfterGc(node);
     const live = held.heapUsed + held.external - (base.heapUsed + base.external);
-    report('1,024 uploads of 16 MiB to an ordinary method, 64 filled (node)', { 'held (heap+external)': live, 'RSS after GC over baseline': held.rss - base.rss, 'peak RSS over baseline': peakRss(node) - base.rss });
+    report('1,024 uploads of 16 MiB to an ordinary method, 64 filled (node)', {
+      'held (heap+external)': live,
+      'RSS after GC over baseline': held.rss - base.rss,
+      'peak RSS over baseline': peakRss(node) - base.rss,
+    });
     expect(live).toBeGreaterThan(24 * MiB);
     expect(live).toBeLessThan(36 * MiB);
     expect(held.rss - base.rss).toBeLessThan(64 * MiB);
@@ -294,7 +320,10 @@ describe('bounded under abuse', () => {
       const t0 = performance.now();
       const rows = await caller.broadcast('Abuse.Echo', [i], { timeout: 20_000 });
       expect(performance.now() - t0).toBeLessThan(5_000);
-      expect(rows.map((r) => [r.node, r.ok])).toEqual([['good-1', true], ['rogue-1', false]]);
+      expect(rows.map((r) => [r.node, r.ok])).toEqual([
+        ['good-1', true],
+        ['rogue-1', false],
+      ]);
       const bad = rows[1] as { error: { code: string; message: string } };
       expect(bad.error.code).toBe('TOO_LARGE');
     }
@@ -309,7 +338,12 @@ describe('bounded under abuse', () => {
 
   it('limits hellos, and cuts presence watchers that stop reading while a node flaps', async () => {
     const relay = await startRelay(['--max-backlog', '1MiB'], 0, PROBE_ENV);
-    const tooBig = await rawNode(relay.addr, 'big-1', { Big: Array.from({ length: 1000 }, (_, i) => `M${i}${'z'.repeat(4000)}`.slice(0, 120)) }, { note: 'x'.repeat(200) });
+    const tooBig = await rawNode(
+      relay.addr,
+      'big-1',
+      { Big: Array.from({ length: 1000 }, (_, i) => `M${i}${'z'.repeat(4000)}`.slice(0, 120)) },
+      { note: 'x'.repeat(200) },
+    );
     expect((await tooBig.waitClosed()).code).toBe(1009);
     const services = Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`S${i}`, ['A']]));
     const many = await rawNode(relay.addr, 'many-1', services);
@@ -343,7 +377,10 @@ describe('bounded under abuse', () => {
     for (const w of watchers) socketOf(w).resume();
     for (const w of watchers) expect((await w.waitClosed(10_000)).code).toBe(4008);
     const after = await memoryAfterGc(relay.proc);
-    report('20 watchers not reading, a node with a 55 KB hello flapping', { 'watchers cut': cuts(), 'held after the cuts (heap+external)': after.heapUsed + after.external - (base.heapUsed + base.external) });
+    report('20 watchers not reading, a node with a 55 KB hello flapping', {
+      'watchers cut': cuts(),
+      'held after the cuts (heap+external)': after.heapUsed + after.external - (base.heapUsed + base.external),
+    });
     expect(after.heapUsed + after.external - (base.heapUsed + base.external)).toBeLessThan(10 * MiB);
     for (const w of watchers) w.close();
     await honest.close();

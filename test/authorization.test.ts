@@ -52,7 +52,10 @@ const names = (nodes: NodeInfo[]) => nodes.map((n) => n.name);
 /** The sorted "node (services)" entries of a message that lists the nodes online after `prefix`. */
 function online(message: string, prefix: string): string[] {
   expect(message.startsWith(prefix), message).toBe(true);
-  return message.slice(prefix.length).split(/, (?=[\w.-]+ \()/).sort();
+  return message
+    .slice(prefix.length)
+    .split(/, (?=[\w.-]+ \()/)
+    .sort();
 }
 
 /** Runs `tunnel-call --list --json` as `token` and returns the nodes it printed. */
@@ -77,7 +80,8 @@ describe('serve= and call= from the tokens file', () => {
   beforeAll(async () => {
     writeFileSync(file, tokensFile());
     relay = await startRelay(['--tokens', file]);
-    const start = async (name: string, token: string, args: string[]) => nodes.set(name, await startNode(relay.addr, ['--name', name, ...FAST, ...args], { TUNNEL_TOKEN: token }));
+    const start = async (name: string, token: string, args: string[]) =>
+      nodes.set(name, await startNode(relay.addr, ['--name', name, ...FAST, ...args], { TUNNEL_TOKEN: token }));
     await Promise.all([
       start('office-1', TOKEN.office1, []),
       start('office-2', TOKEN.office2, ['--services', FLEET]),
@@ -91,7 +95,9 @@ describe('serve= and call= from the tokens file', () => {
   });
 
   it('refuses a node announcing a service reserved to another; every Hello.Login goes to the owner', async () => {
-    const rogue = new Proc(BIN.node, ['--relay', relay.addr, '--name', 'rogue-1', '--services', SQUATTER, '--log-level', 'debug', ...FAST], { TUNNEL_TOKEN: TOKEN.rogue });
+    const rogue = new Proc(BIN.node, ['--relay', relay.addr, '--name', 'rogue-1', '--services', SQUATTER, '--log-level', 'debug', ...FAST], {
+      TUNNEL_TOKEN: TOKEN.rogue,
+    });
     const refused = await rogue.waitForMsg('relay refused our credentials; retrying at the longest backoff');
     expect(refused.reason).toBe('node rogue-1 may not serve Hello: it is reserved to nodes whose tokens list it (serve= in the tokens file)');
     const audit = await relay.proc.waitForLog((l) => l.msg === 'refused hello' && l.node === 'rogue-1');
@@ -145,7 +151,11 @@ describe('serve= and call= from the tokens file', () => {
 
   it('never names a hidden node in NO_SERVICE, NO_NODE or NO_METHOD', async () => {
     const billing = await client(TOKEN.billing);
-    const error = (p: Promise<unknown>) => p.then(() => expect.fail('the call succeeded'), (err: unknown) => err as Error & { code: string });
+    const error = (p: Promise<unknown>) =>
+      p.then(
+        () => expect.fail('the call succeeded'),
+        (err: unknown) => err as Error & { code: string },
+      );
     // Lab is served only by lab-1, which billing may not call: for billing, Lab does not exist.
     const lab = await error(billing.call('Lab.Where'));
     expect(lab.code).toBe('NO_SERVICE');
@@ -201,7 +211,8 @@ describe('serve= and call= from the tokens file', () => {
     const billing = await client(TOKEN.billing);
     expect(isTunnelError(await billing.call('Arith.Multiply', 2, 3).catch((e: unknown) => e), 'FORBIDDEN')).toBe(true);
     const office3 = await startNode(relay.addr, ['--name', 'office-3', '--services', FLEET], { TUNNEL_TOKEN: TOKEN.office3 });
-    const started = (n: number) => office3.waitForLog(() => office3.logs.filter((l) => l.msg === 'fleet work started').length >= n, 10_000, `${n} calls started`);
+    const started = (n: number) =>
+      office3.waitForLog(() => office3.logs.filter((l) => l.msg === 'fleet work started').length >= n, 10_000, `${n} calls started`);
     // temp has a call in flight over its WebSocket and another over the gateway; ops has one on lab-1.
     const temp = new RawPeer(`ws://${relay.addr}/`, { authorization: `Bearer ${TOKEN.temp}` });
     await temp.open();

@@ -71,7 +71,9 @@ describe('origins and hosts on a relay listening on 127.0.0.1', () => {
     const before = refusedLines(relay.proc).length;
     const r = await raw(relay.port, '/call/KV.Set', { origin: 'https://evil.example', 'content-type': 'text/plain' }, 'POST', '["csrf","yes"]');
     expect(r.status).toBe(403);
-    expect(JSON.parse(r.body)).toMatchObject({ error: { code: 'FORBIDDEN', message: expect.stringContaining('origin "https://evil.example" is not allowed') } });
+    expect(JSON.parse(r.body)).toMatchObject({
+      error: { code: 'FORBIDDEN', message: expect.stringContaining('origin "https://evil.example" is not allowed') },
+    });
     expect(r.headers['x-tunnel-reason']).toContain('origin "https://evil.example" is not allowed');
     expect(r.headers['access-control-allow-origin']).toBeUndefined();
     const get = await gatewayCall(relay.port, 'KV.Get', ['csrf']);
@@ -106,11 +108,16 @@ describe('origins and hosts on a relay listening on 127.0.0.1', () => {
   });
 
   it('answers the CORS preflight for allowed origins only', async () => {
-    const ok = await raw(relay.port, '/call/KV.Set', {
-      origin: 'https://app.example',
-      'access-control-request-method': 'POST',
-      'access-control-request-headers': 'authorization, content-type',
-    }, 'OPTIONS');
+    const ok = await raw(
+      relay.port,
+      '/call/KV.Set',
+      {
+        origin: 'https://app.example',
+        'access-control-request-method': 'POST',
+        'access-control-request-headers': 'authorization, content-type',
+      },
+      'OPTIONS',
+    );
     expect(ok.status).toBe(204);
     expect(ok.headers).toMatchObject({
       'access-control-allow-origin': 'https://app.example',
@@ -203,7 +210,9 @@ describe('origins and hosts, other settings', () => {
   });
 
   it('refuses malformed settings, naming the option or flag', async () => {
-    expect(() => new Relay({ allowOrigin: ['https://app.example/path'] })).toThrow(/^Relay option allowOrigin "https:\/\/app.example\/path": an origin has no path/);
+    expect(() => new Relay({ allowOrigin: ['https://app.example/path'] })).toThrow(
+      /^Relay option allowOrigin "https:\/\/app.example\/path": an origin has no path/,
+    );
     expect(() => new Relay({ allowOrigin: ['app.example'] })).toThrow(/^Relay option allowOrigin "app.example": not an origin/);
     expect(() => new Relay({ allowHost: ['tunnel.example:80'] })).toThrow(/^Relay option allowHost "tunnel.example:80": give the host name alone/);
     for (const [args, message] of [

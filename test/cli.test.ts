@@ -125,7 +125,18 @@ describe('direct callers', () => {
 
   it('answers --list with the node itself and --all with that one node; other Relay methods clearly', async () => {
     // No relay at all: the node serves its direct port while it keeps trying to reach one.
-    const solo = new Proc(BIN.node, ['--relay', '127.0.0.1:1', '--name', 'solo-1', '--label', 'site=lab', '--direct-listen', '127.0.0.1:0', '--log-level', 'debug']);
+    const solo = new Proc(BIN.node, [
+      '--relay',
+      '127.0.0.1:1',
+      '--name',
+      'solo-1',
+      '--label',
+      'site=lab',
+      '--direct-listen',
+      '127.0.0.1:0',
+      '--log-level',
+      'debug',
+    ]);
     const port = (await solo.waitForMsg('direct listener ready')).port as number;
     const direct = `127.0.0.1:${port}`;
 
@@ -133,7 +144,13 @@ describe('direct callers', () => {
     expect(list.code).toBe(0);
     expect(JSON.parse(list.stdout)).toEqual({
       nodes: [
-        expect.objectContaining({ name: 'solo-1', labels: { site: 'lab' }, address: direct, draining: false, services: expect.objectContaining({ Arith: ['Divide', 'Multiply'] }) }),
+        expect.objectContaining({
+          name: 'solo-1',
+          labels: { site: 'lab' },
+          address: direct,
+          draining: false,
+          services: expect.objectContaining({ Arith: ['Divide', 'Multiply'] }),
+        }),
       ],
     });
     expect((await runCall(direct, ['--list'])).stdout).toMatch(/^NODE +STATE +LABELS +ADDRESS .*\nsolo-1 +online +site=lab +127\.0\.0\.1:\d+ /);
@@ -149,7 +166,9 @@ describe('direct callers', () => {
 
     const watch = await runCall(direct, ['Relay.Watch']);
     expect(watch.code).toBe(1);
-    expect(watch.stderr).toBe("BAD_REQUEST: Relay.Watch: this is node solo-1's direct port (tunnel-node --direct-listen), not a relay; of the Relay service it answers only Relay.List\n");
+    expect(watch.stderr).toBe(
+      "BAD_REQUEST: Relay.Watch: this is node solo-1's direct port (tunnel-node --direct-listen), not a relay; of the Relay service it answers only Relay.List\n",
+    );
   });
 });
 

@@ -77,7 +77,7 @@ describe('relays in a cluster over NATS', () => {
     expect(list.map((n) => [n.name, n.relays])).toEqual([['office-1', ['us-1']]]);
   });
 
-  it('calls a node on another relay: plain, by name, with Login on the caller\'s connection, and broadcast', async () => {
+  it("calls a node on another relay: plain, by name, with Login on the caller's connection, and broadcast", async () => {
     expect(await eventually(() => caller.call('Arith.Multiply', 6, 7))).toBe(42);
     expect(await caller.call('Arith.Multiply', 2, 3, { node: 'office-1' })).toBe(6);
     await expect(caller.call('Hello.Hello', 'bob')).rejects.toMatchObject({ code: 'NOT_LOGGED_IN' });
@@ -91,10 +91,16 @@ describe('relays in a cluster over NATS', () => {
       if (r.length < 2) throw Object.assign(new Error('not yet'), { code: 'NO_NODE' });
       return r;
     });
-    expect(rows.map((r) => [r.node, r.ok && r.result])).toEqual([['office-1', 12], ['office-2', 12]]);
+    expect(rows.map((r) => [r.node, r.ok && r.result])).toEqual([
+      ['office-1', 12],
+      ['office-2', 12],
+    ]);
     // The CLI, from the other relay: --list has a RELAYS column.
     const list = await connect(us.addr);
-    expect((await list.nodes()).map((n) => [n.name, n.relays])).toEqual([['office-1', ['us-1']], ['office-2', ['eu-1']]]);
+    expect((await list.nodes()).map((n) => [n.name, n.relays])).toEqual([
+      ['office-1', ['us-1']],
+      ['office-2', ['eu-1']],
+    ]);
     await list.close();
   });
 
@@ -107,11 +113,15 @@ describe('relays in a cluster over NATS', () => {
     expect(back.equals(big)).toBe(true);
   });
 
-  it('carries deadlines, cancels and a caller\'s disconnect to the handler on another relay', async () => {
+  it("carries deadlines, cancels and a caller's disconnect to the handler on another relay", async () => {
     const slow = await startNode(us.addr, ['--name', 'slow-1', '--services', SLOW]);
     const c = await connect(eu.addr);
     await expect(eventually(() => c.call('Slow.Sleep', 60_000, { timeout: 500 }))).rejects.toMatchObject({ code: 'TIMEOUT' });
-    await slow.waitForLog((l) => l.msg === 'test handler aborted' && (l.reason === 'CANCELLED' || l.reason === 'TIMEOUT'), 5_000, 'the handler aborted at the deadline');
+    await slow.waitForLog(
+      (l) => l.msg === 'test handler aborted' && (l.reason === 'CANCELLED' || l.reason === 'TIMEOUT'),
+      5_000,
+      'the handler aborted at the deadline',
+    );
     const from = slow.logs.length;
     const controller = new AbortController();
     const cancelled = c.call('Slow.Sleep', 60_000, { timeout: 30_000, signal: controller.signal });
@@ -128,7 +138,7 @@ describe('relays in a cluster over NATS', () => {
     await slow.waitForLog((l) => l.msg === 'test handler aborted', 5_000, 'the handler aborted on disconnect', from2);
   });
 
-  it('refuses another process claiming a live node\'s name on another relay', async () => {
+  it("refuses another process claiming a live node's name on another relay", async () => {
     const claimer = new Proc(BIN.node, ['--relay', eu.addr, '--name', 'office-1', '--log-level', 'debug', '--reconnect-cap', '1s']);
     const refused = await claimer.waitForMsg('relay refused our name; retrying at the longest backoff', 10_000);
     expect(refused.reason).toMatch(/^name office-1 is held by a live node from 127\.0\.0\.1:\d+ on relay us-1 since /);
@@ -192,7 +202,12 @@ describe('a dual-homed node in a cluster', () => {
     expect(await caller.call('Hello.Login', 'alice:secret')).toBe('alice');
     // Calls go by either relay; the Login lives in the node process, valid whichever tunnel a call takes.
     for (let i = 0; i < 6; i++) expect(await caller.call('Hello.WhoAmI')).toBe('alice');
-    const inFlight = [0, 1, 2, 3].map(() => caller.call('Slow.Sleep', 60_000, { timeout: 60_000 }).then(() => 'ok', (e: { code: string }) => e.code));
+    const inFlight = [0, 1, 2, 3].map(() =>
+      caller.call('Slow.Sleep', 60_000, { timeout: 60_000 }).then(
+        () => 'ok',
+        (e: { code: string }) => e.code,
+      ),
+    );
     await node.waitForLog(() => node.logs.filter((l) => l.msg === 'test handler started').length >= 4, 5_000, 'four calls running');
 
     const t0 = Date.now();
@@ -223,18 +238,21 @@ describe('a cluster whose NATS account covers only its prefix', () => {
     await stopAllNats();
   });
 
-  it('works with the README\'s account (user, password, publish and subscribe on the prefix only), and refuses a wrong password', async () => {
+  it("works with the README's account (user, password, publish and subscribe on the prefix only), and refuses a wrong password", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'nats-auth-'));
     const conf = join(dir, 'nats.conf');
     // The account of docs/CLUSTER.md: the relays may publish and subscribe under acme.tunnel and nowhere else.
-    writeFileSync(conf, [
-      'authorization {',
-      '  users = [',
-      '    { user: tunnel-relay, password: "correct horse battery staple",',
-      '      permissions: { publish: ["acme.tunnel.>"], subscribe: ["acme.tunnel.>"] } }',
-      '  ]',
-      '}',
-    ].join('\n'));
+    writeFileSync(
+      conf,
+      [
+        'authorization {',
+        '  users = [',
+        '    { user: tunnel-relay, password: "correct horse battery staple",',
+        '      permissions: { publish: ["acme.tunnel.>"], subscribe: ["acme.tunnel.>"] } }',
+        '  ]',
+        '}',
+      ].join('\n'),
+    );
     const nats = await NatsServer.start({ args: ['-c', conf] });
     const auth = ['--cluster-name', 'acme.tunnel', '--cluster-user', 'tunnel-relay'];
     const env = { TUNNEL_CLUSTER_PASSWORD: 'correct horse battery staple' };
@@ -300,14 +318,13 @@ describe('NATS trouble', () => {
     const ports = await Promise.all([freePort(), freePort(), freePort()]);
     const routes = await Promise.all([freePort(), freePort(), freePort()]);
     const servers = await Promise.all(
-      [0, 1, 2].map((i) => NatsServer.start({ port: ports[i]!, cluster: { name: 'tunnel-test', routePort: routes[i]!, routes: routes.filter((_, j) => j !== i) } })),
+      [0, 1, 2].map((i) =>
+        NatsServer.start({ port: ports[i]!, cluster: { name: 'tunnel-test', routePort: routes[i]!, routes: routes.filter((_, j) => j !== i) } }),
+      ),
     );
     await Promise.all(servers.map((s) => s.waitFor(/route connection|Route connection created/i, 10_000).catch(() => undefined)));
     // a-1 knows servers 0 and 1; b-1 knows 2 and 1: they meet through the routes.
-    const [a, b] = await Promise.all([
-      clusterRelay([servers[0]!.url, servers[1]!.url], 'a-1'),
-      clusterRelay([servers[2]!.url, servers[1]!.url], 'b-1'),
-    ]);
+    const [a, b] = await Promise.all([clusterRelay([servers[0]!.url, servers[1]!.url], 'a-1'), clusterRelay([servers[2]!.url, servers[1]!.url], 'b-1')]);
     await Promise.all([hears(a, 'b-1'), hears(b, 'a-1')]);
     await startNode(b.addr, ['--name', 'far-1']);
     const c = await connect(a.addr);

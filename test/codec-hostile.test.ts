@@ -44,7 +44,21 @@ describe('decoding hostile bytes', () => {
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
     expect(h.kind).toBe(4);
     // A role smuggled through __proto__ is not a role.
-    const smuggled = Uint8Array.from([0x92, 0x04, 0x82, 0xa7, ...Buffer.from('version'), 0x01, 0xa9, ...Buffer.from('__proto__'), 0x81, 0xa4, ...Buffer.from('role'), 0xa4, ...Buffer.from('node')]);
+    const smuggled = Uint8Array.from([
+      0x92,
+      0x04,
+      0x82,
+      0xa7,
+      ...Buffer.from('version'),
+      0x01,
+      0xa9,
+      ...Buffer.from('__proto__'),
+      0x81,
+      0xa4,
+      ...Buffer.from('role'),
+      0xa4,
+      ...Buffer.from('node'),
+    ]);
     expect(() => parse(decode(smuggled))).toThrow('hello.role must be "node" or "caller"');
   });
 
@@ -110,8 +124,12 @@ describe('the Login helper', () => {
     const login = passwordLogin({ alice: 'right-password' });
     const session = new Session('s1');
     const ctx = { session } as never;
-    for (let i = 0; i < 5; i++) await expect(login(ctx, 'alice', 'wrong')).rejects.toMatchObject({ code: 'LOGIN_FAILED', message: 'username or password incorrect' });
-    await expect(login(ctx, 'alice', 'right-password')).rejects.toMatchObject({ code: 'LOGIN_FAILED', message: expect.stringContaining('too many failed Login attempts (5)') });
+    for (let i = 0; i < 5; i++)
+      await expect(login(ctx, 'alice', 'wrong')).rejects.toMatchObject({ code: 'LOGIN_FAILED', message: 'username or password incorrect' });
+    await expect(login(ctx, 'alice', 'right-password')).rejects.toMatchObject({
+      code: 'LOGIN_FAILED',
+      message: expect.stringContaining('too many failed Login attempts (5)'),
+    });
     expect(session.loggedIn).toBe(false);
     const fresh = { session: new Session('s2') } as never;
     await expect(login(fresh, 'alice', 'right-password')).resolves.toBe('alice');

@@ -15,9 +15,7 @@ describe('many callers on one tunnel', () => {
   it('10 callers x 1,000 concurrent calls: every reply is correct and reaches the caller that asked', async () => {
     const clients = await Promise.all(Array.from({ length: 10 }, () => connect(relay.addr)));
     const results = await Promise.all(
-      clients.map((client, c) =>
-        Promise.all(Array.from({ length: 1_000 }, (_, i) => client.call<number>('Arith.Multiply', i, c + 1000))),
-      ),
+      clients.map((client, c) => Promise.all(Array.from({ length: 1_000 }, (_, i) => client.call<number>('Arith.Multiply', i, c + 1000)))),
     );
     for (let c = 0; c < 10; c++) {
       expect(results[c]).toHaveLength(1_000);
@@ -30,13 +28,23 @@ describe('many callers on one tunnel', () => {
     const good = await connect(relay.addr);
     const garbage: Array<Buffer | string> = [];
     const shapes: unknown[] = [
-      [9, 1], [0], [0, -1, 'A.B', Buffer.alloc(0)], [0, 1, 42, Buffer.alloc(0)], [0, 2, 'A.B', [1, 2]],
-      [1, 1, 'x', null], [3, 'x'], { kind: 0 }, 'hello', [4, { version: 99, role: 'caller' }],
-      [4, { version: 1, role: 'admin' }], [0, 3, 'Arith.Multiply', encode('not an array')],
-      [0, 4, 'Arith.Multiply', Buffer.from([0xc1])], [0, 5, 'NoDot', encode([])],
+      [9, 1],
+      [0],
+      [0, -1, 'A.B', Buffer.alloc(0)],
+      [0, 1, 42, Buffer.alloc(0)],
+      [0, 2, 'A.B', [1, 2]],
+      [1, 1, 'x', null],
+      [3, 'x'],
+      { kind: 0 },
+      'hello',
+      [4, { version: 99, role: 'caller' }],
+      [4, { version: 1, role: 'admin' }],
+      [0, 3, 'Arith.Multiply', encode('not an array')],
+      [0, 4, 'Arith.Multiply', Buffer.from([0xc1])],
+      [0, 5, 'NoDot', encode([])],
     ];
     let seed = 7;
-    const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    const rand = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
     for (let i = 0; i < 1_000; i++) {
       const kind = i % 4;
       if (kind === 0) garbage.push(Buffer.from(Array.from({ length: 1 + Math.floor(rand() * 64) }, () => Math.floor(rand() * 256))));

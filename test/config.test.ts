@@ -20,10 +20,7 @@ describe('configuration from flags, environment and file', () => {
   });
 
   it('takes each setting from the flag, else the environment, else the file, else the default', async () => {
-    const config = file(
-      'relay.yaml',
-      ['hello-timeout: 4s', 'heartbeatTimeout: 7s', 'default-timeout: 8s', 'require-service:', '  - Arith', ''].join('\n'),
-    );
+    const config = file('relay.yaml', ['hello-timeout: 4s', 'heartbeatTimeout: 7s', 'default-timeout: 8s', 'require-service:', '  - Arith', ''].join('\n'));
     const relay = await startRelay(['--config', config, '--default-timeout', '12s'], 0, {
       TUNNEL_HEARTBEAT_TIMEOUT: '9s',
       TUNNEL_DEFAULT_TIMEOUT: '11s',
@@ -59,10 +56,18 @@ describe('configuration from flags, environment and file', () => {
 
   it('fails at start naming an unknown key, a bad value, or a broken file', async () => {
     const cases: Array<[string, string, RegExp]> = [
-      ['typo.yaml', 'listen: 127.0.0.1:0\nlisten-adress: 127.0.0.1:0\n', /config file .*typo\.yaml: unknown key "listen-adress"; known keys: admin-listen, .*listen/],
+      [
+        'typo.yaml',
+        'listen: 127.0.0.1:0\nlisten-adress: 127.0.0.1:0\n',
+        /config file .*typo\.yaml: unknown key "listen-adress"; known keys: admin-listen, .*listen/,
+      ],
       ['nested.yaml', 'listen:\n  host: 127.0.0.1\n', /key "listen" must be a string or a number/],
       ['broken.json', '{"listen": ', /config file .*broken\.json is not valid JSON/],
-      ['duration.yaml', 'drain-timeout: soon\n', /--drain-timeout \(from config file .*duration\.yaml\): must be a duration such as 500ms, 30s or 5m; got "soon"/],
+      [
+        'duration.yaml',
+        'drain-timeout: soon\n',
+        /--drain-timeout \(from config file .*duration\.yaml\): must be a duration such as 500ms, 30s or 5m; got "soon"/,
+      ],
     ];
     for (const [name, text, message] of cases) {
       const proc = new Proc(BIN.relay, ['--listen', '127.0.0.1:0', '--config', file(name, text)]);
@@ -77,17 +82,47 @@ describe('configuration from flags, environment and file', () => {
     const camel = file('camel.yaml', 'maxTimeout: soon\n');
     const count = file('count.yaml', 'max-connections: lots\n');
     const cases: Array<[string, string[], Record<string, string>, string]> = [
-      [BIN.relay, [], { TUNNEL_MAX_TIMEOUT: 'abc' }, 'tunnel-relay: --max-timeout (from TUNNEL_MAX_TIMEOUT): must be a duration such as 500ms, 30s or 5m; got "abc"'],
+      [
+        BIN.relay,
+        [],
+        { TUNNEL_MAX_TIMEOUT: 'abc' },
+        'tunnel-relay: --max-timeout (from TUNNEL_MAX_TIMEOUT): must be a duration such as 500ms, 30s or 5m; got "abc"',
+      ],
       [BIN.relay, ['--max-timeout=0s'], {}, 'tunnel-relay: --max-timeout: must be a positive number of milliseconds; got "0s"'],
       [BIN.relay, ['--config', camel], {}, `tunnel-relay: maxTimeout (from config file ${camel}): must be a duration such as 500ms, 30s or 5m; got "soon"`],
       [BIN.relay, ['--config', count], {}, `tunnel-relay: --max-connections (from config file ${count}): must be a whole number, 1 or more; got "lots"`],
       [BIN.relay, ['--max-backlog', '8 apples'], {}, 'tunnel-relay: --max-backlog: must be a size such as 16MiB, 512KiB or a number of bytes; got "8 apples"'],
       [BIN.relay, ['--default-timeout', '10m'], {}, 'tunnel-relay: --default-timeout 10m must not exceed --max-timeout 5m (default)'],
-      [BIN.relay, [], { TUNNEL_MAX_CALLER_IN_FLIGHT: '-3' }, 'tunnel-relay: --max-caller-in-flight (from TUNNEL_MAX_CALLER_IN_FLIGHT): must be a whole number, 1 or more; got "-3"'],
-      [BIN.node, ['--reconnect-base', '1m'], { TUNNEL_RECONNECT_CAP: '2s' }, 'tunnel-node: --reconnect-base 1m must not exceed --reconnect-cap 2s (from TUNNEL_RECONNECT_CAP)'],
-      [BIN.node, [], { TUNNEL_HEARTBEAT_TIMEOUT: '1y' }, 'tunnel-node: --heartbeat-timeout (from TUNNEL_HEARTBEAT_TIMEOUT): must be a duration such as 500ms, 30s or 5m; got "1y"'],
-      [BIN.node, ['--forward', 'Arith=127.0.0.1:1', '--forward-connections', '0'], {}, 'tunnel-node: --forward-connections: must be a whole number, 1 or more; got "0"'],
-      [BIN.call, ['Arith.Multiply', '2', '3'], { TUNNEL_TIMEOUT: 'abc' }, 'tunnel-call: --timeout (from TUNNEL_TIMEOUT): must be a duration such as 500ms, 30s or 5m; got "abc"'],
+      [
+        BIN.relay,
+        [],
+        { TUNNEL_MAX_CALLER_IN_FLIGHT: '-3' },
+        'tunnel-relay: --max-caller-in-flight (from TUNNEL_MAX_CALLER_IN_FLIGHT): must be a whole number, 1 or more; got "-3"',
+      ],
+      [
+        BIN.node,
+        ['--reconnect-base', '1m'],
+        { TUNNEL_RECONNECT_CAP: '2s' },
+        'tunnel-node: --reconnect-base 1m must not exceed --reconnect-cap 2s (from TUNNEL_RECONNECT_CAP)',
+      ],
+      [
+        BIN.node,
+        [],
+        { TUNNEL_HEARTBEAT_TIMEOUT: '1y' },
+        'tunnel-node: --heartbeat-timeout (from TUNNEL_HEARTBEAT_TIMEOUT): must be a duration such as 500ms, 30s or 5m; got "1y"',
+      ],
+      [
+        BIN.node,
+        ['--forward', 'Arith=127.0.0.1:1', '--forward-connections', '0'],
+        {},
+        'tunnel-node: --forward-connections: must be a whole number, 1 or more; got "0"',
+      ],
+      [
+        BIN.call,
+        ['Arith.Multiply', '2', '3'],
+        { TUNNEL_TIMEOUT: 'abc' },
+        'tunnel-call: --timeout (from TUNNEL_TIMEOUT): must be a duration such as 500ms, 30s or 5m; got "abc"',
+      ],
     ];
     for (const [bin, args, env, message] of cases) {
       // --log-level debug: even the debug lines come only after the checks.

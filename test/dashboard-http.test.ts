@@ -125,11 +125,13 @@ describe('dashboard over HTTP: where it is served, tokens, actions', () => {
     try {
       client = await connect(relay.addr);
       const withCaller = await s.waitFor(
-        (e) => (e.event === 'snapshot' && (e.data as Snapshot).callers.length > 0) || (e.event === 'delta' && ((e.data as Delta).callers?.upsert.length ?? 0) > 0),
+        (e) =>
+          (e.event === 'snapshot' && (e.data as Snapshot).callers.length > 0) || (e.event === 'delta' && ((e.data as Delta).callers?.upsert.length ?? 0) > 0),
         10_000,
         'the caller in the feed',
       );
-      const session = withCaller.event === 'snapshot' ? (withCaller.data as Snapshot).callers[0]!.session : (withCaller.data as Delta).callers!.upsert[0]!.session;
+      const session =
+        withCaller.event === 'snapshot' ? (withCaller.data as Snapshot).callers[0]!.session : (withCaller.data as Delta).callers!.upsert[0]!.session;
       const closed = new Promise<void>((resolve) => client!.once('close', () => resolve()));
       const r = await http(`http://127.0.0.1:${admin}/dashboard/actions/disconnect-caller`, {
         method: 'POST',
@@ -138,7 +140,11 @@ describe('dashboard over HTTP: where it is served, tokens, actions', () => {
       });
       expect(r).toMatchObject({ status: 200, json: { ok: true, action: 'disconnect-caller', target: session } });
       await closed;
-      await s.waitFor(hasEvent((e) => e.kind === 'action' && e.action === 'disconnect-caller' && e.target === session), 10_000, 'the disconnect-caller event');
+      await s.waitFor(
+        hasEvent((e) => e.kind === 'action' && e.action === 'disconnect-caller' && e.target === session),
+        10_000,
+        'the disconnect-caller event',
+      );
       await s.waitFor((e) => e.event === 'delta' && ((e.data as Delta).callers?.remove ?? []).includes(session), 10_000, 'the caller removed');
     } finally {
       client?.close();
@@ -154,8 +160,16 @@ describe('dashboard over HTTP: where it is served, tokens, actions', () => {
     const line = await relay.proc.waitForLog((l) => l.msg === 'dashboard action', 10_000, 'the action log line', from);
     expect(line).toMatchObject({ action: 'drain-node', target: 'office-1', by: 'admin', peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/) });
     await node.waitForMsg('relay is going away');
-    await s.waitFor(hasEvent((e) => e.kind === 'node-draining'), 10_000, 'the node draining');
-    await s.waitFor(hasEvent((e) => e.kind === 'node-leave'), 10_000, 'the node leaving');
+    await s.waitFor(
+      hasEvent((e) => e.kind === 'node-draining'),
+      10_000,
+      'the node draining',
+    );
+    await s.waitFor(
+      hasEvent((e) => e.kind === 'node-leave'),
+      10_000,
+      'the node leaving',
+    );
     // A drained node reconnects with its backoff, as after a relay's drain: it is back, one reconnect more.
     await s.waitFor(
       (e) => e.event === 'delta' && ((e.data as Delta).nodes?.upsert ?? []).some((n) => n.name === 'office-1' && n.state === 'online' && n.reconnects === 1),
@@ -167,18 +181,34 @@ describe('dashboard over HTTP: where it is served, tokens, actions', () => {
   it('shows a node that leaves as leaving, then removes it', async () => {
     const s = await feed(`http://127.0.0.1:${admin}/dashboard/events`);
     const temp = await startNode(relay.addr, ['--name', 'temp-1']);
-    await s.waitFor((e) => e.event === 'delta' && ((e.data as Delta).nodes?.upsert ?? []).some((n) => n.name === 'temp-1' && n.state === 'online'), 10_000, 'temp-1 joining');
+    await s.waitFor(
+      (e) => e.event === 'delta' && ((e.data as Delta).nodes?.upsert ?? []).some((n) => n.name === 'temp-1' && n.state === 'online'),
+      10_000,
+      'temp-1 joining',
+    );
     temp.kill();
-    await s.waitFor((e) => e.event === 'delta' && ((e.data as Delta).nodes?.upsert ?? []).some((n) => n.name === 'temp-1' && n.state === 'leaving'), 10_000, 'temp-1 leaving');
+    await s.waitFor(
+      (e) => e.event === 'delta' && ((e.data as Delta).nodes?.upsert ?? []).some((n) => n.name === 'temp-1' && n.state === 'leaving'),
+      10_000,
+      'temp-1 leaving',
+    );
     await s.waitFor((e) => e.event === 'delta' && ((e.data as Delta).nodes?.remove ?? []).includes('temp-1'), 10_000, 'temp-1 removed');
   });
 
   it('records refused requests, and serves at most 8 streams', async () => {
     const s = await feed(`http://127.0.0.1:${admin}/dashboard/events`);
     await s.waitFor((e) => e.event === 'snapshot');
-    const refused = await http(`http://127.0.0.1:${relay.port}/call/Arith.Multiply`, { method: 'POST', headers: { origin: 'http://evil.example' }, body: '[2,3]' });
+    const refused = await http(`http://127.0.0.1:${relay.port}/call/Arith.Multiply`, {
+      method: 'POST',
+      headers: { origin: 'http://evil.example' },
+      body: '[2,3]',
+    });
     expect(refused.status).toBe(403);
-    await s.waitFor(hasEvent((e) => e.kind === 'refused-request' && e.door === 'http' && /evil\.example/.test(e.reason ?? '')), 10_000, 'the refused request');
+    await s.waitFor(
+      hasEvent((e) => e.kind === 'refused-request' && e.door === 'http' && /evil\.example/.test(e.reason ?? '')),
+      10_000,
+      'the refused request',
+    );
 
     for (const other of streams) if (other !== s) other.close();
     // Once the others are closed, a delta says this is the only dashboard left.

@@ -62,8 +62,7 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
   });
 
   /** The text of a cell, '' when the row is not there. */
-  const cellText = (row: string, col: string) =>
-    page.evaluate((r, c) => document.querySelector(`${r} [data-col="${c}"]`)?.textContent ?? '', row, col);
+  const cellText = (row: string, col: string) => page.evaluate((r, c) => document.querySelector(`${r} [data-col="${c}"]`)?.textContent ?? '', row, col);
 
   it('shows the relay, then a node that connects after the page loaded, without a reload', async () => {
     const errors: string[] = [];
@@ -143,7 +142,9 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
     // The call in flight finishes normally; only then does the node leave.
     expect(await running).toMatchObject({ status: 200, json: { result: 2_000 } });
     await page.waitForFunction(() => [...document.querySelectorAll('#events li[data-kind="node-leave"]')].some((li) => li.textContent!.includes('batch-1')));
-    await page.waitForFunction(() => [...document.querySelectorAll('#events li[data-kind="action"]')].some((li) => li.textContent!.includes('drain-node batch-1 by admin')));
+    await page.waitForFunction(() =>
+      [...document.querySelectorAll('#events li[data-kind="action"]')].some((li) => li.textContent!.includes('drain-node batch-1 by admin')),
+    );
   });
 
   it('disconnects a node and a caller from their buttons', async () => {

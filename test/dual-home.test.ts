@@ -142,7 +142,19 @@ describe('dual-homed node (tunnel-node --relay A --relay B)', () => {
     let b = await startRelay([], portB);
     const hopA = await hop(a.addr);
     const urlB = `ws://127.0.0.1:${portB}/`;
-    const node = new Proc(BIN.node, ['--relay', hopA.url, '--relay', b.addr, '--name', 'dual-1', '--services', SERVICES, '--log-level', 'debug', ...FAST_RETRY]);
+    const node = new Proc(BIN.node, [
+      '--relay',
+      hopA.url,
+      '--relay',
+      b.addr,
+      '--name',
+      'dual-1',
+      '--services',
+      SERVICES,
+      '--log-level',
+      'debug',
+      ...FAST_RETRY,
+    ]);
     await node.waitForLog(() => connectedTo(node, hopA.url) === 1 && connectedTo(node, urlB) === 1, 10_000, 'a tunnel to each relay');
 
     const alice = await caller(a.addr);

@@ -10,9 +10,7 @@ const started = (p: Proc) => p.logs.filter((l) => l.msg === STARTED).length;
 
 /** Waits until the nodes together have started `n` Fleet.Work handlers. */
 async function waitStarted(procs: Proc[], n: number, timeout = 10_000): Promise<void> {
-  await Promise.race(
-    procs.map((p) => p.waitForLog(() => procs.reduce((sum, q) => sum + started(q), 0) >= n, timeout, `${n} started handlers`)),
-  );
+  await Promise.race(procs.map((p) => p.waitForLog(() => procs.reduce((sum, q) => sum + started(q), 0) >= n, timeout, `${n} started handlers`)));
 }
 
 type Outcome = { ok: true; node: string } | { ok: false; code: string };
@@ -78,14 +76,20 @@ describe('failover, at most once', () => {
     const retries: number[] = [];
     c.on('retry', (r: { attempt: number }) => retries.push(r.attempt));
     const calls = Array.from({ length: 6 }, () => settle(c.call<string>('Fleet.Work', 1_500, { affinity: false, retry: 2 })));
-    await waitStarted(live.map(([, p]) => p), before.reduce((a, b) => a + b, 0) + 6);
+    await waitStarted(
+      live.map(([, p]) => p),
+      before.reduce((a, b) => a + b, 0) + 6,
+    );
     const [victimName, victim] = live[0]!;
     const onVictim = started(victim) - before[0]!;
     victim.kill('SIGKILL');
     procs.delete(victimName);
     const outcomes = await Promise.all(calls);
     c.removeAllListeners('retry');
-    console.log(`retry 2: ${onVictim} calls were running on ${victimName}; ${retries.length} retries; outcomes`, outcomes.map((o) => (o.ok ? o.node : o.code)).join(' '));
+    console.log(
+      `retry 2: ${onVictim} calls were running on ${victimName}; ${retries.length} retries; outcomes`,
+      outcomes.map((o) => (o.ok ? o.node : o.code)).join(' '),
+    );
     expect(onVictim).toBeGreaterThan(0);
     expect(outcomes.every((o) => o.ok && o.node !== victimName)).toBe(true);
     expect(retries).toHaveLength(onVictim);
@@ -110,7 +114,10 @@ describe('failover, at most once', () => {
     // Whichever node the selector picked is killed while the call runs on it.
     const live = [...procs.entries()];
     const counts0 = live.map(([, p]) => started(p));
-    await waitStarted(live.map(([, p]) => p), counts0.reduce((a, b) => a + b, 0) + 1);
+    await waitStarted(
+      live.map(([, p]) => p),
+      counts0.reduce((a, b) => a + b, 0) + 1,
+    );
     const i = live.findIndex(([, p], k) => started(p) > counts0[k]!);
     const [hitName, hit] = live[i]!;
     hit.kill('SIGKILL');

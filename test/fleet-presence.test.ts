@@ -64,7 +64,10 @@ describe('broadcast and presence', () => {
 
   it('a broadcast past its deadline reports TIMEOUT for the nodes that did not answer', async () => {
     const results = await c.broadcast('Fleet.Work', [], { timeout: 1_000, where: { region: 'eu' } });
-    expect(results.map((r) => [r.node, r.ok])).toEqual([['b1', true], ['b2', true]]);
+    expect(results.map((r) => [r.node, r.ok])).toEqual([
+      ['b1', true],
+      ['b2', true],
+    ]);
     const slow = await c.broadcast('Fleet.Work', [5_000], { timeout: 500, where: { region: 'eu' } });
     expect(slow.map((r) => (r.ok ? 'ok' : r.error.code))).toEqual(['TIMEOUT', 'TIMEOUT']);
     const none = await c.broadcast('Fleet.Apply', [1], { where: { region: 'mars' } }).catch((e: unknown) => e);

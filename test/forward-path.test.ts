@@ -31,7 +31,8 @@ class HandServer {
           if (method === 'Hand.Raw') answer(encode(null), Buffer.from(params[0] as Uint8Array));
           else if (method === 'Hand.Fail') answer(encode('no such thing'), encode(null));
           else if (method === 'Hand.Echo') answer(encode(null), encode(params[0]));
-          else if (method === 'Hand.Notify') socket.write(Buffer.concat([encode([2, 'Hand.Event', [1]]), Buffer.from([0x94, 0x01]), encode(msgid), encode(null), encode('after')]));
+          else if (method === 'Hand.Notify')
+            socket.write(Buffer.concat([encode([2, 'Hand.Event', [1]]), Buffer.from([0x94, 0x01]), encode(msgid), encode(null), encode('after')]));
           else this.held.push(() => answer(encode(null), encode('late')));
         }
       });

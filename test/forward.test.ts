@@ -136,7 +136,7 @@ describe.skipIf(goReason !== undefined && !CI)('tunnel-node --forward to a Go ne
     expect(positional.stdout).toBe('');
     expect(positional.stderr).toMatch(/^BAD_REQUEST: forwarded service Arith follows Go's net\/rpc: it takes exactly one argument .*; got 2 /);
     const missing = await runCall(relay.addr, ['Arith.Power', '{"X":1,"Y":0}']);
-    expect(missing.stderr).toBe('APP_ERROR: rpc: can\'t find method Arith.Power\n');
+    expect(missing.stderr).toBe("APP_ERROR: rpc: can't find method Arith.Power\n");
     // The same node still serves its own TypeScript service.
     const where = await runCall(relay.addr, ['Slow.Where']);
     expect(where.stdout).toBe('fwd-1\n');
@@ -180,12 +180,18 @@ describe.skipIf(goReason !== undefined && !CI)('tunnel-node --forward to a Go ne
 
     const inFlight = await sleeping;
     expect(isTunnelError(inFlight, 'APP_ERROR')).toBe(true);
-    expect((inFlight as Error).message).toMatch(new RegExp(`^forwarded service Server: .*local server at ${tcpAddress}.* while the call was in flight; it may or may not have run$`));
+    expect((inFlight as Error).message).toMatch(
+      new RegExp(`^forwarded service Server: .*local server at ${tcpAddress}.* while the call was in flight; it may or may not have run$`),
+    );
     await node.waitForMsg('forward target unreachable', 5_000, from);
 
     const down = await runCall(relay.addr, ['Server.Ping']);
     expect(down.code).toBe(1);
-    expect(down.stderr).toMatch(new RegExp(`^APP_ERROR: forwarded service Server: cannot reach the local server at ${tcpAddress.replace(/\./g, '\\.')} \\(ECONNREFUSED\\); is it running\\?\n$`));
+    expect(down.stderr).toMatch(
+      new RegExp(
+        `^APP_ERROR: forwarded service Server: cannot reach the local server at ${tcpAddress.replace(/\./g, '\\.')} \\(ECONNREFUSED\\); is it running\\?\n$`,
+      ),
+    );
     // Other services of the node are not disturbed.
     expect(await client.request('Arith.Multiply', [{ X: 2, Y: 2 }])).toBe(4);
 

@@ -36,7 +36,7 @@ function split(bytes: Buffer, seed: number): Buffer[] {
   let x = seed;
   const next = () => (x = (x * 1103515245 + 12345) % 2 ** 31);
   const out: Buffer[] = [];
-  for (let at = 0; at < bytes.length; ) {
+  for (let at = 0; at < bytes.length;) {
     const n = 1 + (next() % (seed % 2 === 0 ? 7 : 9000));
     out.push(bytes.subarray(at, at + n));
     at += n;

@@ -85,9 +85,7 @@ describe('a running relay fed hostile messages', () => {
         echoes++;
       }
     })();
-    const connections = await Promise.all(
-      Array.from({ length: WORKERS }, (_, w) => fuzz(url, all.slice(w * share, (w + 1) * share), w)),
-    );
+    const connections = await Promise.all(Array.from({ length: WORKERS }, (_, w) => fuzz(url, all.slice(w * share, (w + 1) * share), w)));
     done = true;
     await checking;
     const after = await memory(relay);

@@ -78,7 +78,10 @@ describe('library API against a real relay', () => {
     expect(await calc.broadcast.Sum(4, 5)).toEqual([{ node: 'lib-node', ok: true, result: 9, ms: expect.any(Number) }]);
     const err = await calc.Refuse('OUT_OF_STOCK').catch((e: unknown) => e);
     expect(isTunnelError(err, 'OUT_OF_STOCK') && err.message).toBe('refused with OUT_OF_STOCK');
-    const lost = await calc.with({ node: 'no-such-node', timeout: 2_000 }).Sum(1).catch((e: unknown) => e);
+    const lost = await calc
+      .with({ node: 'no-such-node', timeout: 2_000 })
+      .Sum(1)
+      .catch((e: unknown) => e);
     expect(isTunnelError(lost, 'NO_NODE')).toBe(true);
     const arith = client.service('Arith');
     expect(await arith.Multiply(6, 7)).toBe(42);
@@ -124,7 +127,10 @@ describe('library API against a real relay', () => {
 
   it('reports the presence of the node', () => {
     expect(relay.nodes()).toEqual([
-      expect.objectContaining({ name: 'lib-node', services: expect.objectContaining({ Arith: ['Divide', 'Multiply'], Calc: ['Refuse', 'Scale', 'Sum', 'Where'] }) }),
+      expect.objectContaining({
+        name: 'lib-node',
+        services: expect.objectContaining({ Arith: ['Divide', 'Multiply'], Calc: ['Refuse', 'Scale', 'Sum', 'Where'] }),
+      }),
     ]);
   });
 

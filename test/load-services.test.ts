@@ -25,13 +25,17 @@ async function startWith(path: string): Promise<{ code: number | null; stderr: s
 describe('ServiceRegistry.register: what a service may be', () => {
   it('refuses values that are not objects of methods, naming the service', () => {
     const r = new ServiceRegistry();
-    expect(() => r.register('Greeter', 42 as never)).toThrow('service Greeter must be an object of methods (e.g. { Greet(name) { return `hi ${name}`; } }), got the number 42');
+    expect(() => r.register('Greeter', 42 as never)).toThrow(
+      'service Greeter must be an object of methods (e.g. { Greet(name) { return `hi ${name}`; } }), got the number 42',
+    );
     expect(() => r.register('Greeter', 'hi' as never)).toThrow(/service Greeter must be an object of methods .*, got the string "hi"$/);
     expect(() => r.register('Greeter', null as never)).toThrow(/^service Greeter is null; give an object of methods/);
     expect(() => r.register('Greeter', [() => 1])).toThrow(/service Greeter must be an object of methods .*, got an array$/);
     expect(() => r.register('Greeter', class Greeter {})).toThrow('service Greeter is a class; give an instance (new Greeter()) or an object of methods');
     expect(() => r.register('Greeter', () => 1)).toThrow(/^service Greeter is a function; give an object of methods/);
-    expect(() => r.register('Greeter', new Map())).toThrow('service Greeter has no methods (a Map: its built-in methods are not served); give an object whose own or class methods are the service\'s');
+    expect(() => r.register('Greeter', new Map())).toThrow(
+      "service Greeter has no methods (a Map: its built-in methods are not served); give an object whose own or class methods are the service's",
+    );
     expect(r.size).toBe(0);
   });
 
@@ -64,7 +68,12 @@ describe('tunnel-node --services: a module of the wrong shape fails at start', (
   });
 
   it('shows file:line of a syntax error, with the line and a caret', async () => {
-    const path = module('syntax.js', ['// a services module with a mistake on line 4', 'export default {', '  Greeter: {', '    Greet(name) { return name + ; },', '  },', '};', ''].join('\n'));
+    const path = module(
+      'syntax.js',
+      ['// a services module with a mistake on line 4', 'export default {', '  Greeter: {', '    Greet(name) { return name + ; },', '  },', '};', ''].join(
+        '\n',
+      ),
+    );
     const { code, stderr } = await startWith(path);
     expect(code).toBe(2);
     expect(stderr).toContain(`cannot load services module ${path}: Unexpected token ';'\n  at ${path}:4\n    Greet(name) { return name + ; },\n`);

@@ -9,11 +9,19 @@ const roundTrip = (value: unknown[]) => parse(decode(encode(value)));
 describe('message shapes', () => {
   it('round-trips every message kind', () => {
     expect(roundTrip(m.request(7, 'Arith.Multiply', bin([2, 3]), { timeout: 500, node: 'n1' }))).toEqual({
-      kind: Kind.REQUEST, id: 7, method: 'Arith.Multiply', params: bin([2, 3]), meta: { timeout: 500, node: 'n1' }, stream: 0,
+      kind: Kind.REQUEST,
+      id: 7,
+      method: 'Arith.Multiply',
+      params: bin([2, 3]),
+      meta: { timeout: 500, node: 'n1' },
+      stream: 0,
     });
     expect(roundTrip(m.response(7, null, bin(6)))).toEqual({ kind: Kind.RESPONSE, id: 7, error: null, result: bin(6) });
     expect(roundTrip(m.response(8, { code: 'TIMEOUT', message: 'late', data: { ms: 5 } }, bin(1)))).toEqual({
-      kind: Kind.RESPONSE, id: 8, error: { code: 'TIMEOUT', message: 'late', data: { ms: 5 } }, result: null,
+      kind: Kind.RESPONSE,
+      id: 8,
+      error: { code: 'TIMEOUT', message: 'late', data: { ms: 5 } },
+      result: null,
     });
     expect(roundTrip(m.notify('Relay.presence', bin([1])))).toEqual({ kind: Kind.NOTIFY, method: 'Relay.presence', params: bin([1]) });
     expect(roundTrip(m.cancel(9))).toEqual({ kind: Kind.CANCEL, id: 9 });
@@ -38,7 +46,11 @@ describe('message shapes', () => {
 
   it('decodes several values packed into one message', () => {
     const packed = Buffer.concat([encode(m.cancel(1)), encode(m.cancel(2)), encode(m.goaway('x'))]);
-    expect(decodeAll(packed).map(parse).map((x) => x.kind)).toEqual([Kind.CANCEL, Kind.CANCEL, Kind.GOAWAY]);
+    expect(
+      decodeAll(packed)
+        .map(parse)
+        .map((x) => x.kind),
+    ).toEqual([Kind.CANCEL, Kind.CANCEL, Kind.GOAWAY]);
   });
 
   it('rejects wrong shapes with BAD_REQUEST, keeping the id when there is one', () => {

@@ -71,7 +71,10 @@ class RawRpc {
     const deadline = Date.now() + timeout;
     while (!pred()) {
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out after ${timeout} ms waiting for ${what}; replies ${JSON.stringify(this.replies.slice(-3)).slice(0, 300)}, closed ${this.closed}`);
+      if (left <= 0)
+        throw new Error(
+          `timed out after ${timeout} ms waiting for ${what}; replies ${JSON.stringify(this.replies.slice(-3)).slice(0, 300)}, closed ${this.closed}`,
+        );
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
         this.waiters.push(() => {
@@ -374,10 +377,16 @@ describe('authentication on the MessagePack-RPC port follows reloads of the toke
 
     const anonymous = await RawRpc.open(port);
     expect(await anonymous.call(3, 'Sec.Who', [])).toEqual([
-      1, 3, 'UNAUTHORIZED: this relay requires a caller token: call Relay.Auth(token) first on this connection', null,
+      1,
+      3,
+      'UNAUTHORIZED: this relay requires a caller token: call Relay.Auth(token) first on this connection',
+      null,
     ]);
     expect(await anonymous.call(4, 'Relay.Auth', ['wrong-token-0123456789abcdef'])).toEqual([
-      1, 4, 'UNAUTHORIZED: Relay.Auth takes one string, a caller token the relay accepts; this one was refused', null,
+      1,
+      4,
+      'UNAUTHORIZED: Relay.Auth takes one string, a caller token the relay accepts; this one was refused',
+      null,
     ]);
     expect(await anonymous.call(5, 'Relay.Auth', [callerToken])).toEqual([1, 5, null, true]);
     expect(await anonymous.call(6, 'Sec.Who', [])).toEqual([1, 6, null, 'billing']);
@@ -397,7 +406,23 @@ describe.skipIf(opensslMissing)('the port over TLS', () => {
     const dir = mkdtempSync(join(tmpdir(), 'tunnel-mrpc-tls-'));
     const made = spawnSync(
       'openssl',
-      ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=localhost', '-days', '1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')],
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-subj',
+        '/CN=localhost',
+        '-days',
+        '1',
+        '-keyout',
+        join(dir, 'key.pem'),
+        '-out',
+        join(dir, 'cert.pem'),
+      ],
       { encoding: 'utf8' },
     );
     expect(made.status, made.stderr).toBe(0);

@@ -53,7 +53,7 @@ async function ask(socket: Socket, requests: unknown[][], want: number): Promise
   });
   socket.write(Buffer.concat(requests.map((r) => encode(r))));
   await done;
-  return replies.sort((a, b) => ((a as number[])[1]! - (b as number[])[1]!));
+  return replies.sort((a, b) => (a as number[])[1]! - (b as number[])[1]!);
 }
 
 describe('Relay.Auth with a caller authenticator', () => {
@@ -90,7 +90,23 @@ describe.skipIf(opensslMissing && !CI)('the port over TLS', () => {
     dir = mkdtempSync(join(tmpdir(), 'tunnel-tls-'));
     const r = spawnSync(
       'openssl',
-      ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=localhost', '-days', '1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')],
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-subj',
+        '/CN=localhost',
+        '-days',
+        '1',
+        '-keyout',
+        join(dir, 'key.pem'),
+        '-out',
+        join(dir, 'cert.pem'),
+      ],
       { encoding: 'utf8' },
     );
     if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr}`);

@@ -3,18 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decode, encode } from '../src/wire/codec.js';
 import { MessagePackFramer } from '../src/wire/framer.js';
-import {
-  buildGo,
-  CI,
-  GO_PACKAGES,
-  goMissing,
-  PYTHON,
-  pythonMsgpackMissing,
-  runJsonLines,
-  skipNote,
-  killForeign,
-  type GoPrograms,
-} from './helpers/foreign.js';
+import { buildGo, CI, GO_PACKAGES, goMissing, PYTHON, pythonMsgpackMissing, runJsonLines, skipNote, killForeign, type GoPrograms } from './helpers/foreign.js';
 import { killAll, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
 
 const SLOW = fileURLToPath(new URL('./fixtures/slow-services.js', import.meta.url));
@@ -41,7 +30,10 @@ async function exchange(chunks: Buffer[], want: number, timeout = 5_000): Promis
   const framer = new MessagePackFramer(1 << 20);
   const replies: unknown[] = [];
   const done = new Promise<boolean>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out after ${timeout} ms with ${replies.length} of ${want} replies: ${JSON.stringify(replies)}`)), timeout);
+    const timer = setTimeout(
+      () => reject(new Error(`timed out after ${timeout} ms with ${replies.length} of ${want} replies: ${JSON.stringify(replies)}`)),
+      timeout,
+    );
     socket.on('data', (d: Buffer) => {
       for (const f of framer.push(d)) replies.push(decode(f));
       if (replies.length >= want) {
@@ -68,7 +60,10 @@ const req = (msgid: number, method: string, params: unknown[]) => encode([0, msg
 describe('the MessagePack-RPC port with a raw socket', () => {
   it('answers a request split into single bytes, echoing the msgid', async () => {
     const bytes = req(0xffffffff, 'Arith.Multiply', [6, 7]);
-    const { replies, socket } = await exchange([...bytes].map((b) => Buffer.from([b])), 1);
+    const { replies, socket } = await exchange(
+      [...bytes].map((b) => Buffer.from([b])),
+      1,
+    );
     socket.destroy();
     expect(replies).toEqual([[1, 0xffffffff, null, 42]]);
   });
@@ -236,13 +231,7 @@ describe.skipIf(goReason !== undefined && !CI)('a Go net/rpc client on the Messa
   });
 
   it('keeps a Login to its own connection', async () => {
-    const r = await call(
-      '1 Hello.Login "alice:secret"',
-      '2 Hello.Hello "bob"',
-      '1 Hello.Hello "bob"',
-      '2 Hello.WhoAmI null',
-      '1 Hello.WhoAmI null',
-    );
+    const r = await call('1 Hello.Login "alice:secret"', '2 Hello.Hello "bob"', '1 Hello.Hello "bob"', '2 Hello.WhoAmI null', '1 Hello.WhoAmI null');
     expect(r.lines).toEqual([
       { result: 'alice' },
       { error: 'NOT_LOGGED_IN: Hello.Hello needs a login: call Hello.Login first on this connection' },

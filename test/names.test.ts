@@ -17,12 +17,14 @@ async function rawNode(addr: string, name: string, instance: string): Promise<Ra
 describe('one name, one live node', () => {
   afterEach(killAll);
 
-  it('refuses a second process under a live node\'s name, without ever taking turns, and lets it in once the holder is gone', async () => {
+  it("refuses a second process under a live node's name, without ever taking turns, and lets it in once the holder is gone", async () => {
     const relay = await startRelay();
     const first = await startNode(relay.addr, ['--name', 'office-1']);
     const second = new Proc(BIN.node, ['--relay', relay.addr, '--name', 'office-1', '--log-level', 'debug', ...FAST_RETRY]);
     const refused = await second.waitForMsg('relay refused our name; retrying at the longest backoff', 10_000);
-    expect(refused.reason).toMatch(/^name office-1 is held by a live node from 127\.0\.0\.1:\d+ since \d{4}-\d\d-\d\dT[\d:.]+Z; give each node its own --name$/);
+    expect(refused.reason).toMatch(
+      /^name office-1 is held by a live node from 127\.0\.0\.1:\d+ since \d{4}-\d\d-\d\dT[\d:.]+Z; give each node its own --name$/,
+    );
     // It keeps trying, and is refused each time: the relay never lets the two take turns.
     const conflicts = () => relay.proc.logs.filter((l) => l.msg === 'refused hello' && String(l.reason).startsWith('name office-1 is held')).length;
     await relay.proc.waitForLog(() => conflicts() >= 3, 15_000, 'three refused claims');

@@ -39,7 +39,9 @@ function refusesBadNumbers(owner: string, defaults: object, resolve: (o: Record<
         err = e;
       }
       expect(err, `${owner} ${key}: ${String(bad)}`).toBeInstanceOf(OptionError);
-      expect((err as OptionError).message).toMatch(new RegExp(`^${owner.replace(/[()]/g, '\\$&')} option ${key} must be .*, got ${bad === '30s' ? '"30s"' : String(bad)}$`));
+      expect((err as OptionError).message).toMatch(
+        new RegExp(`^${owner.replace(/[()]/g, '\\$&')} option ${key} must be .*, got ${bad === '30s' ? '"30s"' : String(bad)}$`),
+      );
       expect((err as OptionError).options).toEqual([key]);
     }
   }
@@ -82,11 +84,15 @@ describe('resolveRelayOptions', () => {
     expect(err.message).toBe('Relay option defaultTimeout (60000) must not exceed option maxTimeout (1000)');
     expect(err.options).toEqual(['defaultTimeout', 'maxTimeout']);
     expect(err.describe((o) => `--${o}`)).toBe('--defaultTimeout must not exceed --maxTimeout');
-    expect(() => resolveRelayOptions({ maxMessage: 2048, maxReassembly: 1024 })).toThrow(/maxMessage \(2048\) must not exceed option maxReassembly \(1024\), or a body/);
+    expect(() => resolveRelayOptions({ maxMessage: 2048, maxReassembly: 1024 })).toThrow(
+      /maxMessage \(2048\) must not exceed option maxReassembly \(1024\), or a body/,
+    );
   });
 
   it('refuses an unknown selector and malformed addresses', () => {
-    expect(() => resolveRelayOptions({ selector: 'fastest' as never })).toThrow('Relay option selector must be one of round-robin, random, least-pending, got "fastest"');
+    expect(() => resolveRelayOptions({ selector: 'fastest' as never })).toThrow(
+      'Relay option selector must be one of round-robin, random, least-pending, got "fastest"',
+    );
     expect(() => resolveRelayOptions({ listen: '127.1:0' })).toThrow(/^Relay option listen "127\.1:0": /);
     expect(() => resolveRelayOptions({ adminListen: 'x' })).toThrow(/^Relay option adminListen "x": /);
   });
@@ -106,9 +112,13 @@ describe('resolveMsgpackRpcPortOptions', () => {
   });
 
   it('refuses bad numbers, naming the option, also from the constructor', () => {
-    refusesBadNumbers('MsgpackRpcPort', { ...MSGPACK_RPC_PORT_DEFAULTS, firstRequestTimeout: 1, maxBacklog: 1, slowConsumerTimeout: 1 }, (o) => resolveMsgpackRpcPortOptions(o, limits));
+    refusesBadNumbers('MsgpackRpcPort', { ...MSGPACK_RPC_PORT_DEFAULTS, firstRequestTimeout: 1, maxBacklog: 1, slowConsumerTimeout: 1 }, (o) =>
+      resolveMsgpackRpcPortOptions(o, limits),
+    );
     const relay = new Relay({ listen: '127.0.0.1:0' });
-    expect(() => new MsgpackRpcPort(relay, { listen: '127.0.0.1:0', idleTimeout: -5 })).toThrow('MsgpackRpcPort option idleTimeout must be a positive number of milliseconds, got -5');
+    expect(() => new MsgpackRpcPort(relay, { listen: '127.0.0.1:0', idleTimeout: -5 })).toThrow(
+      'MsgpackRpcPort option idleTimeout must be a positive number of milliseconds, got -5',
+    );
   });
 });
 
@@ -145,9 +155,13 @@ describe('resolveForwardOptions and resolveDirectOptions', () => {
   it('refuse bad numbers, naming the option', () => {
     refusesBadNumbers('ForwardedService', FORWARD_DEFAULTS, resolveForwardOptions);
     refusesBadNumbers('DirectListener', DIRECT_DEFAULTS, resolveDirectOptions);
-    expect(() => new ForwardedService('Arith', { host: '127.0.0.1', port: 1 }, { connections: 0 })).toThrow('ForwardedService option connections must be a whole number, 1 or more, got 0');
+    expect(() => new ForwardedService('Arith', { host: '127.0.0.1', port: 1 }, { connections: 0 })).toThrow(
+      'ForwardedService option connections must be a whole number, 1 or more, got 0',
+    );
     const node = new TunnelNode({ relay: '9090', name: 'n1', services: services() });
-    expect(() => new DirectListener(node, silentLogger, { maxMessage: NaN })).toThrow('DirectListener option maxMessage must be a whole number of bytes, 1 or more, got NaN');
+    expect(() => new DirectListener(node, silentLogger, { maxMessage: NaN })).toThrow(
+      'DirectListener option maxMessage must be a whole number of bytes, 1 or more, got NaN',
+    );
   });
 });
 

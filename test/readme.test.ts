@@ -52,7 +52,11 @@ function block(name: string): string {
 const work = mkdtempSync(join(ROOT, 'dist', 'readme-'));
 /** `tunnel-relay`, `tunnel-node`, `tunnel-call` as a user has them after `npm link`. */
 const bin = mkdtempSync(join(tmpdir(), 'tunnel-readme-bin-'));
-for (const [name, file] of [['tunnel-relay', BIN.relay], ['tunnel-node', BIN.node], ['tunnel-call', BIN.call]] as const) {
+for (const [name, file] of [
+  ['tunnel-relay', BIN.relay],
+  ['tunnel-node', BIN.node],
+  ['tunnel-call', BIN.call],
+] as const) {
   writeFileSync(join(bin, name), `#!/bin/sh\nexec "${process.execPath}" "${file}" "$@"\n`);
   chmodSync(join(bin, name), 0o755);
 }
@@ -164,7 +168,18 @@ async function runTranscript(text: string, cwd: string, relayPort?: number): Pro
 describe('README.md examples', () => {
   it('every marked block has its test here', () => {
     expect([...blocks.keys()].sort()).toEqual(
-      ['demo-output', 'first-tunnel', 'gateway-curl', 'go-client', 'go-server', 'library', 'library-output', 'service-definition', 'services-module', 'services-run'].sort(),
+      [
+        'demo-output',
+        'first-tunnel',
+        'gateway-curl',
+        'go-client',
+        'go-server',
+        'library',
+        'library-output',
+        'service-definition',
+        'services-module',
+        'services-run',
+      ].sort(),
     );
   });
 
@@ -215,7 +230,19 @@ describe('README.md examples', () => {
     const help = spawnSync(process.execPath, [BIN.call, '--help'], { encoding: 'utf8' }).stdout;
     const methods = [...help.matchAll(/\b([A-Z]\w*\.[A-Z]\w*)\b/g)].map((m) => m[1]!);
     expect(methods.length).toBeGreaterThan(3);
-    const known = ['Arith.Multiply', 'Arith.Divide', 'Hello.Login', 'Hello.Hello', 'Hello.WhoAmI', 'Hello.Logout', 'KV.Get', 'KV.Set', 'KV.Keys', 'KV.Watch', 'Server.Ping'];
+    const known = [
+      'Arith.Multiply',
+      'Arith.Divide',
+      'Hello.Login',
+      'Hello.Hello',
+      'Hello.WhoAmI',
+      'Hello.Logout',
+      'KV.Get',
+      'KV.Set',
+      'KV.Keys',
+      'KV.Watch',
+      'Server.Ping',
+    ];
     // "<Service>.Login" in the text of --login-method is a pattern, not a method.
     for (const m of methods) expect({ method: m, known: known.includes(m) || m === 'Service.Method' }).toEqual({ method: m, known: true });
   });
@@ -244,7 +271,10 @@ describe.skipIf(goReason !== undefined && !CI)('README.md Go example', () => {
     writeFileSync(join(dir, 'client.go'), block('go-client').replaceAll('relay.example:9091', `127.0.0.1:${rpcPort}`));
     const env: Record<string, string | undefined> = { ...process.env, GO111MODULE: 'off', GOPATH: '/usr/share/gocode', GOFLAGS: '' };
     if (!process.env.HOME && !process.env.GOCACHE) env.GOCACHE = join(dir, 'cache');
-    for (const [out, src] of [['arith-server', 'server.go'], ['arith-client', 'client.go']]) {
+    for (const [out, src] of [
+      ['arith-server', 'server.go'],
+      ['arith-client', 'client.go'],
+    ]) {
       const build = spawnSync('go', ['build', '-o', out, src], { cwd: dir, env, encoding: 'utf8', timeout: 300_000 });
       expect({ src, output: build.stdout + build.stderr, status: build.status }).toEqual({ src, output: '', status: 0 });
     }
@@ -252,7 +282,16 @@ describe.skipIf(goReason !== undefined && !CI)('README.md Go example', () => {
     background.push(server);
     // The server prints nothing when it is up: wait (bounded) until it accepts connections.
     const deadline = Date.now() + 10_000;
-    while (!(await new Promise<boolean>((resolve) => tcpConnect(serverPort, '127.0.0.1').once('connect', function (this: import('node:net').Socket) { this.destroy(); resolve(true); }).once('error', () => resolve(false))))) {
+    while (
+      !(await new Promise<boolean>((resolve) =>
+        tcpConnect(serverPort, '127.0.0.1')
+          .once('connect', function (this: import('node:net').Socket) {
+            this.destroy();
+            resolve(true);
+          })
+          .once('error', () => resolve(false)),
+      ))
+    ) {
       if (Date.now() > deadline) throw new Error(`the README Go server did not listen on ${serverPort} (exit ${server.child.exitCode}): ${server.stderr}`);
       await new Promise((r) => setTimeout(r, 50));
     }

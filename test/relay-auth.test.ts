@@ -183,7 +183,10 @@ describe('TLS and node client certificates', () => {
   });
 
   it('refuses a node certificate from another CA', async () => {
-    await expectRefusedNode(['--relay', url, '--name', 'office-1', '--ca', ca, ...nodeCert('office-1', rogue)], /HTTP 401: client certificate refused: UNABLE_TO_VERIFY_LEAF_SIGNATURE/);
+    await expectRefusedNode(
+      ['--relay', url, '--name', 'office-1', '--ca', ca, ...nodeCert('office-1', rogue)],
+      /HTTP 401: client certificate refused: UNABLE_TO_VERIFY_LEAF_SIGNATURE/,
+    );
   });
 
   it('refuses a node whose certificate names another node', async () => {

@@ -146,16 +146,20 @@ describe('connections from one address', () => {
     const relay = await startRelay();
     const url = `ws://${relay.addr}/`;
     const outcomes = await Promise.all(
-      Array.from({ length: 300 }, () => new Promise<{ ws: WebSocket; status: number; reason: string }>((resolve) => {
-        const ws = new WebSocket(url, { perMessageDeflate: false });
-        ws.on('open', () => resolve({ ws, status: 101, reason: '' }));
-        ws.on('unexpected-response', (_req, res) => {
-          resolve({ ws, status: res.statusCode ?? 0, reason: String(res.headers['x-tunnel-reason']) });
-          res.resume();
-          ws.terminate();
-        });
-        ws.on('error', () => resolve({ ws, status: -1, reason: 'error' }));
-      })),
+      Array.from(
+        { length: 300 },
+        () =>
+          new Promise<{ ws: WebSocket; status: number; reason: string }>((resolve) => {
+            const ws = new WebSocket(url, { perMessageDeflate: false });
+            ws.on('open', () => resolve({ ws, status: 101, reason: '' }));
+            ws.on('unexpected-response', (_req, res) => {
+              resolve({ ws, status: res.statusCode ?? 0, reason: String(res.headers['x-tunnel-reason']) });
+              res.resume();
+              ws.terminate();
+            });
+            ws.on('error', () => resolve({ ws, status: -1, reason: 'error' }));
+          }),
+      ),
     );
     const open = outcomes.filter((o) => o.status === 101);
     const refused = outcomes.filter((o) => o.status === 429);

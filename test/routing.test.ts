@@ -147,10 +147,7 @@ describe('draining', () => {
 
   beforeAll(async () => {
     relay = await startRelay();
-    [d1] = await Promise.all([
-      startNode(relay.addr, ['--name', 'd1', '--services', FLEET]),
-      startNode(relay.addr, ['--name', 'd2', '--services', FLEET]),
-    ]);
+    [d1] = await Promise.all([startNode(relay.addr, ['--name', 'd1', '--services', FLEET]), startNode(relay.addr, ['--name', 'd2', '--services', FLEET])]);
     c = await connect(relay.addr);
   });
   afterAll(async () => {

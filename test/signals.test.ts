@@ -72,7 +72,11 @@ afterAll(async () => {
 describe('stopping the commands', () => {
   it('npm exec tunnel-relay (what npx runs) stops cleanly when npm gets SIGTERM', async () => {
     // npm starts `sh -c tunnel-relay`; SIGTERM ends npm and the shell, never the relay.
-    const npm = spawn('npm', ['exec', '--offline', '--', 'tunnel-relay', '--listen', '127.0.0.1:0'], { cwd: ROOT, env: plainEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+    const npm = spawn('npm', ['exec', '--offline', '--', 'tunnel-relay', '--listen', '127.0.0.1:0'], {
+      cwd: ROOT,
+      env: plainEnv(),
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     const out = logsOf(npm);
     await until('relay listening', () => out.logs.some((l) => l.msg === 'relay listening'), 60_000, out.text);
     const listening = out.logs.find((l) => l.msg === 'relay listening')!;
@@ -88,7 +92,10 @@ describe('stopping the commands', () => {
   });
 
   it('a relay started from a shell that exits keeps running: only npm parents are watched', async () => {
-    const sh = spawn('sh', ['-c', `"${process.execPath}" "${BIN.relay}" --listen 127.0.0.1:0 & echo $!`], { env: plainEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const sh = spawn('sh', ['-c', `"${process.execPath}" "${BIN.relay}" --listen 127.0.0.1:0 & echo $!`], {
+      env: plainEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const out = logsOf(sh);
     let stdout = '';
     sh.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));

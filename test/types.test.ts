@@ -71,7 +71,7 @@ function fakeClient() {
 describe('typed stubs (types)', () => {
   const arith = serviceStub<typeof Arith>(fakeClient().target, 'Arith');
 
-  it('gives each method the handler\'s parameters and a promise of its result', () => {
+  it("gives each method the handler's parameters and a promise of its result", () => {
     expectTypeOf(arith.Multiply).toEqualTypeOf<(a: number, b: number) => Promise<number>>();
     expectTypeOf(arith.Sum).toEqualTypeOf<(...nums: number[]) => Promise<number>>();
     expectTypeOf(arith.Scale).toEqualTypeOf<(x: number, factor?: number) => Promise<number>>();
@@ -182,7 +182,7 @@ describe('withContext and error codes (types)', () => {
 });
 
 describe('typed stubs (run time)', () => {
-  it('sends Service.Method with the arguments and the stub\'s options', async () => {
+  it("sends Service.Method with the arguments and the stub's options", async () => {
     const { target, sent } = fakeClient();
     const stub = serviceStub<typeof Arith>(target, 'Arith');
     expect(await stub.Multiply(2, 3)).toBe('Arith.Multiply');
@@ -198,11 +198,14 @@ describe('typed stubs (run time)', () => {
     ]);
   });
 
-  it('broadcasts with the stub\'s timeout, where and signal, and refuses node, selector and retry', async () => {
+  it("broadcasts with the stub's timeout, where and signal, and refuses node, selector and retry", async () => {
     const { target, sent } = fakeClient();
     const stub = serviceStub<typeof Arith>(target, 'Arith').with({ timeout: 900, affinity: false });
     expect(await stub.broadcast.Multiply(2, 3)).toEqual([{ node: 'n1', ok: true, result: 'Arith.Multiply', ms: 1 }]);
-    await stub.broadcast.with({ where: { region: 'eu' } }).with({ timeout: 100 }).Hello('bob');
+    await stub.broadcast
+      .with({ where: { region: 'eu' } })
+      .with({ timeout: 100 })
+      .Hello('bob');
     expect(sent).toEqual([
       { kind: 'broadcast', method: 'Arith.Multiply', args: [2, 3], options: { timeout: 900 } },
       { kind: 'broadcast', method: 'Arith.Hello', args: ['bob'], options: { timeout: 100, where: { region: 'eu' } } },

@@ -13,8 +13,13 @@ import { passwordLogin } from '../src/rpc/login.js';
 import { PendingTable } from '../src/rpc/pending.js';
 
 const ctx = (session = new Session('s')): CallContext => ({
-  session, caller: { address: '127.0.0.1:1', identity: null }, node: 'n', method: 'X.Y',
-  signal: new AbortController().signal, deadline: Date.now() + 1000, log: silentLogger,
+  session,
+  caller: { address: '127.0.0.1:1', identity: null },
+  node: 'n',
+  method: 'X.Y',
+  signal: new AbortController().signal,
+  deadline: Date.now() + 1000,
+  log: silentLogger,
 });
 
 describe('backoff', () => {
@@ -45,7 +50,7 @@ describe('service registry', () => {
     expect(discoverMethods(new Calc())).toEqual(['Add']);
     expect(discoverMethods({ A() {}, b: 1, _c() {} })).toEqual(['A']);
   });
-  it('passes exactly the caller\'s arguments: rest and default parameters work, fn.length plays no part', async () => {
+  it("passes exactly the caller's arguments: rest and default parameters work, fn.length plays no part", async () => {
     const r = new ServiceRegistry().register('Calc', new Calc()).register('M', {
       Sum: (...nums: number[]) => nums.reduce((x, y) => x + y, 0),
       Scale: (x: number, factor = 2) => x * factor,
@@ -87,7 +92,10 @@ describe('service registry', () => {
       },
     });
     const err = await invoke(r.lookup('Old', 'Greet'), ['bob'], ctx()).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 'APP_ERROR', message: expect.stringMatching(/Old\.Greet failed: .*'session'.*wrap it with withContext\(\(ctx, \.\.\.args\) =>/) });
+    expect(err).toMatchObject({
+      code: 'APP_ERROR',
+      message: expect.stringMatching(/Old\.Greet failed: .*'session'.*wrap it with withContext\(\(ctx, \.\.\.args\) =>/),
+    });
     // An unrelated TypeError keeps its own message.
     const other = await invoke(r.lookup('Old', 'Broken'), [{}], ctx()).catch((e: unknown) => e);
     expect(other).toBeInstanceOf(TypeError);
@@ -100,7 +108,10 @@ describe('service registry', () => {
       .register('Plain', defineService({ Open: () => 'open' }));
     const s = new Session('s1');
     await expect(invoke(r.lookup('Sec', 'Get'), [], ctx(s))).rejects.toMatchObject({ code: 'NOT_LOGGED_IN' });
-    await expect(invoke(r.lookup('Sec', 'Login'), ['u:wrong'], ctx(s))).rejects.toMatchObject({ code: 'LOGIN_FAILED', message: 'username or password incorrect' });
+    await expect(invoke(r.lookup('Sec', 'Login'), ['u:wrong'], ctx(s))).rejects.toMatchObject({
+      code: 'LOGIN_FAILED',
+      message: 'username or password incorrect',
+    });
     expect(s.failedLogins).toBe(1);
     await expect(invoke(r.lookup('Sec', 'Login'), [7], ctx(s))).rejects.toMatchObject({ code: 'BAD_REQUEST' });
     await expect(invoke(r.lookup('Def', 'Shut'), [], ctx(s))).rejects.toMatchObject({ code: 'NOT_LOGGED_IN' });

@@ -12,52 +12,94 @@ const EXIT = { OK: 0, CALL_FAILED: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130
 
 const argv = await parse(
   command(
-  'tunnel-call',
-  '$0 [options] Service.Method [ARGS...]\n$0 --list\n\nCalls a method on a node through the relay and prints the result. Each ARG is parsed as JSON when it parses (2, true, "x", [1,2], {"a":1}), else taken as a string.',
-)
-  .positional('method', { type: 'string', describe: 'Service.Method to call' })
-  .option('relay', { type: 'string', default: 'localhost:9090', describe: 'Relay address: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port' })
-  .option('timeout', { type: 'string', default: '30s', describe: 'How long the whole command may take: connecting, --login and the call, retries included (500ms, 30s, 2m)' })
-  .option('login', { type: 'string', describe: 'Log in first on the same connection with "user:password" (calls <Service>.Login; with --all, on every node)' })
-  .option('login-method', { type: 'string', describe: 'Method used by --login (default: <Service>.Login of the called method)' })
-  .option('node', { type: 'string', describe: 'Only this node may serve the call' })
-  .option('where', { type: 'string', array: true, nargs: 1, describe: 'Only nodes with this label may serve the call, key=value (repeatable: all must match)' })
-  .option('selector', { type: 'string', choices: SELECTORS, describe: "How the relay picks among the matching nodes (default: the relay's --selector)" })
-  .option('retry', { type: 'number', default: 0, describe: 'Send a call that failed with NODE_LOST again to another node, up to N times, with backoff. NODE_LOST means the node may have run it: only for idempotent calls' })
-  .option('all', { type: 'boolean', default: false, describe: 'Broadcast: call every node serving the method (that matches --where) in parallel; prints a table of node, status, result, ms; exits 1 if any node failed' })
-  .option('list', { type: 'boolean', default: false, describe: 'Print the nodes attached to the relay (matching --where): name, state, labels, address, connected since, calls in flight and served, services and methods' })
-  .option('token', { type: 'string', describe: 'Caller token, when the relay requires one (prefer TUNNEL_TOKEN: command lines are visible to other users)' })
-  .option('ca', { type: 'string', describe: 'PEM CA certificate to trust for a wss:// relay (a private CA); the system CAs otherwise' })
-  .option('insecure', { type: 'boolean', default: false, describe: 'Do not verify the relay certificate (tests only: anyone on the path can impersonate the relay)' })
-  .option('json', { type: 'boolean', default: false, describe: 'Print one JSON line on stdout: {"result": ...} or {"error": {code, message}}; with --all {"results": [...]}; with --list {"nodes": [...]}' })
-  .option('log-level', { type: 'string', default: 'warn', describe: 'Least severe log level written to stderr; debug shows the relay, the session, and each call with its milliseconds' })
-  .demandCommand(0)
-  .check((a) => {
-    if (a.list) {
-      if (a._.length > 0) throw new Error('--list takes no method');
-      if (a.all || a.node !== undefined) throw new Error('--list cannot be combined with --all or --node; use --where to filter');
-      return true;
-    }
-    if (a._.length === 0) throw new Error('give the method to call, e.g. tunnel-call Arith.Multiply 2 3 (or --list to see the nodes)');
-    if (a.all && a.node !== undefined) throw new Error('--all calls every matching node; drop --node (or use --where)');
-    if (a.all && a.retry !== 0) throw new Error('--all reports each node\'s failure instead of retrying; drop --retry');
-    if (a.all && a.selector !== undefined) throw new Error('--all calls every matching node; --selector does not apply');
-    if (!Number.isInteger(a.retry) || a.retry < 0) throw new Error(`--retry takes a whole number of retries, got ${a.retry}`);
-    return true;
-  })
-  .example('$0 Arith.Multiply 2 3', 'prints 6')
-  .example('$0 --login alice:secret Hello.Hello bob', 'logs in, then calls Hello.Hello on the same connection (and node)')
-  .example('$0 --relay relay.example:9090 KV.Set config \'{"v":2}\'', 'JSON arguments')
-  .example('$0 --node office-1 Arith.Multiply 2 3', 'only node office-1 may answer')
-  .example('$0 --where region=eu --selector least-pending Arith.Multiply 2 3', 'the least busy node labelled region=eu')
-  .example('$0 --all KV.Set config v2', 'every node serving KV.Set; one row per node')
-  .example('$0 --list', 'every node, its labels and services')
-  .epilog(
-    'Exit codes: 0 ok; 1 the call failed (CODE: message on stderr), or with --all any node failed; 2 bad usage; 3 relay unreachable; 130 interrupted.\n' +
-      `TUNNEL_RELAY, TUNNEL_TOKEN, TUNNEL_TIMEOUT, ... set the flags from the environment; --config reads them from a file. ${PRECEDENCE}\n` +
-      'Put -- before arguments that start with a dash: tunnel-call Arith.Multiply -- -2 3',
+    'tunnel-call',
+    '$0 [options] Service.Method [ARGS...]\n$0 --list\n\nCalls a method on a node through the relay and prints the result. Each ARG is parsed as JSON when it parses (2, true, "x", [1,2], {"a":1}), else taken as a string.',
   )
-  ,
+    .positional('method', { type: 'string', describe: 'Service.Method to call' })
+    .option('relay', {
+      type: 'string',
+      default: 'localhost:9090',
+      describe: 'Relay address: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port',
+    })
+    .option('timeout', {
+      type: 'string',
+      default: '30s',
+      describe: 'How long the whole command may take: connecting, --login and the call, retries included (500ms, 30s, 2m)',
+    })
+    .option('login', {
+      type: 'string',
+      describe: 'Log in first on the same connection with "user:password" (calls <Service>.Login; with --all, on every node)',
+    })
+    .option('login-method', { type: 'string', describe: 'Method used by --login (default: <Service>.Login of the called method)' })
+    .option('node', { type: 'string', describe: 'Only this node may serve the call' })
+    .option('where', {
+      type: 'string',
+      array: true,
+      nargs: 1,
+      describe: 'Only nodes with this label may serve the call, key=value (repeatable: all must match)',
+    })
+    .option('selector', { type: 'string', choices: SELECTORS, describe: "How the relay picks among the matching nodes (default: the relay's --selector)" })
+    .option('retry', {
+      type: 'number',
+      default: 0,
+      describe:
+        'Send a call that failed with NODE_LOST again to another node, up to N times, with backoff. NODE_LOST means the node may have run it: only for idempotent calls',
+    })
+    .option('all', {
+      type: 'boolean',
+      default: false,
+      describe:
+        'Broadcast: call every node serving the method (that matches --where) in parallel; prints a table of node, status, result, ms; exits 1 if any node failed',
+    })
+    .option('list', {
+      type: 'boolean',
+      default: false,
+      describe:
+        'Print the nodes attached to the relay (matching --where): name, state, labels, address, connected since, calls in flight and served, services and methods',
+    })
+    .option('token', { type: 'string', describe: 'Caller token, when the relay requires one (prefer TUNNEL_TOKEN: command lines are visible to other users)' })
+    .option('ca', { type: 'string', describe: 'PEM CA certificate to trust for a wss:// relay (a private CA); the system CAs otherwise' })
+    .option('insecure', {
+      type: 'boolean',
+      default: false,
+      describe: 'Do not verify the relay certificate (tests only: anyone on the path can impersonate the relay)',
+    })
+    .option('json', {
+      type: 'boolean',
+      default: false,
+      describe: 'Print one JSON line on stdout: {"result": ...} or {"error": {code, message}}; with --all {"results": [...]}; with --list {"nodes": [...]}',
+    })
+    .option('log-level', {
+      type: 'string',
+      default: 'warn',
+      describe: 'Least severe log level written to stderr; debug shows the relay, the session, and each call with its milliseconds',
+    })
+    .demandCommand(0)
+    .check((a) => {
+      if (a.list) {
+        if (a._.length > 0) throw new Error('--list takes no method');
+        if (a.all || a.node !== undefined) throw new Error('--list cannot be combined with --all or --node; use --where to filter');
+        return true;
+      }
+      if (a._.length === 0) throw new Error('give the method to call, e.g. tunnel-call Arith.Multiply 2 3 (or --list to see the nodes)');
+      if (a.all && a.node !== undefined) throw new Error('--all calls every matching node; drop --node (or use --where)');
+      if (a.all && a.retry !== 0) throw new Error("--all reports each node's failure instead of retrying; drop --retry");
+      if (a.all && a.selector !== undefined) throw new Error('--all calls every matching node; --selector does not apply');
+      if (!Number.isInteger(a.retry) || a.retry < 0) throw new Error(`--retry takes a whole number of retries, got ${a.retry}`);
+      return true;
+    })
+    .example('$0 Arith.Multiply 2 3', 'prints 6')
+    .example('$0 --login alice:secret Hello.Hello bob', 'logs in, then calls Hello.Hello on the same connection (and node)')
+    .example('$0 --relay relay.example:9090 KV.Set config \'{"v":2}\'', 'JSON arguments')
+    .example('$0 --node office-1 Arith.Multiply 2 3', 'only node office-1 may answer')
+    .example('$0 --where region=eu --selector least-pending Arith.Multiply 2 3', 'the least busy node labelled region=eu')
+    .example('$0 --all KV.Set config v2', 'every node serving KV.Set; one row per node')
+    .example('$0 --list', 'every node, its labels and services')
+    .epilog(
+      'Exit codes: 0 ok; 1 the call failed (CODE: message on stderr), or with --all any node failed; 2 bad usage; 3 relay unreachable; 130 interrupted.\n' +
+        `TUNNEL_RELAY, TUNNEL_TOKEN, TUNNEL_TIMEOUT, ... set the flags from the environment; --config reads them from a file. ${PRECEDENCE}\n` +
+        'Put -- before arguments that start with a dash: tunnel-call Arith.Multiply -- -2 3',
+    ),
 );
 
 const log = logger('tunnel-call', argv.logLevel);
@@ -98,8 +140,8 @@ const started = performance.now();
 const left = () => Math.max(1, Math.round(timeout - (performance.now() - started)));
 
 log.debug({ relay: relayUrl(argv.relay, '--relay'), timeoutMs: timeout }, 'connecting');
-const client: Client = await connect(argv.relay, { timeout, connectTimeout: timeout, token: argv.token, ca: argv.ca, insecure: argv.insecure, log }).catch((err: unknown) =>
-  fail(err, EXIT.UNREACHABLE),
+const client: Client = await connect(argv.relay, { timeout, connectTimeout: timeout, token: argv.token, ca: argv.ca, insecure: argv.insecure, log }).catch(
+  (err: unknown) => fail(err, EXIT.UNREACHABLE),
 );
 // A node's direct port (tunnel-node --direct-listen) serves every call itself; through a relay the
 // node is known only when --node names it (the relay does not say which node answered).
@@ -135,7 +177,11 @@ async function timed<T>(what: string, run: () => Promise<T>, detail: (result: T)
 
 try {
   if (argv.list) {
-    const nodes = await timed(RelayMethod.LIST, () => client.nodes({ timeout: left(), ...(where ? { where } : {}) }), (n) => ({ nodes: n.length }));
+    const nodes = await timed(
+      RelayMethod.LIST,
+      () => client.nodes({ timeout: left(), ...(where ? { where } : {}) }),
+      (n) => ({ nodes: n.length }),
+    );
     await client.close();
     await exitAfter(EXIT.OK, { stdout: argv.json ? `${toJson({ nodes })}\n` : `${formatNodes(nodes)}\n` });
   }
@@ -149,7 +195,11 @@ try {
     const bopts = () => ({ timeout: left(), signal: controller.signal, ...(where ? { where } : {}) });
     // Logging in on every node first; a node where it fails answers the call with NOT_LOGGED_IN.
     if (argv.login) await timed(loginMethod, () => client.broadcast(loginMethod, [argv.login], bopts()));
-    const results = await timed(method, () => client.broadcast(method, args, bopts()), (r) => ({ nodes: r.map((e) => `${e.node}:${e.ok ? 'ok' : e.error.code}:${e.ms}ms`) }));
+    const results = await timed(
+      method,
+      () => client.broadcast(method, args, bopts()),
+      (r) => ({ nodes: r.map((e) => `${e.node}:${e.ok ? 'ok' : e.error.code}:${e.ms}ms`) }),
+    );
     await client.close();
     await exitAfter(results.every((r) => r.ok) ? EXIT.OK : EXIT.CALL_FAILED, {
       stdout: argv.json ? `${toJson({ results: broadcastJson(results) })}\n` : `${formatBroadcast(results)}\n`,

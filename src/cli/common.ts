@@ -150,7 +150,8 @@ export async function parse<T>(cli: Argv<T>) {
   // A repeated single-valued flag: the last one wins, as in most command-line tools.
   const arrays = new Set(options.array);
   for (const [key, value] of Object.entries(argv)) {
-    if (key !== '_' && Array.isArray(value) && !arrays.has(key) && !arrays.has(key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`))) (argv as Record<string, unknown>)[key] = value[value.length - 1];
+    if (key !== '_' && Array.isArray(value) && !arrays.has(key) && !arrays.has(key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)))
+      (argv as Record<string, unknown>)[key] = value[value.length - 1];
   }
   return argv;
 }

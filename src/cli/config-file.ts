@@ -41,7 +41,10 @@ export function loadConfigFile(path: string, schema: FlagSchema, onValue?: (flag
   for (const [key, value] of Object.entries(doc)) {
     const flag = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
     if (!schema.flags.has(flag) || NOT_IN_FILE.has(flag)) {
-      const known = [...schema.flags].filter((f) => !NOT_IN_FILE.has(f)).sort().join(', ');
+      const known = [...schema.flags]
+        .filter((f) => !NOT_IN_FILE.has(f))
+        .sort()
+        .join(', ');
       throw new Error(`config file ${path}: unknown key "${key}"; known keys: ${known}`);
     }
     out[flag] = checkValue(path, key, value, schema.arrays.has(flag), schema.booleans.has(flag));

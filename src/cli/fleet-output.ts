@@ -8,7 +8,7 @@ export function toJson(value: unknown): string {
 
 /** A value as one short cell: strings as they are, anything else as JSON, cut at `max` characters. */
 function cell(value: unknown, max = 60): string {
-  const text = (typeof value === 'string' ? value : toJson(value) ?? 'null').replace(/\s+/g, ' ');
+  const text = (typeof value === 'string' ? value : (toJson(value) ?? 'null')).replace(/\s+/g, ' ');
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
@@ -31,7 +31,9 @@ export function formatNodes(nodes: NodeInfo[], now = Date.now()): string {
   const rows = nodes.map((n) => [
     n.name,
     n.draining ? 'draining' : 'online',
-    Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',') || '-',
+    Object.entries(n.labels)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(',') || '-',
     n.address,
     (n.relays ?? []).join(',') || '-',
     since(n.connectedAt, now),
@@ -49,9 +51,7 @@ export function formatNodes(nodes: NodeInfo[], now = Date.now()): string {
 
 /** A broadcast's outcome for people: node, ok or error code, result or message, milliseconds. */
 export function formatBroadcast(results: BroadcastResult[]): string {
-  const rows = results.map((r) =>
-    r.ok ? [r.node, 'ok', cell(r.result), String(r.ms)] : [r.node, r.error.code, cell(r.error.message, 100), String(r.ms)],
-  );
+  const rows = results.map((r) => (r.ok ? [r.node, 'ok', cell(r.result), String(r.ms)] : [r.node, r.error.code, cell(r.error.message, 100), String(r.ms)]));
   const failed = results.filter((r) => !r.ok).length;
   const summary = `${results.length - failed} ok, ${failed} failed`;
   return `${table(['NODE', 'STATUS', 'RESULT', 'MS'], rows)}\n${summary}`;
@@ -60,6 +60,8 @@ export function formatBroadcast(results: BroadcastResult[]): string {
 /** A broadcast's outcome for machines: `{node, ok, result | error: {code, message}, ms}` per node. */
 export function broadcastJson(results: BroadcastResult[]): unknown[] {
   return results.map((r) =>
-    r.ok ? { node: r.node, ok: true, result: r.result, ms: r.ms } : { node: r.node, ok: false, error: { code: r.error.code, message: r.error.message }, ms: r.ms },
+    r.ok
+      ? { node: r.node, ok: true, result: r.result, ms: r.ms }
+      : { node: r.node, ok: false, error: { code: r.error.code, message: r.error.message }, ms: r.ms },
   );
 }

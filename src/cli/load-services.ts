@@ -32,7 +32,9 @@ export async function loadServices(path: string, registry: ServiceRegistry, log:
     } else if (exported === undefined) {
       throw new Error(`has no default export; write ${SHAPE}`);
     } else {
-      throw new Error(`must export default a map of services or a function (registry) => void, not ${Array.isArray(exported) ? 'an array' : `the ${typeof exported} ${String(exported)}`}; e.g. ${SHAPE}`);
+      throw new Error(
+        `must export default a map of services or a function (registry) => void, not ${Array.isArray(exported) ? 'an array' : `the ${typeof exported} ${String(exported)}`}; e.g. ${SHAPE}`,
+      );
     }
   } catch (err) {
     throw new Error(`services module ${path}: ${(err as Error).message}`, { cause: err });

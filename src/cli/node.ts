@@ -5,7 +5,20 @@ import { relayUrls, TunnelNode } from '../node/node.js';
 import { parseCredentials } from '../rpc/login.js';
 import { ServiceRegistry } from '../rpc/registry.js';
 import { DEMO_USERS, registerExamples } from '../services/index.js';
-import { command, durationFlag, explainStartError, fatal, flagLabel, keyValues, logger, onShutdown, parse, PRECEDENCE, sizeFlag, usageError } from './common.js';
+import {
+  command,
+  durationFlag,
+  explainStartError,
+  fatal,
+  flagLabel,
+  keyValues,
+  logger,
+  onShutdown,
+  parse,
+  PRECEDENCE,
+  sizeFlag,
+  usageError,
+} from './common.js';
 import { loadServices } from './load-services.js';
 import { DirectListener } from '../node/direct.js';
 import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
@@ -14,34 +27,84 @@ import { listenAddress } from '../util/address.js';
 
 const argv = await parse(
   command('tunnel-node', '$0 --relay host:port [options]\n\nDials out to a relay and serves RPC through it, reconnecting forever with backoff.')
-  .option('relay', { type: 'string', array: true, nargs: 1, default: ['localhost:9090'], defaultDescription: 'localhost:9090', describe: 'Relay to dial: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port. Repeatable, or several separated by commas (TUNNEL_RELAY=a:9090,b:9090): the node holds a tunnel to each relay at once (dual-homed, for the relays of one cluster)' })
-  .option('name', { type: 'string', default: hostname(), defaultDescription: 'the host name', describe: 'Name to register under; callers can target it with --node. 1-128 letters, digits, _ . - (a letter or digit first)' })
-  .option('services', { type: 'string', describe: 'ES module whose default export is a map of services or a function (registry) => void; without it and without --forward the built-in examples (Arith, Hello, KV, Server) are served' })
-  .option('forward', { type: 'string', array: true, nargs: 1, describe: 'Serve Name by passing its calls to an existing local MessagePack-RPC server (Go net/rpc with ugorji\'s MsgpackSpecRpc, ...): Name=host:port, Name=PORT (127.0.0.1) or Name=unix:/path (repeatable). Its methods are not known in advance: it is announced as Name.*' })
-  .option('forward-connections', { type: 'number', default: 2, describe: 'Connections to each --forward server; calls are spread over them' })
-  .option('forward-args', { type: 'string', choices: ['one', 'any'], default: 'one', describe: "Arguments a --forward call may carry: one (Go's net/rpc takes exactly one, a struct; more are refused with BAD_REQUEST) or any (servers that take positional parameters)" })
-  .option('users', { type: 'string', describe: 'Accounts for the example Hello.Login, "user:password,user2:password2" (default alice:secret)' })
-  .option('label', { type: 'string', array: true, nargs: 1, describe: 'Label key=value announced to the relay (repeatable)' })
-  .option('token', { type: 'string', describe: 'Node token, when the relay requires one (prefer TUNNEL_TOKEN: command lines are visible to other users)' })
-  .option('ca', { type: 'string', describe: 'PEM CA certificate to trust for a wss:// relay (a private CA); the system CAs otherwise' })
-  .option('insecure', { type: 'boolean', default: false, describe: 'Do not verify the relay certificate (tests only: anyone on the path can impersonate the relay)' })
-  .option('cert', { type: 'string', describe: 'PEM client certificate, when the relay requires node certificates (its CN is the node name)' })
-  .option('key', { type: 'string', describe: 'PEM private key of --cert' })
-  .option('heartbeat-timeout', { type: 'string', default: '30s', describe: 'Reconnect when the relay is silent (no pong) this long' })
-  .option('reconnect-base', { type: 'string', default: '500ms', describe: 'First reconnect ceiling; each failure doubles it (full jitter: the wait is random below it)' })
-  .option('reconnect-cap', { type: 'string', default: '30s', describe: 'Largest reconnect ceiling' })
-  .option('direct-listen', { type: 'string', describe: 'Also serve callers directly at this address (host:port, :port or PORT), without the relay (e.g. 127.0.0.1:9191 for callers on this host)' })
-  .option('max-reassembly', { type: 'string', default: '32MiB', describe: 'Bytes of incomplete streamed params one caller session may hold on this node (a tunnel holds at most 8 times this); a call past it is answered OVERLOADED' })
-  .option('stream-idle-timeout', { type: 'string', default: '30s', describe: 'Streamed params that receive no chunk for this long are dropped (TIMEOUT)' })
-  .option('drain-timeout', { type: 'string', default: '10s', describe: 'On SIGINT/SIGTERM, how long running calls may take to finish (the relay sends no new ones meanwhile; a second signal exits at once)' })
-  .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')
-  .example('$0 --relay 9090', 'a bare number is a port on this host: localhost:9090')
-  .example('$0 --relay wss://eu-1.example --relay wss://us-1.example', 'dual-homed: one node with a tunnel to each relay of a cluster')
-  .example('$0 --relay :9090 --services ./my-services.js', 'serve your own services')
-  .example('$0 --config /etc/tunnel/node.yaml', 'flags from a file (see docs/deploy/node.yaml)')
-  .example('$0 --relay :9090 --forward Arith=127.0.0.1:8080 --forward KV=unix:/run/kv.sock', 'put existing msgpack-rpc servers behind the tunnel')
-  .epilog(`Every flag can also be set as an environment variable (TUNNEL_RELAY, TUNNEL_NAME, TUNNEL_TOKEN, TUNNEL_USERS, ...) or in a --config file. ${PRECEDENCE}`)
-  ,
+    .option('relay', {
+      type: 'string',
+      array: true,
+      nargs: 1,
+      default: ['localhost:9090'],
+      defaultDescription: 'localhost:9090',
+      describe:
+        'Relay to dial: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port. Repeatable, or several separated by commas (TUNNEL_RELAY=a:9090,b:9090): the node holds a tunnel to each relay at once (dual-homed, for the relays of one cluster)',
+    })
+    .option('name', {
+      type: 'string',
+      default: hostname(),
+      defaultDescription: 'the host name',
+      describe: 'Name to register under; callers can target it with --node. 1-128 letters, digits, _ . - (a letter or digit first)',
+    })
+    .option('services', {
+      type: 'string',
+      describe:
+        'ES module whose default export is a map of services or a function (registry) => void; without it and without --forward the built-in examples (Arith, Hello, KV, Server) are served',
+    })
+    .option('forward', {
+      type: 'string',
+      array: true,
+      nargs: 1,
+      describe:
+        "Serve Name by passing its calls to an existing local MessagePack-RPC server (Go net/rpc with ugorji's MsgpackSpecRpc, ...): Name=host:port, Name=PORT (127.0.0.1) or Name=unix:/path (repeatable). Its methods are not known in advance: it is announced as Name.*",
+    })
+    .option('forward-connections', { type: 'number', default: 2, describe: 'Connections to each --forward server; calls are spread over them' })
+    .option('forward-args', {
+      type: 'string',
+      choices: ['one', 'any'],
+      default: 'one',
+      describe:
+        "Arguments a --forward call may carry: one (Go's net/rpc takes exactly one, a struct; more are refused with BAD_REQUEST) or any (servers that take positional parameters)",
+    })
+    .option('users', { type: 'string', describe: 'Accounts for the example Hello.Login, "user:password,user2:password2" (default alice:secret)' })
+    .option('label', { type: 'string', array: true, nargs: 1, describe: 'Label key=value announced to the relay (repeatable)' })
+    .option('token', { type: 'string', describe: 'Node token, when the relay requires one (prefer TUNNEL_TOKEN: command lines are visible to other users)' })
+    .option('ca', { type: 'string', describe: 'PEM CA certificate to trust for a wss:// relay (a private CA); the system CAs otherwise' })
+    .option('insecure', {
+      type: 'boolean',
+      default: false,
+      describe: 'Do not verify the relay certificate (tests only: anyone on the path can impersonate the relay)',
+    })
+    .option('cert', { type: 'string', describe: 'PEM client certificate, when the relay requires node certificates (its CN is the node name)' })
+    .option('key', { type: 'string', describe: 'PEM private key of --cert' })
+    .option('heartbeat-timeout', { type: 'string', default: '30s', describe: 'Reconnect when the relay is silent (no pong) this long' })
+    .option('reconnect-base', {
+      type: 'string',
+      default: '500ms',
+      describe: 'First reconnect ceiling; each failure doubles it (full jitter: the wait is random below it)',
+    })
+    .option('reconnect-cap', { type: 'string', default: '30s', describe: 'Largest reconnect ceiling' })
+    .option('direct-listen', {
+      type: 'string',
+      describe: 'Also serve callers directly at this address (host:port, :port or PORT), without the relay (e.g. 127.0.0.1:9191 for callers on this host)',
+    })
+    .option('max-reassembly', {
+      type: 'string',
+      default: '32MiB',
+      describe:
+        'Bytes of incomplete streamed params one caller session may hold on this node (a tunnel holds at most 8 times this); a call past it is answered OVERLOADED',
+    })
+    .option('stream-idle-timeout', { type: 'string', default: '30s', describe: 'Streamed params that receive no chunk for this long are dropped (TIMEOUT)' })
+    .option('drain-timeout', {
+      type: 'string',
+      default: '10s',
+      describe: 'On SIGINT/SIGTERM, how long running calls may take to finish (the relay sends no new ones meanwhile; a second signal exits at once)',
+    })
+    .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')
+    .example('$0 --relay 9090', 'a bare number is a port on this host: localhost:9090')
+    .example('$0 --relay wss://eu-1.example --relay wss://us-1.example', 'dual-homed: one node with a tunnel to each relay of a cluster')
+    .example('$0 --relay :9090 --services ./my-services.js', 'serve your own services')
+    .example('$0 --config /etc/tunnel/node.yaml', 'flags from a file (see docs/deploy/node.yaml)')
+    .example('$0 --relay :9090 --forward Arith=127.0.0.1:8080 --forward KV=unix:/run/kv.sock', 'put existing msgpack-rpc servers behind the tunnel')
+    .epilog(
+      `Every flag can also be set as an environment variable (TUNNEL_RELAY, TUNNEL_NAME, TUNNEL_TOKEN, TUNNEL_USERS, ...) or in a --config file. ${PRECEDENCE}`,
+    ),
 );
 
 const log = logger('tunnel-node', argv.logLevel);
@@ -51,7 +114,14 @@ let demoUsers = false;
 try {
   // Everything is checked before anything starts; a message names the flag as written, where it
   // came from (command line, TUNNEL_* variable or config file) and its text.
-  const relays = relayUrls(argv.relay.flatMap((r) => String(r).split(',').map((part) => part.trim())), flagLabel('relay'));
+  const relays = relayUrls(
+    argv.relay.flatMap((r) =>
+      String(r)
+        .split(',')
+        .map((part) => part.trim()),
+    ),
+    flagLabel('relay'),
+  );
   const nameProblem = nodeNameProblem(argv.name);
   if (nameProblem !== undefined) throw new Error(`${flagLabel('name')}: ${nameProblem}`);
   if (argv.directListen !== undefined) listenAddress(argv.directListen, flagLabel('direct-listen'));

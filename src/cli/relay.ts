@@ -12,69 +12,189 @@ import { command, durationFlag, explainStartError, fatal, flagLabel, logger, onS
 const D = LIMIT_DEFAULTS;
 const argv = await parse(
   command('tunnel-relay', '$0 [options]\n\nRuns the public relay: nodes dial in and register their services; callers call Service.Method through it.')
-  .option('listen', { type: 'string', default: ':9090', describe: 'Address to listen on: host:port, [v6]:port, :port or PORT (the last two on every interface; port 0 = any free port)' })
-  .option('heartbeat-timeout', { type: 'string', default: '30s', describe: 'Drop a node or caller that sends nothing (not even a pong) for this long' })
-  .option('hello-timeout', { type: 'string', default: `${D.helloTimeout}ms`, describe: 'Time from connecting to an accepted hello (TLS handshake, upgrade and hello together); slower sockets are closed' })
-  .option('default-timeout', { type: 'string', default: '30s', describe: 'Deadline of calls whose caller sets none' })
-  .option('max-timeout', { type: 'string', default: '5m', describe: 'Longest deadline a caller may ask for (longer ones are capped)' })
-  .option('selector', { type: 'string', choices: SELECTORS, default: 'round-robin', describe: 'How a call that names no node picks one of the nodes serving its service: round-robin, random, or least-pending (fewest calls in flight); callers may override per call' })
-  .option('max-message', { type: 'string', default: '16MiB', describe: 'Largest params or result: bigger ones are answered TOO_LARGE; a WebSocket message bigger than this plus 64 KiB closes with 1009' })
-  .option('admin-listen', { type: 'string', describe: 'Serve /metrics, /nodes, /healthz, /readyz and the live /dashboard on this separate address, same forms as --listen (e.g. 127.0.0.1:9100) and no longer /metrics and /nodes on --listen; recommended, so that metrics and the node list are not public' })
-  .option('dashboard-token', { type: 'string', describe: 'Serve the live /dashboard on --listen too, to whoever presents this token (the page asks for it, or open /dashboard?token=...); without it the dashboard is on --admin-listen only. Prefer TUNNEL_DASHBOARD_TOKEN' })
-  .option('admin-token', { type: 'string', describe: 'Enable the dashboard\'s actions (drain or disconnect a node, disconnect a caller) for whoever enters this token in the page; without it they are disabled. Prefer TUNNEL_ADMIN_TOKEN' })
-  .option('require-node', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node with this name is connected (repeatable)' })
-  .option('require-service', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node serves this service (repeatable)' })
-  .option('drain-timeout', { type: 'string', default: '30s', describe: 'On SIGINT/SIGTERM, how long calls in flight may take to finish before the relay closes (a second signal exits at once)' })
-  .option('msgpack-rpc-listen', { type: 'string', describe: 'Also open a MessagePack-RPC port at this address (same forms as --listen) for existing msgpack-rpc clients such as Go net/rpc with ugorji\'s MsgpackSpecRpc (off unless given; see docs/PROTOCOL.md)' })
-  .option('allow-origin', { type: 'string', array: true, nargs: 1, describe: 'Web pages from this origin (scheme://host[:port]) may open WebSockets and call the gateway, with CORS; * allows any (repeatable). Requests with another Origin header get 403; clients that send none (tunnel-call, curl, Go, Python) are not affected' })
-  .option('allow-host', { type: 'string', array: true, nargs: 1, describe: 'Accept this Host header name (repeatable). On a loopback --listen only localhost, 127.x.x.x and [::1] are accepted otherwise (DNS rebinding); elsewhere Host is checked only when this is given' })
-  .option('tls-cert', { type: 'string', describe: 'PEM certificate (full chain) of the relay; with --tls-key the relay serves wss://' })
-  .option('tls-key', { type: 'string', describe: 'PEM private key of --tls-cert' })
-  .option('tls-ca', { type: 'string', describe: 'PEM CA for node client certificates: nodes must present one whose CN (or DNS SAN) is their name' })
-  .option('node-token', { type: 'string', describe: 'Token every node must present (any name). Prefer TUNNEL_NODE_TOKEN: command lines are visible to other users' })
-  .option('caller-token', { type: 'string', describe: 'Token every caller must present (identity "caller"). Prefer TUNNEL_CALLER_TOKEN' })
-  .option('tokens', { type: 'string', describe: 'File of "node NAME TOKEN [serve=Service,...]" and "caller NAME TOKEN [call=[node/]Service[.Method],...]" lines (# comments): serve= reserves those services to the nodes that list them, call= limits a caller to matching methods (* globs); reloaded when it changes and on SIGHUP, closing connections it no longer admits' })
-  .option('max-caller-in-flight', { type: 'number', default: D.maxCallerInFlight, describe: 'Calls in flight per caller connection; more are answered OVERLOADED at once' })
-  .option('max-node-in-flight', { type: 'number', default: D.maxNodeInFlight, describe: 'Calls in flight per node; more are answered OVERLOADED at once' })
-  .option('max-login-failures', { type: 'number', default: D.maxLoginFailures, describe: 'Failed Logins (LOGIN_FAILED answers) after which a caller connection is closed (4005)' })
-  .option('max-login-failures-per-address', { type: 'number', default: D.maxLoginFailuresPerAddress, describe: 'Failed Logins from one IP address per --login-failure-window; then its Logins are refused' })
-  .option('login-failure-window', { type: 'string', default: `${D.loginFailureWindow / 60_000}m`, describe: 'Window of --max-login-failures-per-address' })
-  .option('max-connections-per-address', { type: 'number', default: D.maxConnectionsPerAddress, describe: 'Open connections from one IP address, every port together; more are refused with HTTP 429 (on the msgpack-rpc port: closed at once)' })
-  .option('max-connections', { type: 'number', default: D.maxConnections, describe: 'Open connections on every port together; more are closed at once. Keep it below the file-descriptor limit (ulimit -n)' })
-  .option('max-backlog', { type: 'string', default: '8MiB', describe: 'Bytes waiting to be written to one peer; above it the relay stops reading from that caller until it is under an eighth' })
-  .option('slow-consumer-timeout', { type: 'string', default: `${D.slowConsumerTimeout / 1000}s`, describe: 'A caller whose backlog stays above --max-backlog this long, or reaches twice it, is cut as a slow consumer (WebSocket close 4008)' })
-  .option('cluster', { type: 'string', array: true, nargs: 1, describe: 'Join a cluster of relays over NATS: nats://host:port (repeatable, or comma-separated). Absent: a standalone relay, nothing to install (see docs/CLUSTER.md)' })
-  .option('cluster-name', { type: 'string', default: 'tunnel', describe: 'NATS subject prefix of the cluster: relays with the same name form one cluster' })
-  .option('relay-name', { type: 'string', default: hostname(), defaultDescription: 'the host name', describe: 'This relay\'s name in the cluster and in presence (the RELAYS column of --list)' })
-  .option('cluster-user', { type: 'string', describe: 'NATS user (with --cluster-password)' })
-  .option('cluster-password', { type: 'string', describe: 'NATS password. Prefer TUNNEL_CLUSTER_PASSWORD' })
-  .option('cluster-token', { type: 'string', describe: 'NATS token. Prefer TUNNEL_CLUSTER_TOKEN' })
-  .option('cluster-creds', { type: 'string', describe: 'NATS credentials file (JWT and nkey seed)' })
-  .option('cluster-ca', { type: 'string', describe: 'PEM CA of the NATS servers\' certificates (TLS)' })
-  .option('msgpack-rpc-idle-timeout', { type: 'string', default: '5m', describe: 'Close a msgpack-rpc connection with no call in flight that has sent nothing for this long' })
-  .option('max-reassembly', { type: 'string', default: '32MiB', describe: 'Bytes of incomplete streamed bodies the relay holds for one caller connection (broadcast params, gateway and msgpack-rpc results, broadcast results); a call past it is answered OVERLOADED' })
-  .option('stream-idle-timeout', { type: 'string', default: `${D.streamIdleTimeout / 1000}s`, describe: 'A streamed body that receives no chunk for this long is cancelled (TIMEOUT)' })
-  .example('$0 --listen :9090', 'listen on every interface, port 9090')
-  .example('$0 --listen :9090 --msgpack-rpc-listen :9091', 'WebSocket callers and nodes on 9090, MessagePack-RPC callers on 9091')
-  .example('$0 --listen 9090', 'the same: a bare number is a port on this host, never an IPv4 address')
-  .example('$0 --listen 127.0.0.1:9090 --allow-origin https://app.example', 'loopback only; pages from https://app.example may call (CORS)')
-  .example('$0 --listen 127.0.0.1:0', 'loopback only, any free port (printed in the "relay listening" log line)')
-  .example('$0 --listen :9090 --admin-listen 127.0.0.1:9100', 'metrics, node list and the dashboard (http://127.0.0.1:9100/dashboard) on a loopback-only admin port')
-  .example('$0 --tls-cert relay.crt --tls-key relay.key --tls-ca ca.crt --tokens tokens.txt', 'on the internet: TLS, node certificates, tokens (see README, "Running a relay on the internet")')
-  .example('$0 --tokens tokens.txt', 'tokens.txt: "node office-1 TOKEN serve=Arith,Hello" and "caller billing TOKEN call=office-*/Arith.*,*/KV.Get" (README, "Permissions")')
-  .example('$0 --config /etc/tunnel/relay.yaml', 'flags from a file (see docs/deploy/relay.yaml)')
-  .epilog(
-    'HTTP on the --listen port: POST /call/Service.Method with a JSON array body, GET /healthz, /readyz, /metrics, /nodes (/dashboard: on --admin-listen, or here with --dashboard-token).\n' +
-      `Every flag can also be set as an environment variable (TUNNEL_LISTEN, TUNNEL_NODE_TOKEN, TUNNEL_TOKENS, ...) or in a --config file. ${PRECEDENCE}`,
-  )
-  ,
+    .option('listen', {
+      type: 'string',
+      default: ':9090',
+      describe: 'Address to listen on: host:port, [v6]:port, :port or PORT (the last two on every interface; port 0 = any free port)',
+    })
+    .option('heartbeat-timeout', { type: 'string', default: '30s', describe: 'Drop a node or caller that sends nothing (not even a pong) for this long' })
+    .option('hello-timeout', {
+      type: 'string',
+      default: `${D.helloTimeout}ms`,
+      describe: 'Time from connecting to an accepted hello (TLS handshake, upgrade and hello together); slower sockets are closed',
+    })
+    .option('default-timeout', { type: 'string', default: '30s', describe: 'Deadline of calls whose caller sets none' })
+    .option('max-timeout', { type: 'string', default: '5m', describe: 'Longest deadline a caller may ask for (longer ones are capped)' })
+    .option('selector', {
+      type: 'string',
+      choices: SELECTORS,
+      default: 'round-robin',
+      describe:
+        'How a call that names no node picks one of the nodes serving its service: round-robin, random, or least-pending (fewest calls in flight); callers may override per call',
+    })
+    .option('max-message', {
+      type: 'string',
+      default: '16MiB',
+      describe: 'Largest params or result: bigger ones are answered TOO_LARGE; a WebSocket message bigger than this plus 64 KiB closes with 1009',
+    })
+    .option('admin-listen', {
+      type: 'string',
+      describe:
+        'Serve /metrics, /nodes, /healthz, /readyz and the live /dashboard on this separate address, same forms as --listen (e.g. 127.0.0.1:9100) and no longer /metrics and /nodes on --listen; recommended, so that metrics and the node list are not public',
+    })
+    .option('dashboard-token', {
+      type: 'string',
+      describe:
+        'Serve the live /dashboard on --listen too, to whoever presents this token (the page asks for it, or open /dashboard?token=...); without it the dashboard is on --admin-listen only. Prefer TUNNEL_DASHBOARD_TOKEN',
+    })
+    .option('admin-token', {
+      type: 'string',
+      describe:
+        "Enable the dashboard's actions (drain or disconnect a node, disconnect a caller) for whoever enters this token in the page; without it they are disabled. Prefer TUNNEL_ADMIN_TOKEN",
+    })
+    .option('require-node', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node with this name is connected (repeatable)' })
+    .option('require-service', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node serves this service (repeatable)' })
+    .option('drain-timeout', {
+      type: 'string',
+      default: '30s',
+      describe: 'On SIGINT/SIGTERM, how long calls in flight may take to finish before the relay closes (a second signal exits at once)',
+    })
+    .option('msgpack-rpc-listen', {
+      type: 'string',
+      describe:
+        "Also open a MessagePack-RPC port at this address (same forms as --listen) for existing msgpack-rpc clients such as Go net/rpc with ugorji's MsgpackSpecRpc (off unless given; see docs/PROTOCOL.md)",
+    })
+    .option('allow-origin', {
+      type: 'string',
+      array: true,
+      nargs: 1,
+      describe:
+        'Web pages from this origin (scheme://host[:port]) may open WebSockets and call the gateway, with CORS; * allows any (repeatable). Requests with another Origin header get 403; clients that send none (tunnel-call, curl, Go, Python) are not affected',
+    })
+    .option('allow-host', {
+      type: 'string',
+      array: true,
+      nargs: 1,
+      describe:
+        'Accept this Host header name (repeatable). On a loopback --listen only localhost, 127.x.x.x and [::1] are accepted otherwise (DNS rebinding); elsewhere Host is checked only when this is given',
+    })
+    .option('tls-cert', { type: 'string', describe: 'PEM certificate (full chain) of the relay; with --tls-key the relay serves wss://' })
+    .option('tls-key', { type: 'string', describe: 'PEM private key of --tls-cert' })
+    .option('tls-ca', { type: 'string', describe: 'PEM CA for node client certificates: nodes must present one whose CN (or DNS SAN) is their name' })
+    .option('node-token', {
+      type: 'string',
+      describe: 'Token every node must present (any name). Prefer TUNNEL_NODE_TOKEN: command lines are visible to other users',
+    })
+    .option('caller-token', { type: 'string', describe: 'Token every caller must present (identity "caller"). Prefer TUNNEL_CALLER_TOKEN' })
+    .option('tokens', {
+      type: 'string',
+      describe:
+        'File of "node NAME TOKEN [serve=Service,...]" and "caller NAME TOKEN [call=[node/]Service[.Method],...]" lines (# comments): serve= reserves those services to the nodes that list them, call= limits a caller to matching methods (* globs); reloaded when it changes and on SIGHUP, closing connections it no longer admits',
+    })
+    .option('max-caller-in-flight', {
+      type: 'number',
+      default: D.maxCallerInFlight,
+      describe: 'Calls in flight per caller connection; more are answered OVERLOADED at once',
+    })
+    .option('max-node-in-flight', { type: 'number', default: D.maxNodeInFlight, describe: 'Calls in flight per node; more are answered OVERLOADED at once' })
+    .option('max-login-failures', {
+      type: 'number',
+      default: D.maxLoginFailures,
+      describe: 'Failed Logins (LOGIN_FAILED answers) after which a caller connection is closed (4005)',
+    })
+    .option('max-login-failures-per-address', {
+      type: 'number',
+      default: D.maxLoginFailuresPerAddress,
+      describe: 'Failed Logins from one IP address per --login-failure-window; then its Logins are refused',
+    })
+    .option('login-failure-window', { type: 'string', default: `${D.loginFailureWindow / 60_000}m`, describe: 'Window of --max-login-failures-per-address' })
+    .option('max-connections-per-address', {
+      type: 'number',
+      default: D.maxConnectionsPerAddress,
+      describe: 'Open connections from one IP address, every port together; more are refused with HTTP 429 (on the msgpack-rpc port: closed at once)',
+    })
+    .option('max-connections', {
+      type: 'number',
+      default: D.maxConnections,
+      describe: 'Open connections on every port together; more are closed at once. Keep it below the file-descriptor limit (ulimit -n)',
+    })
+    .option('max-backlog', {
+      type: 'string',
+      default: '8MiB',
+      describe: 'Bytes waiting to be written to one peer; above it the relay stops reading from that caller until it is under an eighth',
+    })
+    .option('slow-consumer-timeout', {
+      type: 'string',
+      default: `${D.slowConsumerTimeout / 1000}s`,
+      describe: 'A caller whose backlog stays above --max-backlog this long, or reaches twice it, is cut as a slow consumer (WebSocket close 4008)',
+    })
+    .option('cluster', {
+      type: 'string',
+      array: true,
+      nargs: 1,
+      describe:
+        'Join a cluster of relays over NATS: nats://host:port (repeatable, or comma-separated). Absent: a standalone relay, nothing to install (see docs/CLUSTER.md)',
+    })
+    .option('cluster-name', { type: 'string', default: 'tunnel', describe: 'NATS subject prefix of the cluster: relays with the same name form one cluster' })
+    .option('relay-name', {
+      type: 'string',
+      default: hostname(),
+      defaultDescription: 'the host name',
+      describe: "This relay's name in the cluster and in presence (the RELAYS column of --list)",
+    })
+    .option('cluster-user', { type: 'string', describe: 'NATS user (with --cluster-password)' })
+    .option('cluster-password', { type: 'string', describe: 'NATS password. Prefer TUNNEL_CLUSTER_PASSWORD' })
+    .option('cluster-token', { type: 'string', describe: 'NATS token. Prefer TUNNEL_CLUSTER_TOKEN' })
+    .option('cluster-creds', { type: 'string', describe: 'NATS credentials file (JWT and nkey seed)' })
+    .option('cluster-ca', { type: 'string', describe: "PEM CA of the NATS servers' certificates (TLS)" })
+    .option('msgpack-rpc-idle-timeout', {
+      type: 'string',
+      default: '5m',
+      describe: 'Close a msgpack-rpc connection with no call in flight that has sent nothing for this long',
+    })
+    .option('max-reassembly', {
+      type: 'string',
+      default: '32MiB',
+      describe:
+        'Bytes of incomplete streamed bodies the relay holds for one caller connection (broadcast params, gateway and msgpack-rpc results, broadcast results); a call past it is answered OVERLOADED',
+    })
+    .option('stream-idle-timeout', {
+      type: 'string',
+      default: `${D.streamIdleTimeout / 1000}s`,
+      describe: 'A streamed body that receives no chunk for this long is cancelled (TIMEOUT)',
+    })
+    .example('$0 --listen :9090', 'listen on every interface, port 9090')
+    .example('$0 --listen :9090 --msgpack-rpc-listen :9091', 'WebSocket callers and nodes on 9090, MessagePack-RPC callers on 9091')
+    .example('$0 --listen 9090', 'the same: a bare number is a port on this host, never an IPv4 address')
+    .example('$0 --listen 127.0.0.1:9090 --allow-origin https://app.example', 'loopback only; pages from https://app.example may call (CORS)')
+    .example('$0 --listen 127.0.0.1:0', 'loopback only, any free port (printed in the "relay listening" log line)')
+    .example(
+      '$0 --listen :9090 --admin-listen 127.0.0.1:9100',
+      'metrics, node list and the dashboard (http://127.0.0.1:9100/dashboard) on a loopback-only admin port',
+    )
+    .example(
+      '$0 --tls-cert relay.crt --tls-key relay.key --tls-ca ca.crt --tokens tokens.txt',
+      'on the internet: TLS, node certificates, tokens (see README, "Running a relay on the internet")',
+    )
+    .example(
+      '$0 --tokens tokens.txt',
+      'tokens.txt: "node office-1 TOKEN serve=Arith,Hello" and "caller billing TOKEN call=office-*/Arith.*,*/KV.Get" (README, "Permissions")',
+    )
+    .example('$0 --config /etc/tunnel/relay.yaml', 'flags from a file (see docs/deploy/relay.yaml)')
+    .epilog(
+      'HTTP on the --listen port: POST /call/Service.Method with a JSON array body, GET /healthz, /readyz, /metrics, /nodes (/dashboard: on --admin-listen, or here with --dashboard-token).\n' +
+        `Every flag can also be set as an environment variable (TUNNEL_LISTEN, TUNNEL_NODE_TOKEN, TUNNEL_TOKENS, ...) or in a --config file. ${PRECEDENCE}`,
+    ),
 );
 
 const log = logger('tunnel-relay', argv.logLevel);
 
 /** `--cluster` and its companions; each server address checked, named by its flag. */
 function clusterOptions(): { cluster?: ClusterOptions } {
-  const servers = (argv.cluster ?? []).flatMap((v) => String(v).split(',')).map((v) => v.trim()).filter((v) => v !== '');
+  const servers = (argv.cluster ?? [])
+    .flatMap((v) => String(v).split(','))
+    .map((v) => v.trim())
+    .filter((v) => v !== '');
   const companions = ['clusterUser', 'clusterPassword', 'clusterToken', 'clusterCreds', 'clusterCa'] as const;
   if (servers.length === 0) {
     const stray = companions.find((k) => argv[k] !== undefined);

@@ -340,15 +340,13 @@ export class Client extends EventEmitter {
     }
     for (const e of events) {
       const event = e as PresenceEvent;
-      if (event && (event.event === 'join' || event.event === 'leave' || event.event === 'update') && typeof event.node?.name === 'string') this.emit('presence', event);
+      if (event && (event.event === 'join' || event.event === 'leave' || event.event === 'update') && typeof event.node?.name === 'string')
+        this.emit('presence', event);
     }
   }
 
   private onClose(code: number, reason: string): void {
-    this.closeError = new TunnelError(
-      ErrorCode.CONNECTION_CLOSED,
-      `connection to the relay closed (${code}${reason ? `: ${reason}` : ''})`,
-    );
+    this.closeError = new TunnelError(ErrorCode.CONNECTION_CLOSED, `connection to the relay closed (${code}${reason ? `: ${reason}` : ''})`);
     this.deadlines.clear();
     for (const call of this.pending.drain()) call.reject(this.closeError);
     this.emit('close', code, reason);

@@ -58,9 +58,7 @@ export function isCallOptions(value: unknown): value is CallOptions {
 }
 
 /** One node's outcome of a broadcast: its result `R`, or its error; `ms` as the relay measured. */
-export type BroadcastResult<R = unknown> =
-  | { node: string; ok: true; result: R; ms: number }
-  | { node: string; ok: false; error: TunnelError; ms: number };
+export type BroadcastResult<R = unknown> = { node: string; ok: true; result: R; ms: number } | { node: string; ok: false; error: TunnelError; ms: number };
 
 /** Every default of `connect()`'s options but `connectTimeout`, which is derived from `timeout`. */
 export const CLIENT_DEFAULTS = {
@@ -85,10 +83,6 @@ export function resolveClientOptions<O extends Given>(options: O): O & ClientSet
   const merged = withDefaults(CLIENT_DEFAULTS, options);
   const timeout = typeof merged.timeout === 'number' && merged.timeout > 0 ? merged.timeout : CONNECT_TIMEOUT;
   const o = withDefaults({ ...merged, connectTimeout: Math.min(CONNECT_TIMEOUT, timeout) }, options);
-  new OptionChecks('connect()', o)
-    .duration('timeout')
-    .duration('connectTimeout')
-    .bytes('maxMessage')
-    .duration('heartbeatTimeout', 'turns heartbeats off');
+  new OptionChecks('connect()', o).duration('timeout').duration('connectTimeout').bytes('maxMessage').duration('heartbeatTimeout', 'turns heartbeats off');
   return o;
 }

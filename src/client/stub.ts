@@ -92,20 +92,32 @@ export function serviceStub<T>(target: StubTarget, service: string, options: Cal
     get broadcast() {
       const refused = (['node', 'selector', 'retry'] as const).filter((k) => options[k] !== undefined);
       if (refused.length > 0) {
-        throw new TypeError(`broadcast calls every node, so it does not combine with ${refused.join(', ')}; use a stub without ${refused.length === 1 ? 'it' : 'them'}`);
+        throw new TypeError(
+          `broadcast calls every node, so it does not combine with ${refused.join(', ')}; use a stub without ${refused.length === 1 ? 'it' : 'them'}`,
+        );
       }
       const { timeout, where, signal } = options;
       return (broadcast ??= broadcastStub<T>(target, service, merge('broadcast', BROADCAST_OPTION_KEYS, {}, { timeout, where, signal })));
     },
   };
-  return methodProxy(extras, (method) => (...args: unknown[]) => target.request(`${service}.${method}`, args, options)) as ServiceStub<T>;
+  return methodProxy(
+    extras,
+    (method) =>
+      (...args: unknown[]) =>
+        target.request(`${service}.${method}`, args, options),
+  ) as ServiceStub<T>;
 }
 
 function broadcastStub<T>(target: StubTarget, service: string, options: BroadcastOptions): BroadcastStub<T> {
   const extras = {
     with: (more: BroadcastOptions) => broadcastStub<T>(target, service, merge('broadcast', BROADCAST_OPTION_KEYS, options, more)),
   };
-  return methodProxy(extras, (method) => (...args: unknown[]) => target.broadcast(`${service}.${method}`, args, options)) as BroadcastStub<T>;
+  return methodProxy(
+    extras,
+    (method) =>
+      (...args: unknown[]) =>
+        target.broadcast(`${service}.${method}`, args, options),
+  ) as BroadcastStub<T>;
 }
 
 /**

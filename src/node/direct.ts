@@ -53,12 +53,16 @@ export class DirectListener {
       const address = peerAddress(req.socket);
       // A direct caller is charged like a relay's caller: it may not make the node hold more than
       // 8 MiB of answers it does not read.
-      const conn = new Connection(ws, { message: () => undefined, close: () => undefined }, {
-        log: this.log,
-        heartbeatTimeout: opts.heartbeatTimeout,
-        maxBacklog: 8 * 1024 * 1024,
-        maxFirstMessage: 64 * 1024,
-      });
+      const conn = new Connection(
+        ws,
+        { message: () => undefined, close: () => undefined },
+        {
+          log: this.log,
+          heartbeatTimeout: opts.heartbeatTimeout,
+          maxBacklog: 8 * 1024 * 1024,
+          maxFirstMessage: 64 * 1024,
+        },
+      );
       conn.pauseWhenBacklogged = true;
       this.node.acceptDirect(conn, address, `${urlHost((req.socket.localAddress ?? '').replace(/^::ffff:/, ''))}:${req.socket.localPort}`);
     });

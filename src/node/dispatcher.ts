@@ -168,7 +168,13 @@ export class Dispatcher {
   /** Cancels uploads that stopped moving; the caller is told why. */
   expireIdleUploads(idleMs: number, now = Date.now()): void {
     for (const { id, owner } of this.uploads.expireIdle(idleMs, now)) {
-      this.conn.send(response(id, new TunnelError(ErrorCode.TIMEOUT, `the streamed params of ${owner.head.method} stopped arriving for ${idleMs} ms; the call was dropped`).toWire(), null));
+      this.conn.send(
+        response(
+          id,
+          new TunnelError(ErrorCode.TIMEOUT, `the streamed params of ${owner.head.method} stopped arriving for ${idleMs} ms; the call was dropped`).toWire(),
+          null,
+        ),
+      );
     }
   }
 

@@ -202,7 +202,12 @@ class Upstream {
     const where = describeTarget(target);
     this.connected = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
-        this.destroy(new TunnelError(ErrorCode.APP_ERROR, `forwarded service ${service.name}: the local server at ${where} did not accept a connection within ${opts.connectTimeout} ms`));
+        this.destroy(
+          new TunnelError(
+            ErrorCode.APP_ERROR,
+            `forwarded service ${service.name}: the local server at ${where} did not accept a connection within ${opts.connectTimeout} ms`,
+          ),
+        );
       }, opts.connectTimeout);
       this.socket.once('connect', () => {
         clearTimeout(timer);
@@ -221,8 +226,14 @@ class Upstream {
     this.socket.on('error', (err: NodeJS.ErrnoException) => {
       const failing = !this.wasConnected && !this.error;
       this.error ??= failing
-        ? new TunnelError(ErrorCode.APP_ERROR, `forwarded service ${service.name}: cannot reach the local server at ${where} (${err.code ?? err.message}); is it running?`)
-        : new TunnelError(ErrorCode.APP_ERROR, `forwarded service ${service.name}: the connection to the local server at ${where} was lost (${err.code ?? err.message}) while the call was in flight; it may or may not have run`);
+        ? new TunnelError(
+            ErrorCode.APP_ERROR,
+            `forwarded service ${service.name}: cannot reach the local server at ${where} (${err.code ?? err.message}); is it running?`,
+          )
+        : new TunnelError(
+            ErrorCode.APP_ERROR,
+            `forwarded service ${service.name}: the connection to the local server at ${where} was lost (${err.code ?? err.message}) while the call was in flight; it may or may not have run`,
+          );
       if (failing) service.onReachable(false, { err: err.code ?? err.message });
     });
     this.socket.on('close', () => this.onClose(where));
@@ -364,7 +375,7 @@ class Upstream {
     this.pending.delete(id);
     if (w.onAbort) w.signal!.removeEventListener('abort', w.onAbort);
     if (error !== null && error !== undefined) {
-      w.reject(new TunnelError(ErrorCode.APP_ERROR, typeof error === 'string' ? error : JSON.stringify(error) ?? String(error)));
+      w.reject(new TunnelError(ErrorCode.APP_ERROR, typeof error === 'string' ? error : (JSON.stringify(error) ?? String(error))));
       return;
     }
     w.resolve(result);
@@ -383,7 +394,10 @@ class Upstream {
     clearTimeout(this.sweepTimer);
     const error =
       this.error ??
-      new TunnelError(ErrorCode.APP_ERROR, `forwarded service ${this.service.name}: the local server at ${where} closed the connection while the call was in flight; it may or may not have run`);
+      new TunnelError(
+        ErrorCode.APP_ERROR,
+        `forwarded service ${this.service.name}: the local server at ${where} closed the connection while the call was in flight; it may or may not have run`,
+      );
     this.error = error;
     if (this.pending.size > 0) this.service.onReachable(false, { err: 'connection closed', failedCalls: this.pending.size });
     for (const w of this.pending.values()) {

@@ -57,7 +57,6 @@ export interface NodeOptions extends ClientTlsOptions {
   streamIdleTimeout?: number;
 }
 
-
 /**
  * Checks a node's relay addresses (`what` names the flag or option in messages) and returns their
  * URLs: at least one, each relay once.
@@ -159,9 +158,12 @@ export class TunnelNode extends EventEmitter {
       reconnectReset: this.opts.reconnectReset,
     };
     this.relayTunnels = this.urls.map((url) => new RelayTunnel(url, tunnelHost, tunnelOptions));
-    this.streamTimer = setInterval(() => {
-      for (const d of this.dispatchers()) d.expireIdleUploads(this.opts.streamIdleTimeout);
-    }, Math.max(100, Math.min(this.opts.streamIdleTimeout / 2, 5_000)));
+    this.streamTimer = setInterval(
+      () => {
+        for (const d of this.dispatchers()) d.expireIdleUploads(this.opts.streamIdleTimeout);
+      },
+      Math.max(100, Math.min(this.opts.streamIdleTimeout / 2, 5_000)),
+    );
     this.streamTimer.unref();
   }
 

@@ -109,7 +109,10 @@ export class Authenticator extends EventEmitter {
     private readonly log: Logger,
   ) {
     super();
-    for (const [flag, token] of [['nodeToken', opts.nodeToken], ['callerToken', opts.callerToken]] as const) {
+    for (const [flag, token] of [
+      ['nodeToken', opts.nodeToken],
+      ['callerToken', opts.callerToken],
+    ] as const) {
       if (token !== undefined) checkToken(token, flag);
     }
     this.nodeDigest = opts.nodeToken === undefined ? undefined : digest(opts.nodeToken);
@@ -185,13 +188,17 @@ export class Authenticator extends EventEmitter {
   private callerVerdict(d: Buffer | undefined): Verdict {
     const credential = { digest: d, certificate: undefined };
     if (d === undefined) {
-      return this.callersNeedToken ? { ok: false, reason: 'this relay requires a caller token (--token or TUNNEL_TOKEN)' } : { ok: true, identity: null, credential };
+      return this.callersNeedToken
+        ? { ok: false, reason: 'this relay requires a caller token (--token or TUNNEL_TOKEN)' }
+        : { ok: true, identity: null, credential };
     }
     const shared = this.callerDigest !== undefined && timingSafeEqual(d, this.callerDigest);
     const entry = this.matchDigest(d).find((e) => e.kind === 'caller');
     if (entry) return { ok: true, identity: entry.name, credential };
     if (shared) return { ok: true, identity: 'caller', credential };
-    return this.callersNeedToken ? { ok: false, reason: 'caller token refused' } : { ok: true, identity: null, credential: { digest: undefined, certificate: undefined } };
+    return this.callersNeedToken
+      ? { ok: false, reason: 'caller token refused' }
+      : { ok: true, identity: null, credential: { digest: undefined, certificate: undefined } };
   }
 
   /**
@@ -231,7 +238,8 @@ export class Authenticator extends EventEmitter {
     if (credential !== undefined) {
       const verdict = this.callerVerdict(credential.digest);
       if (!verdict.ok) return credential.digest === undefined ? verdict.reason : `${verdict.reason} (its token was revoked)`;
-      if (verdict.identity !== identity) return `the caller token now belongs to ${verdict.identity ?? 'nobody'}, not ${identity ?? 'an anonymous caller'}; connect again`;
+      if (verdict.identity !== identity)
+        return `the caller token now belongs to ${verdict.identity ?? 'nobody'}, not ${identity ?? 'an anonymous caller'}; connect again`;
       return undefined;
     }
     if (identity === null) return this.callersNeedToken ? 'this relay now requires a caller token (--token or TUNNEL_TOKEN)' : undefined;
@@ -339,7 +347,8 @@ export function parseTokens(text: string, file = 'tokens file'): TokenEntry[] {
       if (!rules.startsWith(want)) throw new Error(`${where}: a ${kind} line takes ${want}..., not "${rules.slice(0, 20)}"; want ${LINE_FORMS}`);
       const list = rules.slice(want.length).split(',');
       if (list.some((item) => item === '')) throw new Error(`${where}: ${want} needs a comma-separated list without empty items`);
-      if (kind === 'node' && !NODE_NAME.test(name)) throw new Error(`${where}: "${name.slice(0, 40)}" is not a node name: letters, digits, _ . - (starting with a letter or digit)`);
+      if (kind === 'node' && !NODE_NAME.test(name))
+        throw new Error(`${where}: "${name.slice(0, 40)}" is not a node name: letters, digits, _ . - (starting with a letter or digit)`);
       try {
         if (kind === 'node') for (const service of list) checkServiceName(service);
         else for (const pattern of list) parseCallPattern(pattern);

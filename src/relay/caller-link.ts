@@ -100,23 +100,43 @@ export class CallerLink implements CallSink {
 
   private onRequest(m: Extract<Message, { kind: 0 }>): void {
     const { id, method, meta } = m;
-    if (this.inflight.has(id) || this.uploads.has(id)) return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, `request id ${id} is already in flight on this connection`));
+    if (this.inflight.has(id) || this.uploads.has(id))
+      return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, `request id ${id} is already in flight on this connection`));
     if (this.goingAway !== undefined) {
-      return this.reply(id, method, new TunnelError(ErrorCode.GOING_AWAY, `the relay is going away (${this.goingAway}) and takes no new calls; reconnect and call again`));
+      return this.reply(
+        id,
+        method,
+        new TunnelError(ErrorCode.GOING_AWAY, `the relay is going away (${this.goingAway}) and takes no new calls; reconnect and call again`),
+      );
     }
     const badName = methodProblem(method);
     if (badName !== undefined) return this.reply(id, UNKNOWN_METHOD, new TunnelError(ErrorCode.BAD_REQUEST, badName));
     const dot = method.lastIndexOf('.');
     if (this.inflight.size + this.uploads.size >= this.limits.maxCallerInFlight) {
-      return this.reply(id, method, new TunnelError(ErrorCode.OVERLOADED, `this connection already has ${this.inflight.size} calls in flight (the limit); wait for answers before sending more`));
+      return this.reply(
+        id,
+        method,
+        new TunnelError(
+          ErrorCode.OVERLOADED,
+          `this connection already has ${this.inflight.size} calls in flight (the limit); wait for answers before sending more`,
+        ),
+      );
     }
     const size = m.stream > 0 ? m.stream : m.params.length;
     if (size > this.limits.maxMessage) {
-      return this.reply(id, method, new TunnelError(ErrorCode.TOO_LARGE, `params of ${method} are ${size} bytes; this relay accepts at most ${this.limits.maxMessage}`));
+      return this.reply(
+        id,
+        method,
+        new TunnelError(ErrorCode.TOO_LARGE, `params of ${method} are ${size} bytes; this relay accepts at most ${this.limits.maxMessage}`),
+      );
     }
     const service = method.slice(0, dot);
     if (service === RELAY_SERVICE && size > RELAY_PARAMS_LIMIT) {
-      return this.reply(id, method, new TunnelError(ErrorCode.TOO_LARGE, `params of ${method} are ${size} bytes; the relay's own methods take at most ${RELAY_PARAMS_LIMIT}`));
+      return this.reply(
+        id,
+        method,
+        new TunnelError(ErrorCode.TOO_LARGE, `params of ${method} are ${size} bytes; the relay's own methods take at most ${RELAY_PARAMS_LIMIT}`),
+      );
     }
     const refused = this.logins?.refuse(method);
     if (refused) return this.reply(id, method, refused);
@@ -133,7 +153,11 @@ export class CallerLink implements CallSink {
       timeout = Math.min(meta.timeout, this.limits.maxTimeout);
     }
     if (meta.node !== undefined && (typeof meta.node !== 'string' || meta.node.length > NAME_LIMITS.name)) {
-      return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, `metadata node must be a node name (a string of at most ${NAME_LIMITS.name} characters)`));
+      return this.reply(
+        id,
+        method,
+        new TunnelError(ErrorCode.BAD_REQUEST, `metadata node must be a node name (a string of at most ${NAME_LIMITS.name} characters)`),
+      );
     }
     if (m.stream > 0 && meta.broadcast === true) {
       try {
@@ -166,7 +190,11 @@ export class CallerLink implements CallSink {
       return this.reply(id, method, err as TunnelError);
     }
     if (node.inFlight >= this.limits.maxNodeInFlight) {
-      return this.reply(id, method, new TunnelError(ErrorCode.OVERLOADED, `node ${node.name} already has ${node.inFlight} calls in flight (the limit); try again shortly`));
+      return this.reply(
+        id,
+        method,
+        new TunnelError(ErrorCode.OVERLOADED, `node ${node.name} already has ${node.inFlight} calls in flight (the limit); try again shortly`),
+      );
     }
     // The session sticks to the node of its first call; a call sent elsewhere by node or where does
     // not move it. Only a sticky node that left or drains is replaced.
@@ -265,11 +293,19 @@ export class CallerLink implements CallSink {
    */
   expireIdleStreams(idleMs: number, now = Date.now()): void {
     for (const { id, owner } of this.uploads.expireIdle(idleMs, now)) {
-      this.reply(id, owner.method, new TunnelError(ErrorCode.TIMEOUT, `the streamed params of ${owner.method} stopped arriving for ${idleMs} ms; the call was dropped`));
+      this.reply(
+        id,
+        owner.method,
+        new TunnelError(ErrorCode.TIMEOUT, `the streamed params of ${owner.method} stopped arriving for ${idleMs} ms; the call was dropped`),
+      );
     }
     for (const { owner: call } of this.downloads.expireIdle(idleMs, now)) {
       call.abandon(true);
-      this.complete(call, new TunnelError(ErrorCode.TIMEOUT, `the result of ${call.method} stopped arriving from node ${call.node.name} for ${idleMs} ms`).toWire(), null);
+      this.complete(
+        call,
+        new TunnelError(ErrorCode.TIMEOUT, `the result of ${call.method} stopped arriving from node ${call.node.name} for ${idleMs} ms`).toWire(),
+        null,
+      );
     }
     for (const call of this.inflight.values()) if (call instanceof Broadcast) call.expireIdle(idleMs, now);
   }
@@ -284,7 +320,8 @@ export class CallerLink implements CallSink {
     params: Uint8Array,
     nodeMeta: NodeMeta,
   ): void {
-    if (meta.node !== undefined) return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, 'a broadcast goes to every matching node; drop node or broadcast'));
+    if (meta.node !== undefined)
+      return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, 'a broadcast goes to every matching node; drop node or broadcast'));
     let nodes: NodeRoute[];
     try {
       nodes = this.directory.targets(service, method.slice(dot + 1), where, this.directory.permissions.access(this.identity));
@@ -302,11 +339,7 @@ export class CallerLink implements CallSink {
   /** The deadline passed: answer TIMEOUT and tell the node to stop. */
   expire(call: RelayedCall): void {
     call.abandon(true);
-    this.complete(
-      call,
-      new TunnelError(ErrorCode.TIMEOUT, `${call.method} on node ${call.node.name} did not answer within ${call.timeout} ms`).toWire(),
-      null,
-    );
+    this.complete(call, new TunnelError(ErrorCode.TIMEOUT, `${call.method} on node ${call.node.name} did not answer within ${call.timeout} ms`).toWire(), null);
   }
 
   /** Delivers the outcome of a call to the caller, once. */
@@ -316,7 +349,10 @@ export class CallerLink implements CallSink {
     this.downloads.drop(call.callerId);
     if (call instanceof RelayedCall && call.streaming) this.out.dropStream?.(call.callerId);
     if (result !== null && result.length > this.limits.maxMessage) {
-      error = new TunnelError(ErrorCode.TOO_LARGE, `the result of ${call.method} is ${result.length} bytes; this relay passes at most ${this.limits.maxMessage}`).toWire();
+      error = new TunnelError(
+        ErrorCode.TOO_LARGE,
+        `the result of ${call.method} is ${result.length} bytes; this relay passes at most ${this.limits.maxMessage}`,
+      ).toWire();
     }
     if (call instanceof RelayedCall) this.deadlines.remove(call);
     else call.abandon(false);

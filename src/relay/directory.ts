@@ -272,14 +272,23 @@ export class NodeDirectory {
     const withMethod = candidates.filter((n) => n.hasMethod(service, method));
     if (withMethod.length === 0) {
       const node = candidates[0]!;
-      return new TunnelError(ErrorCode.NO_METHOD, `service ${service} has no method ${method}; methods on ${node.name}: ${methodsOf(node, service, access).join(', ')}`);
+      return new TunnelError(
+        ErrorCode.NO_METHOD,
+        `service ${service} has no method ${method}; methods on ${node.name}: ${methodsOf(node, service, access).join(', ')}`,
+      );
     }
     const matching = withMethod.filter((n) => matchesWhere(n, where));
     if (matching.length === 0) {
-      const seen = withMethod.slice(0, 10).map((n) => `${n.name} (${formatLabels(n.labels)})`).join(', ');
+      const seen = withMethod
+        .slice(0, 10)
+        .map((n) => `${n.name} (${formatLabels(n.labels)})`)
+        .join(', ');
       return new TunnelError(ErrorCode.NO_NODE, `no node serving ${service}.${method} has labels ${formatLabels(where!)}; nodes serving it: ${seen}`);
     }
-    return new TunnelError(ErrorCode.NO_NODE, `every node serving ${service}${where ? ` with labels ${formatLabels(where)}` : ''} is draining; try again shortly`);
+    return new TunnelError(
+      ErrorCode.NO_NODE,
+      `every node serving ${service}${where ? ` with labels ${formatLabels(where)}` : ''} is draining; try again shortly`,
+    );
   }
 
   private check(node: NodeRoute, service: string, method: string, access: CallerAccess | undefined): void {
@@ -287,7 +296,10 @@ export class NodeDirectory {
       throw new TunnelError(ErrorCode.NO_SERVICE, `node ${node.name} does not serve ${service}; it serves ${servicesOf(node, access).join(', ')}`);
     }
     if (!node.hasMethod(service, method)) {
-      throw new TunnelError(ErrorCode.NO_METHOD, `service ${service} on node ${node.name} has no method ${method}; methods: ${methodsOf(node, service, access).join(', ')}`);
+      throw new TunnelError(
+        ErrorCode.NO_METHOD,
+        `service ${service} on node ${node.name} has no method ${method}; methods: ${methodsOf(node, service, access).join(', ')}`,
+      );
     }
   }
 

@@ -93,17 +93,20 @@ async function route(relay: HttpHost, routes: HttpRoutes, req: IncomingMessage, 
   if (routes.admin && path === '/nodes') return send(res, 200, JSON_TYPE, `${JSON.stringify(relay.nodes())}\n`);
   if (path === '/dashboard' || path.startsWith('/dashboard/')) {
     if (routes.dashboard && relay.dashboard) return relay.dashboard.handle(req, res, url, routes.dashboard);
-    return send(res, 404, 'text/plain; charset=utf-8', 'the dashboard is served on the admin listener (--admin-listen), and on this port only with --dashboard-token\n');
+    return send(
+      res,
+      404,
+      'text/plain; charset=utf-8',
+      'the dashboard is served on the admin listener (--admin-listen), and on this port only with --dashboard-token\n',
+    );
   }
   if (!routes.admin && (path === '/metrics' || path === '/nodes')) {
     return send(res, 404, 'text/plain; charset=utf-8', `${path} is served on the admin listener (--admin-listen), not on this port\n`);
   }
-  if (routes.fallback === 'not-found') return send(res, 404, 'text/plain; charset=utf-8', `no such endpoint: ${path}; try /healthz, /readyz, /metrics, /nodes, /dashboard\n`);
+  if (routes.fallback === 'not-found')
+    return send(res, 404, 'text/plain; charset=utf-8', `no such endpoint: ${path}; try /healthz, /readyz, /metrics, /nodes, /dashboard\n`);
   res.writeHead(426, { 'content-type': 'text/plain; charset=utf-8', upgrade: 'websocket' });
-  res.end(
-    'This is a tunnel relay. Connect with tunnel-node or tunnel-call (WebSocket), ' +
-      'or POST a JSON array of arguments to /call/Service.Method.\n',
-  );
+  res.end('This is a tunnel relay. Connect with tunnel-node or tunnel-call (WebSocket), ' + 'or POST a JSON array of arguments to /call/Service.Method.\n');
 }
 
 /**

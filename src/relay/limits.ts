@@ -67,7 +67,9 @@ export function checkLimits(limits: Limits): void {
     if (!Number.isFinite(value) || value <= 0) throw new RangeError(`${name} must be a positive number, got ${String(value)}`);
   }
   if (limits.maxReassembly < limits.maxMessage) {
-    throw new RangeError(`maxReassembly (${limits.maxReassembly}) must be at least maxMessage (${limits.maxMessage}), or a body of the largest size could never be reassembled`);
+    throw new RangeError(
+      `maxReassembly (${limits.maxReassembly}) must be at least maxMessage (${limits.maxMessage}), or a body of the largest size could never be reassembled`,
+    );
   }
 }
 
@@ -195,10 +197,7 @@ export class LoginFailures {
     if (!method.endsWith('.Login')) return undefined;
     const wait = this.addresses.loginLockedFor(this.ip);
     if (wait === 0) return undefined;
-    return new TunnelError(
-      ErrorCode.LOGIN_FAILED,
-      `too many failed Login attempts from ${this.ip}; try again in ${Math.ceil(wait / 1000)} s`,
-    );
+    return new TunnelError(ErrorCode.LOGIN_FAILED, `too many failed Login attempts from ${this.ip}; try again in ${Math.ceil(wait / 1000)} s`);
   }
 
   /** After a LOGIN_FAILED answer went back: a close reason when this connection must close now. */

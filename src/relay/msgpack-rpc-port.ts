@@ -105,7 +105,10 @@ export class MsgpackRpcPort {
     const a = this.server.address() as AddressInfo;
     const address = { host: a.address, port: a.port };
     const auth = this.opts.authenticate ? 'custom' : 'relay';
-    this.log.info({ ...address, tls: this.opts.tls !== undefined, auth, idleTimeoutMs: this.opts.idleTimeout, maxBacklog: this.opts.maxBacklog }, 'msgpack-rpc port listening');
+    this.log.info(
+      { ...address, tls: this.opts.tls !== undefined, auth, idleTimeoutMs: this.opts.idleTimeout, maxBacklog: this.opts.maxBacklog },
+      'msgpack-rpc port listening',
+    );
     return address;
   }
 
@@ -361,7 +364,8 @@ class RpcConnection {
     }
     if (this.link) {
       // Anonymous calls already made use of this session: it cannot take an identity afterwards.
-      if (identity !== null) return this.replyError(msgid, ErrorCode.BAD_REQUEST, `this connection already calls without a token; reconnect and call ${AUTH_METHOD} first`);
+      if (identity !== null)
+        return this.replyError(msgid, ErrorCode.BAD_REQUEST, `this connection already calls without a token; reconnect and call ${AUTH_METHOD} first`);
       return this.replyValue(msgid, true);
     }
     this.link = this.open(identity);
@@ -497,7 +501,10 @@ class RpcConnection {
     if (!this.paused) {
       this.paused = true;
       this.socket.pause();
-      this.log.debug({ session: this.link?.session, backlogBytes: backlog, limit: this.opts.maxBacklog }, 'msgpack-rpc caller is not reading its answers; not reading from it until it does');
+      this.log.debug(
+        { session: this.link?.session, backlogBytes: backlog, limit: this.opts.maxBacklog },
+        'msgpack-rpc caller is not reading its answers; not reading from it until it does',
+      );
     }
     this.slowTimer ??= setTimeout(() => {
       this.slowTimer = undefined;

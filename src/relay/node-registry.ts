@@ -123,7 +123,10 @@ export class NodeRegistry extends EventEmitter {
     if (old) {
       old.draining = true;
       this.links.delete(old);
-      log.warn({ node: name, previous: old.address, sameProcess: old.instance !== undefined && old.instance === link.instance }, 'node name reconnected; replacing the previous connection');
+      log.warn(
+        { node: name, previous: old.address, sameProcess: old.instance !== undefined && old.instance === link.instance },
+        'node name reconnected; replacing the previous connection',
+      );
       old.conn.close(CloseCode.REPLACED, `replaced by a new connection for node ${name}`);
       this.emit('leave', old, 'replaced');
     }

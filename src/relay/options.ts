@@ -87,7 +87,12 @@ type PortGiven = { [K in keyof MsgpackRpcPortSettings]?: MsgpackRpcPortSettings[
  * (`firstRequestTimeout` from `helloTimeout`, `maxBacklog`, `slowConsumerTimeout`), then checked.
  */
 export function resolveMsgpackRpcPortOptions<O extends PortGiven>(options: O, limits: PortLimits): O & MsgpackRpcPortSettings {
-  const defaults = { ...MSGPACK_RPC_PORT_DEFAULTS, firstRequestTimeout: limits.helloTimeout, maxBacklog: limits.maxBacklog, slowConsumerTimeout: limits.slowConsumerTimeout };
+  const defaults = {
+    ...MSGPACK_RPC_PORT_DEFAULTS,
+    firstRequestTimeout: limits.helloTimeout,
+    maxBacklog: limits.maxBacklog,
+    slowConsumerTimeout: limits.slowConsumerTimeout,
+  };
   const o = withDefaults(defaults, options);
   new OptionChecks('MsgpackRpcPort', o)
     .bytes('maxMessage')
@@ -99,4 +104,3 @@ export function resolveMsgpackRpcPortOptions<O extends PortGiven>(options: O, li
   listenAddress(o.listen, 'MsgpackRpcPort option listen');
   return o;
 }
-

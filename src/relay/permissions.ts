@@ -48,7 +48,12 @@ const METHOD_GLOB = /^[\w*]+$/;
 function glob(part: string): Matcher {
   if (/^\*+$/.test(part)) return ANY;
   if (!part.includes('*')) return (value) => value === part;
-  const re = new RegExp(`^${part.split('*').map((s) => s.replace(/[.-]/g, '\\$&')).join('.*')}$`);
+  const re = new RegExp(
+    `^${part
+      .split('*')
+      .map((s) => s.replace(/[.-]/g, '\\$&'))
+      .join('.*')}$`,
+  );
   return (value) => re.test(value);
 }
 
@@ -78,7 +83,8 @@ export function parseCallPattern(text: string): CallPattern {
 
 /** Throws when `name` cannot be a service a node announces. */
 export function checkServiceName(name: string): void {
-  if (!SERVICE_NAME.test(name)) throw new Error(`serve= service "${name.slice(0, 40)}" must be a service name: a letter or _ first, then letters, digits, _ . -`);
+  if (!SERVICE_NAME.test(name))
+    throw new Error(`serve= service "${name.slice(0, 40)}" must be a service name: a letter or _ first, then letters, digits, _ . -`);
   if (name === RELAY_SERVICE) throw new Error(`serve= cannot list ${RELAY_SERVICE}: it is the relay's own service`);
 }
 

@@ -78,7 +78,15 @@ export class Presence {
   }
 
   /** Answers request `id` for a `Relay.*` method on the connection of caller `identity`. */
-  answer(out: CallerOutput, session: string, id: number, method: string, params: Uint8Array, meta: Record<string, unknown>, identity: string | null = null): void {
+  answer(
+    out: CallerOutput,
+    session: string,
+    id: number,
+    method: string,
+    params: Uint8Array,
+    meta: Record<string, unknown>,
+    identity: string | null = null,
+  ): void {
     let result: unknown;
     try {
       decodeParams(params);
@@ -90,7 +98,8 @@ export class Presence {
           break;
         case RelayMethod.WATCH:
           // Subscribing and listing in the same turn: no join or leave can fall between the two.
-          if (!out.notify) throw new TunnelError(ErrorCode.BAD_REQUEST, 'watching presence needs a connection that carries notifications (the WebSocket protocol)');
+          if (!out.notify)
+            throw new TunnelError(ErrorCode.BAD_REQUEST, 'watching presence needs a connection that carries notifications (the WebSocket protocol)');
           this.watchers.set(out, { where, identity });
           this.log.debug({ session, where }, 'caller watches presence');
           result = this.list(where, access);

@@ -95,7 +95,6 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
   adminToken?: string;
 }
 
-
 /** A caller admitted by its token: what {@link Relay.openCallerSession} needs to re-check it at each reload. */
 export interface CallerAdmission {
   identity: string | null;
@@ -438,7 +437,16 @@ export class Relay extends EventEmitter {
     const address = this.address!;
     this.auth.watch();
     this.cluster?.start();
-    this.log.info({ ...address, tls: this.secure, auth: this.auth.describe(), relay: this.relayName, cluster: this.opts.cluster?.name ?? (this.cluster ? 'tunnel' : undefined) }, 'relay listening');
+    this.log.info(
+      {
+        ...address,
+        tls: this.secure,
+        auth: this.auth.describe(),
+        relay: this.relayName,
+        cluster: this.opts.cluster?.name ?? (this.cluster ? 'tunnel' : undefined),
+      },
+      'relay listening',
+    );
     this.emit('listening', address);
     return address;
   }
@@ -524,7 +532,9 @@ export class Relay extends EventEmitter {
     const remote = this.directory.get(name);
     throw new TunnelError(
       ErrorCode.NO_NODE,
-      remote ? `node ${name} is attached to relay ${remote.relays.join(', ')}, not to this one; act on that relay` : `no node named ${name} is attached to this relay`,
+      remote
+        ? `node ${name} is attached to relay ${remote.relays.join(', ')}, not to this one; act on that relay`
+        : `no node named ${name} is attached to this relay`,
     );
   }
 
@@ -712,7 +722,13 @@ export class Relay extends EventEmitter {
         maxFirstMessage: NAME_LIMITS.hello,
         onSlowConsumer: (backlog) => {
           this.metrics.slowConsumer('websocket');
-          this.events.audit({ kind: 'slow-consumer', door: 'websocket', address, node: this.peers.get(conn)?.node, reason: `${backlog} bytes waited to be written to it (limit ${this.opts.maxBacklog})` });
+          this.events.audit({
+            kind: 'slow-consumer',
+            door: 'websocket',
+            address,
+            node: this.peers.get(conn)?.node,
+            reason: `${backlog} bytes waited to be written to it (limit ${this.opts.maxBacklog})`,
+          });
         },
       },
     );

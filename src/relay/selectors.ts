@@ -16,14 +16,7 @@ export type Where = Readonly<Record<string, string>>;
  * chosen node, or -1 when no node is eligible. Selectors never allocate: route() runs once per call.
  * @internal
  */
-export type Selector = (
-  nodes: readonly NodeRoute[],
-  start: number,
-  service: string,
-  method: string,
-  where: Where | undefined,
-  access?: CallerAccess,
-) => number;
+export type Selector = (nodes: readonly NodeRoute[], start: number, service: string, method: string, where: Where | undefined, access?: CallerAccess) => number;
 
 /** True when `node` can take a new call to `service.method` restricted to `where`, from a caller with `access`. @internal */
 export function eligible(node: NodeRoute, service: string, method: string, where: Where | undefined, access?: CallerAccess): boolean {

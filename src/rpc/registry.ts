@@ -54,8 +54,28 @@ const METHOD_NAME = /^[A-Za-z_]\w*$/;
  */
 const BUILT_IN_PROTOTYPES: ReadonlySet<object> = new Set<object>(
   [
-    Object, Function, Array, Number, String, Boolean, Symbol, BigInt, Date, RegExp, Error, Map, Set, WeakMap, WeakSet,
-    Promise, ArrayBuffer, SharedArrayBuffer, DataView, Object.getPrototypeOf(Uint8Array), Uint8Array, Buffer,
+    Object,
+    Function,
+    Array,
+    Number,
+    String,
+    Boolean,
+    Symbol,
+    BigInt,
+    Date,
+    RegExp,
+    Error,
+    Map,
+    Set,
+    WeakMap,
+    WeakSet,
+    Promise,
+    ArrayBuffer,
+    SharedArrayBuffer,
+    DataView,
+    Object.getPrototypeOf(Uint8Array),
+    Uint8Array,
+    Buffer,
   ].map((c) => c.prototype as object),
 );
 
@@ -85,7 +105,8 @@ function shapeProblem(name: string, impl: unknown): string | undefined {
       ? `service ${name} is a class; give an instance (new ${(impl as { name?: string }).name || name}()) or an object of methods`
       : `service ${name} is a function; give an object of methods (${example})`;
   }
-  if (typeof impl !== 'object') return `service ${name} must be an object of methods (${example}), got the ${typeof impl} ${typeof impl === 'string' ? JSON.stringify(impl) : String(impl)}`;
+  if (typeof impl !== 'object')
+    return `service ${name} must be an object of methods (${example}), got the ${typeof impl} ${typeof impl === 'string' ? JSON.stringify(impl) : String(impl)}`;
   if (Array.isArray(impl)) return `service ${name} must be an object of methods (${example}), got an array`;
   return undefined;
 }
@@ -109,7 +130,10 @@ export class ServiceRegistry {
     const methods = discoverMethods(impl);
     if (methods.length === 0) {
       const proto = Object.getPrototypeOf(impl) as object | null;
-      const kind = proto !== null && proto !== Object.prototype && BUILT_IN_PROTOTYPES.has(proto) ? ` (a ${(proto.constructor as { name: string }).name}: its built-in methods are not served)` : '';
+      const kind =
+        proto !== null && proto !== Object.prototype && BUILT_IN_PROTOTYPES.has(proto)
+          ? ` (a ${(proto.constructor as { name: string }).name}: its built-in methods are not served)`
+          : '';
       throw new TypeError(`service ${name} has no methods${kind}; give an object whose own or class methods are the service's`);
     }
     const { requireLogin = false } = options ?? (impl as { [SERVICE_OPTIONS]?: ServiceOptions })[SERVICE_OPTIONS] ?? {};

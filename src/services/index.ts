@@ -8,9 +8,5 @@ export const DEMO_USERS = { alice: 'secret' };
 
 /** The example services a node serves when it is given no `--services` module. */
 export function registerExamples(registry: ServiceRegistry, users: Record<string, string> = DEMO_USERS): ServiceRegistry {
-  return registry
-    .register('Arith', Arith)
-    .register('Hello', helloService(users))
-    .register('KV', kvService())
-    .register('Server', Server);
+  return registry.register('Arith', Arith).register('Hello', helloService(users)).register('KV', kvService()).register('Server', Server);
 }

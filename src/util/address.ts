@@ -110,7 +110,10 @@ export function hostName(text: string, what: string): string {
 
 /** Whether a listening address is loopback only: 127.0.0.0/8, ::1, localhost (and IPv4-mapped loopback). */
 export function isLoopbackHost(host: string): boolean {
-  const h = host.toLowerCase().replace(/^\[(.*)\]$/, '$1').replace(/\.$/, '');
+  const h = host
+    .toLowerCase()
+    .replace(/^\[(.*)\]$/, '$1')
+    .replace(/\.$/, '');
   if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
   const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
   return DOTTED_QUAD.test(v4) && v4.startsWith('127.');

@@ -64,7 +64,9 @@ export class BrowserPolicy {
     if (host === undefined || (!loopbackListener && this.hosts === undefined)) return undefined;
     const name = receivedHost(host);
     if (name !== undefined && (isLoopbackHost(name) || this.hosts?.has(name))) return undefined;
-    const accepted = loopbackListener ? 'this relay listens on loopback and accepts only localhost, 127.x.x.x and [::1]' : 'this relay accepts only loopback names';
+    const accepted = loopbackListener
+      ? 'this relay listens on loopback and accepts only localhost, 127.x.x.x and [::1]'
+      : 'this relay accepts only loopback names';
     return { metric: 'forbidden_host', reason: `host ${quote(host)} is not allowed: ${accepted}, and the names given with --allow-host` };
   }
 }

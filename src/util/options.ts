@@ -80,7 +80,8 @@ export class OptionChecks {
   duration(name: string, zero?: string): this {
     const v = this.get(name);
     const min = zero === undefined ? 'a positive number of milliseconds' : `a number of milliseconds, 0 or more (0 ${zero})`;
-    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (v === 0 && zero === undefined)) throw OptionError.invalid(this.owner, name, `must be ${min}`, v);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (v === 0 && zero === undefined))
+      throw OptionError.invalid(this.owner, name, `must be ${min}`, v);
     if (v > MAX_TIMER_MS) throw OptionError.invalid(this.owner, name, `must be at most ${MAX_TIMER_MS} milliseconds (about 24 days)`, v);
     return this;
   }
@@ -88,7 +89,8 @@ export class OptionChecks {
   /** A whole number, `min` or more. */
   count(name: string, min = 1, unit = ''): this {
     const v = this.get(name);
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw OptionError.invalid(this.owner, name, `must be a whole number${unit}, ${min} or more`, v);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min)
+      throw OptionError.invalid(this.owner, name, `must be a whole number${unit}, ${min} or more`, v);
     return this;
   }
 
@@ -107,7 +109,8 @@ export class OptionChecks {
   /** A list of strings. */
   strings(name: string): this {
     const v = this.get(name);
-    if (!Array.isArray(v) || v.some((s) => typeof s !== 'string')) throw OptionError.invalid(this.owner, name, 'must be a list of strings', Array.isArray(v) ? JSON.stringify(v) : v);
+    if (!Array.isArray(v) || v.some((s) => typeof s !== 'string'))
+      throw OptionError.invalid(this.owner, name, 'must be a list of strings', Array.isArray(v) ? JSON.stringify(v) : v);
     return this;
   }
 

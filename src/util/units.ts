@@ -13,6 +13,18 @@ export function parseSize(value: unknown, flag: string): number {
   if (typeof value === 'number' && Number.isInteger(value) && value > 0) return value;
   const m = typeof value === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$/.exec(value) : null;
   if (!m) throw new Error(`--${flag} must be a size such as 16MiB, 512KiB or a number of bytes; got "${String(value)}"`);
-  const factor: Record<string, number> = { B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3, KB: 1e3, MB: 1e6, GB: 1e9, k: 1024, K: 1024, M: 1024 ** 2, G: 1024 ** 3 };
+  const factor: Record<string, number> = {
+    B: 1,
+    KiB: 1024,
+    MiB: 1024 ** 2,
+    GiB: 1024 ** 3,
+    KB: 1e3,
+    MB: 1e6,
+    GB: 1e9,
+    k: 1024,
+    K: 1024,
+    M: 1024 ** 2,
+    G: 1024 ** 3,
+  };
   return Math.round(Number(m[1]) * factor[m[2] ?? 'B']!);
 }

@@ -40,7 +40,8 @@ export function nodeNameProblem(name: string): string | undefined {
 
 /** Why a request's method string cannot be routed, or undefined when it can. */
 export function methodProblem(method: string): string | undefined {
-  if (method.length > NAME_LIMITS.method) return `method name of ${method.length} characters is over the limit of ${NAME_LIMITS.method} (Service.Method, each at most ${NAME_LIMITS.name})`;
+  if (method.length > NAME_LIMITS.method)
+    return `method name of ${method.length} characters is over the limit of ${NAME_LIMITS.method} (Service.Method, each at most ${NAME_LIMITS.name})`;
   const dot = method.lastIndexOf('.');
   if (dot <= 0 || dot === method.length - 1) return `method "${method}" must be Service.Method`;
   if (dot > NAME_LIMITS.name || method.length - dot - 1 > NAME_LIMITS.name) return `service and method names are at most ${NAME_LIMITS.name} characters each`;
@@ -63,11 +64,13 @@ export function servicesProblem(services: Record<string, string[]>): string | un
   const names = Object.keys(services);
   if (names.length > NAME_LIMITS.services) return `a node may announce at most ${NAME_LIMITS.services} services; this one announced ${names.length}`;
   for (const s of names) {
-    if (!SERVICE_NAME.test(s)) return `service name ${JSON.stringify(s.slice(0, 40))} must be 1-${NAME_LIMITS.name} characters: a letter or _ first, then letters, digits, _ . -`;
+    if (!SERVICE_NAME.test(s))
+      return `service name ${JSON.stringify(s.slice(0, 40))} must be 1-${NAME_LIMITS.name} characters: a letter or _ first, then letters, digits, _ . -`;
     const methods = services[s]!;
     if (methods.length > NAME_LIMITS.methods) return `service ${s} announces ${methods.length} methods; at most ${NAME_LIMITS.methods}`;
     for (const m of methods) {
-      if (m !== '*' && !METHOD_NAME.test(m)) return `method name ${JSON.stringify(m.slice(0, 40))} of service ${s} must be an identifier of at most ${NAME_LIMITS.name} characters`;
+      if (m !== '*' && !METHOD_NAME.test(m))
+        return `method name ${JSON.stringify(m.slice(0, 40))} of service ${s} must be an identifier of at most ${NAME_LIMITS.name} characters`;
     }
   }
   return undefined;

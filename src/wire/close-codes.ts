@@ -30,5 +30,10 @@ export const CloseCode = {
 export function closeReason(reason: string): string {
   const bytes = Buffer.from(reason);
   if (bytes.length <= 123) return reason;
-  return bytes.subarray(0, 120).toString('utf8').replace(/\uFFFD+$/, '') + '...';
+  return (
+    bytes
+      .subarray(0, 120)
+      .toString('utf8')
+      .replace(/\uFFFD+$/, '') + '...'
+  );
 }

@@ -202,7 +202,7 @@ export class Connection {
       size = 0;
     };
     for (const piece of pieces) {
-      for (let offset = 0; offset < piece.length; ) {
+      for (let offset = 0; offset < piece.length;) {
         const take = Math.min(CHUNK_SIZE - size, piece.length - offset);
         parts.push(piece.subarray(offset, offset + take));
         size += take;

@@ -119,25 +119,62 @@ export class MessagePackFramer {
       return true;
     }
     switch (t) {
-      case 0xc4: case 0xd9: return this.sized(at, avail, 1, 0, 0); // bin8, str8
-      case 0xc5: case 0xda: return this.sized(at, avail, 2, 0, 0); // bin16, str16
-      case 0xc6: case 0xdb: return this.sized(at, avail, 4, 0, 0); // bin32, str32
-      case 0xc7: return this.sized(at, avail, 1, 1, 0); // ext8: length, then a type byte
-      case 0xc8: return this.sized(at, avail, 2, 1, 0);
-      case 0xc9: return this.sized(at, avail, 4, 1, 0);
-      case 0xdc: return this.sized(at, avail, 2, 0, 1); // array16
-      case 0xdd: return this.sized(at, avail, 4, 0, 1);
-      case 0xde: return this.sized(at, avail, 2, 0, 2); // map16: two items per entry
-      case 0xdf: return this.sized(at, avail, 4, 0, 2);
-      case 0xcc: case 0xd0: this.size = 2; return true;
-      case 0xcd: case 0xd1: this.size = 3; return true;
-      case 0xca: case 0xce: case 0xd2: this.size = 5; return true;
-      case 0xcb: case 0xcf: case 0xd3: this.size = 9; return true;
-      case 0xd4: this.size = 3; return true; // fixext 1, 2, 4, 8, 16: a type byte plus data
-      case 0xd5: this.size = 4; return true;
-      case 0xd6: this.size = 6; return true;
-      case 0xd7: this.size = 10; return true;
-      case 0xd8: this.size = 18; return true;
+      case 0xc4:
+      case 0xd9:
+        return this.sized(at, avail, 1, 0, 0); // bin8, str8
+      case 0xc5:
+      case 0xda:
+        return this.sized(at, avail, 2, 0, 0); // bin16, str16
+      case 0xc6:
+      case 0xdb:
+        return this.sized(at, avail, 4, 0, 0); // bin32, str32
+      case 0xc7:
+        return this.sized(at, avail, 1, 1, 0); // ext8: length, then a type byte
+      case 0xc8:
+        return this.sized(at, avail, 2, 1, 0);
+      case 0xc9:
+        return this.sized(at, avail, 4, 1, 0);
+      case 0xdc:
+        return this.sized(at, avail, 2, 0, 1); // array16
+      case 0xdd:
+        return this.sized(at, avail, 4, 0, 1);
+      case 0xde:
+        return this.sized(at, avail, 2, 0, 2); // map16: two items per entry
+      case 0xdf:
+        return this.sized(at, avail, 4, 0, 2);
+      case 0xcc:
+      case 0xd0:
+        this.size = 2;
+        return true;
+      case 0xcd:
+      case 0xd1:
+        this.size = 3;
+        return true;
+      case 0xca:
+      case 0xce:
+      case 0xd2:
+        this.size = 5;
+        return true;
+      case 0xcb:
+      case 0xcf:
+      case 0xd3:
+        this.size = 9;
+        return true;
+      case 0xd4:
+        this.size = 3;
+        return true; // fixext 1, 2, 4, 8, 16: a type byte plus data
+      case 0xd5:
+        this.size = 4;
+        return true;
+      case 0xd6:
+        this.size = 6;
+        return true;
+      case 0xd7:
+        this.size = 10;
+        return true;
+      case 0xd8:
+        this.size = 18;
+        return true;
       default: // 0xc1 is the one byte MessagePack never uses
         throw new TunnelError(ErrorCode.PROTOCOL_ERROR, `invalid MessagePack: byte 0x${t.toString(16)} at offset ${at - this.start} of a value`);
     }

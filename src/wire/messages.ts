@@ -114,10 +114,8 @@ export type Message =
   /** `id` undefined: a version 1 acknowledgement, for the whole connection. */
   | { kind: typeof Kind.CHUNK_ACK; id: number | undefined; bytes: number };
 
-export const request = (id: number, method: string, params: Uint8Array | null, meta: object) =>
-  [Kind.REQUEST, id, method, params, meta];
-export const response = (id: number, error: WireError | null, result: Uint8Array | null) =>
-  [Kind.RESPONSE, id, error, error ? null : result];
+export const request = (id: number, method: string, params: Uint8Array | null, meta: object) => [Kind.REQUEST, id, method, params, meta];
+export const response = (id: number, error: WireError | null, result: Uint8Array | null) => [Kind.RESPONSE, id, error, error ? null : result];
 export const notify = (method: string, params: Uint8Array) => [Kind.NOTIFY, method, params];
 export const cancel = (id: number) => [Kind.CANCEL, id];
 export const hello = (h: Hello) => [Kind.HELLO, h];
@@ -149,8 +147,7 @@ const isId = (v: unknown): v is number => typeof v === 'number' && Number.isInte
 const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
 const isLength = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
 const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-const isMap = (v: unknown): v is Record<string, unknown> =>
-  v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
+const isMap = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
 
 function describe(v: unknown): string {
   if (v === null) return 'nil';

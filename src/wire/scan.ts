@@ -50,30 +50,41 @@ export function checkMessagePack(b: Uint8Array, maxDepth = MAX_DEPTH): void {
     else if (t <= 0xbf) skip = t & 0x1f;
     else {
       switch (t) {
-        case 0xc0: case 0xc2: case 0xc3:
+        case 0xc0:
+        case 0xc2:
+        case 0xc3:
           break;
-        case 0xcc: case 0xd0:
+        case 0xcc:
+        case 0xd0:
           skip = 1;
           break;
-        case 0xcd: case 0xd1:
+        case 0xcd:
+        case 0xd1:
           skip = 2;
           break;
-        case 0xca: case 0xce: case 0xd2:
+        case 0xca:
+        case 0xce:
+        case 0xd2:
           skip = 4;
           break;
-        case 0xcb: case 0xcf: case 0xd3:
+        case 0xcb:
+        case 0xcf:
+        case 0xd3:
           skip = 8;
           break;
-        case 0xc4: case 0xd9:
+        case 0xc4:
+        case 0xd9:
           if (end - pos < 1) throw truncated(1, pos, end);
           skip = b[pos++]!;
           break;
-        case 0xc5: case 0xda:
+        case 0xc5:
+        case 0xda:
           if (end - pos < 2) throw truncated(2, pos, end);
           skip = (b[pos]! << 8) | b[pos + 1]!;
           pos += 2;
           break;
-        case 0xc6: case 0xdb:
+        case 0xc6:
+        case 0xdb:
           if (end - pos < 4) throw truncated(4, pos, end);
           skip = u32(b, pos);
           pos += 4;
@@ -114,12 +125,14 @@ export function checkMessagePack(b: Uint8Array, maxDepth = MAX_DEPTH): void {
           if (b[pos + 1] !== TIMESTAMP || b[pos] !== 12) throw badExtension(b[pos + 1]!);
           skip = 2 + 12;
           break;
-        case 0xd5: case 0xd8: case 0xc8: case 0xc9:
-          {
-            const at = pos + (t === 0xd5 || t === 0xd8 ? 0 : t === 0xc8 ? 2 : 4);
-            if (at >= end) throw truncated(at - pos + 1, pos, end);
-            throw badExtension(b[at]!);
-          }
+        case 0xd5:
+        case 0xd8:
+        case 0xc8:
+        case 0xc9: {
+          const at = pos + (t === 0xd5 || t === 0xd8 ? 0 : t === 0xc8 ? 2 : 4);
+          if (at >= end) throw truncated(at - pos + 1, pos, end);
+          throw badExtension(b[at]!);
+        }
         default: // 0xc1 is never used
           throw new WireFormatError(`invalid MessagePack byte 0x${t.toString(16)} at offset ${pos - 1}`);
       }

@@ -149,17 +149,51 @@ export function skipValue(b: Uint8Array, pos: number): number {
     }
     let n: number; // bytes of a length field
     switch (t) {
-      case 0xcc: case 0xd0: pos += 1; continue;
-      case 0xcd: case 0xd1: pos += 2; continue;
-      case 0xca: case 0xce: case 0xd2: pos += 4; continue;
-      case 0xcb: case 0xcf: case 0xd3: pos += 8; continue;
-      case 0xd4: pos += 2; continue; // fixext: type byte plus 1, 2, 4, 8, 16 bytes
-      case 0xd5: pos += 3; continue;
-      case 0xd6: pos += 5; continue;
-      case 0xd7: pos += 9; continue;
-      case 0xd8: pos += 17; continue;
-      case 0xc4: case 0xd9: case 0xc7: n = 1; break;
-      case 0xc5: case 0xda: case 0xc8: case 0xdc: case 0xde: n = 2; break;
+      case 0xcc:
+      case 0xd0:
+        pos += 1;
+        continue;
+      case 0xcd:
+      case 0xd1:
+        pos += 2;
+        continue;
+      case 0xca:
+      case 0xce:
+      case 0xd2:
+        pos += 4;
+        continue;
+      case 0xcb:
+      case 0xcf:
+      case 0xd3:
+        pos += 8;
+        continue;
+      case 0xd4:
+        pos += 2;
+        continue; // fixext: type byte plus 1, 2, 4, 8, 16 bytes
+      case 0xd5:
+        pos += 3;
+        continue;
+      case 0xd6:
+        pos += 5;
+        continue;
+      case 0xd7:
+        pos += 9;
+        continue;
+      case 0xd8:
+        pos += 17;
+        continue;
+      case 0xc4:
+      case 0xd9:
+      case 0xc7:
+        n = 1;
+        break;
+      case 0xc5:
+      case 0xda:
+      case 0xc8:
+      case 0xdc:
+      case 0xde:
+        n = 2;
+        break;
       default: // 0xc6, 0xdb, 0xc9, 0xdd, 0xdf, and 0xc1
         if (t === 0xc1) throw new WireFormatError(`invalid MessagePack byte 0xc1 at offset ${pos - 1}`);
         n = 4;

@@ -36,7 +36,10 @@ try {
   await wrongType;
   // @ts-expect-error no such method
   const noMethod = arith.Divide(1, 2);
-  const err: unknown = await noMethod.then(() => null, (e: unknown) => e);
+  const err: unknown = await noMethod.then(
+    () => null,
+    (e: unknown) => e,
+  );
   if (!isTunnelError(err, 'NO_METHOD')) throw new Error(`Divide: expected NO_METHOD, got ${String(err)}`);
   const code: 'NO_METHOD' = err.code;
   check('isTunnelError narrows', code === 'NO_METHOD', code);

@@ -7,12 +7,25 @@ const value = fc.jsonValue({ maxDepth: 4 });
 /** Well-formed messages of every kind, as bytes. */
 export const validMessage: fc.Arbitrary<Uint8Array> = fc
   .oneof(
-    fc.tuple(fc.nat(), fc.constantFrom('Sec.Echo', 'Sec.Who', 'Sec.Login', 'Nope.Nope', 'Sec', '.'), fc.array(value, { maxLength: 4 }), fc.dictionary(fc.string(), value, { maxKeys: 3 }))
+    fc
+      .tuple(
+        fc.nat(),
+        fc.constantFrom('Sec.Echo', 'Sec.Who', 'Sec.Login', 'Nope.Nope', 'Sec', '.'),
+        fc.array(value, { maxLength: 4 }),
+        fc.dictionary(fc.string(), value, { maxKeys: 3 }),
+      )
       .map(([id, method, args, meta]) => [0, id, method, encode(args), meta]),
     fc.tuple(fc.nat(), value).map(([id, v]) => [1, id, null, encode(v)]),
     fc.tuple(fc.nat(), fc.string()).map(([id, msg]) => [1, id, { code: 'APP_ERROR', message: msg }, null]),
     fc.nat().map((id) => [3, id]),
-    fc.record({ version: fc.constantFrom(1, 2), role: fc.constantFrom('node', 'caller', 'admin'), name: fc.string(), services: fc.dictionary(fc.string(), fc.array(fc.string())) }).map((h) => [4, h]),
+    fc
+      .record({
+        version: fc.constantFrom(1, 2),
+        role: fc.constantFrom('node', 'caller', 'admin'),
+        name: fc.string(),
+        services: fc.dictionary(fc.string(), fc.array(fc.string())),
+      })
+      .map((h) => [4, h]),
     fc.string().map((s) => [6, s]),
     fc.string().map((s) => [7, s]),
     fc.tuple(fc.string(), value).map(([m, v]) => [2, m, encode([v])]),
@@ -45,7 +58,18 @@ export const crafted: Uint8Array[] = [
 /** Random bytes, valid messages with bytes flipped, cut, inserted or repeated, and the crafted ones. */
 export const hostileMessage: fc.Arbitrary<Uint8Array> = fc.oneof(
   { weight: 3, arbitrary: fc.uint8Array({ maxLength: 256 }) },
-  { weight: 6, arbitrary: fc.tuple(validMessage, fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.constantFrom('flip', 'set', 'cut', 'insert', 'repeat')), { minLength: 1, maxLength: 4 })).map(([bytes, ops]) => mutate(bytes, ops)) },
+  {
+    weight: 6,
+    arbitrary: fc
+      .tuple(
+        validMessage,
+        fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.constantFrom('flip', 'set', 'cut', 'insert', 'repeat')), {
+          minLength: 1,
+          maxLength: 4,
+        }),
+      )
+      .map(([bytes, ops]) => mutate(bytes, ops)),
+  },
   { weight: 1, arbitrary: fc.constantFrom(...crafted) },
 );
 

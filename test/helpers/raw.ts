@@ -48,7 +48,10 @@ export class RawPeer {
     const deadline = Date.now() + timeout;
     while (!pred()) {
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out after ${timeout} ms waiting for ${what}; received ${JSON.stringify(this.received.slice(-3))}, closed ${JSON.stringify(this.closed)}`);
+      if (left <= 0)
+        throw new Error(
+          `timed out after ${timeout} ms waiting for ${what}; received ${JSON.stringify(this.received.slice(-3))}, closed ${JSON.stringify(this.closed)}`,
+        );
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
         this.waiters.push(() => {

@@ -20,7 +20,17 @@ import type { NodeDirectory } from '../directory.js';
 import type { NodeLink } from '../node-link.js';
 import { RelayedCall } from '../relayed-call.js';
 import { HopStream } from './hop-stream.js';
-import { ClusterKind, ClusterMessageError, pack, unpack, unpackAll, type ClusterMessage, type PresenceBody, type RelayStamp, type RemoteNodeInfo } from './messages.js';
+import {
+  ClusterKind,
+  ClusterMessageError,
+  pack,
+  unpack,
+  unpackAll,
+  type ClusterMessage,
+  type PresenceBody,
+  type RelayStamp,
+  type RemoteNodeInfo,
+} from './messages.js';
 import { RemoteRoute, type RouteTransport } from './remote-route.js';
 import { checkClusterOptions, clusterServer, type ClusterOptions } from './options.js';
 
@@ -366,7 +376,11 @@ export class Cluster implements RouteTransport {
   private upsertRoute(peer: Peer, info: RemoteNodeInfo): void {
     const allowed = this.host.allowedServices(info.name, Object.keys(info.services));
     if (allowed.length === 0) {
-      this.warnOnce(`serve:${info.name}`, { node: info.name, relay: peer.stamp.name }, 'ignoring a node of another relay: this relay\'s serve= rules let it serve none of its services');
+      this.warnOnce(
+        `serve:${info.name}`,
+        { node: info.name, relay: peer.stamp.name },
+        "ignoring a node of another relay: this relay's serve= rules let it serve none of its services",
+      );
       return;
     }
     if (allowed.length < Object.keys(info.services).length) info = { ...info, services: Object.fromEntries(allowed.map((s) => [s, info.services[s]!])) };
@@ -381,9 +395,13 @@ export class Cluster implements RouteTransport {
     // One name, one live node, across the cluster: of two processes under one name the older keeps it.
     const local = this.host.directory.local(info.name) as NodeLink | undefined;
     if (local && !(local.instance !== undefined && local.instance === info.instance)) {
-      const localOlder = local.connectedAt.getTime() < info.connectedAt || (local.connectedAt.getTime() === info.connectedAt && this.host.relayName < peer.stamp.name);
+      const localOlder =
+        local.connectedAt.getTime() < info.connectedAt || (local.connectedAt.getTime() === info.connectedAt && this.host.relayName < peer.stamp.name);
       if (localOlder) return; // the other relay will give way when it hears of ours
-      this.host.yieldName(local, `name ${info.name} is held by a live node from ${info.address} on relay ${peer.stamp.name} since ${new Date(info.connectedAt).toISOString()}; give each node its own --name`);
+      this.host.yieldName(
+        local,
+        `name ${info.name} is held by a live node from ${info.address} on relay ${peer.stamp.name} since ${new Date(info.connectedAt).toISOString()}; give each node its own --name`,
+      );
     }
     const route = new RemoteRoute(peer.stamp.id, peer.stamp.name, info, this);
     peer.routes.set(info.name, route);
@@ -408,7 +426,7 @@ export class Cluster implements RouteTransport {
   /** Reads a peer's whole node list, a page at a time, and makes our view of it the same. */
   private async fetchSnapshot(peer: Peer): Promise<void> {
     const nodes: RemoteNodeInfo[] = [];
-    for (let offset = 0; ; ) {
+    for (let offset = 0; ;) {
       let reply: ClusterMessage | undefined;
       try {
         const msg = await this.nc!.request(`${this.prefix}.relay.${peer.stamp.id}.q`, pack([ClusterKind.SNAPSHOT, offset]), { timeout: REQUEST_TIMEOUT });
@@ -495,7 +513,11 @@ export class Cluster implements RouteTransport {
     route.inFlight++;
     if (!this.reachable(route.relayId)) {
       this.finishOut(callId);
-      call.caller.complete(call, new TunnelError(ErrorCode.NO_NODE, `relay ${route.relayName} of node ${route.name} is not reachable; the call was not sent`).toWire(), null);
+      call.caller.complete(
+        call,
+        new TunnelError(ErrorCode.NO_NODE, `relay ${route.relayName} of node ${route.name} is not reachable; the call was not sent`).toWire(),
+        null,
+      );
       return;
     }
     const whole = stream === 0 && params.length > STREAM_THRESHOLD;
@@ -587,7 +609,8 @@ export class Cluster implements RouteTransport {
     if (!link.hasMethod(m.method.slice(0, m.method.lastIndexOf('.')), m.method.slice(m.method.lastIndexOf('.') + 1))) {
       return reject(ErrorCode.NO_METHOD, `node ${m.node} does not serve ${m.method}`);
     }
-    if (link.inFlight >= this.host.maxNodeInFlight) return reject(ErrorCode.OVERLOADED, `node ${m.node} already has ${link.inFlight} calls in flight (the limit); try again shortly`);
+    if (link.inFlight >= this.host.maxNodeInFlight)
+      return reject(ErrorCode.OVERLOADED, `node ${m.node} already has ${link.inFlight} calls in flight (the limit); try again shortly`);
     const key = `${from}:${m.callId}`;
     if (this.served.has(key)) return reject(ErrorCode.BAD_REQUEST, `call ${m.callId} is already in flight`);
     const meta = servedMeta(m.meta, this.host.maxTimeout);
@@ -631,7 +654,11 @@ export class Cluster implements RouteTransport {
         if (served.uploadLeft < 0 || (m.final && served.uploadLeft !== 0)) {
           ack();
           served.call.abandon(true);
-          this.servedComplete(served, new TunnelError(ErrorCode.BAD_REQUEST, `the chunks of ${served.call.method} do not add up to the announced stream length`).toWire(), null);
+          this.servedComplete(
+            served,
+            new TunnelError(ErrorCode.BAD_REQUEST, `the chunks of ${served.call.method} do not add up to the announced stream length`).toWire(),
+            null,
+          );
           return;
         }
         served.link.forwardChunk(served.call, m.final, m.bytes, ack);
@@ -708,7 +735,11 @@ export class Cluster implements RouteTransport {
   private servedExpired(call: RelayedCall): void {
     const served = call.caller as ServedCall;
     call.abandon(true);
-    this.servedComplete(served, new TunnelError(ErrorCode.TIMEOUT, `${call.method} on node ${served.link.name} did not answer within ${call.timeout} ms`).toWire(), null);
+    this.servedComplete(
+      served,
+      new TunnelError(ErrorCode.TIMEOUT, `${call.method} on node ${served.link.name} did not answer within ${call.timeout} ms`).toWire(),
+      null,
+    );
   }
 
   // ---- requests (probes, snapshots) ----
@@ -800,7 +831,11 @@ export class Cluster implements RouteTransport {
       call.node.forward(call, resend.params, resend.meta, 0);
       return;
     }
-    call.caller.complete(call, new TunnelError(ErrorCode.NO_NODE, `relay ${out.route.relayName} of node ${out.route.name} is not reachable; the call was not delivered`).toWire(), null);
+    call.caller.complete(
+      call,
+      new TunnelError(ErrorCode.NO_NODE, `relay ${out.route.relayName} of node ${out.route.name} is not reachable; the call was not delivered`).toWire(),
+      null,
+    );
   }
 
   /** To the relay that made the call (about its call): `.m`. */
@@ -870,7 +905,8 @@ export class Cluster implements RouteTransport {
     try {
       return unpack(msg.data);
     } catch (err) {
-      if (err instanceof ClusterMessageError) this.warnOnce(`bad:${what}`, { subject: msg.subject, reason: err.message }, 'ignoring a malformed cluster message');
+      if (err instanceof ClusterMessageError)
+        this.warnOnce(`bad:${what}`, { subject: msg.subject, reason: err.message }, 'ignoring a malformed cluster message');
       return undefined;
     }
   }
@@ -918,7 +954,6 @@ function digestOf(nodes: RemoteNodeInfo[]): string {
   return h.digest('hex');
 }
 
-
 /** The metadata of a call from another relay, checked as a node would check the relay's. */
 function servedMeta(meta: Record<string, unknown>, maxTimeout: number): (NodeMeta & { stream?: number }) | string {
   const { session, address, identity, timeout, stream } = meta;
@@ -927,7 +962,12 @@ function servedMeta(meta: Record<string, unknown>, maxTimeout: number): (NodeMet
   if (identity !== null && identity !== undefined && (typeof identity !== 'string' || identity.length > 256)) return 'meta.identity must be a string or nil';
   if (typeof timeout !== 'number' || !(timeout > 0)) return 'meta.timeout must be a positive number';
   if (stream !== undefined && (typeof stream !== 'number' || !Number.isSafeInteger(stream) || stream <= 0)) return 'meta.stream must be a positive integer';
-  const out: NodeMeta & { stream?: number } = { session, address, identity: (identity as string | null | undefined) ?? null, timeout: Math.min(timeout, maxTimeout) };
+  const out: NodeMeta & { stream?: number } = {
+    session,
+    address,
+    identity: (identity as string | null | undefined) ?? null,
+    timeout: Math.min(timeout, maxTimeout),
+  };
   if (stream !== undefined) out.stream = stream as number;
   return out;
 }

@@ -148,7 +148,8 @@ function check(v: unknown): ClusterMessage {
     case ClusterKind.RESPONSE: {
       const error = v[2];
       if (v.length !== 4 || !isId(v[1])) return bad('response is [1, callId, error, result]');
-      if (error !== null && !(isMap(error) && typeof error.code === 'string' && typeof error.message === 'string')) return bad('response error must be nil or {code, message}');
+      if (error !== null && !(isMap(error) && typeof error.code === 'string' && typeof error.message === 'string'))
+        return bad('response error must be nil or {code, message}');
       if (v[3] !== null && !isBytes(v[3])) return bad('response result must be bin or nil');
       return { kind: 1, callId: v[1], error: error as WireError | null, result: v[3] as Uint8Array | null };
     }
@@ -159,7 +160,8 @@ function check(v: unknown): ClusterMessage {
       if (v.length !== 3 || !isShortString(v[1]) || !isShortString(v[2], 128)) return bad('session closed is [6, session, node]');
       return { kind: 6, session: v[1], node: v[2] };
     case ClusterKind.CHUNK:
-      if (v.length !== 4 || !isId(v[1]) || typeof v[2] !== 'boolean' || !isBytes(v[3]) || v[3].length > CHUNK_SIZE) return bad('chunk is [8, callId, final, bytes] of at most 256 KiB');
+      if (v.length !== 4 || !isId(v[1]) || typeof v[2] !== 'boolean' || !isBytes(v[3]) || v[3].length > CHUNK_SIZE)
+        return bad('chunk is [8, callId, final, bytes] of at most 256 KiB');
       return { kind: 8, callId: v[1], final: v[2], bytes: v[3] };
     case ClusterKind.RESPONSE_STREAM:
       if (v.length !== 3 || !isId(v[1]) || !isCount(v[2]) || v[2] === 0) return bad('response stream is [9, callId, length]');

@@ -37,13 +37,22 @@ export async function runAction(
   }
   const foreign = crossOrigin(req);
   if (foreign !== undefined) return answer(res, 403, new TunnelError(ErrorCode.FORBIDDEN, foreign));
-  if (!adminToken) return answer(res, 403, new TunnelError(ErrorCode.FORBIDDEN, 'actions are disabled on this relay: start it with --admin-token (or TUNNEL_ADMIN_TOKEN)'));
+  if (!adminToken)
+    return answer(res, 403, new TunnelError(ErrorCode.FORBIDDEN, 'actions are disabled on this relay: start it with --admin-token (or TUNNEL_ADMIN_TOKEN)'));
   if (!adminToken(token)) {
     res.setHeader('www-authenticate', 'Bearer realm="tunnel-relay dashboard actions"');
-    return answer(res, 401, new TunnelError(ErrorCode.UNAUTHORIZED, 'actions need the admin token: send "Authorization: Bearer <token>" (the value of --admin-token)'));
+    return answer(
+      res,
+      401,
+      new TunnelError(ErrorCode.UNAUTHORIZED, 'actions need the admin token: send "Authorization: Bearer <token>" (the value of --admin-token)'),
+    );
   }
   if (!Object.hasOwn(ACTIONS, name)) {
-    return answer(res, 404, new TunnelError(ErrorCode.BAD_REQUEST, `no action ${JSON.stringify(name.slice(0, 64))}; actions: ${Object.keys(ACTIONS).join(', ')}`));
+    return answer(
+      res,
+      404,
+      new TunnelError(ErrorCode.BAD_REQUEST, `no action ${JSON.stringify(name.slice(0, 64))}; actions: ${Object.keys(ACTIONS).join(', ')}`),
+    );
   }
   const action = ACTIONS[name as ActionName];
   let target: string;
@@ -67,9 +76,11 @@ export async function runAction(
 /** Why a request is not from the dashboard's own page, or undefined when it is (or comes from no browser). */
 export function crossOrigin(req: IncomingMessage): string | undefined {
   const origin = req.headers.origin;
-  if (origin !== undefined && !sameOrigin(req)) return `origin ${JSON.stringify(origin.slice(0, 100))} may not act on this relay: actions come from the dashboard's own page`;
+  if (origin !== undefined && !sameOrigin(req))
+    return `origin ${JSON.stringify(origin.slice(0, 100))} may not act on this relay: actions come from the dashboard's own page`;
   const site = req.headers['sec-fetch-site'];
-  if (site !== undefined && site !== 'same-origin' && site !== 'none') return `a ${site} request may not act on this relay: actions come from the dashboard's own page`;
+  if (site !== undefined && site !== 'same-origin' && site !== 'none')
+    return `a ${site} request may not act on this relay: actions come from the dashboard's own page`;
   return undefined;
 }
 

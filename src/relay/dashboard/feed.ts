@@ -99,7 +99,17 @@ export class DashboardFeed {
     private readonly traffic: TrafficStats,
     options: FeedOptions,
   ) {
-    this.o = { maxStreams: 8, maxBacklog: 1024 * 1024, maxNodes: 1_000, maxCallers: 200, leavingMs: 5_000, tickMs: 1_000, ...definedOnly(options), version: options.version, actions: options.actions };
+    this.o = {
+      maxStreams: 8,
+      maxBacklog: 1024 * 1024,
+      maxNodes: 1_000,
+      maxCallers: 200,
+      leavingMs: 5_000,
+      tickMs: 1_000,
+      ...definedOnly(options),
+      version: options.version,
+      actions: options.actions,
+    };
     host.events.on('audit', this.onAudit);
   }
 

@@ -118,7 +118,8 @@ export class Dashboard {
     // On the public port the page itself needs the token too (a ?token= on the first load, which the
     // page then keeps in sessionStorage and removes from the address bar). Without it, the same page
     // answers 401 and asks for the token; it shows no data until the feed accepts one.
-    const status = name === 'index.html' && door === 'public' && !viewer && !matches(url.searchParams.get('token') ?? undefined, this.viewerDigests) ? 401 : 200;
+    const status =
+      name === 'index.html' && door === 'public' && !viewer && !matches(url.searchParams.get('token') ?? undefined, this.viewerDigests) ? 401 : 200;
     res.writeHead(status, { 'content-type': FILES[name]!, 'content-length': body.length, ...PAGE_HEADERS });
     res.end(req.method === 'HEAD' ? undefined : body);
   }

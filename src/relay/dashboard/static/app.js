@@ -358,7 +358,15 @@ function renderCallers(force) {
       const actions = cell(row, 6);
       actions.className = 'actions';
       actions.replaceChildren(
-        button('Disconnect', `Disconnect caller session ${c.session}`, usable, usable ? '' : 'actions need the admin token', () => act('disconnect-caller', { session: c.session }), 'disconnect', true),
+        button(
+          'Disconnect',
+          `Disconnect caller session ${c.session}`,
+          usable,
+          usable ? '' : 'actions need the admin token',
+          () => act('disconnect-caller', { session: c.session }),
+          'disconnect',
+          true,
+        ),
       );
     },
     force,
@@ -383,8 +391,18 @@ function renderTraffic() {
       const recentErrors = s.errors.slice(-RATE_SECONDS).reduce((a, b) => a + b, 0);
       textCell(row, 1, rate(recentCalls / RATE_SECONDS), 'rate');
       textCell(row, 2, rate(recentErrors / RATE_SECONDS), 'error-rate');
-      numberCell(row, 3, s.calls.reduce((a, b) => a + b, 0), 'calls');
-      numberCell(row, 4, s.errors.reduce((a, b) => a + b, 0), 'errors');
+      numberCell(
+        row,
+        3,
+        s.calls.reduce((a, b) => a + b, 0),
+        'calls',
+      );
+      numberCell(
+        row,
+        4,
+        s.errors.reduce((a, b) => a + b, 0),
+        'errors',
+      );
       textCell(row, 5, ms(s.p50), 'p50');
       textCell(row, 6, ms(s.p99), 'p99');
       cell(row, 7).replaceChildren(sparkline(s));
@@ -422,7 +440,10 @@ function sparkline(s) {
   svg.setAttribute('role', 'img');
   const total = s.calls.reduce((a, b) => a + b, 0);
   const errors = s.errors.reduce((a, b) => a + b, 0);
-  svg.setAttribute('aria-label', `${s.name}: ${total} calls and ${errors} errors in the last ${Math.round(width / 60)} minutes, at most ${max} calls in one second`);
+  svg.setAttribute(
+    'aria-label',
+    `${s.name}: ${total} calls and ${errors} errors in the last ${Math.round(width / 60)} minutes, at most ${max} calls in one second`,
+  );
   const base = document.createElementNS(ns, 'line');
   base.setAttribute('class', 'base');
   base.setAttribute('x1', '0');
@@ -430,7 +451,10 @@ function sparkline(s) {
   base.setAttribute('y1', String(height - 0.5));
   base.setAttribute('y2', String(height - 0.5));
   svg.append(base);
-  for (const [key, cls] of [['calls', 'calls'], ['errors', 'errors']]) {
+  for (const [key, cls] of [
+    ['calls', 'calls'],
+    ['errors', 'errors'],
+  ]) {
     const line = document.createElementNS(ns, 'polyline');
     line.setAttribute('class', cls);
     line.setAttribute('vector-effect', 'non-scaling-stroke');
