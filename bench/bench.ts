@@ -110,6 +110,7 @@ const median = (xs: number[]) => {
 
 const ECHO_SERVICES = fileURLToPath(new URL('./echo-services.js', import.meta.url));
 const WS_ECHO = fileURLToPath(new URL('./ws-echo.js', import.meta.url));
+const WS_PROXY = fileURLToPath(new URL('./ws-proxy.js', import.meta.url));
 const FLEET = fileURLToPath(new URL('./fleet.js', import.meta.url));
 const NATS_RESPONDER = fileURLToPath(new URL('./nats-responder.js', import.meta.url));
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -359,7 +360,10 @@ async function manyCallers(): Promise<Row[]> {
   return rows;
 }
 
-/** 1 MiB and 16 MiB echoes through the relay, next to a bare ws echo of the same size. */
+/**
+ * 1 MiB and 16 MiB echoes through the relay, next to a bare ws echo of the same size and the same
+ * echo through a do-nothing ws proxy (bench/ws-proxy.ts): the floor for any relayed path here.
+ */
 async function large(): Promise<Row[]> {
   const rows: Row[] = [];
   for (const mib of [1, 16]) {
@@ -367,7 +371,9 @@ async function large(): Promise<Row[]> {
     const bytes = mib * 1024 * 1024 - 64;
     const relayed: Sample[] = [];
     const raw: Sample[] = [];
+    const proxied: Sample[] = [];
     const ratios: number[] = [];
+    const proxyRatios: number[] = [];
     for (let r = 0; r < runs; r++) {
       const relay = await startRelay(['--log-level', 'info']);
       await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info', '--services', ECHO_SERVICES]);
@@ -382,14 +388,20 @@ async function large(): Promise<Row[]> {
       });
       const echo = await startPrinting(process.execPath, [WS_ECHO]);
       const b = await measured(undefined, { relay: echo.first, raw: true, callers: 1, window: 1, seconds, method: '', args: [], payloadBytes: bytes });
+      const proxy = await startPrinting(process.execPath, [WS_PROXY, echo.first]);
+      const c = await measured(undefined, { relay: proxy.first, raw: true, callers: 1, window: 1, seconds, method: '', args: [], payloadBytes: bytes });
       relayed.push(a);
       raw.push(b);
+      proxied.push(c);
       ratios.push(a.rate / b.rate);
+      proxyRatios.push(c.rate / b.rate);
       await stopAll();
     }
     rows.push(row(`echo ${mib} MiB through the relay`, relayed, 'MiB/s', mib));
     rows.push(row(`echo ${mib} MiB, bare ws`, raw, 'MiB/s', mib));
+    rows.push(row(`echo ${mib} MiB, bare ws through a do-nothing ws proxy`, proxied, 'MiB/s', mib));
     rows.push(ratioRow(`  relayed ÷ bare ws, ${mib} MiB`, ratios, '', mib === 16 ? atLeast(0.5) : undefined));
+    rows.push(ratioRow(`  do-nothing proxy ÷ bare ws, ${mib} MiB`, proxyRatios, 'the floor for one more process and two more hops'));
   }
   return rows;
 }

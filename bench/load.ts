@@ -8,6 +8,7 @@ import { connect as natsConnect } from '@nats-io/transport-node';
 import { WebSocket } from 'ws';
 import { connect } from '../src/client/client.js';
 import { decode, encode } from '../src/wire/codec.js';
+import { tuneGarbageCollection } from '../src/util/gc.js';
 
 interface LoadArgs {
   relay: string;
@@ -28,6 +29,8 @@ interface LoadArgs {
 }
 
 const spec = JSON.parse(process.argv[2] ?? '{}') as LoadArgs;
+// As the README advises for processes that move large payloads (the CLIs do the same).
+if (spec.payloadBytes) tuneGarbageCollection();
 if (spec.payloadBytes) spec.args = [Buffer.alloc(spec.payloadBytes, 7)];
 
 interface Caller {

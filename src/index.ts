@@ -48,4 +48,5 @@ export { OptionError } from './util/options.js';
 
 // Logging and protocol
 export { createLogger, type Logger, type LogLevel } from './util/logger.js';
+export { tuneGarbageCollection } from './util/gc.js';
 export { PROTOCOL_VERSION } from './wire/messages.js';

@@ -9,6 +9,7 @@ import { withContext, type CallContext } from '../src/rpc/context.js';
 import { listenAddress, relayUrl } from '../src/util/address.js';
 import { parseDuration, parseSize } from '../src/util/units.js';
 import { silentLogger } from '../src/util/logger.js';
+import { LARGE_HEAP, SMALL_HEAP, wantIncremental } from '../src/util/gc.js';
 import { passwordLogin } from '../src/rpc/login.js';
 import { PendingTable } from '../src/rpc/pending.js';
 
@@ -215,5 +216,18 @@ describe('deadline wheel', () => {
     expect(expired).toEqual(['a', 'b']);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(55);
     expect(wheel.pending).toBe(0);
+  });
+});
+
+describe('garbage-collection tuning (util/gc.ts)', () => {
+  it('turns incremental marking off only while the heap is small, with hysteresis', () => {
+    // On (the default) it stays on until the heap drops to SMALL_HEAP, then off until it passes LARGE_HEAP.
+    expect(wantIncremental(10 * 1024 * 1024, true)).toBe(false);
+    expect(wantIncremental(SMALL_HEAP, true)).toBe(false);
+    expect(wantIncremental(SMALL_HEAP + 1, true)).toBe(true);
+    expect(wantIncremental(40 * 1024 * 1024, false)).toBe(false);
+    expect(wantIncremental(LARGE_HEAP, false)).toBe(false);
+    expect(wantIncremental(LARGE_HEAP + 1, false)).toBe(true);
+    expect(SMALL_HEAP).toBeLessThan(LARGE_HEAP);
   });
 });

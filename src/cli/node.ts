@@ -24,6 +24,7 @@ import { DirectListener } from '../node/direct.js';
 import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
 import { nodeNameProblem } from '../wire/bounds.js';
 import { listenAddress } from '../util/address.js';
+import { tuneGarbageCollection } from '../util/gc.js';
 
 const argv = await parse(
   command('tunnel-node', '$0 --relay host:port [options]\n\nDials out to a relay and serves RPC through it, reconnecting forever with backoff.')
@@ -176,6 +177,8 @@ onShutdown(log, async () => {
   await direct?.close();
   await node.stop();
 });
+// Large payloads churn buffers much faster than objects: see util/gc.ts.
+tuneGarbageCollection();
 node.start();
 if (direct) {
   try {

@@ -7,6 +7,7 @@ import { SELECTORS, type SelectorName } from '../relay/selectors.js';
 import { LIMIT_DEFAULTS } from '../relay/limits.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
 import { listenAddress } from '../util/address.js';
+import { tuneGarbageCollection } from '../util/gc.js';
 import { command, durationFlag, explainStartError, fatal, flagLabel, logger, onShutdown, parse, PRECEDENCE, sizeFlag, usageError } from './common.js';
 
 const D = LIMIT_DEFAULTS;
@@ -279,6 +280,8 @@ try {
 // The settings in force after flags, environment and config file are merged: what an operator
 // checks first when the relay does not do what they meant. At info, "relay listening" says it started.
 log.debug(settings, 'relay starting');
+// Large payloads churn buffers much faster than objects: see util/gc.ts.
+tuneGarbageCollection();
 // Signals are handled from here on: one that arrives while the ports open must not kill the relay
 // the way an unhandled SIGHUP or SIGTERM would.
 process.on('SIGHUP', () => relay.auth.reload());
