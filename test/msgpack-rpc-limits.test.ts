@@ -13,6 +13,7 @@ import { MsgpackRpcPort } from '../src/relay/msgpack-rpc-port.js';
 import type { Logger } from '../src/util/logger.js';
 import { decode, encode } from '../src/wire/codec.js';
 import { MessagePackFramer } from '../src/wire/framer.js';
+import { certDir, makeCerts } from './helpers/certs.js';
 import { killAll, startNode, startRelay, type Proc, type RunningRelay } from './helpers/processes.js';
 
 /** The bounds of the MessagePack-RPC port: slow consumers, connection caps, idle connections, live authentication. */
@@ -403,31 +404,11 @@ describe('authentication on the MessagePack-RPC port follows reloads of the toke
 const opensslMissing = spawnSync('openssl', ['version']).status !== 0;
 describe.skipIf(opensslMissing)('the port over TLS', () => {
   it('bounds the handshake by the first-request timeout and counts connections from the TCP connect', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'tunnel-mrpc-tls-'));
-    const made = spawnSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:prime256v1',
-        '-nodes',
-        '-subj',
-        '/CN=localhost',
-        '-days',
-        '1',
-        '-keyout',
-        join(dir, 'key.pem'),
-        '-out',
-        join(dir, 'cert.pem'),
-      ],
-      { encoding: 'utf8' },
-    );
-    expect(made.status, made.stderr).toBe(0);
-    const tls = { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) };
-    rmSync(dir, { recursive: true, force: true });
+    const certs = certDir();
+    makeCerts(certs.dir, []);
+    const tls = { key: readFileSync(certs.file('relay.key')), cert: readFileSync(certs.file('relay.crt')) };
+    const ca = readFileSync(certs.file('ca.crt'));
+    certs.remove();
     const relay = new Relay({ listen: '127.0.0.1:0', maxConnectionsPerAddress: 2, helloTimeout: 500 });
     await relay.listen();
     const rpc = new MsgpackRpcPort(relay, { listen: '127.0.0.1:0', tls });
@@ -438,7 +419,7 @@ describe.skipIf(opensslMissing)('the port over TLS', () => {
       await silent.waitClosed(5_000);
       expect(Date.now() - started).toBeGreaterThanOrEqual(450);
 
-      const secure = () => RawRpc.over(tlsConnect({ host: '127.0.0.1', port, ca: tls.cert, servername: 'localhost' }), 'secureConnect');
+      const secure = () => RawRpc.over(tlsConnect({ host: '127.0.0.1', port, ca, servername: 'localhost' }), 'secureConnect');
       const a = await secure();
       const b = await secure();
       expect(await a.call(1, 'Relay.List', [])).toEqual([1, 1, null, []]);

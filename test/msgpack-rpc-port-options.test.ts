@@ -1,8 +1,6 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { connect as tcpConnect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TunnelNode } from '../src/node/node.js';
@@ -12,6 +10,7 @@ import { ServiceRegistry } from '../src/rpc/registry.js';
 import { registerExamples } from '../src/services/index.js';
 import { decode, encode } from '../src/wire/codec.js';
 import { MessagePackFramer } from '../src/wire/framer.js';
+import { certDir, makeCerts } from './helpers/certs.js';
 import { CI } from './helpers/foreign.js';
 
 /** Library-level options of the port: the Relay.Auth hook and TLS, with a relay and node in this process. */
@@ -84,39 +83,19 @@ describe('Relay.Auth with a caller authenticator', () => {
 
 const opensslMissing = spawnSync('openssl', ['version']).status !== 0;
 describe.skipIf(opensslMissing && !CI)('the port over TLS', () => {
-  let dir: string;
   let tls: { key: Buffer; cert: Buffer };
+  let ca: Buffer;
   beforeAll(() => {
-    dir = mkdtempSync(join(tmpdir(), 'tunnel-tls-'));
-    const r = spawnSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:prime256v1',
-        '-nodes',
-        '-subj',
-        '/CN=localhost',
-        '-days',
-        '1',
-        '-keyout',
-        join(dir, 'key.pem'),
-        '-out',
-        join(dir, 'cert.pem'),
-      ],
-      { encoding: 'utf8' },
-    );
-    if (r.status !== 0) throw new Error(`openssl failed: ${r.stderr}`);
-    tls = { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) };
+    const certs = certDir();
+    makeCerts(certs.dir, []);
+    tls = { key: readFileSync(certs.file('relay.key')), cert: readFileSync(certs.file('relay.crt')) };
+    ca = readFileSync(certs.file('ca.crt'));
+    certs.remove();
   });
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('serves MessagePack-RPC inside TLS', async () => {
     const port = await openPort({ tls });
-    const socket = tlsConnect({ host: '127.0.0.1', port, ca: tls.cert, servername: 'localhost' });
+    const socket = tlsConnect({ host: '127.0.0.1', port, ca, servername: 'localhost' });
     await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
     const replies = await ask(socket, [[0, 9, 'Arith.Multiply', [{ X: 4, Y: 5 }]]], 1);
     socket.destroy();
