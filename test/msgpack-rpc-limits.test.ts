@@ -14,6 +14,7 @@ import type { Logger } from '../src/util/logger.js';
 import { decode, encode } from '../src/wire/codec.js';
 import { MessagePackFramer } from '../src/wire/framer.js';
 import { certDir, makeCerts } from './helpers/certs.js';
+import { Wakeups } from './helpers/wait.js';
 import { killAll, startNode, startRelay, type Proc, type RunningRelay } from './helpers/processes.js';
 
 /** The bounds of the MessagePack-RPC port: slow consumers, connection caps, idle connections, live authentication. */
@@ -35,7 +36,7 @@ class RawRpc {
   readonly replies: unknown[][] = [];
   closed = false;
   private readonly framer = new MessagePackFramer(64 * MiB);
-  private waiters: Array<() => void> = [];
+  private readonly wakeups = new Wakeups();
 
   private constructor(readonly socket: Socket) {
     socket.on('data', (d: Buffer) => {
@@ -68,22 +69,8 @@ class RawRpc {
   }
 
   /** Waits until `pred` holds, bounded by `timeout` ms. */
-  async until(pred: () => boolean, timeout = 5_000, what = 'condition'): Promise<void> {
-    const deadline = Date.now() + timeout;
-    while (!pred()) {
-      const left = deadline - Date.now();
-      if (left <= 0)
-        throw new Error(
-          `timed out after ${timeout} ms waiting for ${what}; replies ${JSON.stringify(this.replies.slice(-3)).slice(0, 300)}, closed ${this.closed}`,
-        );
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
+  until(pred: () => boolean, timeout = 5_000, what = 'condition'): Promise<void> {
+    return this.wakeups.until(pred, timeout, what, () => `replies ${JSON.stringify(this.replies.slice(-3)).slice(0, 300)}, closed ${this.closed}`);
   }
 
   async reply(msgid: number, timeout = 5_000): Promise<unknown[]> {
@@ -108,9 +95,7 @@ class RawRpc {
   }
 
   private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
+    this.wakeups.wake();
   }
 }
 

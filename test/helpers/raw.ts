@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import { WebSocket } from 'ws';
 import { decodeAll, encode } from '../../src/wire/codec.js';
+import { Wakeups } from './wait.js';
 
 /**
  * A bare WebSocket peer speaking our framing by hand, for tests that must misbehave in ways the real
@@ -10,7 +11,7 @@ export class RawPeer {
   readonly ws: WebSocket;
   readonly received: unknown[] = [];
   closed: { code: number; reason: string } | undefined;
-  private waiters: Array<() => void> = [];
+  private readonly wakeups = new Wakeups();
 
   constructor(url: string, headers: Record<string, string> = {}) {
     this.ws = new WebSocket(url, { headers, perMessageDeflate: false });
@@ -44,22 +45,8 @@ export class RawPeer {
   }
 
   /** Waits until `pred` holds, bounded by `timeout` ms. */
-  async until(pred: () => boolean, timeout = 5_000, what = 'condition'): Promise<void> {
-    const deadline = Date.now() + timeout;
-    while (!pred()) {
-      const left = deadline - Date.now();
-      if (left <= 0)
-        throw new Error(
-          `timed out after ${timeout} ms waiting for ${what}; received ${JSON.stringify(this.received.slice(-3))}, closed ${JSON.stringify(this.closed)}`,
-        );
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
+  until(pred: () => boolean, timeout = 5_000, what = 'condition'): Promise<void> {
+    return this.wakeups.until(pred, timeout, what, () => `received ${JSON.stringify(this.received.slice(-3))}, closed ${JSON.stringify(this.closed)}`);
   }
 
   /** The response to request `id`, once it arrives. */
@@ -81,9 +68,7 @@ export class RawPeer {
   }
 
   private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
+    this.wakeups.wake();
   }
 }
 
