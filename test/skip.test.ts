@@ -1,9 +1,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { encode } from '../src/wire/codec.js';
+import { decode, encode } from '../src/wire/codec.js';
 import { MessagePackFramer } from '../src/wire/framer.js';
 import { WireFormatError } from '../src/wire/scan.js';
-import { checkOneValue, EnvelopeReader, OTHER, skipValue } from '../src/wire/skip.js';
+import { checkOneValue, EnvelopeReader, OTHER, skipValue, uintSize, writeUint } from '../src/wire/skip.js';
 
 /** Every header form: fix and sized ints, floats, str8/16/32, bin8/16/32, arrays and maps 16/32, ext. */
 const VALUES: unknown[] = [
@@ -125,5 +125,15 @@ describe('EnvelopeReader', () => {
     expect(r.element()).toEqual(encode({ a: [1, 2] }));
     expect(r.nil()).toBe(false);
     expect(r.ascii()).toBe('z');
+  });
+});
+
+describe('writeUint', () => {
+  it('writes each unsigned form that uintSize counts, as msgpackr reads it', () => {
+    for (const n of [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2 ** 32 - 1]) {
+      const b = Buffer.alloc(uintSize(n));
+      expect(writeUint(b, 0, n)).toBe(b.length);
+      expect(decode(b)).toBe(n);
+    }
   });
 });

@@ -7,7 +7,8 @@ import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
 import { ANY_METHOD, Kind, MAX_ID } from '../wire/messages.js';
 import { checkMessagePack } from '../wire/scan.js';
-import { checkOneValue, EnvelopeReader, OTHER } from '../wire/skip.js';
+import { checkOneValue, EnvelopeReader, OTHER, uintSize, writeUint } from '../wire/skip.js';
+import { COPY_LIMIT, TurnWriter } from '../wire/turn-writer.js';
 import { resolveForwardOptions, type ForwardArgs, type ForwardSettings } from './options.js';
 
 export type { ForwardArgs } from './options.js';
@@ -183,9 +184,7 @@ class Upstream {
   private readonly connected: Promise<void>;
   private nextId = 0;
   /** Requests of this event-loop turn, written together on the next tick. */
-  private queue: Uint8Array[] = [];
-  private queued = 0;
-  private flushScheduled = false;
+  private readonly out: TurnWriter;
   private sweeps = 0;
   private sweepTimer: NodeJS.Timeout | undefined;
   private wasConnected = false;
@@ -199,6 +198,7 @@ class Upstream {
     this.framer = new MessagePackFramer(opts.maxMessage);
     this.socket = 'path' in target ? connect(target.path) : connect(target.port, target.host);
     this.socket.setNoDelay(true);
+    this.out = new TurnWriter(this.socket, () => !this.closed, process.nextTick);
     const where = describeTarget(target);
     this.connected = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -270,53 +270,15 @@ class Upstream {
 
   /** Queues one request: small params are copied behind the header, large ones written after it as they are. */
   private send(id: number, name: Buffer, params: Uint8Array): void {
-    const head = 2 + (id < 0x80 ? 1 : id < 0x100 ? 2 : id < 0x10000 ? 3 : 5) + name.length;
+    const head = 2 + uintSize(id) + name.length;
     const small = params.length <= COPY_LIMIT;
     const b = Buffer.allocUnsafe(small ? head + params.length : head);
     b[0] = 0x94;
     b[1] = Kind.REQUEST;
-    let at = 2;
-    if (id < 0x80) b[at++] = id;
-    else if (id < 0x100) {
-      b[at++] = 0xcc;
-      b[at++] = id;
-    } else if (id < 0x10000) {
-      b[at++] = 0xcd;
-      at = b.writeUInt16BE(id, at);
-    } else {
-      b[at++] = 0xce;
-      at = b.writeUInt32BE(id, at);
-    }
-    b.set(name, at);
+    b.set(name, writeUint(b, 2, id));
     if (small) b.set(params, head);
-    this.queue.push(b);
-    this.queued += b.length;
-    if (!small) {
-      this.queue.push(params);
-      this.queued += params.length;
-    }
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      process.nextTick(this.flush);
-    }
+    this.out.push(b, small ? undefined : params);
   }
-
-  /** Everything queued in this turn in one write. */
-  private readonly flush = (): void => {
-    this.flushScheduled = false;
-    const queue = this.queue;
-    const bytes = this.queued;
-    this.queue = [];
-    this.queued = 0;
-    if (queue.length === 0 || this.closed) return;
-    if (queue.length === 1) this.socket.write(queue[0]!);
-    else if (bytes <= COPY_LIMIT) this.socket.write(Buffer.concat(queue, bytes));
-    else {
-      this.socket.cork();
-      for (const b of queue) this.socket.write(b);
-      this.socket.uncork();
-    }
-  };
 
   /** Calls that have waited a whole interval start listening for their caller giving up. */
   private readonly sweep = (): void => {
@@ -410,9 +372,6 @@ class Upstream {
 
 /** How often calls still waiting are looked at, ms; one that has waited a whole interval then listens for its cancellation. */
 const SWEEP_INTERVAL = 100;
-
-/** Params up to this size are copied behind their header and small requests into one write; larger ones are not copied. */
-const COPY_LIMIT = 64 * 1024;
 
 /** The next element: a plain unsigned integer as read, anything else as msgpackr decodes it. */
 function valueAt(r: EnvelopeReader): unknown {

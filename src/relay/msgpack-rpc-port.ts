@@ -6,7 +6,8 @@ import { silentLogger, type Logger } from '../util/logger.js';
 import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
 import { checkMessagePack } from '../wire/scan.js';
-import { checkOneValue, EnvelopeReader, OTHER } from '../wire/skip.js';
+import { checkOneValue, EnvelopeReader, OTHER, uintSize, writeUint } from '../wire/skip.js';
+import { COPY_LIMIT, TurnWriter } from '../wire/turn-writer.js';
 import { Kind, MAX_ID } from '../wire/messages.js';
 import type { CallerLink } from './caller-link.js';
 import { RefusalLog } from './limits.js';
@@ -170,10 +171,8 @@ class RpcConnection {
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
   private closed = false;
-  /** Answers of this event-loop turn, not yet handed to the socket, and their bytes. */
-  private queue: Uint8Array[] = [];
-  private queued = 0;
-  private flushScheduled = false;
+  /** Answers of this event-loop turn, not yet handed to the socket. */
+  private readonly out: TurnWriter;
   /** Not read while its backlog is high. */
   private paused = false;
   /** Runs while the backlog is above `maxBacklog`: the connection is cut if it still is when it fires. */
@@ -192,6 +191,7 @@ class RpcConnection {
     private readonly log: Logger,
   ) {
     this.framer = new MessagePackFramer(opts.maxMessage);
+    this.out = new TurnWriter(socket, () => !this.closed, setImmediate);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'msgpack-rpc socket error'));
     socket.on('drain', () => this.checkBacklog());
@@ -223,8 +223,7 @@ class RpcConnection {
     clearTimeout(this.idleTimer);
     clearTimeout(this.slowTimer);
     this.pending.clear();
-    this.queue = [];
-    this.queued = 0;
+    this.out.drop();
     if (this.link) this.relay.closeCallerSession(this.link);
   }
 
@@ -413,23 +412,12 @@ class RpcConnection {
 
   /** `[1, msgid, nil, result]` around the node's result bytes: copied behind the header when small, else written after it. */
   private writeResult(msgid: number, result: Uint8Array): void {
-    const head = 3 + (msgid < 0x80 ? 1 : msgid < 0x100 ? 2 : msgid < 0x10000 ? 3 : 5);
+    const head = 3 + uintSize(msgid);
     const small = result.length <= COPY_LIMIT;
     const b = Buffer.allocUnsafe(small ? head + result.length : head);
     b[0] = 0x94;
     b[1] = Kind.RESPONSE;
-    if (msgid < 0x80) b[2] = msgid;
-    else if (msgid < 0x100) {
-      b[2] = 0xcc;
-      b[3] = msgid;
-    } else if (msgid < 0x10000) {
-      b[2] = 0xcd;
-      b.writeUInt16BE(msgid, 3);
-    } else {
-      b[2] = 0xce;
-      b.writeUInt32BE(msgid, 3);
-    }
-    b[head - 1] = 0xc0;
+    b[writeUint(b, 2, msgid)] = 0xc0;
     if (small) {
       b.set(result, head);
       this.write(b);
@@ -453,7 +441,7 @@ class RpcConnection {
 
   /** Bytes queued for the caller and not yet written to its socket. */
   private get backlog(): number {
-    return this.queued + this.socket.writableLength;
+    return this.out.queued + this.socket.writableLength;
   }
 
   /**
@@ -467,34 +455,11 @@ class RpcConnection {
     const before = this.backlog;
     const size = bytes.length + (more?.length ?? 0);
     if (before <= max) this.allowance = Math.max(0, size - max);
-    this.queue.push(bytes);
-    if (more) this.queue.push(more);
-    this.queued += size;
+    this.out.push(bytes, more);
     const after = before + size;
     if (after >= 2 * max + this.allowance) return this.cut(after, `backlog reached twice the limit of ${max} bytes`);
     if (after > max) this.overLimit(after);
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(this.flush);
-    }
   }
-
-  private readonly flush = (): void => {
-    this.flushScheduled = false;
-    if (this.closed || this.queue.length === 0) return;
-    const queue = this.queue;
-    const bytes = this.queued;
-    this.queue = [];
-    this.queued = 0;
-    if (queue.length === 1) this.socket.write(queue[0]!);
-    else if (bytes <= COPY_LIMIT) this.socket.write(Buffer.concat(queue, bytes));
-    else {
-      // Large results go out as they are, in one writev with what surrounds them.
-      this.socket.cork();
-      for (const b of queue) this.socket.write(b);
-      this.socket.uncork();
-    }
-  };
 
   /** The caller is not keeping up: read none of its requests until it does, and give it `slowConsumerTimeout` to. */
   private overLimit(backlog: number): void {
@@ -547,7 +512,7 @@ class RpcConnection {
   private end(reason: string): void {
     if (this.closed) return;
     this.log.debug({ session: this.link?.session, reason }, 'closing msgpack-rpc connection');
-    this.flush();
+    this.out.flush();
     this.closed = true;
     this.release();
     this.socket.end();
@@ -555,9 +520,6 @@ class RpcConnection {
     setTimeout(() => this.socket.destroy(), LINGER).unref();
   }
 }
-
-/** Results up to this size are copied behind their header and small answers into one write; larger ones are not copied. */
-const COPY_LIMIT = 64 * 1024;
 
 /** An element that could not be decoded: the connection is already failing. */
 const INVALID = Symbol('invalid');

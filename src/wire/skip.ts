@@ -219,6 +219,28 @@ export function checkOneValue(b: Uint8Array): void {
   if (skipValue(b, 0) !== b.length) throw new WireFormatError('more than one MessagePack value where one was expected');
 }
 
+/** Bytes of the shortest MessagePack form of the unsigned integer `n` (below 2^32), as envelopes are written. */
+export const uintSize = (n: number): number => (n < 0x80 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5);
+
+/** Writes `n` at `at` in the form {@link uintSize} counts; returns the position after it. */
+export function writeUint(b: Buffer, at: number, n: number): number {
+  if (n < 0x80) {
+    b[at] = n;
+    return at + 1;
+  }
+  if (n < 0x100) {
+    b[at] = 0xcc;
+    b[at + 1] = n;
+    return at + 2;
+  }
+  if (n < 0x10000) {
+    b[at] = 0xcd;
+    return b.writeUInt16BE(n, at + 1);
+  }
+  b[at] = 0xce;
+  return b.writeUInt32BE(n, at + 1);
+}
+
 const EMPTY = Buffer.alloc(0);
 
 function u32(b: Uint8Array, pos: number): number {
