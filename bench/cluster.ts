@@ -5,7 +5,7 @@
  */
 import { connect } from '../src/client/client.js';
 import type { PresenceEvent } from '../src/wire/presence.js';
-import { NatsServer, stopAllNats } from '../test/helpers/nats.js';
+import { clusterArgs, NatsServer, stopAllNats } from '../test/helpers/nats.js';
 import { startNode, startRelay, type RunningRelay } from '../test/helpers/processes.js';
 
 /** What the cluster scenario needs from bench.ts. */
@@ -46,7 +46,7 @@ const median = (xs: number[]) => {
 };
 
 async function clusterRelay(nats: string, name: string, extra: string[] = []): Promise<RunningRelay> {
-  const relay = await startRelay(['--log-level', 'info', '--cluster', nats, '--relay-name', name, ...extra]);
+  const relay = await startRelay(['--log-level', 'info', ...clusterArgs(nats), '--relay-name', name, ...extra]);
   await relay.proc.waitForMsg('connected to the cluster', 10_000);
   return relay;
 }

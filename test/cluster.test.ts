@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type Client } from '../src/index.js';
 import type { PresenceEvent } from '../src/wire/presence.js';
-import { freePort, NatsServer, stopAllNats } from './helpers/nats.js';
+import { clusterArgs, clusterKeyFile, freePort, NatsServer, stopAllNats } from './helpers/nats.js';
 import { killAll, Proc, BIN, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
 
 /** Several relays over a real nats-server (issue 13). Every wait is bounded; nothing sleeps a fixed time. */
@@ -13,8 +13,7 @@ const SLOW = 'test/fixtures/slow-services.js';
 const FLEET = 'test/fixtures/fleet-services.js';
 
 async function clusterRelay(nats: string | string[], name: string, extra: string[] = [], port = 0): Promise<RunningRelay> {
-  const servers = Array.isArray(nats) ? nats : [nats];
-  const relay = await startRelay(['--cluster', servers.join(','), '--relay-name', name, ...extra], port);
+  const relay = await startRelay([...clusterArgs(nats), '--relay-name', name, ...extra], port);
   await relay.proc.waitForMsg('connected to the cluster', 10_000);
   return relay;
 }
@@ -254,7 +253,7 @@ describe('a cluster whose NATS account covers only its prefix', () => {
       ].join('\n'),
     );
     const nats = await NatsServer.start({ args: ['-c', conf] });
-    const auth = ['--cluster-name', 'acme.tunnel', '--cluster-user', 'tunnel-relay'];
+    const auth = ['--cluster-name', 'acme.tunnel', '--cluster-user', 'tunnel-relay', '--cluster-key', clusterKeyFile()];
     const env = { TUNNEL_CLUSTER_PASSWORD: 'correct horse battery staple' };
     const a = await startRelay(['--cluster', nats.url, '--relay-name', 'a-1', ...auth], 0, env);
     const b = await startRelay(['--cluster', nats.url, '--relay-name', 'b-1', ...auth], 0, env);

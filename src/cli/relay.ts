@@ -148,6 +148,15 @@ const argv = await parse(
     .option('cluster-token', { type: 'string', describe: 'NATS token. Prefer TUNNEL_CLUSTER_TOKEN' })
     .option('cluster-creds', { type: 'string', describe: 'NATS credentials file (JWT and nkey seed)' })
     .option('cluster-ca', { type: 'string', describe: "PEM CA of the NATS servers' certificates (TLS)" })
+    .option('cluster-key', {
+      type: 'string',
+      describe:
+        'File with the cluster key, the same on every relay (make one: openssl rand -hex 32 > cluster.key): every message between relays is encrypted and authenticated with it. Required with --cluster',
+    })
+    .option('cluster-insecure', {
+      type: 'boolean',
+      describe: 'Join without --cluster-key, or over a NATS with no credentials and no TLS: anyone on NATS can then speak for a relay (a lab only)',
+    })
     .option('msgpack-rpc-idle-timeout', {
       type: 'string',
       default: '5m',
@@ -196,7 +205,7 @@ function clusterOptions(): { cluster?: ClusterOptions } {
     .flatMap((v) => String(v).split(','))
     .map((v) => v.trim())
     .filter((v) => v !== '');
-  const companions = ['clusterUser', 'clusterPassword', 'clusterToken', 'clusterCreds', 'clusterCa'] as const;
+  const companions = ['clusterUser', 'clusterPassword', 'clusterToken', 'clusterCreds', 'clusterCa', 'clusterKey', 'clusterInsecure'] as const;
   if (servers.length === 0) {
     const stray = companions.find((k) => argv[k] !== undefined);
     if (stray) throw new Error(`--${stray.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs --cluster`);
@@ -208,6 +217,8 @@ function clusterOptions(): { cluster?: ClusterOptions } {
   if (argv.clusterToken !== undefined) cluster.token = argv.clusterToken;
   if (argv.clusterCreds !== undefined) cluster.creds = argv.clusterCreds;
   if (argv.clusterCa !== undefined) cluster.ca = argv.clusterCa;
+  if (argv.clusterKey !== undefined) cluster.key = argv.clusterKey;
+  if (argv.clusterInsecure === true) cluster.insecure = true;
   checkClusterOptions(cluster);
   return { cluster };
 }

@@ -10,7 +10,7 @@ export interface RelayGauges {
   bytes(): { received: number; sent: number };
   draining(): boolean;
   /** The cluster's state, when the relay is in one. */
-  cluster?(): { connected: boolean; peers: number } | undefined;
+  cluster?(): { connected: boolean; peers: number; unreachable: number } | undefined;
 }
 
 /** The label used once a label has seen its limit of distinct values. */
@@ -62,6 +62,7 @@ export class RelayMetrics {
   private readonly reconnects: Counter<'node'>;
   private readonly rejected: Counter<'reason'>;
   private readonly slowConsumers: Counter<'transport'>;
+  private readonly clusterRejects: Counter<'reason'>;
   private readonly routedLocal: { inc(): void };
   private readonly routedRemote: { inc(): void };
   private readonly lag: Histogram;
@@ -134,6 +135,21 @@ export class RelayMetrics {
         const c = gauges.cluster?.();
         if (c) this.set(c.peers);
       },
+    });
+    new Gauge({
+      name: 'tunnel_relay_cluster_unreachable_peers',
+      help: 'Relays of the cluster that stopped answering without a goodbye (the cluster is split while above 0); absent without a cluster',
+      registers,
+      collect() {
+        const c = gauges.cluster?.();
+        if (c) this.set(c.unreachable);
+      },
+    });
+    this.clusterRejects = new Counter({
+      name: 'tunnel_relay_cluster_rejected_messages_total',
+      help: 'Messages from NATS refused: not sealed with the cluster key (forged), replayed, stale (clock) or malformed',
+      labelNames: ['reason'],
+      registers,
     });
     this.slowConsumers = new Counter({
       name: 'tunnel_relay_slow_consumers_total',
@@ -262,6 +278,11 @@ export class RelayMetrics {
   /** A presence event from another relay arrived `seconds` after it happened (negative: ignored). */
   presenceLag(seconds: number): void {
     if (seconds >= 0) this.lag.observe(seconds);
+  }
+
+  /** A message from NATS was refused. */
+  clusterRejected(reason: string): void {
+    this.clusterRejects.inc({ reason });
   }
 
   /** A peer was cut as a slow consumer; `transport` is `websocket`, `msgpack-rpc` or `http`. */

@@ -23,7 +23,7 @@ import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeRegistry } from './node-registry.js';
 import type { NodeLink } from './node-link.js';
-import { Cluster } from './cluster/cluster.js';
+import { Cluster, type ClusterState } from './cluster/cluster.js';
 import type { ClusterOptions } from './cluster/options.js';
 import type { NodeRoute } from './contracts.js';
 import { Presence } from './presence.js';
@@ -221,7 +221,8 @@ export class Relay extends EventEmitter {
       callerConnections: () => ({ websocket: this.callers.size, http: this.gateways.size }),
       bytes: () => this.bytes(),
       draining: () => this.draining,
-      cluster: () => (this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length } : undefined),
+      cluster: () =>
+        this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length, unreachable: this.cluster.unreachable.length } : undefined,
     });
     const separateAdmin = this.opts.adminListen !== undefined;
     const { dashboardToken, adminToken } = this.opts;
@@ -274,6 +275,7 @@ export class Relay extends EventEmitter {
           routeRemoved: (route, why) => this.nodeLeft(route, why),
           yieldName: (link, reason) => this.registry.yieldName(link, reason),
           presenceLag: (seconds) => this.metrics.presenceLag(seconds),
+          rejected: (reason) => this.metrics.clusterRejected(reason),
         },
         this.opts.cluster,
       );
@@ -383,10 +385,11 @@ export class Relay extends EventEmitter {
 
   /**
    * Whether /readyz should answer 200, and if not, why. In a cluster, `cluster` says whether NATS is
-   * connected (`connected`) or not (`degraded`: the relay serves its own nodes and callers only) and
-   * which relays it hears from; a degraded cluster does not make the relay unready.
+   * connected (`connected`) or not (`degraded`: the relay serves its own nodes and callers only), or
+   * whether a relay it knew stopped answering (`split`, named in `unreachable`), and which relays it
+   * hears from; a degraded or split cluster does not make the relay unready.
    */
-  readiness(): { ready: boolean; reasons: string[]; cluster?: { state: 'connected' | 'degraded'; relays: string[] } } {
+  readiness(): { ready: boolean; reasons: string[]; cluster?: { state: ClusterState; relays: string[]; unreachable: string[] } } {
     const reasons: string[] = [];
     if (!this.http.listening) reasons.push('not listening');
     if (this.draining) reasons.push('draining before shutdown');
@@ -400,7 +403,7 @@ export class Relay extends EventEmitter {
       }
     }
     const out: ReturnType<Relay['readiness']> = { ready: reasons.length === 0, reasons };
-    if (this.cluster) out.cluster = { state: this.cluster.connected ? 'connected' : 'degraded', relays: this.cluster.peerNames };
+    if (this.cluster) out.cluster = { state: this.cluster.state, relays: this.cluster.peerNames, unreachable: this.cluster.unreachable };
     return out;
   }
 

@@ -1,7 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 /** Where Debian's nats-server is (CI installs the package; tests start the server themselves). */
 export const NATS_SERVER = ['/usr/bin/nats-server', '/usr/sbin/nats-server', '/usr/local/bin/nats-server'].find((p) => existsSync(p));
@@ -14,6 +17,27 @@ export async function freePort(): Promise<number> {
   const { port } = server.address() as { port: number };
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
+}
+
+/** The NATS account of the relays in tests: loopback NATS asks for credentials, as in production. */
+export const NATS_USER = 'tunnel-relay';
+export const NATS_PASSWORD = `test-${randomBytes(12).toString('hex')}`;
+
+let keyFile: string | undefined;
+
+/** The cluster key every relay of this test process shares: a file of mode 600 made once. */
+export function clusterKeyFile(): string {
+  if (!keyFile) {
+    keyFile = join(mkdtempSync(join(tmpdir(), 'tunnel-cluster-')), 'cluster.key');
+    writeFileSync(keyFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+  }
+  return keyFile;
+}
+
+/** The flags a relay needs to join the test cluster on `servers`: the NATS account and the cluster key. */
+export function clusterArgs(servers: string | string[]): string[] {
+  const list = Array.isArray(servers) ? servers : [servers];
+  return ['--cluster', list.join(','), '--cluster-user', NATS_USER, '--cluster-password', NATS_PASSWORD, '--cluster-key', clusterKeyFile()];
 }
 
 /** A nats-server on 127.0.0.1 that a test started; `url` is what relays are given. */
@@ -39,11 +63,15 @@ export class NatsServer {
 
   /**
    * Starts a server (on `port`, or a free one) and waits until it accepts clients. With `cluster`,
-   * it also listens for routes on `routePort` and solicits the routes given.
+   * it also listens for routes on `routePort` and solicits the routes given. Clients log in as
+   * {@link NATS_USER} unless `open` (or a configuration file in `args` says otherwise).
    */
-  static async start(options: { port?: number; cluster?: { name: string; routePort: number; routes: number[] }; args?: string[] } = {}): Promise<NatsServer> {
+  static async start(
+    options: { port?: number; cluster?: { name: string; routePort: number; routes: number[] }; args?: string[]; open?: boolean } = {},
+  ): Promise<NatsServer> {
     const port = options.port ?? (await freePort());
     const args = [...(options.args ?? [])];
+    if (!options.open && !args.includes('-c')) args.push('--user', NATS_USER, '--pass', NATS_PASSWORD);
     if (options.cluster) {
       args.push('--cluster_name', options.cluster.name, '--cluster', `nats://127.0.0.1:${options.cluster.routePort}`);
       if (options.cluster.routes.length > 0) args.push('--routes', options.cluster.routes.map((p) => `nats://127.0.0.1:${p}`).join(','));

@@ -10,6 +10,7 @@ import {
   type NatsConnection,
 } from '@nats-io/transport-node';
 import { ErrorCode, TunnelError, type WireError } from '../../errors.js';
+import { encode } from '../../wire/codec.js';
 import { DeadlineWheel } from '../../rpc/deadlines.js';
 import { PendingTable } from '../../rpc/pending.js';
 import type { Logger } from '../../util/logger.js';
@@ -25,7 +26,7 @@ import {
   ClusterMessageError,
   pack,
   unpack,
-  unpackAll,
+  unpackBatch,
   type ClusterMessage,
   type PresenceBody,
   type RelayStamp,
@@ -33,6 +34,7 @@ import {
 } from './messages.js';
 import { RemoteRoute, type RouteTransport } from './remote-route.js';
 import { checkClusterOptions, clusterServer, type ClusterOptions } from './options.js';
+import { ClusterSeal, OpenSeal, readClusterKey, SealError, type Seal, type SealFailure } from './seal.js';
 
 export type { ClusterOptions } from './options.js';
 
@@ -55,6 +57,13 @@ const BATCH_LIMIT = 512 * 1024;
 const OPEN_BATCHES = 4_096;
 /** Relay ids remembered as gone, so that their late messages never bring their nodes back. */
 const TOMBSTONES = 1_000;
+/**
+ * A relay that stopped answering without saying goodbye is "unreachable" (the cluster is split) for
+ * this long, unless it is heard again or a newer process takes its name; then it is forgotten, ms.
+ */
+export const LOST_MEMORY = 5 * 60_000;
+/** Refused cluster messages are logged once per reason in this long, with how many there were, ms. */
+const REJECT_LOG_INTERVAL = 10_000;
 
 /** What the cluster needs from the relay it belongs to. */
 export interface ClusterHost {
@@ -76,11 +85,20 @@ export interface ClusterHost {
   yieldName(link: NodeLink, reason: string): void;
   /** For metrics: a presence event arrived `seconds` after it happened; the NATS connection went up or down. */
   presenceLag?(seconds: number): void;
+  /** For metrics: a message from NATS was refused (not sealed with the cluster key, replayed, stale, malformed). */
+  rejected?(reason: SealFailure): void;
+  /** The URL nodes dial to reach this relay (`--advertise`), told to the other relays for their welcomes. */
+  readonly url?: string;
 }
+
+/** How the cluster stands: NATS down (`degraded`), a known relay unreachable (`split`), or whole. */
+export type ClusterState = 'connected' | 'degraded' | 'split';
 
 interface Peer {
   stamp: RelayStamp;
   lastSeen: number;
+  /** Its `--advertise` URL, from its heartbeats. */
+  url: string | undefined;
   routes: Map<string, RemoteRoute>;
   snapshotting: boolean;
   /** NATS said nobody listens on its inbox: it is not used until it is heard from again. */
@@ -144,7 +162,22 @@ export class Cluster implements RouteTransport {
   private connectedNow = false;
   private stopping = false;
   private readonly peers = new Map<string, Peer>();
-  private readonly tombstones = new Set<string>();
+  /** Ids that must stay gone: the relay said goodbye, or a newer process took its name. */
+  private readonly tombstones = new Map<string, { why: 'bye' | 'replaced'; at: number }>();
+  /** Relays that stopped answering without a goodbye: heard again, they come back with a fresh snapshot. */
+  private readonly lost = new Map<string, { stamp: RelayStamp; at: number }>();
+  private readonly seal: Seal;
+  private readonly tokens = new Map<string, string>();
+  private readonly inbox: string;
+  /** In the reply subject of our batches of opens, so that only who saw them can answer "no responders". */
+  private readonly batchSecret = randomBytes(12).toString('hex');
+  private readonly idBytes: Uint8Array;
+  private readonly rejectLog = new Map<SealFailure, { count: number; loggedAt: number }>();
+  /** When the expiry timer last ran: a long gap means this process was frozen, not its peers. */
+  private lastTick = Date.now();
+  private heartbeatSoon = false;
+  /** Name conflicts being settled (a probe in flight), by relay id and node name. */
+  private readonly conflicts = new Set<string>();
   private readonly outCalls = new PendingTable<OutCall>();
   private readonly served = new Map<string, ServedCall>();
   /** Sessions of other relays' callers that reached our nodes: closed when their relay goes. */
@@ -171,6 +204,47 @@ export class Cluster implements RouteTransport {
     this.servers = opts.servers.map(clusterServer);
     this.prefix = opts.name ?? 'tunnel';
     this.log = host.log.child({ cluster: this.prefix });
+    if (opts.key !== undefined) {
+      const { key, warning } = readClusterKey(opts.key);
+      if (warning) this.log.warn(warning);
+      this.seal = new ClusterSeal(key, this.prefix);
+    } else {
+      this.seal = new OpenSeal();
+      this.log.warn(
+        'cluster messages are neither encrypted nor authenticated (--cluster-insecure without --cluster-key): anyone who may publish on NATS can speak for a relay and read every call',
+      );
+    }
+    this.inbox = `${this.prefix}.relay.${this.token(this.id)}.`;
+    this.idBytes = encode(this.id);
+  }
+
+  /** How the cluster stands now: `degraded` without NATS, `split` while a known relay is unreachable. */
+  get state(): ClusterState {
+    if (!this.connectedNow) return 'degraded';
+    return this.lost.size > 0 ? 'split' : 'connected';
+  }
+
+  /** Relays that stopped answering without a goodbye, by name (forgotten after {@link LOST_MEMORY}). */
+  get unreachable(): string[] {
+    return [...new Set([...this.lost.values()].map((l) => l.stamp.name))].sort();
+  }
+
+  /** The `--advertise` URLs of the other relays that answer now: what a node is told in its welcome. */
+  peerUrls(): string[] {
+    const urls = new Set<string>();
+    for (const p of this.peers.values()) if (p.url !== undefined && !p.suspect && p.url !== this.host.url) urls.add(p.url);
+    return [...urls].sort();
+  }
+
+  /** The subject token of a relay: with a cluster key, an HMAC of its id, so that ids never travel in clear. */
+  private token(relayId: string): string {
+    let t = this.tokens.get(relayId);
+    if (t === undefined) {
+      t = this.seal.token(relayId);
+      if (this.tokens.size > 4 * TOMBSTONES) this.tokens.clear();
+      this.tokens.set(relayId, t);
+    }
+    return t;
   }
 
   /** Connected to NATS now. */
@@ -260,7 +334,7 @@ export class Cluster implements RouteTransport {
         if (!err) this.onPresenceMessage(msg);
       },
     });
-    nc.subscribe(`${this.prefix}.relay.${this.id}.>`, {
+    nc.subscribe(`${this.inbox}>`, {
       callback: (err, msg) => {
         if (!err) this.onInbox(msg);
       },
@@ -280,10 +354,12 @@ export class Cluster implements RouteTransport {
     this.connectedNow = up;
     this.host.presenceLag?.(-1);
     if (up) {
-      this.log.info({ server: this.nc?.getServer() }, 'connected to the cluster');
-      // Everyone learns our nodes again, and we theirs: announce now, heartbeats do the rest.
+      this.log.info({ server: this.nc?.getServer(), secure: this.seal.secure }, 'connected to the cluster');
+      // Everyone learns our nodes again, and we theirs: announce now, ask every relay we know for its
+      // list now (events may have been lost while we were away), heartbeats do the rest.
       for (const link of this.host.localLinks()) this.announce('join', link);
       this.heartbeat();
+      this.refreshPeers();
       return;
     }
     if (this.stopping) return;
@@ -304,7 +380,30 @@ export class Cluster implements RouteTransport {
   private heartbeat(): void {
     if (!this.connectedNow) return;
     const links = [...this.host.localLinks()];
-    this.publishPresence({ event: 'heartbeat', count: links.length, digest: digestOf(links.map(infoOf)) });
+    this.publishPresence({ event: 'heartbeat', count: links.length, digest: digestOf(links.map(infoOf)), url: this.host.url });
+  }
+
+  /** A relay joined or came back: it hears from us now rather than at our next heartbeat. */
+  private heartbeatNow(): void {
+    if (this.heartbeatSoon) return;
+    this.heartbeatSoon = true;
+    setImmediate(() => {
+      this.heartbeatSoon = false;
+      this.heartbeat();
+    });
+  }
+
+  /**
+   * After our own reconnect or a freeze of this process: every relay we still know gets a fresh
+   * deadline and is asked for its whole list; one that does not answer expires as usual.
+   */
+  private refreshPeers(): void {
+    const now = Date.now();
+    for (const peer of this.peers.values()) {
+      peer.lastSeen = now;
+      peer.suspect = false;
+      this.requestSnapshot(peer);
+    }
   }
 
   private publishPresence(body: PresenceBody): void {
@@ -319,43 +418,71 @@ export class Cluster implements RouteTransport {
         payload = body.node;
         break;
       case 'heartbeat':
-        payload = { count: body.count, digest: body.digest };
+        payload = body.url !== undefined ? { count: body.count, digest: body.digest, url: body.url } : { count: body.count, digest: body.digest };
         break;
       case 'bye':
         payload = null;
         break;
     }
-    this.publish(`${this.prefix}.presence`, pack([ClusterKind.PRESENCE, stamp, body.event, payload]));
+    const subject = `${this.prefix}.presence`;
+    this.publish(subject, this.seal.seal(subject, pack([ClusterKind.PRESENCE, stamp, body.event, payload])));
   }
 
   private onPresenceMessage(msg: Msg): void {
+    if (this.seal.own(msg.data)) return;
     const m = this.parse(msg, 'presence');
     if (!m || m.kind !== ClusterKind.PRESENCE) return;
     const { relay, body } = m;
-    if (relay.id === this.id || this.tombstones.has(relay.id)) return;
+    if (relay.id === this.id) return;
+    const now = Date.now();
+    const tomb = this.tombstones.get(relay.id);
+    let sameNameAlive = false;
+    if (tomb) {
+      // Gone for good after a goodbye. Replaced by a newer process of its name, it is still alive if it
+      // goes on heartbeating: two relays run under one name. A heartbeat that proves an id alive wins.
+      if (tomb.why === 'bye' || body.event !== 'heartbeat' || now - tomb.at < 2 * HEARTBEAT_INTERVAL) return;
+      this.tombstones.delete(relay.id);
+      sameNameAlive = true;
+      this.warnOnce(`name:${relay.name}`, { relay: relay.name }, 'two live relay processes use one --relay-name; give each relay its own');
+    }
     let peer = this.peers.get(relay.id);
     if (!peer) {
       // A restarted relay has a new id: the older process under that name is gone, with its nodes.
-      for (const other of this.peers.values()) {
-        if (other.stamp.name !== relay.name) continue;
-        if (other.stamp.started > relay.started) return this.bury(relay.id);
-        this.expirePeer(other, 'restarted');
+      if (!sameNameAlive) {
+        for (const other of [...this.peers.values()]) {
+          if (other.stamp.name !== relay.name) continue;
+          if (other.stamp.started > relay.started) return this.bury(relay.id, 'replaced');
+          this.expirePeer(other, 'restarted', 'replaced');
+        }
+        for (const [id, l] of [...this.lost]) {
+          if (l.stamp.name !== relay.name || id === relay.id) continue;
+          if (l.stamp.started > relay.started) return this.bury(relay.id, 'replaced');
+          this.lost.delete(id);
+          this.bury(id, 'replaced');
+        }
       }
-      if (body.event === 'bye') return;
-      peer = { stamp: relay, lastSeen: Date.now(), routes: new Map(), snapshotting: false, suspect: false };
+      if (body.event === 'bye') {
+        this.lost.delete(relay.id);
+        return this.bury(relay.id, 'bye');
+      }
+      const lost = this.lost.get(relay.id);
+      this.lost.delete(relay.id);
+      peer = { stamp: relay, lastSeen: now, url: undefined, routes: new Map(), snapshotting: false, suspect: false };
       this.peers.set(relay.id, peer);
-      this.log.info({ relay: relay.name }, 'relay joined the cluster');
+      if (lost) this.log.info({ relay: relay.name, rejoined: true, unreachableMs: now - lost.at }, 'relay joined the cluster');
+      else this.log.info({ relay: relay.name }, 'relay joined the cluster');
       this.requestSnapshot(peer);
+      this.heartbeatNow();
     } else if (relay.seq <= peer.stamp.seq) {
       return; // a late or repeated message
     }
     peer.stamp = relay;
-    peer.lastSeen = Date.now();
+    peer.lastSeen = now;
     peer.suspect = false;
     switch (body.event) {
       case 'join':
       case 'update':
-        this.host.presenceLag?.(Math.max(0, Date.now() - body.node.connectedAt) / 1_000);
+        this.host.presenceLag?.(Math.max(0, now - body.node.connectedAt) / 1_000);
         this.upsertRoute(peer, body.node);
         return;
       case 'leave': {
@@ -364,12 +491,13 @@ export class Cluster implements RouteTransport {
         return;
       }
       case 'heartbeat':
+        peer.url = body.url;
         if (!peer.snapshotting && (body.count !== peer.routes.size || body.digest !== digestOf([...peer.routes.values()].map(infoOfRoute)))) {
           this.requestSnapshot(peer);
         }
         return;
       case 'bye':
-        this.expirePeer(peer, 'said goodbye');
+        this.expirePeer(peer, 'said goodbye', 'bye');
     }
   }
 
@@ -398,15 +526,40 @@ export class Cluster implements RouteTransport {
       const localOlder =
         local.connectedAt.getTime() < info.connectedAt || (local.connectedAt.getTime() === info.connectedAt && this.host.relayName < peer.stamp.name);
       if (localOlder) return; // the other relay will give way when it hears of ours
-      this.host.yieldName(
-        local,
-        `name ${info.name} is held by a live node from ${info.address} on relay ${peer.stamp.name} since ${new Date(info.connectedAt).toISOString()}; give each node its own --name`,
-      );
+      return this.settleConflict(peer, info, local);
     }
     const route = new RemoteRoute(peer.stamp.id, peer.stamp.name, info, this);
     peer.routes.set(info.name, route);
     this.host.directory.add(route);
     this.host.routeAdded(route);
+  }
+
+  /**
+   * Another relay holds a node under the name of one of ours, connected earlier. Ours gives way only
+   * once that relay, asked through NATS (sealed, so only a relay can answer), says its node answers a
+   * ping: no announcement alone closes a live local node.
+   */
+  private settleConflict(peer: Peer, info: RemoteNodeInfo, local: NodeLink): void {
+    const key = `${peer.stamp.id}:${info.name}`;
+    if (this.conflicts.has(key)) return;
+    this.conflicts.add(key);
+    void this.probeNode(peer.stamp.id, info.name, REQUEST_TIMEOUT).then((alive) => {
+      this.conflicts.delete(key);
+      if (this.peers.get(peer.stamp.id) !== peer || this.host.directory.local(info.name) !== local) return;
+      if (!alive) {
+        this.warnOnce(
+          `conflict:${key}`,
+          { node: info.name, relay: peer.stamp.name },
+          'another relay announces a node under the name of a local node, but it does not answer there; keeping the local node',
+        );
+        return;
+      }
+      this.host.yieldName(
+        local,
+        `name ${info.name} is held by a live node from ${info.address} on relay ${peer.stamp.name} since ${new Date(info.connectedAt).toISOString()}; give each node its own --name`,
+      );
+      this.upsertRoute(peer, info);
+    });
   }
 
   private removeRoute(peer: Peer, route: RemoteRoute, why: 'left' | 'relay-gone'): void {
@@ -429,8 +582,7 @@ export class Cluster implements RouteTransport {
     for (let offset = 0; ;) {
       let reply: ClusterMessage | undefined;
       try {
-        const msg = await this.nc!.request(`${this.prefix}.relay.${peer.stamp.id}.q`, pack([ClusterKind.SNAPSHOT, offset]), { timeout: REQUEST_TIMEOUT });
-        reply = this.parse(msg, 'snapshot');
+        reply = await this.request(peer.stamp.id, [ClusterKind.SNAPSHOT, offset], REQUEST_TIMEOUT, 'snapshot');
       } catch (err) {
         this.log.debug({ relay: peer.stamp.name, err: (err as Error).message }, 'snapshot request failed');
         return;
@@ -448,16 +600,35 @@ export class Cluster implements RouteTransport {
 
   private expirePeers(): void {
     const now = Date.now();
+    const gap = now - this.lastTick;
+    this.lastTick = now;
+    if (gap > PEER_EXPIRY) {
+      // This process was frozen (a long GC pause, a stopped VM): the others did not go quiet, we did.
+      this.log.warn({ frozenMs: gap }, 'this relay was frozen; asking every relay for its list again instead of dropping them');
+      // The others have given up on us meanwhile and cancelled our calls on their nodes.
+      this.failOutCalls(() => true, `this relay was frozen for ${gap} ms while the call was in flight on another relay; it may or may not have run`);
+      this.refreshPeers();
+      return;
+    }
     for (const peer of [...this.peers.values()]) {
       if (now - peer.lastSeen > PEER_EXPIRY) this.expirePeer(peer, `no heartbeat for ${PEER_EXPIRY} ms`);
     }
+    for (const [id, l] of this.lost) if (now - l.at > LOST_MEMORY) this.lost.delete(id);
   }
 
-  /** A relay is gone: its nodes leave, calls through it fail NODE_LOST, calls it sent us are cancelled. */
-  private expirePeer(peer: Peer, why: string): void {
+  /**
+   * A relay is gone: its nodes leave, calls through it fail NODE_LOST, calls it sent us are cancelled.
+   * Without `tomb` (it went quiet) it is only unreachable: heard again, it is admitted again with a
+   * fresh snapshot. A tombstone (it said goodbye, or a newer process took its name) is for good.
+   */
+  private expirePeer(peer: Peer, why: string, tomb?: 'bye' | 'replaced'): void {
     if (this.peers.get(peer.stamp.id) !== peer) return;
     this.peers.delete(peer.stamp.id);
-    this.bury(peer.stamp.id);
+    if (tomb) this.bury(peer.stamp.id, tomb);
+    else {
+      this.lost.set(peer.stamp.id, { stamp: peer.stamp, at: Date.now() });
+      if (this.lost.size > TOMBSTONES) this.lost.delete(this.lost.keys().next().value!);
+    }
     this.log.warn({ relay: peer.stamp.name, reason: why, nodes: peer.routes.size }, 'relay left the cluster');
     for (const route of [...peer.routes.values()]) this.removeRoute(peer, route, 'relay-gone');
     for (const served of [...this.served.values()]) {
@@ -483,7 +654,7 @@ export class Cluster implements RouteTransport {
       const peer = this.peers.get(id);
       if (!peer || this.pinging.has(id)) continue;
       this.pinging.add(id);
-      this.nc.request(`${this.prefix}.relay.${id}.q`, pack([ClusterKind.PING]), { timeout: PING_INTERVAL * 4 }).then(
+      this.request(id, [ClusterKind.PING], PING_INTERVAL * 4, 'pong').then(
         () => this.pinging.delete(id),
         (err: Error & { isNoResponders?: () => boolean }) => {
           this.pinging.delete(id);
@@ -494,9 +665,9 @@ export class Cluster implements RouteTransport {
     }
   }
 
-  private bury(id: string): void {
-    this.tombstones.add(id);
-    if (this.tombstones.size > TOMBSTONES) this.tombstones.delete(this.tombstones.values().next().value!);
+  private bury(id: string, why: 'bye' | 'replaced'): void {
+    this.tombstones.set(id, { why, at: Date.now() });
+    if (this.tombstones.size > TOMBSTONES) this.tombstones.delete(this.tombstones.keys().next().value!);
   }
 
   // ---- calls this relay sends (RouteTransport) ----
@@ -746,63 +917,85 @@ export class Cluster implements RouteTransport {
 
   /** Whether the node behind `route` (on another relay) still answers a ping. */
   async probe(route: NodeRoute, timeout: number): Promise<boolean> {
-    if (!(route instanceof RemoteRoute) || !this.nc || !this.connectedNow) return false;
+    if (!(route instanceof RemoteRoute)) return false;
+    return this.probeNode(route.relayId, route.name, timeout);
+  }
+
+  private async probeNode(relayId: string, node: string, timeout: number): Promise<boolean> {
+    if (!this.nc || !this.connectedNow) return false;
     try {
-      const msg = await this.nc.request(`${this.prefix}.relay.${route.relayId}.q`, pack([ClusterKind.PROBE, route.name]), { timeout: timeout + 500 });
-      const m = this.parse(msg, 'probe reply');
+      const m = await this.request(relayId, [ClusterKind.PROBE, node], timeout + 500, 'probe reply');
       return m?.kind === ClusterKind.PROBE_REPLY && m.alive;
     } catch {
       return false;
     }
   }
 
+  /** A sealed request to another relay; resolves with its checked reply (undefined when refused), rejects as nats.js does. */
+  private async request(relayId: string, message: unknown[], timeout: number, what: string): Promise<ClusterMessage | undefined> {
+    const subject = `${this.prefix}.relay.${this.token(relayId)}.q`;
+    const msg = await this.nc!.request(subject, this.seal.seal(subject, pack(message)), { timeout });
+    return this.parse(msg, what);
+  }
+
   private onRequest(msg: Msg): void {
     const m = this.parse(msg, 'request');
     if (!m || !msg.reply) return;
+    const reply = msg.reply;
+    const answer = (message: unknown[]) => this.publish(reply, this.seal.seal(reply, pack(message)));
     if (m.kind === ClusterKind.PROBE) {
       const link = this.host.directory.local(m.node) as NodeLink | undefined;
-      const answer = (alive: boolean) => this.publish(msg.reply!, pack([ClusterKind.PROBE_REPLY, alive]));
-      if (!link || link.draining) return answer(false);
-      void link.conn.probe(REQUEST_TIMEOUT).then(answer);
+      if (!link || link.draining) return answer([ClusterKind.PROBE_REPLY, false]);
+      void link.conn.probe(REQUEST_TIMEOUT).then((alive) => answer([ClusterKind.PROBE_REPLY, alive]));
       return;
     }
-    if (m.kind === ClusterKind.PING) {
-      this.publish(msg.reply, pack([ClusterKind.PONG]));
-      return;
-    }
+    if (m.kind === ClusterKind.PING) return answer([ClusterKind.PONG]);
     if (m.kind === ClusterKind.SNAPSHOT) {
       const all = [...this.host.localLinks()].map(infoOf);
-      this.publish(msg.reply, pack([ClusterKind.SNAPSHOT_PAGE, all.length, all.slice(m.offset, m.offset + SNAPSHOT_PAGE)]));
+      answer([ClusterKind.SNAPSHOT_PAGE, all.length, all.slice(m.offset, m.offset + SNAPSHOT_PAGE)]);
     }
   }
 
   // ---- plumbing ----
 
   private onInbox(msg: Msg): void {
-    // ${prefix}.relay.${id}.${what}[.${from or callId}]
-    const rest = msg.subject.slice(`${this.prefix}.relay.${this.id}.`.length);
+    // ${prefix}.relay.${token}.${what}[.${secret}.${batch}]
+    const rest = msg.subject.slice(this.inbox.length);
     const dot = rest.indexOf('.');
     const what = dot < 0 ? rest : rest.slice(0, dot);
-    const tail = dot < 0 ? '' : rest.slice(dot + 1);
     if (what === 'q') return this.onRequest(msg);
-    if (what === 'r') return this.onNoResponders(msg, Number(tail));
-    let batch: Array<ClusterMessage | ClusterMessageError>;
-    try {
-      batch = unpackAll(msg.data);
-    } catch (err) {
-      this.warnOnce(`bad:${what}`, { subject: msg.subject, reason: (err as Error).message }, 'ignoring a malformed cluster message');
-      return;
+    if (what === 'r') {
+      // Only NATS writes here, and only to the reply subject of a batch we sent: the secret says so.
+      const tail = dot < 0 ? '' : rest.slice(dot + 1);
+      const at = tail.indexOf('.');
+      if (at < 0 || tail.slice(0, at) !== this.batchSecret) return;
+      return this.onNoResponders(msg, Number(tail.slice(at + 1)));
     }
-    for (const m of batch) {
+    if (what !== 'open' && what !== 'm' && what !== 's') return;
+    let plain: Uint8Array;
+    try {
+      plain = this.seal.open(msg.subject, msg.data);
+    } catch (err) {
+      return this.refuse(err, msg.subject);
+    }
+    // The sender's id comes first, inside the seal: subjects can be written by anyone on NATS.
+    let batch: ReturnType<typeof unpackBatch>;
+    try {
+      batch = unpackBatch(plain);
+    } catch (err) {
+      return this.warnOnce(`bad:${what}`, { subject: msg.subject, reason: (err as Error).message }, 'ignoring a malformed cluster message');
+    }
+    const { from } = batch;
+    for (const m of batch.messages) {
       if (m instanceof ClusterMessageError) {
         this.warnOnce(`bad:${what}`, { subject: msg.subject, reason: m.message }, 'ignoring a malformed cluster message');
         continue;
       }
       if (what === 'open') {
         // A relay that just joined may call before its first heartbeat reaches us: it is served all the same.
-        if (m.kind === ClusterKind.OPEN && tail !== '') this.onOpen(m, tail);
-      } else if (what === 'm') this.onCallerSide(m, tail);
-      else if (what === 's') this.onServedSide(m, tail);
+        if (m.kind === ClusterKind.OPEN) this.onOpen(m, from);
+      } else if (what === 'm') this.onCallerSide(m, from);
+      else this.onServedSide(m, from);
     }
   }
 
@@ -855,7 +1048,7 @@ export class Cluster implements RouteTransport {
    * responders" when the relay is gone.
    */
   private queue(relayId: string, what: 'open' | 'm' | 's', message: unknown[], callId?: number): void {
-    const subject = `${this.prefix}.relay.${relayId}.${what}.${this.id}`;
+    const subject = `${this.prefix}.relay.${this.token(relayId)}.${what}`;
     let b = this.batches.get(subject);
     const bytes = pack(message);
     if (b && b.size + bytes.length > BATCH_LIMIT) {
@@ -863,7 +1056,7 @@ export class Cluster implements RouteTransport {
       b = undefined;
     }
     if (!b) {
-      b = { parts: [], size: 0, calls: what === 'open' ? [] : undefined };
+      b = { parts: [this.idBytes], size: this.idBytes.length, calls: what === 'open' ? [] : undefined };
       this.batches.set(subject, b);
       if (!this.flushScheduled) {
         this.flushScheduled = true;
@@ -884,12 +1077,12 @@ export class Cluster implements RouteTransport {
 
   private flushBatch(subject: string, b: { parts: Uint8Array[]; size: number; calls: number[] | undefined }): void {
     if (this.batches.get(subject) === b) this.batches.delete(subject);
-    const data = b.parts.length === 1 ? b.parts[0]! : Buffer.concat(b.parts, b.size);
+    const data = this.seal.seal(subject, Buffer.concat(b.parts, b.size));
     if (!b.calls) return this.publish(subject, data);
     const batch = ++this.batchCounter;
     this.openBatches.set(batch, b.calls);
     if (this.openBatches.size > OPEN_BATCHES) this.openBatches.delete(this.openBatches.keys().next().value!);
-    this.publish(subject, data, `${this.prefix}.relay.${this.id}.r.${batch}`);
+    this.publish(subject, data, `${this.inbox}r.${this.batchSecret}.${batch}`);
   }
 
   private publish(subject: string, data: Uint8Array, reply?: string): void {
@@ -902,13 +1095,40 @@ export class Cluster implements RouteTransport {
   }
 
   private parse(msg: Msg, what: string): ClusterMessage | undefined {
+    let plain: Uint8Array;
     try {
-      return unpack(msg.data);
+      plain = this.seal.open(msg.subject, msg.data);
+    } catch (err) {
+      this.refuse(err, msg.subject);
+      return undefined;
+    }
+    try {
+      return unpack(plain);
     } catch (err) {
       if (err instanceof ClusterMessageError)
         this.warnOnce(`bad:${what}`, { subject: msg.subject, reason: err.message }, 'ignoring a malformed cluster message');
       return undefined;
     }
+  }
+
+  /**
+   * A message that is not sealed with our key, or a copy of one already seen: dropped, counted, and
+   * logged once per reason in {@link REJECT_LOG_INTERVAL} with how many came meanwhile.
+   */
+  private refuse(err: unknown, subject: string): void {
+    const reason: SealFailure = err instanceof SealError ? err.reason : 'malformed';
+    this.host.rejected?.(reason);
+    const now = Date.now();
+    let entry = this.rejectLog.get(reason);
+    if (!entry) {
+      entry = { count: 0, loggedAt: 0 };
+      this.rejectLog.set(reason, entry);
+    }
+    entry.count++;
+    if (now - entry.loggedAt < REJECT_LOG_INTERVAL) return;
+    this.log.warn({ reason, subject, count: entry.count, err: (err as Error).message }, 'refused a cluster message');
+    entry.count = 0;
+    entry.loggedAt = now;
   }
 
   /** Logs a warning once per key: a broken peer must not flood the log. */

@@ -64,8 +64,8 @@ export interface RelayStamp {
 export type PresenceBody =
   | { event: 'join' | 'update'; node: RemoteNodeInfo }
   | { event: 'leave'; node: string; instance: string | null }
-  /** Every second: how many nodes and a digest of their names and instances. */
-  | { event: 'heartbeat'; count: number; digest: string }
+  /** Every second: how many nodes and a digest of their names and instances; the URL nodes dial for it. */
+  | { event: 'heartbeat'; count: number; digest: string; url?: string | undefined }
   /** The relay is shutting down: its nodes go with it now, not at expiry. */
   | { event: 'bye' };
 
@@ -117,23 +117,27 @@ export function unpack(bytes: Uint8Array): ClusterMessage {
 
 /**
  * Decodes a NATS message that carries several cluster messages back to back (what one relay queued
- * for another in one turn of its event loop). Throws ClusterMessageError when the bytes do not decode;
- * a value that is not a message is returned as the error it is, so that the others still count.
+ * for another in one turn of its event loop), after the sender's relay id. Throws ClusterMessageError
+ * when the bytes do not decode or name no sender; a value that is not a message is returned as the
+ * error it is, so that the others still count.
  */
-export function unpackAll(bytes: Uint8Array): Array<ClusterMessage | ClusterMessageError> {
+export function unpackBatch(bytes: Uint8Array): { from: string; messages: Array<ClusterMessage | ClusterMessageError> } {
   let values: unknown[];
   try {
     values = decodeAll(bytes);
   } catch (err) {
     return bad(`not MessagePack: ${(err as Error).message}`);
   }
-  return values.map((v) => {
+  const from = values[0];
+  if (!isShortString(from, 64)) return bad('a batch starts with the sending relay id');
+  const messages = values.slice(1).map((v) => {
     try {
       return check(v);
     } catch (err) {
       return err as ClusterMessageError;
     }
   });
+  return { from, messages };
 }
 
 function check(v: unknown): ClusterMessage {
@@ -198,8 +202,10 @@ function check(v: unknown): ClusterMessage {
           return { kind: 20, relay, body: { event: 'leave', node: v[3], instance: null } };
         case 'heartbeat': {
           const p = v[3];
-          if (!isMap(p) || !isCount(p.count) || !isShortString(p.digest, 64)) return bad('heartbeat is {count, digest}');
-          return { kind: 20, relay, body: { event: 'heartbeat', count: p.count, digest: p.digest } };
+          if (!isMap(p) || !isCount(p.count) || !isShortString(p.digest, 64)) return bad('heartbeat is {count, digest, url?}');
+          if (p.url !== undefined && p.url !== null && !isShortString(p.url, 256)) return bad('heartbeat url is a string of at most 256 characters');
+          const url = typeof p.url === 'string' ? p.url : undefined;
+          return { kind: 20, relay, body: { event: 'heartbeat', count: p.count, digest: p.digest, url } };
         }
         case 'bye':
           return { kind: 20, relay, body: { event: 'bye' } };

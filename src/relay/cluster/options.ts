@@ -15,6 +15,18 @@ export interface ClusterOptions {
   creds?: string;
   /** PEM CA that signs the NATS servers' certificates (TLS). */
   ca?: string;
+  /**
+   * A file holding the cluster key: the same secret on every relay of the cluster (at least 32
+   * characters, e.g. `openssl rand -hex 32`). Every message between relays is encrypted and
+   * authenticated with it, so that NATS users who are not relays can neither read nor forge them.
+   * Required unless `insecure`.
+   */
+  key?: string;
+  /**
+   * Run without a cluster key, or over a NATS that asks for no credentials and has no TLS: anyone who
+   * can publish on the prefix can then speak for a relay. For a lab, never for the open internet.
+   */
+  insecure?: boolean;
 }
 
 const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,3}$/;
@@ -30,6 +42,20 @@ export function checkClusterOptions(o: ClusterOptions): void {
   if (ways > 1) throw new TypeError('cluster options creds, token and user are three ways to authenticate to NATS; give one');
   if (o.user !== undefined && o.password === undefined) throw new TypeError('cluster option user needs password');
   if (o.password !== undefined && o.user === undefined) throw new TypeError('cluster option password needs user');
+  if (o.insecure === true) return;
+  if (o.key === undefined) {
+    throw new TypeError(
+      'a cluster needs a cluster key (--cluster-key FILE, the same secret on every relay; make one with `openssl rand -hex 32 > cluster.key`): ' +
+        'without it anyone who may publish on NATS can speak for a relay and read every call. --cluster-insecure runs without (a lab only)',
+    );
+  }
+  const tls = o.ca !== undefined || o.servers.some((s) => /^tls:\/\//i.test(s.trim()));
+  if (ways === 0 && !tls) {
+    throw new TypeError(
+      'the cluster NATS is open: give the relays a NATS account (--cluster-user and TUNNEL_CLUSTER_PASSWORD, --cluster-token or --cluster-creds) ' +
+        'or TLS (tls:// and --cluster-ca), as docs/CLUSTER.md shows; --cluster-insecure joins an open NATS anyway (a lab only)',
+    );
+  }
 }
 
 /** `nats://host:port` from what a user typed; the host is checked as every address is (no bare numbers). */

@@ -28,7 +28,7 @@ export interface RelayStatus {
   callers: Record<CallerConnection['transport'], number>;
   memory: { rss: number; heapUsed: number; heapTotal: number };
   /** Absent without a cluster. */
-  cluster: { state: 'connected' | 'degraded'; peers: string[] } | null;
+  cluster: { state: 'connected' | 'degraded' | 'split'; peers: string[]; unreachable: string[] } | null;
   dashboards: number;
   /** Actions are enabled (the relay has an admin token). */
   actions: boolean;
@@ -303,7 +303,7 @@ export class DashboardFeed {
       nodes: { local: this.host.registry.size, total: this.host.directory.size },
       callers: { ...this.callerCounts },
       memory: { rss: memory.rss, heapUsed: memory.heapUsed, heapTotal: memory.heapTotal },
-      cluster: cluster ? { state: cluster.connected ? 'connected' : 'degraded', peers: cluster.peerNames } : null,
+      cluster: cluster ? { state: cluster.state, peers: cluster.peerNames, unreachable: cluster.unreachable } : null,
       dashboards: this.clients.size,
       actions: this.o.actions,
     };

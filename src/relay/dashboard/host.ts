@@ -33,7 +33,9 @@ export interface DashboardHost {
   readonly directory: { all(): Iterable<NodeRoute>; readonly size: number };
   /** Nodes whose tunnel ends on this relay. */
   readonly registry: { readonly size: number };
-  readonly cluster: { readonly connected: boolean; readonly peerNames: string[] } | undefined;
+  readonly cluster:
+    | { readonly connected: boolean; readonly state: 'connected' | 'degraded' | 'split'; readonly peerNames: string[]; readonly unreachable: string[] }
+    | undefined;
   readonly limits: { readonly slowConsumerTimeout: number };
   /** Counts a peer cut for not reading (the metric `tunnel_relay_slow_consumers_total`). */
   readonly metrics: { slowConsumer(transport: 'http'): void };

@@ -205,7 +205,9 @@ function applyRelay(r) {
   $('fact-inflight').textContent = String(r.inFlight);
   $('fact-memory').textContent = `${mib(r.memory.rss)} RSS, ${mib(r.memory.heapUsed)} heap`;
   $('fact-cluster').textContent = r.cluster
-    ? `${r.cluster.state}${r.cluster.peers.length ? ` · peers: ${r.cluster.peers.join(', ')}` : ' · no peer relay'}`
+    ? `${r.cluster.state}${r.cluster.peers.length ? ` · peers: ${r.cluster.peers.join(', ')}` : ' · no peer relay'}${
+        r.cluster.unreachable.length ? ` · unreachable: ${r.cluster.unreachable.join(', ')}` : ''
+      }`
     : 'standalone';
   renderActionsState();
 }
