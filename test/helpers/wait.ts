@@ -27,3 +27,15 @@ export class Wakeups {
     }
   }
 }
+
+/**
+ * Polls `cond` (sync or async) every `every` ms until it holds; after `timeout` ms throws, naming
+ * `what`. For conditions nothing can wake (another process's state, an HTTP endpoint).
+ */
+export async function waitUntil(cond: () => boolean | Promise<boolean>, timeout: number, what: string, every = 50): Promise<void> {
+  const deadline = Date.now() + timeout;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, every));
+  }
+}

@@ -73,6 +73,8 @@ export interface Seal {
 
 interface Sender {
   key: KeyObject;
+  /** The first sequence heard from it: anything older was sent before we listened, and is refused. */
+  floor: bigint;
   highest: bigint;
   /** Bit i: sequence `highest - i` was seen. */
   seen: Uint32Array;
@@ -151,7 +153,7 @@ export class ClusterSeal implements Seal {
       throw new SealError('stale', `a cluster message is ${Math.round(age / 1000)} s off this relay's clock (at most ${MAX_AGE / 1000} s): replayed, or the relays' clocks differ (check NTP)`);
     }
     if (!sender) {
-      sender = { key, highest: 0n, seen: new Uint32Array(WINDOW / 32) };
+      sender = { key, floor: seq, highest: 0n, seen: new Uint32Array(WINDOW / 32) };
       if (this.senders.size >= SENDERS) this.senders.delete(this.senders.keys().next().value!);
       this.senders.set(saltHex, sender);
     }
@@ -166,6 +168,7 @@ export class ClusterSeal implements Seal {
 
 /** Marks `seq` seen for its sender; false when it was seen already or is older than the window. */
 function accept(s: Sender, seq: bigint): boolean {
+  if (seq < s.floor) return false;
   if (seq > s.highest) {
     const shift = seq - s.highest;
     if (shift >= BigInt(WINDOW)) s.seen.fill(0);
