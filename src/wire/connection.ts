@@ -613,8 +613,16 @@ export class Connection {
 
   private startHeartbeat(timeout: number): void {
     const interval = Math.max(Math.floor(timeout / 3), 10);
+    let lastTick = Date.now();
     this.heartbeat = setInterval(() => {
-      if (Date.now() - this.lastSeen > timeout) {
+      const now = Date.now();
+      const frozen = now - lastTick > 2 * interval;
+      lastTick = now;
+      if (frozen) {
+        // This process was the one frozen (a long GC pause, a stopped VM): what the peer sent meanwhile
+        // is still unread in the socket. Give it a fresh timeout instead of dropping it unheard.
+        this.lastSeen = Math.max(this.lastSeen, now - interval);
+      } else if (now - this.lastSeen > timeout) {
         this.log.warn({ timeoutMs: timeout }, 'peer missed heartbeats; dropping connection');
         this.ws.terminate();
         return;
