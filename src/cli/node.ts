@@ -85,6 +85,12 @@ const argv = await parse(
       type: 'string',
       describe: 'Also serve callers directly at this address (host:port, :port or PORT), without the relay (e.g. 127.0.0.1:9191 for callers on this host)',
     })
+    .option('max-backlog', {
+      type: 'string',
+      default: '32MiB',
+      describe: 'Bytes of answers waiting to be written to one relay; above it further answers wait (unencoded) and new requests are answered OVERLOADED',
+    })
+    .option('max-in-flight', { type: 'number', default: 4096, describe: 'Handlers running at once on one tunnel; more requests are answered OVERLOADED' })
     .option('max-reassembly', {
       type: 'string',
       default: '32MiB',
@@ -164,6 +170,8 @@ try {
     reconnectCap: durationFlag(argv, 'reconnect-cap'),
     drainTimeout: durationFlag(argv, 'drain-timeout'),
     maxReassembly: sizeFlag(argv, 'max-reassembly'),
+    maxBacklog: sizeFlag(argv, 'max-backlog'),
+    maxInFlight: argv.maxInFlight,
     streamIdleTimeout: durationFlag(argv, 'stream-idle-timeout'),
   });
   if (argv.directListen !== undefined) direct = new DirectListener(node, log, { maxMessage: DEFAULT_MAX_FRAME, heartbeatTimeout });

@@ -114,6 +114,18 @@ const argv = await parse(
       default: D.maxConnectionsPerAddress,
       describe: 'Open connections from one IP address, every port together; more are refused with HTTP 429 (on the msgpack-rpc port: closed at once)',
     })
+    .option('max-nodes-per-address', {
+      type: 'number',
+      default: D.maxNodesPerAddress,
+      describe:
+        'Authenticated nodes from one IP address (a fleet behind one NAT); they do not count against --max-connections-per-address. More are refused (4009)',
+    })
+    .option('max-memory', {
+      type: 'string',
+      defaultDescription: 'a quarter of the machine (or container) memory',
+      describe:
+        'Bytes the relay holds for all peers together (backlogs, chunks waiting for windows, reassembled bodies): near it new calls get OVERLOADED, over it the largest holders are cut (4008)',
+    })
     .option('max-connections', {
       type: 'number',
       default: D.maxConnections,
@@ -262,6 +274,8 @@ try {
     maxLoginFailuresPerAddress: argv.maxLoginFailuresPerAddress,
     loginFailureWindow: durationFlag(argv, 'login-failure-window'),
     maxConnectionsPerAddress: argv.maxConnectionsPerAddress,
+    maxNodesPerAddress: argv.maxNodesPerAddress,
+    ...(argv.maxMemory !== undefined ? { maxMemory: sizeFlag(argv, 'max-memory') } : {}),
     maxReassembly: sizeFlag(argv, 'max-reassembly'),
     streamIdleTimeout: durationFlag(argv, 'stream-idle-timeout'),
     maxConnections: argv.maxConnections,

@@ -55,6 +55,13 @@ export interface NodeOptions extends ClientTlsOptions {
   maxReassembly?: number;
   /** Streamed params that receive no chunk for this long are dropped, ms (default 30 000). */
   streamIdleTimeout?: number;
+  /**
+   * Bytes of answers waiting to be written to one relay (default 32 MiB). Above it the node holds
+   * further answers unencoded until the socket drains, and answers new requests OVERLOADED.
+   */
+  maxBacklog?: number;
+  /** Handlers running at once on one tunnel (default 4 096); more requests are answered OVERLOADED. */
+  maxInFlight?: number;
 }
 
 /**
@@ -135,6 +142,8 @@ export class TunnelNode extends EventEmitter {
       defaultTimeout: this.opts.defaultTimeout,
       maxMessage: this.opts.maxMessage - ENVELOPE_ALLOWANCE,
       maxReassembly: this.opts.maxReassembly,
+      maxBacklog: this.opts.maxBacklog,
+      maxInFlight: this.opts.maxInFlight,
       callFinished: () => {
         if (this.inFlight === 0) this.emit('idle');
       },

@@ -12,6 +12,8 @@ export const NODE_DEFAULTS = {
   maxMessage: DEFAULT_MAX_FRAME,
   maxReassembly: 32 * 1024 * 1024,
   streamIdleTimeout: 30_000,
+  maxBacklog: 32 * 1024 * 1024,
+  maxInFlight: 4_096,
 };
 
 /** The node's settings once resolved: every defaulted option is present. */
@@ -37,7 +39,9 @@ export function resolveNodeOptions<O extends Given<NodeSettings> & { services?: 
     // What the node accepts is this less the envelope allowance; it must leave room for params.
     .count('maxMessage', ENVELOPE_ALLOWANCE + 1, ' of bytes')
     .bytes('maxReassembly')
-    .duration('streamIdleTimeout');
+    .duration('streamIdleTimeout')
+    .bytes('maxBacklog')
+    .count('maxInFlight');
   const services = o.services as { describe?: unknown; lookup?: unknown } | undefined;
   if (typeof services?.describe !== 'function' || typeof services.lookup !== 'function') {
     throw OptionError.invalid('TunnelNode', 'services', "must be a ServiceRegistry (new ServiceRegistry().register('Name', impl))", services);

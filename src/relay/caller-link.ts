@@ -112,6 +112,7 @@ export class CallerLink implements CallSink {
     const badName = methodProblem(method);
     if (badName !== undefined) return this.reply(id, UNKNOWN_METHOD, new TunnelError(ErrorCode.BAD_REQUEST, badName));
     const dot = method.lastIndexOf('.');
+    if (this.limits.memory?.pressed) return this.reply(id, method, new TunnelError(ErrorCode.OVERLOADED, this.limits.memory.describe()));
     if (this.inflight.size + this.uploads.size >= this.limits.maxCallerInFlight) {
       return this.reply(
         id,
@@ -285,6 +286,7 @@ export class CallerLink implements CallSink {
       return;
     }
     if (whole) this.complete(call, null, whole.body);
+    else this.out.reassembled?.();
   }
 
   /**

@@ -2,6 +2,7 @@ import { ErrorCode, TunnelError } from '../errors.js';
 import { DEFAULT_MAX_LOGIN_FAILURES } from '../rpc/login.js';
 import type { Logger } from '../util/logger.js';
 import { DEFAULT_MAX_BODY } from '../wire/messages.js';
+import { defaultMaxMemory } from './memory.js';
 
 /**
  * Every limit the relay enforces, with its default. README ("Running a relay on the internet") has the same table with what
@@ -22,8 +23,19 @@ export interface Limits {
   maxLoginFailuresPerAddress: number;
   /** The window of `maxLoginFailuresPerAddress`, ms. */
   loginFailureWindow: number;
-  /** Open connections from one IP address, every door together. Over it: HTTP 429 (or the socket is closed). */
+  /**
+   * Open connections from one IP address, every door together, not counting authenticated nodes
+   * (connections before their hello, callers, nodes of a relay without node authentication). Over
+   * it: HTTP 429 (or the socket is closed).
+   */
   maxConnectionsPerAddress: number;
+  /** Authenticated nodes from one IP address (a fleet behind one NAT). Over it: the hello is refused (4009). */
+  maxNodesPerAddress: number;
+  /**
+   * Bytes the relay holds for all its peers together: backlogs, chunks waiting for windows, bodies
+   * reassembled. Near it (90 %) new calls are refused OVERLOADED; over it the largest holders are cut (4008).
+   */
+  maxMemory: number;
   /** Open connections on every door together. Over it: HTTP 503 (or the socket is closed). */
   maxConnections: number;
   /**
@@ -52,6 +64,8 @@ export const LIMIT_DEFAULTS: Limits = {
   maxLoginFailuresPerAddress: 50,
   loginFailureWindow: 10 * 60_000,
   maxConnectionsPerAddress: 256,
+  maxNodesPerAddress: 4_096,
+  maxMemory: defaultMaxMemory(),
   maxConnections: 16_384,
   maxBacklog: 8 * 1024 * 1024,
   slowConsumerTimeout: 10_000,
@@ -74,7 +88,10 @@ export function checkLimits(limits: Limits): void {
 }
 
 interface AddressState {
+  /** Connections not yet (or never) an authenticated node: bounded by maxConnectionsPerAddress. */
   open: number;
+  /** Authenticated nodes: bounded by maxNodesPerAddress. */
+  nodes: number;
   failures: number;
   windowStart: number;
 }
@@ -120,10 +137,25 @@ export class AddressTable {
     return undefined;
   }
 
-  close(ip: string): void {
+  /**
+   * An open connection of `ip` proved to be an authenticated node: it moves from the tight
+   * per-address count to the nodes' own, so that a fleet behind one NAT is not held to what one
+   * anonymous client may open. False when the address already has `maxNodesPerAddress` nodes.
+   */
+  promote(ip: string): boolean {
+    const s = this.state(ip);
+    if (s.nodes >= this.limits.maxNodesPerAddress) return false;
+    s.open--;
+    s.nodes++;
+    return true;
+  }
+
+  /** A connection of `ip` closed; `promoted` if it had been counted as a node. */
+  close(ip: string, promoted = false): void {
     const s = this.table.get(ip);
     if (!s) return;
-    s.open--;
+    if (promoted) s.nodes--;
+    else s.open--;
     this.openTotal--;
     this.forgetIfIdle(ip, s);
   }
@@ -159,7 +191,7 @@ export class AddressTable {
   private state(ip: string): AddressState {
     let s = this.table.get(ip);
     if (!s) {
-      s = { open: 0, failures: 0, windowStart: this.now() };
+      s = { open: 0, nodes: 0, failures: 0, windowStart: this.now() };
       this.table.set(ip, s);
     }
     return s;
@@ -174,7 +206,7 @@ export class AddressTable {
   }
 
   private forgetIfIdle(ip: string, s: AddressState): void {
-    if (s.open <= 0 && s.failures === 0) this.table.delete(ip);
+    if (s.open <= 0 && s.nodes <= 0 && s.failures === 0) this.table.delete(ip);
   }
 }
 

@@ -144,7 +144,9 @@ export class MsgpackRpcPort {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, this.opts.keepAlive);
     const conn = new RpcConnection(socket, address, this.relay, this.opts, this.log.child({ peer: address }));
+    const release = this.relay.memory.add({ held: () => conn.held, shed: (reason) => conn.shed(reason), who: { door: 'msgpack-rpc', address } });
     socket.on('close', () => {
+      release();
       this.sockets.delete(socket);
       conn.onClose();
     });
@@ -203,6 +205,7 @@ class RpcConnection {
     return this.relay.openCallerSession(
       {
         respond: (id, error, result) => this.respond(id, error, result),
+        reassembled: () => this.reassembled(),
         // Too many failed Logins, a revoked token: MessagePack-RPC has no close reason, so a reply already sent says it.
         close: (_code, reason) => this.end(reason),
       },
@@ -439,9 +442,26 @@ class RpcConnection {
     this.write(encode([Kind.RESPONSE, msgid, `${code}: ${message}`, null]));
   }
 
-  /** Bytes queued for the caller and not yet written to its socket. */
+  /**
+   * Bytes held for the caller: queued and not yet written to its socket, and results the relay is
+   * reassembling for it (this door cannot pass chunks on), which it will have to write.
+   */
   private get backlog(): number {
-    return this.out.queued + this.socket.writableLength;
+    return this.out.queued + this.socket.writableLength + (this.link?.budget.used ?? 0);
+  }
+
+  /**
+   * A result grew in reassembly: charged as a write would be. The hard cut leaves room for one
+   * result of the largest size on its way, so that a caller that reads is never cut for asking one.
+   */
+  private reassembled(): void {
+    if (this.closed) return;
+    this.relay.memory.poke();
+    const max = this.opts.maxBacklog;
+    const backlog = this.backlog;
+    const allowance = Math.max(this.allowance, this.relay.limits.maxMessage - max);
+    if (backlog >= 2 * max + allowance) return this.cut(backlog, `backlog reached twice the limit of ${max} bytes, with results reassembled for it`);
+    if (backlog > max) this.overLimit(backlog);
   }
 
   /**
@@ -457,6 +477,8 @@ class RpcConnection {
     if (before <= max) this.allowance = Math.max(0, size - max);
     this.out.push(bytes, more);
     const after = before + size;
+    if (after > max) this.relay.memory.poke();
+    if (this.closed) return;
     if (after >= 2 * max + this.allowance) return this.cut(after, `backlog reached twice the limit of ${max} bytes`);
     if (after > max) this.overLimit(after);
   }
@@ -489,6 +511,16 @@ class RpcConnection {
       this.paused = false;
       this.socket.resume();
     }
+  }
+
+  /** What the relay holds for this caller, for its memory budget. */
+  get held(): number {
+    return this.closed ? 0 : this.backlog;
+  }
+
+  /** Cut to get the relay back under its memory budget. */
+  shed(reason: string): void {
+    if (!this.closed) this.cut(this.backlog, reason);
   }
 
   /** A slow consumer: everything queued for it is dropped with the socket, its calls are cancelled on the nodes. */

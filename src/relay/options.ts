@@ -59,6 +59,8 @@ function checkLimitOptions(check: OptionChecks): void {
     .count('maxLoginFailuresPerAddress')
     .duration('loginFailureWindow')
     .count('maxConnectionsPerAddress')
+    .count('maxNodesPerAddress')
+    .bytes('maxMemory')
     .count('maxConnections')
     .bytes('maxBacklog')
     .duration('slowConsumerTimeout')

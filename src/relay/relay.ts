@@ -15,10 +15,11 @@ import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { Authenticator, peerCertificate, type AuthOptions, type Credential } from './auth.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
 import { CallerLink, relayDeadlines } from './caller-link.js';
-import type { CallerOutput, CallObserver, GatewaySession } from './contracts.js';
+import type { CallerLimits, CallerOutput, CallObserver, GatewaySession } from './contracts.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler, refuseRequest } from './http.js';
 import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, RefusalLog, type Limits } from './limits.js';
+import { MemoryBudget } from './memory.js';
 import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeRegistry } from './node-registry.js';
@@ -148,7 +149,7 @@ export class Relay extends EventEmitter {
   private readonly callerSince = new WeakMap<CallerLink, number>();
   private readonly websocketCallers = new WeakSet<CallerLink>();
   /** The address and claimed node name of each WebSocket, for the audit events of refusals. */
-  private readonly peers = new WeakMap<Connection, { address: string; node?: string }>();
+  private readonly peers = new WeakMap<Connection, { address: string; node?: string; caller?: CallerLink }>();
   private readonly opts: RelaySettings & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
@@ -157,6 +158,11 @@ export class Relay extends EventEmitter {
   private readonly refusals: RefusalLog;
   /** Sockets past the per-address limit, refused at their upgrade request. */
   private readonly overLimit = new WeakSet<object>();
+  /** Sockets of authenticated nodes: counted apart from the per-address limit (AddressTable.promote). */
+  private readonly promoted = new WeakSet<object>();
+  /** What the relay holds for all its peers together, against `maxMemory`. @internal */
+  readonly memory: MemoryBudget;
+  private callerLimits: CallerLimits | undefined;
   /** When each socket connected: the handshake and the hello share one deadline. */
   private readonly connectedAt = new WeakMap<object, number>();
   /** Sockets that sent a request or an upgrade: from there HTTP timeouts or the WebSocket's hello timer take over. */
@@ -215,6 +221,8 @@ export class Relay extends EventEmitter {
     this.directory.permissions = this.auth.permissions;
     this.auth.on('reload', () => this.recheck());
     this.addresses = new AddressTable(this.opts);
+    // Each door's own cut counts the metric and writes the audit record of a holder it sheds.
+    this.memory = new MemoryBudget(this.opts.maxMemory, this.log);
     this.metrics = new RelayMetrics({
       callsInFlight: () => this.callsInFlight,
       nodesConnected: () => this.directory.size,
@@ -657,7 +665,7 @@ export class Relay extends EventEmitter {
         this.log.warn({ ip, limit: this.opts.maxConnectionsPerAddress }, 'too many connections from one address; refusing the extra ones');
       }
     }
-    socket.once('close', () => this.addresses.close(ip));
+    socket.once('close', () => this.addresses.close(ip, this.promoted.has(socket)));
     const timer = setTimeout(() => {
       if (!this.engaged.has(socket)) socket.destroy();
     }, this.opts.helloTimeout);
@@ -723,6 +731,7 @@ export class Relay extends EventEmitter {
         maxBacklog: this.opts.maxBacklog,
         slowConsumerTimeout: this.opts.slowConsumerTimeout,
         maxFirstMessage: NAME_LIMITS.hello,
+        onPressure: () => this.memory.poke(),
         onSlowConsumer: (backlog) => {
           this.metrics.slowConsumer('websocket');
           this.events.audit({
@@ -736,6 +745,13 @@ export class Relay extends EventEmitter {
       },
     );
     this.peers.set(conn, { address });
+    const release = this.memory.add({
+      // A connection already closing frees what it holds by itself within a second: not a candidate.
+      held: () => (conn.isOpen ? conn.backlog + (this.peers.get(conn)?.caller?.budget.used ?? 0) : 0),
+      shed: (reason) => conn.shed(reason),
+      who: { door: 'websocket', address },
+    });
+    ws.once('close', release);
     const timer = setTimeout(() => {
       if (settled) return;
       log.info({ helloTimeoutMs: this.opts.helloTimeout }, 'closing connection that sent no hello');
@@ -760,6 +776,14 @@ export class Relay extends EventEmitter {
     if (h.role === 'node') {
       const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
       if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name);
+      if (this.auth.nodesNeedAuth && !this.promoted.has(req.socket)) {
+        if (!this.addresses.promote(peerIp(req.socket))) {
+          const reason = `${peerIp(req.socket)} already has ${this.opts.maxNodesPerAddress} nodes connected (--max-nodes-per-address)`;
+          log.warn({ node: h.name, reason }, 'refused hello');
+          return this.reject(conn, CloseCode.TOO_MANY_NODES, reason, 'too_many_nodes');
+        }
+        this.promoted.add(req.socket);
+      }
       this.attachNode(conn, h, address, log, verdict.credential);
     } else {
       const verdict = this.auth.caller(token);
@@ -820,6 +844,8 @@ export class Relay extends EventEmitter {
       credential,
     );
     this.websocketCallers.add(link);
+    const peer = this.peers.get(conn);
+    if (peer) peer.caller = link;
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
       close: (code, reason) => {
@@ -857,7 +883,8 @@ export class Relay extends EventEmitter {
   private newCallerLink(kind: string, out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
     const session = `${this.sessionPrefix}-${kind}${(++this.sessionCounter).toString(36)}`;
     const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
-    const link = new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer, logins);
+    this.callerLimits ??= { ...this.opts, memory: this.memory };
+    const link = new CallerLink(session, out, address, identity, this.directory, this.callerLimits, this.deadlines, log, this.presence, this.observer, logins);
     this.callerSince.set(link, Date.now());
     return link;
   }

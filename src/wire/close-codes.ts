@@ -24,6 +24,8 @@ export const CloseCode = {
   NAME_CONFLICT: 4006,
   /** More bytes waited for this peer than the relay holds for one connection (it does not read). */
   SLOW_CONSUMER: 4008,
+  /** The node's address already has as many authenticated nodes as the relay takes from one address. */
+  TOO_MANY_NODES: 4009,
 } as const;
 
 /** WebSocket close reasons are limited to 123 bytes of UTF-8. */
