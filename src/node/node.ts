@@ -165,9 +165,9 @@ export class TunnelNode extends EventEmitter {
       sessions: this.sessions,
       hello: () => this.hello(),
       welcomed: (t, w) => {
-        const self = this.learned.welcome(t.rotation, w);
+        const learned = this.learned.welcome(t.rotation, w);
         this.emit('connected', t.current);
-        return self;
+        return learned;
       },
       candidates: (t) =>
         this.learned.candidates(

@@ -92,11 +92,11 @@ export class LearnedRelays {
    * parse is ignored, with one debug line) and bounded as the relay bounds them. A welcome that
    * lists none (a relay that has not heard its peers yet, a standalone or older relay) leaves what
    * was known, so that a relay restarting alone does not make the node forget the cluster.
-   * Returns the welcome's `url`, when it parses.
+   * Returns the welcome's `url`, when it parses, and the relays it listed that parse.
    */
-  welcome(rotation: RelayRotation, w: { url?: unknown; relays?: unknown }): string | undefined {
+  welcome(rotation: RelayRotation, w: { url?: unknown; relays?: unknown }): { self: string | undefined; relays: string[] } {
     const self = typeof w.url === 'string' ? this.parse(w.url) : undefined;
-    if (!this.enabled || !Array.isArray(w.relays)) return self;
+    if (!this.enabled || !Array.isArray(w.relays)) return { self, relays: [] };
     const urls: string[] = [];
     for (const u of w.relays.slice(0, WELCOME_RELAY_LIMITS.count)) {
       const url = typeof u === 'string' ? this.parse(u) : undefined;
@@ -104,7 +104,7 @@ export class LearnedRelays {
       else if (typeof u !== 'string') this.log.debug({ type: typeof u }, 'ignoring a relay in the welcome that is not a URL');
     }
     if (urls.length > 0) this.lists.set(rotation, urls);
-    return self;
+    return { self, relays: urls };
   }
 
   /**

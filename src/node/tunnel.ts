@@ -34,8 +34,11 @@ export interface TunnelHost {
   readonly sessions: SessionTable;
   /** The node's hello, the same on every tunnel (one name, one instance): relays see one process. */
   hello(): Hello;
-  /** The relay accepted this tunnel; returns what the relay calls itself (its welcome's `url`), when it says. */
-  welcomed(tunnel: RelayTunnel, welcome: Welcome): string | undefined;
+  /**
+   * The relay accepted this tunnel; returns what the relay calls itself (its welcome's `url`), when
+   * it says, and the other relays of its cluster it listed (for the log).
+   */
+  welcomed(tunnel: RelayTunnel, welcome: Welcome): { self: string | undefined; relays: string[] };
   /** The relays of the cluster this tunnel may move to when its relay stays unreachable. */
   candidates(tunnel: RelayTunnel): readonly string[];
   /** This tunnel closed (or never opened); its calls are already aborted. It reconnects by itself. */
@@ -196,7 +199,7 @@ export class RelayTunnel {
     const headers: Record<string, string> = {};
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
     let refused: Refusal | undefined;
-    const ws = dial(this.url, {
+    const ws = dial(this.current, {
       maxMessage: this.opts.maxMessage,
       handshakeTimeout: 10_000,
       headers,
@@ -247,8 +250,11 @@ export class RelayTunnel {
         this.link!.peerMaxMessage = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : Infinity;
         this.lastAddress = this.address;
         this.round = [];
-        this.rotation.connected(this.host.welcomed(this, m.welcome));
-        this.log.info({ services: this.services, address: this.address }, 'connected to relay');
+        {
+          const { self, relays } = this.host.welcomed(this, m.welcome);
+          this.rotation.connected(self);
+          this.log.info({ services: this.services, address: this.address, ...(relays.length > 0 ? { cluster: relays } : {}) }, 'connected to relay');
+        }
         clearTimeout(this.healthyTimer);
         this.healthyTimer = setTimeout(() => this.backoff.reset(), this.opts.reconnectReset);
         this.healthyTimer.unref();

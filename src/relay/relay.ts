@@ -404,7 +404,7 @@ export class Relay extends EventEmitter {
    * whether a relay it knew stopped answering (`split`, named in `unreachable`), and which relays it
    * hears from; a degraded or split cluster does not make the relay unready.
    */
-  readiness(): { ready: boolean; reasons: string[]; cluster?: { state: ClusterState; relays: string[]; unreachable: string[] } } {
+  readiness(): { ready: boolean; reasons: string[]; cluster?: { state: ClusterState; relays: string[]; unreachable: string[]; urls: string[] } } {
     const reasons: string[] = [];
     if (!this.http.listening) reasons.push('not listening');
     if (this.draining) reasons.push('draining before shutdown');
@@ -418,7 +418,10 @@ export class Relay extends EventEmitter {
       }
     }
     const out: ReturnType<Relay['readiness']> = { ready: reasons.length === 0, reasons };
-    if (this.cluster) out.cluster = { state: this.cluster.state, relays: this.cluster.peerNames, unreachable: this.cluster.unreachable };
+    if (this.cluster) {
+      // `urls`: the other relays' --advertise URLs, what a node's welcome lists now.
+      out.cluster = { state: this.cluster.state, relays: this.cluster.peerNames, unreachable: this.cluster.unreachable, urls: this.cluster.peerUrls() };
+    }
     return out;
   }
 
