@@ -110,10 +110,7 @@ describe('a node finds the cluster', () => {
       await node.waitConnected(10_000);
       expect(names).toContain('relays.test');
       expect(node.tunnels[0]!.current).toBe(`ws://relays.test:${port}/`);
-      const held = await Promise.race([
-        first.proc.waitForMsg('node connected').then(() => first),
-        second.proc.waitForMsg('node connected').then(() => second),
-      ]);
+      const held = await Promise.race([first.proc.waitForMsg('node connected').then(() => first), second.proc.waitForMsg('node connected').then(() => second)]);
       const other = held === first ? second : first;
       held.proc.kill('SIGKILL');
       // The relay's Host check (loopback listener, --allow-host) passed: the node sent the name.
@@ -156,7 +153,11 @@ describe('which relays a tunnel may move to (unit)', () => {
   it('moves after 3 failed rounds, round robin over the configured relay and the learned ones', () => {
     let now = 0;
     const learned = new LearnedRelays(silentLogger, true);
-    const rotation: RelayRotation = new RelayRotation('ws://a.test:1/', () => learned.candidates(rotation, [rotation]), () => now);
+    const rotation: RelayRotation = new RelayRotation(
+      'ws://a.test:1/',
+      () => learned.candidates(rotation, [rotation]),
+      () => now,
+    );
     learned.welcome(rotation, { relays: ['ws://b.test:1', 'ws://c.test:1'] });
     rotation.connected(undefined);
     rotation.disconnected();
@@ -190,6 +191,12 @@ describe('which relays a tunnel may move to (unit)', () => {
     two.connected(learned.welcome(two, { url: 'ws://b.test:1', relays: ['ws://127.0.0.1:1', 'ws://c.test:1'] }).self);
     expect(learned.candidates(two, all)).toEqual(['ws://c.test:1/']);
     expect(learned.candidates(one, all)).toEqual(['ws://c.test:1/']);
+  });
+
+  it('followCluster and lookup are checked like every node option', () => {
+    const services = new ServiceRegistry().register('Arith', { Multiply: (x: number, y: number) => x * y });
+    expect(() => new TunnelNode({ relay: ':9', services, followCluster: 'no' as unknown as boolean })).toThrow(/followCluster must be true or false/);
+    expect(() => new TunnelNode({ relay: ':9', services, lookup: 'dns' as unknown as LookupFunction })).toThrow(/lookup must be a function/);
   });
 
   it('the advertised URL: ws:// or wss:// only, the default from --listen or the host name', () => {

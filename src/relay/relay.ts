@@ -147,8 +147,7 @@ export class Relay extends EventEmitter {
   readonly cluster: Cluster | undefined;
   /** This relay's name (presence, cluster). */
   readonly relayName: string;
-  /** The URL nodes dial to reach this relay (`advertise`, else derived once listening); undefined before {@link listen}. */
-  advertised: string | undefined;
+  private advertisedUrl: string | undefined;
   /** What happens on the relay, as `audit` events: joins, leaves, refusals, cuts, revocations, operator actions; the last 500 are kept. */
   readonly events = new RelayEvents();
   /** @internal The live dashboard, served when there is an admin listener or a dashboard token. */
@@ -456,7 +455,7 @@ export class Relay extends EventEmitter {
       this.log.info(this.adminAddress, 'admin listening');
     }
     const address = this.address!;
-    this.advertised =
+    this.advertisedUrl =
       this.opts.advertise !== undefined
         ? advertiseUrl(this.opts.advertise, 'Relay option advertise')
         : defaultAdvertiseUrl(this.opts.listen, address.port, this.secure, hostname());
@@ -478,6 +477,11 @@ export class Relay extends EventEmitter {
     );
     this.emit('listening', address);
     return address;
+  }
+
+  /** The URL nodes dial to reach this relay (`advertise`, else derived once listening); undefined before {@link listen}. */
+  get advertised(): string | undefined {
+    return this.advertisedUrl;
   }
 
   /** The admin listener's address, when `adminListen` is set and it listens. */
