@@ -118,9 +118,21 @@ describe('a cluster over a NATS that others may publish on', () => {
     for (let i = 0; i < 100; i++) for (const data of forged) intruder.publish('tunnel.presence', data);
     await intruder.flush();
     // Every forged message was handled (and refused) once these counts are reached.
-    await waitUntil(async () => (await metric(adminA, /^tunnel_relay_cluster_rejected_messages_total\{reason="forged"\} (\d+)/m)) >= 100, 10_000, 'a-1 counts forged');
-    await waitUntil(async () => (await metric(adminA, /^tunnel_relay_cluster_rejected_messages_total\{reason="malformed"\} (\d+)/m)) >= 200, 10_000, 'a-1 counts malformed');
-    await waitUntil(async () => (await metric(adminB, /^tunnel_relay_cluster_rejected_messages_total\{reason="malformed"\} (\d+)/m)) >= 200, 10_000, 'b-1 counts malformed');
+    await waitUntil(
+      async () => (await metric(adminA, /^tunnel_relay_cluster_rejected_messages_total\{reason="forged"\} (\d+)/m)) >= 100,
+      10_000,
+      'a-1 counts forged',
+    );
+    await waitUntil(
+      async () => (await metric(adminA, /^tunnel_relay_cluster_rejected_messages_total\{reason="malformed"\} (\d+)/m)) >= 200,
+      10_000,
+      'a-1 counts malformed',
+    );
+    await waitUntil(
+      async () => (await metric(adminB, /^tunnel_relay_cluster_rejected_messages_total\{reason="malformed"\} (\d+)/m)) >= 200,
+      10_000,
+      'b-1 counts malformed',
+    );
     // One log line per burst and reason, not one per message.
     expect(refused(a) - before).toBeLessThanOrEqual(2);
     // Nothing changed: office-1 is on b-1, reachable, still alice's Login.
@@ -140,7 +152,9 @@ describe('a cluster over a NATS that others may publish on', () => {
     expect(opens.length).toBeGreaterThan(0);
     const runsBefore = office.logs.filter((l) => l.msg === 'counted').length;
     expect(runsBefore).toBe(5);
-    const replayedBefore = (await metric(adminA, /^tunnel_relay_cluster_rejected_messages_total\{reason="replayed"\} (\d+)/m)) + (await metric(adminB, /^tunnel_relay_cluster_rejected_messages_total\{reason="replayed"\} (\d+)/m));
+    const replayedBefore =
+      (await metric(adminA, /^tunnel_relay_cluster_rejected_messages_total\{reason="replayed"\} (\d+)/m)) +
+      (await metric(adminB, /^tunnel_relay_cluster_rejected_messages_total\{reason="replayed"\} (\d+)/m));
     for (const m of [...opens, ...presence.slice(0, 5)]) intruder.publish(m.subject, m.data);
     await intruder.flush();
     await waitUntil(

@@ -33,10 +33,10 @@ import {
   type RemoteNodeInfo,
 } from './messages.js';
 import { RemoteRoute, type RouteTransport } from './remote-route.js';
-import { checkClusterOptions, clusterServer, type ClusterOptions } from './options.js';
+import { checkClusterOptions, clusterServer, type ClusterOptions, type ClusterState } from './options.js';
 import { ClusterSeal, OpenSeal, readClusterKey, SealError, type Seal, type SealFailure } from './seal.js';
 
-export type { ClusterOptions } from './options.js';
+export type { ClusterOptions, ClusterState } from './options.js';
 
 /** How often a relay announces itself, ms. */
 export const HEARTBEAT_INTERVAL = 1_000;
@@ -91,8 +91,6 @@ export interface ClusterHost {
   readonly url?: string;
 }
 
-/** How the cluster stands: NATS down (`degraded`), a known relay unreachable (`split`), or whole. */
-export type ClusterState = 'connected' | 'degraded' | 'split';
 
 interface Peer {
   stamp: RelayStamp;

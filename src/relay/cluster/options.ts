@@ -29,6 +29,9 @@ export interface ClusterOptions {
   insecure?: boolean;
 }
 
+/** How the cluster stands: NATS down (`degraded`), a known relay unreachable (`split`), or whole. */
+export type ClusterState = 'connected' | 'degraded' | 'split';
+
 const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,3}$/;
 
 /** Checks cluster options: every address strict, one way to authenticate. Throws a TypeError naming the option. */

@@ -54,7 +54,9 @@ export function readClusterKey(path: string): { key: Buffer; warning?: string } 
     throw new TypeError(`the cluster key ${path} has ${key.length} characters; it needs at least ${MIN_KEY} (make one: openssl rand -hex 32 > ${path})`);
   }
   const mode = statSync(path).mode & 0o077;
-  return mode !== 0 ? { key, warning: `the cluster key ${path} can be read by other users (mode ${(statSync(path).mode & 0o777).toString(8)}); chmod 600 it` } : { key };
+  return mode !== 0
+    ? { key, warning: `the cluster key ${path} can be read by other users (mode ${(statSync(path).mode & 0o777).toString(8)}); chmod 600 it` }
+    : { key };
 }
 
 /** How cluster messages are wrapped for NATS: {@link ClusterSeal} with a key, {@link OpenSeal} without. */
@@ -150,7 +152,10 @@ export class ClusterSeal implements Seal {
     }
     const age = this.now() - time;
     if (age > MAX_AGE || age < -MAX_AGE) {
-      throw new SealError('stale', `a cluster message is ${Math.round(age / 1000)} s off this relay's clock (at most ${MAX_AGE / 1000} s): replayed, or the relays' clocks differ (check NTP)`);
+      throw new SealError(
+        'stale',
+        `a cluster message is ${Math.round(age / 1000)} s off this relay's clock (at most ${MAX_AGE / 1000} s): replayed, or the relays' clocks differ (check NTP)`,
+      );
     }
     if (!sender) {
       sender = { key, floor: seq, highest: 0n, seen: new Uint32Array(WINDOW / 32) };
