@@ -6,7 +6,7 @@ import { checkClusterOptions, clusterServer, type ClusterOptions } from '../rela
 import { SELECTORS, type SelectorName } from '../relay/selectors.js';
 import { LIMIT_DEFAULTS } from '../relay/limits.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
-import { listenAddress } from '../util/address.js';
+import { advertiseUrl, listenAddress } from '../util/address.js';
 import { tuneGarbageCollection } from '../util/gc.js';
 import { command, durationFlag, explainStartError, fatal, flagLabel, logger, onShutdown, parse, PRECEDENCE, sizeFlag, usageError } from './common.js';
 
@@ -155,6 +155,11 @@ const argv = await parse(
       defaultDescription: 'the host name',
       describe: "This relay's name in the cluster and in presence (the RELAYS column of --list)",
     })
+    .option('advertise', {
+      type: 'string',
+      describe:
+        'URL nodes dial to reach this relay, ws://host:port or wss://host:port: the other relays of the cluster list it in their welcome, so that their nodes can move here when their relay stays unreachable (default: --listen when it names a host, else the host name, with the bound port; wss:// with TLS)',
+    })
     .option('cluster-user', { type: 'string', describe: 'NATS user (with --cluster-password)' })
     .option('cluster-password', { type: 'string', describe: 'NATS password. Prefer TUNNEL_CLUSTER_PASSWORD' })
     .option('cluster-token', { type: 'string', describe: 'NATS token. Prefer TUNNEL_CLUSTER_TOKEN' })
@@ -243,6 +248,7 @@ try {
   listenAddress(argv.listen, flagLabel('listen'));
   if (argv.adminListen !== undefined) listenAddress(argv.adminListen, flagLabel('admin-listen'));
   if (argv.msgpackRpcListen !== undefined) listenAddress(argv.msgpackRpcListen, flagLabel('msgpack-rpc-listen'));
+  if (argv.advertise !== undefined) advertiseUrl(argv.advertise, flagLabel('advertise'));
   const browsers = { allowOrigin: argv.allowOrigin ?? [], allowHost: argv.allowHost ?? [] };
   new BrowserPolicy(browsers, { allowOrigin: flagLabel('allow-origin'), allowHost: flagLabel('allow-host') });
   const maxMessage = sizeFlag(argv, 'max-message');
@@ -282,6 +288,7 @@ try {
     maxBacklog: sizeFlag(argv, 'max-backlog'),
     slowConsumerTimeout: durationFlag(argv, 'slow-consumer-timeout'),
     relayName: argv.relayName,
+    advertise: argv.advertise,
     ...clusterOptions(),
   };
   const msgpackRpcIdleTimeout = durationFlag(argv, 'msgpack-rpc-idle-timeout');

@@ -14,6 +14,7 @@ export const NODE_DEFAULTS = {
   streamIdleTimeout: 30_000,
   maxBacklog: 32 * 1024 * 1024,
   maxInFlight: 4_096,
+  followCluster: true,
 };
 
 /** The node's settings once resolved: every defaulted option is present. */
@@ -24,9 +25,9 @@ type Given<S> = { [K in keyof S]?: S[K] | undefined };
 /**
  * The node's options merged over {@link NODE_DEFAULTS} (an explicit `undefined` keeps the default)
  * and checked: durations and sizes finite and in range, `reconnectBase` ≤ `reconnectCap`, `services`
- * a registry. Throws an OptionError naming the option.
+ * a registry, `followCluster` a boolean, `lookup` a function. Throws an OptionError naming the option.
  */
-export function resolveNodeOptions<O extends Given<NodeSettings> & { services?: unknown }>(options: O): O & NodeSettings {
+export function resolveNodeOptions<O extends Given<NodeSettings> & { services?: unknown; lookup?: unknown }>(options: O): O & NodeSettings {
   const o = withDefaults(NODE_DEFAULTS, options);
   new OptionChecks('TunnelNode', o)
     .duration('heartbeatTimeout', 'turns heartbeats off')
@@ -41,7 +42,9 @@ export function resolveNodeOptions<O extends Given<NodeSettings> & { services?: 
     .bytes('maxReassembly')
     .duration('streamIdleTimeout')
     .bytes('maxBacklog')
-    .count('maxInFlight');
+    .count('maxInFlight')
+    .boolean('followCluster')
+    .optionalFunction('lookup', "the shape of Node's net lookup option, e.g. dns.lookup");
   const services = o.services as { describe?: unknown; lookup?: unknown } | undefined;
   if (typeof services?.describe !== 'function' || typeof services.lookup !== 'function') {
     throw OptionError.invalid('TunnelNode', 'services', "must be a ServiceRegistry (new ServiceRegistry().register('Name', impl))", services);

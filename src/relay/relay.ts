@@ -4,7 +4,7 @@ import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { isLoopbackHost, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
+import { advertiseUrl, defaultAdvertiseUrl, isLoopbackHost, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
@@ -82,6 +82,13 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
   /** This relay's name in presence (`relays` of each node) and in a cluster (default: the host name). */
   relayName?: string;
   /**
+   * The URL nodes dial to reach this relay, `ws://host:port` or `wss://host:port`: in a cluster the
+   * other relays list it in the welcome they send their nodes, so that a node can move here when its
+   * own relay stays unreachable (default: from `listen` when it names a host, e.g. `ws://127.0.0.1:9090`,
+   * else the host name and the bound port; `wss://` with TLS).
+   */
+  advertise?: string;
+  /**
    * Join a cluster of relays over NATS (docs/CLUSTER.md): any relay reaches any node. Without it the
    * relay stands alone, with nothing to install.
    */
@@ -141,6 +148,7 @@ export class Relay extends EventEmitter {
   readonly cluster: Cluster | undefined;
   /** This relay's name (presence, cluster). */
   readonly relayName: string;
+  private advertisedUrl: string | undefined;
   /** What happens on the relay, as `audit` events: joins, leaves, refusals, cuts, revocations, operator actions; the last 500 are kept. */
   readonly events = new RelayEvents();
   /** @internal The live dashboard, served when there is an admin listener or a dashboard token. */
@@ -269,6 +277,7 @@ export class Relay extends EventEmitter {
       this.cluster?.announce('leave', link);
     });
     if (this.opts.cluster) {
+      const advertised = () => this.advertised;
       const cluster = new Cluster(
         {
           relayName: this.relayName,
@@ -284,11 +293,16 @@ export class Relay extends EventEmitter {
           yieldName: (link, reason) => this.registry.yieldName(link, reason),
           presenceLag: (seconds) => this.metrics.presenceLag(seconds),
           rejected: (reason) => this.metrics.clusterRejected(reason),
+          // Read at each heartbeat: known once listening (port 0 picks the port).
+          get url() {
+            return advertised();
+          },
         },
         this.opts.cluster,
       );
       this.cluster = cluster;
       this.registry.probeRemote = (route, timeout) => cluster.probe(route, timeout);
+      this.registry.clusterWelcome = () => ({ url: this.advertised, relays: cluster.peerUrls() });
     }
     this.wss = new WebSocketServer({ noServer: true, maxPayload: frameLimit(this.opts.maxMessage), perMessageDeflate: false });
     this.http.on(listener.socketEvent, (socket: Socket) => this.onSocket(socket));
@@ -397,7 +411,7 @@ export class Relay extends EventEmitter {
    * whether a relay it knew stopped answering (`split`, named in `unreachable`), and which relays it
    * hears from; a degraded or split cluster does not make the relay unready.
    */
-  readiness(): { ready: boolean; reasons: string[]; cluster?: { state: ClusterState; relays: string[]; unreachable: string[] } } {
+  readiness(): { ready: boolean; reasons: string[]; cluster?: { state: ClusterState; relays: string[]; unreachable: string[]; urls: string[] } } {
     const reasons: string[] = [];
     if (!this.http.listening) reasons.push('not listening');
     if (this.draining) reasons.push('draining before shutdown');
@@ -411,7 +425,10 @@ export class Relay extends EventEmitter {
       }
     }
     const out: ReturnType<Relay['readiness']> = { ready: reasons.length === 0, reasons };
-    if (this.cluster) out.cluster = { state: this.cluster.state, relays: this.cluster.peerNames, unreachable: this.cluster.unreachable };
+    if (this.cluster) {
+      // `urls`: the other relays' --advertise URLs, what a node's welcome lists now.
+      out.cluster = { state: this.cluster.state, relays: this.cluster.peerNames, unreachable: this.cluster.unreachable, urls: this.cluster.peerUrls() };
+    }
     return out;
   }
 
@@ -446,6 +463,13 @@ export class Relay extends EventEmitter {
       this.log.info(this.adminAddress, 'admin listening');
     }
     const address = this.address!;
+    this.advertisedUrl =
+      this.opts.advertise !== undefined
+        ? advertiseUrl(this.opts.advertise, 'Relay option advertise')
+        : defaultAdvertiseUrl(this.opts.listen, address.port, this.secure, hostname());
+    if (this.cluster && this.advertised === undefined) {
+      this.log.warn({ host: hostname() }, 'the host name is not a valid host in a URL: nodes are not told how to reach this relay; set --advertise');
+    }
     this.auth.watch();
     this.cluster?.start();
     this.log.info(
@@ -455,11 +479,17 @@ export class Relay extends EventEmitter {
         auth: this.auth.describe(),
         relay: this.relayName,
         cluster: this.opts.cluster?.name ?? (this.cluster ? 'tunnel' : undefined),
+        advertise: this.advertised,
       },
       'relay listening',
     );
     this.emit('listening', address);
     return address;
+  }
+
+  /** The URL nodes dial to reach this relay (`advertise`, else derived once listening); undefined before {@link listen}. */
+  get advertised(): string | undefined {
+    return this.advertisedUrl;
   }
 
   /** The admin listener's address, when `adminListen` is set and it listens. */

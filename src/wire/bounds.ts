@@ -23,6 +23,16 @@ export const NAME_LIMITS = {
   hello: 64 * 1024,
 } as const;
 
+/**
+ * The other relays a cluster relay lists in a node's welcome (`relays`): at most this many URLs, each
+ * at most this many characters. The relay sends no more, and a node reads no more, whatever a peer
+ * sends (docs/PROTOCOL.md, "Welcome").
+ */
+export const WELCOME_RELAY_LIMITS = {
+  count: 32,
+  url: 256,
+} as const;
+
 /** Node names: letters, digits, `_ . -`, starting with a letter or digit. */
 export const NODE_NAME = /^[A-Za-z0-9][\w.-]{0,127}$/;
 

@@ -4,6 +4,8 @@ export const CloseCode = {
   GOING_AWAY: 1001,
   PROTOCOL_ERROR: 1002,
   UNSUPPORTED_DATA: 1003,
+  /** Reported, never sent: the connection ended without a close frame, or never opened. */
+  ABNORMAL: 1006,
   INVALID_DATA: 1007,
   POLICY: 1008,
   TOO_LARGE: 1009,
