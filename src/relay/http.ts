@@ -11,6 +11,7 @@ import type { BrowserPolicy } from '../util/browser-policy.js';
 import type { NodeInfo } from '../wire/presence.js';
 import type { Credential } from './auth.js';
 import type { DashboardDoor } from './dashboard/routes.js';
+import { retryAfter } from './auth-failures.js';
 
 /** What the HTTP endpoints need from the relay. */
 export interface HttpHost {
@@ -136,7 +137,9 @@ async function gatewayCall(relay: HttpHost, req: IncomingMessage, res: ServerRes
     meta = callMeta(url);
     params = encodeParams(parseArgs(await readBody(req, relay.maxBody)));
   } catch (err) {
-    return sendError(res, TunnelError.from(err));
+    const e = TunnelError.from(err);
+    if (e.code === ErrorCode.UNAUTHORIZED) refuseCredential(res, e);
+    return sendError(res, e);
   }
   const transport: CallerOutput = {
     respond(_id, error, bytes) {
@@ -176,6 +179,16 @@ function cors(relay: HttpHost, req: IncomingMessage, res: ServerResponse): boole
   });
   res.end();
   return true;
+}
+
+/**
+ * Before an answer that refuses a credential: the connection closes after it (a guesser pays a new
+ * connection per try, as on the other doors), and a back-off says when to come back.
+ */
+export function refuseCredential(res: ServerResponse, err: TunnelError): void {
+  res.setHeader('connection', 'close');
+  const after = retryAfter(err);
+  if (after !== undefined) res.setHeader('retry-after', String(after));
 }
 
 /** Answers a request the relay refuses with 403 FORBIDDEN, the reason also in X-Tunnel-Reason. */
