@@ -52,14 +52,15 @@ function shown(value: string): string {
 
 /**
  * Why `value`, a name of kind `what` (a method, a node name, a label, a session id), is refused for
- * holding a control character, or undefined. Every check of a name below runs it; doors that take
+ * holding a control character, or undefined. The rule comes first, so that it survives a close
+ * reason's 123 bytes. Every check of a name below runs it; doors that take
  * other identifiers from peers call it directly.
  */
 export function controlProblem(value: string, what: string): string | undefined {
   const m = CONTROL.exec(value);
   if (m === null) return undefined;
   const code = m[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0');
-  return `${what} ${shown(value)} has the control character U+${code} at position ${m.index}; ${CONTROL_RULE}`;
+  return `${CONTROL_RULE}: ${what} ${shown(value)} has U+${code} at position ${m.index}`;
 }
 
 /** Why `name` is not a usable node name, or undefined when it is. */
@@ -89,7 +90,7 @@ export function labelsProblem(labels: Record<string, string>, what: string): str
   for (const [k, v] of entries) {
     if (k.length === 0 || k.length > NAME_LIMITS.labelKey) return `${what}: label keys are 1-${NAME_LIMITS.labelKey} characters`;
     if (v.length > NAME_LIMITS.labelValue) return `${what}: label ${k} is ${v.length} characters; at most ${NAME_LIMITS.labelValue}`;
-    const control = controlProblem(k, `${what}: label key`) ?? controlProblem(v, `${what}: the value of label ${shown(k)}`);
+    const control = controlProblem(k, `${what}: label key`) ?? controlProblem(v, `${what}: label ${k}`);
     if (control !== undefined) return control;
   }
   return undefined;
