@@ -477,15 +477,16 @@ export class Connection {
   };
 
   /**
-   * Every byte held for the peer is charged to it: over `maxBacklog` we stop reading it (callers),
-   * and a peer that stays over it is cut, at once when it reaches twice that. Cheap enough to run on
-   * every write.
+   * What waits in the socket for the peer is charged to it: over `maxBacklog` we stop reading it
+   * (callers), and a peer that stays over it is cut, at once when it reaches twice that. Chunks that
+   * wait for the peer's window are not: a peer that acknowledges slowly but within the windows obeys
+   * the protocol, and those bytes are bounded by the windows of whoever sent them (the relay
+   * acknowledges a chunk only once it has passed it on) and by the relay's memory budget. Cheap
+   * enough to run on every write.
    */
   private checkBacklog(): void {
     if (this.maxBacklog === 0 || this.closed) return;
-    const backlog = this.socketBacklog + this.heldBytes;
-    // Twice the limit is never held, whether it waits in the socket (the peer does not read) or in
-    // chunks passed on for it (it does not acknowledge): every stalled stream would add a window.
+    const backlog = this.socketBacklog;
     if (backlog >= 2 * this.maxBacklog) return this.cutSlowConsumer(backlog);
     if (backlog > this.maxBacklog) {
       if (this.overSince === 0) {
