@@ -109,6 +109,24 @@ const argv = await parse(
       describe: 'Failed Logins from one IP address per --login-failure-window; then its Logins are refused',
     })
     .option('login-failure-window', { type: 'string', default: `${D.loginFailureWindow / 60_000}m`, describe: 'Window of --max-login-failures-per-address' })
+    .option('max-auth-failures-per-address', {
+      type: 'number',
+      default: D.maxAuthFailuresPerAddress,
+      describe:
+        'Wrong credentials (node and caller tokens, Relay.Auth, dashboard and admin tokens) from one IP address per --auth-failure-window, every door together; then that address is backed off',
+    })
+    .option('auth-failure-window', {
+      type: 'string',
+      default: `${D.authFailureWindow / 1000}s`,
+      describe: 'Window of --max-auth-failures-per-address; an address that stays clean this long after a back-off is forgiven',
+    })
+    .option('auth-backoff', {
+      type: 'string',
+      default: `${D.authBackoff / 1000}s`,
+      describe:
+        'First back-off: credentials from a backed-off address are refused unchecked, even right ones; each wrong one after it ends doubles it (up to --max-auth-backoff)',
+    })
+    .option('max-auth-backoff', { type: 'string', default: `${D.maxAuthBackoff / 60_000}m`, describe: 'Longest back-off of --auth-backoff' })
     .option('max-connections-per-address', {
       type: 'number',
       default: D.maxConnectionsPerAddress,
@@ -279,6 +297,10 @@ try {
     maxLoginFailures: argv.maxLoginFailures,
     maxLoginFailuresPerAddress: argv.maxLoginFailuresPerAddress,
     loginFailureWindow: durationFlag(argv, 'login-failure-window'),
+    maxAuthFailuresPerAddress: argv.maxAuthFailuresPerAddress,
+    authFailureWindow: durationFlag(argv, 'auth-failure-window'),
+    authBackoff: durationFlag(argv, 'auth-backoff'),
+    maxAuthBackoff: durationFlag(argv, 'max-auth-backoff'),
     maxConnectionsPerAddress: argv.maxConnectionsPerAddress,
     maxNodesPerAddress: argv.maxNodesPerAddress,
     ...(argv.maxMemory !== undefined ? { maxMemory: sizeFlag(argv, 'max-memory') } : {}),

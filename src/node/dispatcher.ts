@@ -6,6 +6,7 @@ import type { DeadlineWheel, Expiring } from '../rpc/deadlines.js';
 import { invoke, type ServiceRegistry } from '../rpc/registry.js';
 import type { Session } from '../rpc/session.js';
 import type { Logger } from '../util/logger.js';
+import { methodProblem } from '../wire/bounds.js';
 import type { Connection } from '../wire/connection.js';
 import { Kind, response, responseStream, type Message } from '../wire/messages.js';
 import type { WireBroadcastEntry } from '../wire/presence.js';
@@ -240,7 +241,10 @@ export class Dispatcher {
     // Both kinds of service end in encoded bytes: a forwarded one passes the params and result through.
     let work: (ctx: CallContext) => Promise<Uint8Array | Pieces>;
     try {
-      if (dot <= 0) throw new TunnelError(ErrorCode.BAD_REQUEST, `method "${method}" must be Service.Method`);
+      // The relay's rule, applied again here: what reaches the node may come from a relay that does
+      // not check it, or straight from a direct caller (--direct-listen).
+      const badName = methodProblem(method);
+      if (badName !== undefined) throw new TunnelError(ErrorCode.BAD_REQUEST, badName);
       const forwarded = this.host.forwarded.get(method.slice(0, dot));
       if (forwarded) {
         work = (ctx) => forwarded.call(method, m.params, ctx);

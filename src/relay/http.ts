@@ -12,6 +12,7 @@ import type { NodeInfo } from '../wire/presence.js';
 import type { Credential } from './auth.js';
 import type { DashboardDoor } from './dashboard/routes.js';
 import type { MemoryBudget } from './memory.js';
+import { retryAfter } from './auth-failures.js';
 
 /** What the HTTP endpoints need from the relay. */
 export interface HttpHost {
@@ -140,7 +141,9 @@ async function gatewayCall(relay: HttpHost, req: IncomingMessage, res: ServerRes
     if (relay.memory?.pressed) throw new TunnelError(ErrorCode.OVERLOADED, relay.memory.describe());
     params = encodeParams(parseArgs(await readBody(req, relay.maxBody, relay.memory)));
   } catch (err) {
-    return sendError(res, TunnelError.from(err));
+    const e = TunnelError.from(err);
+    if (e.code === ErrorCode.UNAUTHORIZED) refuseCredential(res, e);
+    return sendError(res, e);
   }
   const transport: CallerOutput = {
     respond(_id, error, bytes) {
@@ -186,6 +189,16 @@ function cors(relay: HttpHost, req: IncomingMessage, res: ServerResponse): boole
   });
   res.end();
   return true;
+}
+
+/**
+ * Before an answer that refuses a credential: the connection closes after it (a guesser pays a new
+ * connection per try, as on the other doors), and a back-off says when to come back.
+ */
+export function refuseCredential(res: ServerResponse, err: TunnelError): void {
+  res.setHeader('connection', 'close');
+  const after = retryAfter(err);
+  if (after !== undefined) res.setHeader('retry-after', String(after));
 }
 
 /** Answers a request the relay refuses with 403 FORBIDDEN, the reason also in X-Tunnel-Reason. */

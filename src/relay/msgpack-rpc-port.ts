@@ -356,13 +356,24 @@ class RpcConnection {
     return this.link;
   }
 
+  /**
+   * `Relay.Auth(token)`. A refused token ends the connection after its answer, as NATS does: a
+   * guesser pays a new connection per try, and every wrong token counts against its address on
+   * every door (auth-failures.ts); a backed-off address is refused unchecked.
+   */
   private auth(msgid: number | undefined, params: unknown[]): void {
     if (this.authenticated) return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'this connection is already authenticated');
     const token = typeof params[0] === 'string' && params.length === 1 ? params[0] : undefined;
+    const backedOff = token === undefined ? undefined : this.relay.authFailures.refusal(this.ip, 'msgpack-rpc');
+    if (backedOff) {
+      this.replyError(msgid, ErrorCode.UNAUTHORIZED, backedOff.message);
+      return this.end(backedOff.message);
+    }
     const identity = this.check(token);
     if (identity === undefined) {
-      this.log.info({ session: this.link?.session }, 'msgpack-rpc caller token refused');
-      return this.replyError(msgid, ErrorCode.UNAUTHORIZED, `${AUTH_METHOD} takes one string, a caller token the relay accepts; this one was refused`);
+      const reason = `${AUTH_METHOD} takes one string, a caller token the relay accepts; this one was refused`;
+      this.replyError(msgid, ErrorCode.UNAUTHORIZED, reason);
+      return this.end(reason);
     }
     if (this.link) {
       // Anonymous calls already made use of this session: it cannot take an identity afterwards.
@@ -376,15 +387,28 @@ class RpcConnection {
     this.replyValue(msgid, true);
   }
 
-  /** The identity a token proves (null: anonymous, on a relay that requires no token), or undefined when refused. */
+  /** The identity a token proves (null: anonymous, on a relay that requires no token), or undefined when refused; a wrong token is counted. */
   private check(token: string | undefined): string | null | undefined {
     const custom = this.opts.authenticate;
-    if (custom) return token === undefined ? undefined : (custom(token, this.address) ?? undefined);
-    try {
-      return this.relay.authenticateCaller(token, this.address);
-    } catch {
-      return undefined;
+    if (!custom) {
+      try {
+        return this.relay.authenticateCaller(token, this.address, 'msgpack-rpc');
+      } catch {
+        return undefined;
+      }
     }
+    if (token === undefined) return undefined;
+    const identity = custom(token, this.address);
+    if (identity !== null) return identity;
+    if (this.relay.authFailures.failed(this.ip, 'msgpack-rpc', 'caller token refused by the port authenticator', this.address)) {
+      this.log.warn({ reason: 'caller token refused by the port authenticator' }, 'refused caller token');
+      this.relay.events.audit({ kind: 'refused-connection', door: 'msgpack-rpc', address: this.address, reason: 'caller token refused' });
+    }
+    return undefined;
+  }
+
+  private get ip(): string {
+    return peerIp(this.socket);
   }
 
   /** A connection-local id for the caller session; msgids may repeat or be any size, these may not. */

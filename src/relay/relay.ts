@@ -18,6 +18,7 @@ import { CallerLink, relayDeadlines } from './caller-link.js';
 import type { CallerLimits, CallerOutput, CallObserver, GatewaySession } from './contracts.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler, refuseRequest } from './http.js';
+import { AuthFailures, retryAfter, type AuthDoor } from './auth-failures.js';
 import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, RefusalLog, type Limits } from './limits.js';
 import { MemoryBudget } from './memory.js';
 import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
@@ -163,6 +164,8 @@ export class Relay extends EventEmitter {
   private readonly admin: Server | undefined;
   private readonly secure: boolean;
   private readonly addresses: AddressTable;
+  /** @internal Wrong credentials per address, on every door; a backed-off address's credentials are refused unchecked. */
+  readonly authFailures: AuthFailures;
   private readonly refusals: RefusalLog;
   /** Sockets past the per-address limit, refused at their upgrade request. */
   private readonly overLimit = new WeakSet<object>();
@@ -240,6 +243,7 @@ export class Relay extends EventEmitter {
       cluster: () =>
         this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length, unreachable: this.cluster.unreachable.length } : undefined,
     });
+    this.authFailures = new AuthFailures(this.addresses, this);
     const separateAdmin = this.opts.adminListen !== undefined;
     const { dashboardToken, adminToken } = this.opts;
     this.dashboard = separateAdmin || dashboardToken !== undefined ? new Dashboard(this, { version: RELAY_VERSION, dashboardToken, adminToken }) : undefined;
@@ -331,17 +335,26 @@ export class Relay extends EventEmitter {
    * With no caller authentication configured every caller is allowed.
    * @internal
    */
-  authenticateCaller(token: string | undefined, address: string): string | null {
-    return this.admitCaller(token, address).identity;
+  authenticateCaller(token: string | undefined, address: string, door: AuthDoor = 'msgpack-rpc'): string | null {
+    return this.admitCaller(token, address, door).identity;
   }
 
   /**
    * As {@link authenticateCaller}, and also what admitted the caller: give it to
    * {@link openCallerSession} so that a reload that revokes the token closes the session.
    */
-  admitCaller(token: string | undefined, _address: string): CallerAdmission {
+  admitCaller(token: string | undefined, address: string, door: AuthDoor = 'http'): CallerAdmission {
+    const ip = ipOfAddress(address);
+    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, door);
+    if (backedOff) throw backedOff;
     const verdict = this.auth.caller(token);
-    if (!verdict.ok) throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
+    if (!verdict.ok) {
+      if (verdict.wrongToken && this.authFailures.failed(ip, door, verdict.reason, address)) {
+        this.log.warn({ peer: address, door, reason: verdict.reason }, 'refused caller token');
+        this.events.audit({ kind: 'refused-connection', door, address, reason: verdict.reason });
+      }
+      throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
+    }
     return { identity: verdict.identity, credential: verdict.credential };
   }
 
@@ -635,10 +648,10 @@ export class Relay extends EventEmitter {
     );
   }
 
-  private reject(conn: Connection, code: number, reason: string, metric: string): void {
+  private reject(conn: Connection, code: number, reason: string, metric: string, audit = true): void {
     this.metrics.connectionRejected(metric);
     const peer = this.peers.get(conn);
-    this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer?.address, node: peer?.node, reason });
+    if (audit) this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer?.address, node: peer?.node, reason });
     conn.close(code, reason);
   }
 
@@ -723,11 +736,23 @@ export class Relay extends EventEmitter {
       refuseUpgrade(socket, 403, refused);
       return;
     }
-    const reason = this.auth.checkUpgrade(bearerToken(req), peerCertificate(socket));
-    if (reason !== undefined) {
+    const token = bearerToken(req);
+    const ip = peerIp(socket);
+    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, 'websocket');
+    if (backedOff) {
+      this.metrics.connectionRejected('auth_backoff');
+      refuseUpgrade(socket, 401, backedOff.message, retryAfter(backedOff));
+      return;
+    }
+    const refusal = this.auth.checkUpgrade(token, peerCertificate(socket));
+    if (refusal !== undefined) {
+      const { reason } = refusal;
       this.metrics.connectionRejected('unauthorized');
-      this.log.warn({ peer, reason }, 'refused connection at upgrade');
-      this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer, reason });
+      // A guessed token is logged once per burst from its address (auth-failures.ts).
+      if (!refusal.wrongToken || this.authFailures.failed(ip, 'websocket', reason, peer)) {
+        this.log.warn({ peer, reason }, 'refused connection at upgrade');
+        this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer, reason });
+      }
       refuseUpgrade(socket, 401, reason);
       return;
     }
@@ -803,9 +828,12 @@ export class Relay extends EventEmitter {
     const peer = this.peers.get(conn);
     if (peer && h.role === 'node' && typeof h.name === 'string') peer.node = h.name.slice(0, NAME_LIMITS.name);
     const token = h.token ?? bearerToken(req);
+    const ip = ipOfAddress(address);
+    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, 'websocket');
+    if (backedOff) return this.reject(conn, CloseCode.UNAUTHORIZED, backedOff.message, 'auth_backoff', false);
     if (h.role === 'node') {
       const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
-      if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name);
+      if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name, 'unauthorized', this.reportable(verdict, ip, address));
       if (this.auth.nodesNeedAuth && !this.promoted.has(req.socket)) {
         if (!this.addresses.promote(peerIp(req.socket))) {
           const reason = `${peerIp(req.socket)} already has ${this.opts.maxNodesPerAddress} nodes connected (--max-nodes-per-address)`;
@@ -817,15 +845,20 @@ export class Relay extends EventEmitter {
       this.attachNode(conn, h, address, log, verdict.credential);
     } else {
       const verdict = this.auth.caller(token);
-      if (!verdict.ok) return this.refuse(conn, log, 'caller', verdict.reason);
+      if (!verdict.ok) return this.refuse(conn, log, 'caller', verdict.reason, undefined, 'unauthorized', this.reportable(verdict, ip, address));
       this.attachCaller(conn, verdict.identity, address, log, verdict.credential);
     }
   }
 
-  /** One audit line per refused hello (`"msg":"refused hello"`, the peer is in `log`), then 4003. */
-  private refuse(conn: Connection, log: Logger, role: string, reason: string, name?: string, metric = 'unauthorized'): void {
-    log.warn({ role, node: name, reason }, 'refused hello');
-    this.reject(conn, CloseCode.UNAUTHORIZED, reason, metric);
+  /** Counts a guessed token of a hello; false when it is not the first of its address's burst, which is not logged. */
+  private reportable(verdict: { reason: string; wrongToken?: boolean }, ip: string, address: string): boolean {
+    return !verdict.wrongToken || this.authFailures.failed(ip, 'websocket', verdict.reason, address);
+  }
+
+  /** One audit line per refused hello (`"msg":"refused hello"`, the peer is in `log`), then 4003; a guess only at the start of a burst. */
+  private refuse(conn: Connection, log: Logger, role: string, reason: string, name?: string, metric = 'unauthorized', report = true): void {
+    if (report) log.warn({ role, node: name, reason }, 'refused hello');
+    this.reject(conn, CloseCode.UNAUTHORIZED, reason, metric, report);
   }
 
   private attachNode(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
