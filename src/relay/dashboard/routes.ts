@@ -95,6 +95,8 @@ export class Dashboard {
   async handle(req: IncomingMessage, res: ServerResponse, url: URL, door: DashboardDoor): Promise<void> {
     const path = url.pathname;
     const token = bearer(req.headers.authorization);
+    const admin = this.adminDigest !== undefined && matches(token, [this.adminDigest]);
+    if (path === '/dashboard/events/ack') return this.ack(req, res, url, door === 'admin' || matches(token, this.viewerDigests));
     if (path.startsWith('/dashboard/actions/')) {
       return runAction(this.host, this.adminDigest && ((t) => matches(t, [this.adminDigest!])), path.slice('/dashboard/actions/'.length), req, res, token);
     }
@@ -105,7 +107,7 @@ export class Dashboard {
     const viewer = door === 'admin' || matches(token, this.viewerDigests);
     if (path === '/dashboard/events') {
       if (!viewer) return unauthorized(res, 'the dashboard feed needs the dashboard token: send "Authorization: Bearer <token>"');
-      return this.feed.open(res, peerAddress(req.socket));
+      return this.feed.open(res, peerAddress(req.socket), admin);
     }
     const name = path === '/dashboard' ? 'index.html' : path.slice('/dashboard/'.length);
     if (!Object.hasOwn(FILES, name)) return text(res, 404, `no such dashboard file: ${path}\n`);
@@ -122,6 +124,18 @@ export class Dashboard {
       name === 'index.html' && door === 'public' && !viewer && !matches(url.searchParams.get('token') ?? undefined, this.viewerDigests) ? 401 : 200;
     res.writeHead(status, { 'content-type': FILES[name]!, 'content-length': body.length, ...PAGE_HEADERS });
     res.end(req.method === 'HEAD' ? undefined : body);
+  }
+
+  /** `POST /dashboard/events/ack?stream=ID&seq=N`: 204, or 404 for a stream that is not open (it was cut: reconnect). */
+  private ack(req: IncomingMessage, res: ServerResponse, url: URL, viewer: boolean): void {
+    if (req.method !== 'POST') {
+      res.setHeader('allow', 'POST');
+      return text(res, 405, `${url.pathname} answers POST\n`);
+    }
+    if (!viewer) return unauthorized(res, 'acknowledging the dashboard feed needs the dashboard token: send "Authorization: Bearer <token>"');
+    const seq = Number(url.searchParams.get('seq'));
+    if (!this.feed.ack(url.searchParams.get('stream') ?? '', seq)) return text(res, 404, 'no such dashboard stream: it was closed; open /dashboard/events again\n');
+    res.writeHead(204, { 'cache-control': 'no-store' }).end();
   }
 
   /** Ends the live streams. */
