@@ -128,7 +128,12 @@ describe('DashboardFeed', () => {
     // hundred bytes a tick. They are cut because they acknowledge nothing.
     const audits = new Wakeups();
     host.events.on('audit', () => audits.wake());
-    await audits.until(() => host.cuts === 8, timeout + 5_000, 'the 8 paused readers cut', () => `${host.cuts} cut`);
+    await audits.until(
+      () => host.cuts === 8,
+      timeout + 5_000,
+      'the 8 paused readers cut',
+      () => `${host.cuts} cut`,
+    );
     const elapsed = Date.now() - opened;
     console.log(`8 paused readers cut ${elapsed} ms after they connected (slow-consumer timeout ${timeout} ms)`);
     expect(elapsed).toBeLessThan(timeout + 2_000);

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type Client } from '../src/index.js';
 import { gatewayCall, http } from './helpers/http.js';
-import { killAll, startNode, startRelay, type Proc, type RunningRelay } from './helpers/processes.js';
+import { killAll, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
 import { openSse, type SseEvent, type SseStream } from './helpers/sse.js';
 
 const SLOW = fileURLToPath(new URL('./fixtures/slow-services.js', import.meta.url));
@@ -34,14 +34,13 @@ describe('dashboard over HTTP: where it is served, tokens, actions', () => {
   let plain: RunningRelay;
   let relay: RunningRelay;
   let admin: number;
-  let node: Proc;
   const streams: SseStream[] = [];
 
   beforeAll(async () => {
     plain = await startRelay(['--admin-listen', '127.0.0.1:0']);
     relay = await startRelay(['--admin-listen', '127.0.0.1:0', '--admin-token', ADMIN, '--dashboard-token', VIEW]);
     admin = await adminPort(relay);
-    node = await startNode(relay.addr, ['--name', 'office-1']);
+    await startNode(relay.addr, ['--name', 'office-1']);
   });
   afterAll(async () => {
     for (const s of streams) s.close();

@@ -33,7 +33,7 @@ import { RelayEvents } from './events.js';
 import { Dashboard, isDashboardUrl } from './dashboard/routes.js';
 import { sameOrigin } from './dashboard/actions.js';
 import type { CallerConnection } from './dashboard/host.js';
-import { DrainMarks, MAX_DRAINED } from './drain-marks.js';
+import { DrainMarks } from './drain-marks.js';
 
 export type { NodeInfo } from '../wire/presence.js';
 export type { AuditRecord, AuditKind, AuditDoor } from './events.js';
@@ -501,7 +501,7 @@ export class Relay extends EventEmitter {
    * Drains one node attached here, as a Kubernetes cordon does: it stays connected, finishes its calls
    * in flight and takes no new ones, and its name stays drained on this relay across reconnects until
    * {@link undrainNode}. Throws NO_NODE for a node that is not attached to this relay, OVERLOADED when
-   * {@link MAX_DRAINED} names are drained already.
+   * 1 000 names are drained already (drain-marks.ts).
    */
   drainNode(name: string, reason: string): void {
     const link = this.localLink(name);

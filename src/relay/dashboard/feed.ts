@@ -434,7 +434,10 @@ export class DashboardFeed {
   private cut(client: Client, backlog: number, why: string): void {
     this.drop(client);
     const reason = `slow consumer: ${why} on this dashboard stream; read your events and acknowledge them`;
-    this.host.log.warn({ peer: client.address, door: 'dashboard', backlogBytes: backlog, limit: this.o.maxBacklog, reason }, 'slow consumer: closing connection');
+    this.host.log.warn(
+      { peer: client.address, door: 'dashboard', backlogBytes: backlog, limit: this.o.maxBacklog, reason },
+      'slow consumer: closing connection',
+    );
     this.host.metrics.slowConsumer('http');
     this.host.events.audit({ kind: 'slow-consumer', door: 'dashboard', address: client.address, reason });
     client.res.destroy();

@@ -134,7 +134,8 @@ export class Dashboard {
     }
     if (!viewer) return unauthorized(res, 'acknowledging the dashboard feed needs the dashboard token: send "Authorization: Bearer <token>"');
     const seq = Number(url.searchParams.get('seq'));
-    if (!this.feed.ack(url.searchParams.get('stream') ?? '', seq)) return text(res, 404, 'no such dashboard stream: it was closed; open /dashboard/events again\n');
+    if (!this.feed.ack(url.searchParams.get('stream') ?? '', seq))
+      return text(res, 404, 'no such dashboard stream: it was closed; open /dashboard/events again\n');
     res.writeHead(204, { 'cache-control': 'no-store' }).end();
   }
 
