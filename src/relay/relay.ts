@@ -92,7 +92,7 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
    * on the admin listener only, and not at all without `adminListen` (default: none).
    */
   dashboardToken?: string;
-  /** Enables the dashboard's actions (drain or disconnect a node, disconnect a caller) for whoever presents this token (default: none, actions disabled). */
+  /** Enables the dashboard's actions (drain, undrain or disconnect a node, disconnect a caller) for whoever presents this token (default: none, actions disabled). */
   adminToken?: string;
 }
 

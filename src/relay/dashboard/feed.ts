@@ -46,7 +46,7 @@ export interface FeedOptions {
   maxStreams?: number;
   /** More streams, only for requests that carry the admin token, so that operators are never locked out (default 2). */
   adminStreams?: number;
-  /** Bytes waiting for one stream before it is cut as a slow consumer (default 1 MiB). */
+  /** Bytes sent to one stream and not acknowledged by its reader before it is cut as a slow consumer (default 1 MiB). */
   maxBacklog?: number;
   /** Nodes listed (by name); the feed says how many there are in all (default 1 000). */
   maxNodes?: number;
