@@ -121,6 +121,9 @@ export class DashboardFeed {
   private callerCounts: RelayStatus['callers'] = { websocket: 0, 'msgpack-rpc': 0, http: 0 };
   private trafficEnd = 0;
   private ticker: NodeJS.Timeout | undefined;
+  /** Wakes at the earliest time a stream's unacknowledged frame reaches the timeout, so that the cut is on time. */
+  private sweeper: NodeJS.Timeout | undefined;
+  private sweepAt = Infinity;
   private soon: NodeJS.Timeout | undefined;
   private readonly startedAt = Date.now();
   private readonly onAudit = (r: AuditRecord): void => this.audited(r);
@@ -217,7 +220,7 @@ export class DashboardFeed {
     this.collectNodes(Date.now());
     this.collectCallers();
     this.trafficEnd = 0;
-    this.ticker = setInterval(() => this.tick(), this.o.tickMs);
+    this.ticker = setInterval(() => this.flush(true), this.o.tickMs);
     this.ticker.unref();
   }
 
@@ -244,7 +247,9 @@ export class DashboardFeed {
     if (this.clients.size > 0) return;
     clearInterval(this.ticker);
     clearTimeout(this.soon);
-    this.ticker = this.soon = undefined;
+    clearTimeout(this.sweeper);
+    this.ticker = this.soon = this.sweeper = undefined;
+    this.sweepAt = Infinity;
     this.pendingEvents = [];
   }
 
@@ -274,12 +279,6 @@ export class DashboardFeed {
       events: this.host.events.recent(),
       limits: { maxNodes: this.o.maxNodes, maxCallers: this.o.maxCallers, leavingMs: this.o.leavingMs, window: this.traffic.window },
     };
-  }
-
-  private tick(): void {
-    this.flush(true);
-    const now = Date.now();
-    for (const c of [...this.clients]) this.check(c, now);
   }
 
   /** Sends what changed since the last delta; with `tick`, also the traffic of the seconds since. */
@@ -428,7 +427,21 @@ export class DashboardFeed {
       return this.cut(client, backlog, `more than ${this.o.maxBacklog} bytes waited to be read for ${timeout} ms`);
     if (oldest && now - oldest.at >= timeout)
       return this.cut(client, backlog, `the reader acknowledged nothing for ${now - oldest.at} ms (limit ${timeout}; ${backlog} bytes waiting)`);
-    if (client.unacked.length > MAX_UNACKED_FRAMES) this.cut(client, backlog, `${client.unacked.length} frames waited to be read`);
+    if (client.unacked.length > MAX_UNACKED_FRAMES) return this.cut(client, backlog, `${client.unacked.length} frames waited to be read`);
+    const due = Math.min(oldest ? oldest.at + timeout : Infinity, client.overSince !== undefined ? client.overSince + timeout : Infinity);
+    if (due < this.sweepAt) {
+      clearTimeout(this.sweeper);
+      this.sweepAt = due;
+      this.sweeper = setTimeout(() => this.sweep(), Math.max(0, due - now));
+      this.sweeper.unref();
+    }
+  }
+
+  private sweep(): void {
+    this.sweeper = undefined;
+    this.sweepAt = Infinity;
+    const now = Date.now();
+    for (const c of [...this.clients]) this.check(c, now);
   }
 
   private cut(client: Client, backlog: number, why: string): void {
