@@ -269,8 +269,8 @@ describe('dual-homed TunnelNode (library)', () => {
     expect(node.url).toBe('ws://127.0.0.1:9/');
     expect(node.urls).toEqual(['ws://127.0.0.1:9/', 'ws://127.0.0.1:10/']);
     expect(node.tunnels).toEqual([
-      { url: 'ws://127.0.0.1:9/', connected: false, since: undefined, running: 0 },
-      { url: 'ws://127.0.0.1:10/', connected: false, since: undefined, running: 0 },
+      { url: 'ws://127.0.0.1:9/', current: 'ws://127.0.0.1:9/', connected: false, since: undefined, running: 0 },
+      { url: 'ws://127.0.0.1:10/', current: 'ws://127.0.0.1:10/', connected: false, since: undefined, running: 0 },
     ]);
   });
 
@@ -299,8 +299,8 @@ describe('dual-homed TunnelNode (library)', () => {
     await waitUntil(() => connected.length === 2);
     expect(connected.sort()).toEqual([urlA, urlB].sort());
     expect(node.tunnels).toEqual([
-      { url: urlA, connected: true, since: expect.any(Date), running: 0 },
-      { url: urlB, connected: true, since: expect.any(Date), running: 0 },
+      { url: urlA, current: urlA, connected: true, since: expect.any(Date), running: 0 },
+      { url: urlB, current: urlB, connected: true, since: expect.any(Date), running: 0 },
     ]);
     expect(relayA.nodes().map((n) => n.name)).toEqual(['dual-lib']);
     expect(relayB.nodes().map((n) => n.name)).toEqual(['dual-lib']);

@@ -368,14 +368,17 @@ describe('authentication on the MessagePack-RPC port follows reloads of the toke
       'UNAUTHORIZED: this relay requires a caller token: call Relay.Auth(token) first on this connection',
       null,
     ]);
-    expect(await anonymous.call(4, 'Relay.Auth', ['wrong-token-0123456789abcdef'])).toEqual([
+    expect(await anonymous.call(5, 'Relay.Auth', [callerToken])).toEqual([1, 5, null, true]);
+    expect(await anonymous.call(6, 'Sec.Who', [])).toEqual([1, 6, null, 'billing']);
+    // A wrong token is answered, and its connection closed.
+    const guess = await RawRpc.open(port);
+    expect(await guess.call(4, 'Relay.Auth', ['wrong-token-0123456789abcdef'])).toEqual([
       1,
       4,
       'UNAUTHORIZED: Relay.Auth takes one string, a caller token the relay accepts; this one was refused',
       null,
     ]);
-    expect(await anonymous.call(5, 'Relay.Auth', [callerToken])).toEqual([1, 5, null, true]);
-    expect(await anonymous.call(6, 'Sec.Who', [])).toEqual([1, 6, null, 'billing']);
+    await guess.until(() => guess.closed, 5_000, 'close after a wrong token');
 
     // The connection opened before the reload calls anonymously no more (or was closed as revoked).
     before.send(req(7, 'Sec.Who', []));

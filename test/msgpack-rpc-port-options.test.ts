@@ -56,28 +56,38 @@ async function ask(socket: Socket, requests: unknown[][], want: number): Promise
 }
 
 describe('Relay.Auth with a caller authenticator', () => {
-  it('refuses calls until a good token, then serves them', async () => {
+  it('refuses calls until a good token, then serves them; a bad token closes the connection', async () => {
     const port = await openPort({ authenticate: (token) => (token === 'good' ? 'team-a' : null) });
     const socket = tcpConnect(port, '127.0.0.1');
     const replies = await ask(
       socket,
       [
         [0, 1, 'Server.Ping', []],
-        [0, 2, 'Relay.Auth', ['bad']],
         [0, 3, 'Relay.Auth', ['good']],
         [0, 4, 'Server.Ping', []],
         [0, 5, 'Relay.Auth', ['good']],
       ],
-      5,
+      4,
     );
     socket.destroy();
     expect(replies).toEqual([
       [1, 1, 'UNAUTHORIZED: this relay requires a caller token: call Relay.Auth(token) first on this connection', null],
-      [1, 2, 'UNAUTHORIZED: Relay.Auth takes one string, a caller token the relay accepts; this one was refused', null],
       [1, 3, null, true],
       [1, 4, null, 'pong'],
       [1, 5, 'BAD_REQUEST: this connection is already authenticated', null],
     ]);
+    const guess = tcpConnect(port, '127.0.0.1');
+    const closed = new Promise<void>((resolve) => guess.once('close', () => resolve()));
+    const refused = await ask(
+      guess,
+      [
+        [0, 2, 'Relay.Auth', ['bad']],
+        [0, 3, 'Relay.Auth', ['good']],
+      ],
+      1,
+    );
+    await closed;
+    expect(refused).toEqual([[1, 2, 'UNAUTHORIZED: Relay.Auth takes one string, a caller token the relay accepts; this one was refused', null]]);
   });
 });
 

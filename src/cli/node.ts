@@ -35,7 +35,7 @@ const argv = await parse(
       default: ['localhost:9090'],
       defaultDescription: 'localhost:9090',
       describe:
-        'Relay to dial: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port. Repeatable, or several separated by commas (TUNNEL_RELAY=a:9090,b:9090): the node holds a tunnel to each relay at once (dual-homed, for the relays of one cluster)',
+        'Relay to dial: host:port, [v6]:port, :port or PORT (localhost), ws://host:port or wss://host:port. Repeatable, or several separated by commas (TUNNEL_RELAY=a:9090,b:9090): the node holds a tunnel to each relay at once (dual-homed, for the relays of one cluster). A host name with several addresses: each is tried in turn before backing off',
     })
     .option('name', {
       type: 'string',
@@ -81,10 +81,22 @@ const argv = await parse(
       describe: 'First reconnect ceiling; each failure doubles it (full jitter: the wait is random below it)',
     })
     .option('reconnect-cap', { type: 'string', default: '30s', describe: 'Largest reconnect ceiling' })
+    .option('follow-cluster', {
+      type: 'boolean',
+      default: true,
+      describe:
+        'When the relay stays unreachable (3 failed rounds of dials in a row, or 10 s since the last connection), move to another relay of its cluster, as its welcome listed them, and back in turn; never from wss:// to ws://. --no-follow-cluster keeps each tunnel on its --relay',
+    })
     .option('direct-listen', {
       type: 'string',
       describe: 'Also serve callers directly at this address (host:port, :port or PORT), without the relay (e.g. 127.0.0.1:9191 for callers on this host)',
     })
+    .option('max-backlog', {
+      type: 'string',
+      default: '32MiB',
+      describe: 'Bytes of answers waiting to be written to one relay; above it further answers wait (unencoded) and new requests are answered OVERLOADED',
+    })
+    .option('max-in-flight', { type: 'number', default: 4096, describe: 'Handlers running at once on one tunnel; more requests are answered OVERLOADED' })
     .option('max-reassembly', {
       type: 'string',
       default: '32MiB',
@@ -100,6 +112,7 @@ const argv = await parse(
     .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')
     .example('$0 --relay 9090', 'a bare number is a port on this host: localhost:9090')
     .example('$0 --relay wss://eu-1.example --relay wss://us-1.example', 'dual-homed: one node with a tunnel to each relay of a cluster')
+    .example('$0 --relay wss://relay.example', 'one name, several addresses (DNS): each is tried in turn; the other relays of its cluster too')
     .example('$0 --relay :9090 --services ./my-services.js', 'serve your own services')
     .example('$0 --config /etc/tunnel/node.yaml', 'flags from a file (see docs/deploy/node.yaml)')
     .example('$0 --relay :9090 --forward Arith=127.0.0.1:8080 --forward KV=unix:/run/kv.sock', 'put existing msgpack-rpc servers behind the tunnel')
@@ -162,8 +175,11 @@ try {
     heartbeatTimeout,
     reconnectBase: durationFlag(argv, 'reconnect-base'),
     reconnectCap: durationFlag(argv, 'reconnect-cap'),
+    followCluster: argv.followCluster,
     drainTimeout: durationFlag(argv, 'drain-timeout'),
     maxReassembly: sizeFlag(argv, 'max-reassembly'),
+    maxBacklog: sizeFlag(argv, 'max-backlog'),
+    maxInFlight: argv.maxInFlight,
     streamIdleTimeout: durationFlag(argv, 'stream-idle-timeout'),
   });
   if (argv.directListen !== undefined) direct = new DirectListener(node, log, { maxMessage: DEFAULT_MAX_FRAME, heartbeatTimeout });

@@ -6,7 +6,7 @@ import { checkClusterOptions, clusterServer, type ClusterOptions } from '../rela
 import { SELECTORS, type SelectorName } from '../relay/selectors.js';
 import { LIMIT_DEFAULTS } from '../relay/limits.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
-import { listenAddress } from '../util/address.js';
+import { advertiseUrl, listenAddress } from '../util/address.js';
 import { tuneGarbageCollection } from '../util/gc.js';
 import { command, durationFlag, explainStartError, fatal, flagLabel, logger, onShutdown, parse, PRECEDENCE, sizeFlag, usageError } from './common.js';
 
@@ -109,10 +109,40 @@ const argv = await parse(
       describe: 'Failed Logins from one IP address per --login-failure-window; then its Logins are refused',
     })
     .option('login-failure-window', { type: 'string', default: `${D.loginFailureWindow / 60_000}m`, describe: 'Window of --max-login-failures-per-address' })
+    .option('max-auth-failures-per-address', {
+      type: 'number',
+      default: D.maxAuthFailuresPerAddress,
+      describe:
+        'Wrong credentials (node and caller tokens, Relay.Auth, dashboard and admin tokens) from one IP address per --auth-failure-window, every door together; then that address is backed off',
+    })
+    .option('auth-failure-window', {
+      type: 'string',
+      default: `${D.authFailureWindow / 1000}s`,
+      describe: 'Window of --max-auth-failures-per-address; an address that stays clean this long after a back-off is forgiven',
+    })
+    .option('auth-backoff', {
+      type: 'string',
+      default: `${D.authBackoff / 1000}s`,
+      describe:
+        'First back-off: credentials from a backed-off address are refused unchecked, even right ones; each wrong one after it ends doubles it (up to --max-auth-backoff)',
+    })
+    .option('max-auth-backoff', { type: 'string', default: `${D.maxAuthBackoff / 60_000}m`, describe: 'Longest back-off of --auth-backoff' })
     .option('max-connections-per-address', {
       type: 'number',
       default: D.maxConnectionsPerAddress,
       describe: 'Open connections from one IP address, every port together; more are refused with HTTP 429 (on the msgpack-rpc port: closed at once)',
+    })
+    .option('max-nodes-per-address', {
+      type: 'number',
+      default: D.maxNodesPerAddress,
+      describe:
+        'Authenticated nodes from one IP address (a fleet behind one NAT); they do not count against --max-connections-per-address. More are refused (4009)',
+    })
+    .option('max-memory', {
+      type: 'string',
+      defaultDescription: 'a quarter of the machine (or container) memory',
+      describe:
+        'Bytes the relay holds for all peers together (backlogs, chunks waiting for windows, reassembled bodies): near it new calls get OVERLOADED, over it the largest holders are cut (4008)',
     })
     .option('max-connections', {
       type: 'number',
@@ -142,6 +172,11 @@ const argv = await parse(
       default: hostname(),
       defaultDescription: 'the host name',
       describe: "This relay's name in the cluster and in presence (the RELAYS column of --list)",
+    })
+    .option('advertise', {
+      type: 'string',
+      describe:
+        'URL nodes dial to reach this relay, ws://host:port or wss://host:port: the other relays of the cluster list it in their welcome, so that their nodes can move here when their relay stays unreachable (default: --listen when it names a host, else the host name, with the bound port; wss:// with TLS)',
     })
     .option('cluster-user', { type: 'string', describe: 'NATS user (with --cluster-password)' })
     .option('cluster-password', { type: 'string', describe: 'NATS password. Prefer TUNNEL_CLUSTER_PASSWORD' })
@@ -231,6 +266,7 @@ try {
   listenAddress(argv.listen, flagLabel('listen'));
   if (argv.adminListen !== undefined) listenAddress(argv.adminListen, flagLabel('admin-listen'));
   if (argv.msgpackRpcListen !== undefined) listenAddress(argv.msgpackRpcListen, flagLabel('msgpack-rpc-listen'));
+  if (argv.advertise !== undefined) advertiseUrl(argv.advertise, flagLabel('advertise'));
   const browsers = { allowOrigin: argv.allowOrigin ?? [], allowHost: argv.allowHost ?? [] };
   new BrowserPolicy(browsers, { allowOrigin: flagLabel('allow-origin'), allowHost: flagLabel('allow-host') });
   const maxMessage = sizeFlag(argv, 'max-message');
@@ -261,13 +297,20 @@ try {
     maxLoginFailures: argv.maxLoginFailures,
     maxLoginFailuresPerAddress: argv.maxLoginFailuresPerAddress,
     loginFailureWindow: durationFlag(argv, 'login-failure-window'),
+    maxAuthFailuresPerAddress: argv.maxAuthFailuresPerAddress,
+    authFailureWindow: durationFlag(argv, 'auth-failure-window'),
+    authBackoff: durationFlag(argv, 'auth-backoff'),
+    maxAuthBackoff: durationFlag(argv, 'max-auth-backoff'),
     maxConnectionsPerAddress: argv.maxConnectionsPerAddress,
+    maxNodesPerAddress: argv.maxNodesPerAddress,
+    ...(argv.maxMemory !== undefined ? { maxMemory: sizeFlag(argv, 'max-memory') } : {}),
     maxReassembly: sizeFlag(argv, 'max-reassembly'),
     streamIdleTimeout: durationFlag(argv, 'stream-idle-timeout'),
     maxConnections: argv.maxConnections,
     maxBacklog: sizeFlag(argv, 'max-backlog'),
     slowConsumerTimeout: durationFlag(argv, 'slow-consumer-timeout'),
     relayName: argv.relayName,
+    advertise: argv.advertise,
     ...clusterOptions(),
   };
   const msgpackRpcIdleTimeout = durationFlag(argv, 'msgpack-rpc-idle-timeout');

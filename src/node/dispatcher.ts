@@ -6,6 +6,7 @@ import type { DeadlineWheel, Expiring } from '../rpc/deadlines.js';
 import { invoke, type ServiceRegistry } from '../rpc/registry.js';
 import type { Session } from '../rpc/session.js';
 import type { Logger } from '../util/logger.js';
+import { methodProblem } from '../wire/bounds.js';
 import type { Connection } from '../wire/connection.js';
 import { Kind, response, responseStream, type Message } from '../wire/messages.js';
 import type { WireBroadcastEntry } from '../wire/presence.js';
@@ -27,6 +28,10 @@ export interface DispatchHost {
   readonly maxMessage: number;
   /** Bytes of incomplete streamed params one caller session may hold on this node. */
   readonly maxReassembly: number;
+  /** Bytes of answers waiting for the socket above which answers wait unencoded and new requests are refused. */
+  readonly maxBacklog: number;
+  /** Handlers running at once on one connection; more requests are refused OVERLOADED. */
+  readonly maxInFlight: number;
   /** A handler finished (the node counts what still runs, for drain). */
   callFinished(): void;
   /** Handlers finished since the node started, on every connection. */
@@ -85,6 +90,12 @@ export class Dispatcher {
   private readonly sessionBudgets = new Map<string, ReassemblyBudget>();
   /** Largest result the peer said it accepts (the relay's welcome), bytes. */
   peerMaxMessage = Infinity;
+  /**
+   * Answers held back while the socket's backlog is above `maxBacklog`: the handler's result, not
+   * yet encoded for the wire, so that a burst of large answers costs references, not copies.
+   */
+  private readonly waiting: Array<{ call: RunningCall; pieces: Pieces; length: number }> = [];
+  private waitTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly host: DispatchHost,
@@ -180,6 +191,8 @@ export class Dispatcher {
 
   /** Aborts and forgets every call of this connection (it closed, or the node stops). */
   drop(reason: TunnelError): void {
+    this.waiting.length = 0;
+    clearTimeout(this.waitTimer);
     this.uploads.clear();
     this.sessionBudgets.clear();
     for (const call of this.running.values()) {
@@ -228,7 +241,10 @@ export class Dispatcher {
     // Both kinds of service end in encoded bytes: a forwarded one passes the params and result through.
     let work: (ctx: CallContext) => Promise<Uint8Array | Pieces>;
     try {
-      if (dot <= 0) throw new TunnelError(ErrorCode.BAD_REQUEST, `method "${method}" must be Service.Method`);
+      // The relay's rule, applied again here: what reaches the node may come from a relay that does
+      // not check it, or straight from a direct caller (--direct-listen).
+      const badName = methodProblem(method);
+      if (badName !== undefined) throw new TunnelError(ErrorCode.BAD_REQUEST, badName);
       const forwarded = this.host.forwarded.get(method.slice(0, dot));
       if (forwarded) {
         work = (ctx) => forwarded.call(method, m.params, ctx);
@@ -246,6 +262,11 @@ export class Dispatcher {
     if (this.localMeta && meta.broadcast === true) work = asBroadcastEntry(work, this.host.name);
     if (this.running.has(id)) {
       this.conn.send(response(id, new TunnelError(ErrorCode.BAD_REQUEST, `request id ${id} is already running`).toWire(), null));
+      return;
+    }
+    const busy = this.busy();
+    if (busy !== undefined) {
+      this.conn.send(response(id, new TunnelError(ErrorCode.OVERLOADED, busy).toWire(), null));
       return;
     }
     const timeout = typeof meta.timeout === 'number' && meta.timeout > 0 ? meta.timeout : this.host.defaultTimeout;
@@ -296,10 +317,44 @@ export class Dispatcher {
       this.conn.send(response(call.id, new TunnelError(ErrorCode.TOO_LARGE, message).toWire(), null));
       return;
     }
+    if (this.waiting.length > 0 || this.conn.socketBacklog > this.host.maxBacklog) {
+      this.waiting.push({ call, pieces, length });
+      this.waitTimer ??= setTimeout(this.sendWaiting, WAIT_POLL);
+      return;
+    }
+    this.send(call, pieces, length);
+  }
+
+  private send(call: RunningCall, pieces: Pieces, length: number): void {
     if (length > STREAM_THRESHOLD) this.conn.sendStream(responseStream(call.id, length), call.id, pieces);
     else this.conn.send(response(call.id, null, join(pieces)));
   }
+
+  /** Sends held answers while the socket has room; those of calls cancelled meanwhile are dropped. */
+  private readonly sendWaiting = (): void => {
+    this.waitTimer = undefined;
+    while (this.waiting.length > 0 && this.conn.socketBacklog <= this.host.maxBacklog) {
+      const { call, pieces, length } = this.waiting.shift()!;
+      if (!call.aborted && this.conn.isOpen) this.send(call, pieces, length);
+    }
+    if (this.waiting.length > 0 && this.conn.isOpen) this.waitTimer = setTimeout(this.sendWaiting, WAIT_POLL);
+    else this.waiting.length = 0;
+  };
+
+  /** Why a new request is refused now (OVERLOADED), or undefined when it may run. */
+  private busy(): string | undefined {
+    if (this.running.size >= this.host.maxInFlight) {
+      return `node ${this.host.name} already runs ${this.running.size} calls on this connection (its --max-in-flight); try again shortly`;
+    }
+    if (this.waiting.length > 0 || this.conn.socketBacklog > this.host.maxBacklog) {
+      return `node ${this.host.name} has more answers waiting to be sent than its --max-backlog of ${this.host.maxBacklog} bytes (the relay or the network is slow); try again shortly`;
+    }
+    return undefined;
+  }
 }
+
+/** How often held answers look for room in the socket, ms. */
+const WAIT_POLL = 5;
 
 function asBroadcastEntry(work: (ctx: CallContext) => Promise<Uint8Array | Pieces>, node: string): (ctx: CallContext) => Promise<Pieces> {
   return async (ctx) => {

@@ -1,4 +1,5 @@
 import { EventEmitter, once } from 'node:events';
+import type { LookupFunction } from 'node:net';
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { ErrorCode, TunnelError } from '../errors.js';
@@ -16,6 +17,7 @@ import { Dispatcher, type DispatchHost, type RunningCall } from './dispatcher.js
 import type { ForwardedService } from './forward.js';
 import { SessionTable } from './sessions.js';
 import { RelayTunnel, type TunnelHost } from './tunnel.js';
+import { LearnedRelays } from './relay-rotation.js';
 import type { TunnelState } from './tunnel-state.js';
 import { DeadlineWheel } from '../rpc/deadlines.js';
 
@@ -55,6 +57,27 @@ export interface NodeOptions extends ClientTlsOptions {
   maxReassembly?: number;
   /** Streamed params that receive no chunk for this long are dropped, ms (default 30 000). */
   streamIdleTimeout?: number;
+  /**
+   * Bytes of answers waiting to be written to one relay (default 32 MiB). Above it the node holds
+   * further answers unencoded until the socket drains, and answers new requests OVERLOADED.
+   */
+  maxBacklog?: number;
+  /** Handlers running at once on one tunnel (default 4 096); more requests are answered OVERLOADED. */
+  maxInFlight?: number;
+  /**
+   * Move to another relay of the cluster when the relay stays unreachable (default true): the relays
+   * of a cluster list the others in their welcome, and a tunnel whose relay failed 3 rounds of dials
+   * in a row, or 10 s since it was last connected, dials the next of its configured relay and those,
+   * in turn. A `wss://` relay is never left for a `ws://` one; a dual-homed node's tunnel moves only
+   * to a relay none of its other tunnels holds. `false` keeps every tunnel on its configured relay.
+   */
+  followCluster?: boolean;
+  /**
+   * Resolves a relay's host name, with the shape of Node's net `lookup` option (`dns.lookup` by
+   * default). The node asks for every address (`all: true`) and tries each in turn before backing
+   * off; TLS server name and `Host` stay the name. For tests and custom resolvers.
+   */
+  lookup?: LookupFunction;
 }
 
 /**
@@ -84,7 +107,8 @@ export function relayUrls(relays: string | readonly string[], what: string): str
  * only the calls that came through it, and sessions end only when no tunnel is connected.
  *
  * Events: `connected` (url) when a relay welcomes a tunnel, `disconnected` (code, reason, url) when a
- * tunnel closes or a dial fails, `stopped`.
+ * tunnel closes or a dial fails, `stopped`; `url` is the relay dialled (the configured one, or the
+ * relay of the cluster the tunnel moved to, see {@link NodeOptions.followCluster}).
  */
 export class TunnelNode extends EventEmitter {
   readonly name: string;
@@ -101,6 +125,8 @@ export class TunnelNode extends EventEmitter {
   private readonly sessions = new SessionTable();
   private readonly directSessions = new SessionTable();
   private readonly relayTunnels: RelayTunnel[];
+  /** The relays of the cluster the welcomes listed (`followCluster`). */
+  private readonly learned: LearnedRelays;
   /** Each direct caller's calls. */
   private readonly direct = new Set<Dispatcher>();
   private readonly host: DispatchHost;
@@ -135,16 +161,28 @@ export class TunnelNode extends EventEmitter {
       defaultTimeout: this.opts.defaultTimeout,
       maxMessage: this.opts.maxMessage - ENVELOPE_ALLOWANCE,
       maxReassembly: this.opts.maxReassembly,
+      maxBacklog: this.opts.maxBacklog,
+      maxInFlight: this.opts.maxInFlight,
       callFinished: () => {
         if (this.inFlight === 0) this.emit('idle');
       },
       served: 0,
     };
+    this.learned = new LearnedRelays(this.log, this.opts.followCluster);
     const tunnelHost: TunnelHost = {
       dispatch: this.host,
       sessions: this.sessions,
       hello: () => this.hello(),
-      welcomed: (t) => this.emit('connected', t.url),
+      welcomed: (t, w) => {
+        const learned = this.learned.welcome(t.rotation, w);
+        this.emit('connected', t.current);
+        return learned;
+      },
+      candidates: (t) =>
+        this.learned.candidates(
+          t.rotation,
+          this.relayTunnels.map((o) => o.rotation),
+        ),
       lost: (t, code, reason) => this.onTunnelLost(t, code, reason),
       sessionClosed: (session) => this.closeSession(session),
     };
@@ -156,6 +194,7 @@ export class TunnelNode extends EventEmitter {
       reconnectBase: this.opts.reconnectBase,
       reconnectCap: this.opts.reconnectCap,
       reconnectReset: this.opts.reconnectReset,
+      lookup: this.opts.lookup,
     };
     this.relayTunnels = this.urls.map((url) => new RelayTunnel(url, tunnelHost, tunnelOptions));
     this.streamTimer = setInterval(
@@ -263,7 +302,7 @@ export class TunnelNode extends EventEmitter {
       const cleared = this.sessions.clear('connection to the relay was lost');
       if (cleared > 0) this.log.info({ sessions: cleared }, 'no relay connected: sessions cleared');
     }
-    this.emit('disconnected', code, reason, tunnel.url);
+    this.emit('disconnected', code, reason, tunnel.current);
     this.emit('idle');
   }
 

@@ -12,6 +12,9 @@ export const NODE_DEFAULTS = {
   maxMessage: DEFAULT_MAX_FRAME,
   maxReassembly: 32 * 1024 * 1024,
   streamIdleTimeout: 30_000,
+  maxBacklog: 32 * 1024 * 1024,
+  maxInFlight: 4_096,
+  followCluster: true,
 };
 
 /** The node's settings once resolved: every defaulted option is present. */
@@ -22,9 +25,9 @@ type Given<S> = { [K in keyof S]?: S[K] | undefined };
 /**
  * The node's options merged over {@link NODE_DEFAULTS} (an explicit `undefined` keeps the default)
  * and checked: durations and sizes finite and in range, `reconnectBase` ≤ `reconnectCap`, `services`
- * a registry. Throws an OptionError naming the option.
+ * a registry, `followCluster` a boolean, `lookup` a function. Throws an OptionError naming the option.
  */
-export function resolveNodeOptions<O extends Given<NodeSettings> & { services?: unknown }>(options: O): O & NodeSettings {
+export function resolveNodeOptions<O extends Given<NodeSettings> & { services?: unknown; lookup?: unknown }>(options: O): O & NodeSettings {
   const o = withDefaults(NODE_DEFAULTS, options);
   new OptionChecks('TunnelNode', o)
     .duration('heartbeatTimeout', 'turns heartbeats off')
@@ -37,7 +40,11 @@ export function resolveNodeOptions<O extends Given<NodeSettings> & { services?: 
     // What the node accepts is this less the envelope allowance; it must leave room for params.
     .count('maxMessage', ENVELOPE_ALLOWANCE + 1, ' of bytes')
     .bytes('maxReassembly')
-    .duration('streamIdleTimeout');
+    .duration('streamIdleTimeout')
+    .bytes('maxBacklog')
+    .count('maxInFlight')
+    .boolean('followCluster')
+    .optionalFunction('lookup', "the shape of Node's net lookup option, e.g. dns.lookup");
   const services = o.services as { describe?: unknown; lookup?: unknown } | undefined;
   if (typeof services?.describe !== 'function' || typeof services.lookup !== 'function') {
     throw OptionError.invalid('TunnelNode', 'services', "must be a ServiceRegistry (new ServiceRegistry().register('Name', impl))", services);

@@ -3,10 +3,13 @@ import { ErrorCode, TunnelError } from '../errors.js';
 import type { Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
-import { dial, type LoadedTls, type Refusal } from '../wire/dial.js';
-import { goaway, hello, Kind, type Hello, type Message } from '../wire/messages.js';
+import type { LookupAddress } from 'node:dns';
+import type { LookupFunction } from 'node:net';
+import { dial, resolveAll, type LoadedTls, type Refusal } from '../wire/dial.js';
+import { goaway, hello, Kind, type Hello, type Message, type Welcome } from '../wire/messages.js';
 import { Backoff } from './backoff.js';
 import { Dispatcher, type DispatchHost } from './dispatcher.js';
+import { RelayRotation } from './relay-rotation.js';
 import type { SessionTable } from './sessions.js';
 
 /** How a tunnel dials and keeps its relay: the node's options, the same for every tunnel. */
@@ -19,6 +22,8 @@ export interface TunnelOptions {
   readonly reconnectBase: number;
   readonly reconnectCap: number;
   readonly reconnectReset: number;
+  /** Resolves the relay's host name to every address (the system resolver when undefined). */
+  readonly lookup: LookupFunction | undefined;
 }
 
 /** What a tunnel needs from the node that owns it, and what it tells the node. */
@@ -29,8 +34,13 @@ export interface TunnelHost {
   readonly sessions: SessionTable;
   /** The node's hello, the same on every tunnel (one name, one instance): relays see one process. */
   hello(): Hello;
-  /** The relay accepted this tunnel. */
-  welcomed(tunnel: RelayTunnel): void;
+  /**
+   * The relay accepted this tunnel; returns what the relay calls itself (its welcome's `url`), when
+   * it says, and the other relays of its cluster it listed (for the log).
+   */
+  welcomed(tunnel: RelayTunnel, welcome: Welcome): { self: string | undefined; relays: string[] };
+  /** The relays of the cluster this tunnel may move to when its relay stays unreachable. */
+  candidates(tunnel: RelayTunnel): readonly string[];
   /** This tunnel closed (or never opened); its calls are already aborted. It reconnects by itself. */
   lost(tunnel: RelayTunnel, code: number, reason: string): void;
   /** A relay said a caller disconnected: the session ends on every tunnel. */
@@ -41,11 +51,24 @@ export interface TunnelHost {
  * The node's connection to one relay, kept forever: dial, hello, welcome, the relay's GOAWAY, and
  * reconnects with its own jittered backoff, one timer at a time. The calls that arrive on it run on
  * its {@link Dispatcher}; when it drops, only those calls are aborted.
+ *
+ * A relay's host name may have several addresses: one round of dials tries each in turn at once
+ * (the one that last worked last), and only a round that fails backs off. When the relay stays
+ * unreachable the tunnel may move to another relay of the cluster ({@link RelayRotation}).
  */
 export class RelayTunnel {
-  private readonly log: Logger;
+  /** Which relay this tunnel dials: the configured one or a relay of the cluster. */
+  readonly rotation: RelayRotation;
+  private log: Logger;
   private readonly backoff: Backoff;
-  private readonly dispatch: DispatchHost;
+  private dispatch: DispatchHost;
+  /** The addresses of the current relay's name left to try in this round, and the one that last worked. */
+  private round: LookupAddress[] = [];
+  private lastAddress: string | undefined;
+  /** The address of the connection being dialled or open, for logs. */
+  private address: string | undefined;
+  /** Bumped by every dial: a resolution that ends after a newer dial (or a close) is dropped. */
+  private dialSeq = 0;
   private conn: Connection | undefined;
   private link: Dispatcher | undefined;
   private welcomed = false;
@@ -64,16 +87,27 @@ export class RelayTunnel {
     private readonly host: TunnelHost,
     private readonly opts: TunnelOptions,
   ) {
-    this.log = host.dispatch.log.child({ relay: url });
+    this.rotation = new RelayRotation(url, () => host.candidates(this));
     this.backoff = new Backoff(opts.reconnectBase, opts.reconnectCap);
-    this.dispatch = {
-      ...host.dispatch,
-      log: this.log,
+    this.log = host.dispatch.log.child({ relay: url });
+    this.dispatch = this.dispatchWith(this.log);
+  }
+
+  /** What the calls of a connection use: its log names the relay dialled. */
+  private dispatchWith(log: Logger): DispatchHost {
+    return {
+      ...this.host.dispatch,
+      log,
       callFinished: () => {
-        host.dispatch.callFinished();
+        this.host.dispatch.callFinished();
         this.leaveIfRelayGoingAway();
       },
     };
+  }
+
+  /** The relay dialled now: {@link url}, or the relay of the cluster the tunnel moved to. */
+  get current(): string {
+    return this.rotation.current;
   }
 
   /** True while the relay has accepted this tunnel. */
@@ -91,7 +125,7 @@ export class RelayTunnel {
   }
 
   get state(): TunnelState {
-    return { url: this.url, connected: this.connected, since: this.changedAt, running: this.running };
+    return { url: this.url, current: this.current, connected: this.connected, since: this.changedAt, running: this.running };
   }
 
   start(): void {
@@ -135,17 +169,42 @@ export class RelayTunnel {
     clearTimeout(this.healthyTimer);
   }
 
+  /** The next address of this round, or a new round: the relay's name resolved again. */
   private dial(): void {
     this.reconnectTimer = undefined;
     if (this.closing) return;
+    const seq = ++this.dialSeq;
+    const next = this.round.shift();
+    if (next) return this.open(next);
+    const url = this.current;
+    resolveAll(new URL(url).hostname.replace(/^\[(.*)\]$/, '$1'), this.opts.lookup).then(
+      (addresses) => {
+        if (this.closing || seq !== this.dialSeq || url !== this.current) return;
+        // The address that worked last goes last: it is the likeliest to be the one that just failed.
+        const i = addresses.findIndex((a) => a.address === this.lastAddress);
+        this.round = i < 0 ? addresses : [...addresses.slice(i + 1), ...addresses.slice(0, i + 1)];
+        this.open(this.round.shift()!);
+      },
+      (err: Error) => {
+        if (this.closing || seq !== this.dialSeq) return;
+        this.log.warn({ err: err.message }, 'could not resolve the relay host name');
+        this.host.lost(this, CloseCode.ABNORMAL, err.message);
+        this.roundFailed();
+      },
+    );
+  }
+
+  private open(address: LookupAddress): void {
+    this.address = address.address;
     const headers: Record<string, string> = {};
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
     let refused: Refusal | undefined;
-    const ws = dial(this.url, {
+    const ws = dial(this.current, {
       maxMessage: this.opts.maxMessage,
       handshakeTimeout: 10_000,
       headers,
       tls: this.opts.tls,
+      address,
       onRefused: (r) => {
         refused = r;
       },
@@ -189,11 +248,16 @@ export class RelayTunnel {
         this.changedAt = new Date();
         if (typeof m.welcome.version === 'number') conn.peerVersion = m.welcome.version;
         this.link!.peerMaxMessage = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : Infinity;
-        this.log.info({ services: this.services }, 'connected to relay');
+        this.lastAddress = this.address;
+        this.round = [];
+        {
+          const { self, relays } = this.host.welcomed(this, m.welcome);
+          this.rotation.connected(self);
+          this.log.info({ services: this.services, address: this.address, ...(relays.length > 0 ? { cluster: relays } : {}) }, 'connected to relay');
+        }
         clearTimeout(this.healthyTimer);
         this.healthyTimer = setTimeout(() => this.backoff.reset(), this.opts.reconnectReset);
         this.healthyTimer.unref();
-        this.host.welcomed(this);
         return;
       case Kind.GOAWAY:
         this.log.warn({ reason: m.reason, running: this.running }, 'relay is going away');
@@ -220,16 +284,42 @@ export class RelayTunnel {
     clearTimeout(this.healthyTimer);
     // The relay has already failed these calls with NODE_LOST; nobody waits for their answers.
     link.drop(new TunnelError(ErrorCode.NODE_LOST, 'connection to the relay was lost'));
-    if (wasConnected) this.log.warn({ code, reason }, 'disconnected from relay');
-    else if (!this.closing) this.log.warn({ code, reason }, 'could not connect to relay');
+    if (wasConnected) this.log.warn({ code, reason, address: this.address }, 'disconnected from relay');
+    else if (!this.closing) this.log.warn({ code, reason, address: this.address }, 'could not connect to relay');
     if (code === CloseCode.UNAUTHORIZED || code === CloseCode.NAME_CONFLICT) {
       const why = code === CloseCode.UNAUTHORIZED ? 'relay refused our credentials' : 'relay refused our name';
       this.log.error({ reason }, `${why}; retrying at the longest backoff`);
       this.backoff.exhaust();
+      // The relay answered: its other addresses are the same relay and would say the same.
+      this.round = [];
     }
     this.whenClosed?.();
     this.whenClosed = undefined;
     this.host.lost(this, code, reason);
+    if (wasConnected) {
+      this.rotation.disconnected();
+      this.round = [];
+      this.scheduleReconnect();
+    } else if (this.round.length > 0 && !this.closing) {
+      // Another address of the same name: at once, still one timer at a time.
+      this.reconnectTimer = setTimeout(() => this.dial(), 0);
+    } else {
+      this.roundFailed();
+    }
+  }
+
+  /** Every address of the relay failed: maybe move to another relay of the cluster, then back off. */
+  private roundFailed(): void {
+    if (this.closing) return;
+    const from = this.current;
+    const to = this.rotation.failed();
+    if (to !== undefined) {
+      this.round = [];
+      this.lastAddress = undefined;
+      this.log.info({ from, to }, 'relay stays unreachable; moving to another relay of the cluster');
+      this.log = this.host.dispatch.log.child({ relay: to });
+      this.dispatch = this.dispatchWith(this.log);
+    }
     this.scheduleReconnect();
   }
 

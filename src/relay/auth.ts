@@ -50,7 +50,8 @@ export interface Credential {
   readonly certificate: PeerCertificate | undefined;
 }
 
-export type Verdict = { ok: true; identity: string | null; credential: Credential } | { ok: false; reason: string };
+/** Whether a peer may go on; a refusal says why, and whether a token was presented and matched nothing (a guess, counted per address). */
+export type Verdict = { ok: true; identity: string | null; credential: Credential } | { ok: false; reason: string; wrongToken?: boolean };
 
 export interface TokenEntry {
   kind: 'node' | 'caller';
@@ -151,10 +152,10 @@ export class Authenticator extends EventEmitter {
    * wrong for every role is refused: a bearer token that matches nothing, a client certificate that
    * does not verify. A missing token may still come in the hello.
    */
-  checkUpgrade(token: string | undefined, cert: PeerCertificate | undefined): string | undefined {
-    if (cert?.presented && !cert.authorized) return `client certificate refused: ${cert.error ?? 'not trusted'}`;
+  checkUpgrade(token: string | undefined, cert: PeerCertificate | undefined): { reason: string; wrongToken: boolean } | undefined {
+    if (cert?.presented && !cert.authorized) return { reason: `client certificate refused: ${cert.error ?? 'not trusted'}`, wrongToken: false };
     if (token === undefined || (!this.nodesNeedAuth && !this.callersNeedToken)) return undefined;
-    if (this.match(token).length === 0) return 'token refused: it matches no node or caller token';
+    if (this.match(token).length === 0) return { reason: 'token refused: it matches no node or caller token', wrongToken: true };
     return undefined;
   }
 
@@ -175,7 +176,7 @@ export class Authenticator extends EventEmitter {
       if (d === undefined) return { ok: false, reason: 'this relay requires a node token (--token or TUNNEL_TOKEN)' };
       const shared = this.nodeDigest !== undefined && timingSafeEqual(d, this.nodeDigest);
       const named = this.matchDigest(d).some((e) => e.kind === 'node' && e.name === name);
-      if (!shared && !named) return { ok: false, reason: `node token refused for node name ${name}` };
+      if (!shared && !named) return { ok: false, reason: `node token refused for node name ${name}`, wrongToken: true };
     }
     return { ok: true, identity: name, credential: { digest: d, certificate: cert } };
   }
@@ -197,7 +198,7 @@ export class Authenticator extends EventEmitter {
     if (entry) return { ok: true, identity: entry.name, credential };
     if (shared) return { ok: true, identity: 'caller', credential };
     return this.callersNeedToken
-      ? { ok: false, reason: 'caller token refused' }
+      ? { ok: false, reason: 'caller token refused', wrongToken: true }
       : { ok: true, identity: null, credential: { digest: undefined, certificate: undefined } };
   }
 

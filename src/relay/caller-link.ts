@@ -4,7 +4,7 @@ import type { Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Kind, type Message, type NodeMeta } from '../wire/messages.js';
 import { RELAY_SERVICE } from '../wire/presence.js';
-import { labelsProblem, methodProblem, NAME_LIMITS } from '../wire/bounds.js';
+import { controlProblem, labelsProblem, methodProblem, NAME_LIMITS } from '../wire/bounds.js';
 import { UNKNOWN as UNKNOWN_METHOD } from './metrics.js';
 import { Broadcast } from './broadcast.js';
 import type { NodeDirectory } from './directory.js';
@@ -112,6 +112,7 @@ export class CallerLink implements CallSink {
     const badName = methodProblem(method);
     if (badName !== undefined) return this.reply(id, UNKNOWN_METHOD, new TunnelError(ErrorCode.BAD_REQUEST, badName));
     const dot = method.lastIndexOf('.');
+    if (this.limits.memory?.pressed) return this.reply(id, method, new TunnelError(ErrorCode.OVERLOADED, this.limits.memory.describe()));
     if (this.inflight.size + this.uploads.size >= this.limits.maxCallerInFlight) {
       return this.reply(
         id,
@@ -159,6 +160,8 @@ export class CallerLink implements CallSink {
         new TunnelError(ErrorCode.BAD_REQUEST, `metadata node must be a node name (a string of at most ${NAME_LIMITS.name} characters)`),
       );
     }
+    const badNode = typeof meta.node === 'string' ? controlProblem(meta.node, 'metadata node') : undefined;
+    if (badNode !== undefined) return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, badNode));
     if (m.stream > 0 && meta.broadcast === true) {
       try {
         this.uploads.start(id, m.stream, m);
@@ -285,6 +288,7 @@ export class CallerLink implements CallSink {
       return;
     }
     if (whole) this.complete(call, null, whole.body);
+    else this.out.reassembled?.();
   }
 
   /**

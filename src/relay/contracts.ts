@@ -107,6 +107,12 @@ export interface CallerOutput {
   streamChunk?(id: number, final: boolean, bytes: Uint8Array, onSent: () => void): void;
   /** Stops passing on a result stream that ended early (cancelled, expired, node lost). */
   dropStream?(id: number): void;
+  /**
+   * A transport without `streamChunk`: the relay took one more chunk of a result it reassembles for
+   * this caller (now in the link's `budget`). Those bytes are held for the caller as surely as its
+   * backlog, and the door counts them toward its slow-consumer cut.
+   */
+  reassembled?(): void;
   /** Acknowledges the caller's own chunks of stream `id` once the relay has passed them on (flow control). */
   acknowledge?(id: number, bytes: number): void;
   /** Ends the caller's connection, where it has one (too many failed Logins, revoked token). */
@@ -123,6 +129,8 @@ export interface CallerLimits {
   maxNodeInFlight: number;
   /** Bytes of incomplete bodies the relay reassembles for one caller connection. */
   maxReassembly: number;
+  /** The relay's memory budget over every connection: while pressed, new calls are refused OVERLOADED. */
+  readonly memory?: { readonly pressed: boolean; describe(): string } | undefined;
 }
 
 /** A call or a broadcast, as an observer sees it. */

@@ -11,6 +11,7 @@ export type AuditKind =
   | 'refused-call'
   | 'revoked'
   | 'slow-consumer'
+  | 'auth-backoff'
   | 'action';
 
 /** Which door of the relay a refusal or a cut happened at. */

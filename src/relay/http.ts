@@ -11,6 +11,8 @@ import type { BrowserPolicy } from '../util/browser-policy.js';
 import type { NodeInfo } from '../wire/presence.js';
 import type { Credential } from './auth.js';
 import type { DashboardDoor } from './dashboard/routes.js';
+import type { MemoryBudget } from './memory.js';
+import { retryAfter } from './auth-failures.js';
 
 /** What the HTTP endpoints need from the relay. */
 export interface HttpHost {
@@ -20,6 +22,8 @@ export interface HttpHost {
   readonly draining: boolean;
   /** Largest request body, bytes. */
   readonly maxBody: number;
+  /** The relay's memory budget: bodies being read and answers not yet written count in it. */
+  readonly memory?: Pick<MemoryBudget, 'pressed' | 'describe' | 'add'>;
   readiness(): { ready: boolean; reasons: string[] };
   nodes(): NodeInfo[];
   /** Checks a caller's token; throws UNAUTHORIZED. */
@@ -134,9 +138,12 @@ async function gatewayCall(relay: HttpHost, req: IncomingMessage, res: ServerRes
   try {
     admitted = relay.admitCaller(bearerToken(req.headers.authorization), address);
     meta = callMeta(url);
-    params = encodeParams(parseArgs(await readBody(req, relay.maxBody)));
+    if (relay.memory?.pressed) throw new TunnelError(ErrorCode.OVERLOADED, relay.memory.describe());
+    params = encodeParams(parseArgs(await readBody(req, relay.maxBody, relay.memory)));
   } catch (err) {
-    return sendError(res, TunnelError.from(err));
+    const e = TunnelError.from(err);
+    if (e.code === ErrorCode.UNAUTHORIZED) refuseCredential(res, e);
+    return sendError(res, e);
   }
   const transport: CallerOutput = {
     respond(_id, error, bytes) {
@@ -149,6 +156,12 @@ async function gatewayCall(relay: HttpHost, req: IncomingMessage, res: ServerRes
         return sendError(res, TunnelError.from(err));
       }
       send(res, 200, JSON_TYPE, `${toJson({ result })}\n`);
+      // An answer the client does not read stays charged to the relay's budget until written.
+      if (relay.memory && res.writableLength > 0) {
+        const release = relay.memory.add({ held: () => res.writableLength, shed: () => res.destroy(), who: { door: 'http', address } });
+        res.once('close', release);
+        res.once('finish', release);
+      }
     },
   };
   if (req.socket.destroyed) return;
@@ -176,6 +189,16 @@ function cors(relay: HttpHost, req: IncomingMessage, res: ServerResponse): boole
   });
   res.end();
   return true;
+}
+
+/**
+ * Before an answer that refuses a credential: the connection closes after it (a guesser pays a new
+ * connection per try, as on the other doors), and a back-off says when to come back.
+ */
+export function refuseCredential(res: ServerResponse, err: TunnelError): void {
+  res.setHeader('connection', 'close');
+  const after = retryAfter(err);
+  if (after !== undefined) res.setHeader('retry-after', String(after));
 }
 
 /** Answers a request the relay refuses with 403 FORBIDDEN, the reason also in X-Tunnel-Reason. */
@@ -222,15 +245,17 @@ function parseArgs(body: string): unknown[] {
   return value;
 }
 
-function readBody(req: IncomingMessage, limit: number): Promise<string> {
+function readBody(req: IncomingMessage, limit: number, memory?: Pick<MemoryBudget, 'add'>): Promise<string> {
   const declared = Number(req.headers['content-length'] ?? 0);
   if (declared > limit) {
     req.resume();
     return Promise.reject(new TunnelError(ErrorCode.TOO_LARGE, `the body is ${declared} bytes; this relay accepts at most ${limit}`));
   }
-  return new Promise((resolve, reject) => {
+  let size = 0;
+  // A body arriving slowly is memory held for that client: it counts in the budget while it is read.
+  const release = memory?.add({ held: () => size, shed: () => req.destroy(), who: { door: 'http', address: peerAddress(req.socket) } });
+  return new Promise<string>((resolve, reject) => {
     const chunks: Buffer[] = [];
-    let size = 0;
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
       if (size > limit) {
@@ -244,7 +269,7 @@ function readBody(req: IncomingMessage, limit: number): Promise<string> {
     req.once('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
     req.once('error', reject);
     req.once('close', () => reject(new TunnelError(ErrorCode.CANCELLED, 'the HTTP client went away before sending the whole body')));
-  });
+  }).finally(() => release?.());
 }
 
 /** JSON with the two MessagePack values JSON lacks: 64-bit integers as strings, bytes as base64. */

@@ -2,6 +2,7 @@ import { ErrorCode, TunnelError } from '../errors.js';
 import { DEFAULT_MAX_LOGIN_FAILURES } from '../rpc/login.js';
 import type { Logger } from '../util/logger.js';
 import { DEFAULT_MAX_BODY } from '../wire/messages.js';
+import { defaultMaxMemory } from './memory.js';
 
 /**
  * Every limit the relay enforces, with its default. README ("Running a relay on the internet") has the same table with what
@@ -22,8 +23,33 @@ export interface Limits {
   maxLoginFailuresPerAddress: number;
   /** The window of `maxLoginFailuresPerAddress`, ms. */
   loginFailureWindow: number;
-  /** Open connections from one IP address, every door together. Over it: HTTP 429 (or the socket is closed). */
+  /**
+   * Wrong credentials (node or caller tokens, `Relay.Auth`, dashboard and admin tokens) from one IP
+   * address within `authFailureWindow`, every door together. At it: the address is backed off.
+   */
+  maxAuthFailuresPerAddress: number;
+  /** The window of `maxAuthFailuresPerAddress`, ms; also how long an address must stay clean after a back-off before it is forgiven. */
+  authFailureWindow: number;
+  /**
+   * The first back-off, ms: credentials from a backed-off address are refused without being checked.
+   * A wrong credential after a back-off ends (before the address is forgiven) starts the next one, twice as long.
+   */
+  authBackoff: number;
+  /** The longest back-off, ms. */
+  maxAuthBackoff: number;
+  /**
+   * Open connections from one IP address, every door together, not counting authenticated nodes
+   * (connections before their hello, callers, nodes of a relay without node authentication). Over
+   * it: HTTP 429 (or the socket is closed).
+   */
   maxConnectionsPerAddress: number;
+  /** Authenticated nodes from one IP address (a fleet behind one NAT). Over it: the hello is refused (4009). */
+  maxNodesPerAddress: number;
+  /**
+   * Bytes the relay holds for all its peers together: backlogs, chunks waiting for windows, bodies
+   * reassembled. Near it (90 %) new calls are refused OVERLOADED; over it the largest holders are cut (4008).
+   */
+  maxMemory: number;
   /** Open connections on every door together. Over it: HTTP 503 (or the socket is closed). */
   maxConnections: number;
   /**
@@ -51,7 +77,13 @@ export const LIMIT_DEFAULTS: Limits = {
   maxLoginFailures: DEFAULT_MAX_LOGIN_FAILURES,
   maxLoginFailuresPerAddress: 50,
   loginFailureWindow: 10 * 60_000,
+  maxAuthFailuresPerAddress: 10,
+  authFailureWindow: 60_000,
+  authBackoff: 5_000,
+  maxAuthBackoff: 10 * 60_000,
   maxConnectionsPerAddress: 256,
+  maxNodesPerAddress: 4_096,
+  maxMemory: defaultMaxMemory(),
   maxConnections: 16_384,
   maxBacklog: 8 * 1024 * 1024,
   slowConsumerTimeout: 10_000,
@@ -66,6 +98,9 @@ export function checkLimits(limits: Limits): void {
   for (const [name, value] of Object.entries(limits)) {
     if (!Number.isFinite(value) || value <= 0) throw new RangeError(`${name} must be a positive number, got ${String(value)}`);
   }
+  if (limits.maxAuthBackoff < limits.authBackoff) {
+    throw new RangeError(`maxAuthBackoff (${limits.maxAuthBackoff}) must be at least authBackoff (${limits.authBackoff})`);
+  }
   if (limits.maxReassembly < limits.maxMessage) {
     throw new RangeError(
       `maxReassembly (${limits.maxReassembly}) must be at least maxMessage (${limits.maxMessage}), or a body of the largest size could never be reassembled`,
@@ -74,9 +109,40 @@ export function checkLimits(limits: Limits): void {
 }
 
 interface AddressState {
+  /** Connections not yet (or never) an authenticated node: bounded by maxConnectionsPerAddress. */
   open: number;
+  /** Authenticated nodes: bounded by maxNodesPerAddress. */
+  nodes: number;
   failures: number;
   windowStart: number;
+  /** Wrong credentials, while the address has any to remember. */
+  auth?: AuthState;
+}
+
+/** Wrong credentials from one address, on every door. */
+interface AuthState {
+  /** In the window that started at `windowStart`. */
+  failures: number;
+  windowStart: number;
+  /** The last back-off, ms; 0 until there is one, and again once the address is forgiven. */
+  backoff: number;
+  /** When the last back-off ends (refusals before it). */
+  until: number;
+  /** The last failure or refusal: a burst goes on while they come less than {@link BURST_QUIET} ms apart. */
+  last: number;
+}
+
+/** A burst of failures from one address ends after this long without one, ms. */
+export const BURST_QUIET = 10_000;
+
+/** What {@link AddressTable.authFailed} tells about a wrong credential. */
+export interface AuthFailure {
+  /** The first failure of a burst from its address: the one worth a log line. */
+  firstOfBurst: boolean;
+  /** A back-off began with it, this long (ms); 0 when none did. */
+  backoff: number;
+  /** Failures counted in the window when it came (the one that began a back-off included). */
+  failures: number;
 }
 
 /** Which connection limit a refused connection hit: its address's, or the relay's total. */
@@ -120,10 +186,25 @@ export class AddressTable {
     return undefined;
   }
 
-  close(ip: string): void {
+  /**
+   * An open connection of `ip` proved to be an authenticated node: it moves from the tight
+   * per-address count to the nodes' own, so that a fleet behind one NAT is not held to what one
+   * anonymous client may open. False when the address already has `maxNodesPerAddress` nodes.
+   */
+  promote(ip: string): boolean {
+    const s = this.state(ip);
+    if (s.nodes >= this.limits.maxNodesPerAddress) return false;
+    s.open--;
+    s.nodes++;
+    return true;
+  }
+
+  /** A connection of `ip` closed; `promoted` if it had been counted as a node. */
+  close(ip: string, promoted = false): void {
     const s = this.table.get(ip);
     if (!s) return;
-    s.open--;
+    if (promoted) s.nodes--;
+    else s.open--;
     this.openTotal--;
     this.forgetIfIdle(ip, s);
   }
@@ -148,18 +229,69 @@ export class AddressTable {
     return Math.max(1, s.windowStart + this.limits.loginFailureWindow - this.now());
   }
 
+  /**
+   * Counts a wrong credential from `ip`. The `maxAuthFailuresPerAddress`th in a window begins a
+   * back-off of `authBackoff`; once an address has been backed off, every wrong credential before it
+   * is forgiven (a clean `authFailureWindow` after its back-off) begins the next, twice as long, at
+   * most `maxAuthBackoff`.
+   */
+  authFailed(ip: string): AuthFailure {
+    const now = this.now();
+    const s = this.state(ip);
+    const a = this.authState(s, now);
+    const firstOfBurst = now - a.last >= BURST_QUIET;
+    a.last = now;
+    if (now < a.until) return { firstOfBurst, backoff: 0, failures: a.failures };
+    if (a.backoff > 0) {
+      a.backoff = Math.min(2 * a.backoff, this.limits.maxAuthBackoff);
+      a.until = now + a.backoff;
+      return { firstOfBurst, backoff: a.backoff, failures: 1 };
+    }
+    if (now - a.windowStart >= this.limits.authFailureWindow) {
+      a.windowStart = now;
+      a.failures = 0;
+    }
+    const failures = ++a.failures;
+    if (failures < this.limits.maxAuthFailuresPerAddress) return { firstOfBurst, backoff: 0, failures };
+    a.failures = 0;
+    a.backoff = this.limits.authBackoff;
+    a.until = now + a.backoff;
+    return { firstOfBurst, backoff: a.backoff, failures };
+  }
+
+  /** Milliseconds left of `ip`'s back-off, or 0 when its credentials may be checked. A refusal keeps its burst going. */
+  authBackedOff(ip: string): number {
+    const a = this.table.get(ip)?.auth;
+    if (!a) return 0;
+    const now = this.now();
+    if (now >= a.until) return 0;
+    a.last = now;
+    return a.until - now;
+  }
+
   /** Drops addresses with nothing left to remember (call now and then). */
   prune(): void {
+    const now = this.now();
     for (const [ip, s] of this.table) {
       this.roll(s);
+      if (s.auth) this.authState(s, now);
       this.forgetIfIdle(ip, s);
     }
+  }
+
+  /** The address's credential state, forgotten first when it is clean: a window without failures after its last back-off. */
+  private authState(s: AddressState, now: number): AuthState {
+    const a = s.auth;
+    if (a && now - Math.max(a.until, a.last) < this.limits.authFailureWindow) return a;
+    s.auth = { failures: 0, windowStart: now, backoff: 0, until: 0, last: -Infinity };
+    if (a) s.auth.last = a.last;
+    return s.auth;
   }
 
   private state(ip: string): AddressState {
     let s = this.table.get(ip);
     if (!s) {
-      s = { open: 0, failures: 0, windowStart: this.now() };
+      s = { open: 0, nodes: 0, failures: 0, windowStart: this.now() };
       this.table.set(ip, s);
     }
     return s;
@@ -174,7 +306,8 @@ export class AddressTable {
   }
 
   private forgetIfIdle(ip: string, s: AddressState): void {
-    if (s.open <= 0 && s.failures === 0) this.table.delete(ip);
+    if (s.auth && s.auth.failures === 0 && s.auth.backoff === 0 && this.now() - s.auth.last >= BURST_QUIET) s.auth = undefined;
+    if (s.open <= 0 && s.nodes <= 0 && s.failures === 0 && s.auth === undefined) this.table.delete(ip);
   }
 }
 

@@ -61,13 +61,15 @@ function readPem(file: string, what: string): Buffer {
 
 /**
  * Answers an upgrade request with an HTTP error and closes the socket. The reason goes in the
- * X-Tunnel-Reason header and the body, where a node or caller that is refused can read and log it.
+ * X-Tunnel-Reason header and the body, where a node or caller that is refused can read and log it;
+ * `retryAfter` (seconds) goes in Retry-After.
  */
-export function refuseUpgrade(socket: Duplex, status: number, reason: string): void {
+export function refuseUpgrade(socket: Duplex, status: number, reason: string, retryAfter?: number): void {
   const safe = headerSafe(reason);
   const body = `${safe}\n`;
+  const retry = retryAfter === undefined ? '' : `Retry-After: ${retryAfter}\r\n`;
   socket.end(
-    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nConnection: close\r\nContent-Type: text/plain\r\n${retry}` +
       `X-Tunnel-Reason: ${safe}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
   );
   // A peer that does not close its side must not keep the socket.

@@ -62,6 +62,8 @@ export class RelayMetrics {
   private readonly reconnects: Counter<'node'>;
   private readonly rejected: Counter<'reason'>;
   private readonly slowConsumers: Counter<'transport'>;
+  private readonly authFailures: Counter<'door'>;
+  private readonly authRefusals: Counter<'door'>;
   private readonly clusterRejects: Counter<'reason'>;
   private readonly routedLocal: { inc(): void };
   private readonly routedRemote: { inc(): void };
@@ -149,6 +151,18 @@ export class RelayMetrics {
       name: 'tunnel_relay_cluster_rejected_messages_total',
       help: 'Messages from NATS refused: not sealed with the cluster key (forged), replayed, stale (clock) or malformed',
       labelNames: ['reason'],
+      registers,
+    });
+    this.authFailures = new Counter({
+      name: 'tunnel_relay_auth_failures_total',
+      help: 'Wrong credentials presented (node and caller tokens, Relay.Auth, dashboard and admin tokens), by door',
+      labelNames: ['door'],
+      registers,
+    });
+    this.authRefusals = new Counter({
+      name: 'tunnel_relay_auth_backoff_refusals_total',
+      help: 'Credentials refused unchecked because their address was backed off after too many wrong ones (--max-auth-failures-per-address), by door',
+      labelNames: ['door'],
       registers,
     });
     this.slowConsumers = new Counter({
@@ -283,6 +297,16 @@ export class RelayMetrics {
   /** A message from NATS was refused. */
   clusterRejected(reason: string): void {
     this.clusterRejects.inc({ reason });
+  }
+
+  /** A wrong credential was presented at `door`. */
+  authFailed(door: string): void {
+    this.authFailures.inc({ door });
+  }
+
+  /** A credential was refused unchecked at `door`: its address is backed off. */
+  authRefused(door: string): void {
+    this.authRefusals.inc({ door });
   }
 
   /** A peer was cut as a slow consumer; `transport` is `websocket`, `msgpack-rpc` or `http`. */

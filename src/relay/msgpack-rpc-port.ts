@@ -144,7 +144,9 @@ export class MsgpackRpcPort {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, this.opts.keepAlive);
     const conn = new RpcConnection(socket, address, this.relay, this.opts, this.log.child({ peer: address }));
+    const release = this.relay.memory.add({ held: () => conn.held, shed: (reason) => conn.shed(reason), who: { door: 'msgpack-rpc', address } });
     socket.on('close', () => {
+      release();
       this.sockets.delete(socket);
       conn.onClose();
     });
@@ -203,6 +205,7 @@ class RpcConnection {
     return this.relay.openCallerSession(
       {
         respond: (id, error, result) => this.respond(id, error, result),
+        reassembled: () => this.reassembled(),
         // Too many failed Logins, a revoked token: MessagePack-RPC has no close reason, so a reply already sent says it.
         close: (_code, reason) => this.end(reason),
       },
@@ -353,13 +356,24 @@ class RpcConnection {
     return this.link;
   }
 
+  /**
+   * `Relay.Auth(token)`. A refused token ends the connection after its answer, as NATS does: a
+   * guesser pays a new connection per try, and every wrong token counts against its address on
+   * every door (auth-failures.ts); a backed-off address is refused unchecked.
+   */
   private auth(msgid: number | undefined, params: unknown[]): void {
     if (this.authenticated) return this.replyError(msgid, ErrorCode.BAD_REQUEST, 'this connection is already authenticated');
     const token = typeof params[0] === 'string' && params.length === 1 ? params[0] : undefined;
+    const backedOff = token === undefined ? undefined : this.relay.authFailures.refusal(this.ip, 'msgpack-rpc');
+    if (backedOff) {
+      this.replyError(msgid, ErrorCode.UNAUTHORIZED, backedOff.message);
+      return this.end(backedOff.message);
+    }
     const identity = this.check(token);
     if (identity === undefined) {
-      this.log.info({ session: this.link?.session }, 'msgpack-rpc caller token refused');
-      return this.replyError(msgid, ErrorCode.UNAUTHORIZED, `${AUTH_METHOD} takes one string, a caller token the relay accepts; this one was refused`);
+      const reason = `${AUTH_METHOD} takes one string, a caller token the relay accepts; this one was refused`;
+      this.replyError(msgid, ErrorCode.UNAUTHORIZED, reason);
+      return this.end(reason);
     }
     if (this.link) {
       // Anonymous calls already made use of this session: it cannot take an identity afterwards.
@@ -373,15 +387,28 @@ class RpcConnection {
     this.replyValue(msgid, true);
   }
 
-  /** The identity a token proves (null: anonymous, on a relay that requires no token), or undefined when refused. */
+  /** The identity a token proves (null: anonymous, on a relay that requires no token), or undefined when refused; a wrong token is counted. */
   private check(token: string | undefined): string | null | undefined {
     const custom = this.opts.authenticate;
-    if (custom) return token === undefined ? undefined : (custom(token, this.address) ?? undefined);
-    try {
-      return this.relay.authenticateCaller(token, this.address);
-    } catch {
-      return undefined;
+    if (!custom) {
+      try {
+        return this.relay.authenticateCaller(token, this.address, 'msgpack-rpc');
+      } catch {
+        return undefined;
+      }
     }
+    if (token === undefined) return undefined;
+    const identity = custom(token, this.address);
+    if (identity !== null) return identity;
+    if (this.relay.authFailures.failed(this.ip, 'msgpack-rpc', 'caller token refused by the port authenticator', this.address)) {
+      this.log.warn({ reason: 'caller token refused by the port authenticator' }, 'refused caller token');
+      this.relay.events.audit({ kind: 'refused-connection', door: 'msgpack-rpc', address: this.address, reason: 'caller token refused' });
+    }
+    return undefined;
+  }
+
+  private get ip(): string {
+    return peerIp(this.socket);
   }
 
   /** A connection-local id for the caller session; msgids may repeat or be any size, these may not. */
@@ -439,9 +466,26 @@ class RpcConnection {
     this.write(encode([Kind.RESPONSE, msgid, `${code}: ${message}`, null]));
   }
 
-  /** Bytes queued for the caller and not yet written to its socket. */
+  /**
+   * Bytes held for the caller: queued and not yet written to its socket, and results the relay is
+   * reassembling for it (this door cannot pass chunks on), which it will have to write.
+   */
   private get backlog(): number {
-    return this.out.queued + this.socket.writableLength;
+    return this.out.queued + this.socket.writableLength + (this.link?.budget.used ?? 0);
+  }
+
+  /**
+   * A result grew in reassembly: charged as a write would be. The hard cut leaves room for one
+   * result of the largest size on its way, so that a caller that reads is never cut for asking one.
+   */
+  private reassembled(): void {
+    if (this.closed) return;
+    this.relay.memory.poke();
+    const max = this.opts.maxBacklog;
+    const backlog = this.backlog;
+    const allowance = Math.max(this.allowance, this.relay.limits.maxMessage - max);
+    if (backlog >= 2 * max + allowance) return this.cut(backlog, `backlog reached twice the limit of ${max} bytes, with results reassembled for it`);
+    if (backlog > max) this.overLimit(backlog);
   }
 
   /**
@@ -457,6 +501,8 @@ class RpcConnection {
     if (before <= max) this.allowance = Math.max(0, size - max);
     this.out.push(bytes, more);
     const after = before + size;
+    if (after > max) this.relay.memory.poke();
+    if (this.closed) return;
     if (after >= 2 * max + this.allowance) return this.cut(after, `backlog reached twice the limit of ${max} bytes`);
     if (after > max) this.overLimit(after);
   }
@@ -489,6 +535,16 @@ class RpcConnection {
       this.paused = false;
       this.socket.resume();
     }
+  }
+
+  /** What the relay holds for this caller, for its memory budget. */
+  get held(): number {
+    return this.closed ? 0 : this.backlog;
+  }
+
+  /** Cut to get the relay back under its memory budget. */
+  shed(reason: string): void {
+    if (!this.closed) this.cut(this.backlog, reason);
   }
 
   /** A slow consumer: everything queued for it is dropped with the socket, its calls are cancelled on the nodes. */

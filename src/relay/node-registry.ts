@@ -2,7 +2,8 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import type { Connection } from '../wire/connection.js';
-import { welcome, type Hello } from '../wire/messages.js';
+import { WELCOME_RELAY_LIMITS } from '../wire/bounds.js';
+import { welcome, type Hello, type Welcome } from '../wire/messages.js';
 import type { Credential } from './auth.js';
 import type { NodeRoute } from './contracts.js';
 import type { NodeDirectory } from './directory.js';
@@ -42,6 +43,11 @@ export class NodeRegistry extends EventEmitter {
    * cluster there are no such routes.
    */
   probeRemote: ((route: NodeRoute, timeout: number) => Promise<boolean>) | undefined;
+  /**
+   * In a cluster (set by the relay): this relay's advertised URL and the other relays' ones, for the
+   * welcome of a node, which may move to one of them when this relay stays unreachable.
+   */
+  clusterWelcome: (() => { url: string | undefined; relays: readonly string[] }) | undefined;
 
   constructor(private readonly o: NodeRegistryOptions) {
     super();
@@ -132,9 +138,20 @@ export class NodeRegistry extends EventEmitter {
       old.conn.close(CloseCode.REPLACED, `replaced by a new connection for node ${name}`);
       this.emit('leave', old, 'replaced');
     }
-    conn.send(welcome({ version: conn.peerVersion, relay: this.o.relayVersion, name, maxMessage: this.o.maxMessage }));
+    conn.send(welcome(this.welcomeOf(name, conn.peerVersion)));
     log.info({ node: name, services: Object.keys(services), labels: link.labels }, 'node connected');
     this.emit('join', link);
+  }
+
+  /** A node's welcome; in a cluster with the relays it may move to, bounded (wire/bounds.ts). */
+  private welcomeOf(name: string, version: number): Welcome {
+    const w: Welcome = { version, relay: this.o.relayVersion, name, maxMessage: this.o.maxMessage };
+    const cluster = this.clusterWelcome?.();
+    if (cluster) {
+      if (cluster.url !== undefined) w.url = cluster.url;
+      w.relays = cluster.relays.filter((u) => u.length <= WELCOME_RELAY_LIMITS.url).slice(0, WELCOME_RELAY_LIMITS.count);
+    }
+    return w;
   }
 
   /** A node of another relay, older under the same name, keeps it: this one is refused after the fact (4006). */

@@ -1,5 +1,5 @@
 import type { TlsOptions as NodeTlsOptions } from 'node:tls';
-import { listenAddress } from '../util/address.js';
+import { advertiseUrl, listenAddress } from '../util/address.js';
 import { OptionChecks, withDefaults } from '../util/options.js';
 import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
 import { LIMIT_DEFAULTS, type Limits } from './limits.js';
@@ -22,12 +22,12 @@ export const RELAY_DEFAULTS = {
 export type RelaySettings = typeof RELAY_DEFAULTS;
 
 /** What {@link resolveRelayOptions} reads: the defaulted options, any of them `undefined`. */
-type Given = { [K in keyof RelaySettings]?: RelaySettings[K] | undefined } & { adminListen?: string | undefined };
+type Given = { [K in keyof RelaySettings]?: RelaySettings[K] | undefined } & { adminListen?: string | undefined; advertise?: string | undefined };
 
 /**
  * The relay's options merged over {@link RELAY_DEFAULTS} (an explicit `undefined` keeps the default)
  * and checked: every duration, count and size is a finite number in range, the selector is known, the
- * addresses parse, and `defaultTimeout` ≤ `maxTimeout`, `maxReassembly` ≥ `maxMessage`. Throws an
+ * addresses parse (`advertise`: a ws:// or wss:// URL), and `defaultTimeout` ≤ `maxTimeout`, `maxReassembly` ≥ `maxMessage`. Throws an
  * OptionError (util/options.ts; an address: an Error) naming the option.
  */
 export function resolveRelayOptions<O extends Given>(options: O): O & RelaySettings {
@@ -45,6 +45,7 @@ export function resolveRelayOptions<O extends Given>(options: O): O & RelaySetti
   checkLimitOptions(check);
   listenAddress(o.listen, 'Relay option listen');
   if (o.adminListen !== undefined) listenAddress(o.adminListen, 'Relay option adminListen');
+  if (o.advertise !== undefined) advertiseUrl(o.advertise, 'Relay option advertise');
   return o;
 }
 
@@ -58,7 +59,14 @@ function checkLimitOptions(check: OptionChecks): void {
     .count('maxLoginFailures')
     .count('maxLoginFailuresPerAddress')
     .duration('loginFailureWindow')
+    .count('maxAuthFailuresPerAddress')
+    .duration('authFailureWindow')
+    .duration('authBackoff')
+    .duration('maxAuthBackoff')
+    .notAbove('authBackoff', 'maxAuthBackoff')
     .count('maxConnectionsPerAddress')
+    .count('maxNodesPerAddress')
+    .bytes('maxMemory')
     .count('maxConnections')
     .bytes('maxBacklog')
     .duration('slowConsumerTimeout')

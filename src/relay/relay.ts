@@ -4,7 +4,7 @@ import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { isLoopbackHost, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
+import { advertiseUrl, defaultAdvertiseUrl, isLoopbackHost, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
@@ -15,10 +15,12 @@ import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { Authenticator, peerCertificate, type AuthOptions, type Credential } from './auth.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
 import { CallerLink, relayDeadlines } from './caller-link.js';
-import type { CallerOutput, CallObserver, GatewaySession } from './contracts.js';
+import type { CallerLimits, CallerOutput, CallObserver, GatewaySession } from './contracts.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler, refuseRequest } from './http.js';
+import { AuthFailures, retryAfter, type AuthDoor } from './auth-failures.js';
 import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, RefusalLog, type Limits } from './limits.js';
+import { MemoryBudget } from './memory.js';
 import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeRegistry } from './node-registry.js';
@@ -82,6 +84,13 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
   /** This relay's name in presence (`relays` of each node) and in a cluster (default: the host name). */
   relayName?: string;
   /**
+   * The URL nodes dial to reach this relay, `ws://host:port` or `wss://host:port`: in a cluster the
+   * other relays list it in the welcome they send their nodes, so that a node can move here when its
+   * own relay stays unreachable (default: from `listen` when it names a host, e.g. `ws://127.0.0.1:9090`,
+   * else the host name and the bound port; `wss://` with TLS).
+   */
+  advertise?: string;
+  /**
    * Join a cluster of relays over NATS (docs/CLUSTER.md): any relay reaches any node. Without it the
    * relay stands alone, with nothing to install.
    */
@@ -141,6 +150,7 @@ export class Relay extends EventEmitter {
   readonly cluster: Cluster | undefined;
   /** This relay's name (presence, cluster). */
   readonly relayName: string;
+  private advertisedUrl: string | undefined;
   /** What happens on the relay, as `audit` events: joins, leaves, refusals, cuts, revocations, operator actions; the last 500 are kept. */
   readonly events = new RelayEvents();
   /** @internal Node names an operator drained here ({@link drainNode}): kept out of rotation across reconnects. */
@@ -151,15 +161,22 @@ export class Relay extends EventEmitter {
   private readonly callerSince = new WeakMap<CallerLink, number>();
   private readonly websocketCallers = new WeakSet<CallerLink>();
   /** The address and claimed node name of each WebSocket, for the audit events of refusals. */
-  private readonly peers = new WeakMap<Connection, { address: string; node?: string }>();
+  private readonly peers = new WeakMap<Connection, { address: string; node?: string; caller?: CallerLink }>();
   private readonly opts: RelaySettings & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
   private readonly secure: boolean;
   private readonly addresses: AddressTable;
+  /** @internal Wrong credentials per address, on every door; a backed-off address's credentials are refused unchecked. */
+  readonly authFailures: AuthFailures;
   private readonly refusals: RefusalLog;
   /** Sockets past the per-address limit, refused at their upgrade request. */
   private readonly overLimit = new WeakSet<object>();
+  /** Sockets of authenticated nodes: counted apart from the per-address limit (AddressTable.promote). */
+  private readonly promoted = new WeakSet<object>();
+  /** What the relay holds for all its peers together, against `maxMemory`. @internal */
+  readonly memory: MemoryBudget;
+  private callerLimits: CallerLimits | undefined;
   /** When each socket connected: the handshake and the hello share one deadline. */
   private readonly connectedAt = new WeakMap<object, number>();
   /** Sockets that sent a request or an upgrade: from there HTTP timeouts or the WebSocket's hello timer take over. */
@@ -218,6 +235,8 @@ export class Relay extends EventEmitter {
     this.directory.permissions = this.auth.permissions;
     this.auth.on('reload', () => this.recheck());
     this.addresses = new AddressTable(this.opts);
+    // Each door's own cut counts the metric and writes the audit record of a holder it sheds.
+    this.memory = new MemoryBudget(this.opts.maxMemory, this.log);
     this.metrics = new RelayMetrics({
       callsInFlight: () => this.callsInFlight,
       nodesConnected: () => this.directory.size,
@@ -227,6 +246,7 @@ export class Relay extends EventEmitter {
       cluster: () =>
         this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length, unreachable: this.cluster.unreachable.length } : undefined,
     });
+    this.authFailures = new AuthFailures(this.addresses, this);
     const separateAdmin = this.opts.adminListen !== undefined;
     const { dashboardToken, adminToken } = this.opts;
     this.dashboard = separateAdmin || dashboardToken !== undefined ? new Dashboard(this, { version: RELAY_VERSION, dashboardToken, adminToken }) : undefined;
@@ -266,6 +286,7 @@ export class Relay extends EventEmitter {
       this.cluster?.announce('leave', link);
     });
     if (this.opts.cluster) {
+      const advertised = () => this.advertised;
       const cluster = new Cluster(
         {
           relayName: this.relayName,
@@ -281,11 +302,16 @@ export class Relay extends EventEmitter {
           yieldName: (link, reason) => this.registry.yieldName(link, reason),
           presenceLag: (seconds) => this.metrics.presenceLag(seconds),
           rejected: (reason) => this.metrics.clusterRejected(reason),
+          // Read at each heartbeat: known once listening (port 0 picks the port).
+          get url() {
+            return advertised();
+          },
         },
         this.opts.cluster,
       );
       this.cluster = cluster;
       this.registry.probeRemote = (route, timeout) => cluster.probe(route, timeout);
+      this.registry.clusterWelcome = () => ({ url: this.advertised, relays: cluster.peerUrls() });
     }
     this.wss = new WebSocketServer({ noServer: true, maxPayload: frameLimit(this.opts.maxMessage), perMessageDeflate: false });
     this.http.on(listener.socketEvent, (socket: Socket) => this.onSocket(socket));
@@ -314,17 +340,26 @@ export class Relay extends EventEmitter {
    * With no caller authentication configured every caller is allowed.
    * @internal
    */
-  authenticateCaller(token: string | undefined, address: string): string | null {
-    return this.admitCaller(token, address).identity;
+  authenticateCaller(token: string | undefined, address: string, door: AuthDoor = 'msgpack-rpc'): string | null {
+    return this.admitCaller(token, address, door).identity;
   }
 
   /**
    * As {@link authenticateCaller}, and also what admitted the caller: give it to
    * {@link openCallerSession} so that a reload that revokes the token closes the session.
    */
-  admitCaller(token: string | undefined, _address: string): CallerAdmission {
+  admitCaller(token: string | undefined, address: string, door: AuthDoor = 'http'): CallerAdmission {
+    const ip = ipOfAddress(address);
+    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, door);
+    if (backedOff) throw backedOff;
     const verdict = this.auth.caller(token);
-    if (!verdict.ok) throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
+    if (!verdict.ok) {
+      if (verdict.wrongToken && this.authFailures.failed(ip, door, verdict.reason, address)) {
+        this.log.warn({ peer: address, door, reason: verdict.reason }, 'refused caller token');
+        this.events.audit({ kind: 'refused-connection', door, address, reason: verdict.reason });
+      }
+      throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
+    }
     return { identity: verdict.identity, credential: verdict.credential };
   }
 
@@ -394,7 +429,7 @@ export class Relay extends EventEmitter {
    * whether a relay it knew stopped answering (`split`, named in `unreachable`), and which relays it
    * hears from; a degraded or split cluster does not make the relay unready.
    */
-  readiness(): { ready: boolean; reasons: string[]; cluster?: { state: ClusterState; relays: string[]; unreachable: string[] } } {
+  readiness(): { ready: boolean; reasons: string[]; cluster?: { state: ClusterState; relays: string[]; unreachable: string[]; urls: string[] } } {
     const reasons: string[] = [];
     if (!this.http.listening) reasons.push('not listening');
     if (this.draining) reasons.push('draining before shutdown');
@@ -408,7 +443,10 @@ export class Relay extends EventEmitter {
       }
     }
     const out: ReturnType<Relay['readiness']> = { ready: reasons.length === 0, reasons };
-    if (this.cluster) out.cluster = { state: this.cluster.state, relays: this.cluster.peerNames, unreachable: this.cluster.unreachable };
+    if (this.cluster) {
+      // `urls`: the other relays' --advertise URLs, what a node's welcome lists now.
+      out.cluster = { state: this.cluster.state, relays: this.cluster.peerNames, unreachable: this.cluster.unreachable, urls: this.cluster.peerUrls() };
+    }
     return out;
   }
 
@@ -443,6 +481,13 @@ export class Relay extends EventEmitter {
       this.log.info(this.adminAddress, 'admin listening');
     }
     const address = this.address!;
+    this.advertisedUrl =
+      this.opts.advertise !== undefined
+        ? advertiseUrl(this.opts.advertise, 'Relay option advertise')
+        : defaultAdvertiseUrl(this.opts.listen, address.port, this.secure, hostname());
+    if (this.cluster && this.advertised === undefined) {
+      this.log.warn({ host: hostname() }, 'the host name is not a valid host in a URL: nodes are not told how to reach this relay; set --advertise');
+    }
     this.auth.watch();
     this.cluster?.start();
     this.log.info(
@@ -452,11 +497,17 @@ export class Relay extends EventEmitter {
         auth: this.auth.describe(),
         relay: this.relayName,
         cluster: this.opts.cluster?.name ?? (this.cluster ? 'tunnel' : undefined),
+        advertise: this.advertised,
       },
       'relay listening',
     );
     this.emit('listening', address);
     return address;
+  }
+
+  /** The URL nodes dial to reach this relay (`advertise`, else derived once listening); undefined before {@link listen}. */
+  get advertised(): string | undefined {
+    return this.advertisedUrl;
   }
 
   /** The admin listener's address, when `adminListen` is set and it listens. */
@@ -614,10 +665,10 @@ export class Relay extends EventEmitter {
     );
   }
 
-  private reject(conn: Connection, code: number, reason: string, metric: string): void {
+  private reject(conn: Connection, code: number, reason: string, metric: string, audit = true): void {
     this.metrics.connectionRejected(metric);
     const peer = this.peers.get(conn);
-    this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer?.address, node: peer?.node, reason });
+    if (audit) this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer?.address, node: peer?.node, reason });
     conn.close(code, reason);
   }
 
@@ -674,7 +725,7 @@ export class Relay extends EventEmitter {
         this.log.warn({ ip, limit: this.opts.maxConnectionsPerAddress }, 'too many connections from one address; refusing the extra ones');
       }
     }
-    socket.once('close', () => this.addresses.close(ip));
+    socket.once('close', () => this.addresses.close(ip, this.promoted.has(socket)));
     const timer = setTimeout(() => {
       if (!this.engaged.has(socket)) socket.destroy();
     }, this.opts.helloTimeout);
@@ -702,11 +753,23 @@ export class Relay extends EventEmitter {
       refuseUpgrade(socket, 403, refused);
       return;
     }
-    const reason = this.auth.checkUpgrade(bearerToken(req), peerCertificate(socket));
-    if (reason !== undefined) {
+    const token = bearerToken(req);
+    const ip = peerIp(socket);
+    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, 'websocket');
+    if (backedOff) {
+      this.metrics.connectionRejected('auth_backoff');
+      refuseUpgrade(socket, 401, backedOff.message, retryAfter(backedOff));
+      return;
+    }
+    const refusal = this.auth.checkUpgrade(token, peerCertificate(socket));
+    if (refusal !== undefined) {
+      const { reason } = refusal;
       this.metrics.connectionRejected('unauthorized');
-      this.log.warn({ peer, reason }, 'refused connection at upgrade');
-      this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer, reason });
+      // A guessed token is logged once per burst from its address (auth-failures.ts).
+      if (!refusal.wrongToken || this.authFailures.failed(ip, 'websocket', reason, peer)) {
+        this.log.warn({ peer, reason }, 'refused connection at upgrade');
+        this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer, reason });
+      }
       refuseUpgrade(socket, 401, reason);
       return;
     }
@@ -740,6 +803,7 @@ export class Relay extends EventEmitter {
         maxBacklog: this.opts.maxBacklog,
         slowConsumerTimeout: this.opts.slowConsumerTimeout,
         maxFirstMessage: NAME_LIMITS.hello,
+        onPressure: () => this.memory.poke(),
         onSlowConsumer: (backlog) => {
           this.metrics.slowConsumer('websocket');
           this.events.audit({
@@ -753,6 +817,13 @@ export class Relay extends EventEmitter {
       },
     );
     this.peers.set(conn, { address });
+    const release = this.memory.add({
+      // A connection already closing frees what it holds by itself within a second: not a candidate.
+      held: () => (conn.isOpen ? conn.backlog + (this.peers.get(conn)?.caller?.budget.used ?? 0) : 0),
+      shed: (reason) => conn.shed(reason),
+      who: { door: 'websocket', address },
+    });
+    ws.once('close', release);
     const timer = setTimeout(() => {
       if (settled) return;
       log.info({ helloTimeoutMs: this.opts.helloTimeout }, 'closing connection that sent no hello');
@@ -774,21 +845,37 @@ export class Relay extends EventEmitter {
     const peer = this.peers.get(conn);
     if (peer && h.role === 'node' && typeof h.name === 'string') peer.node = h.name.slice(0, NAME_LIMITS.name);
     const token = h.token ?? bearerToken(req);
+    const ip = ipOfAddress(address);
+    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, 'websocket');
+    if (backedOff) return this.reject(conn, CloseCode.UNAUTHORIZED, backedOff.message, 'auth_backoff', false);
     if (h.role === 'node') {
       const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
-      if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name);
+      if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name, 'unauthorized', this.reportable(verdict, ip, address));
+      if (this.auth.nodesNeedAuth && !this.promoted.has(req.socket)) {
+        if (!this.addresses.promote(peerIp(req.socket))) {
+          const reason = `${peerIp(req.socket)} already has ${this.opts.maxNodesPerAddress} nodes connected (--max-nodes-per-address)`;
+          log.warn({ node: h.name, reason }, 'refused hello');
+          return this.reject(conn, CloseCode.TOO_MANY_NODES, reason, 'too_many_nodes');
+        }
+        this.promoted.add(req.socket);
+      }
       this.attachNode(conn, h, address, log, verdict.credential);
     } else {
       const verdict = this.auth.caller(token);
-      if (!verdict.ok) return this.refuse(conn, log, 'caller', verdict.reason);
+      if (!verdict.ok) return this.refuse(conn, log, 'caller', verdict.reason, undefined, 'unauthorized', this.reportable(verdict, ip, address));
       this.attachCaller(conn, verdict.identity, address, log, verdict.credential);
     }
   }
 
-  /** One audit line per refused hello (`"msg":"refused hello"`, the peer is in `log`), then 4003. */
-  private refuse(conn: Connection, log: Logger, role: string, reason: string, name?: string, metric = 'unauthorized'): void {
-    log.warn({ role, node: name, reason }, 'refused hello');
-    this.reject(conn, CloseCode.UNAUTHORIZED, reason, metric);
+  /** Counts a guessed token of a hello; false when it is not the first of its address's burst, which is not logged. */
+  private reportable(verdict: { reason: string; wrongToken?: boolean }, ip: string, address: string): boolean {
+    return !verdict.wrongToken || this.authFailures.failed(ip, 'websocket', verdict.reason, address);
+  }
+
+  /** One audit line per refused hello (`"msg":"refused hello"`, the peer is in `log`), then 4003; a guess only at the start of a burst. */
+  private refuse(conn: Connection, log: Logger, role: string, reason: string, name?: string, metric = 'unauthorized', report = true): void {
+    if (report) log.warn({ role, node: name, reason }, 'refused hello');
+    this.reject(conn, CloseCode.UNAUTHORIZED, reason, metric, report);
   }
 
   private attachNode(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
@@ -837,6 +924,8 @@ export class Relay extends EventEmitter {
       credential,
     );
     this.websocketCallers.add(link);
+    const peer = this.peers.get(conn);
+    if (peer) peer.caller = link;
     conn.setHandlers({
       message: (msg) => link.onMessage(msg),
       close: (code, reason) => {
@@ -874,7 +963,8 @@ export class Relay extends EventEmitter {
   private newCallerLink(kind: string, out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
     const session = `${this.sessionPrefix}-${kind}${(++this.sessionCounter).toString(36)}`;
     const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
-    const link = new CallerLink(session, out, address, identity, this.directory, this.opts, this.deadlines, log, this.presence, this.observer, logins);
+    this.callerLimits ??= { ...this.opts, memory: this.memory };
+    const link = new CallerLink(session, out, address, identity, this.directory, this.callerLimits, this.deadlines, log, this.presence, this.observer, logins);
     this.callerSince.set(link, Date.now());
     return link;
   }

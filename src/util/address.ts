@@ -82,6 +82,33 @@ export function relayUrl(text: string, what = 'relay'): string {
   return url.toString();
 }
 
+/**
+ * Parses the URL a relay advertises to nodes (`--advertise`): `ws://host[:port]` or
+ * `wss://host[:port]` only, checked as {@link relayUrl} checks a relay address. A bare `host:port`
+ * is refused: the scheme says whether nodes dial it with TLS, and a bare number would name this host.
+ */
+export function advertiseUrl(text: string, what: string): string {
+  const input = checkText(text, what);
+  if (!/^wss?:\/\//i.test(input)) throw fail(what, text, 'give the URL nodes dial to reach this relay: ws://host:port or wss://host:port');
+  return relayUrl(input, what);
+}
+
+/**
+ * The URL a relay advertises when not told (`--advertise`): its listen host when that names one
+ * (`127.0.0.1:9090` → `ws://127.0.0.1:9090/`), else `hostName` (a wildcard or empty host says
+ * nothing nodes could dial), with the bound `port`; `wss` with TLS. Undefined when that host is not
+ * a valid host name (then nothing is advertised).
+ */
+export function defaultAdvertiseUrl(listen: string, port: number, secure: boolean, hostName: string): string | undefined {
+  const { host } = listenAddress(listen, 'listen');
+  const wildcard = host === '' || host === '0.0.0.0' || host === '::' || host === '0:0:0:0:0:0:0:0';
+  try {
+    return relayUrl(`${secure ? 'wss' : 'ws'}://${inUrl(wildcard ? hostName : host)}:${port}`, 'advertise');
+  } catch {
+    return undefined;
+  }
+}
+
 /** Listens on a parsed address (host '': every interface), or an address text; rejects with the listen error. */
 export function listenOn(server: Server, address: HostPort | string): Promise<void> {
   const { host, port } = typeof address === 'string' ? listenAddress(address, 'listen') : address;

@@ -106,6 +106,20 @@ export class OptionChecks {
     return this;
   }
 
+  /** true or false. */
+  boolean(name: string): this {
+    const v = this.get(name);
+    if (typeof v !== 'boolean') throw OptionError.invalid(this.owner, name, 'must be true or false', v);
+    return this;
+  }
+
+  /** A function, when given. */
+  optionalFunction(name: string, what: string): this {
+    const v = this.get(name);
+    if (v !== undefined && typeof v !== 'function') throw OptionError.invalid(this.owner, name, `must be a function (${what})`, typeof v);
+    return this;
+  }
+
   /** A list of strings. */
   strings(name: string): this {
     const v = this.get(name);

@@ -4,6 +4,8 @@ export const CloseCode = {
   GOING_AWAY: 1001,
   PROTOCOL_ERROR: 1002,
   UNSUPPORTED_DATA: 1003,
+  /** Reported, never sent: the connection ended without a close frame, or never opened. */
+  ABNORMAL: 1006,
   INVALID_DATA: 1007,
   POLICY: 1008,
   TOO_LARGE: 1009,
@@ -24,6 +26,8 @@ export const CloseCode = {
   NAME_CONFLICT: 4006,
   /** More bytes waited for this peer than the relay holds for one connection (it does not read). */
   SLOW_CONSUMER: 4008,
+  /** The node's address already has as many authenticated nodes as the relay takes from one address. */
+  TOO_MANY_NODES: 4009,
 } as const;
 
 /** WebSocket close reasons are limited to 123 bytes of UTF-8. */

@@ -48,6 +48,8 @@ export interface ConnectionOptions {
   maxFirstMessage?: number;
   /** Called once when the peer is cut as a slow consumer, before the close handler. */
   onSlowConsumer?(backlog: number): void;
+  /** Called on each write while the backlog is above `maxBacklog` (the relay's memory budget looks again). */
+  onPressure?(): void;
 }
 
 /** One chunk waiting for its stream's window: `onSent` runs once it is handed to the socket, or dropped. */
@@ -104,6 +106,7 @@ export class Connection {
   private readonly maxBacklog: number;
   private readonly slowConsumerTimeout: number;
   private readonly onSlowConsumer: ((backlog: number) => void) | undefined;
+  private readonly onPressure: (() => void) | undefined;
   private maxFirstMessage: number;
   private overSince = 0;
   private overTimer: NodeJS.Timeout | undefined;
@@ -137,6 +140,7 @@ export class Connection {
     this.maxBacklog = options.maxBacklog ?? 0;
     this.slowConsumerTimeout = options.slowConsumerTimeout ?? 10_000;
     this.onSlowConsumer = options.onSlowConsumer;
+    this.onPressure = options.onPressure;
     this.maxFirstMessage = options.maxFirstMessage ?? 0;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
@@ -477,17 +481,20 @@ export class Connection {
   };
 
   /**
-   * Every byte held for the peer is charged to it: over `maxBacklog` we stop reading it (callers),
-   * and a peer that stays over it is cut, at once when it reaches twice that. Cheap enough to run on
-   * every write.
+   * What waits in the socket for the peer is charged to it: over `maxBacklog` we stop reading it
+   * (callers), and a peer that stays over it is cut, at once when it reaches twice that. Chunks that
+   * wait for the peer's window are not: a peer that acknowledges slowly but within the windows obeys
+   * the protocol, and those bytes are bounded by the windows of whoever sent them (the relay
+   * acknowledges a chunk only once it has passed it on) and by the relay's memory budget. Cheap
+   * enough to run on every write.
    */
   private checkBacklog(): void {
     if (this.maxBacklog === 0 || this.closed) return;
-    const backlog = this.socketBacklog + this.heldBytes;
-    // Twice the limit is never held, whether it waits in the socket (the peer does not read) or in
-    // chunks passed on for it (it does not acknowledge): every stalled stream would add a window.
+    const backlog = this.socketBacklog;
     if (backlog >= 2 * this.maxBacklog) return this.cutSlowConsumer(backlog);
     if (backlog > this.maxBacklog) {
+      this.onPressure?.();
+      if (this.closed) return;
       if (this.overSince === 0) {
         this.overSince = Date.now();
         this.overTimer = setTimeout(() => this.checkBacklog(), this.slowConsumerTimeout + 10);
@@ -512,10 +519,21 @@ export class Connection {
     }
   }
 
+  /**
+   * Cuts the peer to free what is held for it (the relay over its memory budget, memory.ts): closed
+   * 4008 like a slow consumer, with `reason`.
+   */
+  shed(reason: string): void {
+    if (this.closed) return;
+    this.cutSlowConsumer(this.backlog, `slow consumer: ${reason}`);
+  }
+
   /** Cuts a peer that does not read: what is queued for it is dropped with the connection. */
-  private cutSlowConsumer(backlog: number): void {
-    const reason = `slow consumer: ${backlog} bytes waited to be written to this connection (limit ${this.maxBacklog}); read your messages`;
-    this.log.warn({ backlogBytes: backlog, limit: this.maxBacklog }, 'slow consumer: closing connection');
+  private cutSlowConsumer(
+    backlog: number,
+    reason = `slow consumer: ${backlog} bytes waited to be written to this connection (limit ${this.maxBacklog}); read your messages`,
+  ): void {
+    this.log.warn({ backlogBytes: backlog, limit: this.maxBacklog, reason }, 'slow consumer: closing connection');
     this.onSlowConsumer?.(backlog);
     this.queue = [];
     this.queuedBytes = 0;

@@ -1,4 +1,6 @@
+import { lookup as systemLookup, type LookupAddress } from 'node:dns';
 import { readFileSync } from 'node:fs';
+import { isIP, type LookupFunction } from 'node:net';
 import { WebSocket } from 'ws';
 import type { Logger } from '../util/logger.js';
 
@@ -30,6 +32,42 @@ export interface DialOptions {
   tls?: LoadedTls;
   /** Called when the relay answers the upgrade with an HTTP error instead of a WebSocket. */
   onRefused?(refusal: Refusal): void;
+  /**
+   * Connect to this address of the URL's host name (from {@link resolveAll}); the `Host` header and
+   * the TLS server name stay the name. Without it the system resolver picks.
+   */
+  address?: LookupAddress;
+}
+
+/** Addresses of one name tried in one round of dials, at most; more are not tried. */
+export const MAX_ADDRESSES = 16;
+
+/**
+ * Every address of a relay's host name (at most {@link MAX_ADDRESSES}), by `lookup` (the shape of
+ * Node's net `lookup` option; the system resolver by default), in the resolver's order. An IP
+ * literal is its own single address.
+ */
+export function resolveAll(host: string, lookup: LookupFunction = systemLookup): Promise<LookupAddress[]> {
+  const family = isIP(host);
+  if (family !== 0) return Promise.resolve([{ address: host, family }]);
+  return new Promise((resolve, reject) => {
+    lookup(host, { all: true }, (err, found) => {
+      if (err) return reject(err);
+      const list = typeof found === 'string' ? [{ address: found, family: isIP(found) }] : found;
+      const usable = list.filter((a) => isIP(a.address) !== 0).slice(0, MAX_ADDRESSES);
+      if (usable.length === 0) return reject(new Error(`${host} resolved to no address`));
+      resolve(usable);
+    });
+  });
+}
+
+/** A net `lookup` that answers one address whatever the name: the dial goes there, the name stays. */
+function pinned(a: LookupAddress): LookupFunction {
+  return (_host, options, callback) => {
+    // Node asks for every address when it races IPv4 and IPv6 (autoSelectFamily).
+    if (options.all) callback(null, [a]);
+    else callback(null, a.address, a.family);
+  };
 }
 
 export interface LoadedTls {
@@ -70,6 +108,7 @@ export function dial(url: string, options: DialOptions): WebSocket {
     perMessageDeflate: false,
     headers: options.headers ?? {},
     ...(options.tls ?? {}),
+    ...(options.address ? { lookup: pinned(options.address) } : {}),
   });
   ws.on('unexpected-response', (_req, res) => {
     const header = res.headers['x-tunnel-reason'];

@@ -95,6 +95,17 @@ export interface Welcome {
   name?: string;
   /** Largest params or result the relay accepts, bytes; peers check before sending. */
   maxMessage?: number;
+  /**
+   * To nodes, from a relay of a cluster: the URL this relay advertises (`--advertise`), so that a
+   * node with several tunnels can tell that a URL another relay lists is one it already holds.
+   */
+  url?: string;
+  /**
+   * To nodes, from a relay of a cluster: the advertised URLs of the other relays it hears from now
+   * (at most 32, each at most 256 characters: `WELCOME_RELAY_LIMITS` in bounds.ts), where the node may go when this relay stays unreachable.
+   * Older nodes ignore it.
+   */
+  relays?: string[];
 }
 
 export type Message =

@@ -40,11 +40,22 @@ export function clusterArgs(servers: string | string[]): string[] {
   return ['--cluster', list.join(','), '--cluster-user', NATS_USER, '--cluster-password', NATS_PASSWORD, '--cluster-key', clusterKeyFile()];
 }
 
+export interface NatsServerOptions {
+  port?: number;
+  cluster?: { name: string; routePort: number; routes: number[] };
+  args?: string[];
+  open?: boolean;
+  /** The text of a configuration file (`-c`), written to a temporary file: what flags cannot say (`cluster { advertise }`). */
+  config?: string;
+}
+
 /** A nats-server on 127.0.0.1 that a test started; `url` is what relays are given. */
 export class NatsServer {
   readonly child: ChildProcess;
   readonly url: string;
   stderr = '';
+  /** What this server was started with (its port included): {@link restart} starts the same again. */
+  options: NatsServerOptions = {};
 
   private constructor(
     readonly port: number,
@@ -66,19 +77,29 @@ export class NatsServer {
    * it also listens for routes on `routePort` and solicits the routes given. Clients log in as
    * {@link NATS_USER} unless `open` (or a configuration file in `args` says otherwise).
    */
-  static async start(
-    options: { port?: number; cluster?: { name: string; routePort: number; routes: number[] }; args?: string[]; open?: boolean } = {},
-  ): Promise<NatsServer> {
+  static async start(options: NatsServerOptions = {}): Promise<NatsServer> {
     const port = options.port ?? (await freePort());
     const args = [...(options.args ?? [])];
-    if (!options.open && !args.includes('-c')) args.push('--user', NATS_USER, '--pass', NATS_PASSWORD);
+    if (options.config !== undefined) {
+      const file = join(mkdtempSync(join(tmpdir(), 'nats-conf-')), 'nats.conf');
+      writeFileSync(file, `${options.config}\n`);
+      args.push('-c', file);
+      // A configuration file of the test's own still gets the relays' account, unless it is open.
+      if (!options.open) args.push('--user', NATS_USER, '--pass', NATS_PASSWORD);
+    } else if (!options.open && !args.includes('-c')) args.push('--user', NATS_USER, '--pass', NATS_PASSWORD);
     if (options.cluster) {
       args.push('--cluster_name', options.cluster.name, '--cluster', `nats://127.0.0.1:${options.cluster.routePort}`);
       if (options.cluster.routes.length > 0) args.push('--routes', options.cluster.routes.map((p) => `nats://127.0.0.1:${p}`).join(','));
     }
     const server = new NatsServer(port, options.cluster?.routePort, args);
+    server.options = { ...options, port };
     await server.waitFor(/Server is ready/, 10_000);
     return server;
+  }
+
+  /** Starts a new server like this one, on the same port (after this one stopped): a NATS restart. */
+  restart(): Promise<NatsServer> {
+    return NatsServer.start(this.options);
   }
 
   /** Waits for a line of the server's log, bounded. */
@@ -106,6 +127,23 @@ export class NatsServer {
 }
 
 const servers = new Set<NatsServer>();
+
+/**
+ * The `cluster {}` block of a server whose routes all go where the test says: it listens for routes
+ * on `listen`, tells the other servers to reach it at `advertise` (a proxy in front of `listen`, so
+ * gossip never hands out the real port) and solicits `routes` (proxies too).
+ */
+export function clusterConfig(c: { name: string; listen: number; advertise: number; routes: number[] }): string {
+  return [
+    'cluster {',
+    `  name: ${c.name}`,
+    `  listen: 127.0.0.1:${c.listen}`,
+    `  advertise: 127.0.0.1:${c.advertise}`,
+    '  no_advertise: true',
+    `  routes: [${c.routes.map((p) => `nats-route://127.0.0.1:${p}`).join(', ')}]`,
+    '}',
+  ].join('\n');
+}
 
 /** Stops every nats-server a test started. */
 export async function stopAllNats(): Promise<void> {

@@ -91,7 +91,6 @@ export interface ClusterHost {
   readonly url?: string;
 }
 
-
 interface Peer {
   stamp: RelayStamp;
   lastSeen: number;

@@ -1,5 +1,5 @@
 import { decode, decodeAll, encode } from '../../wire/codec.js';
-import { labelsProblem, nodeNameProblem, servicesProblem } from '../../wire/bounds.js';
+import { CONTROL_RULE, controlProblem, labelsProblem, methodProblem, nodeNameProblem, servicesProblem } from '../../wire/bounds.js';
 import { CHUNK_SIZE } from '../../wire/streams.js';
 import type { WireError } from '../../errors.js';
 
@@ -147,6 +147,8 @@ function check(v: unknown): ClusterMessage {
       if (v.length !== 6 || !isId(v[1]) || !isShortString(v[2], 128) || !isShortString(v[3], 258) || !(v[4] === null || isBytes(v[4])) || !isMap(v[5])) {
         return bad('open is [0, callId, node, method, params, meta]');
       }
+      const badName = methodProblem(v[3]) ?? controlProblem(v[2], 'node name');
+      if (badName !== undefined) return bad(badName);
       return { kind: 0, callId: v[1], node: v[2], method: v[3], params: v[4] as Uint8Array | null, meta: v[5] };
     }
     case ClusterKind.RESPONSE: {
@@ -162,6 +164,7 @@ function check(v: unknown): ClusterMessage {
       return { kind: 3, callId: v[1] };
     case ClusterKind.SESSION_CLOSED:
       if (v.length !== 3 || !isShortString(v[1]) || !isShortString(v[2], 128)) return bad('session closed is [6, session, node]');
+      if (controlProblem(v[1], 'session') !== undefined || controlProblem(v[2], 'node name') !== undefined) return bad(`session closed: ${CONTROL_RULE}`);
       return { kind: 6, session: v[1], node: v[2] };
     case ClusterKind.CHUNK:
       if (v.length !== 4 || !isId(v[1]) || typeof v[2] !== 'boolean' || !isBytes(v[3]) || v[3].length > CHUNK_SIZE)
@@ -175,6 +178,7 @@ function check(v: unknown): ClusterMessage {
       return { kind: 10, callId: v[1], bytes: v[2] };
     case ClusterKind.PROBE:
       if (v.length !== 2 || !isShortString(v[1], 128)) return bad('probe is [11, node]');
+      if (controlProblem(v[1], 'node name') !== undefined) return bad(`probe: ${CONTROL_RULE}`);
       return { kind: 11, node: v[1] };
     case ClusterKind.PROBE_REPLY:
       if (v.length !== 2 || typeof v[1] !== 'boolean') return bad('probe reply is [12, alive]');
@@ -199,6 +203,7 @@ function check(v: unknown): ClusterMessage {
           return { kind: 20, relay, body: { event: v[2], node: nodeInfo(v[3]) } };
         case 'leave':
           if (!isShortString(v[3], 128)) return bad('leave names a node');
+          if (controlProblem(v[3], 'node name') !== undefined) return bad(`leave: ${CONTROL_RULE}`);
           return { kind: 20, relay, body: { event: 'leave', node: v[3], instance: null } };
         case 'heartbeat': {
           const p = v[3];
@@ -220,6 +225,7 @@ function check(v: unknown): ClusterMessage {
 
 function stamp(v: Record<string, unknown>): RelayStamp {
   if (!isShortString(v.name, 128) || !isShortString(v.id, 64) || !isCount(v.started) || !isCount(v.seq)) return bad('relay is {name, id, started, seq}');
+  if (controlProblem(v.name, 'relay name') !== undefined) return bad(`relay name: ${CONTROL_RULE}`);
   return { name: v.name, id: v.id, started: v.started, seq: v.seq };
 }
 

@@ -1,5 +1,6 @@
 import type { Logger } from '../../util/logger.js';
 import type { NodeRoute } from '../contracts.js';
+import type { AuthFailures } from '../auth-failures.js';
 import type { RelayEvents } from '../events.js';
 
 /** How a caller reaches the relay. */
@@ -39,6 +40,8 @@ export interface DashboardHost {
   readonly limits: { readonly slowConsumerTimeout: number };
   /** Counts a peer cut for not reading (the metric `tunnel_relay_slow_consumers_total`). */
   readonly metrics: { slowConsumer(transport: 'http'): void };
+  /** Wrong tokens per address, shared with every door of the relay (auth-failures.ts); absent: not limited. */
+  readonly authFailures?: Pick<AuthFailures, 'refusal' | 'failed'> | undefined;
   callerConnections(): CallerConnection[];
   /** Node names drained on this relay: they take no new calls, through reconnects, until undrained. */
   readonly drainMarks: { has(name: string): boolean; list(max: number): string[]; readonly size: number };

@@ -2,7 +2,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { fileURLToPath } from 'node:url';
-import { peerAddress } from '../../util/address.js';
+import { peerAddress, peerIp } from '../../util/address.js';
+import { retryAfter } from '../auth-failures.js';
 import { runAction } from './actions.js';
 import { DashboardFeed, type FeedOptions } from './feed.js';
 import type { DashboardHost } from './host.js';
@@ -95,21 +96,33 @@ export class Dashboard {
   async handle(req: IncomingMessage, res: ServerResponse, url: URL, door: DashboardDoor): Promise<void> {
     const path = url.pathname;
     const token = bearer(req.headers.authorization);
-    const admin = this.adminDigest !== undefined && matches(token, [this.adminDigest]);
-    if (path === '/dashboard/events/ack') return this.ack(req, res, url, door === 'admin' || matches(token, this.viewerDigests));
-    if (path.startsWith('/dashboard/actions/')) {
-      return runAction(this.host, this.adminDigest && ((t) => matches(t, [this.adminDigest!])), path.slice('/dashboard/actions/'.length), req, res, token);
+    const name = path === '/dashboard' ? 'index.html' : path.slice('/dashboard/'.length);
+    const actions = path.startsWith('/dashboard/actions/');
+    const ack = path === '/dashboard/events/ack';
+    // Where a token decides the answer, it is a credential: guessed ones count against the address on every door.
+    const guarded = actions || (door === 'public' && (path === '/dashboard/events' || ack || name === 'index.html'));
+    const presented = [token, name === 'index.html' ? (url.searchParams.get('token') ?? undefined) : undefined].filter((t) => t !== undefined);
+    const authDoor = door === 'admin' ? 'admin' : 'dashboard';
+    const backedOff = guarded && presented.length > 0 ? this.host.authFailures?.refusal(peerIp(req.socket), authDoor) : undefined;
+    if (backedOff) return unauthorized(res, backedOff.message, retryAfter(backedOff));
+    const wrong = (what: string) => this.wrongToken(req, res, authDoor, what);
+    if (actions) {
+      const admin = this.adminDigest && ((t: string | undefined) => matches(t, [this.adminDigest!]) || (t !== undefined && wrong('admin token refused')));
+      return runAction(this.host, admin, path.slice('/dashboard/actions/'.length), req, res, token);
     }
+    const viewer = door === 'admin' || presented.some((t) => matches(t, this.viewerDigests));
+    if (guarded && !viewer && presented.length > 0) wrong('dashboard token refused');
+    if (ack) return this.ack(req, res, url, viewer);
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.setHeader('allow', 'GET, HEAD');
       return text(res, 405, `${path} answers GET\n`);
     }
-    const viewer = door === 'admin' || matches(token, this.viewerDigests);
     if (path === '/dashboard/events') {
       if (!viewer) return unauthorized(res, 'the dashboard feed needs the dashboard token: send "Authorization: Bearer <token>"');
-      return this.feed.open(res, peerAddress(req.socket), admin);
+      // The admin token holder gets a stream even when the public ones are taken.
+      const operator = this.adminDigest !== undefined && matches(token, [this.adminDigest]);
+      return this.feed.open(res, peerAddress(req.socket), operator);
     }
-    const name = path === '/dashboard' ? 'index.html' : path.slice('/dashboard/'.length);
     if (!Object.hasOwn(FILES, name)) return text(res, 404, `no such dashboard file: ${path}\n`);
     const files = this.load();
     const body = files?.get(name);
@@ -120,8 +133,7 @@ export class Dashboard {
     // On the public port the page itself needs the token too (a ?token= on the first load, which the
     // page then keeps in sessionStorage and removes from the address bar). Without it, the same page
     // answers 401 and asks for the token; it shows no data until the feed accepts one.
-    const status =
-      name === 'index.html' && door === 'public' && !viewer && !matches(url.searchParams.get('token') ?? undefined, this.viewerDigests) ? 401 : 200;
+    const status = name === 'index.html' && !viewer ? 401 : 200;
     res.writeHead(status, { 'content-type': FILES[name]!, 'content-length': body.length, ...PAGE_HEADERS });
     res.end(req.method === 'HEAD' ? undefined : body);
   }
@@ -137,6 +149,18 @@ export class Dashboard {
     if (!this.feed.ack(url.searchParams.get('stream') ?? '', seq))
       return text(res, 404, 'no such dashboard stream: it was closed; open /dashboard/events again\n');
     res.writeHead(204, { 'cache-control': 'no-store' }).end();
+  }
+
+  /** Counts a wrong token from the request's address; always false (the token opens nothing). The first of a burst is logged. */
+  private wrongToken(req: IncomingMessage, res: ServerResponse, door: 'dashboard' | 'admin', reason: string): false {
+    const address = peerAddress(req.socket);
+    if (this.host.authFailures?.failed(peerIp(req.socket), door, reason, address)) {
+      this.host.log.warn({ peer: address, door, reason }, 'refused dashboard token');
+      this.host.events.audit({ kind: 'refused-request', door, address, reason });
+    }
+    // The connection closes after the answer, as on the other doors.
+    res.setHeader('connection', 'close');
+    return false;
   }
 
   /** Ends the live streams. */
@@ -171,8 +195,9 @@ function bearer(header: string | undefined): string | undefined {
   return m ? m[1] : undefined;
 }
 
-function unauthorized(res: ServerResponse, message: string): void {
+function unauthorized(res: ServerResponse, message: string, retry?: number): void {
   res.setHeader('www-authenticate', 'Bearer realm="tunnel-relay dashboard"');
+  if (retry !== undefined) res.setHeader('retry-after', String(retry));
   const body = `${JSON.stringify({ error: { code: 'UNAUTHORIZED', message } })}\n`;
   res.writeHead(401, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
   res.end(body);
