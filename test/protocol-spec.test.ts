@@ -410,6 +410,12 @@ describe('the relay, against peers written from docs/PROTOCOL.md', () => {
       caller.send(req(1, 'Slow.Echo', ['open']));
       expect(await caller.response(1)).toEqual([1, 1, null, encode('open')]);
       expect(n.closed).toBeUndefined();
+      // A streamed call to Relay is answered at once, its params missing; its chunks come for an id no longer in flight.
+      caller.send([0, 2, 'Relay.List', null, { stream: 10 }]);
+      caller.send([8, 2, true, new Uint8Array(10)]);
+      await caller.until(() => caller.received.some((m) => isMsg(m, 10, 2)), 5_000, 'acknowledgement');
+      expect((await caller.response(2))[2]).toEqual({ code: 'BAD_REQUEST', message: expect.stringMatching(/^params are not valid MessagePack: /) });
+      expect(caller.received.find((m) => isMsg(m, 10, 2))).toEqual([10, 2, 10]);
       n.close();
       caller.close();
     });
