@@ -211,6 +211,13 @@ export class Dispatcher {
 
   /** A request whose params arrive in chunks waits in `uploads` until the last one. */
   private receiveRequest(m: Request): void {
+    // A second request under an id that is running, or whose params are still arriving, is refused;
+    // the first goes on untouched (its upload is not replaced).
+    if (this.running.has(m.id) || this.uploads.has(m.id)) {
+      const message = `request id ${m.id} is already ${this.running.has(m.id) ? 'running' : 'receiving its params'}`;
+      this.conn.send(response(m.id, new TunnelError(ErrorCode.BAD_REQUEST, message).toWire(), null));
+      return;
+    }
     if (m.stream === 0) return this.run(m);
     const session = sessionOf(m);
     try {

@@ -331,10 +331,14 @@ export class TunnelNode extends EventEmitter {
     }));
     d.peerMaxMessage = maxBody;
     this.direct.add(d);
+    let welcomed = false;
     conn.setHandlers({
       message: (m) => {
         switch (m.kind) {
           case Kind.HELLO:
+            // As at a relay, only the first hello counts: a second one is ignored.
+            if (welcomed) return;
+            welcomed = true;
             conn.peerVersion = Math.min(m.hello.version, PROTOCOL_VERSION);
             conn.send(welcome({ version: conn.peerVersion, relay: `tunnel-node/${this.name}`, session, maxMessage: maxBody }));
             return;
@@ -375,7 +379,7 @@ export class TunnelNode extends EventEmitter {
     const self: NodeInfo = {
       name: this.name,
       labels,
-      services: this.describe(),
+      services: sortedServices(this.describe()),
       address: local,
       connectedAt: this.startedAt.toISOString(),
       inFlight: this.inFlight,
@@ -385,4 +389,11 @@ export class TunnelNode extends EventEmitter {
     };
     conn.send(response(m.id, null, encodeResult(matches ? [self] : [])));
   }
+}
+
+/** Services and their methods in sorted order, as a relay's presence shows them. */
+function sortedServices(services: ServiceDescription): ServiceDescription {
+  const out: ServiceDescription = {};
+  for (const name of Object.keys(services).sort()) out[name] = [...services[name]!].sort();
+  return out;
 }

@@ -244,6 +244,8 @@ export class RelayTunnel {
     if (conn !== this.conn) return;
     switch (m.kind) {
       case Kind.WELCOME:
+        // One welcome per connection: a second one changes nothing (docs/PROTOCOL.md, "Messages").
+        if (this.welcomed) return;
         this.welcomed = true;
         this.changedAt = new Date();
         if (typeof m.welcome.version === 'number') conn.peerVersion = m.welcome.version;

@@ -321,9 +321,9 @@ export class NodeDirectory {
   }
 }
 
-/** The services of `node` that `access` may call something of (every service without access). */
+/** The services of `node` that `access` may call something of (every service without access), sorted. */
 export function servicesOf(node: NodeRoute, access: CallerAccess | undefined): string[] {
-  return access ? access.servicesOf(node) : [...node.services.keys()];
+  return (access ? access.servicesOf(node) : [...node.services.keys()]).sort();
 }
 
 /** The methods of `service` on `node` that `access` may call, sorted. */

@@ -803,6 +803,7 @@ export class Relay extends EventEmitter {
         maxBacklog: this.opts.maxBacklog,
         slowConsumerTimeout: this.opts.slowConsumerTimeout,
         maxFirstMessage: NAME_LIMITS.hello,
+        helloFirst: true,
         onPressure: () => this.memory.poke(),
         onSlowConsumer: (backlog) => {
           this.metrics.slowConsumer('websocket');
@@ -883,6 +884,10 @@ export class Relay extends EventEmitter {
     const badName = nodeNameProblem(name);
     if (badName !== undefined) {
       this.reject(conn, CloseCode.POLICY, badName, 'bad_node_name');
+      return;
+    }
+    if (h.instance !== undefined && (h.instance.length === 0 || h.instance.length > NAME_LIMITS.instance)) {
+      this.reject(conn, CloseCode.POLICY, `hello.instance must be 1-${NAME_LIMITS.instance} characters; this one has ${h.instance.length}`, 'bad_hello');
       return;
     }
     const services = h.services ?? {};

@@ -19,6 +19,8 @@ export const NAME_LIMITS = {
   labelKey: 64,
   /** A label value, characters. */
   labelValue: 256,
+  /** A node's `instance` id in its hello, characters. */
+  instance: 64,
   /** The hello message, bytes as received. */
   hello: 64 * 1024,
 } as const;

@@ -46,6 +46,12 @@ export interface ConnectionOptions {
   slowConsumerTimeout?: number;
   /** Largest first message (the hello), bytes; bigger closes with 1009. Default: no separate limit. */
   maxFirstMessage?: number;
+  /**
+   * The first value must be a hello (the relay): a malformed request there closes with 1002 like any
+   * other malformed value, instead of being answered BAD_REQUEST before the hello, and a first chunk
+   * acknowledgement goes to the handler (which refuses it) instead of being taken as one.
+   */
+  helloFirst?: boolean;
   /** Called once when the peer is cut as a slow consumer, before the close handler. */
   onSlowConsumer?(backlog: number): void;
   /** Called on each write while the backlog is above `maxBacklog` (the relay's memory budget looks again). */
@@ -108,6 +114,8 @@ export class Connection {
   private readonly onSlowConsumer: ((backlog: number) => void) | undefined;
   private readonly onPressure: (() => void) | undefined;
   private maxFirstMessage: number;
+  /** No value was handled yet and the first must be a hello (ConnectionOptions.helloFirst). */
+  private awaitingHello: boolean;
   private overSince = 0;
   private overTimer: NodeJS.Timeout | undefined;
   private paused = false;
@@ -142,6 +150,7 @@ export class Connection {
     this.onSlowConsumer = options.onSlowConsumer;
     this.onPressure = options.onPressure;
     this.maxFirstMessage = options.maxFirstMessage ?? 0;
+    this.awaitingHello = options.helloFirst ?? false;
     ws.binaryType = 'nodebuffer';
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
     ws.on('pong', () => {
@@ -572,14 +581,17 @@ export class Connection {
     }
     for (const value of values) {
       if (this.closed) return;
+      const first = this.awaitingHello;
+      this.awaitingHello = false;
       let msg: Message;
       try {
         msg = parse(value);
       } catch (err) {
-        this.onBadMessage(err as ShapeError);
+        this.onBadMessage(err as ShapeError, first);
         continue;
       }
-      if (msg.kind === Kind.CHUNK_ACK) {
+      // Where a hello must come first, even an acknowledgement goes to the handler, which refuses it.
+      if (msg.kind === Kind.CHUNK_ACK && !first) {
         this.onAck(msg.id, msg.bytes);
         continue;
       }
@@ -596,13 +608,16 @@ export class Connection {
     }
   }
 
-  /** A wrongly shaped request is answered with BAD_REQUEST; anything else without an id closes. */
-  private onBadMessage(err: ShapeError): void {
+  /**
+   * A wrongly shaped request is answered with BAD_REQUEST; anything else without an id closes, and so
+   * does a wrongly shaped request where a hello must come first.
+   */
+  private onBadMessage(err: ShapeError, beforeHello = false): void {
     if (!this.badMessagesLogged) {
       this.badMessagesLogged = true;
       this.log.warn({ reason: err.message }, 'bad message from peer');
     }
-    if (err instanceof ShapeError && err.id !== undefined) {
+    if (!beforeHello && err instanceof ShapeError && err.id !== undefined) {
       this.send(response(err.id, err.toWire(), null));
       return;
     }

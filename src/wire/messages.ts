@@ -212,9 +212,8 @@ export function parse(v: unknown): Message {
       if (h.role !== 'node' && h.role !== 'caller') throw new ShapeError('hello.role must be "node" or "caller"', undefined);
       if (h.name !== undefined && typeof h.name !== 'string') throw new ShapeError('hello.name must be a string', undefined);
       if (h.token !== undefined && typeof h.token !== 'string') throw new ShapeError('hello.token must be a string', undefined);
-      if (h.instance !== undefined && (typeof h.instance !== 'string' || h.instance.length === 0 || h.instance.length > 64)) {
-        throw new ShapeError('hello.instance must be a string of 1-64 characters', undefined);
-      }
+      // Its length is a rule of the relay's (1008, like every limit of a hello), not a shape (1002).
+      if (h.instance !== undefined && typeof h.instance !== 'string') throw new ShapeError('hello.instance must be a string', undefined);
       if (h.services !== undefined && !isServices(h.services)) {
         throw new ShapeError('hello.services must map service names to arrays of method names', undefined);
       }

@@ -111,18 +111,18 @@ export function checkMessagePack(b: Uint8Array, maxDepth = MAX_DEPTH): void {
           break;
         case 0xd4: // fixext 1: msgpackr's undefined, or its invalid Date
           if (end - pos < 2) throw truncated(2, pos, end);
-          if (b[pos] !== UNDEFINED && b[pos] !== TIMESTAMP) throw badExtension(b[pos]!);
+          if (b[pos] !== UNDEFINED && b[pos] !== TIMESTAMP) throw badExtension(b[pos]!, 'fixext 1');
           skip = 2;
           break;
         case 0xd6: // fixext 4 and 8: timestamp 32 and 64
         case 0xd7:
           if (end - pos < 1) throw truncated(1, pos, end);
-          if (b[pos] !== TIMESTAMP) throw badExtension(b[pos]!);
+          if (b[pos] !== TIMESTAMP) throw badExtension(b[pos]!, t === 0xd6 ? 'fixext 4' : 'fixext 8');
           skip = 1 + (t === 0xd6 ? 4 : 8);
           break;
         case 0xc7: // ext 8: only timestamp 96
           if (end - pos < 2) throw truncated(2, pos, end);
-          if (b[pos + 1] !== TIMESTAMP || b[pos] !== 12) throw badExtension(b[pos + 1]!);
+          if (b[pos + 1] !== TIMESTAMP || b[pos] !== 12) throw badExtension(b[pos + 1]!, `ext 8 of ${b[pos]!}`);
           skip = 2 + 12;
           break;
         case 0xd5:
@@ -131,7 +131,7 @@ export function checkMessagePack(b: Uint8Array, maxDepth = MAX_DEPTH): void {
         case 0xc9: {
           const at = pos + (t === 0xd5 || t === 0xd8 ? 0 : t === 0xc8 ? 2 : 4);
           if (at >= end) throw truncated(at - pos + 1, pos, end);
-          throw badExtension(b[at]!);
+          throw badExtension(b[at]!, t === 0xd5 ? 'fixext 2' : t === 0xd8 ? 'fixext 16' : t === 0xc8 ? 'ext 16' : 'ext 32');
         }
         default: // 0xc1 is never used
           throw new WireFormatError(`invalid MessagePack byte 0x${t.toString(16)} at offset ${pos - 1}`);
@@ -157,7 +157,15 @@ function u32(b: Uint8Array, pos: number): number {
   return ((b[pos]! << 24) | (b[pos + 1]! << 16) | (b[pos + 2]! << 8) | b[pos + 3]!) >>> 0;
 }
 
-function badExtension(type: number): WireFormatError {
+/**
+ * The one rule for extensions, said in every refusal: what is accepted is the two forms our encoder
+ * writes, type -1 (timestamp 32, 64 and 96, and msgpackr's fixext 1 for an invalid Date) and type 0
+ * in fixext 1 (msgpackr's `undefined`). The rule comes first so that it survives a close reason's
+ * 123 bytes after "invalid MessagePack: ".
+ */
+export const EXTENSION_RULE = 'extensions accepted: -1 in fixext 1/4/8 or ext 8 of 12 bytes, 0 in fixext 1';
+
+function badExtension(type: number, form: string): WireFormatError {
   const signed = type > 127 ? type - 256 : type;
-  return new WireFormatError(`MessagePack extension type ${signed} is not accepted (only timestamp -1)`);
+  return new WireFormatError(`${EXTENSION_RULE}; got type ${signed} in ${form}`);
 }
