@@ -148,10 +148,13 @@ describe('relays in a cluster over NATS', () => {
   it('forgets a relay that dies (SIGKILL) within 4 s: its nodes leave, calls in flight through it fail NODE_LOST', async () => {
     const doomed = await clusterRelay(nats.url, 'ap-1');
     await hears(eu, 'ap-1');
-    await startNode(doomed.addr, ['--name', 'far-1', '--services', FLEET]);
+    const far = await startNode(doomed.addr, ['--name', 'far-1', '--services', FLEET]);
     const c = await connect(eu.addr);
     expect(await eventually(() => c.call('Fleet.Where', { node: 'far-1' }))).toBe('far-1');
     const inFlight = c.call('Fleet.Work', 60_000, { node: 'far-1', timeout: 60_000 });
+    inFlight.catch(() => undefined);
+    // In flight means running on the node: killed before it arrived, the call was never delivered (NO_NODE).
+    await far.waitForMsg('fleet work started', 10_000);
     const started = Date.now();
     doomed.proc.kill('SIGKILL');
     await expect(inFlight).rejects.toMatchObject({ code: 'NODE_LOST' });
