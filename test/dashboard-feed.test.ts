@@ -8,9 +8,10 @@ import { DashboardFeed } from '../src/relay/dashboard/feed.js';
 import type { DashboardHost } from '../src/relay/dashboard/host.js';
 import { TrafficStats } from '../src/relay/dashboard/traffic.js';
 import { openSse } from './helpers/sse.js';
+import { Wakeups } from './helpers/wait.js';
 
 /** A relay with no nodes and no callers: only its event bus moves. */
-function fakeHost(): DashboardHost & { cuts: number } {
+function fakeHost(slowConsumerTimeout = 60_000): DashboardHost & { cuts: number } {
   const host = {
     cuts: 0,
     log: silentLogger,
@@ -21,10 +22,12 @@ function fakeHost(): DashboardHost & { cuts: number } {
     directory: { all: () => [], size: 0 },
     registry: { size: 0 },
     cluster: undefined,
-    limits: { slowConsumerTimeout: 60_000 },
+    limits: { slowConsumerTimeout },
     metrics: { slowConsumer: () => void host.cuts++ },
     callerConnections: () => [],
+    drainMarks: { has: () => false, list: () => [], size: 0 },
     drainNode: () => undefined,
+    undrainNode: () => undefined,
     disconnectNode: () => undefined,
     disconnectCaller: () => undefined,
   };
@@ -40,8 +43,17 @@ describe('DashboardFeed', () => {
     if (server) await new Promise((r) => server!.close(r));
   });
 
+  /** The feed at GET /, its acknowledgements at POST /dashboard/events/ack; `Bearer admin` is the admin token. */
   async function serve(feed: DashboardFeed): Promise<number> {
-    server = createServer((req, res) => feed.open(res, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
+    server = createServer((req, res) => {
+      const url = new URL(req.url ?? '/', 'http://127.0.0.1');
+      if (req.method === 'POST') {
+        const ok = feed.ack(url.searchParams.get('stream') ?? '', Number(url.searchParams.get('seq')));
+        res.writeHead(ok ? 204 : 404).end();
+        return;
+      }
+      feed.open(res, `${req.socket.remoteAddress}:${req.socket.remotePort}`, req.headers.authorization === 'Bearer admin');
+    });
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
     return (server.address() as AddressInfo).port;
@@ -91,5 +103,87 @@ describe('DashboardFeed', () => {
     expect(cut[0]).toMatchObject({ door: 'dashboard', reason: expect.stringContaining('slow consumer') });
     socket.resume();
     await closed;
+  });
+
+  /** A raw connection that reads the answer's head, then nothing more. */
+  async function pausedReader(port: number): Promise<Socket> {
+    const socket = connect(port, '127.0.0.1');
+    sockets.push(socket);
+    await once(socket, 'connect');
+    socket.write('GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    await once(socket, 'data');
+    socket.pause();
+    return socket;
+  }
+
+  it('cuts 8 paused readers within the slow-consumer timeout, though the feed sends them little; a reader that acknowledges stays', async () => {
+    const timeout = 1_500;
+    const host = fakeHost(timeout);
+    const feed = new DashboardFeed(host, new TrafficStats(), { version: 'v', actions: false, tickMs: 200 });
+    const port = await serve(feed);
+    const opened = Date.now();
+    const paused = await Promise.all(Array.from({ length: 8 }, () => pausedReader(port)));
+    expect(feed.streams).toBe(8);
+    // The kernel takes megabytes before the socket backs up; the feed sends these readers a few
+    // hundred bytes a tick. They are cut because they acknowledge nothing.
+    const audits = new Wakeups();
+    host.events.on('audit', () => audits.wake());
+    await audits.until(
+      () => host.cuts === 8,
+      timeout + 5_000,
+      'the 8 paused readers cut',
+      () => `${host.cuts} cut`,
+    );
+    const elapsed = Date.now() - opened;
+    console.log(`8 paused readers cut ${elapsed} ms after they connected (slow-consumer timeout ${timeout} ms)`);
+    expect(elapsed).toBeLessThan(timeout + 2_000);
+    expect(feed.streams).toBe(0);
+    const events = host.events.recent().filter((e) => e.kind === 'slow-consumer');
+    expect(events).toHaveLength(8);
+    expect(events[0]!.reason).toContain('acknowledged nothing');
+    await Promise.all(paused.map((s) => (s.destroyed ? undefined : once(s.resume(), 'close'))));
+
+    // A fresh reader gets a stream, and keeps it past the timeout by acknowledging what it reads.
+    const s = await openSse(`http://127.0.0.1:${port}/`);
+    try {
+      const snap = (await s.waitFor((e) => e.event === 'snapshot')).data as { relay: { now: number }; stream: { id: string; ackEvery: number } };
+      expect(snap.stream.ackEvery).toBeLessThan(timeout);
+      const since = snap.relay.now;
+      await s.waitFor(
+        (e) => e.event === 'delta' && ((e.data as { relay?: { now: number } }).relay?.now ?? 0) > since + 2 * timeout,
+        4 * timeout + 5_000,
+        'a delta two timeouts later',
+      );
+      expect(host.cuts).toBe(8);
+      expect(feed.streams).toBe(1);
+    } finally {
+      s.close();
+    }
+  });
+
+  it('keeps 2 streams for the admin token when the 8 public ones are taken', async () => {
+    const host = fakeHost();
+    const feed = new DashboardFeed(host, new TrafficStats(), { version: 'v', actions: true });
+    const port = await serve(feed);
+    const url = `http://127.0.0.1:${port}/`;
+    const open: Array<{ close(): void }> = [];
+    try {
+      for (let i = 0; i < 8; i++) open.push(await pausedReader(port).then((s) => ({ close: () => s.destroy() })));
+      const refused = await fetch(url, { signal: AbortSignal.timeout(5_000) });
+      expect(refused.status).toBe(503);
+      expect(await refused.text()).toContain('admin token');
+      for (let i = 0; i < 2; i++) {
+        const admin = await openSse(url, { authorization: 'Bearer admin' });
+        open.push(admin);
+        expect(admin.status).toBe(200);
+        await admin.waitFor((e) => e.event === 'snapshot');
+      }
+      expect(feed.streams).toBe(10);
+      const third = await fetch(url, { headers: { authorization: 'Bearer admin' }, signal: AbortSignal.timeout(5_000) });
+      expect(third.status).toBe(503);
+      await third.body?.cancel();
+    } finally {
+      for (const o of open) o.close();
+    }
   });
 });

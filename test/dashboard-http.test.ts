@@ -1,15 +1,19 @@
+import { once } from 'node:events';
+import { connect as dial, type Socket } from 'node:net';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type Client } from '../src/index.js';
-import { http } from './helpers/http.js';
-import { killAll, startNode, startRelay, type Proc, type RunningRelay } from './helpers/processes.js';
+import { gatewayCall, http } from './helpers/http.js';
+import { killAll, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
 import { openSse, type SseEvent, type SseStream } from './helpers/sse.js';
 
+const SLOW = fileURLToPath(new URL('./fixtures/slow-services.js', import.meta.url));
 const VIEW = 'view-token-0123456789';
 const ADMIN = 'admin-token-0123456789';
 
 interface Delta {
   events?: Array<{ kind: string; action?: string; target?: string; by?: string; address?: string; reason?: string; door?: string }>;
-  nodes?: { upsert: Array<{ name: string; state: string; reconnects: number }>; remove: string[] };
+  nodes?: { upsert: Array<{ name: string; state: string; reconnects: number; draining: boolean }>; remove: string[] };
   callers?: { upsert: Array<{ session: string }>; remove: string[] };
 }
 interface Snapshot {
@@ -30,14 +34,13 @@ describe('dashboard over HTTP: where it is served, tokens, actions', () => {
   let plain: RunningRelay;
   let relay: RunningRelay;
   let admin: number;
-  let node: Proc;
   const streams: SseStream[] = [];
 
   beforeAll(async () => {
     plain = await startRelay(['--admin-listen', '127.0.0.1:0']);
     relay = await startRelay(['--admin-listen', '127.0.0.1:0', '--admin-token', ADMIN, '--dashboard-token', VIEW]);
     admin = await adminPort(relay);
-    node = await startNode(relay.addr, ['--name', 'office-1']);
+    await startNode(relay.addr, ['--name', 'office-1']);
   });
   afterAll(async () => {
     for (const s of streams) s.close();
@@ -151,31 +154,78 @@ describe('dashboard over HTTP: where it is served, tokens, actions', () => {
     }
 
     const from = relay.proc.logs.length;
-    const drained = await http(`http://127.0.0.1:${admin}/dashboard/actions/drain-node`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ node: 'office-1' }),
-    });
-    expect(drained.status).toBe(200);
+    const act = (action: string, node: string) =>
+      http(`http://127.0.0.1:${admin}/dashboard/actions/${action}`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ node }),
+      });
+    expect((await act('drain-node', 'office-1')).status).toBe(200);
     const line = await relay.proc.waitForLog((l) => l.msg === 'dashboard action', 10_000, 'the action log line', from);
     expect(line).toMatchObject({ action: 'drain-node', target: 'office-1', by: 'admin', peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/) });
-    await node.waitForMsg('relay is going away');
     await s.waitFor(
       hasEvent((e) => e.kind === 'node-draining'),
       10_000,
       'the node draining',
     );
-    await s.waitFor(
-      hasEvent((e) => e.kind === 'node-leave'),
-      10_000,
-      'the node leaving',
-    );
-    // A drained node reconnects with its backoff, as after a relay's drain: it is back, one reconnect more.
-    await s.waitFor(
-      (e) => e.event === 'delta' && ((e.data as Delta).nodes?.upsert ?? []).some((n) => n.name === 'office-1' && n.state === 'online' && n.reconnects === 1),
-      10_000,
-      'office-1 back online',
-    );
+    const isState = (state: string) => (e: SseEvent) =>
+      e.event === 'delta' && ((e.data as Delta).nodes?.upsert ?? []).some((n) => n.name === 'office-1' && n.state === state);
+    await s.waitFor(isState('drained'), 10_000, 'office-1 drained');
+    expect((await act('undrain-node', 'office-1')).status).toBe(200);
+    await s.waitFor(isState('online'), 10_000, 'office-1 back in rotation');
+    expect((await act('undrain-node', 'office-1')).status).toBe(404);
+  });
+
+  it('keeps a drained node out of rotation across its reconnect, until it is undrained', async () => {
+    const s = await feed(`http://127.0.0.1:${admin}/dashboard/events`);
+    const [w1, w2] = await Promise.all(['w-1', 'w-2'].map((name) => startNode(relay.addr, ['--name', name, '--services', SLOW])));
+    const act = (action: string, node: string) =>
+      http(`http://127.0.0.1:${admin}/dashboard/actions/${action}`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ADMIN}` },
+        body: JSON.stringify({ node }),
+      });
+    const servedBy = async () => {
+      const answers = await Promise.all(Array.from({ length: 8 }, () => gatewayCall(relay.port, 'Slow.Where', [])));
+      return new Set(answers.map((a) => (a.json as { result: string }).result));
+    };
+    const w1State = (state: string, reconnects?: number) => (e: SseEvent) =>
+      e.event === 'delta' &&
+      ((e.data as Delta).nodes?.upsert ?? []).some((n) => n.name === 'w-1' && n.state === state && (reconnects === undefined || n.reconnects === reconnects));
+    try {
+      expect(await servedBy()).toEqual(new Set(['w-1', 'w-2']));
+      expect((await act('drain-node', 'w-1')).status).toBe(200);
+      await s.waitFor(w1State('drained'), 10_000, 'w-1 drained');
+      expect(await servedBy()).toEqual(new Set(['w-2']));
+      // It stays connected and shows as draining in /nodes (and presence).
+      const listed = (await http(`http://127.0.0.1:${admin}/nodes`)).json as Array<{ name: string; draining: boolean }>;
+      expect(listed.find((n) => n.name === 'w-1')).toMatchObject({ draining: true });
+      expect(w1!.logs.some((l) => l.msg === 'relay is going away')).toBe(false);
+
+      // Its connection drops; it reconnects with its backoff and is still drained from its first moment.
+      expect((await act('disconnect-node', 'w-1')).status).toBe(200);
+      await s.waitFor(w1State('drained', 1), 15_000, 'w-1 back, still drained');
+      expect(await servedBy()).toEqual(new Set(['w-2']));
+
+      expect((await act('undrain-node', 'w-1')).status).toBe(200);
+      await s.waitFor(w1State('online', 1), 10_000, 'w-1 undrained');
+      expect(await servedBy()).toEqual(new Set(['w-1', 'w-2']));
+    } finally {
+      w1!.kill();
+      w2!.kill();
+    }
+  });
+
+  it('checks an admin token without acting (204, 401, 403), and takes acknowledgements only for open streams', async () => {
+    const check = (port: number, headers: Record<string, string>) => http(`http://127.0.0.1:${port}/dashboard/actions/check`, { method: 'POST', headers });
+    expect((await check(admin, { authorization: `Bearer ${ADMIN}` })).status).toBe(204);
+    expect((await check(relay.port, { authorization: `Bearer ${ADMIN}` })).status).toBe(204);
+    expect((await check(admin, { authorization: 'Bearer wrong' })).status).toBe(401);
+    expect((await check(admin, { authorization: `Bearer ${VIEW}` })).status).toBe(401);
+    expect((await check(await adminPort(plain), {})).status).toBe(403);
+    const ack = `http://127.0.0.1:${relay.port}/dashboard/events/ack?stream=nope&seq=1`;
+    expect((await http(ack, { method: 'POST' })).status).toBe(401);
+    expect((await http(ack, { method: 'POST', headers: { authorization: `Bearer ${VIEW}` } })).status).toBe(404);
   });
 
   it('shows a node that leaves as leaving, then removes it', async () => {
@@ -219,6 +269,51 @@ describe('dashboard over HTTP: where it is served, tokens, actions', () => {
     const over = await http(`http://127.0.0.1:${admin}/dashboard/events`);
     expect(over.status).toBe(503);
     expect(over.body).toContain('at most 8 dashboard streams');
+    // The admin token still opens one: operators are never locked out.
+    const operator = await feed(`http://127.0.0.1:${admin}/dashboard/events`, { authorization: `Bearer ${ADMIN}` });
+    expect(operator.status).toBe(200);
+    await operator.waitFor((e) => e.event === 'snapshot');
+    operator.close();
     for (const m of more) m.close();
+  });
+
+  it('cuts 8 paused readers within the slow-consumer timeout; a fresh operator then gets the page and a stream', async () => {
+    const timeout = 2_000;
+    const small = await startRelay(['--admin-listen', '127.0.0.1:0', '--slow-consumer-timeout', `${timeout}ms`]);
+    const port = await adminPort(small);
+    const sockets: Socket[] = [];
+    try {
+      const opened = Date.now();
+      for (let i = 0; i < 8; i++) {
+        const socket = dial(port, '127.0.0.1');
+        sockets.push(socket);
+        await once(socket, 'connect');
+        socket.write(`GET /dashboard/events HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+        await once(socket, 'data');
+        // Reads nothing more: a paused reader, sent a few hundred bytes a second.
+        socket.pause();
+      }
+      const full = await http(`http://127.0.0.1:${port}/dashboard/events`);
+      expect(full.status).toBe(503);
+      let from = 0;
+      for (let i = 0; i < 8; i++) {
+        const cut = await small.proc.waitForLog((l) => l.msg === 'slow consumer: closing connection', timeout + 5_000, `cut ${i + 1}`, from);
+        from = small.proc.logs.indexOf(cut) + 1;
+      }
+      const elapsed = Date.now() - opened;
+      console.log(`8 paused readers cut ${elapsed} ms after the first connected (--slow-consumer-timeout ${timeout} ms)`);
+      expect(elapsed).toBeLessThan(timeout + 3_000);
+      const metrics = await http(`http://127.0.0.1:${port}/metrics`);
+      expect(metrics.body).toMatch(/tunnel_relay_slow_consumers_total\{transport="http"\} 8/);
+      const page = await http(`http://127.0.0.1:${port}/dashboard`);
+      expect(page.status).toBe(200);
+      const s = await feed(`http://127.0.0.1:${port}/dashboard/events`);
+      expect(s.status).toBe(200);
+      await s.waitFor((e) => e.event === 'snapshot');
+      s.close();
+    } finally {
+      for (const so of sockets) so.destroy();
+      small.proc.kill();
+    }
   });
 });

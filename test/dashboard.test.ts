@@ -77,6 +77,15 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
     expect(await page.$eval('#fact-cluster', (el) => el.textContent)).toBe('standalone');
     expect(await page.$eval('#nodes-empty', (el) => (el as HTMLElement).hidden)).toBe(false);
     expect(await page.$eval('#actions-state', (el) => el.textContent)).toContain('admin token');
+    // Whenever the node table changes, the relay's Nodes figure must already agree with it.
+    await page.evaluate(() => {
+      const seen: Array<[number, string]> = [];
+      (window as unknown as { seen: typeof seen }).seen = seen;
+      new MutationObserver(() => seen.push([document.querySelectorAll('#nodes tbody tr').length, document.getElementById('fact-nodes')!.textContent!])).observe(
+        document.querySelector('#nodes tbody')!,
+        { childList: true },
+      );
+    });
 
     nodes.office1 = await startNode(relay.addr, ['--name', 'office-1', '--label', 'region=eu', '--label', 'site=paris']);
     await page.waitForSelector('tr[data-node="office-1"][data-state="online"]');
@@ -95,6 +104,10 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
     nodes.slow = await startNode(relay.addr, ['--name', 'batch-1', '--services', SLOW, '--label', 'region=us']);
     await page.waitForSelector('tr[data-node="office-2"]');
     await page.waitForSelector('tr[data-node="batch-1"]');
+    const seen = await page.evaluate(() => (window as unknown as { seen: Array<[number, string]> }).seen);
+    expect(seen.map(([rows]) => rows)).toContain(3);
+    expect(seen.filter(([rows, figure]) => String(rows) !== figure)).toEqual([]);
+    expect(await page.$eval('#fact-nodes', (el) => el.textContent)).toBe('3');
     expect(errors).toEqual([]);
   });
 
@@ -121,10 +134,22 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
     await page.waitForSelector('tr[data-code="APP_ERROR"]');
     await page.waitForSelector('tr[data-code="NO_METHOD"]');
     await page.waitForFunction(() => Number(document.querySelector('tr[data-service="Arith"] [data-col="errors"]')?.textContent) >= 1);
+    // Each code says which method it came from.
+    expect(await cellText('tr[data-code="APP_ERROR"]', 'methods')).toBe('Arith.Divide 1');
+    expect(await cellText('tr[data-code="NO_METHOD"]', 'methods')).toBe('(unknown) 1');
     expect(await page.$eval('#codes-empty', (el) => (el as HTMLElement).hidden)).toBe(true);
   });
 
-  it('drains a node from its button: it finishes its call, leaves, and is logged', async () => {
+  it('says at once that a wrong admin token is wrong, and keeps the actions disabled', async () => {
+    await page.type('#admin-token', 'not-the-admin-token');
+    await page.click('#admin-form button[type="submit"]');
+    await page.waitForSelector('#actions-state[data-ok="false"]');
+    expect(await page.$eval('#actions-state', (el) => el.textContent)).toContain('wrong');
+    expect(await page.$eval('#admin-form', (el) => (el as HTMLElement).hidden)).toBe(false);
+    expect(await page.$eval('tr[data-node="batch-1"] button[data-action="drain"]', (b) => (b as HTMLButtonElement).disabled)).toBe(true);
+  });
+
+  it('drains a node from its button: it finishes its call, stays connected and out of rotation until undrained', async () => {
     await page.type('#admin-token', ADMIN);
     await page.click('#admin-form button[type="submit"]');
     await page.waitForSelector('tr[data-node="batch-1"] button[data-action="drain"]:not([disabled])');
@@ -135,19 +160,41 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
     await page.waitForFunction(() => document.querySelector('tr[data-node="batch-1"] [data-col="inflight"]')?.textContent === '1');
     const from = relay.proc.logs.length;
     await page.click('tr[data-node="batch-1"] button[data-action="drain"]');
-    await page.waitForSelector('tr[data-node="batch-1"][data-state="draining"]');
+    await page.waitForSelector('tr[data-node="batch-1"][data-state="drained"]');
     await page.waitForFunction(() => document.querySelector('#action-result')?.textContent?.includes('drain-node batch-1: done'));
     const line = await relay.proc.waitForLog((l) => l.msg === 'dashboard action', WAIT, 'the action log line', from);
     expect(line).toMatchObject({ action: 'drain-node', target: 'batch-1', by: 'admin' });
-    // The call in flight finishes normally; only then does the node leave.
+    expect(await page.$eval('#fact-drained', (el) => el.textContent)).toBe('batch-1');
+    // The call in flight finishes normally; the node stays, and takes no new call.
     expect(await running).toMatchObject({ status: 200, json: { result: 2_000 } });
-    await page.waitForFunction(() => [...document.querySelectorAll('#events li[data-kind="node-leave"]')].some((li) => li.textContent!.includes('batch-1')));
+    expect((await gatewayCall(relay.port, 'Slow.Echo', [1])).status).not.toBe(200);
+    expect(await page.$eval('tr[data-node="batch-1"]', (tr) => (tr as HTMLElement).dataset.state)).toBe('drained');
+
+    await page.click('tr[data-node="batch-1"] button[data-action="undrain"]');
+    await page.waitForSelector('tr[data-node="batch-1"][data-state="online"]');
+    expect(await gatewayCall(relay.port, 'Slow.Echo', [1])).toMatchObject({ status: 200, json: { result: 1 } });
     await page.waitForFunction(() =>
       [...document.querySelectorAll('#events li[data-kind="action"]')].some((li) => li.textContent!.includes('drain-node batch-1 by admin')),
     );
+    await page.waitForFunction(() =>
+      [...document.querySelectorAll('#events li[data-kind="action"]')].some((li) => li.textContent!.includes('undrain-node batch-1 by admin')),
+    );
   });
 
-  it('disconnects a node and a caller from their buttons', async () => {
+  it('disconnects a node and a caller from their buttons, once confirmed', async () => {
+    // Dismissed: nothing is sent.
+    const asked = new Promise<string>((resolve) =>
+      page.once('dialog', (d) => {
+        resolve(d.message());
+        void d.dismiss();
+      }),
+    );
+    await page.click('tr[data-node="office-2"] button[data-action="disconnect"]');
+    expect(await asked).toContain('Disconnect node office-2?');
+    expect(await page.$eval('#action-result', (el) => el.textContent)).not.toContain('disconnect-node office-2');
+    expect(await page.$eval('tr[data-node="office-2"]', (tr) => (tr as HTMLElement).dataset.state)).toBe('online');
+
+    page.on('dialog', (d) => void d.accept());
     await page.click('tr[data-node="office-2"] button[data-action="disconnect"]');
     await page.waitForFunction(() => [...document.querySelectorAll('#events li[data-kind="node-leave"]')].some((li) => li.textContent!.includes('office-2')));
     // It reconnects by itself, one reconnect more.

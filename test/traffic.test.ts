@@ -104,4 +104,23 @@ describe('TrafficStats', () => {
     expect(() => new TrafficStats({ window: 0 })).toThrow(/window must be a positive integer/);
     expect(() => new TrafficStats({ window: 10, latencyWindow: 20 })).toThrow(/latencyWindow \(20\) must not exceed window \(10\)/);
   });
+
+  it('attributes each error code to the methods it came from, bounded in methods', () => {
+    const c = clock();
+    const t = new TrafficStats({ window: 10, maxMethods: 2, now: c.now });
+    t.record('Arith.Divide', 'APP_ERROR', 0.001);
+    t.record('Arith.Divide', 'APP_ERROR', 0.001);
+    t.record('KV.Get', 'APP_ERROR', 0.001);
+    t.record('Arith.Power', 'NO_METHOD', undefined, false);
+    t.record('Hello.Hello', 'TIMEOUT', 0.5);
+    c.tick(1_000);
+    const s = t.series();
+    expect(s.codes).toEqual({ APP_ERROR: 3, NO_METHOD: 1, TIMEOUT: 1 });
+    expect({ ...s.codeMethods }).toEqual({
+      APP_ERROR: { 'Arith.Divide': 2, 'KV.Get': 1 },
+      NO_METHOD: { '(unknown)': 1 },
+      // Past maxMethods, under "(other)".
+      TIMEOUT: { '(other)': 1 },
+    });
+  });
 });

@@ -51,7 +51,7 @@ const argv = await parse(
     .option('admin-token', {
       type: 'string',
       describe:
-        "Enable the dashboard's actions (drain or disconnect a node, disconnect a caller) for whoever enters this token in the page; without it they are disabled. Prefer TUNNEL_ADMIN_TOKEN",
+        "Enable the dashboard's actions (drain, undrain or disconnect a node, disconnect a caller) for whoever enters this token in the page; without it they are disabled. Prefer TUNNEL_ADMIN_TOKEN",
     })
     .option('require-node', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node with this name is connected (repeatable)' })
     .option('require-service', { type: 'string', array: true, nargs: 1, describe: '/readyz answers 503 until a node serves this service (repeatable)' })

@@ -96,6 +96,9 @@ export class Dispatcher {
    */
   private readonly waiting: Array<{ call: RunningCall; pieces: Pieces; length: number }> = [];
   private waitTimer: NodeJS.Timeout | undefined;
+  /** Bytes of the answers held back, in all and per caller session. */
+  private waitingBytes = 0;
+  private readonly waitingBySession = new Map<string, number>();
 
   constructor(
     private readonly host: DispatchHost,
@@ -192,6 +195,8 @@ export class Dispatcher {
   /** Aborts and forgets every call of this connection (it closed, or the node stops). */
   drop(reason: TunnelError): void {
     this.waiting.length = 0;
+    this.waitingBytes = 0;
+    this.waitingBySession.clear();
     clearTimeout(this.waitTimer);
     this.uploads.clear();
     this.sessionBudgets.clear();
@@ -264,7 +269,7 @@ export class Dispatcher {
       this.conn.send(response(id, new TunnelError(ErrorCode.BAD_REQUEST, `request id ${id} is already running`).toWire(), null));
       return;
     }
-    const busy = this.busy();
+    const busy = this.busy(sessionOf(m));
     if (busy !== undefined) {
       this.conn.send(response(id, new TunnelError(ErrorCode.OVERLOADED, busy).toWire(), null));
       return;
@@ -319,6 +324,8 @@ export class Dispatcher {
     }
     if (this.waiting.length > 0 || this.conn.socketBacklog > this.host.maxBacklog) {
       this.waiting.push({ call, pieces, length });
+      this.waitingBytes += length;
+      this.waitingBySession.set(call.session.id, (this.waitingBySession.get(call.session.id) ?? 0) + length);
       this.waitTimer ??= setTimeout(this.sendWaiting, WAIT_POLL);
       return;
     }
@@ -335,19 +342,33 @@ export class Dispatcher {
     this.waitTimer = undefined;
     while (this.waiting.length > 0 && this.conn.socketBacklog <= this.host.maxBacklog) {
       const { call, pieces, length } = this.waiting.shift()!;
+      this.waitingBytes -= length;
+      const left = (this.waitingBySession.get(call.session.id) ?? 0) - length;
+      if (left > 0) this.waitingBySession.set(call.session.id, left);
+      else this.waitingBySession.delete(call.session.id);
       if (!call.aborted && this.conn.isOpen) this.send(call, pieces, length);
     }
     if (this.waiting.length > 0 && this.conn.isOpen) this.waitTimer = setTimeout(this.sendWaiting, WAIT_POLL);
-    else this.waiting.length = 0;
+    else {
+      this.waiting.length = 0;
+      this.waitingBytes = 0;
+      this.waitingBySession.clear();
+    }
   };
 
-  /** Why a new request is refused now (OVERLOADED), or undefined when it may run. */
-  private busy(): string | undefined {
+  /**
+   * Why a new request of `session` is refused now (OVERLOADED), or undefined when it may run. A
+   * session whose own answers wait beyond `maxBacklog` gets no more work done until they leave; other
+   * sessions go on (their answers wait in line), until the held answers of all of them reach
+   * {@link HELD_FACTOR} times `maxBacklog`.
+   */
+  private busy(session: string): string | undefined {
     if (this.running.size >= this.host.maxInFlight) {
       return `node ${this.host.name} already runs ${this.running.size} calls on this connection (its --max-in-flight); try again shortly`;
     }
-    if (this.waiting.length > 0 || this.conn.socketBacklog > this.host.maxBacklog) {
-      return `node ${this.host.name} has more answers waiting to be sent than its --max-backlog of ${this.host.maxBacklog} bytes (the relay or the network is slow); try again shortly`;
+    const mine = this.waitingBySession.get(session) ?? 0;
+    if (mine > this.host.maxBacklog || this.waitingBytes > HELD_FACTOR * this.host.maxBacklog) {
+      return `node ${this.host.name} has more answers waiting to be sent than its --max-backlog of ${this.host.maxBacklog} bytes allows (the relay or the network is slow); try again shortly`;
     }
     return undefined;
   }
@@ -355,6 +376,8 @@ export class Dispatcher {
 
 /** How often held answers look for room in the socket, ms. */
 const WAIT_POLL = 5;
+/** Answers held back for all sessions together, in units of `maxBacklog`, before every new request is refused. */
+const HELD_FACTOR = 16;
 
 function asBroadcastEntry(work: (ctx: CallContext) => Promise<Uint8Array | Pieces>, node: string): (ctx: CallContext) => Promise<Pieces> {
   return async (ctx) => {

@@ -13,10 +13,13 @@ export class NodeLink implements NodeRoute {
   readonly connectedAt = new Date();
   readonly local = true;
   readonly relays: readonly string[];
-  draining = false;
+  /** The node said GOAWAY, or a newer connection took its name: it leaves once its calls are answered. */
+  goingAway = false;
+  /** An operator drained it on this relay (relay.ts `drainNode`): it stays connected and takes no new calls until undrained. */
+  drained = false;
   closed = false;
-  /** Called when the node says GOAWAY (presence tells everyone it drains). */
-  onDraining: (() => void) | undefined;
+  /** Called when it starts or stops draining (presence tells everyone). */
+  onUpdate: (() => void) | undefined;
   served = 0;
   private readonly inflight = new PendingTable<RoutedCall>();
 
@@ -34,6 +37,11 @@ export class NodeLink implements NodeRoute {
   ) {
     this.relays = [relayName];
     this.services = serviceTable(services);
+  }
+
+  /** Takes no new calls: going away, or drained by an operator. */
+  get draining(): boolean {
+    return this.goingAway || this.drained;
   }
 
   get inFlight(): number {
@@ -110,9 +118,9 @@ export class NodeLink implements NodeRoute {
         return;
       }
       case Kind.GOAWAY:
-        this.draining = true;
+        this.goingAway = true;
         this.log.info({ node: this.name, reason: m.reason, inFlight: this.inflight.size }, 'node is draining');
-        this.onDraining?.();
+        this.onUpdate?.();
         return;
       case Kind.REQUEST:
         this.conn.send(response(m.id, { code: ErrorCode.BAD_REQUEST, message: 'nodes serve calls; they cannot make them on this connection' }, null));

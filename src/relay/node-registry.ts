@@ -30,7 +30,7 @@ export interface NodeRegistryOptions {
 
 /**
  * The nodes whose tunnels end on this relay: registration (one name, one live node), their links in
- * the directory, and what leaves with them. Events: `join` (link), `update` (link: it drains),
+ * the directory, and what leaves with them. Events: `join` (link), `update` (link: it starts or stops draining),
  * `leave` (link, reason: 'closed' | 'replaced' | 'revoked' | 'conflict').
  */
 export class NodeRegistry extends EventEmitter {
@@ -75,7 +75,9 @@ export class NodeRegistry extends EventEmitter {
   claim(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
     const name = h.name!;
     const node = this.o.directory.get(name);
-    const holders = node ? node.routes.filter((r) => !r.draining && !(h.instance !== undefined && r.instance === h.instance)) : [];
+    // A node an operator drained here still holds its name: only one going away gives it up.
+    const leaving = (r: NodeRoute) => (r instanceof NodeLink ? r.goingAway : r.draining);
+    const holders = node ? node.routes.filter((r) => !leaving(r) && !(h.instance !== undefined && r.instance === h.instance)) : [];
     if (holders.length === 0) return this.register(conn, h, address, log, credential);
     // Messages the newcomer sends meanwhile are not calls; it is not registered yet.
     conn.setHandlers({ message: () => undefined, close: () => undefined });
@@ -106,7 +108,7 @@ export class NodeRegistry extends EventEmitter {
     const name = h.name!;
     const services = h.services!;
     const link = new NodeLink(name, conn, services, h.labels ?? {}, address, log, h.instance, this.o.relayName);
-    link.onDraining = () => this.emit('update', link);
+    link.onUpdate = () => this.emit('update', link);
     this.credentials.set(link, credential);
     this.links.add(link);
     conn.setHandlers({
@@ -127,7 +129,7 @@ export class NodeRegistry extends EventEmitter {
     for (const r of stale) this.o.directory.remove(r);
     const old = this.o.directory.add(link) as NodeLink | undefined;
     if (old) {
-      old.draining = true;
+      old.goingAway = true;
       this.links.delete(old);
       log.warn(
         { node: name, previous: old.address, sameProcess: old.instance !== undefined && old.instance === link.instance },

@@ -35,6 +35,7 @@ import { RelayEvents } from './events.js';
 import { Dashboard, isDashboardUrl } from './dashboard/routes.js';
 import { sameOrigin } from './dashboard/actions.js';
 import type { CallerConnection } from './dashboard/host.js';
+import { DrainMarks } from './drain-marks.js';
 
 export type { NodeInfo } from '../wire/presence.js';
 export type { AuditRecord, AuditKind, AuditDoor } from './events.js';
@@ -100,7 +101,7 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
    * on the admin listener only, and not at all without `adminListen` (default: none).
    */
   dashboardToken?: string;
-  /** Enables the dashboard's actions (drain or disconnect a node, disconnect a caller) for whoever presents this token (default: none, actions disabled). */
+  /** Enables the dashboard's actions (drain, undrain or disconnect a node, disconnect a caller) for whoever presents this token (default: none, actions disabled). */
   adminToken?: string;
 }
 
@@ -152,6 +153,8 @@ export class Relay extends EventEmitter {
   private advertisedUrl: string | undefined;
   /** What happens on the relay, as `audit` events: joins, leaves, refusals, cuts, revocations, operator actions; the last 500 are kept. */
   readonly events = new RelayEvents();
+  /** @internal Node names an operator drained here ({@link drainNode}): kept out of rotation across reconnects. */
+  readonly drainMarks = new DrainMarks();
   /** @internal The live dashboard, served when there is an admin listener or a dashboard token. */
   readonly dashboard: Dashboard | undefined;
   /** When each caller connection opened, and which of them are WebSocket connections (the others: the msgpack-rpc port). */
@@ -267,6 +270,8 @@ export class Relay extends EventEmitter {
       reject: (conn, code, reason, metric) => this.reject(conn, code, reason, metric),
     });
     this.registry.on('join', (link: NodeLink) => {
+      // Before anyone hears of it: a drained name takes no call from its first moment back.
+      link.drained = this.drainMarks.has(link.name);
       this.nodeJoined(link);
       this.cluster?.announce('join', link);
     });
@@ -544,17 +549,29 @@ export class Relay extends EventEmitter {
   }
 
   /**
-   * Drains one node attached here: it takes no new calls and is sent GOAWAY, so it finishes its calls
-   * and leaves (a node reconnects with its backoff; to keep it out, revoke its token). Throws NO_NODE
-   * for a node that is not attached to this relay.
+   * Drains one node attached here, as a Kubernetes cordon does: it stays connected, finishes its calls
+   * in flight and takes no new ones, and its name stays drained on this relay across reconnects until
+   * {@link undrainNode}. Throws NO_NODE for a node that is not attached to this relay, OVERLOADED when
+   * 1 000 names are drained already (drain-marks.ts).
    */
   drainNode(name: string, reason: string): void {
     const link = this.localLink(name);
-    if (link.draining) return;
+    this.drainMarks.add(name);
+    if (link.drained) return;
     this.log.info({ node: name, reason, inFlight: link.inFlight }, 'draining node');
-    link.draining = true;
-    link.conn.send(goaway(reason));
-    link.onDraining?.();
+    link.drained = true;
+    link.onUpdate?.();
+  }
+
+  /** Puts a drained node name back in rotation. Throws NO_NODE for a name that is not drained here. */
+  undrainNode(name: string, reason: string): void {
+    if (!this.drainMarks.delete(name)) throw new TunnelError(ErrorCode.NO_NODE, `node ${name} is not drained on this relay`);
+    this.log.info({ node: name, reason }, 'undraining node');
+    for (const link of this.registry.all()) {
+      if (link.name !== name || !link.drained) continue;
+      link.drained = false;
+      link.onUpdate?.();
+    }
   }
 
   /** Closes the connection of a node attached here (1008, `reason`); its calls in flight fail NODE_LOST. Throws NO_NODE. */

@@ -16,8 +16,12 @@ export interface SseStream {
   close(): void;
 }
 
-/** Opens `url` (GET, on 127.0.0.1) and parses the body as server-sent events. */
-export function openSse(url: string, headers: Record<string, string> = {}, timeout = 10_000): Promise<SseStream> {
+/**
+ * Opens `url` (GET, on 127.0.0.1) and parses the body as server-sent events. Like the dashboard's
+ * page, it acknowledges each frame it read (`POST /dashboard/events/ack`, with the same headers) once
+ * the snapshot named its stream; `ack: false` reads without acknowledging.
+ */
+export function openSse(url: string, headers: Record<string, string> = {}, timeout = 10_000, ack = true): Promise<SseStream> {
   return new Promise((resolve, reject) => {
     const req = request(url, { headers: { accept: 'text/event-stream', ...headers } });
     const timer = setTimeout(() => {
@@ -34,6 +38,7 @@ export function openSse(url: string, headers: Record<string, string> = {}, timeo
       let waiters: Array<() => void> = [];
       let ended = false;
       let buffer = '';
+      let streamId: string | undefined;
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => {
         buffer += chunk;
@@ -43,9 +48,11 @@ export function openSse(url: string, headers: Record<string, string> = {}, timeo
           buffer = buffer.slice(end + 2);
           let event = 'message';
           let data = '';
+          let id: string | undefined;
           for (const line of block.split('\n')) {
             if (line.startsWith('event:')) event = line.slice(6).trim();
             else if (line.startsWith('data:')) data += line.slice(5).trimStart();
+            else if (line.startsWith('id:')) id = line.slice(3).trim();
           }
           let parsed: unknown = data;
           try {
@@ -54,6 +61,14 @@ export function openSse(url: string, headers: Record<string, string> = {}, timeo
             /* not JSON: kept as text */
           }
           events.push({ event, data: parsed });
+          const named = (parsed as { stream?: { id?: string } } | null)?.stream?.id;
+          if (event === 'snapshot' && typeof named === 'string') streamId = named;
+          if (ack && streamId !== undefined && id !== undefined) {
+            const to = new URL(`/dashboard/events/ack?stream=${encodeURIComponent(streamId)}&seq=${id}`, url);
+            const r = request(to, { method: 'POST', headers });
+            r.on('response', (answer) => answer.resume()).on('error', () => undefined);
+            r.end();
+          }
         }
         const w = waiters;
         waiters = [];

@@ -6,6 +6,7 @@ import type { DashboardHost } from './host.js';
 /** The operator actions, by the last segment of their path (`POST /dashboard/actions/<name>`). */
 export const ACTIONS = {
   'drain-node': { field: 'node', run: (h: DashboardHost, target: string, reason: string) => h.drainNode(target, reason) },
+  'undrain-node': { field: 'node', run: (h: DashboardHost, target: string, reason: string) => h.undrainNode(target, reason) },
   'disconnect-node': { field: 'node', run: (h: DashboardHost, target: string, reason: string) => h.disconnectNode(target, reason) },
   'disconnect-caller': { field: 'session', run: (h: DashboardHost, target: string, reason: string) => h.disconnectCaller(target, reason) },
 } as const;
@@ -15,11 +16,15 @@ export type ActionName = keyof typeof ACTIONS;
 /** Largest body of an action request, bytes: `{"node": "<a name of at most 128 characters>"}`. */
 const MAX_BODY = 4 * 1024;
 
+/** `POST /dashboard/actions/check`: 204 when an action would be let through (origin, admin token), else 401 or 403 as for one. */
+const CHECK = 'check';
+
 /** Who performs actions: the holder of the relay's one admin token. */
 const ADMIN = 'admin';
 
 /**
- * `POST /dashboard/actions/<name>` with `{"node": NAME}` or `{"session": ID}`. Refused cross-origin
+ * `POST /dashboard/actions/<name>` with `{"node": NAME}` or `{"session": ID}` (`check`: no body, 204 when
+ * the token would be let through, nothing done). Refused cross-origin
  * (403), without the admin token (401), or when the relay has none (403: actions are disabled). Each
  * action is logged (`dashboard action`) and recorded on the relay's event bus.
  */
@@ -46,6 +51,11 @@ export async function runAction(
       401,
       new TunnelError(ErrorCode.UNAUTHORIZED, 'actions need the admin token: send "Authorization: Bearer <token>" (the value of --admin-token)'),
     );
+  }
+  // The page checks a token as soon as it is typed in: the same checks as an action, nothing done.
+  if (name === CHECK) {
+    res.writeHead(204, { 'cache-control': 'no-store' }).end();
+    return;
   }
   if (!Object.hasOwn(ACTIONS, name)) {
     return answer(

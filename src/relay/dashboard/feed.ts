@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { nodeInfo } from '../presence.js';
 import type { NodeRoute } from '../contracts.js';
@@ -8,7 +9,8 @@ import type { TrafficSeries, TrafficStats } from './traffic.js';
 
 /** A node as the dashboard shows it: presence's view plus its state, whether it is attached here, and its reconnects. */
 export interface DashboardNode extends NodeInfo {
-  state: 'online' | 'draining' | 'leaving';
+  /** `drained`: an operator drained it on this relay (until undrained); `draining`: it is going away, or was drained on its relay. */
+  state: 'online' | 'draining' | 'drained' | 'leaving';
   /** Its tunnel ends on this relay: the actions apply to it here. */
   local: boolean;
   /** Times its name connected again (a reconnect or a replacement) since this relay started. */
@@ -30,6 +32,8 @@ export interface RelayStatus {
   /** Absent without a cluster. */
   cluster: { state: 'connected' | 'degraded' | 'split'; peers: string[]; unreachable: string[] } | null;
   dashboards: number;
+  /** Node names drained on this relay (the first 20), connected or not, and how many in all. */
+  drained: { names: string[]; total: number };
   /** Actions are enabled (the relay has an admin token). */
   actions: boolean;
 }
@@ -40,7 +44,9 @@ export interface FeedOptions {
   actions: boolean;
   /** Dashboard streams open at once (default 8). */
   maxStreams?: number;
-  /** Bytes waiting for one stream before it is cut as a slow consumer (default 1 MiB). */
+  /** More streams, only for requests that carry the admin token, so that operators are never locked out (default 2). */
+  adminStreams?: number;
+  /** Bytes sent to one stream and not acknowledged by its reader before it is cut as a slow consumer (default 1 MiB). */
   maxBacklog?: number;
   /** Nodes listed (by name); the feed says how many there are in all (default 1 000). */
   maxNodes?: number;
@@ -56,12 +62,35 @@ export interface FeedOptions {
 const SEEN_LIMIT = 10_000;
 /** After an event (a join, a refusal), the delta that carries it leaves within this many ms. */
 const EVENT_DELAY = 100;
+/** Drained node names listed in the relay's state. */
+const DRAINED_SHOWN = 20;
+/** Frames a stream may leave unacknowledged; past it the reader is not reading, whatever the bytes. */
+const MAX_UNACKED_FRAMES = 4_096;
+
+/** A frame written to a stream and not acknowledged yet. */
+interface Sent {
+  seq: number;
+  /** Bytes written to the stream up to and including this frame. */
+  upTo: number;
+  at: number;
+}
 
 interface Client {
   readonly res: ServerResponse;
   readonly address: string;
-  /** Since when its socket has had more queued than it takes without waiting (writableNeedDrain), ms. */
-  backedUp: number | undefined;
+  /** Random, sent in the snapshot: the reader names its stream with it when it acknowledges. */
+  readonly id: string;
+  /** Counted in the admin-token holders' streams, not in the public ones. */
+  readonly admin: boolean;
+  /** Frames written so far. */
+  seq: number;
+  /** Bytes written so far, and of those the ones the reader acknowledged. */
+  written: number;
+  acked: number;
+  /** Frames written and not acknowledged, oldest first. */
+  unacked: Sent[];
+  /** Since when more than `maxBacklog` bytes have waited for the reader, ms; undefined while less. */
+  overSince: number | undefined;
 }
 
 interface ListDelta<T> {
@@ -72,11 +101,13 @@ interface ListDelta<T> {
 /**
  * The dashboard's live feed: server-sent events, a `snapshot` first, then `delta`s (nodes and callers
  * that changed or went, new events, the last seconds of traffic, the relay's state). Every stream gets
- * the same deltas, computed once. Bounded: at most `maxStreams` streams, and a stream whose reader
- * does not keep up is cut like any slow consumer.
+ * the same deltas, computed once. Each frame has an `id:`, and the reader acknowledges what it read
+ * ({@link ack}); a stream whose reader does not is cut like any slow consumer. Bounded: at most
+ * `maxStreams` streams, plus `adminStreams` for holders of the admin token.
  */
 export class DashboardFeed {
   private readonly clients = new Set<Client>();
+  private readonly byId = new Map<string, Client>();
   private readonly o: Required<FeedOptions>;
   /** What the streams were last told of each listed node and caller, as JSON. */
   private readonly sentNodes = new Map<string, string>();
@@ -90,6 +121,9 @@ export class DashboardFeed {
   private callerCounts: RelayStatus['callers'] = { websocket: 0, 'msgpack-rpc': 0, http: 0 };
   private trafficEnd = 0;
   private ticker: NodeJS.Timeout | undefined;
+  /** Wakes at the earliest time a stream's unacknowledged frame reaches the timeout, so that the cut is on time. */
+  private sweeper: NodeJS.Timeout | undefined;
+  private sweepAt = Infinity;
   private soon: NodeJS.Timeout | undefined;
   private readonly startedAt = Date.now();
   private readonly onAudit = (r: AuditRecord): void => this.audited(r);
@@ -101,6 +135,7 @@ export class DashboardFeed {
   ) {
     this.o = {
       maxStreams: 8,
+      adminStreams: 2,
       maxBacklog: 1024 * 1024,
       maxNodes: 1_000,
       maxCallers: 200,
@@ -117,13 +152,25 @@ export class DashboardFeed {
     return this.clients.size;
   }
 
+  /** How long a reader may leave what it was sent unacknowledged, ms: the relay's slow-consumer timeout. */
+  get ackTimeout(): number {
+    return this.host.limits.slowConsumerTimeout;
+  }
+
   /**
-   * Takes a `GET /dashboard/events` request: answers 503 when `maxStreams` are open, else starts the
-   * stream with a snapshot.
+   * Takes a `GET /dashboard/events` request: answers 503 when `maxStreams` are open (`admin`: when
+   * the admin-token holders' `adminStreams` are open too), else starts the stream with a snapshot.
    */
-  open(res: ServerResponse, address: string): void {
-    if (this.clients.size >= this.o.maxStreams) {
-      const body = `${JSON.stringify({ error: { code: 'OVERLOADED', message: `this relay serves at most ${this.o.maxStreams} dashboard streams at once; close another dashboard` } })}\n`;
+  open(res: ServerResponse, address: string, admin = false): void {
+    const admins = [...this.clients].filter((c) => c.admin).length;
+    const publicFull = this.clients.size - admins >= this.o.maxStreams;
+    // An admin-token holder takes a public stream while one is free, else one of its own.
+    const inAdminSlot = admin && publicFull;
+    if (admin ? inAdminSlot && admins >= this.o.adminStreams : publicFull) {
+      const message = admin
+        ? `this relay serves at most ${this.o.maxStreams} dashboard streams at once, and ${this.o.adminStreams} more for the admin token; close another dashboard`
+        : `this relay serves at most ${this.o.maxStreams} dashboard streams at once; close another dashboard, or open it with the admin token (${this.o.adminStreams} more streams are kept for it)`;
+      const body = `${JSON.stringify({ error: { code: 'OVERLOADED', message } })}\n`;
       res.writeHead(503, { 'content-type': 'application/json; charset=utf-8', 'retry-after': '10' }).end(body);
       return;
     }
@@ -137,10 +184,21 @@ export class DashboardFeed {
     if (this.clients.size === 0) this.start();
     // The others are brought up to date first, so that the snapshot and the next delta agree.
     else this.flush(false);
-    const client: Client = { res, address, backedUp: undefined };
+    const client: Client = {
+      res,
+      address,
+      id: randomBytes(12).toString('base64url'),
+      admin: inAdminSlot,
+      seq: 0,
+      written: 0,
+      acked: 0,
+      unacked: [],
+      overSince: undefined,
+    };
     this.clients.add(client);
+    this.byId.set(client.id, client);
     res.once('close', () => this.drop(client));
-    const snapshot = this.snapshot();
+    const snapshot = { ...this.snapshot(), stream: { id: client.id, ackEvery: ackEvery(this.ackTimeout) } };
     if (this.trafficEnd === 0) this.trafficEnd = snapshot.traffic.end;
     this.send(client, frame('snapshot', snapshot));
   }
@@ -166,12 +224,32 @@ export class DashboardFeed {
     this.ticker.unref();
   }
 
+  /**
+   * `POST /dashboard/events/ack?stream=ID&seq=N`: the reader of stream ID has read its frames up to
+   * N (the `id:` of the last one). False for a stream that is not open.
+   */
+  ack(id: string, seq: number): boolean {
+    const client = this.byId.get(id);
+    if (!client || !Number.isSafeInteger(seq)) return false;
+    let i = 0;
+    while (i < client.unacked.length && client.unacked[i]!.seq <= seq) i++;
+    if (i > 0) {
+      client.acked = client.unacked[i - 1]!.upTo;
+      client.unacked.splice(0, i);
+    }
+    this.check(client, Date.now());
+    return true;
+  }
+
   private drop(client: Client): void {
     if (!this.clients.delete(client)) return;
+    this.byId.delete(client.id);
     if (this.clients.size > 0) return;
     clearInterval(this.ticker);
     clearTimeout(this.soon);
-    this.ticker = this.soon = undefined;
+    clearTimeout(this.sweeper);
+    this.ticker = this.soon = this.sweeper = undefined;
+    this.sweepAt = Infinity;
     this.pendingEvents = [];
   }
 
@@ -203,7 +281,7 @@ export class DashboardFeed {
     };
   }
 
-  /** Sends what changed since the last delta; with `tick`, also the traffic of the seconds since and the relay's state. */
+  /** Sends what changed since the last delta; with `tick`, also the traffic of the seconds since. */
   private flush(tick: boolean): void {
     clearTimeout(this.soon);
     this.soon = undefined;
@@ -221,6 +299,10 @@ export class DashboardFeed {
       const traffic: TrafficSeries = this.traffic.series(this.trafficEnd);
       this.trafficEnd = traffic.end;
       delta.traffic = traffic;
+    }
+    // The relay's figures (nodes, callers) travel with every change of the lists they count, so that
+    // the page never shows a table and a count that disagree.
+    if (tick || delta.nodes || delta.callers) {
       delta.relay = this.status();
       delta.nodesTotal = this.nodesTotal;
       delta.callersTotal = this.callersTotal;
@@ -264,7 +346,9 @@ export class DashboardFeed {
 
   private describe(route: NodeRoute): DashboardNode {
     const info = nodeInfo(route);
-    return { ...info, state: info.draining ? 'draining' : 'online', local: route.local, reconnects: this.reconnects.get(route.name) ?? 0 };
+    const drained = route.local && this.host.drainMarks.has(route.name);
+    const state = drained ? 'drained' : info.draining ? 'draining' : 'online';
+    return { ...info, state, local: route.local, reconnects: this.reconnects.get(route.name) ?? 0 };
   }
 
   private collectCallers(): ListDelta<CallerConnection> {
@@ -305,36 +389,80 @@ export class DashboardFeed {
       memory: { rss: memory.rss, heapUsed: memory.heapUsed, heapTotal: memory.heapTotal },
       cluster: cluster ? { state: cluster.state, peers: cluster.peerNames, unreachable: cluster.unreachable } : null,
       dashboards: this.clients.size,
+      drained: { names: this.host.drainMarks.list(DRAINED_SHOWN), total: this.host.drainMarks.size },
       actions: this.o.actions,
     };
   }
 
-  /** Writes to one stream; one that keeps more queued than it reads is cut (slow consumer). */
-  private send(client: Client, text: string): void {
+  /**
+   * Writes one frame to a stream. Its bytes wait for the reader until it acknowledges them: the
+   * kernel's socket buffers take megabytes, more than the feed sends in an hour, so what the socket
+   * still queues (writableLength) cannot tell a paused reader from an idle one.
+   */
+  private send(client: Client, data: string): void {
     const { res } = client;
     if (res.destroyed) return;
+    const text = `id: ${++client.seq}\n${data}`;
     res.write(text);
-    if (!res.writableNeedDrain) {
-      client.backedUp = undefined;
-      return;
-    }
+    client.written += Buffer.byteLength(text);
     const now = Date.now();
-    client.backedUp ??= now;
-    const backlog = res.writableLength;
-    if (backlog > this.o.maxBacklog || now - client.backedUp > this.host.limits.slowConsumerTimeout) this.cut(client, backlog);
+    client.unacked.push({ seq: client.seq, upTo: client.written, at: now });
+    this.check(client, now);
   }
 
-  private cut(client: Client, backlog: number): void {
+  /**
+   * The relay's slow-consumer rule, over what the reader has not acknowledged: over twice
+   * `maxBacklog` at once, or over it for the slow-consumer timeout, is cut; and so is a reader that
+   * has left a frame unacknowledged for that timeout (a paused reader whose backlog grows slowly).
+   */
+  private check(client: Client, now: number): void {
+    if (!this.clients.has(client)) return;
+    const backlog = client.written - client.acked;
+    const oldest = client.unacked[0];
+    const timeout = this.ackTimeout;
+    if (backlog <= this.o.maxBacklog) client.overSince = undefined;
+    else client.overSince ??= now;
+    if (backlog >= 2 * this.o.maxBacklog) return this.cut(client, backlog, `${backlog} bytes waited to be read (limit ${this.o.maxBacklog})`);
+    if (client.overSince !== undefined && now - client.overSince >= timeout)
+      return this.cut(client, backlog, `more than ${this.o.maxBacklog} bytes waited to be read for ${timeout} ms`);
+    if (oldest && now - oldest.at >= timeout)
+      return this.cut(client, backlog, `the reader acknowledged nothing for ${now - oldest.at} ms (limit ${timeout}; ${backlog} bytes waiting)`);
+    if (client.unacked.length > MAX_UNACKED_FRAMES) return this.cut(client, backlog, `${client.unacked.length} frames waited to be read`);
+    const due = Math.min(oldest ? oldest.at + timeout : Infinity, client.overSince !== undefined ? client.overSince + timeout : Infinity);
+    if (due < this.sweepAt) {
+      clearTimeout(this.sweeper);
+      this.sweepAt = due;
+      this.sweeper = setTimeout(() => this.sweep(), Math.max(0, due - now));
+      this.sweeper.unref();
+    }
+  }
+
+  private sweep(): void {
+    this.sweeper = undefined;
+    this.sweepAt = Infinity;
+    const now = Date.now();
+    for (const c of [...this.clients]) this.check(c, now);
+  }
+
+  private cut(client: Client, backlog: number, why: string): void {
     this.drop(client);
-    const reason = `slow consumer: ${backlog} bytes waited to be written to this dashboard stream (limit ${this.o.maxBacklog}); read your events`;
-    this.host.log.warn({ peer: client.address, door: 'dashboard', backlogBytes: backlog, limit: this.o.maxBacklog }, 'slow consumer: closing connection');
+    const reason = `slow consumer: ${why} on this dashboard stream; read your events and acknowledge them`;
+    this.host.log.warn(
+      { peer: client.address, door: 'dashboard', backlogBytes: backlog, limit: this.o.maxBacklog, reason },
+      'slow consumer: closing connection',
+    );
     this.host.metrics.slowConsumer('http');
     this.host.events.audit({ kind: 'slow-consumer', door: 'dashboard', address: client.address, reason });
     client.res.destroy();
   }
 }
 
-/** One server-sent event: the JSON has no line breaks, so one `data:` line. */
+/** How often a reader acknowledges (at most): a few times within the timeout, and at least every 2 s. */
+function ackEvery(timeout: number): number {
+  return Math.max(50, Math.min(2_000, Math.floor(timeout / 4)));
+}
+
+/** One server-sent event without its `id:` (each stream numbers its own): the JSON has no line breaks, so one `data:` line. */
 function frame(event: string, data: unknown): string {
   return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
 }

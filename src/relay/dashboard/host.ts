@@ -43,8 +43,12 @@ export interface DashboardHost {
   /** Wrong tokens per address, shared with every door of the relay (auth-failures.ts); absent: not limited. */
   readonly authFailures?: Pick<AuthFailures, 'refusal' | 'failed'> | undefined;
   callerConnections(): CallerConnection[];
-  /** The node takes no new calls and is told GOAWAY: it leaves once its calls are answered. Throws NO_NODE. */
+  /** Node names drained on this relay: they take no new calls, through reconnects, until undrained. */
+  readonly drainMarks: { has(name: string): boolean; list(max: number): string[]; readonly size: number };
+  /** The node stays connected, finishes its calls and takes no new ones, until undrained (across reconnects). Throws NO_NODE. */
   drainNode(name: string, reason: string): void;
+  /** Puts a drained node name back in rotation. Throws NO_NODE for a name that is not drained. */
+  undrainNode(name: string, reason: string): void;
   /** Closes the node's connection now; its calls in flight fail NODE_LOST. Throws NO_NODE. */
   disconnectNode(name: string, reason: string): void;
   /** Closes a caller connection; its calls are cancelled on the nodes. Throws CONNECTION_CLOSED for an unknown session. */

@@ -98,8 +98,9 @@ export class Dashboard {
     const token = bearer(req.headers.authorization);
     const name = path === '/dashboard' ? 'index.html' : path.slice('/dashboard/'.length);
     const actions = path.startsWith('/dashboard/actions/');
+    const ack = path === '/dashboard/events/ack';
     // Where a token decides the answer, it is a credential: guessed ones count against the address on every door.
-    const guarded = actions || (door === 'public' && (path === '/dashboard/events' || name === 'index.html'));
+    const guarded = actions || (door === 'public' && (path === '/dashboard/events' || ack || name === 'index.html'));
     const presented = [token, name === 'index.html' ? (url.searchParams.get('token') ?? undefined) : undefined].filter((t) => t !== undefined);
     const authDoor = door === 'admin' ? 'admin' : 'dashboard';
     const backedOff = guarded && presented.length > 0 ? this.host.authFailures?.refusal(peerIp(req.socket), authDoor) : undefined;
@@ -109,15 +110,18 @@ export class Dashboard {
       const admin = this.adminDigest && ((t: string | undefined) => matches(t, [this.adminDigest!]) || (t !== undefined && wrong('admin token refused')));
       return runAction(this.host, admin, path.slice('/dashboard/actions/'.length), req, res, token);
     }
+    const viewer = door === 'admin' || presented.some((t) => matches(t, this.viewerDigests));
+    if (guarded && !viewer && presented.length > 0) wrong('dashboard token refused');
+    if (ack) return this.ack(req, res, url, viewer);
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.setHeader('allow', 'GET, HEAD');
       return text(res, 405, `${path} answers GET\n`);
     }
-    const viewer = door === 'admin' || presented.some((t) => matches(t, this.viewerDigests));
-    if (guarded && !viewer && presented.length > 0) wrong('dashboard token refused');
     if (path === '/dashboard/events') {
       if (!viewer) return unauthorized(res, 'the dashboard feed needs the dashboard token: send "Authorization: Bearer <token>"');
-      return this.feed.open(res, peerAddress(req.socket));
+      // The admin token holder gets a stream even when the public ones are taken.
+      const operator = this.adminDigest !== undefined && matches(token, [this.adminDigest]);
+      return this.feed.open(res, peerAddress(req.socket), operator);
     }
     if (!Object.hasOwn(FILES, name)) return text(res, 404, `no such dashboard file: ${path}\n`);
     const files = this.load();
@@ -132,6 +136,19 @@ export class Dashboard {
     const status = name === 'index.html' && !viewer ? 401 : 200;
     res.writeHead(status, { 'content-type': FILES[name]!, 'content-length': body.length, ...PAGE_HEADERS });
     res.end(req.method === 'HEAD' ? undefined : body);
+  }
+
+  /** `POST /dashboard/events/ack?stream=ID&seq=N`: 204, or 404 for a stream that is not open (it was cut: reconnect). */
+  private ack(req: IncomingMessage, res: ServerResponse, url: URL, viewer: boolean): void {
+    if (req.method !== 'POST') {
+      res.setHeader('allow', 'POST');
+      return text(res, 405, `${url.pathname} answers POST\n`);
+    }
+    if (!viewer) return unauthorized(res, 'acknowledging the dashboard feed needs the dashboard token: send "Authorization: Bearer <token>"');
+    const seq = Number(url.searchParams.get('seq'));
+    if (!this.feed.ack(url.searchParams.get('stream') ?? '', seq))
+      return text(res, 404, 'no such dashboard stream: it was closed; open /dashboard/events again\n');
+    res.writeHead(204, { 'cache-control': 'no-store' }).end();
   }
 
   /** Counts a wrong token from the request's address; always false (the token opens nothing). The first of a burst is logged. */

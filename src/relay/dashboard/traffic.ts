@@ -11,6 +11,8 @@ export interface TrafficOptions {
   maxServices?: number;
   /** Custom error codes counted by name; more count under "(other)" (default 50). */
   maxCodes?: number;
+  /** Methods errors are attributed to by name; errors of any other method count under "(other)" (default 200). */
+  maxMethods?: number;
   /** The clock, ms (tests). */
   now?: () => number;
 }
@@ -33,6 +35,8 @@ export interface TrafficSeries {
   services: Record<string, ServiceSeries>;
   /** Calls per error code over the whole window, every service together. */
   codes: Record<string, number>;
+  /** The same calls by the method they came from: code -> `Service.Method` -> calls. */
+  codeMethods: Record<string, Record<string, number>>;
 }
 
 /** Latency buckets: from 0.1 ms, each 1.4 times the previous, up to past 300 s (the longest deadline). */
@@ -43,6 +47,8 @@ const LOG_FACTOR = Math.log(FACTOR);
 /** Methods whose service is remembered, so that a call costs one map look-up; past it, the name is cut each time. */
 const METHOD_CACHE = 2_000;
 const KNOWN_CODES = new Set<string>(Object.values(ErrorCode));
+/** (code, method) pairs counted in one second; more count under the code and "(other)". */
+const PAIRS_PER_SECOND = 256;
 
 class ServiceTraffic {
   readonly calls: Uint32Array;
@@ -69,9 +75,11 @@ export class TrafficStats {
   private readonly now: () => number;
   private readonly services = new Map<string, ServiceTraffic>();
   private readonly byMethod = new Map<string, ServiceTraffic>();
-  /** Per second of the window, the calls of each error code (undefined: none that second). */
-  private readonly codeRing: (Map<string, number> | undefined)[];
+  /** Per second of the window, the calls of each error code and method (undefined: none that second). */
+  private readonly codeRing: (Map<string, Map<string, number>> | undefined)[];
+  private readonly pairs: Uint16Array;
   private readonly codeCap: LabelCap;
+  private readonly methodCap: LabelCap;
   /** The latest second the rings were advanced to. */
   private head: number;
 
@@ -81,8 +89,10 @@ export class TrafficStats {
     if (this.latencyWindow > this.window) throw new RangeError(`TrafficStats latencyWindow (${this.latencyWindow}) must not exceed window (${this.window})`);
     this.maxServices = positiveInteger(options.maxServices ?? 64, 'maxServices');
     this.codeCap = new LabelCap(positiveInteger(options.maxCodes ?? 50, 'maxCodes'));
+    this.methodCap = new LabelCap(positiveInteger(options.maxMethods ?? 200, 'maxMethods'));
     this.now = options.now ?? Date.now;
-    this.codeRing = new Array<Map<string, number> | undefined>(this.window);
+    this.codeRing = new Array<Map<string, Map<string, number>> | undefined>(this.window);
+    this.pairs = new Uint16Array(this.window);
     this.head = this.second();
   }
 
@@ -108,7 +118,12 @@ export class TrafficStats {
       const name = KNOWN_CODES.has(code) ? code : this.codeCap.get(code);
       let codes = this.codeRing[slot];
       if (!codes) this.codeRing[slot] = codes = new Map();
-      codes.set(name, (codes.get(name) ?? 0) + 1);
+      let methods = codes.get(name);
+      if (!methods) codes.set(name, (methods = new Map()));
+      let by = known ? this.methodCap.get(method) : UNKNOWN;
+      if (!methods.has(by) && this.pairs[slot]! >= PAIRS_PER_SECOND) by = OTHER;
+      if (!methods.has(by)) this.pairs[slot]!++;
+      methods.set(by, (methods.get(by) ?? 0) + 1);
     }
     if (seconds !== undefined) t.latency[(s % this.latencyWindow) * BUCKETS + bucketOf(seconds)]!++;
   }
@@ -130,11 +145,20 @@ export class TrafficStats {
       services[name] = { calls, errors, ...this.percentiles(t, end) };
     }
     const codes: Record<string, number> = {};
+    // Codes and method names come from peers: objects without a prototype take any of them as a key.
+    const codeMethods: Record<string, Record<string, number>> = Object.create(null) as Record<string, Record<string, number>>;
     for (let s = end - this.window + 1; s < end; s++) {
       const m = this.codeRing[s % this.window];
-      if (m) for (const [code, n] of m) codes[code] = (codes[code] ?? 0) + n;
+      if (!m) continue;
+      for (const [code, methods] of m) {
+        const by = (codeMethods[code] ??= Object.create(null) as Record<string, number>);
+        for (const [method, n] of methods) {
+          codes[code] = (codes[code] ?? 0) + n;
+          by[method] = (by[method] ?? 0) + n;
+        }
+      }
     }
-    return { end, seconds, services, codes };
+    return { end, seconds, services, codes, codeMethods };
   }
 
   private second(): number {
@@ -167,6 +191,7 @@ export class TrafficStats {
       const slot = s % this.window;
       const lat = (s % this.latencyWindow) * BUCKETS;
       this.codeRing[slot] = undefined;
+      this.pairs[slot] = 0;
       for (const t of this.services.values()) {
         t.calls[slot] = 0;
         t.errors[slot] = 0;

@@ -16,6 +16,7 @@ const state = {
   /** service -> { calls: number[], errors: number[], p50, p99 }, arrays aligned so that the last element is second `end - 1`. */
   services: new Map(),
   codes: {},
+  codeMethods: {},
   end: 0,
   window: 300,
   relay: null,
@@ -38,17 +39,28 @@ let adminToken = sessionStorage.getItem(ADMIN_KEY);
 // ---- the feed ----------------------------------------------------------------------------------
 
 let retry = 0;
+let retryTimer = null;
+/** The open stream: its id (from the snapshot), the last frame read, and when it was last acknowledged. */
+let stream = null;
+/** The relay refused the feed: every dashboard stream is taken (the admin token opens one of its own). */
+let feedFull = false;
 
 async function connect() {
+  clearTimeout(retryTimer);
   setFeed('connecting', retry === 0 ? 'Connecting…' : 'Reconnecting…');
   const headers = { accept: 'text/event-stream' };
-  const token = viewToken || adminToken;
+  // The admin token opens the page too, and a stream even when the others are taken.
+  const token = adminToken || viewToken;
   if (token) headers.authorization = `Bearer ${token}`;
   let res;
   try {
     res = await fetch('/dashboard/events', { headers, cache: 'no-store', credentials: 'omit' });
   } catch {
     return later();
+  }
+  if (res.status === 401 && token === adminToken && adminToken) {
+    forgetAdminToken('The admin token was refused; enter it again.');
+    return connect();
   }
   if (res.status === 401) {
     sessionStorage.removeItem(VIEW_KEY);
@@ -57,8 +69,10 @@ async function connect() {
     showLogin(true);
     return;
   }
+  feedFull = res.status === 503;
   if (!res.ok || !res.body) {
-    setFeed('down', `The relay answered ${res.status}`);
+    setFeed('down', feedFull ? 'Every dashboard stream is taken; retrying…' : `The relay answered ${res.status}`);
+    renderActionsState();
     return later();
   }
   showLogin(false);
@@ -83,25 +97,56 @@ async function connect() {
 }
 
 function later() {
-  setFeed('down', 'Disconnected from the relay; reconnecting…');
+  stream = null;
+  if (!feedFull) setFeed('down', 'Disconnected from the relay; reconnecting…');
   const wait = Math.min(10_000, 500 * 2 ** retry++) * (0.5 + Math.random() / 2);
-  setTimeout(connect, wait);
+  retryTimer = setTimeout(connect, wait);
+}
+
+/** Tells the relay what this page has read, a few times within its slow-consumer timeout: a stream left unacknowledged is cut. */
+function acknowledge() {
+  const s = stream;
+  if (!s || s.seq === s.ackedSeq || s.timer) return;
+  const wait = s.ackedAt + s.every - Date.now();
+  if (wait > 0) {
+    // What arrives meanwhile is acknowledged with it.
+    s.timer = setTimeout(() => {
+      s.timer = null;
+      if (stream === s) acknowledge();
+    }, wait);
+    return;
+  }
+  s.ackedSeq = s.seq;
+  s.ackedAt = Date.now();
+  const headers = {};
+  const token = adminToken || viewToken;
+  if (token) headers.authorization = `Bearer ${token}`;
+  const q = `stream=${encodeURIComponent(s.id)}&seq=${s.seq}`;
+  fetch(`/dashboard/events/ack?${q}`, { method: 'POST', headers, cache: 'no-store', credentials: 'omit' }).catch(() => undefined);
 }
 
 function onBlock(block) {
   let event = 'message';
   let data = '';
+  let id = null;
   for (const line of block.split('\n')) {
     if (line.startsWith('event:')) event = line.slice(6).trim();
     else if (line.startsWith('data:')) data += line.slice(5).trimStart();
+    else if (line.startsWith('id:')) id = Number(line.slice(3).trim());
   }
   if (!data) return;
   const message = JSON.parse(data);
   if (event === 'snapshot') {
     retry = 0;
+    feedFull = false;
+    stream = { id: message.stream.id, every: message.stream.ackEvery, seq: 0, ackedSeq: 0, ackedAt: 0, timer: null };
     setFeed('live', 'Live');
     onSnapshot(message);
   } else if (event === 'delta') onDelta(message);
+  if (stream && id !== null) {
+    stream.seq = id;
+    acknowledge();
+  }
 }
 
 function setFeed(kind, text) {
@@ -188,6 +233,7 @@ function applyTraffic(t) {
     s.p99 = v.p99;
   }
   state.codes = t.codes;
+  state.codeMethods = t.codeMethods ?? {};
   renderTraffic();
 }
 
@@ -204,6 +250,8 @@ function applyRelay(r) {
   $('fact-callers').textContent = `${c.websocket} WebSocket, ${c['msgpack-rpc']} msgpack-rpc, ${c.http} HTTP`;
   $('fact-inflight').textContent = String(r.inFlight);
   $('fact-memory').textContent = `${mib(r.memory.rss)} RSS, ${mib(r.memory.heapUsed)} heap`;
+  const drained = r.drained.names.join(', ') + (r.drained.total > r.drained.names.length ? ` and ${r.drained.total - r.drained.names.length} more` : '');
+  $('fact-drained').textContent = r.drained.total ? drained : 'none';
   $('fact-cluster').textContent = r.cluster
     ? `${r.cluster.state}${r.cluster.peers.length ? ` · peers: ${r.cluster.peers.join(', ')}` : ' · no peer relay'}${
         r.cluster.unreachable.length ? ` · unreachable: ${r.cluster.unreachable.join(', ')}` : ''
@@ -218,37 +266,82 @@ function actionsUsable() {
   return Boolean(state.relay && state.relay.actions && adminToken);
 }
 
+/** Why the last admin token typed in was refused, shown until another is entered. */
+let adminRefused = '';
+
 function renderActionsState() {
-  const enabled = state.relay && state.relay.actions;
+  // Without the relay's state (every stream taken), the form is offered too: the admin token opens a stream of its own.
+  const enabled = state.relay ? state.relay.actions : feedFull;
   $('admin-form').hidden = !enabled || Boolean(adminToken);
   $('admin-lock').hidden = !enabled || !adminToken;
-  $('actions-state').textContent = !state.relay
-    ? 'Actions: –'
-    : !enabled
-      ? 'Actions are disabled: start the relay with --admin-token to drain or disconnect nodes and callers.'
-      : adminToken
-        ? 'Actions are enabled in this tab.'
-        : 'Actions need the admin token:';
+  const el = $('actions-state');
+  el.dataset.ok = adminRefused ? 'false' : 'true';
+  el.textContent = adminRefused
+    ? adminRefused
+    : !state.relay
+      ? feedFull
+        ? 'Every dashboard stream is taken; the admin token opens one of its own:'
+        : 'Actions: –'
+      : !enabled
+        ? 'Actions are disabled: start the relay with --admin-token to drain or disconnect nodes and callers.'
+        : adminToken
+          ? 'Actions are enabled in this tab.'
+          : 'Actions need the admin token:';
 }
 
-$('admin-form').addEventListener('submit', (e) => {
+/** Asks the relay whether `token` would be let through an action (POST /dashboard/actions/check): 204, or why not. */
+async function checkAdminToken(token) {
+  let res;
+  try {
+    res = await fetch('/dashboard/actions/check', { method: 'POST', headers: { authorization: `Bearer ${token}` }, cache: 'no-store', credentials: 'omit' });
+  } catch (err) {
+    return `The admin token could not be checked: ${err.message}`;
+  }
+  if (res.status === 204) return '';
+  const answer = await res.json().catch(() => ({}));
+  if (res.status === 401) return 'That admin token is wrong: actions stay disabled. Enter the value of --admin-token.';
+  return `The admin token was refused (${res.status}): ${answer.error ? answer.error.message : res.statusText}`;
+}
+
+function adminTokenChanged() {
+  renderActionsState();
+  renderNodes(true);
+  renderCallers(true);
+}
+
+function forgetAdminToken(why) {
+  adminToken = null;
+  sessionStorage.removeItem(ADMIN_KEY);
+  adminRefused = why;
+  adminTokenChanged();
+}
+
+$('admin-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const value = $('admin-token').value.trim();
   $('admin-token').value = '';
   if (!value) return;
+  adminRefused = '';
+  $('actions-state').textContent = 'Checking the admin token…';
+  const refused = await checkAdminToken(value);
+  if (refused) {
+    adminRefused = refused;
+    renderActionsState();
+    $('admin-token').focus();
+    return;
+  }
   adminToken = value;
   sessionStorage.setItem(ADMIN_KEY, value);
-  renderActionsState();
-  renderNodes(true);
-  renderCallers(true);
+  adminTokenChanged();
+  if (!stream) {
+    retry = 0;
+    connect();
+  }
 });
 
 $('admin-lock').addEventListener('click', () => {
-  adminToken = null;
-  sessionStorage.removeItem(ADMIN_KEY);
-  renderActionsState();
-  renderNodes(true);
-  renderCallers(true);
+  adminRefused = '';
+  forgetAdminToken('');
 });
 
 /** Keeps one row per key, in order; `fill` (re)writes a row's cells. Rows are reused so focus stays put. */
@@ -325,9 +418,21 @@ function renderNodes(force) {
       actions.className = 'actions';
       const live = n.state !== 'leaving' && n.local;
       const why = !n.local ? 'attached to another relay' : !usable ? 'actions need the admin token' : '';
+      const drain =
+        n.state === 'drained'
+          ? button('Undrain', `Undrain node ${n.name}`, usable && live, why, () => act('undrain-node', { node: n.name }), 'undrain')
+          : button('Drain', `Drain node ${n.name}`, usable && live && n.state === 'online', why, () => act('drain-node', { node: n.name }), 'drain');
       actions.replaceChildren(
-        button('Drain', `Drain node ${n.name}`, usable && live && n.state === 'online', why, () => act('drain-node', { node: n.name }), 'drain'),
-        button('Disconnect', `Disconnect node ${n.name}`, usable && live, why, () => act('disconnect-node', { node: n.name }), 'disconnect', true),
+        drain,
+        button(
+          'Disconnect',
+          `Disconnect node ${n.name}`,
+          usable && live,
+          why,
+          () => act('disconnect-node', { node: n.name }, `Disconnect node ${n.name}? Its calls in flight fail with NODE_LOST; it reconnects with its backoff.`),
+          'disconnect',
+          true,
+        ),
       );
     },
     force,
@@ -365,7 +470,7 @@ function renderCallers(force) {
           `Disconnect caller session ${c.session}`,
           usable,
           usable ? '' : 'actions need the admin token',
-          () => act('disconnect-caller', { session: c.session }),
+          () => act('disconnect-caller', { session: c.session }, `Disconnect caller session ${c.session}? Its calls are cancelled on the nodes.`),
           'disconnect',
           true,
         ),
@@ -424,6 +529,11 @@ function renderTraffic() {
       th.className = 'mono';
       th.textContent = code;
       numberCell(row, 1, n, 'count');
+      const methods = Object.entries(state.codeMethods[code] ?? {}).sort((a, b) => b[1] - a[1]);
+      const by = cell(row, 2);
+      by.dataset.col = 'methods';
+      by.className = 'mono';
+      by.textContent = methods.map(([m, k]) => `${m} ${k}`).join(', ');
     },
     false,
   );
@@ -518,7 +628,8 @@ function addEvent(e) {
 
 // ---- actions -------------------------------------------------------------------------------------
 
-async function act(action, body) {
+async function act(action, body, confirmation) {
+  if (confirmation && !window.confirm(confirmation)) return;
   const result = $('action-result');
   result.dataset.ok = 'true';
   result.textContent = `${action} ${body.node ?? body.session}…`;
@@ -543,13 +654,7 @@ async function act(action, body) {
   }
   result.dataset.ok = 'false';
   result.textContent = `${action} refused (${res.status}): ${answer.error ? answer.error.message : res.statusText}`;
-  if (res.status === 401) {
-    adminToken = null;
-    sessionStorage.removeItem(ADMIN_KEY);
-    renderActionsState();
-    renderNodes(true);
-    renderCallers(true);
-  }
+  if (res.status === 401) forgetAdminToken('The admin token was refused; enter it again.');
 }
 
 // ---- small helpers -------------------------------------------------------------------------------
@@ -618,4 +723,10 @@ function duration(seconds) {
   return `${s}s`;
 }
 
+// A token kept from before (the relay may have restarted with another) is checked before it is trusted.
+if (adminToken) {
+  checkAdminToken(adminToken).then((refused) => {
+    if (refused) forgetAdminToken(refused);
+  });
+}
 connect();
