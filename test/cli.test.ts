@@ -70,7 +70,11 @@ describe('the three CLIs end to end', () => {
     const observer = await connect(relay.addr);
     let ended = false;
     void watch.then(() => (ended = true));
-    await waitUntil(async () => ended || (await observer.nodes()).some((n) => n.name === 'office-1' && n.inFlight >= 1), 30_000, 'the Watch in flight on office-1');
+    await waitUntil(
+      async () => ended || (await observer.nodes()).some((n) => n.name === 'office-1' && n.inFlight >= 1),
+      30_000,
+      'the Watch in flight on office-1',
+    );
     await observer.close();
     const set = await runCall(relay.addr, ['KV.Set', 'config', '{"v":2}']);
     expect(set.stdout).toBe('true\n');

@@ -201,12 +201,12 @@ describe('a dual-homed node in a cluster', () => {
     // Calls go by either relay; the Login lives in the node process, valid whichever tunnel a call takes.
     for (let i = 0; i < 6; i++) expect(await caller.call('Hello.WhoAmI')).toBe('alice');
     const settled: Array<string | undefined> = [undefined, undefined, undefined, undefined];
-    const inFlight = settled.map((_, i) =>
-      caller.call('Slow.Sleep', 60_000, { timeout: 60_000 }).then(
+    settled.forEach((_, i) => {
+      void caller.call('Slow.Sleep', 60_000, { timeout: 60_000 }).then(
         () => (settled[i] = 'ok'),
         (e: { code: string }) => (settled[i] = e.code),
-      ),
-    );
+      );
+    });
     await node.waitForLog(() => node.logs.filter((l) => l.msg === 'test handler started').length >= 4, 10_000, 'four calls running');
 
     const t0 = Date.now();

@@ -150,7 +150,9 @@ describe('broadcast and presence', () => {
     expect((JSON.parse(afterKill.stdout) as { nodes: NodeInfo[] }).nodes.map((n) => n.name)).not.toContain('b4');
     console.log(`SIGKILLed b4 left the presence list after ${Date.now() - killedAt} ms`);
     const b4Gone = await relay.proc.waitForLog((l) => l.msg === 'node disconnected' && l.node === 'b4', 5_000, 'b4 disconnected');
-    expect(relay.proc.logs.slice(0, relay.proc.logs.indexOf(b4Gone)).filter((l) => l.msg === 'peer missed heartbeats; dropping connection' && l.peer === b4Address)).toEqual([]);
+    expect(
+      relay.proc.logs.slice(0, relay.proc.logs.indexOf(b4Gone)).filter((l) => l.msg === 'peer missed heartbeats; dropping connection' && l.peer === b4Address),
+    ).toEqual([]);
 
     // Frozen: the socket stays open, and only the heartbeat timeout drops it, counted from the last
     // bytes the relay had from b3 (a ping answered before the SIGSTOP, maybe late under load).

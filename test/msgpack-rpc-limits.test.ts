@@ -353,7 +353,11 @@ describe('idle MessagePack-RPC connections', () => {
     expect(await busy.reply(2, 10_000)).toEqual([1, 2, null, 2_500]);
     await busy.waitClosed(10_000);
     const handler = await slowNode.waitForMsg('test handler started');
-    const busyClosed = await relay.proc.waitForLog((l) => l.msg === 'closing idle msgpack-rpc connection' && l !== idleClosed, 5_000, 'the busy connection closed idle');
+    const busyClosed = await relay.proc.waitForLog(
+      (l) => l.msg === 'closing idle msgpack-rpc connection' && l !== idleClosed,
+      5_000,
+      'the busy connection closed idle',
+    );
     expect((busyClosed.time as number) - (handler.time as number)).toBeGreaterThanOrEqual(2_500 + 1_000);
   }, 30_000);
 });

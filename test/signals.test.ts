@@ -70,14 +70,22 @@ describe('stopping the commands', () => {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     const out = logsOf(npm);
-    await waitUntil(() => out.logs.some((l) => l.msg === 'relay listening'), 60_000, () => `relay listening\n${out.text()}`);
+    await waitUntil(
+      () => out.logs.some((l) => l.msg === 'relay listening'),
+      60_000,
+      () => `relay listening\n${out.text()}`,
+    );
     const listening = out.logs.find((l) => l.msg === 'relay listening')!;
     const pid = listening.pid as number;
     strays.push(pid);
     expect(pid).not.toBe(npm.pid);
 
     npm.kill('SIGTERM');
-    await waitUntil(() => exited(pid), 10_000, () => `the relay to exit\n${out.text()}`);
+    await waitUntil(
+      () => exited(pid),
+      10_000,
+      () => `the relay to exit\n${out.text()}`,
+    );
     expect(out.logs.find((l) => l.msg === 'shutting down')).toMatchObject({ signal: 'parent exited' });
     expect(out.logs.some((l) => l.msg === 'relay stopped')).toBe(true);
     expect(await portRefuses(listening.port as number)).toBe(true);
@@ -91,7 +99,11 @@ describe('stopping the commands', () => {
     const out = logsOf(sh);
     let stdout = '';
     sh.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-    await waitUntil(() => out.logs.some((l) => l.msg === 'relay listening'), 10_000, () => `relay listening\n${out.text()}`);
+    await waitUntil(
+      () => out.logs.some((l) => l.msg === 'relay listening'),
+      10_000,
+      () => `relay listening\n${out.text()}`,
+    );
     const pid = Number(stdout.trim());
     strays.push(pid);
     await waitUntil(() => sh.exitCode !== null, 10_000, 'the shell to exit');
