@@ -1,5 +1,4 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,9 +52,19 @@ export class Proc {
       this.stdout += chunk;
       this.wake();
     });
-    this.exited = once(this.child, 'exit').then(([code, signal]) => {
-      this.wake();
-      return { code: code as number | null, signal: signal as NodeJS.Signals | null };
+    this.exited = new Promise((resolve) => {
+      this.child.once('exit', (code, signal) => {
+        this.wake();
+        resolve({ code, signal });
+      });
+      // A process that could not be started (EAGAIN on a crowded machine) ends here, saying why,
+      // instead of rejecting a promise nobody awaits yet.
+      this.child.on('error', (err) => {
+        if (this.child.pid !== undefined) return;
+        this.stderr += `could not start ${file}: ${err.message}\n`;
+        this.wake();
+        resolve({ code: this.child.exitCode, signal: null });
+      });
     });
     running.add(this);
     void this.exited.then(() => running.delete(this));
