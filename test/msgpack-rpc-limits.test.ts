@@ -230,8 +230,12 @@ const fds = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
 /** Opens a WebSocket caller from `localAddress` and says hello: 'welcome', the HTTP status it was refused with, or 'closed'. */
 async function wsCaller(addr: string, localAddress: string): Promise<{ outcome: number | 'welcome' | 'closed'; ws: WebSocket }> {
   const ws = new WebSocket(`ws://${addr}/`, { localAddress, perMessageDeflate: false });
-  const outcome = await new Promise<number | 'welcome' | 'closed'>((resolve) => {
-    const timer = setTimeout(() => resolve('closed'), 5_000);
+  const outcome = await new Promise<number | 'welcome' | 'closed'>((resolve, reject) => {
+    // Neither a welcome nor a close: an answer of its own, not a 'closed' that a refusal would give.
+    const timer = setTimeout(() => {
+      ws.terminate();
+      reject(new Error(`no welcome, refusal or close from ${addr} within 10 s`));
+    }, 10_000);
     const done = (v: number | 'welcome' | 'closed') => {
       clearTimeout(timer);
       resolve(v);
