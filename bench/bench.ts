@@ -15,6 +15,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { inspect } from 'node:util';
 import { killAll, startNode, startRelay } from '../test/helpers/processes.js';
 import { startNatsServer, startSshForward } from './servers.js';
 import { clusterScenario } from './cluster.js';
@@ -79,14 +80,18 @@ export function runLoad(spec: LoadSpec): Promise<LoadResult> {
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), (spec.seconds + 30) * 1000);
-    child.on('exit', (code) => {
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`the load generator could not be started: ${err.message}`));
+    });
+    child.on('exit', (code, signal) => {
       clearTimeout(timer);
       try {
         const r = JSON.parse(out.trim().split('\n').pop()!) as LoadResult;
         if (r.errors > 0) process.stderr.write(`  (${r.errors} errors, first: ${r.firstError})\n`);
         resolve(r);
       } catch {
-        reject(new Error(`load generator exited ${code} without a report: ${out}`));
+        reject(new Error(`load generator (${spec.method || 'raw'} on ${spec.relay}) exited ${code ?? signal} without a report: ${out}`));
       }
     });
   });
@@ -172,10 +177,20 @@ function buildGo(): { server: string; load: string } | string {
 async function startPrinting(file: string, args: string[]): Promise<{ child: ChildProcess; first: string }> {
   const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   children.add(child);
-  child.on('exit', () => children.delete(child));
   let buf = '';
   const first = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${file} printed nothing within 20 s`)), 20_000);
+    const name = [file, ...args.slice(0, 1)].join(' ');
+    const timer = setTimeout(() => reject(new Error(`${name} printed nothing within 20 s`)), 20_000);
+    // A program that cannot start, or dies before its line, says so now rather than at the timeout.
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} could not be started: ${err.message}`));
+    });
+    child.once('exit', (code, signal) => {
+      children.delete(child);
+      clearTimeout(timer);
+      reject(new Error(`${name} exited (${code ?? signal}) before printing its first line`));
+    });
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       buf += d;
       if (buf.includes('\n')) {
@@ -199,6 +214,7 @@ function runGoLoad(load: string, addr: string, window: number): Promise<LoadResu
     const r = spawn(load, ['-addr', addr, '-window', String(window), '-seconds', String(seconds)], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     r.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    r.once('error', (err) => reject(new Error(`the Go load generator could not be started: ${err.message}`)));
     r.on('exit', () => {
       try {
         resolve(JSON.parse(out.trim()) as LoadResult);
@@ -511,12 +527,34 @@ function printTargets(rows: Row[]): void {
 }
 
 const rows: Row[] = [];
+/** The scenario running now, named by every failure. */
+let current = 'start-up';
+
+/**
+ * Any failure ends the run with one clear line naming the scenario, after stopping every process it
+ * started: a child's 'error', a socket error, a rejection nobody awaited included. Left to Node, some
+ * of these end the run with little more than its version line.
+ */
+async function fail(err: unknown, how: string): Promise<never> {
+  const detail = err instanceof Error ? (err.stack ?? `${err.name}: ${err.message}`) : inspect(err);
+  process.stderr.write(`\nbench: scenario ${current} failed (${how}): ${detail}\n`);
+  await stopAll().catch(() => undefined);
+  process.exit(1);
+}
+process.on('uncaughtException', (err) => void fail(err, 'uncaught exception'));
+process.on('unhandledRejection', (err) => void fail(err, 'unhandled rejection'));
 process.on('SIGINT', () => void stopAll().then(() => process.exit(130)));
 for (const [name, run] of scenarios) {
   if (only && !only.has(name)) continue;
+  current = name;
   process.stderr.write(`running ${name}…\n`);
-  rows.push(...(await run()));
+  try {
+    rows.push(...(await run()));
+  } catch (err) {
+    await fail(err, 'error');
+  }
 }
+current = 'summary';
 await stopAll();
 console.log(
   `\n${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown CPU'}), Node ${process.version}, median of ${runs} run(s) of ${seconds} s\n`,

@@ -156,9 +156,15 @@ async function convergence(h: Harness): Promise<BenchRow> {
     });
     const t0 = performance.now();
     const per = Math.floor(count / 3);
-    const fleets = relays.map((rl, i) => h.startPrinting(process.execPath, [h.fleetScript, rl.addr, String(i === 2 ? count - 2 * per : per), `r${i}-`]));
-    await Promise.race([all, new Promise((res) => setTimeout(res, 120_000))]);
-    await Promise.all(fleets);
+    const fleets = Promise.all(
+      relays.map((rl, i) => h.startPrinting(process.execPath, [h.fleetScript, rl.addr, String(i === 2 ? count - 2 * per : per), `r${i}-`])),
+    );
+    // A fleet that fails while the joins are awaited is reported by the await below, not left unhandled meanwhile.
+    fleets.catch(() => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([all, new Promise((res) => (timer = setTimeout(res, 120_000)))]);
+    clearTimeout(timer);
+    await fleets;
     times.push(finished > 0 ? (finished - t0) / 1000 : NaN);
     for (const w of watchers) await w.close();
     await h.stopAll();

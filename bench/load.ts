@@ -42,12 +42,21 @@ interface Caller {
 async function rawCaller(port: string): Promise<Caller> {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { maxPayload: 64 * 1024 * 1024, perMessageDeflate: false });
   await once(ws, 'open');
-  const waiting: Array<() => void> = [];
-  ws.on('message', () => waiting.shift()?.());
+  const waiting: Array<{ resolve(): void; reject(err: Error): void }> = [];
+  ws.on('message', () => waiting.shift()?.resolve());
+  // The server going away fails what waits (counted as errors), instead of crashing or hanging here.
+  let gone: Error | undefined;
+  const fail = (err: Error) => {
+    gone ??= err;
+    for (const w of waiting.splice(0)) w.reject(gone);
+  };
+  ws.on('error', fail);
+  ws.on('close', () => fail(new Error('the echo server closed the connection')));
   return {
     request: (_m, args) =>
-      new Promise<void>((resolve) => {
-        waiting.push(resolve);
+      new Promise<void>((resolve, reject) => {
+        if (gone) return reject(gone);
+        waiting.push({ resolve, reject });
         ws.send(args[0] as Buffer);
       }),
     close: async () => ws.close(),

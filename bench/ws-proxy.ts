@@ -21,5 +21,8 @@ wss.on('connection', (down) => {
   up.on('message', (data) => down.send(data));
   down.on('close', () => up.close());
   up.on('close', () => down.close());
+  // Either side failing (the echo server gone, a caller reset) ends this pair, not the proxy.
+  down.on('error', () => up.terminate());
+  up.on('error', () => down.terminate());
 });
 wss.on('listening', () => process.stdout.write(`${(wss.address() as { port: number }).port}\n`));

@@ -1,4 +1,3 @@
-import { createServer } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import { connect } from '../src/client/client.js';
 import { DirectListener } from '../src/node/direct.js';
@@ -10,6 +9,7 @@ import { ServiceRegistry } from '../src/rpc/registry.js';
 import { registerExamples } from '../src/services/index.js';
 import { dialAddress, hostName, listenAddress, relayUrl } from '../src/util/address.js';
 import { silentLogger } from '../src/util/logger.js';
+import { freePort } from './helpers/nats.js';
 import { BIN, killAll, Proc, runCall, startNode } from './helpers/processes.js';
 
 /** Hosts that the C resolver or WHATWG URL would read as an IPv4 address other than what is written. */
@@ -151,15 +151,6 @@ describe('library options', () => {
   });
 });
 
-/** A port free on every interface now: listen on port 0, note it, close. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
 /** Runs a CLI that should stop by itself, bounded in time. */
 async function run(bin: string, args: string[], env: Record<string, string> = {}): Promise<Proc & { code: number | null }> {
   const proc = new Proc(bin, ['--log-level', 'debug', ...args], env);
@@ -173,7 +164,7 @@ describe('address flags of the CLIs', () => {
   afterAll(killAll);
 
   it('--listen PORT binds that port on this host, and --relay PORT reaches it', async () => {
-    const port = await freePort();
+    const port = await freePort({ everyInterface: true });
     const relay = new Proc(BIN.relay, ['--listen', String(port), '--log-level', 'debug']);
     const listening = await relay.waitForMsg('relay listening');
     expect(listening.port).toBe(port);

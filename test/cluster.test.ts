@@ -6,6 +6,7 @@ import { connect, type Client } from '../src/index.js';
 import type { PresenceEvent } from '../src/wire/presence.js';
 import { clusterArgs, clusterKeyFile, freePort, NatsServer, stopAllNats } from './helpers/nats.js';
 import { killAll, Proc, BIN, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
+import { waitUntil } from './helpers/wait.js';
 
 /** Several relays over a real nats-server (issue 13). Every wait is bounded; nothing sleeps a fixed time. */
 
@@ -26,7 +27,7 @@ async function hears(relay: RunningRelay, ...names: string[]): Promise<void> {
 }
 
 /** Calls until the call stops failing with one of `codes` (the cluster converging), at most `timeout` ms. */
-async function eventually<T>(what: () => Promise<T>, timeout = 5_000, codes = ['NO_SERVICE', 'NO_NODE']): Promise<T> {
+async function eventually<T>(what: () => Promise<T>, timeout = 10_000, codes = ['NO_SERVICE', 'NO_NODE']): Promise<T> {
   const deadline = Date.now() + timeout;
   for (;;) {
     try {
@@ -63,10 +64,7 @@ describe('relays in a cluster over NATS', () => {
     const node = new Proc(BIN.node, ['--relay', us.addr, '--name', 'office-1', '--log-level', 'debug']);
     const welcomed = await node.waitForMsg('connected to relay');
     const t0 = welcomed.time as number;
-    const deadline = Date.now() + 5_000;
-    while (!events.some((e) => e.event === 'join' && e.node.name === 'office-1') && Date.now() < deadline) {
-      await new Promise<void>((r) => caller.once('presence', () => r())).catch(() => undefined);
-    }
+    await waitUntil(() => events.some((e) => e.event === 'join' && e.node.name === 'office-1'), 10_000, 'the join of office-1 at eu-1');
     const join = events.find((e) => e.event === 'join' && e.node.name === 'office-1');
     expect(join).toBeDefined();
     expect(join!.node.relays).toEqual(['us-1']);
@@ -118,23 +116,23 @@ describe('relays in a cluster over NATS', () => {
     await expect(eventually(() => c.call('Slow.Sleep', 60_000, { timeout: 500 }))).rejects.toMatchObject({ code: 'TIMEOUT' });
     await slow.waitForLog(
       (l) => l.msg === 'test handler aborted' && (l.reason === 'CANCELLED' || l.reason === 'TIMEOUT'),
-      5_000,
+      10_000,
       'the handler aborted at the deadline',
     );
     const from = slow.logs.length;
     const controller = new AbortController();
     const cancelled = c.call('Slow.Sleep', 60_000, { timeout: 30_000, signal: controller.signal });
-    await slow.waitForMsg('test handler started', 5_000, from);
+    await slow.waitForMsg('test handler started', 10_000, from);
     controller.abort();
     await expect(cancelled).rejects.toMatchObject({ code: 'CANCELLED' });
-    await slow.waitForLog((l) => l.msg === 'test handler aborted', 5_000, 'the handler aborted on cancel', from);
+    await slow.waitForLog((l) => l.msg === 'test handler aborted', 10_000, 'the handler aborted on cancel', from);
     // The caller goes away mid-call: its session is closed on the node, which aborts the handler.
     const from2 = slow.logs.length;
     void c.call('Slow.Sleep', 60_000, { timeout: 30_000 }).catch(() => undefined);
-    await slow.waitForMsg('test handler started', 5_000, from2);
+    await slow.waitForMsg('test handler started', 10_000, from2);
     await c.close();
-    await slow.waitForLog((l) => l.msg === 'session closed', 5_000, 'session closed on the node', from2);
-    await slow.waitForLog((l) => l.msg === 'test handler aborted', 5_000, 'the handler aborted on disconnect', from2);
+    await slow.waitForLog((l) => l.msg === 'session closed', 10_000, 'session closed on the node', from2);
+    await slow.waitForLog((l) => l.msg === 'test handler aborted', 10_000, 'the handler aborted on disconnect', from2);
   });
 
   it("refuses another process claiming a live node's name on another relay", async () => {
@@ -158,9 +156,10 @@ describe('relays in a cluster over NATS', () => {
     const started = Date.now();
     doomed.proc.kill('SIGKILL');
     await expect(inFlight).rejects.toMatchObject({ code: 'NODE_LOST' });
-    expect(Date.now() - started).toBeLessThan(4_500);
-    await eu.proc.waitForLog((l) => l.msg === 'relay left the cluster' && l.relay === 'ap-1', 5_000, 'ap-1 left');
-    expect(Date.now() - started).toBeLessThan(4_500);
+    // By eu-1's own clock (its log line), which fails the calls as it forgets ap-1: what this process
+    // takes to hear of it is not the relay's doing.
+    const left = await eu.proc.waitForLog((l) => l.msg === 'relay left the cluster' && l.relay === 'ap-1', 10_000, 'ap-1 left');
+    expect((left.time as number) - started).toBeLessThan(4_500);
     expect((await c.nodes()).map((n) => n.name)).not.toContain('far-1');
     await c.close();
   });
@@ -204,27 +203,30 @@ describe('a dual-homed node in a cluster', () => {
     expect(await caller.call('Hello.Login', 'alice:secret')).toBe('alice');
     // Calls go by either relay; the Login lives in the node process, valid whichever tunnel a call takes.
     for (let i = 0; i < 6; i++) expect(await caller.call('Hello.WhoAmI')).toBe('alice');
-    const inFlight = [0, 1, 2, 3].map(() =>
-      caller.call('Slow.Sleep', 60_000, { timeout: 60_000 }).then(
-        () => 'ok',
-        (e: { code: string }) => e.code,
-      ),
-    );
-    await node.waitForLog(() => node.logs.filter((l) => l.msg === 'test handler started').length >= 4, 5_000, 'four calls running');
+    const settled: Array<string | undefined> = [undefined, undefined, undefined, undefined];
+    settled.forEach((_, i) => {
+      void caller.call('Slow.Sleep', 60_000, { timeout: 60_000 }).then(
+        () => (settled[i] = 'ok'),
+        (e: { code: string }) => (settled[i] = e.code),
+      );
+    });
+    await node.waitForLog(() => node.logs.filter((l) => l.msg === 'test handler started').length >= 4, 10_000, 'four calls running');
 
     const t0 = Date.now();
     a.proc.kill('SIGKILL');
     // A call sent in the instant NATS still holds the dead relay's subscription is in flight on the dead
     // tunnel, like the others there; once the node and NATS have seen the socket close, calls go by b-1.
-    await node.waitForLog((l) => l.msg === 'disconnected from relay' && String(l.relay).includes(String(a.port)), 2_000, 'the node lost a-1');
+    await node.waitForLog((l) => l.msg === 'disconnected from relay' && String(l.relay).includes(String(a.port)), 10_000, 'the node lost a-1');
     const t1 = Date.now();
     expect(await caller.call('Hello.WhoAmI', { timeout: 5_000 })).toBe('alice');
     const failover = { sinceKill: Date.now() - t0, sinceNodeSawIt: Date.now() - t1 };
-    expect(failover.sinceNodeSawIt, JSON.stringify(failover)).toBeLessThan(1_000);
+    // At once: not after c-1 forgets a-1 at its 3 s heartbeat expiry, with room for a slow machine.
+    expect(failover.sinceNodeSawIt, JSON.stringify(failover)).toBeLessThan(2_000);
     for (let i = 0; i < 20; i++) expect(await caller.call('Hello.WhoAmI', { timeout: 5_000 })).toBe('alice');
     // Only the calls in flight on the dead relay's tunnel fail; the others are still running.
-    await c.proc.waitForLog((l) => l.msg === 'relay left the cluster' && l.relay === 'a-1', 6_000, 'a-1 gone');
-    const lost = await Promise.all(inFlight.map((p) => Promise.race([p, new Promise<string>((r) => setTimeout(() => r('running'), 500))])));
+    await c.proc.waitForLog((l) => l.msg === 'relay left the cluster' && l.relay === 'a-1', 10_000, 'a-1 gone');
+    await waitUntil(() => settled.some((x) => x !== undefined), 10_000, 'the calls on a-1 to fail');
+    const lost = settled.map((x) => x ?? 'running');
     expect(lost.filter((x) => x === 'NODE_LOST').length).toBeGreaterThan(0);
     expect(lost.filter((x) => x === 'running').length).toBeGreaterThan(0);
     expect(lost.every((x) => x === 'NODE_LOST' || x === 'running')).toBe(true);
@@ -324,7 +326,7 @@ describe('NATS trouble', () => {
         NatsServer.start({ port: ports[i]!, cluster: { name: 'tunnel-test', routePort: routes[i]!, routes: routes.filter((_, j) => j !== i) } }),
       ),
     );
-    await Promise.all(servers.map((s) => s.waitFor(/route connection|Route connection created/i, 10_000).catch(() => undefined)));
+    await Promise.all(servers.map((s) => s.waitFor(/route connection|Route connection created/i, 10_000)));
     // a-1 knows servers 0 and 1; b-1 knows 2 and 1: they meet through the routes.
     const [a, b] = await Promise.all([clusterRelay([servers[0]!.url, servers[1]!.url], 'a-1'), clusterRelay([servers[2]!.url, servers[1]!.url], 'b-1')]);
     await Promise.all([hears(a, 'b-1'), hears(b, 'a-1')]);

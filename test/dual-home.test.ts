@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { createServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
@@ -7,22 +7,14 @@ import { WebSocket, WebSocketServer } from 'ws';
 import { connect, isTunnelError, Relay, ServiceRegistry, TunnelNode, withContext, type Client } from '../src/index.js';
 import { registerExamples } from '../src/services/index.js';
 import { decode, decodeAll, encode } from '../src/wire/codec.js';
+import { freePort } from './helpers/nats.js';
 import { BIN, killAll, Proc, runCall, startRelay, type LogLine } from './helpers/processes.js';
+import { waitUntil } from './helpers/wait.js';
 
 /** A node with tunnels to several relays at once (issue 13, "Dual-homed nodes"), node side. */
 
 const SERVICES = fileURLToPath(new URL('./fixtures/dual-services.js', import.meta.url));
 const FAST_RETRY = ['--reconnect-base', '100ms', '--reconnect-cap', '500ms'];
-
-/** A port nothing listens on now, so that a relay can be started, killed, and started again there. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /**
  * A WebSocket hop in front of a real relay: it passes every message both ways, keeps the first one
@@ -296,7 +288,7 @@ describe('dual-homed TunnelNode (library)', () => {
     node.start();
     await node.waitConnected();
     expect(node.connected).toBe(true);
-    await waitUntil(() => connected.length === 2);
+    await waitUntil(() => connected.length === 2, 10_000, 'both tunnels connected');
     expect(connected.sort()).toEqual([urlA, urlB].sort());
     expect(node.tunnels).toEqual([
       { url: urlA, current: urlA, connected: true, since: expect.any(Date), running: 0 },
@@ -310,15 +302,15 @@ describe('dual-homed TunnelNode (library)', () => {
     const onB = await connect(urlB);
     expect(await onA.call('Hello.Login', 'alice:secret')).toBe('alice');
     const heldOnB = onB.call('Hold.Wait');
-    await waitUntil(() => node.tunnels[1]!.running === 1);
+    await waitUntil(() => node.tunnels[1]!.running === 1, 10_000, 'a call running on the second tunnel');
     const draining = relayB.drain(5_000);
-    await waitUntil(() => lines.some((l) => l.msg === 'relay is going away' && l.relay === urlB));
+    await waitUntil(() => lines.some((l) => l.msg === 'relay is going away' && l.relay === urlB), 10_000, 'the node to hear relay B going away');
     expect(node.tunnels[1]).toMatchObject({ connected: true, running: 1 });
     expect(disconnected).toEqual([]);
     release();
     expect(await heldOnB).toBeNull();
     await draining;
-    await waitUntil(() => disconnected.length > 0);
+    await waitUntil(() => disconnected.length > 0, 10_000, 'a tunnel to disconnect');
     expect(disconnected[0]![2]).toBe(urlB);
     expect(node.connected).toBe(true);
     expect(node.tunnels.map((t) => t.connected)).toEqual([true, false]);
@@ -328,7 +320,7 @@ describe('dual-homed TunnelNode (library)', () => {
     await node.stop(1_000);
     await stopped;
     expect(node.connected).toBe(false);
-    await waitUntil(() => relayA.nodes().length === 0);
+    await waitUntil(() => relayA.nodes().length === 0, 10_000, 'relay A to have no node');
     await Promise.all([onA.close(), onB.close()]);
   });
 });
@@ -391,7 +383,7 @@ describe('dual-homed TunnelNode: one session table for every tunnel', () => {
     const node = new TunnelNode({ relay: [x.url, y.url], name: 'dual-wire', services: registerExamples(new ServiceRegistry()) });
     try {
       node.start();
-      await waitUntil(() => node.tunnels.every((t) => t.connected));
+      await waitUntil(() => node.tunnels.every((t) => t.connected), 10_000, 'every tunnel connected');
       expect(x.hellos[0]!.instance).toBe(node.instance);
       expect(y.hellos[0]!.instance).toBe(node.instance);
 
@@ -411,9 +403,3 @@ describe('dual-homed TunnelNode: one session table for every tunnel', () => {
     }
   });
 });
-
-/** Polls a condition every 10 ms for at most 5 s, failing if it never holds. */
-async function waitUntil(cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  expect(cond()).toBe(true);
-}

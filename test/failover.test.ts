@@ -8,8 +8,8 @@ const STARTED = 'fleet work started';
 
 const started = (p: Proc) => p.logs.filter((l) => l.msg === STARTED).length;
 
-/** Waits until the nodes together have started `n` Fleet.Work handlers. */
-async function waitStarted(procs: Proc[], n: number, timeout = 10_000): Promise<void> {
+/** Waits until the nodes together have started `n` Fleet.Work handlers (node processes start slowly on a busy machine). */
+async function waitStarted(procs: Proc[], n: number, timeout = 30_000): Promise<void> {
   await Promise.race(procs.map((p) => p.waitForLog(() => procs.reduce((sum, q) => sum + started(q), 0) >= n, timeout, `${n} started handlers`)));
 }
 
@@ -41,7 +41,7 @@ describe('failover, at most once', () => {
     const home = await c.call<string>('Fleet.Where');
     const from = relay.proc.logs.length;
     procs.get(home)!.kill('SIGKILL');
-    await relay.proc.waitForLog((l) => l.msg === 'node disconnected' && l.node === home, 5_000, `${home} disconnected`, from);
+    await relay.proc.waitForLog((l) => l.msg === 'node disconnected' && l.node === home, 10_000, `${home} disconnected`, from);
     const next = await c.call<string>('Fleet.Where');
     expect(next).not.toBe(home);
     expect(await c.call<string>('Fleet.Where')).toBe(next);
@@ -52,17 +52,24 @@ describe('failover, at most once', () => {
   it('a call in flight on a node that dies fails NODE_LOST and is not run again without retry', async () => {
     const live = [...procs.values()];
     const before = live.map(started);
-    const calls = Array.from({ length: 6 }, () => settle(c.call<string>('Fleet.Work', 2_000, { affinity: false })));
+    // Long enough that the victim is killed while its calls run, however late this process sees them start.
+    const calls = Array.from({ length: 6 }, () => settle(c.call<string>('Fleet.Work', 5_000, { affinity: false })));
     await waitStarted(live, before.reduce((a, b) => a + b, 0) + 6);
     const [victimName, victim] = [...procs.entries()][0]!;
     const onVictim = started(victim) - before[0]!;
+    const from = relay.proc.logs.length;
     victim.kill('SIGKILL');
     procs.delete(victimName);
+    const gone = await relay.proc.waitForLog((l) => l.msg === 'node disconnected' && l.node === victimName, 10_000, `${victimName} disconnected`, from);
     const outcomes = await Promise.all(calls);
     const lost = outcomes.filter((o) => !o.ok);
     console.log(`no retry: ${onVictim} calls were running on ${victimName}; outcomes`, outcomes.map((o) => (o.ok ? o.node : o.code)).join(' '));
     expect(onVictim).toBeGreaterThan(0);
-    expect(lost).toHaveLength(onVictim);
+    // Every call the victim started either answered before it died or failed NODE_LOST, as many as the relay failed.
+    const answeredByVictim = outcomes.filter((o) => o.ok && o.node === victimName).length;
+    expect(lost.length + answeredByVictim).toBe(onVictim);
+    expect(lost.length).toBe(gone.failedCalls);
+    expect(lost.length).toBeGreaterThan(0);
     expect(lost.every((o) => !o.ok && o.code === 'NODE_LOST')).toBe(true);
     // Executed at most once: the survivors ran exactly the calls routed to them, nothing was re-sent.
     const survivorsRan = [...procs.values()].reduce((sum, p) => sum + started(p), 0) - (before.reduce((a, b) => a + b, 0) - before[0]!);
@@ -75,15 +82,17 @@ describe('failover, at most once', () => {
     const before = live.map(([, p]) => started(p));
     const retries: number[] = [];
     c.on('retry', (r: { attempt: number }) => retries.push(r.attempt));
-    const calls = Array.from({ length: 6 }, () => settle(c.call<string>('Fleet.Work', 1_500, { affinity: false, retry: 2 })));
+    const calls = Array.from({ length: 6 }, () => settle(c.call<string>('Fleet.Work', 5_000, { affinity: false, retry: 2 })));
     await waitStarted(
       live.map(([, p]) => p),
       before.reduce((a, b) => a + b, 0) + 6,
     );
     const [victimName, victim] = live[0]!;
     const onVictim = started(victim) - before[0]!;
+    const from = relay.proc.logs.length;
     victim.kill('SIGKILL');
     procs.delete(victimName);
+    const gone = await relay.proc.waitForLog((l) => l.msg === 'node disconnected' && l.node === victimName, 10_000, `${victimName} disconnected`, from);
     const outcomes = await Promise.all(calls);
     c.removeAllListeners('retry');
     console.log(
@@ -91,8 +100,12 @@ describe('failover, at most once', () => {
       outcomes.map((o) => (o.ok ? o.node : o.code)).join(' '),
     );
     expect(onVictim).toBeGreaterThan(0);
-    expect(outcomes.every((o) => o.ok && o.node !== victimName)).toBe(true);
-    expect(retries).toHaveLength(onVictim);
+    expect(outcomes.every((o) => o.ok)).toBe(true);
+    // Each call lost with the victim was retried once, elsewhere; one the victim had answered was not.
+    const answeredByVictim = outcomes.filter((o) => o.ok && o.node === victimName).length;
+    expect(retries).toHaveLength(gone.failedCalls as number);
+    expect(retries.length).toBeGreaterThan(0);
+    expect(retries.length + answeredByVictim).toBe(onVictim);
   });
 
   it('tunnel-call --retry N retries on NODE_LOST; without it the call fails NODE_LOST', async () => {
@@ -100,8 +113,12 @@ describe('failover, at most once', () => {
     const victimName = names[0]!;
     const victim = procs.get(victimName)!;
     const n0 = started(victim);
-    const plain = runCall(relay.addr, ['--node', victimName, 'Fleet.Work', '5000']);
-    await victim.waitForLog(() => started(victim) > n0, 10_000, 'the pinned call to start');
+    const plain = runCall(relay.addr, ['--node', victimName, 'Fleet.Work', '20000'], {}, 40_000);
+    // A call that ended before starting says why, instead of this waiting out its bound.
+    await Promise.race([
+      victim.waitForLog(() => started(victim) > n0, 30_000, 'the pinned call to start'),
+      plain.then((r) => Promise.reject(new Error(`the pinned call ended before it started on ${victimName}: ${JSON.stringify(r)}`))),
+    ]);
     victim.kill('SIGKILL');
     procs.delete(victimName);
     const r = await plain;
@@ -110,14 +127,17 @@ describe('failover, at most once', () => {
     expect(r.stderr).toContain('may or may not have run');
 
     await start('f6');
-    const retried = runCall(relay.addr, ['--retry', '3', 'Fleet.Work', '1500']);
+    const retried = runCall(relay.addr, ['--retry', '3', 'Fleet.Work', '5000'], {}, 40_000);
     // Whichever node the selector picked is killed while the call runs on it.
     const live = [...procs.entries()];
     const counts0 = live.map(([, p]) => started(p));
-    await waitStarted(
-      live.map(([, p]) => p),
-      counts0.reduce((a, b) => a + b, 0) + 1,
-    );
+    await Promise.race([
+      waitStarted(
+        live.map(([, p]) => p),
+        counts0.reduce((a, b) => a + b, 0) + 1,
+      ),
+      retried.then((r) => Promise.reject(new Error(`the call ended before it started: ${JSON.stringify(r)}`))),
+    ]);
     const i = live.findIndex(([, p], k) => started(p) > counts0[k]!);
     const [hitName, hit] = live[i]!;
     hit.kill('SIGKILL');

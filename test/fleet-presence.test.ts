@@ -2,27 +2,37 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type Client } from '../src/client/client.js';
 import type { NodeInfo, PresenceEvent } from '../src/wire/presence.js';
 import { killAll, runCall, startNode, startRelay, type Proc, type RunningRelay } from './helpers/processes.js';
+import { stopAllProxies, TcpProxy } from './helpers/tcp-proxy.js';
 
 const FLEET = 'test/fixtures/fleet-services.js';
-/** The relay drops a silent node after this long; the test allows a third more for its check interval. */
+/** The relay drops a silent node after this long; it looks every third of it. */
 const HEARTBEAT_MS = 2_000;
+/** What a machine three times slower than ours still meets for "within the heartbeat timeout": timeout and check interval, thrice. */
+const DROP_BOUND_MS = 3 * (HEARTBEAT_MS + HEARTBEAT_MS / 3);
 
 describe('broadcast and presence', () => {
   let relay: RunningRelay;
   const nodes = new Map<string, Proc>();
   let c: Client;
+  /** b3 reaches the relay through it: the proxy knows when the relay last had bytes from b3. */
+  let b3Proxy: TcpProxy;
 
   beforeAll(async () => {
     relay = await startRelay(['--heartbeat-timeout', `${HEARTBEAT_MS}ms`]);
+    b3Proxy = await TcpProxy.start(relay.port);
     const specs: Array<[string, string[], Record<string, string>]> = [
       ['b1', ['--label', 'region=eu'], {}],
       ['b2', ['--label', 'region=eu'], {}],
-      ['b3', ['--label', 'region=us'], {}],
+      // b3 sends no pings of its own: all it sends the relay (pongs, answers) counts as heard from it.
+      ['b3', ['--label', 'region=us', '--heartbeat-timeout', '0'], {}],
       ['b4', ['--label', 'region=us'], {}],
       ['b5', ['--label', 'region=us'], { FLEET_FAIL: '1' }],
     ];
     await Promise.all(
-      specs.map(async ([name, args, env]) => nodes.set(name, await startNode(relay.addr, ['--name', name, '--services', FLEET, ...args], env))),
+      specs.map(async ([name, args, env]) => {
+        const via = name === 'b3' ? `127.0.0.1:${b3Proxy.port}` : relay.addr;
+        nodes.set(name, await startNode(via, ['--name', name, '--services', FLEET, ...args], env));
+      }),
     );
     // One node with the built-in examples, so that --list has different services to show.
     nodes.set('ex1', await startNode(relay.addr, ['--name', 'ex1', '--label', 'role=examples']));
@@ -32,6 +42,7 @@ describe('broadcast and presence', () => {
     await c.close();
     for (const p of nodes.values()) p.kill('SIGCONT');
     await killAll();
+    await stopAllProxies();
   });
 
   it('broadcast to 5 nodes with one failing reports 4 ok and 1 error', async () => {
@@ -63,7 +74,8 @@ describe('broadcast and presence', () => {
   });
 
   it('a broadcast past its deadline reports TIMEOUT for the nodes that did not answer', async () => {
-    const results = await c.broadcast('Fleet.Work', [], { timeout: 1_000, where: { region: 'eu' } });
+    // A deadline the answers meet even on a slow machine, then one that calls of 5 s cannot meet.
+    const results = await c.broadcast('Fleet.Work', [], { timeout: 10_000, where: { region: 'eu' } });
     expect(results.map((r) => [r.node, r.ok])).toEqual([
       ['b1', true],
       ['b2', true],
@@ -129,26 +141,41 @@ describe('broadcast and presence', () => {
       return events.find(pred)!;
     };
 
+    // Killed: the relay sees the socket close, and the node leaves on that, not on missed heartbeats.
+    const b4Address = watch.nodes.find((n) => n.name === 'b4')!.address;
     const killedAt = Date.now();
     nodes.get('b4')!.kill('SIGKILL');
-    await waitEvent((e) => e.event === 'leave' && e.node.name === 'b4', HEARTBEAT_MS);
+    await waitEvent((e) => e.event === 'leave' && e.node.name === 'b4', DROP_BOUND_MS);
     const afterKill = await runCall(relay.addr, ['--list', '--json']);
     expect((JSON.parse(afterKill.stdout) as { nodes: NodeInfo[] }).nodes.map((n) => n.name)).not.toContain('b4');
     console.log(`SIGKILLed b4 left the presence list after ${Date.now() - killedAt} ms`);
+    const b4Gone = await relay.proc.waitForLog((l) => l.msg === 'node disconnected' && l.node === 'b4', 5_000, 'b4 disconnected');
+    expect(
+      relay.proc.logs.slice(0, relay.proc.logs.indexOf(b4Gone)).filter((l) => l.msg === 'peer missed heartbeats; dropping connection' && l.peer === b4Address),
+    ).toEqual([]);
 
+    // Frozen: the socket stays open, and only the heartbeat timeout drops it, counted from the last
+    // bytes the relay had from b3 (a ping answered before the SIGSTOP, maybe late under load).
+    const b3Address = watch.nodes.find((n) => n.name === 'b3')!.address;
     const frozenAt = Date.now();
     nodes.get('b3')!.kill('SIGSTOP');
-    const left = await waitEvent((e) => e.event === 'leave' && e.node.name === 'b3', HEARTBEAT_MS * 2);
-    const took = Date.now() - frozenAt;
-    console.log(`SIGSTOPped b3 left after ${took} ms (heartbeat timeout ${HEARTBEAT_MS} ms)`);
-    expect(took).toBeGreaterThanOrEqual(HEARTBEAT_MS - 100);
+    const left = await waitEvent((e) => e.event === 'leave' && e.node.name === 'b3', DROP_BOUND_MS);
+    const dropped = await relay.proc.waitForLog(
+      (l) => l.msg === 'peer missed heartbeats; dropping connection' && l.peer === b3Address,
+      5_000,
+      'the heartbeat drop of b3',
+    );
+    const silent = (dropped.time as number) - b3Proxy.lastFromClient;
+    console.log(`SIGSTOPped b3 left after ${Date.now() - frozenAt} ms, ${silent} ms after the relay last heard from it (heartbeat timeout ${HEARTBEAT_MS} ms)`);
+    expect(silent).toBeGreaterThanOrEqual(HEARTBEAT_MS);
+    expect(silent).toBeLessThan(DROP_BOUND_MS);
     expect(left.node.labels).toEqual({ region: 'us' });
     const afterFreeze = await runCall(relay.addr, ['--list', '--json']);
     expect((JSON.parse(afterFreeze.stdout) as { nodes: NodeInfo[] }).nodes.map((n) => n.name)).toEqual(['b1', 'b2', 'b5', 'ex1']);
 
     // The frozen node wakes, finds its connection gone and joins again.
     nodes.get('b3')!.kill('SIGCONT');
-    const back = await waitEvent((e) => e.event === 'join' && e.node.name === 'b3', 15_000);
+    const back = await waitEvent((e) => e.event === 'join' && e.node.name === 'b3', 30_000);
     expect(back.node.services).toHaveProperty('Fleet');
     await watch.stop();
   });

@@ -53,14 +53,17 @@ describe('large payloads', () => {
       latencies.push(performance.now() - t0);
     }
     await loader.exited;
-    const report = JSON.parse(loader.stdout.trim().split('\n').pop()!) as { calls: number; errors: number };
+    const report = JSON.parse(loader.stdout.trim().split('\n').pop()!) as { calls: number; errors: number; p50: number };
     expect(report.errors).toBe(0);
     expect(report.calls).toBeGreaterThan(0);
     latencies.sort((a, b) => a - b);
     const p99 = latencies[Math.floor(latencies.length * 0.99)]!;
-    // The benchmark reports the real figure; here only that small calls are not stuck behind whole echoes.
+    console.log(`small calls: ${latencies.length}, p99 ${p99.toFixed(1)} ms; 16 MiB echoes: ${report.calls}, p50 ${report.p50} ms`);
+    // The benchmark reports the real figure; here only that small calls are not stuck behind whole
+    // echoes: one that waited for an echo to pass would take about as long as the echo. Both are
+    // measured on this machine under the same load, so a slow one slows both.
     expect(latencies.length).toBeGreaterThan(30);
-    expect(p99).toBeLessThan(250);
+    expect(p99).toBeLessThan(report.p50 / 2);
     await client.close();
   });
 
@@ -103,7 +106,9 @@ describe('backpressure on streamed payloads', () => {
     const client = await connect(relay.addr);
     const size = 8 * 1024 * 1024;
     const put = client.call('Sink.Put', Buffer.alloc(size, 1), { timeout: 30_000 });
-    // Wait until the flow has stopped: no chunk for 500 ms (bounded by 20 s in all).
+    // The first chunk, then until the flow has stopped: no chunk for 500 ms (bounded by 20 s in all).
+    // What is checked below holds at every moment; the wait only lets the window fill.
+    await once(got, 'chunk', { signal: AbortSignal.timeout(10_000) });
     const deadline = Date.now() + 20_000;
     for (;;) {
       const moved = await Promise.race([once(got, 'chunk').then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 500))]);

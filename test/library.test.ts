@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, defineService, isTunnelError, Relay, ServiceRegistry, TunnelError, TunnelNode, withContext } from '../src/index.js';
 import { registerExamples } from '../src/services/index.js';
+import { waitUntil } from './helpers/wait.js';
 
 const Calc = defineService({
   Sum(...nums: number[]) {
@@ -14,11 +15,6 @@ const Calc = defineService({
     throw new TunnelError(code, `refused with ${code}`);
   },
 });
-
-/** Polls a condition every 10 ms for at most 5 s. */
-async function waitFor(cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-}
 
 describe('library API against a real relay', () => {
   let relay: Relay;
@@ -108,11 +104,11 @@ describe('library API against a real relay', () => {
     const client = await connect(url);
     const controller = new AbortController();
     const pending = client.call('Probe.Wait', 30_000, { signal: controller.signal });
-    await waitFor(() => seen.includes('started'));
+    await waitUntil(() => seen.includes('started'), 10_000, 'Probe.Wait to start');
     controller.abort();
     const err = await pending.catch((e: unknown) => e);
     expect(isTunnelError(err, 'CANCELLED')).toBe(true);
-    await waitFor(() => seen.includes('aborted:CANCELLED'));
+    await waitUntil(() => seen.includes('aborted:CANCELLED'), 10_000, 'Probe.Wait to be aborted');
     expect(seen).toContain('aborted:CANCELLED');
     await client.close();
   });

@@ -52,13 +52,13 @@ describe('message size, in-flight calls and slow peers', () => {
     const a = await caller(relay.addr);
     for (let id = 1; id <= 10; id++) a.send(req(id, 'Sec.Hang', [], { timeout: 20_000 }));
     for (const id of [9, 10]) {
-      const r = await a.response(id, 2_000);
+      const r = await a.response(id, 5_000);
       expect(errorOf(r)).toMatchObject({ code: 'OVERLOADED', message: expect.stringContaining('this connection already has 8 calls in flight') });
     }
     const b = await caller(relay.addr);
     for (let id = 1; id <= 6; id++) b.send(req(id, 'Sec.Hang', [], { timeout: 20_000 }));
     for (const id of [5, 6]) {
-      const r = await b.response(id, 2_000);
+      const r = await b.response(id, 5_000);
       expect(errorOf(r)).toMatchObject({ code: 'OVERLOADED', message: expect.stringContaining('node office-1 already has 12 calls in flight') });
     }
     expect(a.received.filter((m) => Array.isArray(m) && m[0] === 1)).toHaveLength(2);

@@ -6,6 +6,7 @@ import { connect as tcpConnect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BIN, killAll, Proc, startRelay, type LogLine } from './helpers/processes.js';
+import { waitUntil } from './helpers/wait.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -29,15 +30,6 @@ function logsOf(child: ChildProcess): { logs: LogLine[]; text: () => string } {
     for (const line of lines) if (line.startsWith('{')) logs.push(JSON.parse(line) as LogLine);
   });
   return { logs, text: () => all };
-}
-
-/** Waits (bounded) until `pred` holds, checking every 50 ms. */
-async function until(what: string, pred: () => boolean, timeout = 10_000, detail = () => ''): Promise<void> {
-  const deadline = Date.now() + timeout;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}\n${detail()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** True once `pid` has exited (gone, or a zombie nobody has reaped yet). */
@@ -78,14 +70,22 @@ describe('stopping the commands', () => {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     const out = logsOf(npm);
-    await until('relay listening', () => out.logs.some((l) => l.msg === 'relay listening'), 60_000, out.text);
+    await waitUntil(
+      () => out.logs.some((l) => l.msg === 'relay listening'),
+      60_000,
+      () => `relay listening\n${out.text()}`,
+    );
     const listening = out.logs.find((l) => l.msg === 'relay listening')!;
     const pid = listening.pid as number;
     strays.push(pid);
     expect(pid).not.toBe(npm.pid);
 
     npm.kill('SIGTERM');
-    await until('the relay to exit', () => exited(pid), 10_000, out.text);
+    await waitUntil(
+      () => exited(pid),
+      10_000,
+      () => `the relay to exit\n${out.text()}`,
+    );
     expect(out.logs.find((l) => l.msg === 'shutting down')).toMatchObject({ signal: 'parent exited' });
     expect(out.logs.some((l) => l.msg === 'relay stopped')).toBe(true);
     expect(await portRefuses(listening.port as number)).toBe(true);
@@ -99,18 +99,26 @@ describe('stopping the commands', () => {
     const out = logsOf(sh);
     let stdout = '';
     sh.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-    await until('relay listening', () => out.logs.some((l) => l.msg === 'relay listening'), 10_000, out.text);
+    await waitUntil(
+      () => out.logs.some((l) => l.msg === 'relay listening'),
+      10_000,
+      () => `relay listening\n${out.text()}`,
+    );
     const pid = Number(stdout.trim());
     strays.push(pid);
-    await until('the shell to exit', () => sh.exitCode !== null);
+    await waitUntil(() => sh.exitCode !== null, 10_000, 'the shell to exit');
     // Nothing to wait for here: the relay must go on, so look again after three of the parent
-    // checks' intervals (500 ms) would have passed.
+    // checks' intervals (500 ms) would have passed. A window for something that must not happen,
+    // not a synchronisation: then an HTTP answer shows the relay's event loop ran past it (an overdue
+    // check runs before the request is read), however late a busy machine scheduled it.
     const relayPort = out.logs.find((l) => l.msg === 'relay listening')!.port as number;
     await new Promise((r) => setTimeout(r, 1_500));
+    expect((await fetch(`http://127.0.0.1:${relayPort}/healthz`)).status).toBe(200);
     expect(exited(pid)).toBe(false);
     expect(await portRefuses(relayPort)).toBe(false);
+    expect(out.logs.some((l) => l.msg === 'shutting down')).toBe(false);
     process.kill(pid, 'SIGTERM');
-    await until('the relay to exit', () => exited(pid));
+    await waitUntil(() => exited(pid), 10_000, 'the relay to exit');
   });
 
   it('SIGHUP drains a node as SIGTERM does; the relay rereads its tokens instead', async () => {

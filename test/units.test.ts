@@ -12,6 +12,7 @@ import { silentLogger } from '../src/util/logger.js';
 import { LARGE_HEAP, SMALL_HEAP, wantIncremental } from '../src/util/gc.js';
 import { passwordLogin } from '../src/rpc/login.js';
 import { PendingTable } from '../src/rpc/pending.js';
+import { waitUntil } from './helpers/wait.js';
 
 const ctx = (session = new Session('s')): CallContext => ({
   session,
@@ -212,7 +213,7 @@ describe('deadline wheel', () => {
     wheel.add(c, 30);
     wheel.remove(c);
     expect(wheel.pending).toBe(2);
-    for (let i = 0; i < 200 && expired.length < 2; i++) await new Promise((r) => setTimeout(r, 5));
+    await waitUntil(() => expired.length >= 2, 5_000, 'a and b to expire', 5);
     expect(expired).toEqual(['a', 'b']);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(55);
     expect(wheel.pending).toBe(0);

@@ -9,10 +9,14 @@ import { join } from 'node:path';
 /** Where Debian's nats-server is (CI installs the package; tests start the server themselves). */
 export const NATS_SERVER = ['/usr/bin/nats-server', '/usr/sbin/nats-server', '/usr/local/bin/nats-server'].find((p) => existsSync(p));
 
-/** A free TCP port on 127.0.0.1 (bound, then released). */
-export async function freePort(): Promise<number> {
+/**
+ * A free TCP port on 127.0.0.1 (bound, then released); with `everyInterface`, free on every
+ * interface, for a test that makes a server listen on all of them at that port.
+ */
+export async function freePort(o: { everyInterface?: boolean } = {}): Promise<number> {
   const server = createServer();
-  server.listen(0, '127.0.0.1');
+  if (o.everyInterface) server.listen(0);
+  else server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const { port } = server.address() as { port: number };
   await new Promise<void>((resolve) => server.close(() => resolve()));

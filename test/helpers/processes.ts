@@ -1,5 +1,4 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,9 +52,19 @@ export class Proc {
       this.stdout += chunk;
       this.wake();
     });
-    this.exited = once(this.child, 'exit').then(([code, signal]) => {
-      this.wake();
-      return { code: code as number | null, signal: signal as NodeJS.Signals | null };
+    this.exited = new Promise((resolve) => {
+      this.child.once('exit', (code, signal) => {
+        this.wake();
+        resolve({ code, signal });
+      });
+      // A process that could not be started (EAGAIN on a crowded machine) ends here, saying why,
+      // instead of rejecting a promise nobody awaits yet.
+      this.child.on('error', (err) => {
+        if (this.child.pid !== undefined) return;
+        this.stderr += `could not start ${file}: ${err.message}\n`;
+        this.wake();
+        resolve({ code: this.child.exitCode, signal: null });
+      });
     });
     running.add(this);
     void this.exited.then(() => running.delete(this));
@@ -120,10 +129,16 @@ export interface RunningRelay {
   addr: string;
 }
 
+/**
+ * How long a CLI may take to start: loading Node and the modules takes a second on an idle laptop and
+ * many more on a busy 2-core runner with other tests starting theirs.
+ */
+export const START_TIMEOUT = 30_000;
+
 /** Starts `tunnel-relay` on 127.0.0.1 (port 0 unless given) and waits until it listens. */
 export async function startRelay(args: string[] = [], port = 0, env: Record<string, string> = {}): Promise<RunningRelay> {
   const proc = new Proc(BIN.relay, ['--listen', `127.0.0.1:${port}`, '--log-level', 'debug', ...args], env);
-  const line = await proc.waitForMsg('relay listening');
+  const line = await proc.waitForMsg('relay listening', START_TIMEOUT);
   const p = line.port as number;
   return { proc, port: p, addr: `127.0.0.1:${p}` };
 }
@@ -131,7 +146,7 @@ export async function startRelay(args: string[] = [], port = 0, env: Record<stri
 /** Starts `tunnel-node` against a relay and waits until the relay has welcomed it. */
 export async function startNode(relayAddr: string, args: string[] = [], env: Record<string, string> = {}): Promise<Proc> {
   const proc = new Proc(BIN.node, ['--relay', relayAddr, '--log-level', 'debug', ...args], env);
-  await proc.waitForMsg('connected to relay');
+  await proc.waitForMsg('connected to relay', START_TIMEOUT);
   return proc;
 }
 

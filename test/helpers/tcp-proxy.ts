@@ -9,6 +9,11 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 export class TcpProxy {
   /** Connections piped through since the start (a route reconnecting shows here). */
   accepted = 0;
+  /**
+   * When bytes last came in from an accepted connection (`Date.now()`), handed on to `target` in the
+   * same turn: whatever `target` last heard from its peers through the proxy, it heard at or after this.
+   */
+  lastFromClient = 0;
   private cutNow = false;
   private readonly pairs = new Set<[Socket, Socket]>();
 
@@ -50,6 +55,9 @@ export class TcpProxy {
       up.destroy();
     };
     for (const s of pair) s.on('error', end).on('close', end);
+    down.on('data', () => {
+      this.lastFromClient = Date.now();
+    });
     down.pipe(up);
     up.pipe(down);
   }

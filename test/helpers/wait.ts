@@ -30,12 +30,13 @@ export class Wakeups {
 
 /**
  * Polls `cond` (sync or async) every `every` ms until it holds; after `timeout` ms throws, naming
- * `what`. For conditions nothing can wake (another process's state, an HTTP endpoint).
+ * `what` (a function is asked only then, for what it has seen by that time). For conditions nothing
+ * can wake (another process's state, an HTTP endpoint).
  */
-export async function waitUntil(cond: () => boolean | Promise<boolean>, timeout: number, what: string, every = 50): Promise<void> {
+export async function waitUntil(cond: () => boolean | Promise<boolean>, timeout: number, what: string | (() => string), every = 50): Promise<void> {
   const deadline = Date.now() + timeout;
   while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${typeof what === 'function' ? what() : what}`);
     await new Promise((r) => setTimeout(r, every));
   }
 }
