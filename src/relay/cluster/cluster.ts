@@ -173,6 +173,8 @@ export class Cluster implements RouteTransport {
   /** When the expiry timer last ran: a long gap means this process was frozen, not its peers. */
   private lastTick = Date.now();
   private heartbeatSoon = false;
+  /** Calls other relays sent us that were stopped while NATS was away: told NODE_LOST once it is back. */
+  private abandonedWhileAway: Array<[string, number]> = [];
   /** Name conflicts being settled (a probe in flight), by relay id and node name. */
   private readonly conflicts = new Set<string>();
   private readonly outCalls = new PendingTable<OutCall>();
@@ -357,12 +359,25 @@ export class Cluster implements RouteTransport {
       for (const link of this.host.localLinks()) this.announce('join', link);
       this.heartbeat();
       this.refreshPeers();
+      // Calls we served while away had their answers dropped: their relays hear NODE_LOST now, not at their deadline.
+      const lost = new TunnelError(
+        ErrorCode.NODE_LOST,
+        'the relay of the node lost the cluster (NATS) while the call was in flight; it may or may not have run',
+      ).toWire();
+      for (const [peerId, callId] of this.abandonedWhileAway) this.toCaller(peerId, [ClusterKind.RESPONSE, callId, lost, null]);
+      this.abandonedWhileAway = [];
       return;
     }
     if (this.stopping) return;
     this.log.warn('lost the cluster (NATS); serving local nodes and callers only until it is back');
     // Answers to calls sent to other relays may be lost with the connection: fail them now, once.
     this.failOutCalls(() => true, 'the connection to the cluster (NATS) was lost while the call was in flight; it may or may not have run');
+    // And the answers of calls other relays sent us cannot reach them: stop those calls, and say so once back.
+    for (const served of [...this.served.values()]) {
+      if (this.abandonedWhileAway.length < OPEN_BATCHES) this.abandonedWhileAway.push([served.peerId, served.callId]);
+      served.call.abandon(true);
+      this.endServed(served);
+    }
   }
 
   // ---- presence ----
