@@ -46,6 +46,8 @@ export interface PresenceWatch {
 interface PendingCall extends Expiring {
   id: number;
   method: string;
+  /** The call's deadline, ms after it was sent: named when it passes. */
+  timeout: number;
   resolve(value: unknown): void;
   reject(err: TunnelError): void;
   abort?: { signal: AbortSignal; listener: () => void };
@@ -226,7 +228,7 @@ export class Client extends EventEmitter {
       if (this.goingAway) return reject(this.goingAway);
       if (signal?.aborted) return reject(new TunnelError(ErrorCode.CANCELLED, `${method} was cancelled before it was sent`));
       if (!(timeout > 0)) return reject(new TypeError(`timeout must be a positive number of milliseconds, got ${timeout}`));
-      const call: PendingCall = { id: 0, method, resolve: resolve as (v: unknown) => void, reject, deadlineSlot: 0 };
+      const call: PendingCall = { id: 0, method, timeout, resolve: resolve as (v: unknown) => void, reject, deadlineSlot: 0 };
       const id = this.pending.add(call);
       call.id = id;
       this.deadlines.add(call, timeout);
@@ -272,7 +274,7 @@ export class Client extends EventEmitter {
     const call = this.settle(id);
     if (!call) return;
     this.conn.send(cancel(id));
-    call.reject(new TunnelError(ErrorCode.TIMEOUT, `${call.method} got no answer in time`));
+    call.reject(new TunnelError(ErrorCode.TIMEOUT, `${call.method} got no answer within ${call.timeout} ms`));
   }
 
   private cancel(id: number): void {
