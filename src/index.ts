@@ -43,7 +43,7 @@ export { Session } from './rpc/session.js';
 export { passwordLogin, parseCredentials, secretsEqual, type LoginArgs, type PasswordCheck, type PasswordLoginOptions } from './rpc/login.js';
 
 // Errors
-export { TunnelError, ErrorCode, isTunnelError, type TunnelErrorCode, type WireError } from './errors.js';
+export { TunnelError, ErrorCode, NoNodeReason, isTunnelError, type TunnelErrorCode, type WireError } from './errors.js';
 export { OptionError } from './util/options.js';
 
 // Logging and protocol
