@@ -6,7 +6,7 @@ import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
 import { relayUrl } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
-import { dial, loadClientTls, type ClientTlsOptions, type Refusal } from '../wire/dial.js';
+import { dial, loadClientTls, mayBeTlsPort, speaksTls, tlsHint, USE_WSS, type ClientTlsOptions, type Refusal } from '../wire/dial.js';
 import { cancel, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
 import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent, type WireBroadcastEntry } from '../wire/presence.js';
@@ -408,7 +408,7 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
         refused = r;
       },
     });
-    let lastError = '';
+    let lastError: Error | undefined;
     let opened = false;
     const timer = setTimeout(() => {
       const why = opened
@@ -418,7 +418,7 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
       reject(new TunnelError(ErrorCode.TIMEOUT, `cannot connect to relay ${url}: ${why}`));
     }, opts.connectTimeout);
     ws.on('error', (err) => {
-      lastError = err.message;
+      lastError = err;
     });
     const conn = new Connection(
       ws,
@@ -440,8 +440,18 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
             reject(new TunnelError(denied ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}`));
             return;
           }
-          const why = reason || lastError || `closed with code ${code}`;
-          reject(new TunnelError(code === 4003 ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}`));
+          const why = reason || lastError?.message || `closed with code ${code}`;
+          const fail = (hint: string | undefined) =>
+            reject(
+              new TunnelError(code === 4003 ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}${hint ? `; ${hint}` : ''}`),
+            );
+          if (reason || !lastError) return fail(undefined);
+          const hint = tlsHint(url, lastError, opts.ca !== undefined);
+          if (hint === undefined && mayBeTlsPort(url, lastError)) {
+            void speaksTls(url, opts.connectTimeout).then((tls) => fail(tls ? USE_WSS : undefined));
+            return;
+          }
+          fail(hint);
         },
       },
       { log, heartbeatTimeout: opts.heartbeatTimeout, maxFrame: opts.maxMessage },
