@@ -107,6 +107,10 @@ export class Client extends EventEmitter {
   /**
    * Calls `Service.Method` with `args`. A last argument that is a plain object holding only option
    * names (`timeout`, `node`, `where`, `selector`, `affinity`, `retry`, `signal`) is taken as {@link CallOptions}.
+   *
+   * Resolves with whatever the node answered. `T` (default `unknown`) is an unchecked cast: nothing
+   * compares the answer with it. For types derived from the service itself, and checked arguments,
+   * use {@link Client.service}.
    */
   call<T = unknown>(method: string, ...args: unknown[]): Promise<T> {
     const last = args[args.length - 1];
@@ -114,7 +118,7 @@ export class Client extends EventEmitter {
     return this.request<T>(method, args);
   }
 
-  /** Calls `Service.Method` with an explicit argument list and options. */
+  /** Calls `Service.Method` with an explicit argument list and options; `T` is unchecked, as for {@link Client.call}. */
   async request<T = unknown>(method: string, args: readonly unknown[] = [], options: CallOptions = {}): Promise<T> {
     const timeout = options.timeout ?? this.defaultTimeout;
     const retry = options.retry ?? 0;
