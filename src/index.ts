@@ -34,7 +34,7 @@ export { DirectListener, type DirectListenerOptions } from './node/direct.js';
 export { connect, Client, type ClientOptions, type BroadcastResult, type PresenceWatch } from './client/client.js';
 export type { CallOptions, BroadcastOptions, Selector } from './client/options.js';
 export type { ServiceStub, BroadcastStub, StubMethod, BroadcastMethod, StubArgs, StubResult, MethodName, ReservedName, UntypedService } from './client/stub.js';
-export type { Wire, WireTop } from './rpc/wire-value.js';
+export type { Wire, WireArgs, WireTop } from './rpc/wire-value.js';
 export type { PresenceEvent } from './wire/presence.js';
 
 // Writing services

@@ -133,7 +133,7 @@ export class Client extends EventEmitter {
     const deadline = Date.now() + timeout;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.send<T>(method, params, meta, meta.timeout as number, options.signal);
+        return await this.send<T>(method, params, meta, meta.timeout as number, options.signal, timeout);
       } catch (err) {
         if (!isTunnelError(err, ErrorCode.NODE_LOST) || attempt > retry) throw err;
         const delay = Math.random() * Math.min(RETRY_CAP, RETRY_BASE * 2 ** (attempt - 1));
@@ -225,14 +225,17 @@ export class Client extends EventEmitter {
     }
   }
 
-  /** Sends one request and waits up to `timeout` ms for its answer. */
-  private send<T>(method: string, params: Pieces, meta: object, timeout: number, signal?: AbortSignal): Promise<T> {
+  /**
+   * Sends one request and waits up to `timeout` ms for its answer. `deadline` is the one a TIMEOUT
+   * names: the caller's, of which a retry gets only what is left.
+   */
+  private send<T>(method: string, params: Pieces, meta: object, timeout: number, signal?: AbortSignal, deadline = timeout): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.closeError) return reject(this.closeError);
       if (this.goingAway) return reject(this.goingAway);
       if (signal?.aborted) return reject(new TunnelError(ErrorCode.CANCELLED, `${method} was cancelled before it was sent`));
       if (!(timeout > 0)) return reject(new TypeError(`timeout must be a positive number of milliseconds, got ${timeout}`));
-      const call: PendingCall = { id: 0, method, timeout, resolve: resolve as (v: unknown) => void, reject, deadlineSlot: 0 };
+      const call: PendingCall = { id: 0, method, timeout: deadline, resolve: resolve as (v: unknown) => void, reject, deadlineSlot: 0 };
       const id = this.pending.add(call);
       call.id = id;
       this.deadlines.add(call, timeout);

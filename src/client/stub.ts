@@ -1,5 +1,5 @@
 import type { ContextHandler } from '../rpc/context.js';
-import type { Wire, WireTop } from '../rpc/wire-value.js';
+import type { Wire, WireArgs, WireTop } from '../rpc/wire-value.js';
 import { BROADCAST_OPTION_KEYS, CALL_OPTION_KEYS, type BroadcastOptions, type BroadcastResult, type CallOptions } from './options.js';
 
 /**
@@ -29,9 +29,6 @@ export type MethodName<T> = {
  * `Map<string, number>` receives a `Record<string, number>`, so that is what its stub asks for.
  */
 export type StubArgs<F> = F extends ContextHandler<infer A> ? WireArgs<A> : F extends (...args: infer A) => unknown ? WireArgs<A> : never;
-
-/** Each parameter as it arrives; optional and rest parameters stay so. */
-type WireArgs<A extends readonly unknown[]> = { [K in keyof A]: Wire<A[K]> };
 
 /**
  * What a caller receives from handler `F`: its (awaited) return value as it arrives

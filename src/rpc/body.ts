@@ -1,6 +1,6 @@
 import { ErrorCode, TunnelError } from '../errors.js';
 import { decode, encode } from '../wire/codec.js';
-import { toWireValue } from './wire-value.js';
+import { toWireValue, WireValueError } from './wire-value.js';
 
 /**
  * Params and results travel as a MessagePack value inside a `bin`, so that the relay forwards them
@@ -43,7 +43,15 @@ const binHeader = (n: number): Buffer => (n < 0x100 ? Buffer.from([0xc4, n]) : l
 const arrayHeader = (n: number): Buffer => (n < 16 ? Buffer.from([0x90 | n]) : lengthHeader(n, 0xdc, 0xdd));
 
 export function paramsPieces(args: readonly unknown[]): Pieces {
-  const values = args.map((a) => toWireValue(a));
+  // A path in an error starts with the argument's index: "at [0][1].big".
+  const values = args.map((a, i) => {
+    try {
+      return toWireValue(a);
+    } catch (err) {
+      if (err instanceof WireValueError) err.within(`[${i}]`);
+      throw err;
+    }
+  });
   if (!values.some(isLargeBinary)) return [encode(values)];
   const pieces: Pieces = [arrayHeader(values.length)];
   for (const v of values) {

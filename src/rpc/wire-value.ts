@@ -55,6 +55,13 @@ export type WireTop<T> = T extends undefined | AnyFunction | symbol ? null : Wir
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type AnyFunction = (...args: any[]) => unknown;
 
+/**
+ * A parameter list as the handler receives it: each argument as {@link Wire} says, a function or
+ * symbol as `null`. Optional and rest parameters stay so (an omitted argument is not sent; one
+ * passed as `undefined` arrives as `null`).
+ */
+export type WireArgs<A extends readonly unknown[]> = { [K in keyof A]: WireElement<A[K]> };
+
 /** An element of an array: a function or symbol there becomes `null`, as in JSON. */
 type WireElement<T> = T extends AnyFunction | symbol ? null : Wire<T>;
 
