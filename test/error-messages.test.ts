@@ -109,10 +109,11 @@ describe('TLS mistakes get a hint (real CLIs and the library)', () => {
   });
 
   it('the library: the same hints in connect() errors', async () => {
-    const failure = (url: string) => connect(url, { connectTimeout: 20_000 }).then(
-      () => expect.fail(`connected to ${url}`),
-      (e: unknown) => e as Error,
-    );
+    const failure = (url: string) =>
+      connect(url, { connectTimeout: 20_000 }).then(
+        () => expect.fail(`connected to ${url}`),
+        (e: unknown) => e as Error,
+      );
     expect((await failure(`wss://127.0.0.1:${tls.port}`)).message).toMatch(new RegExp(`; ${escape(CA_HINT)}$`));
     expect((await failure(`ws://127.0.0.1:${tls.port}`)).message).toMatch(new RegExp(`; ${escape(USE_WSS)}$`));
     expect((await failure(`wss://127.0.0.1:${plain.port}`)).message).toMatch(new RegExp(`; ${escape(USE_WS)}$`));

@@ -109,7 +109,9 @@ describe('what survives the wire, through a real relay and node', () => {
     expect((key as Error).message).toMatch(/a Map key must be a string or a number \(a Map arrives as an object\); key 0 is object$/);
     const arg = await client.call('Values.Received', [1, { big: -(2n ** 64n) }]).catch((e: unknown) => e);
     expect(isTunnelError(arg, 'BAD_REQUEST')).toBe(true);
-    expect((arg as Error).message).toMatch(/^arguments of Values.Received cannot be encoded: at \[0\]\[1\]\.big: the bigint -18446744073709551616 does not fit in 64 bits/);
+    expect((arg as Error).message).toMatch(
+      /^arguments of Values.Received cannot be encoded: at \[0\]\[1\]\.big: the bigint -18446744073709551616 does not fit in 64 bits/,
+    );
     for (const err of [huge, promise, key, arg]) expect((err as Error).message).not.toMatch(MSGPACKR_OPTIONS);
     // The node goes on serving.
     expect(await values().Small()).toBe(5);

@@ -450,7 +450,10 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
           const why = reason || lastError?.message || `closed with code ${code}`;
           const fail = (hint: string | undefined) =>
             reject(
-              new TunnelError(code === 4003 ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}${hint ? `; ${hint}` : ''}`),
+              new TunnelError(
+                code === 4003 ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED,
+                `cannot connect to relay ${url}: ${why}${hint ? `; ${hint}` : ''}`,
+              ),
             );
           if (reason || !lastError) return fail(undefined);
           const hint = tlsHint(url, lastError, opts.ca !== undefined);

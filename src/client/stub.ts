@@ -1,5 +1,5 @@
 import type { ContextHandler } from '../rpc/context.js';
-import type { Wire, WireArgs, WireTop } from '../rpc/wire-value.js';
+import type { WireArgs, WireTop } from '../rpc/wire-value.js';
 import { BROADCAST_OPTION_KEYS, CALL_OPTION_KEYS, type BroadcastOptions, type BroadcastResult, type CallOptions } from './options.js';
 
 /**
@@ -25,14 +25,14 @@ export type MethodName<T> = {
 
 /**
  * The arguments a caller passes to handler `F`: its parameters (without the context of a
- * {@link withContext} handler), each as it reaches the handler ({@link Wire}): a handler declaring a
+ * {@link withContext} handler), each as it reaches the handler (`Wire`, rpc/wire-value.ts): a handler declaring a
  * `Map<string, number>` receives a `Record<string, number>`, so that is what its stub asks for.
  */
 export type StubArgs<F> = F extends ContextHandler<infer A> ? WireArgs<A> : F extends (...args: infer A) => unknown ? WireArgs<A> : never;
 
 /**
  * What a caller receives from handler `F`: its (awaited) return value as it arrives
- * ({@link Wire}): `undefined` as `null`, a `Map` as a record, a `Set` as an array, a `bigint` as a
+ * (`Wire`, rpc/wire-value.ts): `undefined` as `null`, a `Map` as a record, a `Set` as an array, a `bigint` as a
  * number or a bigint, and so on (docs/LIBRARY.md, "What survives the wire").
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any

@@ -285,10 +285,7 @@ export class NodeDirectory {
         .join(', ');
       return noNode(NoNodeReason.NO_MATCH, `no node serving ${service}.${method} has labels ${formatLabels(where!)}; nodes serving it: ${seen}`);
     }
-    return noNode(
-      NoNodeReason.DRAINING,
-      `every node serving ${service}${where ? ` with labels ${formatLabels(where)}` : ''} is draining; try again shortly`,
-    );
+    return noNode(NoNodeReason.DRAINING, `every node serving ${service}${where ? ` with labels ${formatLabels(where)}` : ''} is draining; try again shortly`);
   }
 
   private check(node: NodeRoute, service: string, method: string, access: CallerAccess | undefined): void {

@@ -159,9 +159,7 @@ function prepareMap(m: Map<unknown, unknown>, depth: number): Map<unknown, unkno
   let i = 0;
   for (const [k, item] of m) {
     if (typeof k !== 'string' && typeof k !== 'number') {
-      throw new WireValueError(
-        `a Map key must be a string or a number (a Map arrives as an object); key ${i} is ${k === null ? 'null' : typeof k}`,
-      );
+      throw new WireValueError(`a Map key must be a string or a number (a Map arrives as an object); key ${i} is ${k === null ? 'null' : typeof k}`);
     }
     const p = at(`.get(${JSON.stringify(k)})`, () => prepare(item, depth + 1));
     if (p !== item && out === undefined) {

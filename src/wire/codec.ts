@@ -65,6 +65,7 @@ export function inOurWords(err: unknown): Error {
   if (key) said = `a map key is ${key[1] === 'object' ? 'an array, a map or nil' : `a ${key[1]}`}: keys must be strings or numbers (maps arrive as objects)`;
   else if (/too large to fit in MessagePack 64-bit integer/.test(m)) said = 'an integer does not fit in 64 bits; send it as a string';
   else if (/^Unknown type: (\w+)/.test(m)) said = `a ${/^Unknown type: (\w+)/.exec(m)![1]} cannot be sent`;
-  else if (/[a-z][A-Z]\w*:|use[A-Z]|[a-z]+To[A-Z]|maxShared|mapsAsObjects|structuredClone|largeBigInt/.test(m)) said = 'the value cannot be carried by MessagePack';
+  else if (/[a-z][A-Z]\w*:|use[A-Z]|[a-z]+To[A-Z]|maxShared|mapsAsObjects|structuredClone|largeBigInt/.test(m))
+    said = 'the value cannot be carried by MessagePack';
   return said === undefined ? err : new Error(said, { cause: err });
 }

@@ -790,7 +790,8 @@ export class Cluster implements RouteTransport {
     const reject = (code: ErrorCode, message: string) => refuse(new TunnelError(code, message));
     const link = this.host.directory.local(m.node) as NodeLink | undefined;
     if (!link) return refuse(noNode(NoNodeReason.NODE_NOT_FOUND, `node ${m.node} is no longer attached to relay ${this.host.relayName}`));
-    if (!link.available) return refuse(noNode(NoNodeReason.DRAINING, `node ${m.node} on relay ${this.host.relayName} is draining or disconnecting and takes no new calls`));
+    if (!link.available)
+      return refuse(noNode(NoNodeReason.DRAINING, `node ${m.node} on relay ${this.host.relayName} is draining or disconnecting and takes no new calls`));
     if (!link.hasMethod(m.method.slice(0, m.method.lastIndexOf('.')), m.method.slice(m.method.lastIndexOf('.') + 1))) {
       return reject(ErrorCode.NO_METHOD, `node ${m.node} does not serve ${m.method}`);
     }
