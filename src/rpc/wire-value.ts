@@ -145,7 +145,11 @@ function prepareArray(a: unknown[], depth: number): unknown[] {
     let p = item;
     // Only objects, functions, symbols and bigints can change; the rest is checked in one typeof.
     if (item !== null && (typeof item === 'object' || typeof item === 'function' || typeof item === 'symbol' || typeof item === 'bigint')) {
-      p = at(`[${i}]`, () => prepare(item, depth + 1));
+      try {
+        p = prepare(item, depth + 1);
+      } catch (err) {
+        throw within(err, `[${i}]`);
+      }
       if (p === DROP) p = null;
     }
     if (p !== item && out === undefined) out = a.slice(0, i);
@@ -161,7 +165,12 @@ function prepareMap(m: Map<unknown, unknown>, depth: number): Map<unknown, unkno
     if (typeof k !== 'string' && typeof k !== 'number') {
       throw new WireValueError(`a Map key must be a string or a number (a Map arrives as an object); key ${i} is ${k === null ? 'null' : typeof k}`);
     }
-    const p = at(`.get(${JSON.stringify(k)})`, () => prepare(item, depth + 1));
+    let p: unknown;
+    try {
+      p = prepare(item, depth + 1);
+    } catch (err) {
+      throw within(err, `.get(${JSON.stringify(k)})`);
+    }
     if (p !== item && out === undefined) {
       // The entries before this one, unchanged.
       out = new Map();
@@ -187,7 +196,11 @@ function prepareObject(o: object, depth: number, extra?: Record<string, unknown>
     const item = (o as Record<string, unknown>)[k];
     let p = item;
     if (item !== null && (typeof item === 'object' || typeof item === 'function' || typeof item === 'symbol' || typeof item === 'bigint')) {
-      p = at(`.${k}`, () => prepare(item, depth + 1));
+      try {
+        p = prepare(item, depth + 1);
+      } catch (err) {
+        throw within(err, `.${k}`);
+      }
     }
     if (p !== item && out === undefined) {
       // A fresh object without a prototype, so that a `__proto__` key stays a key.
@@ -200,12 +213,8 @@ function prepareObject(o: object, depth: number, extra?: Record<string, unknown>
   return out ?? o;
 }
 
-/** Runs `f`, adding `step` to the path of a {@link WireValueError} it throws. */
-function at<R>(step: string, f: () => R): R {
-  try {
-    return f();
-  } catch (err) {
-    if (err instanceof WireValueError) err.within(step);
-    throw err;
-  }
+/** `err`, with `step` added to its path when it is a {@link WireValueError}. (No closure per value: this runs for every object sent.) */
+function within(err: unknown, step: string): unknown {
+  if (err instanceof WireValueError) err.within(step);
+  return err;
 }
