@@ -132,7 +132,8 @@ function print(value: unknown): string {
 function fail(err: unknown, exitCode: number): Promise<never> {
   let e = err instanceof TunnelError ? err : TunnelError.from(err);
   // The call was given what was left of --timeout after connecting; the deadline that passed is --timeout's.
-  if (e.code === ErrorCode.TIMEOUT && timeout !== undefined && /within \d+ ms/.test(e.message)) {
+  const named = /within (\d+) ms/.exec(e.message);
+  if (e.code === ErrorCode.TIMEOUT && timeout !== undefined && named && Number(named[1]) !== timeout) {
     e = new TunnelError(e.code, e.message.replace(/within \d+ ms/, `within ${timeout} ms (--timeout)`), { data: e.data });
   }
   // data (NO_NODE's reason, a handler's own) is for programs: in --json only.
