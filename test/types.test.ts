@@ -176,6 +176,10 @@ describe('what survives the wire (types): each stub type is what test/wire-value
     expectTypeOf(values.Nested).returns.toEqualTypeOf<Promise<{ at: Date; tags: number[]; counts: Record<string, number | bigint> }>>();
     expectTypeOf<Wire<ReadonlyMap<string, Set<bigint>>>>().toEqualTypeOf<Record<string, (number | bigint)[]>>();
     expectTypeOf<Wire<[Date, () => void]>>().toEqualTypeOf<[Date, null]>();
+    // A handler typed loosely stays loose: any stays any, unknown stays unknown.
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    expectTypeOf<Wire<any>>().toBeAny();
+    expectTypeOf<Wire<unknown>>().toBeUnknown();
   });
 
   it('types parameters as the handler receives them', () => {
