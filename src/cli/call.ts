@@ -7,8 +7,24 @@ import { command, durationFlag, exitAfter, flagLabel, keyValues, logger, onParen
 import { RelayMethod } from '../wire/presence.js';
 import { broadcastJson, formatBroadcast, formatNodes, toJson } from './fleet-output.js';
 
-/** Exit codes, documented in --help. */
-const EXIT = { OK: 0, CALL_FAILED: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 } as const;
+/**
+ * Exit codes, documented in --help and docs. A script tells "retry later" (3) from "stop: the
+ * relay refused my credentials" (4) and "my token may not call this" (5).
+ */
+const EXIT = { OK: 0, CALL_FAILED: 1, USAGE: 2, UNREACHABLE: 3, UNAUTHORIZED: 4, FORBIDDEN: 5, INTERRUPTED: 130 } as const;
+
+/**
+ * The exit code for a failed connect or call. A relay that backs off our address after too many
+ * wrong tokens refuses every token unchecked, right or wrong, with "retry in N s": that is "retry
+ * later", not "your token is wrong" (docs/PROTOCOL.md, "Guessing").
+ */
+function exitCodeOf(err: unknown, otherwise: number): number {
+  if (!(err instanceof TunnelError)) return otherwise;
+  if (err.code === ErrorCode.CANCELLED) return EXIT.INTERRUPTED;
+  if (err.code === ErrorCode.UNAUTHORIZED) return /too many failed authentications from /.test(err.message) ? EXIT.UNREACHABLE : EXIT.UNAUTHORIZED;
+  if (err.code === ErrorCode.FORBIDDEN) return EXIT.FORBIDDEN;
+  return otherwise;
+}
 
 const argv = await parse(
   command(
@@ -96,7 +112,8 @@ const argv = await parse(
     .example('$0 --all KV.Set config v2', 'every node serving KV.Set; one row per node')
     .example('$0 --list', 'every node, its labels and services')
     .epilog(
-      'Exit codes: 0 ok; 1 the call failed (CODE: message on stderr), or with --all any node failed; 2 bad usage; 3 relay unreachable; 130 interrupted.\n' +
+      'Exit codes: 0 ok; 1 the call failed (CODE: message on stderr), or with --all any node failed; 2 bad usage; 3 relay unreachable, or it backs off this address (retry later); ' +
+        '4 the relay refused the token or certificate (UNAUTHORIZED: fix --token, do not retry); 5 the token may not call this method (FORBIDDEN); 130 interrupted.\n' +
         `TUNNEL_RELAY, TUNNEL_TOKEN, TUNNEL_TIMEOUT, ... set the flags from the environment; --config reads them from a file. ${PRECEDENCE}\n` +
         'Put -- before arguments that start with a dash: tunnel-call Arith.Multiply -- -2 3',
     ),
@@ -141,7 +158,7 @@ const left = () => Math.max(1, Math.round(timeout - (performance.now() - started
 
 log.debug({ relay: relayUrl(argv.relay, '--relay'), timeoutMs: timeout }, 'connecting');
 const client: Client = await connect(argv.relay, { timeout, connectTimeout: timeout, token: argv.token, ca: argv.ca, insecure: argv.insecure, log }).catch(
-  (err: unknown) => fail(err, EXIT.UNREACHABLE),
+  (err: unknown) => fail(err, exitCodeOf(err, EXIT.UNREACHABLE)),
 );
 // A node's direct port (tunnel-node --direct-listen) serves every call itself; through a relay the
 // node is known only when --node names it (the relay does not say which node answered).
@@ -210,6 +227,5 @@ try {
   await client.close();
   await exitAfter(EXIT.OK, { stdout: argv.json ? `${toJson({ result })}\n` : `${print(result)}\n` });
 } catch (err) {
-  const code = err instanceof TunnelError && err.code === ErrorCode.CANCELLED ? EXIT.INTERRUPTED : EXIT.CALL_FAILED;
-  await fail(err, code);
+  await fail(err, exitCodeOf(err, EXIT.CALL_FAILED));
 }
