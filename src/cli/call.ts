@@ -83,13 +83,25 @@ const argv = await parse(
     .option('json', {
       type: 'boolean',
       default: false,
-      describe: 'Print one JSON line on stdout: {"result": ...} or {"error": {code, message}}; with --all {"results": [...]}; with --list {"nodes": [...]}',
+      describe:
+        'Print JSON on stdout, one line unless --pretty: {"result": ...} or {"error": {code, message}}; with --all {"results": [...]}; with --list {"nodes": [...]}',
+    })
+    .option('pretty', {
+      type: 'boolean',
+      defaultDescription: 'on a terminal',
+      describe:
+        'Print results (and --json documents) as indented JSON; on by default when stdout is a terminal, --no-pretty for one line. Strings are printed as they are',
     })
     .option('log-level', {
       type: 'string',
       default: 'warn',
       describe: 'Least severe log level written to stderr; debug shows the relay, the session, and each call with its milliseconds',
     })
+    .group(['relay', 'timeout', 'retry'], 'Relay:')
+    .group(['node', 'where', 'selector', 'all', 'list'], 'Choosing nodes:')
+    .group(['token', 'ca', 'insecure', 'login', 'login-method'], 'Authentication and TLS:')
+    .group(['json', 'pretty'], 'Output:')
+    .group(['config', 'log-level', 'help', 'version'], 'Configuration and logging:')
     .demandCommand(0)
     .check((a) => {
       if (a.list) {
@@ -142,13 +154,21 @@ function parseArg(text: string): unknown {
   }
 }
 
+/** --pretty, or by default when a person reads stdout on a terminal. */
+const pretty = argv.pretty ?? process.stdout.isTTY === true;
+
+/** A value as JSON: one line, or indented with --pretty. */
+function json(value: unknown): string {
+  return toJson(value, pretty ? 2 : undefined);
+}
+
 function print(value: unknown): string {
-  return typeof value === 'string' ? value : toJson(value);
+  return typeof value === 'string' ? value : json(value);
 }
 
 function fail(err: unknown, exitCode: number): Promise<never> {
   const e = err instanceof TunnelError ? err : TunnelError.from(err);
-  if (argv.json) return exitAfter(exitCode, { stdout: `${JSON.stringify({ error: { code: e.code, message: e.message } })}\n` });
+  if (argv.json) return exitAfter(exitCode, { stdout: `${json({ error: { code: e.code, message: e.message } })}\n` });
   return exitAfter(exitCode, { stderr: `${e.code}: ${e.message}\n` });
 }
 
@@ -200,7 +220,7 @@ try {
       (n) => ({ nodes: n.length }),
     );
     await client.close();
-    await exitAfter(EXIT.OK, { stdout: argv.json ? `${toJson({ nodes })}\n` : `${formatNodes(nodes)}\n` });
+    await exitAfter(EXIT.OK, { stdout: argv.json ? `${json({ nodes })}\n` : `${formatNodes(nodes)}\n` });
   }
   const options: CallOptions = { signal: controller.signal };
   if (argv.node !== undefined) options.node = argv.node;
@@ -219,13 +239,13 @@ try {
     );
     await client.close();
     await exitAfter(results.every((r) => r.ok) ? EXIT.OK : EXIT.CALL_FAILED, {
-      stdout: argv.json ? `${toJson({ results: broadcastJson(results) })}\n` : `${formatBroadcast(results)}\n`,
+      stdout: argv.json ? `${json({ results: broadcastJson(results) })}\n` : `${formatBroadcast(results)}\n`,
     });
   }
   if (argv.login) await timed(loginMethod, () => client.request(loginMethod, [argv.login], { ...options, timeout: left() }));
   const result = await timed(method, () => client.request(method, args, { ...options, timeout: left() }));
   await client.close();
-  await exitAfter(EXIT.OK, { stdout: argv.json ? `${toJson({ result })}\n` : `${print(result)}\n` });
+  await exitAfter(EXIT.OK, { stdout: argv.json ? `${json({ result })}\n` : `${print(result)}\n` });
 } catch (err) {
   await fail(err, exitCodeOf(err, EXIT.CALL_FAILED));
 }
