@@ -244,7 +244,19 @@ const argv = await parse(
       'Limits:',
     )
     .group(
-      ['cluster', 'cluster-name', 'relay-name', 'advertise', 'cluster-user', 'cluster-password', 'cluster-token', 'cluster-creds', 'cluster-ca', 'cluster-key', 'cluster-insecure'],
+      [
+        'cluster',
+        'cluster-name',
+        'relay-name',
+        'advertise',
+        'cluster-user',
+        'cluster-password',
+        'cluster-token',
+        'cluster-creds',
+        'cluster-ca',
+        'cluster-key',
+        'cluster-insecure',
+      ],
       'Cluster:',
     )
     .group(['admin-listen', 'dashboard-token', 'admin-token', 'require-node', 'require-service'], 'Monitoring and dashboard:')
