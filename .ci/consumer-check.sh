@@ -59,13 +59,13 @@ cat >tsconfig.json <<'EOF'
 }
 EOF
 cp "$root/test/consumer/main.ts" main.ts
-# README examples as a user would copy them: the fenced block after a `<!-- test: NAME -->` marker
-# (test/readme.test.ts runs the same blocks from the checkout).
+# The docs' examples as a user would copy them: the fenced block after a `<!-- test: NAME -->` marker
+# in README.md or a guide in docs/ (test/readme.test.ts runs the same blocks from the checkout).
 readme_block() {
   awk -v marker="<!-- test: $1 -->" '$0 == marker { found = 1; next } found && /^```/ && !inside { inside = 1; next } inside && /^```$/ { exit } inside { print }' \
-    "$root/README.md" >"$2"
+    "$root/README.md" "$root"/docs/*.md >"$2"
   if [ ! -s "$2" ]; then
-    echo "consumer check: found no block marked '<!-- test: $1 -->' in README.md" >&2
+    echo "consumer check: found no block marked '<!-- test: $1 -->' in README.md or docs/*.md" >&2
     exit 1
   fi
 }

@@ -242,7 +242,7 @@ describe('a cluster whose NATS account covers only its prefix', () => {
     await stopAllNats();
   });
 
-  it("works with the README's account (user, password, publish and subscribe on the prefix only), and refuses a wrong password", async () => {
+  it("works with docs/CLUSTER.md's account (user, password, publish and subscribe on the prefix only), and refuses a wrong password", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'nats-auth-'));
     const conf = join(dir, 'nats.conf');
     // The account of docs/CLUSTER.md: the relays may publish and subscribe under acme.tunnel and nowhere else.

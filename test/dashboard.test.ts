@@ -11,7 +11,7 @@ import { killAll, startNode, startRelay, type Proc, type RunningRelay } from './
 /**
  * The dashboard in a real browser: Debian's chromium, headless, driven by puppeteer-core. The page
  * is opened before any node exists; everything after that must arrive over its live feed.
- * UPDATE_SCREENSHOTS=1 writes the screenshot to docs/dashboard.png (the README's); otherwise it goes
+ * UPDATE_SCREENSHOTS=1 writes the screenshot to docs/dashboard.png (docs/OPERATIONS.md's); otherwise it goes
  * to a temporary folder, so that a test run leaves the checkout as it was.
  */
 
