@@ -34,7 +34,9 @@ async function expectRefusedNode(args: string[], reason: RegExp): Promise<Proc> 
 describe('node and caller tokens', () => {
   let relay: RunningRelay;
   beforeAll(async () => {
-    relay = await startRelay([], 0, { TUNNEL_NODE_TOKEN: NODE_TOKEN, TUNNEL_CALLER_TOKEN: CALLER_TOKEN });
+    // Refused nodes retry every 300 ms, each a wrong token from 127.0.0.1; this file is not about the
+    // per-address guessing limit (10 a minute), which would back off the later tests' callers.
+    relay = await startRelay(['--max-auth-failures-per-address', '100000'], 0, { TUNNEL_NODE_TOKEN: NODE_TOKEN, TUNNEL_CALLER_TOKEN: CALLER_TOKEN });
     await startNode(relay.addr, [...SERVICES, '--name', 'office-1'], { TUNNEL_TOKEN: NODE_TOKEN });
   });
   afterAll(killAll);
@@ -96,7 +98,7 @@ describe('tokens file', () => {
   let relay: RunningRelay;
   beforeAll(async () => {
     writeFileSync(file, `# kind name token\nnode office-1 office1-token-0123456789\ncaller alice alice-token-0123456789\n`);
-    relay = await startRelay(['--tokens', file]);
+    relay = await startRelay(['--tokens', file, '--max-auth-failures-per-address', '100000']);
     await startNode(relay.addr, [...SERVICES, '--name', 'office-1', '--token', 'office1-token-0123456789']);
   });
   afterAll(async () => {
@@ -209,6 +211,7 @@ describe('TLS and node client certificates', () => {
 });
 
 describe('tunnel-call exit codes: retry later (3) or stop, the token is wrong (4)', () => {
+  // This relay keeps the guessing limit, low: the back-off is what is tested.
   let relay: RunningRelay;
   beforeAll(async () => {
     // Two wrong tokens from one address within a minute back it off for a minute.
