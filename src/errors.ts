@@ -23,6 +23,32 @@ export const ErrorCode = {
   GOING_AWAY: 'GOING_AWAY',
 } as const;
 
+/**
+ * Why a call or an action found no node: `data.reason` of every `NO_NODE` error. The message says
+ * it in words (and may change); the reason is stable, for programs (docs/PROTOCOL.md, "Errors").
+ */
+export const NoNodeReason = {
+  /** The node named (`node:` option, `--node`, or a dashboard action) is not connected, or left before the call reached it. */
+  NODE_NOT_FOUND: 'node-not-found',
+  /** The node named is attached to another relay of the cluster; act on that relay. */
+  NODE_ELSEWHERE: 'node-elsewhere',
+  /** The node named, or every node that could serve the call, is draining or disconnecting and takes no new calls. */
+  DRAINING: 'draining',
+  /** No node that serves the method carries the `where` labels asked for. */
+  NO_MATCH: 'no-match',
+  /** The node is attached to another relay of the cluster, which cannot be reached now. */
+  RELAY_UNREACHABLE: 'relay-unreachable',
+  /** Undrain of a name that is not drained on this relay. */
+  NOT_DRAINED: 'not-drained',
+} as const;
+
+export type NoNodeReason = (typeof NoNodeReason)[keyof typeof NoNodeReason];
+
+/** A `NO_NODE` error with its stable {@link NoNodeReason} in `data.reason`. */
+export function noNode(reason: NoNodeReason, message: string): TunnelError {
+  return new TunnelError(ErrorCode.NO_NODE, message, { data: { reason } });
+}
+
 /** The codes the project itself uses: a string-literal union (`'NO_SERVICE' | 'NO_METHOD' | …`). */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -34,6 +34,7 @@ export { DirectListener, type DirectListenerOptions } from './node/direct.js';
 export { connect, Client, type ClientOptions, type BroadcastResult, type PresenceWatch } from './client/client.js';
 export type { CallOptions, BroadcastOptions, Selector } from './client/options.js';
 export type { ServiceStub, BroadcastStub, StubMethod, BroadcastMethod, StubArgs, StubResult, MethodName, ReservedName, UntypedService } from './client/stub.js';
+export type { Wire, WireArgs, WireTop } from './rpc/wire-value.js';
 export type { PresenceEvent } from './wire/presence.js';
 
 // Writing services
@@ -43,7 +44,7 @@ export { Session } from './rpc/session.js';
 export { passwordLogin, parseCredentials, secretsEqual, type LoginArgs, type PasswordCheck, type PasswordLoginOptions } from './rpc/login.js';
 
 // Errors
-export { TunnelError, ErrorCode, isTunnelError, type TunnelErrorCode, type WireError } from './errors.js';
+export { TunnelError, ErrorCode, NoNodeReason, isTunnelError, type TunnelErrorCode, type WireError } from './errors.js';
 export { OptionError } from './util/options.js';
 
 // Logging and protocol

@@ -157,7 +157,7 @@ describe('serve= and call= from the tokens file', () => {
     const error = (p: Promise<unknown>) =>
       p.then(
         () => expect.fail('the call succeeded'),
-        (err: unknown) => err as Error & { code: string },
+        (err: unknown) => err as Error & { code: string; data?: unknown },
       );
     // Lab is served only by lab-1, which billing may not call: for billing, Lab does not exist.
     const lab = await error(billing.call('Lab.Where'));
@@ -165,9 +165,11 @@ describe('serve= and call= from the tokens file', () => {
     expect(online(lab.message, 'no node serves service Lab; nodes online: ')).toEqual(['office-1 (KV)', 'office-2 (Fleet)']);
     const named = await error(billing.call('Fleet.Where', { node: 'lab-1' }));
     expect(named.code).toBe('NO_NODE');
+    expect(named.data).toEqual({ reason: 'node-not-found' });
     expect(online(named.message, 'no node named lab-1 is connected; nodes online: ')).toEqual(['office-1 (KV)', 'office-2 (Fleet)']);
     const where = await error(billing.call('Fleet.Where', { where: { site: 'lab' } }));
     expect(where.code).toBe('NO_NODE');
+    expect(where.data).toEqual({ reason: 'no-match' });
     expect(where.message).not.toContain('lab-1');
     const method = await error(billing.call('Fleet.Nope'));
     expect(method.code).toBe('NO_METHOD');

@@ -176,7 +176,7 @@ describe('relays in a cluster over NATS', () => {
     const second = await clusterRelay(nats.url, 'sa-1', [], port);
     await eu.proc.waitForLog((l) => l.msg === 'relay left the cluster' && l.relay === 'sa-1', 10_000, 'the old sa-1 gone');
     await second.proc.waitForLog((l) => l.msg === 'relay joined the cluster' && l.relay === 'eu-1', 10_000, 'the new sa-1 hears eu-1');
-    await expect(caller.call('Arith.Multiply', 1, 1, { node: 'old-1' })).rejects.toMatchObject({ code: 'NO_NODE' });
+    await expect(caller.call('Arith.Multiply', 1, 1, { node: 'old-1' })).rejects.toMatchObject({ code: 'NO_NODE', data: { reason: 'node-not-found' } });
     expect((await caller.nodes()).map((n) => n.name)).not.toContain('old-1');
   });
 });

@@ -115,7 +115,9 @@ describe('dashboard over HTTP: where it is served, tokens, actions', () => {
       body: JSON.stringify({ node: 'nope' }),
     });
     expect(unknown.status).toBe(404);
-    expect(unknown.json).toMatchObject({ error: { code: 'NO_NODE', message: 'no node named nope is attached to this relay' } });
+    expect(unknown.json).toMatchObject({
+      error: { code: 'NO_NODE', message: 'no node named nope is attached to this relay', data: { reason: 'node-not-found' } },
+    });
     expect((await http(url, { headers: { authorization: `Bearer ${ADMIN}` } })).status).toBe(405);
     const disabled = await http(`http://127.0.0.1:${await adminPort(plain)}/dashboard/actions/drain-node`, { method: 'POST', body });
     expect(disabled.status).toBe(403);

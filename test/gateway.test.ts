@@ -27,7 +27,7 @@ describe('HTTP gateway', () => {
     expect(r).toMatchObject({ status: 200, json: { result: 'slow-1' } });
     const none = await gatewayCall(relay.port, 'Slow.Where', [], '?node=nope');
     expect(none.status).toBe(404);
-    expect(none.json).toMatchObject({ error: { code: 'NO_NODE', message: expect.stringContaining('no node named nope') } });
+    expect(none.json).toMatchObject({ error: { code: 'NO_NODE', message: expect.stringContaining('no node named nope'), data: { reason: 'node-not-found' } } });
   });
 
   it('maps errors to HTTP statuses', async () => {

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connect, defineService, isTunnelError, Relay, ServiceRegistry, TunnelError, TunnelNode, withContext } from '../src/index.js';
+import { connect, defineService, isTunnelError, NoNodeReason, Relay, ServiceRegistry, TunnelError, TunnelNode, withContext } from '../src/index.js';
 import { registerExamples } from '../src/services/index.js';
 import { waitUntil } from './helpers/wait.js';
 
@@ -79,6 +79,7 @@ describe('library API against a real relay', () => {
       .Sum(1)
       .catch((e: unknown) => e);
     expect(isTunnelError(lost, 'NO_NODE')).toBe(true);
+    expect((lost as TunnelError).data).toEqual({ reason: NoNodeReason.NODE_NOT_FOUND });
     const arith = client.service('Arith');
     expect(await arith.Multiply(6, 7)).toBe(42);
     await client.close();

@@ -38,9 +38,7 @@ describe('one name, one live node', () => {
     expect(first.logs.filter((l) => l.msg === 'disconnected from relay')).toHaveLength(0);
     expect((await runCall(relay.addr, ['--node', 'office-1', 'Arith.Multiply', '6', '7'])).stdout).toBe('42\n');
     const metrics = await (await fetch(`http://${relay.addr}/metrics`)).text();
-    // At least the three refusals seen; more may come while the call runs (10 and over, too).
-    const rejected = /tunnel_relay_rejected_connections_total\{reason="name_conflict"\} (\d+)/.exec(metrics);
-    expect(Number(rejected?.[1])).toBeGreaterThanOrEqual(3);
+    expect(metrics).toMatch(/tunnel_relay_rejected_connections_total\{reason="name_conflict"\} ([3-9]|\d{2,})\n/);
 
     // The holder dies: the claimer takes the name on its next attempt, without a replacement.
     first.kill('SIGKILL');

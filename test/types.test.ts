@@ -19,6 +19,8 @@ import {
 } from '../src/index.js';
 import { serviceStub, type StubTarget } from '../src/client/stub.js';
 import type { Arith as ExampleArith } from '../src/services/arith.js';
+import type { Wire } from '../src/index.js';
+import type { Values } from './fixtures/wire-values.js';
 
 // eslint-disable-next-line @typescript-eslint/no-unused-vars -- only its type is used: typeof Arith
 const Arith = defineService({
@@ -148,6 +150,46 @@ describe('typed stubs (types)', () => {
     expectTypeOf(any.Whatever).toBeCallableWith(1, 'two', { three: 3 });
     expectTypeOf(any.Whatever).returns.toEqualTypeOf<Promise<unknown>>();
     expectTypeOf(any.with({ timeout: 1 })).toEqualTypeOf(any);
+  });
+});
+
+describe('what survives the wire (types): each stub type is what test/wire-values.test.ts sees arrive', () => {
+  const values = serviceStub<typeof Values>(fakeClient().target, 'Values');
+
+  it('types results as they arrive', () => {
+    expectTypeOf(values.Map).returns.toEqualTypeOf<Promise<Record<string, number>>>();
+    expectTypeOf(values.NumberKeys).returns.toEqualTypeOf<Promise<Record<string, string>>>();
+    expectTypeOf(values.Set).returns.toEqualTypeOf<Promise<string[]>>();
+    expectTypeOf(values.Small).returns.toEqualTypeOf<Promise<number | bigint>>();
+    expectTypeOf(values.Large).returns.toEqualTypeOf<Promise<number | bigint>>();
+    expectTypeOf(values.Date).returns.toEqualTypeOf<Promise<Date>>();
+    expectTypeOf(values.Bytes).returns.toEqualTypeOf<Promise<Uint8Array>>();
+    expectTypeOf(values.Int16).returns.toEqualTypeOf<Promise<Uint8Array>>();
+    expectTypeOf(values.Error).returns.toEqualTypeOf<Promise<{ name: string; message: string; key: string }>>();
+    expectTypeOf(values.RegExp).returns.toEqualTypeOf<Promise<string>>();
+    expectTypeOf(values.Url).returns.toEqualTypeOf<Promise<string>>();
+    // Own fields only: the method stays behind.
+    expectTypeOf(values.Instance).returns.toEqualTypeOf<Promise<{ x: number; y: number }>>();
+    expectTypeOf(values.Functions).returns.toEqualTypeOf<Promise<{ keep: number; list: (number | null)[] }>>();
+    expectTypeOf(values.Nothing).returns.toEqualTypeOf<Promise<null>>();
+    expectTypeOf(values.Optional).returns.toEqualTypeOf<Promise<{ a?: string; b: number }>>();
+    expectTypeOf(values.Nested).returns.toEqualTypeOf<Promise<{ at: Date; tags: number[]; counts: Record<string, number | bigint> }>>();
+    expectTypeOf<Wire<ReadonlyMap<string, Set<bigint>>>>().toEqualTypeOf<Record<string, (number | bigint)[]>>();
+    expectTypeOf<Wire<[Date, () => void]>>().toEqualTypeOf<[Date, null]>();
+    // A handler typed loosely stays loose: any stays any, unknown stays unknown.
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    expectTypeOf<Wire<any>>().toBeAny();
+    expectTypeOf<Wire<unknown>>().toBeUnknown();
+  });
+
+  it('types parameters as the handler receives them', () => {
+    expectTypeOf(values.Received).parameters.toEqualTypeOf<[m: Record<string, number>, s: number[], n: number | bigint, d: Date, f: null]>();
+    const compileOnly = () => {
+      void values.Received({ a: 1 }, [1], 5, new Date(), null);
+      // @ts-expect-error the handler receives a record, not a Map: the stub asks for what it gets
+      void values.Received(new Map([['a', 1]]), [1], 5, new Date(), null);
+    };
+    expect(typeof compileOnly).toBe('function');
   });
 });
 

@@ -34,6 +34,14 @@ describe('backoff', () => {
     b.exhaust();
     expect(b.next().ceiling).toBe(30_000);
   });
+  it('counts attempts, not the jump to the cap: a refusal at the first connect is attempt 1', () => {
+    const b = new Backoff(500, 30_000, () => 0.5);
+    b.exhaust();
+    expect(b.next()).toEqual({ delay: 15_000, ceiling: 30_000, attempt: 1 });
+    expect(b.next()).toMatchObject({ ceiling: 30_000, attempt: 2 });
+    b.reset();
+    expect(b.next()).toEqual({ delay: 250, ceiling: 500, attempt: 1 });
+  });
   it('refuses nonsense settings', () => {
     expect(() => new Backoff(0, 10)).toThrow(/base/);
     expect(() => new Backoff(100, 10)).toThrow(/cap/);

@@ -167,8 +167,14 @@ function print(value: unknown): string {
 }
 
 function fail(err: unknown, exitCode: number): Promise<never> {
-  const e = err instanceof TunnelError ? err : TunnelError.from(err);
-  if (argv.json) return exitAfter(exitCode, { stdout: `${json({ error: { code: e.code, message: e.message } })}\n` });
+  let e = err instanceof TunnelError ? err : TunnelError.from(err);
+  // The call was given what was left of --timeout after connecting; the deadline that passed is --timeout's.
+  const named = /within (\d+) ms/.exec(e.message);
+  if (e.code === ErrorCode.TIMEOUT && timeout !== undefined && named && Number(named[1]) !== timeout) {
+    e = new TunnelError(e.code, e.message.replace(/within \d+ ms/, `within ${timeout} ms (--timeout)`), { data: e.data });
+  }
+  // data (NO_NODE's reason, a handler's own) is for programs: in --json only.
+  if (argv.json) return exitAfter(exitCode, { stdout: `${json({ error: e.toWire() })}\n` });
   return exitAfter(exitCode, { stderr: `${e.code}: ${e.message}\n` });
 }
 

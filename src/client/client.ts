@@ -6,7 +6,7 @@ import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
 import { relayUrl } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
-import { dial, loadClientTls, type ClientTlsOptions, type Refusal } from '../wire/dial.js';
+import { dial, loadClientTls, mayBeTlsPort, speaksTls, tlsHint, USE_WSS, type ClientTlsOptions, type Refusal } from '../wire/dial.js';
 import { cancel, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
 import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent, type WireBroadcastEntry } from '../wire/presence.js';
@@ -46,6 +46,8 @@ export interface PresenceWatch {
 interface PendingCall extends Expiring {
   id: number;
   method: string;
+  /** The call's deadline, ms after it was sent: named when it passes. */
+  timeout: number;
   resolve(value: unknown): void;
   reject(err: TunnelError): void;
   abort?: { signal: AbortSignal; listener: () => void };
@@ -105,6 +107,10 @@ export class Client extends EventEmitter {
   /**
    * Calls `Service.Method` with `args`. A last argument that is a plain object holding only option
    * names (`timeout`, `node`, `where`, `selector`, `affinity`, `retry`, `signal`) is taken as {@link CallOptions}.
+   *
+   * Resolves with whatever the node answered. `T` (default `unknown`) is an unchecked cast: nothing
+   * compares the answer with it. For types derived from the service itself, and checked arguments,
+   * use {@link Client.service}.
    */
   call<T = unknown>(method: string, ...args: unknown[]): Promise<T> {
     const last = args[args.length - 1];
@@ -112,7 +118,7 @@ export class Client extends EventEmitter {
     return this.request<T>(method, args);
   }
 
-  /** Calls `Service.Method` with an explicit argument list and options. */
+  /** Calls `Service.Method` with an explicit argument list and options; `T` is unchecked, as for {@link Client.call}. */
   async request<T = unknown>(method: string, args: readonly unknown[] = [], options: CallOptions = {}): Promise<T> {
     const timeout = options.timeout ?? this.defaultTimeout;
     const retry = options.retry ?? 0;
@@ -127,7 +133,7 @@ export class Client extends EventEmitter {
     const deadline = Date.now() + timeout;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.send<T>(method, params, meta, meta.timeout as number, options.signal);
+        return await this.send<T>(method, params, meta, meta.timeout as number, options.signal, timeout);
       } catch (err) {
         if (!isTunnelError(err, ErrorCode.NODE_LOST) || attempt > retry) throw err;
         const delay = Math.random() * Math.min(RETRY_CAP, RETRY_BASE * 2 ** (attempt - 1));
@@ -219,14 +225,17 @@ export class Client extends EventEmitter {
     }
   }
 
-  /** Sends one request and waits up to `timeout` ms for its answer. */
-  private send<T>(method: string, params: Pieces, meta: object, timeout: number, signal?: AbortSignal): Promise<T> {
+  /**
+   * Sends one request and waits up to `timeout` ms for its answer. `deadline` is the one a TIMEOUT
+   * names: the caller's, of which a retry gets only what is left.
+   */
+  private send<T>(method: string, params: Pieces, meta: object, timeout: number, signal?: AbortSignal, deadline = timeout): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.closeError) return reject(this.closeError);
       if (this.goingAway) return reject(this.goingAway);
       if (signal?.aborted) return reject(new TunnelError(ErrorCode.CANCELLED, `${method} was cancelled before it was sent`));
       if (!(timeout > 0)) return reject(new TypeError(`timeout must be a positive number of milliseconds, got ${timeout}`));
-      const call: PendingCall = { id: 0, method, resolve: resolve as (v: unknown) => void, reject, deadlineSlot: 0 };
+      const call: PendingCall = { id: 0, method, timeout: deadline, resolve: resolve as (v: unknown) => void, reject, deadlineSlot: 0 };
       const id = this.pending.add(call);
       call.id = id;
       this.deadlines.add(call, timeout);
@@ -272,7 +281,7 @@ export class Client extends EventEmitter {
     const call = this.settle(id);
     if (!call) return;
     this.conn.send(cancel(id));
-    call.reject(new TunnelError(ErrorCode.TIMEOUT, `${call.method} got no answer in time`));
+    call.reject(new TunnelError(ErrorCode.TIMEOUT, `${call.method} got no answer within ${call.timeout} ms`));
   }
 
   private cancel(id: number): void {
@@ -406,7 +415,7 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
         refused = r;
       },
     });
-    let lastError = '';
+    let lastError: Error | undefined;
     let opened = false;
     const timer = setTimeout(() => {
       const why = opened
@@ -416,7 +425,7 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
       reject(new TunnelError(ErrorCode.TIMEOUT, `cannot connect to relay ${url}: ${why}`));
     }, opts.connectTimeout);
     ws.on('error', (err) => {
-      lastError = err.message;
+      lastError = err;
     });
     const conn = new Connection(
       ws,
@@ -438,8 +447,21 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
             reject(new TunnelError(denied ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}`));
             return;
           }
-          const why = reason || lastError || `closed with code ${code}`;
-          reject(new TunnelError(code === 4003 ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}`));
+          const why = reason || lastError?.message || `closed with code ${code}`;
+          const fail = (hint: string | undefined) =>
+            reject(
+              new TunnelError(
+                code === 4003 ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED,
+                `cannot connect to relay ${url}: ${why}${hint ? `; ${hint}` : ''}`,
+              ),
+            );
+          if (reason || !lastError) return fail(undefined);
+          const hint = tlsHint(url, lastError, opts.ca !== undefined);
+          if (hint === undefined && mayBeTlsPort(url, lastError)) {
+            void speaksTls(url, opts.connectTimeout).then((tls) => fail(tls ? USE_WSS : undefined));
+            return;
+          }
+          fail(hint);
         },
       },
       { log, heartbeatTimeout: opts.heartbeatTimeout, maxFrame: opts.maxMessage },

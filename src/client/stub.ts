@@ -1,4 +1,5 @@
 import type { ContextHandler } from '../rpc/context.js';
+import type { WireArgs, WireTop } from '../rpc/wire-value.js';
 import { BROADCAST_OPTION_KEYS, CALL_OPTION_KEYS, type BroadcastOptions, type BroadcastResult, type CallOptions } from './options.js';
 
 /**
@@ -22,17 +23,20 @@ export type MethodName<T> = {
   [K in keyof T]-?: K extends ReservedName | `_${string}` ? never : K extends string ? (T[K] extends AnyFunction ? K : never) : never;
 }[keyof T];
 
-/** The arguments a caller passes to handler `F`: its parameters, without the context of a {@link withContext} handler. */
-export type StubArgs<F> = F extends ContextHandler<infer A> ? A : F extends (...args: infer A) => unknown ? A : never;
+/**
+ * The arguments a caller passes to handler `F`: its parameters (without the context of a
+ * {@link withContext} handler), each as it reaches the handler (`Wire`, rpc/wire-value.ts): a handler declaring a
+ * `Map<string, number>` receives a `Record<string, number>`, so that is what its stub asks for.
+ */
+export type StubArgs<F> = F extends ContextHandler<infer A> ? WireArgs<A> : F extends (...args: infer A) => unknown ? WireArgs<A> : never;
 
 /**
- * What a caller receives from handler `F`: its (awaited) return value, with `undefined` as `null`,
- * which is how MessagePack carries it.
+ * What a caller receives from handler `F`: its (awaited) return value as it arrives
+ * (`Wire`, rpc/wire-value.ts): `undefined` as `null`, a `Map` as a record, a `Set` as an array, a `bigint` as a
+ * number or a bigint, and so on (docs/LIBRARY.md, "What survives the wire").
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type StubResult<F> = F extends (...args: any[]) => infer R ? NullForUndefined<Awaited<R>> : never;
-
-type NullForUndefined<V> = V extends undefined ? null : V;
+export type StubResult<F> = F extends (...args: any[]) => infer R ? WireTop<Awaited<R>> : never;
 
 /** One method of a {@link ServiceStub}: the handler's arguments, a promise of its result. */
 export type StubMethod<F> = (...args: StubArgs<F>) => Promise<StubResult<F>>;

@@ -151,7 +151,7 @@ export class Dispatcher {
 
   /** The deadline passed (the node's copy of it). */
   expire(call: RunningCall): void {
-    this.abortCall(call, new TunnelError(ErrorCode.TIMEOUT, `${call.method} passed its deadline of ${call.timeout} ms`));
+    this.abortCall(call, new TunnelError(ErrorCode.TIMEOUT, `${call.method} did not finish within ${call.timeout} ms (its deadline)`));
   }
 
   private abortCall(call: RunningCall, reason: TunnelError): void {
@@ -315,8 +315,10 @@ export class Dispatcher {
     if (call.aborted || !this.conn.isOpen) return;
     if (err !== undefined) {
       const error = TunnelError.from(err);
-      if (error.code === ErrorCode.APP_ERROR && !(err instanceof TunnelError)) {
-        this.host.log.debug({ method: call.method, err: error.message }, 'handler threw');
+      if (!(err instanceof TunnelError)) {
+        // A TunnelError is an answer the handler chose; anything else is a bug or a failure of the
+        // service, so the node's operator sees it with its stack. The caller gets the message only.
+        this.host.log.warn({ method: call.method, err: err instanceof Error ? err : String(err) }, 'handler threw');
       }
       this.conn.send(response(call.id, error.toWire(), null));
       return;

@@ -5,7 +5,7 @@ import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import type { LookupAddress } from 'node:dns';
 import type { LookupFunction } from 'node:net';
-import { dial, resolveAll, type LoadedTls, type Refusal } from '../wire/dial.js';
+import { dial, mayBeTlsPort, resolveAll, speaksTls, tlsHint, USE_WSS, type LoadedTls, type Refusal } from '../wire/dial.js';
 import { goaway, hello, Kind, type Hello, type Message, type Welcome } from '../wire/messages.js';
 import { Backoff } from './backoff.js';
 import { Dispatcher, type DispatchHost } from './dispatcher.js';
@@ -80,6 +80,8 @@ export class RelayTunnel {
   private healthyTimer: NodeJS.Timeout | undefined;
   /** The node is stopping: no reconnect, no leaving on our own. */
   private closing = false;
+  /** A ws:// dial hung up and the port was asked whether it speaks TLS (once per tunnel). */
+  private probedTls = false;
   private whenClosed: (() => void) | undefined;
 
   constructor(
@@ -211,7 +213,16 @@ export class RelayTunnel {
     });
     let lastError = '';
     ws.on('error', (err) => {
-      lastError = err.message;
+      const hint = tlsHint(this.current, err, this.opts.tls.ca !== undefined);
+      lastError = hint ? `${err.message}; ${hint}` : err.message;
+      if (hint === undefined && !this.probedTls && mayBeTlsPort(this.current, err)) {
+        // Once per tunnel: the answer does not change while the node retries the same address.
+        this.probedTls = true;
+        const url = this.current;
+        void speaksTls(url).then((tls) => {
+          if (tls) this.log.error({ relay: url }, `${USE_WSS} (--relay ${url.replace(/^ws:/, 'wss:')})`);
+        });
+      }
     });
     const conn: Connection = new Connection(
       ws,

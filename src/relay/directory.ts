@@ -1,4 +1,4 @@
-import { ErrorCode, TunnelError } from '../errors.js';
+import { ErrorCode, noNode, NoNodeReason, TunnelError } from '../errors.js';
 import type { NodeMeta } from '../wire/messages.js';
 import type { NodeRoute, RoutedCall } from './contracts.js';
 import { PermissionTable, type CallerAccess } from './permissions.js';
@@ -231,13 +231,13 @@ export class NodeDirectory {
     if (nodeName !== undefined) {
       const node = this.byName.get(nodeName);
       if (!node || (access && !access.canSee(node))) {
-        throw new TunnelError(ErrorCode.NO_NODE, `no node named ${nodeName} is connected; nodes online: ${this.describe(access)}`);
+        throw noNode(NoNodeReason.NODE_NOT_FOUND, `no node named ${nodeName} is connected; nodes online: ${this.describe(access)}`);
       }
       if (access && !access.mayCall(node.name, service, method)) throw access.forbidden(service, method, node.name);
       this.check(node, service, method, access);
-      if (!node.available) throw new TunnelError(ErrorCode.NO_NODE, `node ${nodeName} is draining or disconnecting and takes no new calls`);
+      if (!node.available) throw noNode(NoNodeReason.DRAINING, `node ${nodeName} is draining or disconnecting and takes no new calls`);
       if (!matchesWhere(node, where)) {
-        throw new TunnelError(ErrorCode.NO_NODE, `node ${nodeName} has labels ${formatLabels(node.labels)}, which do not match ${formatLabels(where!)}`);
+        throw noNode(NoNodeReason.NO_MATCH, `node ${nodeName} has labels ${formatLabels(node.labels)}, which do not match ${formatLabels(where!)}`);
       }
       return node;
     }
@@ -283,12 +283,9 @@ export class NodeDirectory {
         .slice(0, 10)
         .map((n) => `${n.name} (${formatLabels(n.labels)})`)
         .join(', ');
-      return new TunnelError(ErrorCode.NO_NODE, `no node serving ${service}.${method} has labels ${formatLabels(where!)}; nodes serving it: ${seen}`);
+      return noNode(NoNodeReason.NO_MATCH, `no node serving ${service}.${method} has labels ${formatLabels(where!)}; nodes serving it: ${seen}`);
     }
-    return new TunnelError(
-      ErrorCode.NO_NODE,
-      `every node serving ${service}${where ? ` with labels ${formatLabels(where)}` : ''} is draining; try again shortly`,
-    );
+    return noNode(NoNodeReason.DRAINING, `every node serving ${service}${where ? ` with labels ${formatLabels(where)}` : ''} is draining; try again shortly`);
   }
 
   private check(node: NodeRoute, service: string, method: string, access: CallerAccess | undefined): void {

@@ -8,7 +8,7 @@ import { advertiseUrl, defaultAdvertiseUrl, isLoopbackHost, listenOn, peerAddres
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
-import { ErrorCode, TunnelError } from '../errors.js';
+import { ErrorCode, noNode, NoNodeReason, TunnelError } from '../errors.js';
 import { goaway, Kind, notify, response, responseStream, SUPPORTED_VERSIONS, welcome, type Hello, type Message } from '../wire/messages.js';
 import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '../wire/bounds.js';
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
@@ -565,7 +565,7 @@ export class Relay extends EventEmitter {
 
   /** Puts a drained node name back in rotation. Throws NO_NODE for a name that is not drained here. */
   undrainNode(name: string, reason: string): void {
-    if (!this.drainMarks.delete(name)) throw new TunnelError(ErrorCode.NO_NODE, `node ${name} is not drained on this relay`);
+    if (!this.drainMarks.delete(name)) throw noNode(NoNodeReason.NOT_DRAINED, `node ${name} is not drained on this relay`);
     this.log.info({ node: name, reason }, 'undraining node');
     for (const link of this.registry.all()) {
       if (link.name !== name || !link.drained) continue;
@@ -601,12 +601,8 @@ export class Relay extends EventEmitter {
   private localLink(name: string): NodeLink {
     for (const link of this.registry.all()) if (link.name === name && !link.closed) return link;
     const remote = this.directory.get(name);
-    throw new TunnelError(
-      ErrorCode.NO_NODE,
-      remote
-        ? `node ${name} is attached to relay ${remote.relays.join(', ')}, not to this one; act on that relay`
-        : `no node named ${name} is attached to this relay`,
-    );
+    if (remote) throw noNode(NoNodeReason.NODE_ELSEWHERE, `node ${name} is attached to relay ${remote.relays.join(', ')}, not to this one; act on that relay`);
+    throw noNode(NoNodeReason.NODE_NOT_FOUND, `no node named ${name} is attached to this relay`);
   }
 
   /**

@@ -1,9 +1,11 @@
 import { ErrorCode, TunnelError } from '../errors.js';
 import { decode, encode } from '../wire/codec.js';
+import { toWireValue, WireValueError } from './wire-value.js';
 
 /**
  * Params and results travel as a MessagePack value inside a `bin`, so that the relay forwards them
- * untouched. `undefined` has no MessagePack form (msgpackr would write an extension), so it becomes nil.
+ * untouched. Each value is made into what travels first (wire-value.ts); `undefined` as an argument or
+ * a result has no MessagePack form (msgpackr would write an extension), so it becomes nil.
  */
 export function encodeParams(args: readonly unknown[]): Buffer {
   return join(paramsPieces(args));
@@ -41,7 +43,15 @@ const binHeader = (n: number): Buffer => (n < 0x100 ? Buffer.from([0xc4, n]) : l
 const arrayHeader = (n: number): Buffer => (n < 16 ? Buffer.from([0x90 | n]) : lengthHeader(n, 0xdc, 0xdd));
 
 export function paramsPieces(args: readonly unknown[]): Pieces {
-  const values = args.map((a) => (a === undefined ? null : a));
+  // A path in an error starts with the argument's index: "at [0][1].big".
+  const values = args.map((a, i) => {
+    try {
+      return toWireValue(a);
+    } catch (err) {
+      if (err instanceof WireValueError) err.within(`[${i}]`);
+      throw err;
+    }
+  });
   if (!values.some(isLargeBinary)) return [encode(values)];
   const pieces: Pieces = [arrayHeader(values.length)];
   for (const v of values) {
@@ -52,8 +62,9 @@ export function paramsPieces(args: readonly unknown[]): Pieces {
 }
 
 export function resultPieces(value: unknown): Pieces {
+  value = toWireValue(value);
   if (isLargeBinary(value)) return [binHeader(value.length), value];
-  return [encodeResult(value)];
+  return [encode(value)];
 }
 
 export function piecesLength(pieces: Pieces): number {
@@ -78,7 +89,7 @@ export function decodeParams(bytes: Uint8Array): unknown[] {
 }
 
 export function encodeResult(value: unknown): Buffer {
-  return encode(value === undefined ? null : value);
+  return encode(toWireValue(value));
 }
 
 export function decodeResult(bytes: Uint8Array | null): unknown {

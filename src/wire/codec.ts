@@ -1,5 +1,5 @@
 import { Packr, Unpackr } from 'msgpackr';
-import { checkMessagePack } from './scan.js';
+import { checkMessagePack, WireFormatError } from './scan.js';
 
 /**
  * MessagePack settings shared by every role. Records and bundled strings are msgpackr's own
@@ -20,19 +20,52 @@ const options = {
 const packr = new Packr(options);
 const unpackr = new Unpackr(options);
 
-/** Encodes one value. The returned buffer stays valid; msgpackr never reuses its bytes. */
+/**
+ * Encodes one value. The returned buffer stays valid; msgpackr never reuses its bytes. Values of
+ * users go through rpc/wire-value.ts first, which refuses in our words what msgpackr would refuse.
+ */
 export function encode(value: unknown): Buffer {
-  return packr.pack(value);
+  try {
+    return packr.pack(value);
+  } catch (err) {
+    throw inOurWords(err);
+  }
 }
 
 /** Decodes exactly one value; throws on malformed, truncated or refused input. */
 export function decode(bytes: Uint8Array): unknown {
   checkMessagePack(bytes);
-  return unpackr.unpack(bytes);
+  try {
+    return unpackr.unpack(bytes);
+  } catch (err) {
+    throw inOurWords(err);
+  }
 }
 
 /** Decodes every value packed back to back in one buffer (one WebSocket message may carry several). */
 export function decodeAll(bytes: Uint8Array): unknown[] {
   checkMessagePack(bytes);
-  return unpackr.unpackMultiple(bytes) as unknown[];
+  try {
+    return unpackr.unpackMultiple(bytes) as unknown[];
+  } catch (err) {
+    throw inOurWords(err);
+  }
+}
+
+/**
+ * msgpackr's errors name its own options (`mapsAsObjects`, `useBigIntExtension`, …), which our users
+ * cannot set and should never read. Those we know are said again; any other that names an option
+ * is replaced whole. The original stays as the cause, for a debugger.
+ */
+export function inOurWords(err: unknown): Error {
+  if (!(err instanceof Error) || err instanceof WireFormatError) return err as Error;
+  const m = err.message;
+  let said: string | undefined;
+  const key = /^Invalid property type for record: (\w+)/.exec(m);
+  if (key) said = `a map key is ${key[1] === 'object' ? 'an array, a map or nil' : `a ${key[1]}`}: keys must be strings or numbers (maps arrive as objects)`;
+  else if (/too large to fit in MessagePack 64-bit integer/.test(m)) said = 'an integer does not fit in 64 bits; send it as a string';
+  else if (/^Unknown type: (\w+)/.test(m)) said = `a ${/^Unknown type: (\w+)/.exec(m)![1]} cannot be sent`;
+  else if (/[a-z][A-Z]\w*:|use[A-Z]|[a-z]+To[A-Z]|maxShared|mapsAsObjects|structuredClone|largeBigInt/.test(m))
+    said = 'the value cannot be carried by MessagePack';
+  return said === undefined ? err : new Error(said, { cause: err });
 }

@@ -1,6 +1,7 @@
 import { lookup as systemLookup, type LookupAddress } from 'node:dns';
 import { readFileSync } from 'node:fs';
 import { isIP, type LookupFunction } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { WebSocket } from 'ws';
 import type { Logger } from '../util/logger.js';
 
@@ -118,4 +119,60 @@ export function dial(url: string, options: DialOptions): WebSocket {
     ws.terminate();
   });
   return ws;
+}
+
+/** Errors of a certificate chain that does not lead to a trusted CA (OpenSSL's names, as Node gives them). */
+const UNTRUSTED_CHAIN = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_UNTRUSTED',
+]);
+
+/** Errors of a TLS client whose server answered with something that is not TLS. */
+const NOT_TLS = new Set(['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_PACKET_LENGTH_TOO_LONG', 'ERR_SSL_HTTP_REQUEST']);
+
+export const CA_HINT = "pass --ca FILE (the CA that signed the relay's certificate)";
+export const USE_WSS = 'the relay speaks TLS: use wss://';
+export const USE_WS = 'the relay does not speak TLS on this port: use ws://';
+
+/**
+ * What to do about a failed dial of `url` that is a TLS mistake, or undefined when it is not one
+ * (or it cannot be told from the error alone: see {@link mayBeTlsPort}). `hasCa`: a `--ca` was given.
+ */
+export function tlsHint(url: string, err: Error & { code?: unknown }, hasCa: boolean): string | undefined {
+  const code = typeof err.code === 'string' ? err.code : '';
+  if (url.startsWith('wss:')) {
+    if (UNTRUSTED_CHAIN.has(code)) return hasCa ? "the --ca given is not the CA that signed the relay's certificate" : CA_HINT;
+    if (NOT_TLS.has(code) || err.message.includes('before secure TLS connection was established')) return USE_WS;
+  }
+  return undefined;
+}
+
+/**
+ * A plain `ws://` dial whose server hung up without a word: what a TLS port does to plain HTTP.
+ * Only {@link speaksTls} can tell; it costs one more connection, so it is asked on such failures only.
+ */
+export function mayBeTlsPort(url: string, err: Error & { code?: unknown }): boolean {
+  return url.startsWith('ws:') && (err.code === 'ECONNRESET' || err.message === 'socket hang up');
+}
+
+/** True when the server of `url` completes a TLS handshake (its certificate is not checked: only the protocol is asked). */
+export function speaksTls(url: string, timeout = 2_000): Promise<boolean> {
+  const { hostname, port } = new URL(url);
+  const host = hostname.startsWith('[') ? hostname.slice(1, -1) : hostname;
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ host, port: Number(port || 80), rejectUnauthorized: false, ...(isIP(host) === 0 ? { servername: host } : {}) });
+    const done = (yes: boolean) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(yes);
+    };
+    const timer = setTimeout(() => done(false), timeout);
+    socket.once('secureConnect', () => done(true));
+    socket.once('error', () => done(false));
+    socket.once('close', () => done(false));
+  });
 }

@@ -9,7 +9,7 @@ import {
   type Msg,
   type NatsConnection,
 } from '@nats-io/transport-node';
-import { ErrorCode, TunnelError, type WireError } from '../../errors.js';
+import { ErrorCode, noNode, NoNodeReason, TunnelError, type WireError } from '../../errors.js';
 import { encode } from '../../wire/codec.js';
 import { DeadlineWheel } from '../../rpc/deadlines.js';
 import { PendingTable } from '../../rpc/pending.js';
@@ -698,7 +698,7 @@ export class Cluster implements RouteTransport {
       this.finishOut(callId);
       call.caller.complete(
         call,
-        new TunnelError(ErrorCode.NO_NODE, `relay ${route.relayName} of node ${route.name} is not reachable; the call was not sent`).toWire(),
+        noNode(NoNodeReason.RELAY_UNREACHABLE, `relay ${route.relayName} of node ${route.name} is not reachable; the call was not sent`).toWire(),
         null,
       );
       return;
@@ -786,9 +786,12 @@ export class Cluster implements RouteTransport {
   // ---- calls other relays send to our nodes ----
 
   private onOpen(m: Extract<ClusterMessage, { kind: 0 }>, from: string): void {
-    const reject = (code: ErrorCode, message: string) => this.toCaller(from, [ClusterKind.RESPONSE, m.callId, new TunnelError(code, message).toWire(), null]);
+    const refuse = (error: TunnelError) => this.toCaller(from, [ClusterKind.RESPONSE, m.callId, error.toWire(), null]);
+    const reject = (code: ErrorCode, message: string) => refuse(new TunnelError(code, message));
     const link = this.host.directory.local(m.node) as NodeLink | undefined;
-    if (!link || !link.available) return reject(ErrorCode.NO_NODE, `node ${m.node} is no longer attached to relay ${this.host.relayName}`);
+    if (!link) return refuse(noNode(NoNodeReason.NODE_NOT_FOUND, `node ${m.node} is no longer attached to relay ${this.host.relayName}`));
+    if (!link.available)
+      return refuse(noNode(NoNodeReason.DRAINING, `node ${m.node} on relay ${this.host.relayName} is draining or disconnecting and takes no new calls`));
     if (!link.hasMethod(m.method.slice(0, m.method.lastIndexOf('.')), m.method.slice(m.method.lastIndexOf('.') + 1))) {
       return reject(ErrorCode.NO_METHOD, `node ${m.node} does not serve ${m.method}`);
     }
@@ -1038,7 +1041,7 @@ export class Cluster implements RouteTransport {
     }
     call.caller.complete(
       call,
-      new TunnelError(ErrorCode.NO_NODE, `relay ${out.route.relayName} of node ${out.route.name} is not reachable; the call was not delivered`).toWire(),
+      noNode(NoNodeReason.RELAY_UNREACHABLE, `relay ${out.route.relayName} of node ${out.route.name} is not reachable; the call was not delivered`).toWire(),
       null,
     );
   }
