@@ -18,7 +18,7 @@ tarball=$(ls "$tmp"/tunnel-rpc-*.tgz)
 # What the tarball ships: the library, its declarations, the commands, docs and the licence; no test
 # helpers, benchmarks, or source maps pointing at sources it does not include.
 files=$(tar -tzf "$tarball" | sed 's#^package/##')
-for required in LICENSE README.md package.json bin/tunnel-relay.js bin/tunnel-node.js bin/tunnel-call.js \
+for required in LICENSE README.md package.json cjs/index.cjs bin/tunnel-relay.js bin/tunnel-node.js bin/tunnel-call.js \
   dist/src/index.js dist/src/index.d.ts dist/src/cli/relay.js certs/make-certs.mjs docs/PROTOCOL.md; do
   if ! grep -qx "$required" <<<"$files"; then
     echo "consumer check: the tarball lacks $required" >&2
@@ -75,6 +75,10 @@ readme_block service-definition readme-services.ts
 echo "consumer check: type-checking with $(npx tsc --version) (strict, skipLibCheck false)"
 npx tsc --noEmit
 npx tsc
+
+# A CommonJS program requires the installed package through its `require` entry (cjs/index.cjs).
+echo "consumer check: require('tunnel-rpc') from CommonJS"
+node --input-type=commonjs -e "const t = require('tunnel-rpc'); if (typeof t.connect !== 'function') { console.error('require gave', Object.keys(t)); process.exit(1); }"
 
 # readme-services.ts only defines a service: compiling it is the check.
 for program in main readme; do

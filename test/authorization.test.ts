@@ -119,7 +119,7 @@ describe('serve= and call= from the tokens file', () => {
 
   it('answers FORBIDDEN for what call= does not allow, with an audit line, and lets through what it allows', async () => {
     const denied = await runCall(relay.addr, ['Hello.Login', 'alice', 'secret'], { TUNNEL_TOKEN: TOKEN.billing });
-    expect(denied.code).toBe(1);
+    expect(denied.code).toBe(5); // FORBIDDEN has its own exit code: not a call that failed, a token that may not
     expect(denied.stderr).toContain('FORBIDDEN: caller billing may not call Hello.Login on any node it can see (call= in the tokens file)');
     const audit = await relay.proc.waitForLog((l) => l.msg === 'refused call' && l.method === 'Hello.Login');
     expect(audit).toMatchObject({ level: 40, identity: 'billing', peer: expect.stringMatching(/^127\.0\.0\.1:\d+$/) });

@@ -2,6 +2,7 @@ import { appendFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { certDir, makeCerts } from './helpers/certs.js';
 import { BIN, killAll, Proc, runCall, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
+import { freePort } from './helpers/nats.js';
 import { RawPeer } from './helpers/raw.js';
 
 const SERVICES = ['--services', 'test/fixtures/security-services.js'];
@@ -23,6 +24,9 @@ async function expectRefusedNode(args: string[], reason: RegExp): Promise<Proc> 
     expect(wait.ceilingMs).toBe(300);
   }
   expect(node.logs.some((l) => l.msg === 'connected to relay')).toBe(false);
+  // Still running: a refused node retries at the longest backoff (a token added to the relay's
+  // tokens file later admits it), it does not exit.
+  expect(node.child.exitCode).toBe(null);
   node.kill();
   return node;
 }
@@ -30,7 +34,9 @@ async function expectRefusedNode(args: string[], reason: RegExp): Promise<Proc> 
 describe('node and caller tokens', () => {
   let relay: RunningRelay;
   beforeAll(async () => {
-    relay = await startRelay([], 0, { TUNNEL_NODE_TOKEN: NODE_TOKEN, TUNNEL_CALLER_TOKEN: CALLER_TOKEN });
+    // Refused nodes retry every 300 ms, each a wrong token from 127.0.0.1; this file is not about the
+    // per-address guessing limit (10 a minute), which would back off the later tests' callers.
+    relay = await startRelay(['--max-auth-failures-per-address', '100000'], 0, { TUNNEL_NODE_TOKEN: NODE_TOKEN, TUNNEL_CALLER_TOKEN: CALLER_TOKEN });
     await startNode(relay.addr, [...SERVICES, '--name', 'office-1'], { TUNNEL_TOKEN: NODE_TOKEN });
   });
   afterAll(killAll);
@@ -53,11 +59,11 @@ describe('node and caller tokens', () => {
 
   it('refuses a caller without a token or with a wrong one, and accepts the right one', async () => {
     const none = await runCall(relay.addr, ['Sec.Who']);
-    expect(none.code).toBe(3);
+    expect(none.code).toBe(4);
     expect(none.stderr).toContain('UNAUTHORIZED: cannot connect to relay');
     expect(none.stderr).toContain('requires a caller token');
     const wrong = await runCall(relay.addr, ['--token', 'wrong-token-0123456789', 'Sec.Who']);
-    expect(wrong.code).toBe(3);
+    expect(wrong.code).toBe(4);
     expect(wrong.stderr).toMatch(/UNAUTHORIZED: .*HTTP 401: token refused/);
     const ok = await runCall(relay.addr, ['Sec.Who'], { TUNNEL_TOKEN: CALLER_TOKEN });
     expect(ok.stdout).toBe('caller\n');
@@ -92,7 +98,7 @@ describe('tokens file', () => {
   let relay: RunningRelay;
   beforeAll(async () => {
     writeFileSync(file, `# kind name token\nnode office-1 office1-token-0123456789\ncaller alice alice-token-0123456789\n`);
-    relay = await startRelay(['--tokens', file]);
+    relay = await startRelay(['--tokens', file, '--max-auth-failures-per-address', '100000']);
     await startNode(relay.addr, [...SERVICES, '--name', 'office-1', '--token', 'office1-token-0123456789']);
   });
   afterAll(async () => {
@@ -201,5 +207,35 @@ describe('TLS and node client certificates', () => {
   it('kept the rightful office-1 through all of that', async () => {
     const r = await runCall(url, ['--ca', ca, '--node', 'office-1', 'Sec.Echo', '2']);
     expect(r.stdout).toBe('2\n');
+  });
+});
+
+describe('tunnel-call exit codes: retry later (3) or stop, the token is wrong (4)', () => {
+  // This relay keeps the guessing limit, low: the back-off is what is tested.
+  let relay: RunningRelay;
+  beforeAll(async () => {
+    // Two wrong tokens from one address within a minute back it off for a minute.
+    relay = await startRelay(['--max-auth-failures-per-address', '2', '--auth-backoff', '60s'], 0, { TUNNEL_CALLER_TOKEN: CALLER_TOKEN });
+  });
+  afterAll(killAll);
+
+  it('exits 3 when no relay listens', async () => {
+    const port = await freePort();
+    const r = await runCall(`127.0.0.1:${port}`, ['Sec.Who'], {}, 30_000);
+    expect(r.stderr).toMatch(/^CONNECTION_CLOSED: cannot connect to relay/);
+    expect(r.code).toBe(3);
+  });
+
+  it('exits 4 for a wrong token, and 3 once the relay backs off the address (every token refused unchecked: retry later)', async () => {
+    const outcomes: Array<{ code: number | null; stderr: string }> = [];
+    // The refusals that count: 2 wrong tokens; a third attempt, even with the right token, is refused unchecked.
+    for (const token of ['wrong-token-0123456789', 'wrong-token-9876543210', CALLER_TOKEN]) {
+      const { code, stderr } = await runCall(relay.addr, ['Sec.Who'], { TUNNEL_TOKEN: token });
+      outcomes.push({ code, stderr });
+    }
+    expect(outcomes[0]).toMatchObject({ code: 4, stderr: expect.stringMatching(/^UNAUTHORIZED: .*HTTP 401: token refused/) });
+    expect(outcomes[1]).toMatchObject({ code: 4 });
+    expect(outcomes[2]!.stderr).toMatch(/^UNAUTHORIZED: .*too many failed authentications from 127\.0\.0\.1; retry in \d+ s/);
+    expect(outcomes[2]!.code).toBe(3);
   });
 });

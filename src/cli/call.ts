@@ -7,8 +7,24 @@ import { command, durationFlag, exitAfter, flagLabel, keyValues, logger, onParen
 import { RelayMethod } from '../wire/presence.js';
 import { broadcastJson, formatBroadcast, formatNodes, toJson } from './fleet-output.js';
 
-/** Exit codes, documented in --help. */
-const EXIT = { OK: 0, CALL_FAILED: 1, USAGE: 2, UNREACHABLE: 3, INTERRUPTED: 130 } as const;
+/**
+ * Exit codes, documented in --help and docs. A script tells "retry later" (3) from "stop: the
+ * relay refused my credentials" (4) and "my token may not call this" (5).
+ */
+const EXIT = { OK: 0, CALL_FAILED: 1, USAGE: 2, UNREACHABLE: 3, UNAUTHORIZED: 4, FORBIDDEN: 5, INTERRUPTED: 130 } as const;
+
+/**
+ * The exit code for a failed connect or call. A relay that backs off our address after too many
+ * wrong tokens refuses every token unchecked, right or wrong, with "retry in N s": that is "retry
+ * later", not "your token is wrong" (docs/PROTOCOL.md, "Guessing").
+ */
+function exitCodeOf(err: unknown, otherwise: number): number {
+  if (!(err instanceof TunnelError)) return otherwise;
+  if (err.code === ErrorCode.CANCELLED) return EXIT.INTERRUPTED;
+  if (err.code === ErrorCode.UNAUTHORIZED) return /too many failed authentications from /.test(err.message) ? EXIT.UNREACHABLE : EXIT.UNAUTHORIZED;
+  if (err.code === ErrorCode.FORBIDDEN) return EXIT.FORBIDDEN;
+  return otherwise;
+}
 
 const argv = await parse(
   command(
@@ -67,13 +83,25 @@ const argv = await parse(
     .option('json', {
       type: 'boolean',
       default: false,
-      describe: 'Print one JSON line on stdout: {"result": ...} or {"error": {code, message}}; with --all {"results": [...]}; with --list {"nodes": [...]}',
+      describe:
+        'Print JSON on stdout, one line unless --pretty: {"result": ...} or {"error": {code, message}}; with --all {"results": [...]}; with --list {"nodes": [...]}',
+    })
+    .option('pretty', {
+      type: 'boolean',
+      defaultDescription: 'on a terminal',
+      describe:
+        'Print results (and --json documents) as indented JSON; on by default when stdout is a terminal, --no-pretty for one line. Strings are printed as they are',
     })
     .option('log-level', {
       type: 'string',
       default: 'warn',
       describe: 'Least severe log level written to stderr; debug shows the relay, the session, and each call with its milliseconds',
     })
+    .group(['relay', 'timeout', 'retry'], 'Relay:')
+    .group(['node', 'where', 'selector', 'all', 'list'], 'Choosing nodes:')
+    .group(['token', 'ca', 'insecure', 'login', 'login-method'], 'Authentication and TLS:')
+    .group(['json', 'pretty'], 'Output:')
+    .group(['config', 'log-level', 'help', 'version'], 'Configuration and logging:')
     .demandCommand(0)
     .check((a) => {
       if (a.list) {
@@ -96,7 +124,8 @@ const argv = await parse(
     .example('$0 --all KV.Set config v2', 'every node serving KV.Set; one row per node')
     .example('$0 --list', 'every node, its labels and services')
     .epilog(
-      'Exit codes: 0 ok; 1 the call failed (CODE: message on stderr), or with --all any node failed; 2 bad usage; 3 relay unreachable; 130 interrupted.\n' +
+      'Exit codes: 0 ok; 1 the call failed (CODE: message on stderr), or with --all any node failed; 2 bad usage; 3 relay unreachable, or it backs off this address (retry later); ' +
+        '4 the relay refused the token or certificate (UNAUTHORIZED: fix --token, do not retry); 5 the token may not call this method (FORBIDDEN); 130 interrupted.\n' +
         `TUNNEL_RELAY, TUNNEL_TOKEN, TUNNEL_TIMEOUT, ... set the flags from the environment; --config reads them from a file. ${PRECEDENCE}\n` +
         'Put -- before arguments that start with a dash: tunnel-call Arith.Multiply -- -2 3',
     ),
@@ -125,8 +154,16 @@ function parseArg(text: string): unknown {
   }
 }
 
+/** --pretty, or by default when a person reads stdout on a terminal. */
+const pretty = argv.pretty ?? process.stdout.isTTY === true;
+
+/** A value as JSON: one line, or indented with --pretty. */
+function json(value: unknown): string {
+  return toJson(value, pretty ? 2 : undefined);
+}
+
 function print(value: unknown): string {
-  return typeof value === 'string' ? value : toJson(value);
+  return typeof value === 'string' ? value : json(value);
 }
 
 function fail(err: unknown, exitCode: number): Promise<never> {
@@ -137,7 +174,7 @@ function fail(err: unknown, exitCode: number): Promise<never> {
     e = new TunnelError(e.code, e.message.replace(/within \d+ ms/, `within ${timeout} ms (--timeout)`), { data: e.data });
   }
   // data (NO_NODE's reason, a handler's own) is for programs: in --json only.
-  if (argv.json) return exitAfter(exitCode, { stdout: `${toJson({ error: e.toWire() })}\n` });
+  if (argv.json) return exitAfter(exitCode, { stdout: `${json({ error: e.toWire() })}\n` });
   return exitAfter(exitCode, { stderr: `${e.code}: ${e.message}\n` });
 }
 
@@ -147,7 +184,7 @@ const left = () => Math.max(1, Math.round(timeout - (performance.now() - started
 
 log.debug({ relay: relayUrl(argv.relay, '--relay'), timeoutMs: timeout }, 'connecting');
 const client: Client = await connect(argv.relay, { timeout, connectTimeout: timeout, token: argv.token, ca: argv.ca, insecure: argv.insecure, log }).catch(
-  (err: unknown) => fail(err, EXIT.UNREACHABLE),
+  (err: unknown) => fail(err, exitCodeOf(err, EXIT.UNREACHABLE)),
 );
 // A node's direct port (tunnel-node --direct-listen) serves every call itself; through a relay the
 // node is known only when --node names it (the relay does not say which node answered).
@@ -189,7 +226,7 @@ try {
       (n) => ({ nodes: n.length }),
     );
     await client.close();
-    await exitAfter(EXIT.OK, { stdout: argv.json ? `${toJson({ nodes })}\n` : `${formatNodes(nodes)}\n` });
+    await exitAfter(EXIT.OK, { stdout: argv.json ? `${json({ nodes })}\n` : `${formatNodes(nodes)}\n` });
   }
   const options: CallOptions = { signal: controller.signal };
   if (argv.node !== undefined) options.node = argv.node;
@@ -208,14 +245,13 @@ try {
     );
     await client.close();
     await exitAfter(results.every((r) => r.ok) ? EXIT.OK : EXIT.CALL_FAILED, {
-      stdout: argv.json ? `${toJson({ results: broadcastJson(results) })}\n` : `${formatBroadcast(results)}\n`,
+      stdout: argv.json ? `${json({ results: broadcastJson(results) })}\n` : `${formatBroadcast(results)}\n`,
     });
   }
   if (argv.login) await timed(loginMethod, () => client.request(loginMethod, [argv.login], { ...options, timeout: left() }));
   const result = await timed(method, () => client.request(method, args, { ...options, timeout: left() }));
   await client.close();
-  await exitAfter(EXIT.OK, { stdout: argv.json ? `${toJson({ result })}\n` : `${print(result)}\n` });
+  await exitAfter(EXIT.OK, { stdout: argv.json ? `${json({ result })}\n` : `${print(result)}\n` });
 } catch (err) {
-  const code = err instanceof TunnelError && err.code === ErrorCode.CANCELLED ? EXIT.INTERRUPTED : EXIT.CALL_FAILED;
-  await fail(err, code);
+  await fail(err, exitCodeOf(err, EXIT.CALL_FAILED));
 }

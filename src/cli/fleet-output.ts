@@ -2,8 +2,8 @@ import type { BroadcastResult } from '../client/client.js';
 import type { NodeInfo } from '../wire/presence.js';
 
 /** JSON that also holds BigInt (64-bit integers that do not fit a double). */
-export function toJson(value: unknown): string {
-  return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+export function toJson(value: unknown, indent?: number): string {
+  return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), indent);
 }
 
 /** A value as one short cell: strings as they are, anything else as JSON, cut at `max` characters. */

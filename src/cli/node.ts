@@ -109,6 +109,11 @@ const argv = await parse(
       default: '10s',
       describe: 'On SIGINT/SIGTERM, how long running calls may take to finish (the relay sends no new ones meanwhile; a second signal exits at once)',
     })
+    .group(['relay', 'name', 'label', 'follow-cluster', 'heartbeat-timeout', 'reconnect-base', 'reconnect-cap'], 'Relay:')
+    .group(['services', 'forward', 'forward-connections', 'forward-args', 'users', 'direct-listen'], 'Services:')
+    .group(['token', 'ca', 'insecure', 'cert', 'key'], 'Authentication and TLS:')
+    .group(['max-backlog', 'max-in-flight', 'max-reassembly', 'stream-idle-timeout', 'drain-timeout'], 'Limits:')
+    .group(['config', 'log-level', 'help', 'version'], 'Configuration and logging:')
     .example('$0 --relay relay.example:9090 --name office-1', 'serve the example services as office-1')
     .example('$0 --relay 9090', 'a bare number is a port on this host: localhost:9090')
     .example('$0 --relay wss://eu-1.example --relay wss://us-1.example', 'dual-homed: one node with a tunnel to each relay of a cluster')

@@ -208,6 +208,59 @@ const argv = await parse(
       default: `${D.streamIdleTimeout / 1000}s`,
       describe: 'A streamed body that receives no chunk for this long is cancelled (TIMEOUT)',
     })
+    .group(['listen', 'msgpack-rpc-listen', 'msgpack-rpc-idle-timeout', 'allow-origin', 'allow-host', 'hello-timeout', 'heartbeat-timeout'], 'Listening:')
+    .group(['default-timeout', 'max-timeout', 'selector', 'max-message', 'drain-timeout'], 'Calls:')
+    .group(
+      [
+        'tls-cert',
+        'tls-key',
+        'tls-ca',
+        'node-token',
+        'caller-token',
+        'tokens',
+        'max-login-failures',
+        'max-login-failures-per-address',
+        'login-failure-window',
+        'max-auth-failures-per-address',
+        'auth-failure-window',
+        'auth-backoff',
+        'max-auth-backoff',
+      ],
+      'Authentication and TLS:',
+    )
+    .group(
+      [
+        'max-caller-in-flight',
+        'max-node-in-flight',
+        'max-connections-per-address',
+        'max-nodes-per-address',
+        'max-memory',
+        'max-connections',
+        'max-backlog',
+        'slow-consumer-timeout',
+        'max-reassembly',
+        'stream-idle-timeout',
+      ],
+      'Limits:',
+    )
+    .group(
+      [
+        'cluster',
+        'cluster-name',
+        'relay-name',
+        'advertise',
+        'cluster-user',
+        'cluster-password',
+        'cluster-token',
+        'cluster-creds',
+        'cluster-ca',
+        'cluster-key',
+        'cluster-insecure',
+      ],
+      'Cluster:',
+    )
+    .group(['admin-listen', 'dashboard-token', 'admin-token', 'require-node', 'require-service'], 'Monitoring and dashboard:')
+    .group(['config', 'log-level', 'help', 'version'], 'Configuration and logging:')
     .example('$0 --listen :9090', 'listen on every interface, port 9090')
     .example('$0 --listen :9090 --msgpack-rpc-listen :9091', 'WebSocket callers and nodes on 9090, MessagePack-RPC callers on 9091')
     .example('$0 --listen 9090', 'the same: a bare number is a port on this host, never an IPv4 address')
