@@ -358,8 +358,9 @@ describe('bounded under abuse', () => {
     resetPeak(relay.proc);
     for (let i = 0; i < 8; i++) {
       const t0 = performance.now();
-      const rows = await caller.broadcast('Abuse.Echo', [i], { timeout: 20_000 });
-      expect(performance.now() - t0).toBeLessThan(5_000);
+      const rows = await caller.broadcast('Abuse.Echo', [i], { timeout: 60_000 });
+      // At once, not at the 60 s deadline the rogue's stream would otherwise hold it to.
+      expect(performance.now() - t0).toBeLessThan(30_000);
       expect(rows.map((r) => [r.node, r.ok])).toEqual([
         ['good-1', true],
         ['rogue-1', false],

@@ -36,7 +36,7 @@ describe('drain and shutdown', () => {
     expect(await goaway).toEqual(['relay is shutting down']);
     const t = Date.now();
     await expect(early.call('Slow.Echo', 1)).rejects.toMatchObject({ code: 'GOING_AWAY' });
-    expect(Date.now() - t).toBeLessThan(2_500);
+    expect(Date.now() - t).toBeLessThan(5_000);
     // New connections and gateway calls are refused.
     const late = await runCall(relay.addr, ['Slow.Echo', '1']);
     expect(late.code).toBe(3);
@@ -95,7 +95,7 @@ describe('drain and shutdown', () => {
     const { code } = await relay.proc.exited;
     expect(code).toBe(130);
     // At once: far from the 60 s drain it would otherwise wait for.
-    expect(Date.now() - t).toBeLessThan(10_000);
+    expect(Date.now() - t).toBeLessThan(30_000);
   });
 
   it('node: SIGTERM during a running call finishes it, takes no new call, and exits 0', async () => {
