@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type Client } from '../src/index.js';
+import { Holds } from './helpers/hold.js';
 import { gatewayCall } from './helpers/http.js';
 import { killAll, startNode, startRelay, type Proc, type RunningRelay } from './helpers/processes.js';
 
@@ -155,8 +156,11 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
     await page.waitForSelector('tr[data-node="batch-1"] button[data-action="drain"]:not([disabled])');
     expect(await page.$eval('#actions-state', (el) => el.textContent)).toContain('enabled');
 
-    const running = gatewayCall(relay.port, 'Slow.Sleep', [2_000], '?node=batch-1');
-    await nodes.slow!.waitForMsg('test handler started');
+    // The call runs until the test has seen the node drained with it in flight (Slow.Hold), not for a
+    // duration the browser's steps may outlast on a busy machine.
+    const holds = await Holds.open();
+    const running = gatewayCall(relay.port, 'Slow.Hold', [holds.port], '?node=batch-1&timeout=120000');
+    await holds.waitHeld(1, WAIT);
     await page.waitForFunction(() => document.querySelector('tr[data-node="batch-1"] [data-col="inflight"]')?.textContent === '1');
     const from = relay.proc.logs.length;
     await page.click('tr[data-node="batch-1"] button[data-action="drain"]');
@@ -165,8 +169,12 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
     const line = await relay.proc.waitForLog((l) => l.msg === 'dashboard action', WAIT, 'the action log line', from);
     expect(line).toMatchObject({ action: 'drain-node', target: 'batch-1', by: 'admin' });
     expect(await page.$eval('#fact-drained', (el) => el.textContent)).toBe('batch-1');
-    // The call in flight finishes normally; the node stays, and takes no new call.
-    expect(await running).toMatchObject({ status: 200, json: { result: 2_000 } });
+    // The call in flight finishes normally once let go; the node stays, and takes no new call.
+    expect((await gatewayCall(relay.port, 'Slow.Echo', [1])).status).not.toBe(200);
+    expect(holds.held).toBe(1);
+    holds.release();
+    expect(await running).toMatchObject({ status: 200, json: { result: 'released' } });
+    await holds.close();
     expect((await gatewayCall(relay.port, 'Slow.Echo', [1])).status).not.toBe(200);
     expect(await page.$eval('tr[data-node="batch-1"]', (tr) => (tr as HTMLElement).dataset.state)).toBe('drained');
 
