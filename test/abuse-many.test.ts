@@ -87,16 +87,7 @@ describe('many abusers at once', () => {
     // No deadline the abuse can outlast: every chunk is interleaved over the 768 results, so on a busy
     // machine none would complete within the default 30 s (nor move within the stream idle timeout),
     // every call would end TIMEOUT, and no caller's backlog would grow to a cut.
-    const relay = await startRelay([
-      '--msgpack-rpc-listen',
-      '127.0.0.1:0',
-      '--max-memory',
-      '96MiB',
-      '--default-timeout',
-      '5m',
-      '--stream-idle-timeout',
-      '5m',
-    ]);
+    const relay = await startRelay(['--msgpack-rpc-listen', '127.0.0.1:0', '--max-memory', '96MiB', '--default-timeout', '5m', '--stream-idle-timeout', '5m']);
     const port = (await relay.proc.waitForMsg('msgpack-rpc port listening')).port as number;
     await startNode(relay.addr, ['--name', 'blob-1', '--services', ABUSE]);
     // Warm up: the relay has passed results of the same size to a caller that reads.

@@ -43,7 +43,12 @@ export class Holds {
 
   /** Waits until `n` calls have connected in all, bounded by `timeout` ms. */
   waitHeld(n: number, timeout = 10_000): Promise<void> {
-    return this.wakeups.until(() => this.accepted >= n, timeout, `${n} held calls`, () => `${this.accepted} connected, ${this.held} still held`);
+    return this.wakeups.until(
+      () => this.accepted >= n,
+      timeout,
+      `${n} held calls`,
+      () => `${this.accepted} connected, ${this.held} still held`,
+    );
   }
 
   /** Lets every held call return. */
