@@ -22,6 +22,16 @@ const SLOW = fileURLToPath(new URL('./fixtures/slow-services.js', import.meta.ur
 const DOCS_SCREENSHOT = fileURLToPath(new URL('../docs/dashboard.png', import.meta.url));
 const WAIT = 15_000;
 
+/**
+ * Clicks the element `selector` names once it is there, finding and clicking it in one step in the
+ * page: the table is redrawn as the relay reports, and page.click's separate steps (find, scroll,
+ * move the mouse) can land on a row already replaced ("Node is detached from document").
+ */
+async function clickNow(page: Page, selector: string): Promise<void> {
+  await page.waitForSelector(selector, { timeout: WAIT });
+  await page.$eval(selector, (el) => (el as HTMLElement).click());
+}
+
 // Skipped on a developer's machine without chromium; in CI (.ci/run installs it) a missing browser fails.
 describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard in a headless browser', () => {
   let relay: RunningRelay;
@@ -163,7 +173,7 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
     await holds.waitHeld(1, WAIT);
     await page.waitForFunction(() => document.querySelector('tr[data-node="batch-1"] [data-col="inflight"]')?.textContent === '1');
     const from = relay.proc.logs.length;
-    await page.click('tr[data-node="batch-1"] button[data-action="drain"]');
+    await clickNow(page, 'tr[data-node="batch-1"] button[data-action="drain"]');
     await page.waitForSelector('tr[data-node="batch-1"][data-state="drained"]');
     await page.waitForFunction(() => document.querySelector('#action-result')?.textContent?.includes('drain-node batch-1: done'));
     const line = await relay.proc.waitForLog((l) => l.msg === 'dashboard action', WAIT, 'the action log line', from);
@@ -178,7 +188,7 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
     expect((await gatewayCall(relay.port, 'Slow.Echo', [1])).status).not.toBe(200);
     expect(await page.$eval('tr[data-node="batch-1"]', (tr) => (tr as HTMLElement).dataset.state)).toBe('drained');
 
-    await page.click('tr[data-node="batch-1"] button[data-action="undrain"]');
+    await clickNow(page, 'tr[data-node="batch-1"] button[data-action="undrain"]');
     await page.waitForSelector('tr[data-node="batch-1"][data-state="online"]');
     expect(await gatewayCall(relay.port, 'Slow.Echo', [1])).toMatchObject({ status: 200, json: { result: 1 } });
     await page.waitForFunction(() =>
@@ -197,13 +207,13 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
         void d.dismiss();
       }),
     );
-    await page.click('tr[data-node="office-2"] button[data-action="disconnect"]');
+    await clickNow(page, 'tr[data-node="office-2"] button[data-action="disconnect"]');
     expect(await asked).toContain('Disconnect node office-2?');
     expect(await page.$eval('#action-result', (el) => el.textContent)).not.toContain('disconnect-node office-2');
     expect(await page.$eval('tr[data-node="office-2"]', (tr) => (tr as HTMLElement).dataset.state)).toBe('online');
 
     page.on('dialog', (d) => void d.accept());
-    await page.click('tr[data-node="office-2"] button[data-action="disconnect"]');
+    await clickNow(page, 'tr[data-node="office-2"] button[data-action="disconnect"]');
     await page.waitForFunction(() => [...document.querySelectorAll('#events li[data-kind="node-leave"]')].some((li) => li.textContent!.includes('office-2')));
     // It reconnects by itself, one reconnect more.
     await page.waitForFunction(() => document.querySelector('tr[data-node="office-2"] [data-col="reconnects"]')?.textContent === '1');
