@@ -151,8 +151,19 @@ describe('origins and hosts on a relay listening on 127.0.0.1', () => {
     expect(foreign.status).toBe(403);
     expect(foreign.headers['x-tunnel-reason']).toContain('origin "https://evil.example"');
     // Both refusals are logged, at the admin door: waited for, so that none lands in the next test's count.
-    await relay.proc.waitForLog(() => refusedLines(relay.proc).slice(before).filter((l) => l.door === 'admin').length >= 2, 10_000, 'two admin refusals');
-    expect(refusedLines(relay.proc).slice(before).map((l) => l.door)).toEqual(['admin', 'admin']);
+    await relay.proc.waitForLog(
+      () =>
+        refusedLines(relay.proc)
+          .slice(before)
+          .filter((l) => l.door === 'admin').length >= 2,
+      10_000,
+      'two admin refusals',
+    );
+    expect(
+      refusedLines(relay.proc)
+        .slice(before)
+        .map((l) => l.door),
+    ).toEqual(['admin', 'admin']);
   });
 
   it('counts each refusal in metrics and logs it once, without secrets', async () => {
