@@ -1,7 +1,7 @@
 /**
  * Load generator, run as its own process by bench.ts so that the caller's CPU is not the bench's.
- * Keeps `window` calls in flight on each of `callers` connections for `seconds`, then prints one JSON
- * line: calls completed, errors, and latency percentiles (ms).
+ * Keeps `window` calls in flight on each of `callers` connections for `seconds` (or `count` calls per
+ * lane), then prints one JSON line: calls completed, errors, and latency percentiles (ms).
  */
 import { once } from 'node:events';
 import { connect as natsConnect } from '@nats-io/transport-node';
@@ -20,6 +20,13 @@ interface LoadArgs {
   payloadBytes?: number;
   /** Each lane makes this many calls and stops, instead of running for `seconds`. */
   count?: number;
+  /**
+   * With `count`: lanes start no new call after this many seconds, nor after SIGTERM; the calls in
+   * flight finish and are counted, so the report always holds each lane's first call.
+   */
+  maxSeconds?: number;
+  /** Writes the JSON line `{"msg":"first call done"}` to stderr when the first call completes. */
+  progress?: boolean;
   callers: number;
   window: number;
   seconds: number;
@@ -92,6 +99,7 @@ async function lane(client: Caller): Promise<void> {
       if (measuring) {
         calls++;
         latencies.push(performance.now() - t0);
+        if (calls === 1 && spec.progress) process.stderr.write(`${JSON.stringify({ msg: 'first call done' })}\n`);
       }
     } catch (err) {
       errors++;
@@ -105,7 +113,10 @@ let elapsed: number;
 if (spec.count !== undefined) {
   measuring = true;
   const start = performance.now();
+  process.once('SIGTERM', () => (stop = true));
+  const bound = spec.maxSeconds === undefined ? undefined : setTimeout(() => (stop = true), spec.maxSeconds * 1000);
   await Promise.all(clients.flatMap((c) => Array.from({ length: spec.window }, () => lane(c))));
+  clearTimeout(bound);
   elapsed = (performance.now() - start) / 1000;
 } else {
   const lanes = clients.flatMap((c) => Array.from({ length: spec.window }, () => lane(c)));

@@ -17,6 +17,20 @@ const CHUNK = 256 * 1024;
 type Msg = unknown[];
 
 const socketOf = (peer: RawPeer) => (peer.ws as unknown as { _socket: Socket })._socket;
+/** The peer's address as the relay logs it (`peer`): the other end of the connection. */
+const addressOf = (peer: RawPeer) => `${socketOf(peer).localAddress}:${socketOf(peer).localPort}`;
+const SLOW_CUT = 'slow consumer: closing connection';
+
+/**
+ * What is certain for a peer cut as a slow consumer that had stopped reading: the relay closes with
+ * 4008 and ends the TCP connection a second later (docs/PROTOCOL.md, Limits), so the peer gets the
+ * frame only if it read again in that second; otherwise it sees the connection end without one.
+ * The relay's own record of the cut (its warn line, with the code) is asserted by the caller.
+ */
+function expectClosedAsCut(closed: { code: number; reason: string }): void {
+  if (closed.code === 4008) expect(closed.reason).toMatch(/^slow consumer: /);
+  else expect(closed).toEqual({ code: 1006, reason: '' });
+}
 
 async function rawCaller(addr: string): Promise<RawPeer> {
   const peer = new RawPeer(`ws://${addr}/`);
@@ -40,6 +54,9 @@ function report(row: string, figures: Record<string, number | string>): void {
   console.log(`[abuse] ${row}: ${text.join(', ')}`);
 }
 
+/** The session id the relay's welcome gave `peer`. */
+const sessionOf = (peer: RawPeer) => ((peer.received.find((m) => (m as Msg)[0] === 5) as Msg)[1] as { session: string }).session;
+
 const responses = (peer: RawPeer, code?: string) =>
   peer.received.filter((m) => (m as Msg)[0] === 1 && (code === undefined || ((m as Msg)[2] as { code?: string } | null)?.code === code)) as Msg[];
 
@@ -59,7 +76,7 @@ async function upload(peer: RawPeer, ids: number[], perStream: number): Promise<
   let sent = 0;
   for (const id of ids) {
     for (let done = 0; done < perStream; done += CHUNK) {
-      await peer.until(() => sent - acked(peer) <= 12 * MiB || peer.closed !== undefined, 10_000, 'acknowledgements');
+      await peer.until(() => sent - acked(peer) <= 12 * MiB || peer.closed !== undefined, 30_000, 'acknowledgements');
       if (peer.closed) return;
       peer.send([8, id, false, piece]);
       sent += CHUNK;
@@ -67,7 +84,9 @@ async function upload(peer: RawPeer, ids: number[], perStream: number): Promise<
   }
 }
 
-describe('bounded under abuse', () => {
+// Every wait is on an event; the bounds are safety nets for a busy 2-core machine, where one of
+// these tests moves hundreds of MiB through three processes sharing the CPU with others.
+describe('bounded under abuse', { timeout: 150_000 }, () => {
   afterEach(killAll);
 
   it('cuts a WebSocket caller that asks for 1,024 × 250 KB and stops reading, within 40 MiB, and cancels its calls', async () => {
@@ -80,19 +99,18 @@ describe('bounded under abuse', () => {
     resetPeak(relay.proc);
 
     const peer = await rawCaller(relay.addr);
+    const address = addressOf(peer);
     socketOf(peer).pause();
     const params = encode(['big']);
     for (let id = 1; id <= 1024; id++) peer.send([0, id, 'KV.Get', params, { timeout: 60_000 }]);
-    const cut = relay.proc.waitForMsg('slow consumer: closing connection', 30_000);
+    const cut = relay.proc.waitForLog((l) => l.msg === SLOW_CUT && l.peer === address, 30_000, 'the cut of the caller that stopped reading');
     expect(await honest.call('Arith.Multiply', 6, 7)).toBe(42);
     const line = await cut;
-    // Cut once twice the limit waited in its socket, with at most one answer more.
-    expect(line.limit).toBe(8 * MiB);
+    // The relay's record: this peer, cut 4008, once twice the limit waited in its socket, with at most one answer more.
+    expect(line).toMatchObject({ code: 4008, limit: 8 * MiB, reason: expect.stringMatching(/^slow consumer: /) });
     expect(line.backlogBytes as number).toBeLessThan(16 * MiB + 300_000);
     socketOf(peer).resume();
-    const closed = await peer.waitClosed(10_000);
-    expect(closed.code).toBe(4008);
-    expect(closed.reason).toMatch(/slow consumer/);
+    expectClosedAsCut(await peer.waitClosed(10_000));
 
     // Held memory is measured after a collection: the peak also holds garbage that V8 collects
     // whenever it likes (its external-memory trigger is 64 MiB); nothing is held once the caller is cut.
@@ -127,7 +145,7 @@ describe('bounded under abuse', () => {
     // The version 1 form, acknowledging far more than was sent.
     const v1 = await rawCaller(relay.addr);
     for (let id = 1; id <= 32; id++) v1.send([0, id, 'Abuse.Blob', encode([8 * MiB]), { timeout: 60_000 }]);
-    await v1.until(() => v1.received.some((m) => (m as Msg)[0] === 8), 10_000, 'a first chunk');
+    await v1.until(() => v1.received.some((m) => (m as Msg)[0] === 8), 30_000, 'a first chunk');
     socketOf(v1).pause();
     v1.send([10, 1e12]);
     socketOf(v1).resume();
@@ -138,7 +156,7 @@ describe('bounded under abuse', () => {
     // Version 2: more than the stream has outstanding.
     const v2 = await rawCaller(relay.addr);
     for (let id = 1; id <= 32; id++) v2.send([0, id, 'Abuse.Blob', encode([8 * MiB]), { timeout: 60_000 }]);
-    await v2.until(() => v2.received.some((m) => (m as Msg)[0] === 8), 10_000, 'a first chunk');
+    await v2.until(() => v2.received.some((m) => (m as Msg)[0] === 8), 30_000, 'a first chunk');
     const stream = (v2.received.find((m) => (m as Msg)[0] === 8) as Msg)[1] as number;
     v2.send([10, stream, 1e12]);
     const c2 = await v2.waitClosed(10_000);
@@ -213,7 +231,9 @@ describe('bounded under abuse', () => {
   });
 
   it('charges unfinished broadcast uploads to the caller as they arrive, refuses past 32 MiB, and cancels idle ones', async () => {
-    const relay = await startRelay(['--stream-idle-timeout', '2s'], 0, PROBE_ENV);
+    // Measured with an idle timeout nothing in the test can outlast, so the uploads are still held
+    // when measured however slow the machine; the idle cancel is checked on a second relay below.
+    const relay = await startRelay(['--stream-idle-timeout', '10m'], 0, PROBE_ENV);
     await startNode(relay.addr, ['--name', 'echo-1', '--services', ABUSE]);
     const honest = await connect(relay.addr);
     const base = await memoryAfterGc(relay.proc);
@@ -230,7 +250,7 @@ describe('bounded under abuse', () => {
       MiB,
     );
     expect(peer.closed).toBeUndefined();
-    await peer.until(() => responses(peer, 'OVERLOADED').length > 0, 10_000, 'OVERLOADED');
+    await peer.until(() => responses(peer, 'OVERLOADED').length > 0, 30_000, 'OVERLOADED');
     expect(await honest.call('Abuse.Echo', 'served')).toBe('served');
     // Measured while the 32 MiB of unfinished uploads are still held.
     // What is held is the budget (32 MiB) and no more; RSS adds what the allocator keeps of the churn.
@@ -241,22 +261,34 @@ describe('bounded under abuse', () => {
       'RSS after GC over baseline': held.rss - base.rss,
       'peak RSS over baseline': peakRss(relay.proc) - base.rss,
     });
+    expect(responses(peer, 'TIMEOUT')).toEqual([]);
     expect(live).toBeGreaterThan(24 * MiB);
     expect(live).toBeLessThan(36 * MiB);
     expect(held.rss - base.rss).toBeLessThan(64 * MiB);
     expect(peakRss(relay.proc) - base.rss).toBeLessThan(120 * MiB);
-    // Every upload that stopped moving is cancelled after the idle timeout.
-    await peer.until(() => responses(peer).length >= 1025, 15_000, 'an answer to every upload');
-    expect(responses(peer, 'TIMEOUT').length + responses(peer, 'OVERLOADED').length).toBe(1024);
-    expect(responses(peer, 'TIMEOUT')[0]![2]).toMatchObject({ message: expect.stringMatching(/stopped arriving/) });
+    // The caller leaving frees all of it.
+    const session = sessionOf(peer);
+    peer.close();
+    await relay.proc.waitForLog((l) => l.msg === 'caller disconnected' && l.session === session, 10_000, 'the caller leaving');
     const after = await memoryAfterGc(relay.proc);
     expect(after.heapUsed + after.external - (base.heapUsed + base.external)).toBeLessThan(8 * MiB);
     await honest.close();
+
+    // Every upload that stopped moving is cancelled after the idle timeout.
+    const short = await startRelay(['--stream-idle-timeout', '2s']);
+    await startNode(short.addr, ['--name', 'echo-1', '--services', ABUSE]);
+    const idle = await rawCaller(short.addr);
+    for (let id = 1; id <= 8; id++) idle.send([0, id, 'Abuse.Echo', null, { stream: 16 * MiB, broadcast: true, timeout: 120_000 }]);
+    await upload(idle, [1, 2, 3, 4, 5, 6, 7, 8], MiB);
+    await idle.until(() => responses(idle).length >= 8, 20_000, 'an answer to every upload');
+    expect(responses(idle).map((r) => (r[2] as { code: string }).code)).toEqual(Array(8).fill('TIMEOUT'));
+    expect(responses(idle, 'TIMEOUT')[0]![2]).toMatchObject({ message: expect.stringMatching(/stopped arriving for 2000 ms/) });
   });
 
   it('bounds what one caller session makes a node reassemble, and cancels idle uploads there', async () => {
     const relay = await startRelay();
-    const node = await startNode(relay.addr, ['--name', 'echo-1', '--services', ABUSE, '--stream-idle-timeout', '2s'], PROBE_ENV);
+    // As above: an idle timeout the measurement cannot outlast; the idle cancel is checked on a second node.
+    const node = await startNode(relay.addr, ['--name', 'echo-1', '--services', ABUSE, '--stream-idle-timeout', '10m'], PROBE_ENV);
     const honest = await connect(relay.addr);
     const base = await memoryAfterGc(node);
     resetPeak(node);
@@ -268,7 +300,7 @@ describe('bounded under abuse', () => {
       Array.from({ length: 64 }, (_, i) => i + 1),
       MiB,
     );
-    await peer.until(() => responses(peer, 'OVERLOADED').length > 0, 10_000, 'OVERLOADED from the node');
+    await peer.until(() => responses(peer, 'OVERLOADED').length > 0, 30_000, 'OVERLOADED from the node');
     expect(await honest.call('Abuse.Echo', 'served')).toBe('served');
     const held = await memoryAfterGc(node);
     const live = held.heapUsed + held.external - (base.heapUsed + base.external);
@@ -277,13 +309,21 @@ describe('bounded under abuse', () => {
       'RSS after GC over baseline': held.rss - base.rss,
       'peak RSS over baseline': peakRss(node) - base.rss,
     });
+    expect(responses(peer, 'TIMEOUT')).toEqual([]);
     expect(live).toBeGreaterThan(24 * MiB);
     expect(live).toBeLessThan(36 * MiB);
     expect(held.rss - base.rss).toBeLessThan(64 * MiB);
     expect(peakRss(node) - base.rss).toBeLessThan(120 * MiB);
-    await peer.until(() => responses(peer).length >= 1024, 15_000, 'an answer to every upload');
-    expect(responses(peer, 'TIMEOUT').length + responses(peer, 'OVERLOADED').length).toBe(1024);
+    peer.close();
     await honest.close();
+
+    const short = await startRelay();
+    await startNode(short.addr, ['--name', 'echo-1', '--services', ABUSE, '--stream-idle-timeout', '2s']);
+    const idle = await rawCaller(short.addr);
+    for (let id = 1; id <= 8; id++) idle.send([0, id, 'Abuse.Echo', null, { stream: 16 * MiB, timeout: 300_000 }]);
+    await upload(idle, [1, 2, 3, 4, 5, 6, 7, 8], MiB);
+    await idle.until(() => responses(idle).length >= 8, 20_000, 'an answer to every upload');
+    expect(responses(idle).map((r) => (r[2] as { code: string }).code)).toEqual(Array(8).fill('TIMEOUT'));
   });
 
   it('refuses method names over the limit and keeps /metrics small whatever names callers send', async () => {
@@ -320,8 +360,9 @@ describe('bounded under abuse', () => {
     resetPeak(relay.proc);
     for (let i = 0; i < 8; i++) {
       const t0 = performance.now();
-      const rows = await caller.broadcast('Abuse.Echo', [i], { timeout: 20_000 });
-      expect(performance.now() - t0).toBeLessThan(5_000);
+      const rows = await caller.broadcast('Abuse.Echo', [i], { timeout: 60_000 });
+      // At once, not at the 60 s deadline the rogue's stream would otherwise hold it to.
+      expect(performance.now() - t0).toBeLessThan(30_000);
       expect(rows.map((r) => [r.node, r.ok])).toEqual([
         ['good-1', true],
         ['rogue-1', false],
@@ -357,16 +398,19 @@ describe('bounded under abuse', () => {
     const honest = await connect(relay.addr);
     const base = await memoryAfterGc(relay.proc);
     const watchers: RawPeer[] = [];
+    const addresses: string[] = [];
     for (let i = 0; i < 20; i++) {
       const w = await rawCaller(relay.addr);
       w.send([0, 1, 'Relay.Watch', encode([]), {}]);
       await w.response(1);
+      addresses.push(addressOf(w));
       socketOf(w).pause();
       watchers.push(w);
     }
     // A node whose hello is just under the limit joins and leaves until every watcher is cut.
     const methods = Array.from({ length: 500 }, (_, i) => `Method${i}_${'q'.repeat(100)}`);
-    const cuts = () => relay.proc.logs.filter((l) => l.msg === 'slow consumer: closing connection').length;
+    const cutLines = () => relay.proc.logs.filter((l) => l.msg === SLOW_CUT);
+    const cuts = () => cutLines().length;
     for (let flap = 0; flap < 400 && cuts() < 20; flap++) {
       const n = await rawNode(relay.addr, 'flappy-1', { Flap: methods });
       expect(n.closed).toBeUndefined();
@@ -374,10 +418,15 @@ describe('bounded under abuse', () => {
       n.close();
       await relay.proc.waitForLog((l) => l.msg === 'node disconnected' && l.node === 'flappy-1', 5_000, 'the leave', from);
     }
-    expect(cuts()).toBe(20);
+    // The relay's record: each watcher cut once, with 4008, and no one else.
+    expect(
+      cutLines()
+        .map((l) => `${l.peer as string} ${l.code as number}`)
+        .sort(),
+    ).toEqual(addresses.map((a) => `${a} 4008`).sort());
     expect(await honest.call('Arith.Multiply', 6, 7)).toBe(42);
     for (const w of watchers) socketOf(w).resume();
-    for (const w of watchers) expect((await w.waitClosed(10_000)).code).toBe(4008);
+    for (const w of watchers) expectClosedAsCut(await w.waitClosed(10_000));
     const after = await memoryAfterGc(relay.proc);
     report('20 watchers not reading, a node with a 55 KB hello flapping', {
       'watchers cut': cuts(),

@@ -10,7 +10,7 @@ import { registerExamples } from '../src/services/index.js';
 import { dialAddress, hostName, listenAddress, relayUrl } from '../src/util/address.js';
 import { silentLogger } from '../src/util/logger.js';
 import { freePort } from './helpers/nats.js';
-import { BIN, killAll, Proc, runCall, startNode } from './helpers/processes.js';
+import { BIN, killAll, Proc, runCall, START_TIMEOUT, startNode } from './helpers/processes.js';
 
 /** Hosts that the C resolver or WHATWG URL would read as an IPv4 address other than what is written. */
 const NUMERIC_HOSTS = ['9090', '127.1', '0x7f.1', '0x7f000001', '2130706433', '010.0.0.1', '256.0.0.1', '1.2.3', '1.2.3.4.5', 'foo.123', '127.0.0.01'];
@@ -166,7 +166,7 @@ describe('address flags of the CLIs', () => {
   it('--listen PORT binds that port on this host, and --relay PORT reaches it', async () => {
     const port = await freePort({ everyInterface: true });
     const relay = new Proc(BIN.relay, ['--listen', String(port), '--log-level', 'debug']);
-    const listening = await relay.waitForMsg('relay listening');
+    const listening = await relay.waitForMsg('relay listening', START_TIMEOUT);
     expect(listening.port).toBe(port);
     expect(['::', '0.0.0.0']).toContain(listening.host);
     await startNode(String(port), ['--name', 'office-1']);

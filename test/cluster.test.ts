@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { connect, type Client } from '../src/index.js';
 import type { PresenceEvent } from '../src/wire/presence.js';
 import { clusterArgs, clusterKeyFile, freePort, NatsServer, stopAllNats } from './helpers/nats.js';
-import { killAll, Proc, BIN, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
+import { killAll, Proc, BIN, START_TIMEOUT, startNode, startRelay, type RunningRelay } from './helpers/processes.js';
 import { waitUntil } from './helpers/wait.js';
 
 /** Several relays over a real nats-server (issue 13). Every wait is bounded; nothing sleeps a fixed time. */
@@ -62,7 +62,7 @@ describe('relays in a cluster over NATS', () => {
     const events: PresenceEvent[] = [];
     const watch = await caller.watchPresence((e) => events.push(e));
     const node = new Proc(BIN.node, ['--relay', us.addr, '--name', 'office-1', '--log-level', 'debug']);
-    const welcomed = await node.waitForMsg('connected to relay');
+    const welcomed = await node.waitForMsg('connected to relay', START_TIMEOUT);
     const t0 = welcomed.time as number;
     await waitUntil(() => events.some((e) => e.event === 'join' && e.node.name === 'office-1'), 10_000, 'the join of office-1 at eu-1');
     const join = events.find((e) => e.event === 'join' && e.node.name === 'office-1');

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type Client } from '../src/index.js';
+import { Holds } from './helpers/hold.js';
 import { gatewayCall } from './helpers/http.js';
 import { killAll, startNode, startRelay, type Proc, type RunningRelay } from './helpers/processes.js';
 
@@ -20,6 +21,16 @@ const ADMIN = 'admin-token-for-the-browser-test';
 const SLOW = fileURLToPath(new URL('./fixtures/slow-services.js', import.meta.url));
 const DOCS_SCREENSHOT = fileURLToPath(new URL('../docs/dashboard.png', import.meta.url));
 const WAIT = 15_000;
+
+/**
+ * Clicks the element `selector` names once it is there, finding and clicking it in one step in the
+ * page: the table is redrawn as the relay reports, and page.click's separate steps (find, scroll,
+ * move the mouse) can land on a row already replaced ("Node is detached from document").
+ */
+async function clickNow(page: Page, selector: string): Promise<void> {
+  await page.waitForSelector(selector, { timeout: WAIT });
+  await page.$eval(selector, (el) => (el as HTMLElement).click());
+}
 
 // Skipped on a developer's machine without chromium; in CI (.ci/run installs it) a missing browser fails.
 describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard in a headless browser', () => {
@@ -155,22 +166,29 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
     await page.waitForSelector('tr[data-node="batch-1"] button[data-action="drain"]:not([disabled])');
     expect(await page.$eval('#actions-state', (el) => el.textContent)).toContain('enabled');
 
-    const running = gatewayCall(relay.port, 'Slow.Sleep', [2_000], '?node=batch-1');
-    await nodes.slow!.waitForMsg('test handler started');
+    // The call runs until the test has seen the node drained with it in flight (Slow.Hold), not for a
+    // duration the browser's steps may outlast on a busy machine.
+    const holds = await Holds.open();
+    const running = gatewayCall(relay.port, 'Slow.Hold', [holds.port], '?node=batch-1&timeout=120000');
+    await holds.waitHeld(1, WAIT);
     await page.waitForFunction(() => document.querySelector('tr[data-node="batch-1"] [data-col="inflight"]')?.textContent === '1');
     const from = relay.proc.logs.length;
-    await page.click('tr[data-node="batch-1"] button[data-action="drain"]');
+    await clickNow(page, 'tr[data-node="batch-1"] button[data-action="drain"]');
     await page.waitForSelector('tr[data-node="batch-1"][data-state="drained"]');
     await page.waitForFunction(() => document.querySelector('#action-result')?.textContent?.includes('drain-node batch-1: done'));
     const line = await relay.proc.waitForLog((l) => l.msg === 'dashboard action', WAIT, 'the action log line', from);
     expect(line).toMatchObject({ action: 'drain-node', target: 'batch-1', by: 'admin' });
     expect(await page.$eval('#fact-drained', (el) => el.textContent)).toBe('batch-1');
-    // The call in flight finishes normally; the node stays, and takes no new call.
-    expect(await running).toMatchObject({ status: 200, json: { result: 2_000 } });
+    // The call in flight finishes normally once let go; the node stays, and takes no new call.
+    expect((await gatewayCall(relay.port, 'Slow.Echo', [1])).status).not.toBe(200);
+    expect(holds.held).toBe(1);
+    holds.release();
+    expect(await running).toMatchObject({ status: 200, json: { result: 'released' } });
+    await holds.close();
     expect((await gatewayCall(relay.port, 'Slow.Echo', [1])).status).not.toBe(200);
     expect(await page.$eval('tr[data-node="batch-1"]', (tr) => (tr as HTMLElement).dataset.state)).toBe('drained');
 
-    await page.click('tr[data-node="batch-1"] button[data-action="undrain"]');
+    await clickNow(page, 'tr[data-node="batch-1"] button[data-action="undrain"]');
     await page.waitForSelector('tr[data-node="batch-1"][data-state="online"]');
     expect(await gatewayCall(relay.port, 'Slow.Echo', [1])).toMatchObject({ status: 200, json: { result: 1 } });
     await page.waitForFunction(() =>
@@ -189,13 +207,13 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
         void d.dismiss();
       }),
     );
-    await page.click('tr[data-node="office-2"] button[data-action="disconnect"]');
+    await clickNow(page, 'tr[data-node="office-2"] button[data-action="disconnect"]');
     expect(await asked).toContain('Disconnect node office-2?');
     expect(await page.$eval('#action-result', (el) => el.textContent)).not.toContain('disconnect-node office-2');
     expect(await page.$eval('tr[data-node="office-2"]', (tr) => (tr as HTMLElement).dataset.state)).toBe('online');
 
     page.on('dialog', (d) => void d.accept());
-    await page.click('tr[data-node="office-2"] button[data-action="disconnect"]');
+    await clickNow(page, 'tr[data-node="office-2"] button[data-action="disconnect"]');
     await page.waitForFunction(() => [...document.querySelectorAll('#events li[data-kind="node-leave"]')].some((li) => li.textContent!.includes('office-2')));
     // It reconnects by itself, one reconnect more.
     await page.waitForFunction(() => document.querySelector('tr[data-node="office-2"] [data-col="reconnects"]')?.textContent === '1');

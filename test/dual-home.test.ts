@@ -8,7 +8,8 @@ import { connect, isTunnelError, Relay, ServiceRegistry, TunnelNode, withContext
 import { registerExamples } from '../src/services/index.js';
 import { decode, decodeAll, encode } from '../src/wire/codec.js';
 import { freePort } from './helpers/nats.js';
-import { BIN, killAll, Proc, runCall, startRelay, type LogLine } from './helpers/processes.js';
+import { Holds } from './helpers/hold.js';
+import { BIN, killAll, Proc, runCall, START_TIMEOUT, startRelay, type LogLine } from './helpers/processes.js';
 import { waitUntil } from './helpers/wait.js';
 
 /** A node with tunnels to several relays at once (issue 13, "Dual-homed nodes"), node side. */
@@ -203,22 +204,32 @@ describe('dual-homed node (tunnel-node --relay A --relay B)', () => {
 
   it('drains both tunnels on SIGTERM (relays from TUNNEL_RELAY, comma-separated): running calls finish, none is lost', async () => {
     const [a, b] = await Promise.all([startRelay(), startRelay()]);
-    const node = new Proc(BIN.node, ['--name', 'dual-1', '--services', SERVICES, '--log-level', 'debug', '--drain-timeout', '10s'], {
+    // The drain time only bounds the test: the running calls end when the test releases them.
+    const node = new Proc(BIN.node, ['--name', 'dual-1', '--services', SERVICES, '--log-level', 'debug', '--drain-timeout', '40s'], {
       TUNNEL_RELAY: `${a.addr},${b.addr}`,
     });
-    await node.waitForLog(() => node.logs.filter((l) => l.msg === 'connected to relay').length === 2, 10_000, 'a tunnel to each relay');
-    const calls = [a, b].map((r) => runCall(r.addr, ['Slow.Sleep', '1500']));
-    await node.waitForLog(() => node.logs.filter((l) => l.msg === 'test handler started').length === 2, 10_000, 'a call running through each relay');
+    const holds = await Holds.open();
+    try {
+      await node.waitForLog(() => node.logs.filter((l) => l.msg === 'connected to relay').length === 2, START_TIMEOUT, 'a tunnel to each relay');
+      const calls = [a, b].map((r) => runCall(r.addr, ['Slow.Hold', String(holds.port)], {}, 50_000));
+      await holds.waitHeld(2, 20_000);
 
-    node.kill('SIGTERM');
-    await Promise.all([a, b].map((r) => r.proc.waitForMsg('node is draining')));
-    for (const r of [a, b]) {
-      const late = await runCall(r.addr, ['Slow.Echo', '1']);
-      expect(late.stderr).toContain('NO_NODE');
+      node.kill('SIGTERM');
+      await Promise.all([a, b].map((r) => r.proc.waitForMsg('node is draining')));
+      // Both calls are still running (held): the node is draining, not gone, on both relays.
+      for (const r of [a, b]) {
+        const late = await runCall(r.addr, ['Slow.Echo', '1']);
+        expect(late.code).not.toBe(0);
+        expect(late.stderr).toContain('NO_NODE');
+      }
+      expect(holds.held).toBe(2);
+      holds.release();
+      for (const done of await Promise.all(calls)) expect(done).toMatchObject({ code: 0, stdout: 'released\n' });
+      expect((await node.exited).code).toBe(0);
+      for (const r of [a, b]) expect((await r.proc.waitForMsg('node disconnected')).failedCalls).toBe(0);
+    } finally {
+      await holds.close();
     }
-    for (const done of await Promise.all(calls)) expect(done).toMatchObject({ code: 0, stdout: '1500\n' });
-    expect((await node.exited).code).toBe(0);
-    for (const r of [a, b]) expect((await r.proc.waitForMsg('node disconnected')).failedCalls).toBe(0);
   });
 
   it('exits 2 when a relay is given twice, however it is spelt', async () => {

@@ -77,9 +77,10 @@ describe('failures', () => {
     const node = await startNode(relay.addr, ['--name', 'slow-1', '--services', SLOW]);
     const client = await connect(relay.addr);
     const t0 = Date.now();
-    const err = await client.call('Slow.Sleep', 10_000, { timeout: 300 }).catch((e: unknown) => e);
+    const err = await client.call('Slow.Sleep', 60_000, { timeout: 300 }).catch((e: unknown) => e);
     expect(isTunnelError(err, 'TIMEOUT')).toBe(true);
-    expect(Date.now() - t0).toBeLessThan(3_000);
+    // The deadline, not the 60 s sleep: far below the one, whatever the machine's load.
+    expect(Date.now() - t0).toBeLessThan(30_000);
     const aborted = await node.waitForMsg('test handler aborted');
     expect(['TIMEOUT', 'CANCELLED']).toContain(aborted.reason);
     await client.close();

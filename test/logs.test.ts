@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { BIN, killAll, Proc, runCall, startNode, startRelay, type LogLine } from './helpers/processes.js';
+import { BIN, killAll, Proc, runCall, START_TIMEOUT, startNode, startRelay, type LogLine } from './helpers/processes.js';
 import { duplicateKeys } from './helpers/strict-json.js';
 
 /** The JSON log lines of a stderr text. */
@@ -45,15 +45,15 @@ describe('JSON log lines', () => {
 describe('start-up and per-session lines', () => {
   it('a relay and a node each say one thing at info when they start; sessions are debug', async () => {
     const relay = new Proc(BIN.relay, ['--listen', '127.0.0.1:0']);
-    const listening = await relay.waitForMsg('relay listening');
+    const listening = await relay.waitForMsg('relay listening', START_TIMEOUT);
     const addr = `127.0.0.1:${listening.port as number}`;
     expect(relay.logs.filter((l) => l.level === 30).map((l) => l.msg)).toEqual(['relay listening']);
     // The settings are there at debug, after the checks.
     const debug = new Proc(BIN.relay, ['--listen', '127.0.0.1:0', '--log-level', 'debug']);
-    expect(await debug.waitForMsg('relay starting')).toMatchObject({ level: 20, maxTimeout: 300_000, listen: '127.0.0.1:0' });
+    expect(await debug.waitForMsg('relay starting', START_TIMEOUT)).toMatchObject({ level: 20, maxTimeout: 300_000, listen: '127.0.0.1:0' });
 
     const node = new Proc(BIN.node, ['--relay', addr, '--name', 'quiet-1', '--users', 'alice:secret']);
-    await node.waitForMsg('connected to relay');
+    await node.waitForMsg('connected to relay', START_TIMEOUT);
     for (let i = 0; i < 3; i++) expect((await runCall(addr, ['--login', 'alice:secret', 'Hello.WhoAmI'])).stdout).toBe('alice\n');
     expect(node.logs.filter((l) => (l.level ?? 0) >= 30).map((l) => l.msg)).toEqual(['connected to relay']);
     expect(relay.logs.filter((l) => l.level === 30).map((l) => l.msg)).toEqual(['relay listening', 'node connected']);

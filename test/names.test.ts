@@ -37,8 +37,12 @@ describe('one name, one live node', () => {
     expect(relay.proc.logs.filter((l) => l.msg === 'node name reconnected; replacing the previous connection')).toHaveLength(0);
     expect(first.logs.filter((l) => l.msg === 'disconnected from relay')).toHaveLength(0);
     expect((await runCall(relay.addr, ['--node', 'office-1', 'Arith.Multiply', '6', '7'])).stdout).toBe('42\n');
+    // Counted as they were logged: at least the three seen, however many more came meanwhile.
+    const seen = conflicts();
     const metrics = await (await fetch(`http://${relay.addr}/metrics`)).text();
-    expect(metrics).toMatch(/tunnel_relay_rejected_connections_total\{reason="name_conflict"\} ([3-9]|\d{2,})\n/);
+    const counted = /^tunnel_relay_rejected_connections_total\{reason="name_conflict"\} (\d+)$/m.exec(metrics);
+    expect(counted, 'the name_conflict counter').not.toBeNull();
+    expect(Number(counted![1])).toBeGreaterThanOrEqual(Math.max(seen, 3));
 
     // The holder dies: the claimer takes the name on its next attempt, without a replacement.
     first.kill('SIGKILL');
@@ -51,10 +55,11 @@ describe('one name, one live node', () => {
     const relay = await startRelay();
     const old = await rawNode(relay.addr, 'twin', 'instance-a');
     expect(old.closed).toBeUndefined();
-    const t0 = Date.now();
+    // At once: the old connection answers pings, so had the relay probed it (as it does for another
+    // instance, next test) the newcomer would be refused 4006; it is welcomed on its first hello.
     const again = await rawNode(relay.addr, 'twin', 'instance-a');
     expect(again.closed).toBeUndefined();
-    expect(Date.now() - t0).toBeLessThan(1_000);
+    expect(again.received.some((m) => Array.isArray(m) && m[0] === 5)).toBe(true);
     expect((await old.waitClosed()).code).toBe(4000);
     const line = await relay.proc.waitForMsg('node name reconnected; replacing the previous connection');
     expect(line.sameProcess).toBe(true);

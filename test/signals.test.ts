@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { connect as tcpConnect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BIN, killAll, Proc, startRelay, type LogLine } from './helpers/processes.js';
+import { BIN, killAll, Proc, START_TIMEOUT, startRelay, type LogLine } from './helpers/processes.js';
 import { waitUntil } from './helpers/wait.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -124,7 +124,7 @@ describe('stopping the commands', () => {
   it('SIGHUP drains a node as SIGTERM does; the relay rereads its tokens instead', async () => {
     const relay = await startRelay();
     const node = new Proc(BIN.node, ['--relay', relay.addr, '--name', 'hup-1']);
-    await node.waitForMsg('connected to relay');
+    await node.waitForMsg('connected to relay', START_TIMEOUT);
     node.kill('SIGHUP');
     expect((await node.exited).code).toBe(0);
     expect(node.logs.find((l) => l.msg === 'shutting down')).toMatchObject({ signal: 'SIGHUP' });

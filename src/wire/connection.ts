@@ -542,7 +542,8 @@ export class Connection {
     backlog: number,
     reason = `slow consumer: ${backlog} bytes waited to be written to this connection (limit ${this.maxBacklog}); read your messages`,
   ): void {
-    this.log.warn({ backlogBytes: backlog, limit: this.maxBacklog, reason }, 'slow consumer: closing connection');
+    // The code is logged because the peer may never see it: the frame waits behind what it does not read.
+    this.log.warn({ code: CloseCode.SLOW_CONSUMER, backlogBytes: backlog, limit: this.maxBacklog, reason }, 'slow consumer: closing connection');
     this.onSlowConsumer?.(backlog);
     this.queue = [];
     this.queuedBytes = 0;
