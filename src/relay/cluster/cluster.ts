@@ -109,6 +109,8 @@ interface OutCall {
   up: HopStream | undefined;
   /** What it takes to send the call again by another route while it was not delivered (whole params only). */
   resend: { params: Uint8Array; meta: NodeMeta } | undefined;
+  /** The node's relay's NATS connection count when the call was sent (RelayStamp.link). */
+  peerLink: number;
 }
 
 /** A call another relay sent to a node of this relay. */
@@ -152,6 +154,8 @@ export class Cluster implements RouteTransport {
   readonly id = randomBytes(8).toString('hex');
   private readonly started = Date.now();
   private seq = 0;
+  /** Our connections to NATS so far (RelayStamp.link): 1 on the first, one more at each reconnect. */
+  private links = 0;
   private readonly prefix: string;
   private readonly servers: string[];
   private readonly log: Logger;
@@ -353,6 +357,7 @@ export class Cluster implements RouteTransport {
     this.connectedNow = up;
     this.host.presenceLag?.(-1);
     if (up) {
+      this.links++;
       this.log.info({ server: this.nc?.getServer(), secure: this.seal.secure }, 'connected to the cluster');
       // Everyone learns our nodes again, and we theirs: announce now, ask every relay we know for its
       // list now (events may have been lost while we were away), heartbeats do the rest.
@@ -419,7 +424,7 @@ export class Cluster implements RouteTransport {
   }
 
   private publishPresence(body: PresenceBody): void {
-    const stamp: RelayStamp = { name: this.host.relayName, id: this.id, started: this.started, seq: ++this.seq };
+    const stamp: RelayStamp = { name: this.host.relayName, id: this.id, started: this.started, seq: ++this.seq, link: this.links };
     let payload: unknown;
     switch (body.event) {
       case 'join':
@@ -487,6 +492,8 @@ export class Cluster implements RouteTransport {
       this.heartbeatNow();
     } else if (relay.seq <= peer.stamp.seq) {
       return; // a late or repeated message
+    } else if (relay.link !== undefined && relay.link > (peer.stamp.link ?? relay.link)) {
+      this.peerReconnected(peer, relay.link);
     }
     peer.stamp = relay;
     peer.lastSeen = now;
@@ -690,7 +697,13 @@ export class Cluster implements RouteTransport {
   }
 
   open(route: RemoteRoute, call: RoutedCall, params: Uint8Array, meta: NodeMeta, stream: number): void {
-    const out: OutCall = { call, route, up: undefined, resend: stream === 0 && params.length <= STREAM_THRESHOLD ? { params, meta } : undefined };
+    const out: OutCall = {
+      call,
+      route,
+      up: undefined,
+      resend: stream === 0 && params.length <= STREAM_THRESHOLD ? { params, meta } : undefined,
+      peerLink: this.peers.get(route.relayId)?.stamp.link ?? 0,
+    };
     const callId = this.outCalls.add(out);
     call.tunnelId = callId;
     route.inFlight++;
@@ -738,6 +751,22 @@ export class Cluster implements RouteTransport {
     out.route.inFlight--;
     out.up?.close();
     return out;
+  }
+
+  /**
+   * A relay we knew reconnected to NATS: what we sent it and what it sent us over its old connection
+   * may have been lost with it (the open of a call, its answer), and it stopped the calls it was
+   * serving for us when it lost NATS. Our calls sent to it before fail NODE_LOST now, not at their
+   * deadline. (The calls it sent us are left to run: it failed them on its side when it lost NATS,
+   * and their answers, if late, are ignored there; one it sent since is an ordinary call.)
+   */
+  private peerReconnected(peer: Peer, link: number): void {
+    const id = peer.stamp.id;
+    this.log.info({ relay: peer.stamp.name, link }, 'relay reconnected to the cluster');
+    this.failOutCalls(
+      (o) => o.route.relayId === id && o.peerLink < link,
+      `relay ${peer.stamp.name} lost its connection to the cluster (NATS) while the call was in flight; it may or may not have run`,
+    );
   }
 
   private failOutCalls(match: (o: OutCall) => boolean, message: string): void {

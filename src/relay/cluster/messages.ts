@@ -59,6 +59,12 @@ export interface RelayStamp {
   started: number;
   /** Counts the relay's presence messages. */
   seq: number;
+  /**
+   * Counts the relay's connections to NATS, from 1; it grows at each reconnect. Messages in flight
+   * across a reconnect may be lost either way, so a peer fails the calls it had in flight with this
+   * relay when it sees the count grow. Absent from relays that predate it.
+   */
+  link?: number;
 }
 
 export type PresenceBody =
@@ -226,7 +232,10 @@ function check(v: unknown): ClusterMessage {
 function stamp(v: Record<string, unknown>): RelayStamp {
   if (!isShortString(v.name, 128) || !isShortString(v.id, 64) || !isCount(v.started) || !isCount(v.seq)) return bad('relay is {name, id, started, seq}');
   if (controlProblem(v.name, 'relay name') !== undefined) return bad(`relay name: ${CONTROL_RULE}`);
-  return { name: v.name, id: v.id, started: v.started, seq: v.seq };
+  if (v.link !== undefined && !isCount(v.link)) return bad('relay link is a count');
+  return v.link === undefined
+    ? { name: v.name, id: v.id, started: v.started, seq: v.seq }
+    : { name: v.name, id: v.id, started: v.started, seq: v.seq, link: v.link };
 }
 
 /** A node as another relay announced it, held to the same rules as a node's own hello. */
