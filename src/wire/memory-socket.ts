@@ -234,8 +234,9 @@ export class MemorySocket extends EventEmitter implements SocketLike {
     this.closeEmitted = true;
     this.state = this.CLOSED;
     this.paused = false;
-    // What the peer sent and this side never read will not be written.
-    this.inbound.dropAll(new Error('the peer closed before this was read'));
+    // What the peer sent and this side never read will not be written; on a half-open connection
+    // the peer does not know, and its bytes stay stuck.
+    if (!this.link.cut) this.inbound.dropAll(new Error('the peer closed before this was read'));
     const code = this.closeReceived?.code ?? 1006;
     this.emit('close', code, this.closeReceived?.reason ?? Buffer.alloc(0));
   }
