@@ -512,6 +512,35 @@ describe('heartbeats', () => {
     expect(h.closes.map((c) => c.code)).toEqual([CloseCode.ABNORMAL]);
   });
 
+  it('a peer we stopped reading (pauseWhenBacklogged) is not dropped as silent while it reads what we send', async () => {
+    // Its backlog stays between an eighth of maxBacklog and maxBacklog: we do not read it (so not its
+    // pongs either), and it is not cut; it reads our messages, and our pings behind them, as fast as they come.
+    const KIB = 1024;
+    const h = harness({ heartbeatTimeout: TIMEOUT, maxBacklog: 64 * KIB, slowConsumerTimeout: 60_000 });
+    h.conn.pauseWhenBacklogged = true;
+    let pings = 0;
+    h.remote.on('ping', () => pings++);
+    h.remote.stopReading();
+    for (let i = 0; i < 4; i++) {
+      h.conn.send(notify('N.m', bytes(20 * KIB)));
+      await settle();
+    }
+    expect(h.local.isPaused).toBe(true);
+    h.remote.read(40 * KIB);
+    await settle();
+    for (let t = 0; t < 4 * TIMEOUT; t += 500) {
+      h.conn.send(notify('N.m', bytes(20 * KIB)));
+      await settle();
+      h.remote.read(20 * KIB);
+      await elapse(500);
+      expect([t, h.closes, h.conn.socketBacklog > 8 * KIB]).toEqual([t, [], true]);
+    }
+    expect(h.local.isPaused).toBe(true);
+    expect(pings).toBeGreaterThan(4);
+    expect(h.closes).toEqual([]);
+    expect(h.conn.isOpen).toBe(true);
+  });
+
   it('heartbeatTimeout 0 sends no pings and drops no one', async () => {
     const h = harness({ heartbeatTimeout: 0 });
     let pings = 0;

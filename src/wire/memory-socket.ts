@@ -33,6 +33,8 @@ export class MemorySocket extends EventEmitter implements SocketLike {
   private readonly maxPayload: number;
   private paused = false;
   private stopped = false;
+  /** Message bytes that may still be read while stopped (see read). */
+  private allowance = 0;
   private deliveryScheduled = false;
   private closeSent = false;
   private closeReceived: { code: number; reason: Buffer } | undefined;
@@ -152,6 +154,16 @@ export class MemorySocket extends EventEmitter implements SocketLike {
   /** Test control: reads again what waited. */
   startReading(): void {
     this.stopped = false;
+    this.allowance = 0;
+    this.schedule();
+  }
+
+  /**
+   * Test control: while stopped, reads the messages waiting, oldest first, up to `bytes` of them
+   * (a message that passes the count is read whole), and the pings and pongs among them: a slow reader.
+   */
+  read(bytes: number): void {
+    this.allowance += bytes;
     this.schedule();
   }
 
@@ -177,7 +189,7 @@ export class MemorySocket extends EventEmitter implements SocketLike {
   }
 
   private reading(): boolean {
-    return !this.paused && !this.stopped && !this.link.cut && this.state !== this.CLOSED && this.inbound.frames.length > 0;
+    return !this.paused && (!this.stopped || this.allowance > 0) && !this.link.cut && this.state !== this.CLOSED && this.inbound.frames.length > 0;
   }
 
   private readonly deliverOne = (): void => {
@@ -186,6 +198,7 @@ export class MemorySocket extends EventEmitter implements SocketLike {
     const f = this.inbound.frames.shift()!;
     switch (f.type) {
       case 'message':
+        if (this.stopped) this.allowance = Math.max(0, this.allowance - f.data.length);
         this.inbound.bytes -= f.data.length;
         f.cb?.();
         if (this.discarding || this.closeReceived) break;
