@@ -412,10 +412,19 @@ export class Connection {
     return undefined;
   }
 
-  private readonly chunkWritten = (): void => {
+  private readonly chunkWritten = (err?: Error | null): void => {
     this.chunksInSocket--;
+    this.takenWhilePaused(err);
     this.pump();
   };
+
+  /**
+   * While we do not read the peer (pauseWhenBacklogged) its pongs wait unread behind our pause, so
+   * that it takes what we write is its sign of life: the heartbeat must not drop it for our silence.
+   */
+  private takenWhilePaused(err: Error | null | undefined): void {
+    if (this.paused && !err) this.lastSeen = Date.now();
+  }
 
   /** The peer acknowledged chunk bytes; more than it was sent is a protocol error. */
   private onAck(id: number | undefined, bytes: number): void {
@@ -513,7 +522,8 @@ export class Connection {
     else this.ws.send(data, { binary: true }, this.written);
   }
 
-  private readonly written = (): void => {
+  private readonly written = (err?: Error | null): void => {
+    this.takenWhilePaused(err);
     if (this.paused || this.overSince !== 0) this.checkBacklog();
   };
 
