@@ -541,6 +541,19 @@ describe('heartbeats', () => {
     expect(h.conn.isOpen).toBe(true);
   });
 
+  it('a peer we stopped reading that reads nothing either is still dropped after heartbeatTimeout', async () => {
+    const h = harness({ heartbeatTimeout: TIMEOUT, maxBacklog: 64 * 1024, slowConsumerTimeout: 60_000, onSlowConsumer: () => expect.fail('cut') });
+    h.conn.pauseWhenBacklogged = true;
+    h.remote.stopReading();
+    h.conn.send(notify('N.m', bytes(100 * 1024)));
+    await settle();
+    expect(h.local.isPaused).toBe(true);
+    await elapse(TIMEOUT);
+    expect(h.conn.isOpen).toBe(true);
+    await elapse(INTERVAL);
+    expect(h.closes.map((c) => c.code)).toEqual([CloseCode.ABNORMAL]);
+  });
+
   it('heartbeatTimeout 0 sends no pings and drops no one', async () => {
     const h = harness({ heartbeatTimeout: 0 });
     let pings = 0;
