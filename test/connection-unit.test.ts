@@ -447,6 +447,27 @@ describe('backlog and the slow-consumer cut', () => {
     expect(h.received).toEqual([{ kind: Kind.CANCEL, id: 5 }]);
   });
 
+  it('onPressure runs on writes while the backlog is above maxBacklog, not below it', async () => {
+    let pressure = 0;
+    const h = slow({ onPressure: () => pressure++ });
+    h.conn.send(notify('N.small', bytes(1000)));
+    await settle();
+    expect(pressure).toBe(0);
+    h.conn.send(notify('N.big', bytes(LIMIT)));
+    await settle();
+    expect(pressure).toBeGreaterThan(0);
+  });
+
+  it('shed cuts 4008 with the reason given, and onSlowConsumer once', async () => {
+    const h = slow();
+    h.remote.startReading();
+    h.conn.shed('the relay is over its memory budget');
+    h.conn.shed('again');
+    await settle();
+    expect(h.cuts).toHaveLength(1);
+    expect(h.remoteCloses).toEqual([{ code: CloseCode.SLOW_CONSUMER, reason: 'slow consumer: the relay is over its memory budget' }]);
+  });
+
   it('maxBacklog 0 never cuts', async () => {
     const h = harness({ slowConsumerTimeout: 10, onSlowConsumer: () => expect.fail('cut') });
     h.remote.stopReading();
