@@ -15,8 +15,11 @@ import type { SocketLike } from './connection.js';
  * with fake timers see the same order every run.
  *
  * For tests there are controls a real socket does not have: {@link stopReading} (a peer process
- * that does not read its socket), {@link cutSilently} (a half-open connection), and sending text or
- * any bytes at all through the ordinary `send`.
+ * that does not read its socket) and {@link read} (one that reads slowly), {@link cutSilently} (a
+ * half-open connection); text frames and bytes that are not MessagePack go through the ordinary `send`.
+ *
+ * Not modelled: the handshake (a pair is open from the start), extensions, fragmentation, ws's own
+ * 30 s close timeout, and the kernel's buffers (bufferedAmount counts every unread byte).
  */
 export class MemorySocket extends EventEmitter implements SocketLike {
   readonly CONNECTING = 0 as const;
@@ -181,7 +184,10 @@ export class MemorySocket extends EventEmitter implements SocketLike {
     this.outbound.reader.schedule();
   }
 
-  /** Delivery of what the peer sent; called by the lane's writer and whenever reading may go on. */
+  /**
+   * Delivery of what the peer sent; called by the lane's writer and whenever reading may go on.
+   * @internal
+   */
   schedule(): void {
     if (this.deliveryScheduled || !this.reading()) return;
     this.deliveryScheduled = true;
