@@ -1,4 +1,4 @@
-import type { WebSocket, RawData } from 'ws';
+import type { RawData } from 'ws';
 import type { Logger } from '../util/logger.js';
 import { encode, decodeAll } from './codec.js';
 import { chunk, chunkAck, chunkAckV1, DEFAULT_MAX_FRAME, Kind, parse, PROTOCOL_VERSION, response, ShapeError, type Message } from './messages.js';
@@ -17,6 +17,34 @@ export const COALESCE_LIMIT = 8 * 1024;
  * the next chunk, so a small call waits behind at most this many chunks in our own buffers.
  */
 const CHUNKS_IN_SOCKET = 2;
+
+/**
+ * The part of a WebSocket that a {@link Connection} touches. ws's `WebSocket` has it as it is, and
+ * so does `MemorySocket` (memory-socket.ts), whose peer is in the same process: tests hold a
+ * connection in the hand with it, and an in-process peer needs no network.
+ */
+export interface SocketLike {
+  binaryType: 'nodebuffer' | 'arraybuffer' | 'fragments';
+  readonly readyState: 0 | 1 | 2 | 3;
+  readonly CONNECTING: 0;
+  readonly OPEN: 1;
+  /** Bytes handed to `send` and not yet written out (the peer is not reading them). */
+  readonly bufferedAmount: number;
+  /** `cb` runs once the data is written out, or with an error if it never will be. */
+  send(data: Buffer, options: { binary: boolean }, cb?: (err?: Error) => void): void;
+  ping(): void;
+  close(code: number, reason: string): void;
+  terminate(): void;
+  /** Stop and start emitting what the peer sends: its bytes wait, and its `bufferedAmount` grows. */
+  pause(): void;
+  resume(): void;
+  on(event: 'message', listener: (data: RawData, isBinary: boolean) => void): this;
+  on(event: 'pong', listener: () => void): this;
+  on(event: 'close', listener: (code: number, reason: Buffer) => void): this;
+  on(event: 'error', listener: (err: Error) => void): this;
+  once(event: 'pong', listener: () => void): this;
+  off(event: 'pong', listener: () => void): this;
+}
 
 export interface ConnectionHandlers {
   message(msg: Message): void;
@@ -84,7 +112,7 @@ interface OutStream {
  * small calls sends one frame per turn instead of one per call.
  */
 export class Connection {
-  readonly ws: WebSocket;
+  readonly ws: SocketLike;
   private readonly log: Logger;
   private readonly maxFrame: number;
   private handlers: ConnectionHandlers;
@@ -139,7 +167,7 @@ export class Connection {
   private readonly received = new Map<number, number>();
   private receivedTotal = 0;
 
-  constructor(ws: WebSocket, handlers: ConnectionHandlers, options: ConnectionOptions) {
+  constructor(ws: SocketLike, handlers: ConnectionHandlers, options: ConnectionOptions) {
     this.ws = ws;
     this.handlers = handlers;
     this.log = options.log;
@@ -384,10 +412,19 @@ export class Connection {
     return undefined;
   }
 
-  private readonly chunkWritten = (): void => {
+  private readonly chunkWritten = (err?: Error | null): void => {
     this.chunksInSocket--;
+    this.takenWhilePaused(err);
     this.pump();
   };
+
+  /**
+   * While we do not read the peer (pauseWhenBacklogged) its pongs wait unread behind our pause, so
+   * that it takes what we write is its sign of life: the heartbeat must not drop it for our silence.
+   */
+  private takenWhilePaused(err: Error | null | undefined): void {
+    if (this.paused && !err) this.lastSeen = Date.now();
+  }
 
   /** The peer acknowledged chunk bytes; more than it was sent is a protocol error. */
   private onAck(id: number | undefined, bytes: number): void {
@@ -485,7 +522,8 @@ export class Connection {
     else this.ws.send(data, { binary: true }, this.written);
   }
 
-  private readonly written = (): void => {
+  private readonly written = (err?: Error | null): void => {
+    this.takenWhilePaused(err);
     if (this.paused || this.overSince !== 0) this.checkBacklog();
   };
 
