@@ -387,6 +387,35 @@ describe('backlog and the slow-consumer cut', () => {
     expect(h.cuts).toEqual([]);
   });
 
+  it('after a freeze of this process, a peer over maxBacklog is given a fresh period, not cut for our stop', async () => {
+    const h = slow();
+    h.conn.send(notify('N.big', bytes(LIMIT + 1000)));
+    await settle();
+    expect(h.conn.socketBacklog).toBeGreaterThan(LIMIT);
+    // The process stops for a minute: the clock moves on, no timer runs; then the overdue timer runs first.
+    vi.setSystemTime(Date.now() + 60_000);
+    await elapse(1100);
+    expect(h.cuts).toEqual([]);
+    // What the peer read meanwhile is reported now: it is under the limit and stays.
+    h.remote.startReading();
+    await settle();
+    await elapse(5000);
+    expect(h.conn.isOpen).toBe(true);
+    expect(h.cuts).toEqual([]);
+  });
+
+  it('after a freeze, a peer that still reads nothing is cut when its fresh period ends', async () => {
+    const h = slow();
+    h.conn.send(notify('N.big', bytes(LIMIT + 1000)));
+    await settle();
+    vi.setSystemTime(Date.now() + 60_000);
+    await elapse(1100);
+    expect(h.cuts).toEqual([]);
+    await elapse(1100);
+    expect(h.cuts).toHaveLength(1);
+    expect(h.conn.isOpen).toBe(false);
+  });
+
   it('a backlog at twice maxBacklog is cut at once', async () => {
     const h = slow();
     h.conn.send(notify('N.huge', bytes(2 * LIMIT)));

@@ -544,8 +544,7 @@ export class Connection {
       if (this.closed) return;
       if (this.overSince === 0) {
         this.overSince = Date.now();
-        this.overTimer = setTimeout(() => this.checkBacklog(), this.slowConsumerTimeout + 10);
-        this.overTimer.unref();
+        this.armOverTimer();
         if (this.pauseWhenBacklogged && !this.paused) {
           this.paused = true;
           this.ws.pause();
@@ -564,6 +563,28 @@ export class Connection {
       this.paused = false;
       this.ws.resume();
     }
+  }
+
+  private armOverTimer(): void {
+    this.overTimer = setTimeout(() => this.onOverTimer(), this.slowConsumerTimeout + 10);
+    this.overTimer.unref();
+  }
+
+  /**
+   * The backlog's time is up. A timer that runs far later than it was due means this process was
+   * frozen (a long GC pause, a stopped VM): the socket's reports of what the peer read meanwhile are
+   * still waiting behind this timer, so the peer is given a fresh period instead of being cut for our
+   * own stop (as the heartbeat does, startHeartbeat).
+   */
+  private onOverTimer(): void {
+    if (this.closed || this.overSince === 0) return;
+    const late = Date.now() - this.overSince - (this.slowConsumerTimeout + 10);
+    if (late > Math.max(1_000, this.slowConsumerTimeout / 2)) {
+      this.overSince = Date.now();
+      this.armOverTimer();
+      return;
+    }
+    this.checkBacklog();
   }
 
   /**
