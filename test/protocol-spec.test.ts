@@ -630,7 +630,7 @@ describe('the client and a direct port, against peers written from docs/PROTOCOL
     peer.send(req(1, 'Relay.List', []));
     const [self] = decode((await peer.response(1))[3] as Uint8Array) as Array<{ services: Record<string, string[]> }>;
     expect(peer.received.filter((m) => isMsg(m, 5))).toHaveLength(1);
-    expect(self!.services).toEqual({ Slow: ['Echo', 'Sleep', 'Where'] });
+    expect(self!.services).toEqual({ Slow: ['Echo', 'Hold', 'Sleep', 'Where'] });
     expect(self!.services.Slow).toEqual([...self!.services.Slow!].sort());
     peer.close();
   });
