@@ -53,7 +53,7 @@ describe('the three CLIs end to end', () => {
     expect(no.code).toBe(1);
     expect(no.stderr).toContain('NOT_LOGGED_IN');
     const wrong = await runCall(relay.addr, ['--login', 'alice:nope', 'Hello.Hello', 'bob']);
-    expect(wrong.code).toBe(1);
+    expect(wrong.code).toBe(4); // wrong credentials: stop, as for a refused token
     expect(wrong.stderr).toContain('LOGIN_FAILED: username or password incorrect');
   });
 

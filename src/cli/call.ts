@@ -23,6 +23,9 @@ function exitCodeOf(err: unknown, otherwise: number): number {
   if (err.code === ErrorCode.CANCELLED) return EXIT.INTERRUPTED;
   if (err.code === ErrorCode.UNAUTHORIZED) return /too many failed authentications from /.test(err.message) ? EXIT.UNREACHABLE : EXIT.UNAUTHORIZED;
   if (err.code === ErrorCode.FORBIDDEN) return EXIT.FORBIDDEN;
+  // A wrong user or password (--login, or a Login method called directly): as with a wrong token, retrying will not help.
+  // (Logins refused for a while after too many failures from this address: that is retry later.)
+  if (err.code === ErrorCode.LOGIN_FAILED) return /; try again in \d+ s/.test(err.message) ? EXIT.UNREACHABLE : EXIT.UNAUTHORIZED;
   return otherwise;
 }
 
