@@ -57,6 +57,20 @@ describe('the three CLIs end to end', () => {
     expect(wrong.stderr).toContain('LOGIN_FAILED: username or password incorrect');
   });
 
+  it('exits 3 (retry later) once the relay refuses Logins from this address for a while, 4 before', async () => {
+    const strict = await startRelay(['--max-login-failures-per-address', '2']);
+    await startNode(strict.addr, ['--name', 'strict-1']);
+    const codes: number[] = [];
+    let last = '';
+    for (let i = 0; i < 3; i++) {
+      const r = await runCall(strict.addr, ['--login', 'alice:nope', 'Hello.WhoAmI']);
+      codes.push(r.code!);
+      last = r.stderr;
+    }
+    expect(codes).toEqual([4, 4, 3]);
+    expect(last).toMatch(/^LOGIN_FAILED: too many failed Login attempts from 127\.0\.0\.1; try again in \d+ s/);
+  });
+
   it('takes the relay from TUNNEL_RELAY and fails clearly when it is unreachable', async () => {
     const r = await runCall('127.0.0.1:1', ['Server.Ping']);
     expect(r.code).toBe(3);
