@@ -220,8 +220,13 @@ describe.skipIf(!existsSync(CHROMIUM) && process.env.CI !== 'true')('dashboard i
 
     const session = await page.$eval('#callers tbody tr', (tr) => (tr as HTMLElement).dataset.session!);
     const closed = new Promise<void>((resolve) => client!.once('close', () => resolve()));
-    await page.click(`tr[data-session="${session}"] button[data-action="disconnect"]`);
-    await closed;
+    // Clicked inside the page: the table re-renders as the feed moves, and a click by coordinates can
+    // land on a row that has just been replaced.
+    await clickNow(page, `tr[data-session="${session}"] button[data-action="disconnect"]`);
+    await Promise.race([
+      closed,
+      new Promise((_, reject) => setTimeout(() => reject(new Error(`caller ${session} was not disconnected within ${WAIT} ms`)), WAIT)),
+    ]);
     await page.waitForFunction((s) => !document.querySelector(`tr[data-session="${s}"]`), {}, session);
     client = undefined;
   });

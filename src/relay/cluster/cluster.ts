@@ -100,6 +100,8 @@ interface Peer {
   snapshotting: boolean;
   /** NATS said nobody listens on its inbox: it is not used until it is heard from again. */
   suspect: boolean;
+  /** Our own NATS connection count when we last heard from it. */
+  heardOnLink: number;
 }
 
 /** A call this relay sent to another one: the caller's call, the route, its params stream. */
@@ -484,7 +486,7 @@ export class Cluster implements RouteTransport {
       }
       const lost = this.lost.get(relay.id);
       this.lost.delete(relay.id);
-      peer = { stamp: relay, lastSeen: now, url: undefined, routes: new Map(), snapshotting: false, suspect: false };
+      peer = { stamp: relay, lastSeen: now, url: undefined, routes: new Map(), snapshotting: false, suspect: false, heardOnLink: this.links };
       this.peers.set(relay.id, peer);
       if (lost) this.log.info({ relay: relay.name, rejoined: true, unreachableMs: now - lost.at }, 'relay joined the cluster');
       else this.log.info({ relay: relay.name }, 'relay joined the cluster');
@@ -492,9 +494,12 @@ export class Cluster implements RouteTransport {
       this.heartbeatNow();
     } else if (relay.seq <= peer.stamp.seq) {
       return; // a late or repeated message
-    } else if (relay.link !== undefined && relay.link > (peer.stamp.link ?? relay.link)) {
+    } else if (relay.link !== undefined && relay.link > (peer.stamp.link ?? relay.link) && peer.heardOnLink === this.links) {
+      // (Heard first since our own reconnect, it only tells us where it is now: we failed our calls
+      // when we lost NATS, and those sent since went out after it was gone from the old server.)
       this.peerReconnected(peer, relay.link);
     }
+    peer.heardOnLink = this.links;
     peer.stamp = relay;
     peer.lastSeen = now;
     peer.suspect = false;
