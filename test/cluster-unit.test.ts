@@ -432,7 +432,7 @@ describe('calls out, told by presence', () => {
     us.peers.stop();
   });
 
-  it('fails the calls through a relay that expires, and those of a node that left', async () => {
+  it('fails the calls through a node that left its relay', async () => {
     const { us, b, out, route, send } = await setup();
     const c = send();
     b.nodes = [];
