@@ -242,6 +242,18 @@ describe('presence over a fake link', () => {
     us.peers.stop();
   });
 
+  it('asks a relay first heard by a join for its whole list: the nodes it announced before are learnt too', async () => {
+    const bus = new FakeBus();
+    const us = ourRelay(bus);
+    const b = new PuppetRelay(bus, 'b');
+    b.nodes = [node('n1'), node('n2')];
+    b.say('join', node('n2'));
+    await advance(100);
+    expect(b.snapshots).toBe(1);
+    expect(us.added.sort()).toEqual(['n1', 'n2']); // n2 once: the snapshot's n2 is the route the join made
+    us.peers.stop();
+  });
+
   it('asks for a snapshot when a heartbeat digest differs from what it knows, and only then', async () => {
     const bus = new FakeBus();
     const us = ourRelay(bus);
