@@ -444,6 +444,28 @@ describe('calls out, told by presence', () => {
     us.peers.stop();
   });
 
+  it('takes a grown count heard first after our own reconnect as it is: what we sent since is not failed', async () => {
+    const { us, b, out, send } = await setup();
+    // NATS restarts: both relays lose it and come back, b first; our calls went when we lost it.
+    us.link.up(false);
+    b.link.up(false);
+    b.link.up(true);
+    us.link.up(true);
+    const since = send();
+    await settle();
+    b.heartbeat();
+    await settle();
+    expect(since.outcome.error).toBeUndefined();
+    // From now on a growth of b's count is news again.
+    b.link.up(false);
+    b.link.up(true);
+    b.heartbeat();
+    await settle();
+    expect(since.outcome.error?.code).toBe(ErrorCode.NODE_LOST);
+    out.stop();
+    us.peers.stop();
+  });
+
   it('fails the calls through a node that left its relay', async () => {
     const { us, b, out, route, send } = await setup();
     const c = send();
