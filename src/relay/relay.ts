@@ -17,7 +17,9 @@ import { BrowserPolicy } from '../util/browser-policy.js';
 import { CallerLink, relayDeadlines } from './caller-link.js';
 import type { CallerLimits, CallerOutput, CallObserver, GatewaySession } from './contracts.js';
 import { NodeDirectory } from './directory.js';
-import { httpHandler, refuseRequest } from './http.js';
+import { httpHandler, refuseRequest } from './doors/http.js';
+import { doorEvents } from './doors/door-events.js';
+import type { DoorEvents, SessionHub, SocketAdmission } from './doors/hub.js';
 import { AuthFailures, retryAfter, type AuthDoor } from './auth-failures.js';
 import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, RefusalLog, type Limits } from './limits.js';
 import { MemoryBudget } from './memory.js';
@@ -199,6 +201,12 @@ export class Relay extends EventEmitter {
   private readonly closedBytes = { received: 0, sent: 0 };
   private drainPromise: Promise<void> | undefined;
   private drainReason: string | undefined;
+  /** @internal The doors' view of the caller sessions (doors/hub.ts). */
+  readonly sessions: SessionHub;
+  /** @internal */
+  readonly doorEvents: DoorEvents;
+  /** @internal */
+  readonly gate: SocketAdmission = { admitSocket: (ip) => this.admitSocket(ip) };
   private readonly observer: CallObserver = {
     started: () => {
       this.callsInFlight++;
@@ -247,6 +255,16 @@ export class Relay extends EventEmitter {
         this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length, unreachable: this.cluster.unreachable.length } : undefined,
     });
     this.authFailures = new AuthFailures(this.addresses, this);
+    this.doorEvents = doorEvents(this.metrics, this.events);
+    const auth = this.auth;
+    this.sessions = {
+      get callersNeedAuth() {
+        return auth.callersNeedAuth;
+      },
+      admit: (token, address, door) => this.admitCaller(token, address, door),
+      open: (out, address, identity, log, credential) => this.openCallerSession(out, address, identity, log, credential),
+      close: (link) => this.closeCallerSession(link),
+    };
     const separateAdmin = this.opts.adminListen !== undefined;
     const { dashboardToken, adminToken } = this.opts;
     this.dashboard = separateAdmin || dashboardToken !== undefined ? new Dashboard(this, { version: RELAY_VERSION, dashboardToken, adminToken }) : undefined;
