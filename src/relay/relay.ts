@@ -15,7 +15,7 @@ import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { Authenticator, peerCertificate, type AuthOptions, type Credential } from './auth.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
 import { CallerLink, relayDeadlines } from './caller-link.js';
-import type { CallerLimits, CallerOutput, CallObserver, GatewaySession } from './contracts.js';
+import type { CallerLimits, CallerOutput, GatewaySession } from './contracts.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler, refuseRequest } from './doors/http.js';
 import { doorEvents } from './doors/door-events.js';
@@ -38,6 +38,7 @@ import { Dashboard, isDashboardUrl } from './dashboard/routes.js';
 import { sameOrigin } from './dashboard/actions.js';
 import type { CallerConnection } from './dashboard/host.js';
 import { DrainMarks } from './drain-marks.js';
+import { CallStats } from './call-stats.js';
 
 export type { NodeInfo } from '../wire/presence.js';
 export type { AuditRecord, AuditKind, AuditDoor } from './events.js';
@@ -196,9 +197,6 @@ export class Relay extends EventEmitter {
   private readonly deadlines = relayDeadlines();
   private readonly sessionPrefix = randomBytes(4).toString('hex');
   private sessionCounter = 0;
-  private callsInFlight = 0;
-  private readonly sockets = new Set<Socket>();
-  private readonly closedBytes = { received: 0, sent: 0 };
   private drainPromise: Promise<void> | undefined;
   private drainReason: string | undefined;
   /** @internal The doors' view of the caller sessions (doors/hub.ts). */
@@ -207,29 +205,7 @@ export class Relay extends EventEmitter {
   readonly doorEvents: DoorEvents;
   /** @internal */
   readonly gate: SocketAdmission = { admitSocket: (ip) => this.admitSocket(ip) };
-  private readonly observer: CallObserver = {
-    started: () => {
-      this.callsInFlight++;
-    },
-    ended: (method, code, call) => {
-      if (call) {
-        this.callsInFlight--;
-        if (call.path) this.metrics.routed(call.path.local);
-        const seconds = (performance.now() - call.started) / 1_000;
-        this.metrics.callEnded(method, code, seconds, true);
-        this.dashboard?.callEnded(method, code, seconds, true);
-        if (this.callsInFlight === 0 && this.draining) this.emit('idle');
-      } else {
-        const known = this.isServed(method);
-        this.metrics.callEnded(method, code, undefined, known);
-        this.dashboard?.callEnded(method, code, undefined, known);
-      }
-    },
-    refused: (who, method, reason) => {
-      this.events.audit({ kind: 'refused-call', session: who.session, address: who.address, identity: who.identity, method, reason });
-    },
-  };
-
+  private readonly stats: CallStats;
   constructor(options: RelayOptions = {}) {
     super();
     this.opts = resolveRelayOptions(options);
@@ -245,11 +221,22 @@ export class Relay extends EventEmitter {
     this.addresses = new AddressTable(this.opts);
     // Each door's own cut counts the metric and writes the audit record of a holder it sheds.
     this.memory = new MemoryBudget(this.opts.maxMemory, this.log);
+    this.stats = new CallStats({
+      routed: (local) => this.metrics.routed(local),
+      callEnded: (method, code, seconds, known) => {
+        this.metrics.callEnded(method, code, seconds, known);
+        this.dashboard?.callEnded(method, code, seconds, known);
+      },
+      events: this.events,
+      directory: this.directory,
+      draining: () => this.draining,
+      idle: () => this.emit('idle'),
+    });
     this.metrics = new RelayMetrics({
-      callsInFlight: () => this.callsInFlight,
+      callsInFlight: () => this.stats.inFlight,
       nodesConnected: () => this.directory.size,
       callerConnections: () => ({ websocket: this.callers.size, http: this.gateways.size }),
-      bytes: () => this.bytes(),
+      bytes: () => this.stats.bytes(),
       draining: () => this.draining,
       cluster: () =>
         this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length, unreachable: this.cluster.unreachable.length } : undefined,
@@ -470,25 +457,7 @@ export class Relay extends EventEmitter {
 
   /** Calls routed to a node and not answered yet. */
   get inFlight(): number {
-    return this.callsInFlight;
-  }
-
-  private isServed(method: string): boolean {
-    const dot = method.lastIndexOf('.');
-    if (dot <= 0) return false;
-    const service = method.slice(0, dot);
-    const name = method.slice(dot + 1);
-    for (const node of this.directory.all()) if (node.hasMethod(service, name)) return true;
-    return false;
-  }
-
-  private bytes(): { received: number; sent: number } {
-    let { received, sent } = this.closedBytes;
-    for (const socket of this.sockets) {
-      received += socket.bytesRead;
-      sent += socket.bytesWritten;
-    }
-    return { received, sent };
+    return this.stats.inFlight;
   }
 
   /** Starts listening (and the admin listener, if any); resolves with the bound address (port 0 picks a free port). */
@@ -635,20 +604,20 @@ export class Relay extends EventEmitter {
 
   private async runDrain(timeout: number, reason: string): Promise<void> {
     this.drainReason = reason;
-    this.log.info({ inFlight: this.callsInFlight, drainTimeoutMs: timeout, reason }, 'draining: refusing new connections and calls');
+    this.log.info({ inFlight: this.stats.inFlight, drainTimeoutMs: timeout, reason }, 'draining: refusing new connections and calls');
     const message = goaway(reason);
     for (const link of this.registry.all()) link.conn.send(message);
     for (const caller of this.callers) {
       caller.goingAway = reason;
       caller.out.goaway?.(reason);
     }
-    if (this.callsInFlight > 0) {
+    if (this.stats.inFlight > 0) {
       const idle = await once(this, 'idle', { signal: AbortSignal.timeout(timeout) }).then(
         () => true,
         () => false,
       );
       if (idle) this.log.info('drained: no call in flight');
-      else this.log.warn({ inFlight: this.callsInFlight, drainTimeoutMs: timeout }, 'drain timeout: closing with calls in flight');
+      else this.log.warn({ inFlight: this.stats.inFlight, drainTimeoutMs: timeout }, 'drain timeout: closing with calls in flight');
     }
     await this.close();
   }
@@ -725,12 +694,7 @@ export class Relay extends EventEmitter {
       socket.destroy();
       return;
     }
-    this.sockets.add(socket);
-    socket.once('close', () => {
-      this.sockets.delete(socket);
-      this.closedBytes.received += socket.bytesRead;
-      this.closedBytes.sent += socket.bytesWritten;
-    });
+    this.stats.track(socket);
     const ip = peerIp(socket);
     this.connectedAt.set(socket, Date.now());
     if (!this.addresses.open(ip)) {
@@ -983,7 +947,7 @@ export class Relay extends EventEmitter {
     const session = `${this.sessionPrefix}-${kind}${(++this.sessionCounter).toString(36)}`;
     const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
     this.callerLimits ??= { ...this.opts, memory: this.memory };
-    const link = new CallerLink(session, out, address, identity, this.directory, this.callerLimits, this.deadlines, log, this.presence, this.observer, logins);
+    const link = new CallerLink(session, out, address, identity, this.directory, this.callerLimits, this.deadlines, log, this.presence, this.stats.observer, logins);
     this.callerSince.set(link, Date.now());
     return link;
   }
