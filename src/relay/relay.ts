@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -14,14 +13,14 @@ import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '..
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { Authenticator, peerCertificate, type AuthOptions, type Credential } from './auth.js';
 import { BrowserPolicy } from '../util/browser-policy.js';
-import { CallerLink, relayDeadlines } from './caller-link.js';
-import type { CallerLimits, CallerOutput, GatewaySession } from './contracts.js';
+import type { CallerLink } from './caller-link.js';
+import type { CallerOutput, GatewaySession } from './contracts.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler, refuseRequest } from './doors/http.js';
 import { doorEvents } from './doors/door-events.js';
-import type { DoorEvents, SessionHub, SocketAdmission } from './doors/hub.js';
+import type { CallerAdmission, DoorEvents, SessionDoor, SocketAdmission } from './doors/hub.js';
 import { AuthFailures, retryAfter, type AuthDoor } from './auth-failures.js';
-import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, RefusalLog, type Limits } from './limits.js';
+import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, RefusalLog, type Limits } from './limits.js';
 import { MemoryBudget } from './memory.js';
 import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
@@ -38,10 +37,13 @@ import { Dashboard, isDashboardUrl } from './dashboard/routes.js';
 import { sameOrigin } from './dashboard/actions.js';
 import type { CallerConnection } from './dashboard/host.js';
 import { DrainMarks } from './drain-marks.js';
+import { CallerSessions, ipOfAddress, type Revocation } from './sessions.js';
 import { CallStats } from './call-stats.js';
 
 export type { NodeInfo } from '../wire/presence.js';
 export type { AuditRecord, AuditKind, AuditDoor } from './events.js';
+export type { CallerAdmission } from './doors/hub.js';
+export type { Revocation } from './sessions.js';
 
 export const RELAY_VERSION = 'tunnel-relay/0.1.0';
 
@@ -108,22 +110,6 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
   adminToken?: string;
 }
 
-/** A caller admitted by its token: what {@link Relay.openCallerSession} needs to re-check it at each reload. */
-export interface CallerAdmission {
-  identity: string | null;
-  credential: Credential;
-}
-
-/** A connection closed because a reload of the tokens file no longer admits it (event `revoked`). */
-export interface Revocation {
-  role: 'node' | 'caller';
-  /** The node's name, or the caller's identity (null when anonymous). */
-  name: string | null;
-  /** The peer's address, `ip:port`. */
-  address: string;
-  reason: string;
-}
-
 /** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. @internal */
 export type { GatewaySession } from './contracts.js';
 
@@ -160,9 +146,6 @@ export class Relay extends EventEmitter {
   readonly drainMarks = new DrainMarks();
   /** @internal The live dashboard, served when there is an admin listener or a dashboard token. */
   readonly dashboard: Dashboard | undefined;
-  /** When each caller connection opened, and which of them are WebSocket connections (the others: the msgpack-rpc port). */
-  private readonly callerSince = new WeakMap<CallerLink, number>();
-  private readonly websocketCallers = new WeakSet<CallerLink>();
   /** The address and claimed node name of each WebSocket, for the audit events of refusals. */
   private readonly peers = new WeakMap<Connection, { address: string; node?: string; caller?: CallerLink }>();
   private readonly opts: RelaySettings & RelayOptions;
@@ -179,7 +162,6 @@ export class Relay extends EventEmitter {
   private readonly promoted = new WeakSet<object>();
   /** What the relay holds for all its peers together, against `maxMemory`. @internal */
   readonly memory: MemoryBudget;
-  private callerLimits: CallerLimits | undefined;
   /** When each socket connected: the handshake and the hello share one deadline. */
   private readonly connectedAt = new WeakMap<object, number>();
   /** Sockets that sent a request or an upgrade: from there HTTP timeouts or the WebSocket's hello timer take over. */
@@ -187,20 +169,11 @@ export class Relay extends EventEmitter {
   private readonly pruneTimer: NodeJS.Timeout;
   private readonly streamTimer: NodeJS.Timeout;
   private readonly wss: WebSocketServer;
-  private readonly callers = new Set<CallerLink>();
-  /** HTTP gateway sessions in progress, with the function that ends each. */
-  private readonly gateways = new Map<CallerLink, () => void>();
-  /** What admitted each connection (a token digest, never the token), checked again at each reload. */
-  private readonly credentials = new WeakMap<CallerLink, Credential>();
   /** The nodes whose tunnels end here. @internal */
   readonly registry: NodeRegistry;
-  private readonly deadlines = relayDeadlines();
-  private readonly sessionPrefix = randomBytes(4).toString('hex');
-  private sessionCounter = 0;
   private drainPromise: Promise<void> | undefined;
-  private drainReason: string | undefined;
   /** @internal The doors' view of the caller sessions (doors/hub.ts). */
-  readonly sessions: SessionHub;
+  readonly sessions: CallerSessions;
   /** @internal */
   readonly doorEvents: DoorEvents;
   /** @internal */
@@ -235,7 +208,7 @@ export class Relay extends EventEmitter {
     this.metrics = new RelayMetrics({
       callsInFlight: () => this.stats.inFlight,
       nodesConnected: () => this.directory.size,
-      callerConnections: () => ({ websocket: this.callers.size, http: this.gateways.size }),
+      callerConnections: () => ({ websocket: this.sessions.connectionCount, http: this.sessions.gatewayCount }),
       bytes: () => this.stats.bytes(),
       draining: () => this.draining,
       cluster: () =>
@@ -243,15 +216,6 @@ export class Relay extends EventEmitter {
     });
     this.authFailures = new AuthFailures(this.addresses, this);
     this.doorEvents = doorEvents(this.metrics, this.events);
-    const auth = this.auth;
-    this.sessions = {
-      get callersNeedAuth() {
-        return auth.callersNeedAuth;
-      },
-      admit: (token, address, door) => this.admitCaller(token, address, door),
-      open: (out, address, identity, log, credential) => this.openCallerSession(out, address, identity, log, credential),
-      close: (link) => this.closeCallerSession(link),
-    };
     const separateAdmin = this.opts.adminListen !== undefined;
     const { dashboardToken, adminToken } = this.opts;
     this.dashboard = separateAdmin || dashboardToken !== undefined ? new Dashboard(this, { version: RELAY_VERSION, dashboardToken, adminToken }) : undefined;
@@ -263,6 +227,19 @@ export class Relay extends EventEmitter {
     const adminHandle = httpHandler(this, { gateway: false, admin: true, fallback: 'not-found', dashboard: 'admin' });
     this.admin = separateAdmin ? createServer((req, res) => this.onHttp(req, res, adminHandle, this.admin!)) : undefined;
     this.presence = new Presence(this.directory, this.log);
+    this.sessions = new CallerSessions({
+      limits: this.opts,
+      log: this.log,
+      auth: this.auth,
+      authFailures: this.authFailures,
+      addresses: this.addresses,
+      memory: this.memory,
+      directory: this.directory,
+      presence: this.presence,
+      observer: this.stats.observer,
+      events: this.events,
+      revoked: (r) => this.audit(r),
+    });
     this.relayName = this.opts.relayName ?? hostname();
     this.registry = new NodeRegistry({
       relayName: this.relayName,
@@ -324,7 +301,7 @@ export class Relay extends EventEmitter {
     this.http.on('clientError', (_err, socket) => socket.destroy());
     this.pruneTimer = setInterval(() => this.addresses.prune(), Math.min(this.opts.loginFailureWindow, 60_000));
     this.pruneTimer.unref();
-    this.streamTimer = setInterval(() => this.expireIdleStreams(), Math.max(100, Math.min(this.opts.streamIdleTimeout / 2, 5_000)));
+    this.streamTimer = setInterval(() => this.sessions.expireIdleStreams(), Math.max(100, Math.min(this.opts.streamIdleTimeout / 2, 5_000)));
     this.streamTimer.unref();
     this.admin?.on('clientError', (_err, socket) => socket.destroy());
   }
@@ -354,18 +331,7 @@ export class Relay extends EventEmitter {
    * {@link openCallerSession} so that a reload that revokes the token closes the session.
    */
   admitCaller(token: string | undefined, address: string, door: AuthDoor = 'http'): CallerAdmission {
-    const ip = ipOfAddress(address);
-    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, door);
-    if (backedOff) throw backedOff;
-    const verdict = this.auth.caller(token);
-    if (!verdict.ok) {
-      if (verdict.wrongToken && this.authFailures.failed(ip, door, verdict.reason, address)) {
-        this.log.warn({ peer: address, door, reason: verdict.reason }, 'refused caller token');
-        this.events.audit({ kind: 'refused-connection', door, address, reason: verdict.reason });
-      }
-      throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
-    }
-    return { identity: verdict.identity, credential: verdict.credential };
+    return this.sessions.admit(token, address, door);
   }
 
   /**
@@ -393,20 +359,7 @@ export class Relay extends EventEmitter {
    * @internal
    */
   openGatewaySession(address: string, identity: string | null, transport: CallerOutput, credential?: Credential): GatewaySession {
-    const link = this.newCallerLink('h', transport, address, identity, this.log.child({ peer: address }));
-    if (credential) this.credentials.set(link, credential);
-    const close = () => {
-      if (this.gateways.delete(link)) link.onClose();
-    };
-    this.gateways.set(link, close);
-    return { link, close };
-  }
-
-  /** Cancels streamed bodies that stopped moving (docs/PROTOCOL.md, "Limits"). */
-  private expireIdleStreams(): void {
-    const now = Date.now();
-    for (const link of this.callers) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
-    for (const link of this.gateways.keys()) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
+    return this.sessions.openGateway(address, identity, transport, credential);
   }
 
   /** A route to a node was added: presence says `join` for a node it did not show yet, else `update`. */
@@ -516,23 +469,12 @@ export class Relay extends EventEmitter {
   }
 
   get callerCount(): number {
-    return this.callers.size;
+    return this.sessions.connectionCount;
   }
 
   /** Every caller connection now: WebSocket and msgpack-rpc sessions, HTTP gateway requests being answered. @internal */
   callerConnections(): CallerConnection[] {
-    const out: CallerConnection[] = [];
-    const describe = (link: CallerLink, transport: CallerConnection['transport']): CallerConnection => ({
-      session: link.session,
-      transport,
-      address: link.address,
-      identity: link.identity,
-      inFlight: link.inFlight,
-      since: this.callerSince.get(link) ?? 0,
-    });
-    for (const link of this.callers) out.push(describe(link, this.websocketCallers.has(link) ? 'websocket' : 'msgpack-rpc'));
-    for (const link of this.gateways.keys()) out.push(describe(link, 'http'));
-    return out;
+    return this.sessions.describe();
   }
 
   /**
@@ -573,16 +515,10 @@ export class Relay extends EventEmitter {
    * are cancelled on the nodes. Throws CONNECTION_CLOSED for a session that is not open.
    */
   disconnectCaller(session: string, reason: string): void {
-    const gateway = [...this.gateways].find(([l]) => l.session === session);
-    const link = gateway?.[0] ?? [...this.callers].find((l) => l.session === session);
+    const link = this.sessions.find(session);
     if (!link) throw new TunnelError(ErrorCode.CONNECTION_CLOSED, `no caller connection has session ${session} on this relay; it may have closed already`);
     this.log.info({ session, identity: link.identity, peer: link.address, reason }, 'closing caller connection');
-    const unanswered = link.out.close ? [] : link.inFlightIds;
-    link.out.close?.(CloseCode.POLICY, reason);
-    if (gateway) gateway[1]();
-    else this.closeCallerSession(link);
-    const error = new TunnelError(ErrorCode.CANCELLED, reason).toWire();
-    for (const id of unanswered) link.out.respond(id, error, null);
+    this.sessions.end(link, CloseCode.POLICY, ErrorCode.CANCELLED, reason);
   }
 
   private localLink(name: string): NodeLink {
@@ -603,14 +539,10 @@ export class Relay extends EventEmitter {
   }
 
   private async runDrain(timeout: number, reason: string): Promise<void> {
-    this.drainReason = reason;
     this.log.info({ inFlight: this.stats.inFlight, drainTimeoutMs: timeout, reason }, 'draining: refusing new connections and calls');
     const message = goaway(reason);
     for (const link of this.registry.all()) link.conn.send(message);
-    for (const caller of this.callers) {
-      caller.goingAway = reason;
-      caller.out.goaway?.(reason);
-    }
+    this.sessions.goAway(reason);
     if (this.stats.inFlight > 0) {
       const idle = await once(this, 'idle', { signal: AbortSignal.timeout(timeout) }).then(
         () => true,
@@ -635,7 +567,7 @@ export class Relay extends EventEmitter {
     for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
     for (const ws of this.wss.clients) setTimeout(() => ws.terminate(), 1_000).unref();
     this.wss.close();
-    this.deadlines.clear();
+    this.sessions.deadlines.clear();
     const servers = this.admin ? [this.http, this.admin] : [this.http];
     await Promise.all(
       servers.map((server) => {
@@ -905,8 +837,8 @@ export class Relay extends EventEmitter {
       identity,
       log,
       credential,
+      'websocket',
     );
-    this.websocketCallers.add(link);
     const peer = this.peers.get(conn);
     if (peer) peer.caller = link;
     conn.setHandlers({
@@ -933,28 +865,13 @@ export class Relay extends EventEmitter {
    * should carry the peer's address (`peer`): the audit lines of refused calls are written to it.
    * @internal
    */
-  openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger, credential?: Credential): CallerLink {
-    const link = this.newCallerLink('', out, address, identity, log);
-    this.callers.add(link);
-    if (credential) this.credentials.set(link, credential);
-    // A session opened while draining (on the msgpack-rpc port, which has no upgrade to refuse) takes no calls.
-    link.goingAway = this.drainReason;
-    return link;
-  }
-
-  /** A caller session with a relay-unique id (`kind` tells gateway sessions apart in logs). */
-  private newCallerLink(kind: string, out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
-    const session = `${this.sessionPrefix}-${kind}${(++this.sessionCounter).toString(36)}`;
-    const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
-    this.callerLimits ??= { ...this.opts, memory: this.memory };
-    const link = new CallerLink(session, out, address, identity, this.directory, this.callerLimits, this.deadlines, log, this.presence, this.stats.observer, logins);
-    this.callerSince.set(link, Date.now());
-    return link;
+  openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger, credential?: Credential, door?: SessionDoor): CallerLink {
+    return this.sessions.open(out, address, identity, log, credential, door);
   }
 
   /** Ends a caller session: its calls are dropped and every node that saw it forgets it. @internal */
   closeCallerSession(link: CallerLink): void {
-    if (this.callers.delete(link)) link.onClose();
+    this.sessions.close(link);
   }
 
   /** After a reload: every connection its token or the permissions no longer admit is closed (4003). */
@@ -968,23 +885,7 @@ export class Relay extends EventEmitter {
         this.registry.revoke(link, reason);
       }
     }
-    for (const link of [...this.callers]) {
-      const reason = this.auth.recheckCaller(link.identity, this.credentials.get(link));
-      if (reason) this.revokeCaller(link, reason, () => this.closeCallerSession(link));
-    }
-    for (const [link, close] of [...this.gateways]) {
-      const reason = this.auth.recheckCaller(link.identity, this.credentials.get(link));
-      if (reason) this.revokeCaller(link, reason, close);
-    }
-  }
-
-  private revokeCaller(link: CallerLink, reason: string, closeSession: () => void): void {
-    this.audit({ role: 'caller', name: link.identity, address: link.address, reason });
-    const unanswered = link.out.close ? [] : link.inFlightIds;
-    link.out.close?.(CloseCode.UNAUTHORIZED, reason);
-    closeSession();
-    const error = new TunnelError(ErrorCode.UNAUTHORIZED, reason).toWire();
-    for (const id of unanswered) link.out.respond(id, error, null);
+    this.sessions.recheck();
   }
 
   /** One audit line per revoked connection, in the words of the refusals. */
@@ -995,12 +896,6 @@ export class Relay extends EventEmitter {
     this.events.audit({ kind: 'revoked', address: r.address, reason: r.reason, ...(r.role === 'node' ? { node: r.name ?? undefined } : { identity: r.name }) });
     this.emit('revoked', r);
   }
-}
-
-/** The IP of an `ip:port` peer address. */
-function ipOfAddress(address: string): string {
-  const i = address.lastIndexOf(':');
-  return i > 0 ? address.slice(0, i) : address;
 }
 
 function bearerToken(req: IncomingMessage): string | undefined {
