@@ -7,7 +7,6 @@ import { advertiseUrl, defaultAdvertiseUrl, isLoopbackHost, listenOn, peerAddres
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
-import { ErrorCode, noNode, NoNodeReason, TunnelError } from '../errors.js';
 import { goaway, Kind, notify, response, responseStream, SUPPORTED_VERSIONS, welcome, type Hello, type Message } from '../wire/messages.js';
 import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '../wire/bounds.js';
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
@@ -36,7 +35,8 @@ import { RelayEvents } from './events.js';
 import { Dashboard, isDashboardUrl } from './dashboard/routes.js';
 import { sameOrigin } from './dashboard/actions.js';
 import type { CallerConnection } from './dashboard/host.js';
-import { DrainMarks } from './drain-marks.js';
+import type { DrainMarks } from './drain-marks.js';
+import { Operator } from './operator.js';
 import { CallerSessions, ipOfAddress, type Revocation } from './sessions.js';
 import { CallStats } from './call-stats.js';
 
@@ -142,8 +142,8 @@ export class Relay extends EventEmitter {
   private advertisedUrl: string | undefined;
   /** What happens on the relay, as `audit` events: joins, leaves, refusals, cuts, revocations, operator actions; the last 500 are kept. */
   readonly events = new RelayEvents();
-  /** @internal Node names an operator drained here ({@link drainNode}): kept out of rotation across reconnects. */
-  readonly drainMarks = new DrainMarks();
+  /** Drain, undrain, disconnect one node or caller (operator.ts). */
+  private readonly operator: Operator;
   /** @internal The live dashboard, served when there is an admin listener or a dashboard token. */
   readonly dashboard: Dashboard | undefined;
   /** The address and claimed node name of each WebSocket, for the audit events of refusals. */
@@ -251,9 +251,9 @@ export class Relay extends EventEmitter {
       metrics: this.metrics,
       reject: (conn, code, reason, metric) => this.reject(conn, code, reason, metric),
     });
+    this.operator = new Operator({ log: this.log, registry: this.registry, directory: this.directory, sessions: this.sessions });
     this.registry.on('join', (link: NodeLink) => {
-      // Before anyone hears of it: a drained name takes no call from its first moment back.
-      link.drained = this.drainMarks.has(link.name);
+      this.operator.joined(link);
       this.nodeJoined(link);
       this.cluster?.announce('join', link);
     });
@@ -477,6 +477,11 @@ export class Relay extends EventEmitter {
     return this.sessions.describe();
   }
 
+  /** @internal Node names an operator drained here ({@link drainNode}): kept out of rotation across reconnects. */
+  get drainMarks(): DrainMarks {
+    return this.operator.marks;
+  }
+
   /**
    * Drains one node attached here, as a Kubernetes cordon does: it stays connected, finishes its calls
    * in flight and takes no new ones, and its name stays drained on this relay across reconnects until
@@ -484,30 +489,17 @@ export class Relay extends EventEmitter {
    * 1 000 names are drained already (drain-marks.ts).
    */
   drainNode(name: string, reason: string): void {
-    const link = this.localLink(name);
-    this.drainMarks.add(name);
-    if (link.drained) return;
-    this.log.info({ node: name, reason, inFlight: link.inFlight }, 'draining node');
-    link.drained = true;
-    link.onUpdate?.();
+    this.operator.drainNode(name, reason);
   }
 
   /** Puts a drained node name back in rotation. Throws NO_NODE for a name that is not drained here. */
   undrainNode(name: string, reason: string): void {
-    if (!this.drainMarks.delete(name)) throw noNode(NoNodeReason.NOT_DRAINED, `node ${name} is not drained on this relay`);
-    this.log.info({ node: name, reason }, 'undraining node');
-    for (const link of this.registry.all()) {
-      if (link.name !== name || !link.drained) continue;
-      link.drained = false;
-      link.onUpdate?.();
-    }
+    this.operator.undrainNode(name, reason);
   }
 
   /** Closes the connection of a node attached here (1008, `reason`); its calls in flight fail NODE_LOST. Throws NO_NODE. */
   disconnectNode(name: string, reason: string): void {
-    const link = this.localLink(name);
-    this.log.info({ node: name, reason, inFlight: link.inFlight }, 'closing node connection');
-    link.conn.close(CloseCode.POLICY, reason);
+    this.operator.disconnectNode(name, reason);
   }
 
   /**
@@ -515,17 +507,7 @@ export class Relay extends EventEmitter {
    * are cancelled on the nodes. Throws CONNECTION_CLOSED for a session that is not open.
    */
   disconnectCaller(session: string, reason: string): void {
-    const link = this.sessions.find(session);
-    if (!link) throw new TunnelError(ErrorCode.CONNECTION_CLOSED, `no caller connection has session ${session} on this relay; it may have closed already`);
-    this.log.info({ session, identity: link.identity, peer: link.address, reason }, 'closing caller connection');
-    this.sessions.end(link, CloseCode.POLICY, ErrorCode.CANCELLED, reason);
-  }
-
-  private localLink(name: string): NodeLink {
-    for (const link of this.registry.all()) if (link.name === name && !link.closed) return link;
-    const remote = this.directory.get(name);
-    if (remote) throw noNode(NoNodeReason.NODE_ELSEWHERE, `node ${name} is attached to relay ${remote.relays.join(', ')}, not to this one; act on that relay`);
-    throw noNode(NoNodeReason.NODE_NOT_FOUND, `no node named ${name} is attached to this relay`);
+    this.operator.disconnectCaller(session, reason);
   }
 
   /**
