@@ -3,7 +3,7 @@ import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { advertiseUrl, defaultAdvertiseUrl, isLoopbackHost, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
+import { advertiseUrl, defaultAdvertiseUrl, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
@@ -11,15 +11,16 @@ import { goaway, Kind, notify, response, responseStream, SUPPORTED_VERSIONS, wel
 import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '../wire/bounds.js';
 import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
 import { Authenticator, peerCertificate, type AuthOptions, type Credential } from './auth.js';
-import { BrowserPolicy } from '../util/browser-policy.js';
+import type { BrowserPolicy } from '../util/browser-policy.js';
 import type { CallerLink } from './caller-link.js';
 import type { CallerOutput, GatewaySession } from './contracts.js';
 import { NodeDirectory } from './directory.js';
 import { httpHandler, refuseRequest } from './doors/http.js';
 import { doorEvents } from './doors/door-events.js';
-import type { CallerAdmission, DoorEvents, SessionDoor, SocketAdmission } from './doors/hub.js';
+import type { CallerAdmission, DoorEvents, SessionDoor } from './doors/hub.js';
+import { ConnectionGate } from './doors/gate.js';
 import { AuthFailures, retryAfter, type AuthDoor } from './auth-failures.js';
-import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, RefusalLog, type Limits } from './limits.js';
+import { checkLimits, frameLimit, LIMIT_DEFAULTS, type Limits } from './limits.js';
 import { MemoryBudget } from './memory.js';
 import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
@@ -32,8 +33,7 @@ import { Presence } from './presence.js';
 import { resolveRelayOptions, type RelaySettings } from './options.js';
 import { selectorNamed, type SelectorName } from './selectors.js';
 import { RelayEvents } from './events.js';
-import { Dashboard, isDashboardUrl } from './dashboard/routes.js';
-import { sameOrigin } from './dashboard/actions.js';
+import { Dashboard } from './dashboard/routes.js';
 import type { CallerConnection } from './dashboard/host.js';
 import type { DrainMarks } from './drain-marks.js';
 import { Operator } from './operator.js';
@@ -128,10 +128,6 @@ export class Relay extends EventEmitter {
   readonly auth: Authenticator;
   /** @internal */
   readonly log: Logger;
-  /** @internal Which Origin and Host headers are accepted (browser-policy.ts). */
-  readonly browsers: BrowserPolicy;
-  /** Per listening server: bound to a loopback address, where only loopback Host names pass. */
-  private readonly loopbackListeners = new WeakMap<Server, boolean>();
   /** Every limit in force: the options merged with their defaults (limits.ts). */
   readonly limits: Readonly<Limits>;
   private readonly presence: Presence;
@@ -152,21 +148,10 @@ export class Relay extends EventEmitter {
   private readonly http: Server;
   private readonly admin: Server | undefined;
   private readonly secure: boolean;
-  private readonly addresses: AddressTable;
   /** @internal Wrong credentials per address, on every door; a backed-off address's credentials are refused unchecked. */
   readonly authFailures: AuthFailures;
-  private readonly refusals: RefusalLog;
-  /** Sockets past the per-address limit, refused at their upgrade request. */
-  private readonly overLimit = new WeakSet<object>();
-  /** Sockets of authenticated nodes: counted apart from the per-address limit (AddressTable.promote). */
-  private readonly promoted = new WeakSet<object>();
   /** What the relay holds for all its peers together, against `maxMemory`. @internal */
   readonly memory: MemoryBudget;
-  /** When each socket connected: the handshake and the hello share one deadline. */
-  private readonly connectedAt = new WeakMap<object, number>();
-  /** Sockets that sent a request or an upgrade: from there HTTP timeouts or the WebSocket's hello timer take over. */
-  private readonly engaged = new WeakSet<object>();
-  private readonly pruneTimer: NodeJS.Timeout;
   private readonly streamTimer: NodeJS.Timeout;
   private readonly wss: WebSocketServer;
   /** The nodes whose tunnels end here. @internal */
@@ -177,7 +162,7 @@ export class Relay extends EventEmitter {
   /** @internal */
   readonly doorEvents: DoorEvents;
   /** @internal */
-  readonly gate: SocketAdmission = { admitSocket: (ip) => this.admitSocket(ip) };
+  readonly gate: ConnectionGate;
   private readonly stats: CallStats;
   constructor(options: RelayOptions = {}) {
     super();
@@ -185,13 +170,15 @@ export class Relay extends EventEmitter {
     this.directory.selector = selectorNamed(this.opts.selector);
     this.limits = Object.freeze(pickLimits(this.opts));
     checkLimits(this.limits);
-    this.browsers = new BrowserPolicy(this.opts);
     this.log = options.log ?? silentLogger;
-    this.refusals = new RefusalLog(this.log, 'too many connections on the relay; closing the extra ones');
+    this.doorEvents = doorEvents(
+      { connectionRejected: (reason) => this.metrics.connectionRejected(reason), slowConsumer: (transport) => this.metrics.slowConsumer(transport) },
+      this.events,
+    );
+    this.gate = new ConnectionGate({ limits: this.opts, log: this.log, doorEvents: this.doorEvents, events: this.events });
     this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
     this.directory.permissions = this.auth.permissions;
     this.auth.on('reload', () => this.recheck());
-    this.addresses = new AddressTable(this.opts);
     // Each door's own cut counts the metric and writes the audit record of a holder it sheds.
     this.memory = new MemoryBudget(this.opts.maxMemory, this.log);
     this.stats = new CallStats({
@@ -214,8 +201,7 @@ export class Relay extends EventEmitter {
       cluster: () =>
         this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length, unreachable: this.cluster.unreachable.length } : undefined,
     });
-    this.authFailures = new AuthFailures(this.addresses, this);
-    this.doorEvents = doorEvents(this.metrics, this.events);
+    this.authFailures = new AuthFailures(this.gate.addresses, this);
     const separateAdmin = this.opts.adminListen !== undefined;
     const { dashboardToken, adminToken } = this.opts;
     this.dashboard = separateAdmin || dashboardToken !== undefined ? new Dashboard(this, { version: RELAY_VERSION, dashboardToken, adminToken }) : undefined;
@@ -232,7 +218,7 @@ export class Relay extends EventEmitter {
       log: this.log,
       auth: this.auth,
       authFailures: this.authFailures,
-      addresses: this.addresses,
+      addresses: this.gate.addresses,
       memory: this.memory,
       directory: this.directory,
       presence: this.presence,
@@ -299,11 +285,15 @@ export class Relay extends EventEmitter {
     this.http.on(listener.socketEvent, (socket: Socket) => this.onSocket(socket));
     this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
     this.http.on('clientError', (_err, socket) => socket.destroy());
-    this.pruneTimer = setInterval(() => this.addresses.prune(), Math.min(this.opts.loginFailureWindow, 60_000));
-    this.pruneTimer.unref();
+    this.gate.start();
     this.streamTimer = setInterval(() => this.sessions.expireIdleStreams(), Math.max(100, Math.min(this.opts.streamIdleTimeout / 2, 5_000)));
     this.streamTimer.unref();
     this.admin?.on('clientError', (_err, socket) => socket.destroy());
+  }
+
+  /** @internal Which Origin and Host headers are accepted (browser-policy.ts). */
+  get browsers(): BrowserPolicy {
+    return this.gate.browsers;
   }
 
   /** True from the start of {@link drain}: no new connections or calls are accepted. */
@@ -340,17 +330,7 @@ export class Relay extends EventEmitter {
    * `maxConnections`. Call `release` once the connection closes; a refused one is not counted.
    */
   admitSocket(ip: string): { release: () => void } | { refused: string } {
-    const full = this.addresses.admit(ip);
-    if (full === 'total') return { refused: `the relay has ${this.opts.maxConnections} connections, its limit` };
-    if (full === 'address') return { refused: `too many connections from ${ip} (limit ${this.opts.maxConnectionsPerAddress})` };
-    let open = true;
-    return {
-      release: () => {
-        if (!open) return;
-        open = false;
-        this.addresses.close(ip);
-      },
-    };
+    return this.gate.admitSocket(ip);
   }
 
   /**
@@ -541,7 +521,7 @@ export class Relay extends EventEmitter {
     // Answers completed in this turn wait in their Connection's queue, flushed on setImmediate:
     // let them leave before the close frames.
     await new Promise<void>((resolve) => setImmediate(resolve));
-    clearInterval(this.pruneTimer);
+    this.gate.close();
     clearInterval(this.streamTimer);
     this.dashboard?.close();
     this.auth.close();
@@ -570,77 +550,37 @@ export class Relay extends EventEmitter {
   }
 
   private onHttp(req: IncomingMessage, res: ServerResponse, handle: (req: IncomingMessage, res: ServerResponse) => void, server: Server): void {
-    this.engaged.add(req.socket);
-    if (this.overLimit.has(req.socket)) {
+    if (this.gate.engage(req.socket).overLimit) {
       this.metrics.connectionRejected('too_many_connections');
       res.writeHead(429, { 'content-type': 'text/plain' }).end(`too many connections from ${peerIp(req.socket)}\n`);
       return;
     }
-    const refused = this.refusedBrowser(req, server, server === this.admin ? 'admin' : 'http');
+    const refused = this.gate.refusedBrowser(req, server, server === this.admin ? 'admin' : 'http');
     if (refused !== undefined) return refuseRequest(res, refused);
     handle(req, res);
   }
 
-  /** Checks Origin and Host (browser-policy.ts); a refusal is counted and logged once, as an audit line. */
-  private refusedBrowser(req: IncomingMessage, server: Server, door: 'websocket' | 'http' | 'admin'): string | undefined {
-    let loopback = this.loopbackListeners.get(server);
-    if (loopback === undefined) {
-      const bound = server.address() as AddressInfo | null;
-      loopback = bound !== null && isLoopbackHost(bound.address);
-      if (bound !== null) this.loopbackListeners.set(server, loopback);
-    }
-    // The dashboard's page calls its own relay: its same-origin requests pass, the Host check still applies.
-    const headers = door !== 'websocket' && isDashboardUrl(req.url) && sameOrigin(req) ? { ...req.headers, origin: undefined } : req.headers;
-    const refusal = this.browsers.check(headers, loopback);
-    if (refusal === undefined) return undefined;
-    this.metrics.connectionRejected(refusal.metric);
-    this.log.warn({ peer: peerAddress(req.socket), door, reason: refusal.reason }, 'refused request');
-    this.events.audit({ kind: 'refused-request', door, address: peerAddress(req.socket), reason: refusal.reason });
-    return refusal.reason;
-  }
-
   /** Every socket counts against its address, its bytes are counted, and it must reach an accepted hello in time. */
   private onSocket(socket: Socket): void {
-    if (this.addresses.total >= this.opts.maxConnections) {
-      // Over the relay's total nothing more is spent on a socket, not even an HTTP answer.
-      this.metrics.connectionRejected('too_many_connections');
-      this.refusals.refused({ ip: peerIp(socket), limit: this.opts.maxConnections });
-      socket.destroy();
-      return;
-    }
-    this.stats.track(socket);
-    const ip = peerIp(socket);
-    this.connectedAt.set(socket, Date.now());
-    if (!this.addresses.open(ip)) {
-      this.overLimit.add(socket);
-      if (this.addresses.connections(ip) === this.opts.maxConnectionsPerAddress + 1) {
-        this.log.warn({ ip, limit: this.opts.maxConnectionsPerAddress }, 'too many connections from one address; refusing the extra ones');
-      }
-    }
-    socket.once('close', () => this.addresses.close(ip, this.promoted.has(socket)));
-    const timer = setTimeout(() => {
-      if (!this.engaged.has(socket)) socket.destroy();
-    }, this.opts.helloTimeout);
-    timer.unref();
-    socket.once('close', () => clearTimeout(timer));
+    if (this.gate.connected(socket)) this.stats.track(socket);
   }
 
   /** Refuses what can be refused before the WebSocket exists: draining, extra connections, wrong tokens and certificates. */
   private onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
     socket.on('error', () => socket.destroy());
-    this.engaged.add(socket);
+    const { overLimit } = this.gate.engage(socket);
     const peer = peerAddress(socket);
     if (this.draining) {
       this.metrics.connectionRejected('draining');
       refuseUpgrade(socket, 503, 'relay is going away: it takes no new connections; connect to another relay');
       return;
     }
-    if (this.overLimit.has(socket)) {
+    if (overLimit) {
       this.metrics.connectionRejected('too_many_connections');
       refuseUpgrade(socket, 429, `too many connections from ${peerIp(socket)} (limit ${this.opts.maxConnectionsPerAddress})`);
       return;
     }
-    const refused = this.refusedBrowser(req, this.http, 'websocket');
+    const refused = this.gate.refusedBrowser(req, this.http, 'websocket');
     if (refused !== undefined) {
       refuseUpgrade(socket, 403, refused);
       return;
@@ -671,7 +611,7 @@ export class Relay extends EventEmitter {
   private accept(ws: WebSocket, req: IncomingMessage): void {
     const address = peerAddress(req.socket);
     const log = this.log.child({ peer: address });
-    const helloTimeout = Math.max(0, (this.connectedAt.get(req.socket) ?? Date.now()) + this.opts.helloTimeout - Date.now());
+    const helloTimeout = this.gate.helloLeft(req.socket);
     let settled = false;
     const conn: Connection = new Connection(
       ws,
@@ -744,13 +684,12 @@ export class Relay extends EventEmitter {
     if (h.role === 'node') {
       const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
       if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name, 'unauthorized', this.reportable(verdict, ip, address));
-      if (this.auth.nodesNeedAuth && !this.promoted.has(req.socket)) {
-        if (!this.addresses.promote(peerIp(req.socket))) {
+      if (this.auth.nodesNeedAuth) {
+        if (!this.gate.promote(req.socket)) {
           const reason = `${peerIp(req.socket)} already has ${this.opts.maxNodesPerAddress} nodes connected (--max-nodes-per-address)`;
           log.warn({ node: h.name, reason }, 'refused hello');
           return this.reject(conn, CloseCode.TOO_MANY_NODES, reason, 'too_many_nodes');
         }
-        this.promoted.add(req.socket);
       }
       this.attachNode(conn, h, address, log, verdict.credential);
     } else {
