@@ -2,15 +2,11 @@ import { hostname } from 'node:os';
 import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { WebSocketServer, type WebSocket } from 'ws';
-import { advertiseUrl, defaultAdvertiseUrl, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
+import { advertiseUrl, defaultAdvertiseUrl, listenOn, peerIp, urlHost } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
-import { CloseCode } from '../wire/close-codes.js';
-import { Connection } from '../wire/connection.js';
-import { goaway, Kind, notify, response, responseStream, SUPPORTED_VERSIONS, welcome, type Hello, type Message } from '../wire/messages.js';
-import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '../wire/bounds.js';
-import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
-import { Authenticator, peerCertificate, type AuthOptions, type Credential } from './auth.js';
+import { goaway } from '../wire/messages.js';
+import type { NodeInfo } from '../wire/presence.js';
+import { Authenticator, type AuthOptions, type Credential } from './auth.js';
 import type { BrowserPolicy } from '../util/browser-policy.js';
 import type { CallerLink } from './caller-link.js';
 import type { CallerOutput, GatewaySession } from './contracts.js';
@@ -19,10 +15,11 @@ import { httpHandler, refuseRequest } from './doors/http.js';
 import { doorEvents } from './doors/door-events.js';
 import type { CallerAdmission, DoorEvents, SessionDoor } from './doors/hub.js';
 import { ConnectionGate } from './doors/gate.js';
-import { AuthFailures, retryAfter, type AuthDoor } from './auth-failures.js';
+import { WebSocketDoor } from './doors/websocket.js';
+import { AuthFailures, type AuthDoor } from './auth-failures.js';
 import { checkLimits, frameLimit, LIMIT_DEFAULTS, type Limits } from './limits.js';
 import { MemoryBudget } from './memory.js';
-import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
+import { createListener, type TlsOptions } from './listener.js';
 import { RelayMetrics } from './metrics.js';
 import { NodeRegistry } from './node-registry.js';
 import type { NodeLink } from './node-link.js';
@@ -37,7 +34,7 @@ import { Dashboard } from './dashboard/routes.js';
 import type { CallerConnection } from './dashboard/host.js';
 import type { DrainMarks } from './drain-marks.js';
 import { Operator } from './operator.js';
-import { CallerSessions, ipOfAddress, type Revocation } from './sessions.js';
+import { CallerSessions, type Revocation } from './sessions.js';
 import { CallStats } from './call-stats.js';
 
 export type { NodeInfo } from '../wire/presence.js';
@@ -143,7 +140,6 @@ export class Relay extends EventEmitter {
   /** @internal The live dashboard, served when there is an admin listener or a dashboard token. */
   readonly dashboard: Dashboard | undefined;
   /** The address and claimed node name of each WebSocket, for the audit events of refusals. */
-  private readonly peers = new WeakMap<Connection, { address: string; node?: string; caller?: CallerLink }>();
   private readonly opts: RelaySettings & RelayOptions;
   private readonly http: Server;
   private readonly admin: Server | undefined;
@@ -153,7 +149,7 @@ export class Relay extends EventEmitter {
   /** What the relay holds for all its peers together, against `maxMemory`. @internal */
   readonly memory: MemoryBudget;
   private readonly streamTimer: NodeJS.Timeout;
-  private readonly wss: WebSocketServer;
+  private readonly websocket: WebSocketDoor;
   /** The nodes whose tunnels end here. @internal */
   readonly registry: NodeRegistry;
   private drainPromise: Promise<void> | undefined;
@@ -235,7 +231,7 @@ export class Relay extends EventEmitter {
       log: this.log,
       directory: this.directory,
       metrics: this.metrics,
-      reject: (conn, code, reason, metric) => this.reject(conn, code, reason, metric),
+      reject: (conn, code, reason, metric) => this.websocket.reject(conn, code, reason, metric),
     });
     this.operator = new Operator({ log: this.log, registry: this.registry, directory: this.directory, sessions: this.sessions });
     this.registry.on('join', (link: NodeLink) => {
@@ -281,9 +277,22 @@ export class Relay extends EventEmitter {
       this.registry.probeRemote = (route, timeout) => cluster.probe(route, timeout);
       this.registry.clusterWelcome = () => ({ url: this.advertised, relays: cluster.peerUrls() });
     }
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: frameLimit(this.opts.maxMessage), perMessageDeflate: false });
+    this.websocket = new WebSocketDoor({
+      limits: this.opts,
+      log: this.log,
+      gate: this.gate,
+      auth: this.auth,
+      authFailures: this.authFailures,
+      registry: this.registry,
+      sessions: this.sessions,
+      doorEvents: this.doorEvents,
+      memory: this.memory,
+      server: this.http,
+      relayVersion: RELAY_VERSION,
+      draining: () => this.draining,
+    });
     this.http.on(listener.socketEvent, (socket: Socket) => this.onSocket(socket));
-    this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
+    this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.websocket.upgrade(req, socket, head));
     this.http.on('clientError', (_err, socket) => socket.destroy());
     this.gate.start();
     this.streamTimer = setInterval(() => this.sessions.expireIdleStreams(), Math.max(100, Math.min(this.opts.streamIdleTimeout / 2, 5_000)));
@@ -526,9 +535,7 @@ export class Relay extends EventEmitter {
     this.dashboard?.close();
     this.auth.close();
     await this.cluster?.stop();
-    for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
-    for (const ws of this.wss.clients) setTimeout(() => ws.terminate(), 1_000).unref();
-    this.wss.close();
+    this.websocket.close();
     this.sessions.deadlines.clear();
     const servers = this.admin ? [this.http, this.admin] : [this.http];
     await Promise.all(
@@ -540,13 +547,6 @@ export class Relay extends EventEmitter {
         return closed;
       }),
     );
-  }
-
-  private reject(conn: Connection, code: number, reason: string, metric: string, audit = true): void {
-    this.metrics.connectionRejected(metric);
-    const peer = this.peers.get(conn);
-    if (audit) this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer?.address, node: peer?.node, reason });
-    conn.close(code, reason);
   }
 
   private onHttp(req: IncomingMessage, res: ServerResponse, handle: (req: IncomingMessage, res: ServerResponse) => void, server: Server): void {
@@ -563,214 +563,6 @@ export class Relay extends EventEmitter {
   /** Every socket counts against its address, its bytes are counted, and it must reach an accepted hello in time. */
   private onSocket(socket: Socket): void {
     if (this.gate.connected(socket)) this.stats.track(socket);
-  }
-
-  /** Refuses what can be refused before the WebSocket exists: draining, extra connections, wrong tokens and certificates. */
-  private onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
-    socket.on('error', () => socket.destroy());
-    const { overLimit } = this.gate.engage(socket);
-    const peer = peerAddress(socket);
-    if (this.draining) {
-      this.metrics.connectionRejected('draining');
-      refuseUpgrade(socket, 503, 'relay is going away: it takes no new connections; connect to another relay');
-      return;
-    }
-    if (overLimit) {
-      this.metrics.connectionRejected('too_many_connections');
-      refuseUpgrade(socket, 429, `too many connections from ${peerIp(socket)} (limit ${this.opts.maxConnectionsPerAddress})`);
-      return;
-    }
-    const refused = this.gate.refusedBrowser(req, this.http, 'websocket');
-    if (refused !== undefined) {
-      refuseUpgrade(socket, 403, refused);
-      return;
-    }
-    const token = bearerToken(req);
-    const ip = peerIp(socket);
-    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, 'websocket');
-    if (backedOff) {
-      this.metrics.connectionRejected('auth_backoff');
-      refuseUpgrade(socket, 401, backedOff.message, retryAfter(backedOff));
-      return;
-    }
-    const refusal = this.auth.checkUpgrade(token, peerCertificate(socket));
-    if (refusal !== undefined) {
-      const { reason } = refusal;
-      this.metrics.connectionRejected('unauthorized');
-      // A guessed token is logged once per burst from its address (auth-failures.ts).
-      if (!refusal.wrongToken || this.authFailures.failed(ip, 'websocket', reason, peer)) {
-        this.log.warn({ peer, reason }, 'refused connection at upgrade');
-        this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer, reason });
-      }
-      refuseUpgrade(socket, 401, reason);
-      return;
-    }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, req));
-  }
-
-  private accept(ws: WebSocket, req: IncomingMessage): void {
-    const address = peerAddress(req.socket);
-    const log = this.log.child({ peer: address });
-    const helloTimeout = this.gate.helloLeft(req.socket);
-    let settled = false;
-    const conn: Connection = new Connection(
-      ws,
-      {
-        message: (m) => {
-          settled = true;
-          clearTimeout(timer);
-          this.onHello(conn, m, address, req, log);
-        },
-        close: () => {
-          settled = true;
-          clearTimeout(timer);
-        },
-      },
-      // Chunks are acknowledged once passed on (caller-link.ts, node-link.ts): backpressure end to end.
-      {
-        log,
-        heartbeatTimeout: this.opts.heartbeatTimeout,
-        maxFrame: frameLimit(this.opts.maxMessage),
-        autoAck: false,
-        maxBacklog: this.opts.maxBacklog,
-        slowConsumerTimeout: this.opts.slowConsumerTimeout,
-        maxFirstMessage: NAME_LIMITS.hello,
-        helloFirst: true,
-        onPressure: () => this.memory.poke(),
-        onSlowConsumer: (backlog) => {
-          this.metrics.slowConsumer('websocket');
-          this.events.audit({
-            kind: 'slow-consumer',
-            door: 'websocket',
-            address,
-            node: this.peers.get(conn)?.node,
-            reason: `${backlog} bytes waited to be written to it (limit ${this.opts.maxBacklog})`,
-          });
-        },
-      },
-    );
-    this.peers.set(conn, { address });
-    const release = this.memory.add({
-      // A connection already closing frees what it holds by itself within a second: not a candidate.
-      held: () => (conn.isOpen ? conn.backlog + (this.peers.get(conn)?.caller?.budget.used ?? 0) : 0),
-      shed: (reason) => conn.shed(reason),
-      who: { door: 'websocket', address },
-    });
-    ws.once('close', release);
-    const timer = setTimeout(() => {
-      if (settled) return;
-      log.info({ helloTimeoutMs: this.opts.helloTimeout }, 'closing connection that sent no hello');
-      this.reject(conn, CloseCode.HELLO_TIMEOUT, `no hello within ${this.opts.helloTimeout} ms of connecting`, 'hello_timeout');
-    }, helloTimeout);
-  }
-
-  private onHello(conn: Connection, m: Message, address: string, req: IncomingMessage, log: Logger): void {
-    if (m.kind !== Kind.HELLO) {
-      this.reject(conn, CloseCode.PROTOCOL_ERROR, 'the first message must be a hello [4, {version, role}]', 'protocol_error');
-      return;
-    }
-    const h = m.hello;
-    if (!SUPPORTED_VERSIONS.includes(h.version)) {
-      this.reject(conn, CloseCode.VERSION, `protocol version ${h.version} is not supported; this relay speaks ${SUPPORTED_VERSIONS.join(' and ')}`, 'version');
-      return;
-    }
-    conn.peerVersion = h.version;
-    const peer = this.peers.get(conn);
-    if (peer && h.role === 'node' && typeof h.name === 'string') peer.node = h.name.slice(0, NAME_LIMITS.name);
-    const token = h.token ?? bearerToken(req);
-    const ip = ipOfAddress(address);
-    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, 'websocket');
-    if (backedOff) return this.reject(conn, CloseCode.UNAUTHORIZED, backedOff.message, 'auth_backoff', false);
-    if (h.role === 'node') {
-      const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
-      if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name, 'unauthorized', this.reportable(verdict, ip, address));
-      if (this.auth.nodesNeedAuth) {
-        if (!this.gate.promote(req.socket)) {
-          const reason = `${peerIp(req.socket)} already has ${this.opts.maxNodesPerAddress} nodes connected (--max-nodes-per-address)`;
-          log.warn({ node: h.name, reason }, 'refused hello');
-          return this.reject(conn, CloseCode.TOO_MANY_NODES, reason, 'too_many_nodes');
-        }
-      }
-      this.attachNode(conn, h, address, log, verdict.credential);
-    } else {
-      const verdict = this.auth.caller(token);
-      if (!verdict.ok) return this.refuse(conn, log, 'caller', verdict.reason, undefined, 'unauthorized', this.reportable(verdict, ip, address));
-      this.attachCaller(conn, verdict.identity, address, log, verdict.credential);
-    }
-  }
-
-  /** Counts a guessed token of a hello; false when it is not the first of its address's burst, which is not logged. */
-  private reportable(verdict: { reason: string; wrongToken?: boolean }, ip: string, address: string): boolean {
-    return !verdict.wrongToken || this.authFailures.failed(ip, 'websocket', verdict.reason, address);
-  }
-
-  /** One audit line per refused hello (`"msg":"refused hello"`, the peer is in `log`), then 4003; a guess only at the start of a burst. */
-  private refuse(conn: Connection, log: Logger, role: string, reason: string, name?: string, metric = 'unauthorized', report = true): void {
-    if (report) log.warn({ role, node: name, reason }, 'refused hello');
-    this.reject(conn, CloseCode.UNAUTHORIZED, reason, metric, report);
-  }
-
-  private attachNode(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
-    const name = h.name ?? '';
-    const badName = nodeNameProblem(name);
-    if (badName !== undefined) {
-      this.reject(conn, CloseCode.POLICY, badName, 'bad_node_name');
-      return;
-    }
-    if (h.instance !== undefined && (h.instance.length === 0 || h.instance.length > NAME_LIMITS.instance)) {
-      this.reject(conn, CloseCode.POLICY, `hello.instance must be 1-${NAME_LIMITS.instance} characters; this one has ${h.instance.length}`, 'bad_hello');
-      return;
-    }
-    const services = h.services ?? {};
-    if (Object.keys(services).length === 0) {
-      this.reject(conn, CloseCode.POLICY, 'a node must announce at least one service', 'no_services');
-      return;
-    }
-    const badHello = servicesProblem(services) ?? labelsProblem(h.labels ?? {}, 'hello.labels');
-    if (badHello !== undefined) {
-      log.warn({ node: name, reason: badHello }, 'refused node hello');
-      this.reject(conn, CloseCode.POLICY, badHello, 'bad_hello');
-      return;
-    }
-    if (Object.hasOwn(services, RELAY_SERVICE)) {
-      conn.close(CloseCode.POLICY, `service name ${RELAY_SERVICE} is reserved for the relay's own presence service; rename it`);
-      return;
-    }
-    const forbidden = this.auth.serveRefusal(name, Object.keys(services), credential);
-    if (forbidden !== undefined) return this.refuse(conn, log, 'node', forbidden, name, 'forbidden_service');
-    this.registry.claim(conn, h, address, log, credential);
-  }
-
-  private attachCaller(conn: Connection, identity: string | null, address: string, log: Logger, credential: Credential): void {
-    conn.pauseWhenBacklogged = true;
-    const link: CallerLink = this.openCallerSession(
-      {
-        respond: (id, error, result) => conn.send(response(id, error, result)),
-        goaway: (reason) => conn.send(goaway(reason)),
-        notify: (method, params) => conn.send(notify(method, params)),
-        streamStart: (id, length) => conn.send(responseStream(id, length)),
-        streamChunk: (id, final, bytes, onSent) => conn.sendChunk(id, final, bytes, onSent),
-        dropStream: (id) => conn.dropStream(id),
-        acknowledge: (id, bytes) => conn.acknowledge(id, bytes),
-        close: (code, reason) => conn.close(code, reason),
-      },
-      address,
-      identity,
-      log,
-      credential,
-      'websocket',
-    );
-    const peer = this.peers.get(conn);
-    if (peer) peer.caller = link;
-    conn.setHandlers({
-      message: (msg) => link.onMessage(msg),
-      close: (code, reason) => {
-        this.closeCallerSession(link);
-        log.debug({ session: link.session, code, reason }, 'caller disconnected');
-      },
-    });
-    conn.send(welcome({ version: conn.peerVersion, relay: RELAY_VERSION, session: link.session, maxMessage: this.opts.maxMessage }));
-    log.debug({ session: link.session, identity }, 'caller connected');
   }
 
   /**
@@ -817,11 +609,6 @@ export class Relay extends EventEmitter {
     this.events.audit({ kind: 'revoked', address: r.address, reason: r.reason, ...(r.role === 'node' ? { node: r.name ?? undefined } : { identity: r.name }) });
     this.emit('revoked', r);
   }
-}
-
-function bearerToken(req: IncomingMessage): string | undefined {
-  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
-  return m ? m[1] : undefined;
 }
 
 function pickLimits(o: Limits): Limits {
