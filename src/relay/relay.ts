@@ -21,12 +21,10 @@ import { checkLimits, frameLimit, LIMIT_DEFAULTS, type Limits } from './limits.j
 import { MemoryBudget } from './memory.js';
 import { createListener } from './listener.js';
 import { RelayMetrics } from './metrics.js';
-import { NodeRegistry } from './node-registry.js';
-import type { NodeLink } from './node-link.js';
-import { Cluster } from './cluster/cluster.js';
+import type { NodeRegistry } from './node-registry.js';
+import type { Cluster } from './cluster/cluster.js';
 import type { ClusterState } from './cluster/options.js';
-import type { NodeRoute } from './contracts.js';
-import { Presence } from './presence.js';
+import { NodeRoster } from './nodes.js';
 import { resolveRelayOptions, type RelayOptions, type RelaySettings } from './options.js';
 import { selectorNamed } from './selectors.js';
 import { RelayEvents } from './events.js';
@@ -65,11 +63,8 @@ export class Relay extends EventEmitter {
   readonly log: Logger;
   /** Every limit in force: the options merged with their defaults (limits.ts). */
   readonly limits: Readonly<Limits>;
-  private readonly presence: Presence;
-  /** Membership of a cluster over NATS, when `cluster` is given. @internal */
-  readonly cluster: Cluster | undefined;
-  /** This relay's name (presence, cluster). */
-  readonly relayName: string;
+  /** The nodes here and through a cluster, and presence (nodes.ts). */
+  private readonly roster: NodeRoster;
   private advertisedUrl: string | undefined;
   /** What happens on the relay, as `audit` events: joins, leaves, refusals, cuts, revocations, operator actions; the last 500 are kept. */
   readonly events = new RelayEvents();
@@ -88,8 +83,6 @@ export class Relay extends EventEmitter {
   readonly memory: MemoryBudget;
   private readonly streamTimer: NodeJS.Timeout;
   private readonly websocket: WebSocketDoor;
-  /** The nodes whose tunnels end here. @internal */
-  readonly registry: NodeRegistry;
   private drainPromise: Promise<void> | undefined;
   /** @internal The doors' view of the caller sessions (doors/hub.ts). */
   readonly sessions: CallerSessions;
@@ -146,7 +139,18 @@ export class Relay extends EventEmitter {
     this.secure = listener.secure;
     const adminHandle = httpHandler(this, { gateway: false, admin: true, fallback: 'not-found', dashboard: 'admin' });
     this.admin = separateAdmin ? createServer((req, res) => this.onHttp(req, res, adminHandle, this.admin!)) : undefined;
-    this.presence = new Presence(this.directory, this.log);
+    this.roster = new NodeRoster({
+      settings: this.opts,
+      log: this.log,
+      directory: this.directory,
+      metrics: this.metrics,
+      events: this.events,
+      relayVersion: RELAY_VERSION,
+      reject: (conn, code, reason, metric) => this.websocket.reject(conn, code, reason, metric),
+      joined: (link) => this.operator.joined(link),
+      advertised: () => this.advertised,
+      emit: (event, name) => this.emit(event, name),
+    });
     this.sessions = new CallerSessions({
       limits: this.opts,
       log: this.log,
@@ -155,66 +159,12 @@ export class Relay extends EventEmitter {
       addresses: this.gate.addresses,
       memory: this.memory,
       directory: this.directory,
-      presence: this.presence,
+      presence: this.roster.presence,
       observer: this.stats.observer,
       events: this.events,
       revoked: (r) => this.audit(r),
     });
-    this.relayName = this.opts.relayName ?? hostname();
-    this.registry = new NodeRegistry({
-      relayName: this.relayName,
-      relayVersion: RELAY_VERSION,
-      maxMessage: this.opts.maxMessage,
-      heartbeatTimeout: this.opts.heartbeatTimeout,
-      log: this.log,
-      directory: this.directory,
-      metrics: this.metrics,
-      reject: (conn, code, reason, metric) => this.websocket.reject(conn, code, reason, metric),
-    });
     this.operator = new Operator({ log: this.log, registry: this.registry, directory: this.directory, sessions: this.sessions });
-    this.registry.on('join', (link: NodeLink) => {
-      this.operator.joined(link);
-      this.nodeJoined(link);
-      this.cluster?.announce('join', link);
-    });
-    this.registry.on('update', (link: NodeLink) => {
-      if (link.draining) this.events.audit({ kind: 'node-draining', node: link.name, address: link.address });
-      const node = this.directory.get(link.name);
-      if (node) this.presence.announce('update', node);
-      this.cluster?.announce('update', link);
-    });
-    this.registry.on('leave', (link: NodeLink, why: string) => {
-      this.nodeLeft(link, why);
-      this.cluster?.announce('leave', link);
-    });
-    if (this.opts.cluster) {
-      const advertised = () => this.advertised;
-      const cluster = new Cluster(
-        {
-          relayName: this.relayName,
-          log: this.log,
-          directory: this.directory,
-          localLinks: () => this.registry.all(),
-          maxTimeout: this.opts.maxTimeout,
-          maxNodeInFlight: this.opts.maxNodeInFlight,
-          maxMessage: this.opts.maxMessage,
-          allowedServices: (node, services) => services.filter((s) => this.directory.permissions.serveRefusal(node, [s], true) === undefined),
-          routeAdded: (route) => this.nodeJoined(route),
-          routeRemoved: (route, why) => this.nodeLeft(route, why),
-          yieldName: (link, reason) => this.registry.yieldName(link, reason),
-          presenceLag: (seconds) => this.metrics.presenceLag(seconds),
-          rejected: (reason) => this.metrics.clusterRejected(reason),
-          // Read at each heartbeat: known once listening (port 0 picks the port).
-          get url() {
-            return advertised();
-          },
-        },
-        this.opts.cluster,
-      );
-      this.cluster = cluster;
-      this.registry.probeRemote = (route, timeout) => cluster.probe(route, timeout);
-      this.registry.clusterWelcome = () => ({ url: this.advertised, relays: cluster.peerUrls() });
-    }
     this.websocket = new WebSocketDoor({
       limits: this.opts,
       log: this.log,
@@ -236,6 +186,21 @@ export class Relay extends EventEmitter {
     this.streamTimer = setInterval(() => this.sessions.expireIdleStreams(), Math.max(100, Math.min(this.opts.streamIdleTimeout / 2, 5_000)));
     this.streamTimer.unref();
     this.admin?.on('clientError', (_err, socket) => socket.destroy());
+  }
+
+  /** The nodes whose tunnels end here. @internal */
+  get registry(): NodeRegistry {
+    return this.roster.registry;
+  }
+
+  /** Membership of a cluster over NATS, when `cluster` is given. @internal */
+  get cluster(): Cluster | undefined {
+    return this.roster.cluster;
+  }
+
+  /** This relay's name (presence, cluster). */
+  get relayName(): string {
+    return this.roster.relayName;
   }
 
   /** @internal Which Origin and Host headers are accepted (browser-policy.ts). */
@@ -287,25 +252,6 @@ export class Relay extends EventEmitter {
    */
   openGatewaySession(address: string, identity: string | null, transport: CallerOutput, credential?: Credential): GatewaySession {
     return this.sessions.openGateway(address, identity, transport, credential);
-  }
-
-  /** A route to a node was added: presence says `join` for a node it did not show yet, else `update`. */
-  private nodeJoined(route: NodeRoute): void {
-    const node = this.directory.get(route.name);
-    if (!node) return;
-    this.presence.announce(node.routes.length === 1 ? 'join' : 'update', node);
-    if (node.routes.length === 1) this.events.audit({ kind: 'node-join', node: route.name, address: route.address, relays: route.relays });
-    if (route.local) this.emit('node', route.name);
-  }
-
-  /** A route went: the node leaves presence with its last route; a replaced connection leaves before its successor joins. */
-  private nodeLeft(route: NodeRoute, why: string): void {
-    const node = this.directory.get(route.name);
-    if (!node || why === 'replaced') this.presence.announce('leave', route);
-    else this.presence.announce('update', node);
-    if (why === 'replaced') this.events.audit({ kind: 'node-replaced', node: route.name, address: route.address, reason: 'a new connection took its name' });
-    else if (!node) this.events.audit({ kind: 'node-leave', node: route.name, address: route.address, reason: why, relays: route.relays });
-    if (route.local && why !== 'replaced') this.emit('node-left', route.name);
   }
 
   /**
@@ -392,7 +338,7 @@ export class Relay extends EventEmitter {
 
   /** What every attached node serves (the presence list). */
   nodes(): NodeInfo[] {
-    return this.presence.list();
+    return this.roster.presence.list();
   }
 
   get callerCount(): number {
