@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import type { Logger } from '../util/logger.js';
 import { Cluster } from './cluster/cluster.js';
+import type { ClusterState } from './cluster/options.js';
 import type { NodeRoute } from './contracts.js';
 import type { NodeDirectory } from './directory.js';
 import type { RelayEvents } from './events.js';
@@ -9,6 +10,13 @@ import type { NodeLink } from './node-link.js';
 import { NodeRegistry, type NodeRegistryOptions } from './node-registry.js';
 import type { RelayOptions, RelaySettings } from './options.js';
 import { Presence } from './presence.js';
+
+/** What /readyz answers (`Relay.readiness`). */
+export interface Readiness {
+  ready: boolean;
+  reasons: string[];
+  cluster?: { state: ClusterState; relays: string[]; unreachable: string[]; urls: string[] };
+}
 
 /** What a {@link NodeRoster} is built from. */
 export interface NodeRosterParts {
@@ -99,6 +107,26 @@ export class NodeRoster {
       this.registry.probeRemote = (route, timeout) => cluster.probe(route, timeout);
       this.registry.clusterWelcome = () => ({ url: parts.advertised(), relays: cluster.peerUrls() });
     }
+  }
+
+  /** The readiness of /readyz: `reasons` so far, and the required nodes and services missing; in a cluster, its state. */
+  readiness(reasons: string[], requireNode: readonly string[] = [], requireService: readonly string[] = []): Readiness {
+    const { directory } = this.parts;
+    for (const name of requireNode) {
+      const node = directory.get(name);
+      if (!node || node.draining) reasons.push(`required node ${name} is not connected`);
+    }
+    for (const service of requireService) {
+      if (![...directory.all()].some((n) => !n.draining && n.services.has(service))) {
+        reasons.push(`no node serves required service ${service}`);
+      }
+    }
+    const out: Readiness = { ready: reasons.length === 0, reasons };
+    if (this.cluster) {
+      // `urls`: the other relays' --advertise URLs, what a node's welcome lists now.
+      out.cluster = { state: this.cluster.state, relays: this.cluster.peerNames, unreachable: this.cluster.unreachable, urls: this.cluster.peerUrls() };
+    }
+    return out;
   }
 
   /** A route to a node was added: presence says `join` for a node it did not show yet, else `update`. */

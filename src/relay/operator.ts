@@ -1,6 +1,7 @@
 import { ErrorCode, noNode, NoNodeReason, TunnelError } from '../errors.js';
 import type { Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
+import { goaway } from '../wire/messages.js';
 import type { NodeDirectory } from './directory.js';
 import { DrainMarks } from './drain-marks.js';
 import type { NodeLink } from './node-link.js';
@@ -12,7 +13,13 @@ export interface OperatorParts {
   readonly log: Logger;
   readonly registry: Pick<NodeRegistry, 'all'>;
   readonly directory: Pick<NodeDirectory, 'get'>;
-  readonly sessions: Pick<CallerSessions, 'find' | 'end'>;
+  readonly sessions: Pick<CallerSessions, 'find' | 'end' | 'goAway'>;
+  /** Calls in flight (call-stats.ts). */
+  inFlight(): number;
+  /** Resolves when no call is in flight any more (the relay's `idle`), or rejects when `signal` aborts. */
+  idle(signal: AbortSignal): Promise<unknown>;
+  /** Closes everything at once (`Relay.close`). */
+  close(): Promise<void>;
 }
 
 /**
@@ -24,7 +31,40 @@ export class Operator {
   /** Node names drained here: kept out of rotation across reconnects. */
   readonly marks = new DrainMarks();
 
+  private drainPromise: Promise<void> | undefined;
+
   constructor(private readonly parts: OperatorParts) {}
+
+  /** True from the start of {@link drain}: no new connections or calls are accepted. */
+  get draining(): boolean {
+    return this.drainPromise !== undefined;
+  }
+
+  /**
+   * Drains the relay, then closes it: refuses new connections (503) and new calls (GOING_AWAY),
+   * sends GOAWAY to every node and caller, waits up to `timeout` ms for the calls in flight.
+   */
+  drain(timeout: number, reason: string): Promise<void> {
+    this.drainPromise ??= this.runDrain(timeout, reason);
+    return this.drainPromise;
+  }
+
+  private async runDrain(timeout: number, reason: string): Promise<void> {
+    const { log, registry, sessions } = this.parts;
+    log.info({ inFlight: this.parts.inFlight(), drainTimeoutMs: timeout, reason }, 'draining: refusing new connections and calls');
+    const message = goaway(reason);
+    for (const link of registry.all()) link.conn.send(message);
+    sessions.goAway(reason);
+    if (this.parts.inFlight() > 0) {
+      const idle = await this.parts.idle(AbortSignal.timeout(timeout)).then(
+        () => true,
+        () => false,
+      );
+      if (idle) log.info('drained: no call in flight');
+      else log.warn({ inFlight: this.parts.inFlight(), drainTimeoutMs: timeout }, 'drain timeout: closing with calls in flight');
+    }
+    await this.parts.close();
+  }
 
   /** A node joined: a drained name takes no call from its first moment back, before anyone hears of it. */
   joined(link: NodeLink): void {

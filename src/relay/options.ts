@@ -72,7 +72,6 @@ export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOpti
   adminToken?: string;
 }
 
-
 /** Every default of `new Relay()` that is not a limit (limits.ts has those). */
 export const RELAY_DEFAULTS = {
   listen: ':9090',

@@ -63,12 +63,25 @@ export class CallerSessions implements SessionHub {
   private counter = 0;
   private readonly callerLimits: CallerLimits;
   /** The relay's timer wheel of call deadlines. */
-  readonly deadlines = relayDeadlines();
+  private readonly deadlines = relayDeadlines();
   /** Set once the relay drains: sessions opened from then on take no calls. */
   private goingAway: string | undefined;
+  private streamTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly parts: CallerSessionsParts) {
     this.callerLimits = { ...parts.limits, memory: parts.memory };
+  }
+
+  /** Starts cancelling streamed bodies that stopped moving; once the relay is built. */
+  start(): void {
+    this.streamTimer ??= setInterval(() => this.expireIdleStreams(), Math.max(100, Math.min(this.parts.limits.streamIdleTimeout / 2, 5_000)));
+    this.streamTimer.unref();
+  }
+
+  /** Stops the timers: the idle streams' and every call's deadline. */
+  stop(): void {
+    clearInterval(this.streamTimer);
+    this.deadlines.clear();
   }
 
   get callersNeedAuth(): boolean {
@@ -187,7 +200,15 @@ export class CallerSessions implements SessionHub {
   }
 
   /** A caller session with a relay-unique id (`kind` tells gateway sessions apart in logs). */
-  private add(kind: string, transport: CallerTransport, out: CallerOutput, address: string, identity: string | null, log: Logger, credential: Credential | undefined): CallerLink {
+  private add(
+    kind: string,
+    transport: CallerTransport,
+    out: CallerOutput,
+    address: string,
+    identity: string | null,
+    log: Logger,
+    credential: Credential | undefined,
+  ): CallerLink {
     const { addresses, limits, directory, presence, observer } = this.parts;
     const session = `${this.prefix}-${kind}${(++this.counter).toString(36)}`;
     const logins = new LoginFailures(addresses, ipOfAddress(address), limits);

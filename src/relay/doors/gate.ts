@@ -7,13 +7,16 @@ import { sameOrigin } from '../dashboard/actions.js';
 import { isDashboardUrl } from '../dashboard/routes.js';
 import type { RelayEvents } from '../events.js';
 import { AddressTable, RefusalLog, type Limits } from '../limits.js';
+import { AuthFailures, type AuthFailuresHost } from '../auth-failures.js';
+import { doorEvents, type DoorMetrics } from './door-events.js';
 import type { DoorEvents, SocketAdmission } from './hub.js';
 
 /** What a {@link ConnectionGate} is built from. */
 export interface GateParts {
   readonly limits: Readonly<Limits> & BrowserOptions;
   readonly log: Logger;
-  readonly doorEvents: DoorEvents;
+  /** Read at each use: the metrics may be built after the gate. */
+  readonly metrics: DoorMetrics & AuthFailuresHost['metrics'];
   readonly events: Pick<RelayEvents, 'audit'>;
 }
 
@@ -28,6 +31,10 @@ export class ConnectionGate implements SocketAdmission {
   readonly addresses: AddressTable;
   /** Which Origin and Host headers are accepted. */
   readonly browsers: BrowserPolicy;
+  /** Wrong credentials per address, on every door; a backed-off address's credentials are refused unchecked. */
+  readonly authFailures: AuthFailures;
+  /** Every door's refusals and slow consumers, as metrics and audit records. */
+  readonly doorEvents: DoorEvents;
   private readonly refusals: RefusalLog;
   /** Per listening server: bound to a loopback address, where only loopback Host names pass. */
   private readonly loopbackListeners = new WeakMap<Server, boolean>();
@@ -45,6 +52,8 @@ export class ConnectionGate implements SocketAdmission {
     this.addresses = new AddressTable(parts.limits);
     this.browsers = new BrowserPolicy(parts.limits);
     this.refusals = new RefusalLog(parts.log, 'too many connections on the relay; closing the extra ones');
+    this.doorEvents = doorEvents(parts.metrics, parts.events);
+    this.authFailures = new AuthFailures(this.addresses, parts);
   }
 
   /** Starts forgetting addresses that went quiet; once the relay is built. */
@@ -58,10 +67,10 @@ export class ConnectionGate implements SocketAdmission {
    * accepted hello (or send a request) in time. False when it was destroyed: the relay is full.
    */
   connected(socket: Socket): boolean {
-    const { limits, log, doorEvents } = this.parts;
+    const { limits, log } = this.parts;
     if (this.addresses.total >= limits.maxConnections) {
       // Over the relay's total nothing more is spent on a socket, not even an HTTP answer.
-      doorEvents.refused('too_many_connections');
+      this.doorEvents.refused('too_many_connections');
       this.refusals.refused({ ip: peerIp(socket), limit: limits.maxConnections });
       socket.destroy();
       return false;
@@ -132,7 +141,7 @@ export class ConnectionGate implements SocketAdmission {
     const headers = door !== 'websocket' && isDashboardUrl(req.url) && sameOrigin(req) ? { ...req.headers, origin: undefined } : req.headers;
     const refusal = this.browsers.check(headers, loopback);
     if (refusal === undefined) return undefined;
-    this.parts.doorEvents.refused(refusal.metric);
+    this.doorEvents.refused(refusal.metric);
     this.parts.log.warn({ peer: peerAddress(req.socket), door, reason: refusal.reason }, 'refused request');
     this.parts.events.audit({ kind: 'refused-request', door, address: peerAddress(req.socket), reason: refusal.reason });
     return refusal.reason;

@@ -271,4 +271,3 @@ function bearerToken(req: IncomingMessage): string | undefined {
   const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
   return m ? m[1] : undefined;
 }
-
