@@ -1,5 +1,7 @@
 import { hostname } from 'node:os';
 import type { Logger } from '../util/logger.js';
+import type { Authenticator } from './auth.js';
+import type { Revocation } from './sessions.js';
 import { Cluster } from './cluster/cluster.js';
 import type { ClusterState } from './cluster/options.js';
 import type { NodeRoute } from './contracts.js';
@@ -106,6 +108,18 @@ export class NodeRoster {
       this.cluster = cluster;
       this.registry.probeRemote = (route, timeout) => cluster.probe(route, timeout);
       this.registry.clusterWelcome = () => ({ url: parts.advertised(), relays: cluster.peerUrls() });
+    }
+  }
+
+  /** After a reload of the tokens file: every node its token or the permissions no longer admit is closed (4003). */
+  recheck(auth: Pick<Authenticator, 'recheckNode'>, revoked: (r: Revocation) => void): void {
+    for (const link of [...this.registry.all()]) {
+      const credential = this.registry.credentialOf(link);
+      const reason = credential && auth.recheckNode(link.name, credential, link.services.keys());
+      if (reason) {
+        revoked({ role: 'node', name: link.name, address: link.address, reason });
+        this.registry.revoke(link, reason);
+      }
     }
   }
 

@@ -26,7 +26,7 @@ import { NodeRoster } from './nodes.js';
 import { Operator } from './operator.js';
 import { resolveRelayOptions, type RelayOptions, type RelaySettings } from './options.js';
 import { selectorNamed } from './selectors.js';
-import { CallerSessions, type Revocation } from './sessions.js';
+import { CallerSessions, revocationAudit } from './sessions.js';
 
 export type { NodeInfo } from '../wire/presence.js';
 export type { RelayOptions } from './options.js';
@@ -92,7 +92,13 @@ export class Relay extends EventEmitter {
     this.gate = new ConnectionGate({ limits: this.opts, log: this.log, metrics, events: this.events });
     this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
     this.directory.permissions = this.auth.permissions;
-    this.auth.on('reload', () => this.recheck());
+    const revoked = revocationAudit(this.log, metrics, this.events, (event, r) => this.emit(event, r));
+    this.auth.on('reload', () => {
+      // Nodes first, then callers: every connection its token or the permissions no longer admit is closed (4003).
+      this.directory.permissions = this.auth.permissions;
+      this.roster.recheck(this.auth, revoked);
+      this.sessions.recheck();
+    });
     // Each door's own cut counts the metric and writes the audit record of a holder it sheds.
     this.memory = new MemoryBudget(this.opts.maxMemory, this.log);
     this.stats = new CallStats({
@@ -130,48 +136,34 @@ export class Relay extends EventEmitter {
       advertised: () => this.advertised,
       emit: (event, name) => this.emit(event, name),
     });
-    const { log, gate, auth, authFailures, memory, directory, events } = this;
-    const presence = this.roster.presence;
-    this.sessions = new CallerSessions({
+    // What the parts below are built from; each takes the members it names.
+    const parts = {
       limits: this.opts,
-      log,
-      auth,
-      authFailures,
-      addresses: gate.addresses,
-      memory,
-      directory,
-      presence,
-      events,
-      observer: this.stats.observer,
-      revoked: (r) => this.audit(r),
-    });
-    this.operator = new Operator({
-      log,
-      registry: this.registry,
-      directory,
-      sessions: this.sessions,
-      inFlight: () => this.stats.inFlight,
-      idle: (signal) => once(this, 'idle', { signal }),
-      close: () => this.close(),
-    });
-    const websocket = {
-      limits: this.opts,
-      log,
-      gate,
-      auth,
-      authFailures,
-      registry: this.registry,
-      sessions: this.sessions,
+      log: this.log,
+      auth: this.auth,
+      gate: this.gate,
+      authFailures: this.authFailures,
+      addresses: this.gate.addresses,
       doorEvents: this.doorEvents,
-      memory,
+      memory: this.memory,
+      directory: this.directory,
+      events: this.events,
+      presence: this.roster.presence,
+      registry: this.registry,
+      observer: this.stats.observer,
+      revoked,
     };
+    this.sessions = new CallerSessions(parts);
+    const idle = (signal: AbortSignal) => once(this, 'idle', { signal });
+    this.operator = new Operator({ ...parts, sessions: this.sessions, inFlight: () => this.stats.inFlight, idle, close: () => this.close() });
+    const websocket = { ...parts, sessions: this.sessions, relayVersion: RELAY_VERSION, draining: () => this.draining };
     this.ports = new Ports({
       settings: this.opts,
-      gate,
+      gate: this.gate,
       doorEvents: this.doorEvents,
       host: this,
       track: (socket) => this.stats.track(socket),
-      websocket: { ...websocket, relayVersion: RELAY_VERSION, draining: () => this.draining },
+      websocket,
     });
     this.gate.start();
     this.sessions.start();
@@ -245,12 +237,7 @@ export class Relay extends EventEmitter {
     return this.ports.adminAddress;
   }
 
-  /** Checks a caller's token (gateway, msgpack-rpc `Relay.Auth`): its identity (null when anonymous), or throws UNAUTHORIZED. @internal */
-  authenticateCaller(token: string | undefined, address: string, door: AuthDoor = 'msgpack-rpc'): string | null {
-    return this.sessions.admit(token, address, door).identity;
-  }
-
-  /** As {@link authenticateCaller}, and also what admitted the caller, for {@link openCallerSession}: a reload that revokes it closes the session. */
+  /** Checks a caller's token (gateway `Authorization`, msgpack-rpc `Relay.Auth`): its identity and what admitted it, for {@link openCallerSession}; throws UNAUTHORIZED. */
   admitCaller(token: string | undefined, address: string, door: AuthDoor = 'http'): CallerAdmission {
     return this.sessions.admit(token, address, door);
   }
@@ -263,11 +250,6 @@ export class Relay extends EventEmitter {
   /** A caller session on any door (sessions.ts `open`); end it with {@link closeCallerSession}. A reload rechecks it. @internal */
   openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger, credential?: Credential, door?: SessionDoor): CallerLink {
     return this.sessions.open(out, address, identity, log, credential, door);
-  }
-
-  /** Ends a caller session: its calls are dropped and every node that saw it forgets it. @internal */
-  closeCallerSession(link: CallerLink): void {
-    this.sessions.close(link);
   }
 
   /** The session of one HTTP gateway request; a reload that no longer admits it answers its call UNAUTHORIZED. @internal */
@@ -354,29 +336,6 @@ export class Relay extends EventEmitter {
     await this.cluster?.stop();
     this.sessions.stop();
     await this.ports.close();
-  }
-
-  /** After a reload: every connection its token or the permissions no longer admit is closed (4003). */
-  private recheck(): void {
-    this.directory.permissions = this.auth.permissions;
-    for (const link of [...this.registry.all()]) {
-      const credential = this.registry.credentialOf(link);
-      const reason = credential && this.auth.recheckNode(link.name, credential, link.services.keys());
-      if (reason) {
-        this.audit({ role: 'node', name: link.name, address: link.address, reason });
-        this.registry.revoke(link, reason);
-      }
-    }
-    this.sessions.recheck();
-  }
-
-  /** One audit line per revoked connection, in the words of the refusals. */
-  private audit(r: Revocation): void {
-    const who = r.role === 'node' ? { node: r.name } : { identity: r.name };
-    this.log.warn({ role: r.role, ...who, peer: r.address, reason: r.reason }, 'revoked connection');
-    this.metrics.connectionRejected('revoked');
-    this.events.audit({ kind: 'revoked', address: r.address, reason: r.reason, ...(r.role === 'node' ? { node: r.name ?? undefined } : { identity: r.name }) });
-    this.emit('revoked', r);
   }
 }
 

@@ -24,6 +24,22 @@ export interface Revocation {
   reason: string;
 }
 
+/** One audit line, metric, audit record and `revoked` event per revoked connection, in the words of the refusals. */
+export function revocationAudit(
+  log: Logger,
+  metrics: { connectionRejected(reason: string): void },
+  events: Pick<RelayEvents, 'audit'>,
+  emit: (event: 'revoked', r: Revocation) => void,
+): (r: Revocation) => void {
+  return (r) => {
+    const who = r.role === 'node' ? { node: r.name } : { identity: r.name };
+    log.warn({ role: r.role, ...who, peer: r.address, reason: r.reason }, 'revoked connection');
+    metrics.connectionRejected('revoked');
+    events.audit({ kind: 'revoked', address: r.address, reason: r.reason, ...(r.role === 'node' ? { node: r.name ?? undefined } : { identity: r.name }) });
+    emit('revoked', r);
+  };
+}
+
 /** What {@link CallerSessions} is built from. */
 export interface CallerSessionsParts {
   /** The relay's settings: its limits and deadlines. */
