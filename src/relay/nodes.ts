@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import type { Logger } from '../util/logger.js';
 import type { Authenticator } from './auth.js';
-import type { Revocation } from './sessions.js';
+import type { Revocation } from './doors/hub.js';
 import { Cluster } from './cluster/cluster.js';
 import type { ClusterState } from './cluster/options.js';
 import type { NodeRoute } from './contracts.js';

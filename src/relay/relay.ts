@@ -32,7 +32,7 @@ export type { NodeInfo } from '../wire/presence.js';
 export type { RelayOptions } from './options.js';
 export type { AuditRecord, AuditKind, AuditDoor } from './events.js';
 export type { CallerAdmission } from './doors/hub.js';
-export type { Revocation } from './sessions.js';
+export type { Revocation } from './doors/hub.js';
 
 export const RELAY_VERSION = 'tunnel-relay/0.1.0';
 

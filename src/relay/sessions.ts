@@ -8,21 +8,13 @@ import { CallerLink, relayDeadlines } from './caller-link.js';
 import type { CallerLimits, CallerOutput, CallObserver, GatewaySession } from './contracts.js';
 import type { CallerConnection, CallerTransport } from './dashboard/host.js';
 import type { NodeDirectory } from './directory.js';
-import type { CallerAdmission, SessionDoor, SessionHub } from './doors/hub.js';
+import type { CallerAdmission, Revocation, SessionDoor, SessionHub } from './doors/hub.js';
 import type { RelayEvents } from './events.js';
 import { LoginFailures, type AddressTable, type Limits } from './limits.js';
 import type { MemoryBudget } from './memory.js';
 import type { Presence } from './presence.js';
 
-/** A connection closed because a reload of the tokens file no longer admits it (event `revoked`). */
-export interface Revocation {
-  role: 'node' | 'caller';
-  /** The node's name, or the caller's identity (null when anonymous). */
-  name: string | null;
-  /** The peer's address, `ip:port`. */
-  address: string;
-  reason: string;
-}
+export type { Revocation } from './doors/hub.js';
 
 /** One audit line, metric, audit record and `revoked` event per revoked connection, in the words of the refusals. */
 export function revocationAudit(

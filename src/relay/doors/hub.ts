@@ -12,7 +12,7 @@ import type { MemoryBudget } from '../memory.js';
  * rest of the relay. Interfaces only: no door imports relay.ts, and each can be built over fakes.
  */
 
-/** Who a refusal or a cut was about, as its audit record names it. */
+/** Who a refusal or a cut was about, as its audit record names it. @internal */
 export interface Who {
   door: AuditDoor;
   /** The peer's `ip:port`. */
@@ -29,10 +29,20 @@ export interface CallerAdmission {
   credential: Credential;
 }
 
-/** How a caller session reached the relay (the dashboard's `transport`); the gateway's sessions are opened apart. */
+/** A connection closed because a reload of the tokens file no longer admits it (event `revoked`). */
+export interface Revocation {
+  role: 'node' | 'caller';
+  /** The node's name, or the caller's identity (null when anonymous). */
+  name: string | null;
+  /** The peer's address, `ip:port`. */
+  address: string;
+  reason: string;
+}
+
+/** How a caller session reached the relay (the dashboard's `transport`); the gateway's sessions are opened apart. @internal */
 export type SessionDoor = 'websocket' | 'msgpack-rpc';
 
-/** Admits, opens and ends caller sessions, on every door: sessions.ts `CallerSessions`. */
+/** Admits, opens and ends caller sessions, on every door: sessions.ts `CallerSessions`. @internal */
 export interface SessionHub {
   /** Callers must present a token now (read at each use: a reload of the tokens file may change it). */
   readonly callersNeedAuth: boolean;
@@ -50,7 +60,7 @@ export interface SessionHub {
   close(link: CallerLink): void;
 }
 
-/** Refusals and slow consumers of every door: the metric and the audit record, written in one place (door-events.ts). */
+/** Refusals and slow consumers of every door: the metric and the audit record, written in one place (door-events.ts). @internal */
 export interface DoorEvents {
   /** A connection refused: counted under `metric` (none: not counted); with `who` and `reason`, also an audit record `refused-connection`. */
   refused(metric: string | undefined, who?: Who, reason?: string): void;
@@ -58,18 +68,27 @@ export interface DoorEvents {
   slowConsumer(who: Who, reason: string): void;
 }
 
-/** Counts connections of every door against the same per-address and total limits (gate.ts). */
+/** Counts connections of every door against the same per-address and total limits (gate.ts). @internal */
 export interface SocketAdmission {
   /** Call `release` once the connection closes; a refused one is not counted. */
   admitSocket(ip: string): { release: () => void } | { refused: string };
 }
 
-/** What the MessagePack-RPC port is given: the relay, seen through these parts. */
+/**
+ * What the MessagePack-RPC port is given: the relay, seen through these parts. Only `limits` is
+ * public: the published declarations strip the rest, so that a `Relay` (whose parts are internal
+ * too) still fits there.
+ */
 export interface MsgpackRpcHost {
   readonly limits: Readonly<Limits>;
+  /** @internal */
   readonly memory: Pick<MemoryBudget, 'add' | 'poke'>;
+  /** @internal */
   readonly sessions: SessionHub;
+  /** @internal */
   readonly doorEvents: DoorEvents;
+  /** @internal */
   readonly gate: SocketAdmission;
+  /** @internal */
   readonly authFailures: Pick<AuthFailures, 'refusal' | 'failed'>;
 }
