@@ -1,6 +1,7 @@
 import { ErrorCode, TunnelError, type WireError } from '../errors.js';
 import { PendingTable } from '../rpc/pending.js';
 import type { Logger } from '../util/logger.js';
+import { CloseCode } from '../wire/close-codes.js';
 import type { Connection } from '../wire/connection.js';
 import { cancel, Kind, request, response, sessionClosed, type Message, type NodeMeta, type ServiceDescription } from '../wire/messages.js';
 import type { NodeRoute, RoutedCall } from './contracts.js';
@@ -15,8 +16,8 @@ export class NodeLink implements NodeRoute {
   readonly relays: readonly string[];
   /** The node said GOAWAY, or a newer connection took its name: it leaves once its calls are answered. */
   goingAway = false;
-  /** An operator drained it on this relay (relay.ts `drainNode`): it stays connected and takes no new calls until undrained. */
-  drained = false;
+  /** An operator drained it on this relay (operator.ts `drainNode`): it stays connected and takes no new calls until undrained. */
+  private operatorDrained = false;
   closed = false;
   /** Called when it starts or stops draining (presence tells everyone). */
   onUpdate: (() => void) | undefined;
@@ -41,7 +42,29 @@ export class NodeLink implements NodeRoute {
 
   /** Takes no new calls: going away, or drained by an operator. */
   get draining(): boolean {
-    return this.goingAway || this.drained;
+    return this.goingAway || this.operatorDrained;
+  }
+
+  /** Drained by an operator on this relay ({@link drain}). */
+  get drained(): boolean {
+    return this.operatorDrained;
+  }
+
+  /**
+   * An operator drains the node on this relay, or puts it back in rotation (`drained` false);
+   * presence hears of it unless `quiet` (at its join, before anyone heard of the node). False when
+   * nothing changed.
+   */
+  drain(drained: boolean, quiet = false): boolean {
+    if (this.operatorDrained === drained) return false;
+    this.operatorDrained = drained;
+    if (!quiet) this.onUpdate?.();
+    return true;
+  }
+
+  /** Closes the node's connection for an operator (1008, `reason`); its calls in flight fail NODE_LOST. */
+  disconnect(reason: string): void {
+    this.conn.close(CloseCode.POLICY, reason);
   }
 
   get inFlight(): number {

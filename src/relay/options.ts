@@ -4,6 +4,73 @@ import { OptionChecks, withDefaults } from '../util/options.js';
 import { DEFAULT_MAX_FRAME } from '../wire/messages.js';
 import { LIMIT_DEFAULTS, type Limits } from './limits.js';
 import { SELECTORS, type SelectorName } from './selectors.js';
+import type { Logger } from '../util/logger.js';
+import type { AuthOptions } from './auth.js';
+import type { ClusterOptions } from './cluster/options.js';
+import type { TlsOptions } from './listener.js';
+
+/**
+ * Relay settings; the limits (`maxMessage`, `maxCallerInFlight`, `helloTimeout`, ...) are in
+ * limits.ts with their defaults, authentication in auth.ts, TLS in listener.ts.
+ */
+export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOptions, 'nodeCertificates'> {
+  /** `[host]:port` to listen on; empty host means every interface (default `:9090`). */
+  listen?: string;
+  log?: Logger;
+  /** Drop a peer silent this long, ms (default 30 000). */
+  heartbeatTimeout?: number;
+  /** Deadline of a call whose caller gives none, ms (default 30 000). */
+  defaultTimeout?: number;
+  /** Longest deadline a caller may ask for, ms (default 300 000). */
+  maxTimeout?: number;
+  /**
+   * `[host]:port` of a separate listener for /metrics, /nodes, /healthz, /readyz and the dashboard.
+   * When set, the main port no longer serves /metrics and /nodes, so they need not be public (default: none).
+   */
+  adminListen?: string;
+  /** /readyz answers 503 until nodes with these names are connected (default none). */
+  requireNode?: string[];
+  /** /readyz answers 503 until every one of these services has a node (default none). */
+  requireService?: string[];
+  /** How long `Relay.drain` waits for calls in flight, ms (default 30 000). */
+  drainTimeout?: number;
+  /** How a call that names no node picks one (default `round-robin`); callers may override per call. */
+  selector?: SelectorName;
+  /**
+   * Origins (`scheme://host[:port]`) whose web pages may open WebSockets and call the gateway; `*`
+   * allows any. A request with another `Origin` header is refused with 403; clients that send no
+   * `Origin` (ws, curl, Go, Python) are not affected (default: none).
+   */
+  allowOrigin?: string[];
+  /**
+   * `Host` names accepted besides localhost, 127.x.x.x and [::1]. A relay listening on loopback
+   * accepts only those (against DNS rebinding); elsewhere `Host` is checked only when this is given
+   * (default: none).
+   */
+  allowHost?: string[];
+  /** This relay's name in presence (`relays` of each node) and in a cluster (default: the host name). */
+  relayName?: string;
+  /**
+   * The URL nodes dial to reach this relay, `ws://host:port` or `wss://host:port`: in a cluster the
+   * other relays list it in the welcome they send their nodes, so that a node can move here when its
+   * own relay stays unreachable (default: from `listen` when it names a host, e.g. `ws://127.0.0.1:9090`,
+   * else the host name and the bound port; `wss://` with TLS).
+   */
+  advertise?: string;
+  /**
+   * Join a cluster of relays over NATS (docs/CLUSTER.md): any relay reaches any node. Without it the
+   * relay stands alone, with nothing to install.
+   */
+  cluster?: ClusterOptions;
+  /**
+   * Serves the live dashboard (`/dashboard`) on the public port too, to whoever presents this token
+   * (`Authorization: Bearer`, or `?token=` when opening the page). Without it the dashboard is served
+   * on the admin listener only, and not at all without `adminListen` (default: none).
+   */
+  dashboardToken?: string;
+  /** Enables the dashboard's actions (drain, undrain or disconnect a node, disconnect a caller) for whoever presents this token (default: none, actions disabled). */
+  adminToken?: string;
+}
 
 /** Every default of `new Relay()` that is not a limit (limits.ts has those). */
 export const RELAY_DEFAULTS = {

@@ -1,125 +1,40 @@
-import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { EventEmitter, once } from 'node:events';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
-import { WebSocketServer, type WebSocket } from 'ws';
-import { advertiseUrl, defaultAdvertiseUrl, isLoopbackHost, listenOn, peerAddress, peerIp, urlHost } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
-import { CloseCode } from '../wire/close-codes.js';
-import { Connection } from '../wire/connection.js';
-import { ErrorCode, noNode, NoNodeReason, TunnelError } from '../errors.js';
-import { goaway, Kind, notify, response, responseStream, SUPPORTED_VERSIONS, welcome, type Hello, type Message } from '../wire/messages.js';
-import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '../wire/bounds.js';
-import { RELAY_SERVICE, type NodeInfo } from '../wire/presence.js';
-import { Authenticator, peerCertificate, type AuthOptions, type Credential } from './auth.js';
-import { BrowserPolicy } from '../util/browser-policy.js';
-import { CallerLink, relayDeadlines } from './caller-link.js';
-import type { CallerLimits, CallerOutput, CallObserver, GatewaySession } from './contracts.js';
-import { NodeDirectory } from './directory.js';
-import { httpHandler, refuseRequest } from './http.js';
-import { AuthFailures, retryAfter, type AuthDoor } from './auth-failures.js';
-import { AddressTable, checkLimits, frameLimit, LIMIT_DEFAULTS, LoginFailures, RefusalLog, type Limits } from './limits.js';
-import { MemoryBudget } from './memory.js';
-import { createListener, refuseUpgrade, type TlsOptions } from './listener.js';
-import { RelayMetrics } from './metrics.js';
-import { NodeRegistry } from './node-registry.js';
-import type { NodeLink } from './node-link.js';
-import { Cluster } from './cluster/cluster.js';
-import type { ClusterOptions, ClusterState } from './cluster/options.js';
-import type { NodeRoute } from './contracts.js';
-import { Presence } from './presence.js';
-import { resolveRelayOptions, type RelaySettings } from './options.js';
-import { selectorNamed, type SelectorName } from './selectors.js';
-import { RelayEvents } from './events.js';
-import { Dashboard, isDashboardUrl } from './dashboard/routes.js';
-import { sameOrigin } from './dashboard/actions.js';
+import type { BrowserPolicy } from '../util/browser-policy.js';
+import type { NodeInfo } from '../wire/presence.js';
+import { Authenticator, type Credential } from './auth.js';
+import type { AuthDoor, AuthFailures } from './auth-failures.js';
+import { CallStats } from './call-stats.js';
+import type { CallerLink } from './caller-link.js';
+import type { Cluster } from './cluster/cluster.js';
+import type { ClusterState } from './cluster/options.js';
+import type { CallerOutput, GatewaySession } from './contracts.js';
 import type { CallerConnection } from './dashboard/host.js';
-import { DrainMarks } from './drain-marks.js';
+import { Dashboard } from './dashboard/routes.js';
+import { NodeDirectory } from './directory.js';
+import { ConnectionGate } from './doors/gate.js';
+import type { CallerAdmission, DoorEvents, SessionDoor } from './doors/hub.js';
+import { Ports } from './doors/ports.js';
+import type { DrainMarks } from './drain-marks.js';
+import { RelayEvents } from './events.js';
+import { checkLimits, frameLimit, LIMIT_DEFAULTS, type Limits } from './limits.js';
+import { MemoryBudget } from './memory.js';
+import { RelayMetrics } from './metrics.js';
+import type { NodeRegistry } from './node-registry.js';
+import { NodeRoster } from './nodes.js';
+import { Operator } from './operator.js';
+import { resolveRelayOptions, type RelayOptions, type RelaySettings } from './options.js';
+import { selectorNamed } from './selectors.js';
+import { CallerSessions, revocationAudit } from './sessions.js';
 
 export type { NodeInfo } from '../wire/presence.js';
+export type { RelayOptions } from './options.js';
 export type { AuditRecord, AuditKind, AuditDoor } from './events.js';
+export type { CallerAdmission } from './doors/hub.js';
+export type { Revocation } from './doors/hub.js';
 
 export const RELAY_VERSION = 'tunnel-relay/0.1.0';
-
-/**
- * Relay settings; the limits (`maxMessage`, `maxCallerInFlight`, `helloTimeout`, ...) are in
- * limits.ts with their defaults, authentication in auth.ts, TLS in listener.ts.
- */
-export interface RelayOptions extends Partial<Limits>, TlsOptions, Omit<AuthOptions, 'nodeCertificates'> {
-  /** `[host]:port` to listen on; empty host means every interface (default `:9090`). */
-  listen?: string;
-  log?: Logger;
-  /** Drop a peer silent this long, ms (default 30 000). */
-  heartbeatTimeout?: number;
-  /** Deadline of a call whose caller gives none, ms (default 30 000). */
-  defaultTimeout?: number;
-  /** Longest deadline a caller may ask for, ms (default 300 000). */
-  maxTimeout?: number;
-  /**
-   * `[host]:port` of a separate listener for /metrics, /nodes, /healthz, /readyz and the dashboard.
-   * When set, the main port no longer serves /metrics and /nodes, so they need not be public (default: none).
-   */
-  adminListen?: string;
-  /** /readyz answers 503 until nodes with these names are connected (default none). */
-  requireNode?: string[];
-  /** /readyz answers 503 until every one of these services has a node (default none). */
-  requireService?: string[];
-  /** How long {@link Relay.drain} waits for calls in flight, ms (default 30 000). */
-  drainTimeout?: number;
-  /** How a call that names no node picks one (default `round-robin`); callers may override per call. */
-  selector?: SelectorName;
-  /**
-   * Origins (`scheme://host[:port]`) whose web pages may open WebSockets and call the gateway; `*`
-   * allows any. A request with another `Origin` header is refused with 403; clients that send no
-   * `Origin` (ws, curl, Go, Python) are not affected (default: none).
-   */
-  allowOrigin?: string[];
-  /**
-   * `Host` names accepted besides localhost, 127.x.x.x and [::1]. A relay listening on loopback
-   * accepts only those (against DNS rebinding); elsewhere `Host` is checked only when this is given
-   * (default: none).
-   */
-  allowHost?: string[];
-  /** This relay's name in presence (`relays` of each node) and in a cluster (default: the host name). */
-  relayName?: string;
-  /**
-   * The URL nodes dial to reach this relay, `ws://host:port` or `wss://host:port`: in a cluster the
-   * other relays list it in the welcome they send their nodes, so that a node can move here when its
-   * own relay stays unreachable (default: from `listen` when it names a host, e.g. `ws://127.0.0.1:9090`,
-   * else the host name and the bound port; `wss://` with TLS).
-   */
-  advertise?: string;
-  /**
-   * Join a cluster of relays over NATS (docs/CLUSTER.md): any relay reaches any node. Without it the
-   * relay stands alone, with nothing to install.
-   */
-  cluster?: ClusterOptions;
-  /**
-   * Serves the live dashboard (`/dashboard`) on the public port too, to whoever presents this token
-   * (`Authorization: Bearer`, or `?token=` when opening the page). Without it the dashboard is served
-   * on the admin listener only, and not at all without `adminListen` (default: none).
-   */
-  dashboardToken?: string;
-  /** Enables the dashboard's actions (drain, undrain or disconnect a node, disconnect a caller) for whoever presents this token (default: none, actions disabled). */
-  adminToken?: string;
-}
-
-/** A caller admitted by its token: what {@link Relay.openCallerSession} needs to re-check it at each reload. */
-export interface CallerAdmission {
-  identity: string | null;
-  credential: Credential;
-}
-
-/** A connection closed because a reload of the tokens file no longer admits it (event `revoked`). */
-export interface Revocation {
-  role: 'node' | 'caller';
-  /** The node's name, or the caller's identity (null when anonymous). */
-  name: string | null;
-  /** The peer's address, `ip:port`. */
-  address: string;
-  reason: string;
-}
 
 /** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. @internal */
 export type { GatewaySession } from './contracts.js';
@@ -129,6 +44,9 @@ export type { GatewaySession } from './contracts.js';
  * mapping between caller ids and tunnel ids, enforces deadlines, and never runs user code.
  * Events: `listening`, `node` (joined), `node-left`, `idle` (no call in flight while draining),
  * `revoked` ({@link Revocation}: a reload closed a connection).
+ *
+ * This class is the composition root: it resolves the options, builds the parts (docs/ARCHITECTURE.md,
+ * "The relay's parts") and hands its public members on to them.
  */
 export class Relay extends EventEmitter {
   /** @internal */
@@ -139,88 +57,23 @@ export class Relay extends EventEmitter {
   readonly auth: Authenticator;
   /** @internal */
   readonly log: Logger;
-  /** @internal Which Origin and Host headers are accepted (browser-policy.ts). */
-  readonly browsers: BrowserPolicy;
-  /** Per listening server: bound to a loopback address, where only loopback Host names pass. */
-  private readonly loopbackListeners = new WeakMap<Server, boolean>();
   /** Every limit in force: the options merged with their defaults (limits.ts). */
   readonly limits: Readonly<Limits>;
-  private readonly presence: Presence;
-  /** Membership of a cluster over NATS, when `cluster` is given. @internal */
-  readonly cluster: Cluster | undefined;
-  /** This relay's name (presence, cluster). */
-  readonly relayName: string;
-  private advertisedUrl: string | undefined;
   /** What happens on the relay, as `audit` events: joins, leaves, refusals, cuts, revocations, operator actions; the last 500 are kept. */
   readonly events = new RelayEvents();
-  /** @internal Node names an operator drained here ({@link drainNode}): kept out of rotation across reconnects. */
-  readonly drainMarks = new DrainMarks();
   /** @internal The live dashboard, served when there is an admin listener or a dashboard token. */
   readonly dashboard: Dashboard | undefined;
-  /** When each caller connection opened, and which of them are WebSocket connections (the others: the msgpack-rpc port). */
-  private readonly callerSince = new WeakMap<CallerLink, number>();
-  private readonly websocketCallers = new WeakSet<CallerLink>();
-  /** The address and claimed node name of each WebSocket, for the audit events of refusals. */
-  private readonly peers = new WeakMap<Connection, { address: string; node?: string; caller?: CallerLink }>();
-  private readonly opts: RelaySettings & RelayOptions;
-  private readonly http: Server;
-  private readonly admin: Server | undefined;
-  private readonly secure: boolean;
-  private readonly addresses: AddressTable;
-  /** @internal Wrong credentials per address, on every door; a backed-off address's credentials are refused unchecked. */
-  readonly authFailures: AuthFailures;
-  private readonly refusals: RefusalLog;
-  /** Sockets past the per-address limit, refused at their upgrade request. */
-  private readonly overLimit = new WeakSet<object>();
-  /** Sockets of authenticated nodes: counted apart from the per-address limit (AddressTable.promote). */
-  private readonly promoted = new WeakSet<object>();
   /** What the relay holds for all its peers together, against `maxMemory`. @internal */
   readonly memory: MemoryBudget;
-  private callerLimits: CallerLimits | undefined;
-  /** When each socket connected: the handshake and the hello share one deadline. */
-  private readonly connectedAt = new WeakMap<object, number>();
-  /** Sockets that sent a request or an upgrade: from there HTTP timeouts or the WebSocket's hello timer take over. */
-  private readonly engaged = new WeakSet<object>();
-  private readonly pruneTimer: NodeJS.Timeout;
-  private readonly streamTimer: NodeJS.Timeout;
-  private readonly wss: WebSocketServer;
-  private readonly callers = new Set<CallerLink>();
-  /** HTTP gateway sessions in progress, with the function that ends each. */
-  private readonly gateways = new Map<CallerLink, () => void>();
-  /** What admitted each connection (a token digest, never the token), checked again at each reload. */
-  private readonly credentials = new WeakMap<CallerLink, Credential>();
-  /** The nodes whose tunnels end here. @internal */
-  readonly registry: NodeRegistry;
-  private readonly deadlines = relayDeadlines();
-  private readonly sessionPrefix = randomBytes(4).toString('hex');
-  private sessionCounter = 0;
-  private callsInFlight = 0;
-  private readonly sockets = new Set<Socket>();
-  private readonly closedBytes = { received: 0, sent: 0 };
-  private drainPromise: Promise<void> | undefined;
-  private drainReason: string | undefined;
-  private readonly observer: CallObserver = {
-    started: () => {
-      this.callsInFlight++;
-    },
-    ended: (method, code, call) => {
-      if (call) {
-        this.callsInFlight--;
-        if (call.path) this.metrics.routed(call.path.local);
-        const seconds = (performance.now() - call.started) / 1_000;
-        this.metrics.callEnded(method, code, seconds, true);
-        this.dashboard?.callEnded(method, code, seconds, true);
-        if (this.callsInFlight === 0 && this.draining) this.emit('idle');
-      } else {
-        const known = this.isServed(method);
-        this.metrics.callEnded(method, code, undefined, known);
-        this.dashboard?.callEnded(method, code, undefined, known);
-      }
-    },
-    refused: (who, method, reason) => {
-      this.events.audit({ kind: 'refused-call', session: who.session, address: who.address, identity: who.identity, method, reason });
-    },
-  };
+  /** @internal Connection limits, the hello deadline, Origin and Host, wrong credentials (doors/gate.ts). */
+  readonly gate: ConnectionGate;
+  /** @internal Every caller session, on every door (sessions.ts). */
+  readonly sessions: CallerSessions;
+  private readonly opts: RelaySettings & RelayOptions;
+  private readonly stats: CallStats;
+  private readonly roster: NodeRoster;
+  private readonly operator: Operator;
+  private readonly ports: Ports;
 
   constructor(options: RelayOptions = {}) {
     super();
@@ -228,105 +81,132 @@ export class Relay extends EventEmitter {
     this.directory.selector = selectorNamed(this.opts.selector);
     this.limits = Object.freeze(pickLimits(this.opts));
     checkLimits(this.limits);
-    this.browsers = new BrowserPolicy(this.opts);
     this.log = options.log ?? silentLogger;
-    this.refusals = new RefusalLog(this.log, 'too many connections on the relay; closing the extra ones');
+    // The metrics are read at each use: they are built below, over the parts they count.
+    const metrics = {
+      connectionRejected: (reason: string) => this.metrics.connectionRejected(reason),
+      slowConsumer: (transport: 'websocket' | 'msgpack-rpc' | 'http') => this.metrics.slowConsumer(transport),
+      authFailed: (door: AuthDoor) => this.metrics.authFailed(door),
+      authRefused: (door: AuthDoor) => this.metrics.authRefused(door),
+    };
+    this.gate = new ConnectionGate({ limits: this.opts, log: this.log, metrics, events: this.events });
     this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
     this.directory.permissions = this.auth.permissions;
-    this.auth.on('reload', () => this.recheck());
-    this.addresses = new AddressTable(this.opts);
+    const revoked = revocationAudit(this.log, metrics, this.events, (event, r) => this.emit(event, r));
+    this.auth.on('reload', () => {
+      // Nodes first, then callers: every connection its token or the permissions no longer admit is closed (4003).
+      this.directory.permissions = this.auth.permissions;
+      this.roster.recheck(this.auth, revoked);
+      this.sessions.recheck();
+    });
     // Each door's own cut counts the metric and writes the audit record of a holder it sheds.
     this.memory = new MemoryBudget(this.opts.maxMemory, this.log);
+    this.stats = new CallStats({
+      routed: (local) => this.metrics.routed(local),
+      callEnded: (method, code, seconds, known) => {
+        this.metrics.callEnded(method, code, seconds, known);
+        this.dashboard?.callEnded(method, code, seconds, known);
+      },
+      events: this.events,
+      directory: this.directory,
+      draining: () => this.draining,
+      idle: () => this.emit('idle'),
+    });
     this.metrics = new RelayMetrics({
-      callsInFlight: () => this.callsInFlight,
+      callsInFlight: () => this.stats.inFlight,
       nodesConnected: () => this.directory.size,
-      callerConnections: () => ({ websocket: this.callers.size, http: this.gateways.size }),
-      bytes: () => this.bytes(),
+      callerConnections: () => ({ websocket: this.sessions.connectionCount, http: this.sessions.gatewayCount }),
+      bytes: () => this.stats.bytes(),
       draining: () => this.draining,
       cluster: () =>
         this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length, unreachable: this.cluster.unreachable.length } : undefined,
     });
-    this.authFailures = new AuthFailures(this.addresses, this);
-    const separateAdmin = this.opts.adminListen !== undefined;
     const { dashboardToken, adminToken } = this.opts;
-    this.dashboard = separateAdmin || dashboardToken !== undefined ? new Dashboard(this, { version: RELAY_VERSION, dashboardToken, adminToken }) : undefined;
-    const publicDashboard = dashboardToken !== undefined ? 'public' : undefined;
-    const handle = httpHandler(this, { gateway: true, admin: !separateAdmin, fallback: 'upgrade', dashboard: publicDashboard });
-    const listener = createListener(this.opts, this.opts.helloTimeout, (req, res) => this.onHttp(req, res, handle, this.http));
-    this.http = listener.server;
-    this.secure = listener.secure;
-    const adminHandle = httpHandler(this, { gateway: false, admin: true, fallback: 'not-found', dashboard: 'admin' });
-    this.admin = separateAdmin ? createServer((req, res) => this.onHttp(req, res, adminHandle, this.admin!)) : undefined;
-    this.presence = new Presence(this.directory, this.log);
-    this.relayName = this.opts.relayName ?? hostname();
-    this.registry = new NodeRegistry({
-      relayName: this.relayName,
-      relayVersion: RELAY_VERSION,
-      maxMessage: this.opts.maxMessage,
-      heartbeatTimeout: this.opts.heartbeatTimeout,
+    const dashboard = this.opts.adminListen !== undefined || dashboardToken !== undefined;
+    this.dashboard = dashboard ? new Dashboard(this, { version: RELAY_VERSION, dashboardToken, adminToken }) : undefined;
+    this.roster = new NodeRoster({
+      settings: this.opts,
       log: this.log,
       directory: this.directory,
       metrics: this.metrics,
-      reject: (conn, code, reason, metric) => this.reject(conn, code, reason, metric),
+      events: this.events,
+      relayVersion: RELAY_VERSION,
+      reject: (conn, code, reason, metric) => this.ports.reject(conn, code, reason, metric),
+      joined: (link) => this.operator.joined(link),
+      advertised: () => this.advertised,
+      emit: (event, name) => this.emit(event, name),
     });
-    this.registry.on('join', (link: NodeLink) => {
-      // Before anyone hears of it: a drained name takes no call from its first moment back.
-      link.drained = this.drainMarks.has(link.name);
-      this.nodeJoined(link);
-      this.cluster?.announce('join', link);
+    // What the parts below are built from; each takes the members it names.
+    const parts = {
+      limits: this.opts,
+      log: this.log,
+      auth: this.auth,
+      gate: this.gate,
+      authFailures: this.authFailures,
+      addresses: this.gate.addresses,
+      doorEvents: this.doorEvents,
+      memory: this.memory,
+      directory: this.directory,
+      events: this.events,
+      presence: this.roster.presence,
+      registry: this.registry,
+      observer: this.stats.observer,
+      revoked,
+    };
+    this.sessions = new CallerSessions(parts);
+    const idle = (signal: AbortSignal) => once(this, 'idle', { signal });
+    this.operator = new Operator({ ...parts, sessions: this.sessions, inFlight: () => this.stats.inFlight, idle, close: () => this.close() });
+    const websocket = { ...parts, sessions: this.sessions, relayVersion: RELAY_VERSION, draining: () => this.draining };
+    this.ports = new Ports({
+      settings: this.opts,
+      gate: this.gate,
+      doorEvents: this.doorEvents,
+      host: this,
+      track: (socket) => this.stats.track(socket),
+      websocket,
     });
-    this.registry.on('update', (link: NodeLink) => {
-      if (link.draining) this.events.audit({ kind: 'node-draining', node: link.name, address: link.address });
-      const node = this.directory.get(link.name);
-      if (node) this.presence.announce('update', node);
-      this.cluster?.announce('update', link);
-    });
-    this.registry.on('leave', (link: NodeLink, why: string) => {
-      this.nodeLeft(link, why);
-      this.cluster?.announce('leave', link);
-    });
-    if (this.opts.cluster) {
-      const advertised = () => this.advertised;
-      const cluster = new Cluster(
-        {
-          relayName: this.relayName,
-          log: this.log,
-          directory: this.directory,
-          localLinks: () => this.registry.all(),
-          maxTimeout: this.opts.maxTimeout,
-          maxNodeInFlight: this.opts.maxNodeInFlight,
-          maxMessage: this.opts.maxMessage,
-          allowedServices: (node, services) => services.filter((s) => this.directory.permissions.serveRefusal(node, [s], true) === undefined),
-          routeAdded: (route) => this.nodeJoined(route),
-          routeRemoved: (route, why) => this.nodeLeft(route, why),
-          yieldName: (link, reason) => this.registry.yieldName(link, reason),
-          presenceLag: (seconds) => this.metrics.presenceLag(seconds),
-          rejected: (reason) => this.metrics.clusterRejected(reason),
-          // Read at each heartbeat: known once listening (port 0 picks the port).
-          get url() {
-            return advertised();
-          },
-        },
-        this.opts.cluster,
-      );
-      this.cluster = cluster;
-      this.registry.probeRemote = (route, timeout) => cluster.probe(route, timeout);
-      this.registry.clusterWelcome = () => ({ url: this.advertised, relays: cluster.peerUrls() });
-    }
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: frameLimit(this.opts.maxMessage), perMessageDeflate: false });
-    this.http.on(listener.socketEvent, (socket: Socket) => this.onSocket(socket));
-    this.http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
-    this.http.on('clientError', (_err, socket) => socket.destroy());
-    this.pruneTimer = setInterval(() => this.addresses.prune(), Math.min(this.opts.loginFailureWindow, 60_000));
-    this.pruneTimer.unref();
-    this.streamTimer = setInterval(() => this.expireIdleStreams(), Math.max(100, Math.min(this.opts.streamIdleTimeout / 2, 5_000)));
-    this.streamTimer.unref();
-    this.admin?.on('clientError', (_err, socket) => socket.destroy());
+    this.gate.start();
+    this.sessions.start();
+  }
+
+  /** The nodes whose tunnels end here. @internal */
+  get registry(): NodeRegistry {
+    return this.roster.registry;
+  }
+
+  /** Membership of a cluster over NATS, when `cluster` is given. @internal */
+  get cluster(): Cluster | undefined {
+    return this.roster.cluster;
+  }
+
+  /** This relay's name (presence, cluster). */
+  get relayName(): string {
+    return this.roster.relayName;
+  }
+
+  /** @internal Which Origin and Host headers are accepted (browser-policy.ts). */
+  get browsers(): BrowserPolicy {
+    return this.gate.browsers;
+  }
+
+  /** @internal Wrong credentials per address, on every door; a backed-off address's credentials are refused unchecked. */
+  get authFailures(): AuthFailures {
+    return this.gate.authFailures;
+  }
+
+  /** @internal Every door's refusals and slow consumers, as metrics and audit records. */
+  get doorEvents(): DoorEvents {
+    return this.gate.doorEvents;
+  }
+
+  /** @internal Node names an operator drained here ({@link drainNode}): kept out of rotation across reconnects. */
+  get drainMarks(): DrainMarks {
+    return this.operator.marks;
   }
 
   /** True from the start of {@link drain}: no new connections or calls are accepted. */
   get draining(): boolean {
-    return this.drainPromise !== undefined;
+    return this.operator.draining;
   }
 
   /** Largest HTTP gateway body, bytes: the largest params plus room for the JSON around them. @internal */
@@ -334,93 +214,57 @@ export class Relay extends EventEmitter {
     return frameLimit(this.opts.maxMessage);
   }
 
-  /**
-   * Checks a caller's token (HTTP gateway `Authorization: Bearer`, msgpack-rpc `Relay.Auth`) and
-   * returns its identity (null when anonymous), or throws a TunnelError with code UNAUTHORIZED.
-   * With no caller authentication configured every caller is allowed.
-   * @internal
-   */
-  authenticateCaller(token: string | undefined, address: string, door: AuthDoor = 'msgpack-rpc'): string | null {
-    return this.admitCaller(token, address, door).identity;
+  /** Calls routed to a node and not answered yet. */
+  get inFlight(): number {
+    return this.stats.inFlight;
   }
 
-  /**
-   * As {@link authenticateCaller}, and also what admitted the caller: give it to
-   * {@link openCallerSession} so that a reload that revokes the token closes the session.
-   */
+  get callerCount(): number {
+    return this.sessions.connectionCount;
+  }
+
+  /** The URL nodes dial to reach this relay (`advertise`, else derived once listening); undefined before {@link listen}. */
+  get advertised(): string | undefined {
+    return this.ports.advertised;
+  }
+
+  get address(): { host: string; port: number; url: string } | undefined {
+    return this.ports.address;
+  }
+
+  /** The admin listener's address, when `adminListen` is set and it listens. */
+  get adminAddress(): { host: string; port: number; url: string } | undefined {
+    return this.ports.adminAddress;
+  }
+
+  /** Checks a caller's token (gateway `Authorization`, msgpack-rpc `Relay.Auth`): its identity and what admitted it, for {@link openCallerSession}; throws UNAUTHORIZED. */
   admitCaller(token: string | undefined, address: string, door: AuthDoor = 'http'): CallerAdmission {
-    const ip = ipOfAddress(address);
-    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, door);
-    if (backedOff) throw backedOff;
-    const verdict = this.auth.caller(token);
-    if (!verdict.ok) {
-      if (verdict.wrongToken && this.authFailures.failed(ip, door, verdict.reason, address)) {
-        this.log.warn({ peer: address, door, reason: verdict.reason }, 'refused caller token');
-        this.events.audit({ kind: 'refused-connection', door, address, reason: verdict.reason });
-      }
-      throw new TunnelError(ErrorCode.UNAUTHORIZED, verdict.reason);
-    }
-    return { identity: verdict.identity, credential: verdict.credential };
+    return this.sessions.admit(token, address, door);
   }
 
-  /**
-   * Counts a connection of another door (the MessagePack-RPC port) from `ip` against the limits the
-   * relay's own sockets count against, so that every door shares `maxConnectionsPerAddress` and
-   * `maxConnections`. Call `release` once the connection closes; a refused one is not counted.
-   */
+  /** Counts a connection of another door from `ip` against the relay's per-address and total limits; `release` it once closed. */
   admitSocket(ip: string): { release: () => void } | { refused: string } {
-    const full = this.addresses.admit(ip);
-    if (full === 'total') return { refused: `the relay has ${this.opts.maxConnections} connections, its limit` };
-    if (full === 'address') return { refused: `too many connections from ${ip} (limit ${this.opts.maxConnectionsPerAddress})` };
-    let open = true;
-    return {
-      release: () => {
-        if (!open) return;
-        open = false;
-        this.addresses.close(ip);
-      },
-    };
+    return this.gate.admitSocket(ip);
   }
 
-  /**
-   * Opens the session of one HTTP gateway request; its answers go to `transport`. A reload that no
-   * longer admits `identity` (or `credential`) answers its call UNAUTHORIZED and ends the session.
-   * @internal
-   */
+  /** A caller session on any door (sessions.ts `open`); end it with {@link closeCallerSession}. A reload rechecks it. @internal */
+  openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger, credential?: Credential, door?: SessionDoor): CallerLink {
+    return this.sessions.open(out, address, identity, log, credential, door);
+  }
+
+  /** The session of one HTTP gateway request; a reload that no longer admits it answers its call UNAUTHORIZED. @internal */
   openGatewaySession(address: string, identity: string | null, transport: CallerOutput, credential?: Credential): GatewaySession {
-    const link = this.newCallerLink('h', transport, address, identity, this.log.child({ peer: address }));
-    if (credential) this.credentials.set(link, credential);
-    const close = () => {
-      if (this.gateways.delete(link)) link.onClose();
-    };
-    this.gateways.set(link, close);
-    return { link, close };
+    return this.sessions.openGateway(address, identity, transport, credential);
   }
 
-  /** Cancels streamed bodies that stopped moving (docs/PROTOCOL.md, "Limits"). */
-  private expireIdleStreams(): void {
-    const now = Date.now();
-    for (const link of this.callers) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
-    for (const link of this.gateways.keys()) link.expireIdleStreams(this.opts.streamIdleTimeout, now);
+  /** What every attached node serves (the presence list). */
+  nodes(): NodeInfo[] {
+    return this.roster.presence.list();
   }
 
-  /** A route to a node was added: presence says `join` for a node it did not show yet, else `update`. */
-  private nodeJoined(route: NodeRoute): void {
-    const node = this.directory.get(route.name);
-    if (!node) return;
-    this.presence.announce(node.routes.length === 1 ? 'join' : 'update', node);
-    if (node.routes.length === 1) this.events.audit({ kind: 'node-join', node: route.name, address: route.address, relays: route.relays });
-    if (route.local) this.emit('node', route.name);
-  }
-
-  /** A route went: the node leaves presence with its last route; a replaced connection leaves before its successor joins. */
-  private nodeLeft(route: NodeRoute, why: string): void {
-    const node = this.directory.get(route.name);
-    if (!node || why === 'replaced') this.presence.announce('leave', route);
-    else this.presence.announce('update', node);
-    if (why === 'replaced') this.events.audit({ kind: 'node-replaced', node: route.name, address: route.address, reason: 'a new connection took its name' });
-    else if (!node) this.events.audit({ kind: 'node-leave', node: route.name, address: route.address, reason: why, relays: route.relays });
-    if (route.local && why !== 'replaced') this.emit('node-left', route.name);
+  /** Every caller connection now: WebSocket and msgpack-rpc sessions, HTTP gateway requests being answered. @internal */
+  callerConnections(): CallerConnection[] {
+    return this.sessions.describe();
   }
 
   /**
@@ -430,179 +274,46 @@ export class Relay extends EventEmitter {
    * hears from; a degraded or split cluster does not make the relay unready.
    */
   readiness(): { ready: boolean; reasons: string[]; cluster?: { state: ClusterState; relays: string[]; unreachable: string[]; urls: string[] } } {
-    const reasons: string[] = [];
-    if (!this.http.listening) reasons.push('not listening');
+    const reasons = this.ports.listening ? [] : ['not listening'];
     if (this.draining) reasons.push('draining before shutdown');
-    for (const name of this.opts.requireNode ?? []) {
-      const node = this.directory.get(name);
-      if (!node || node.draining) reasons.push(`required node ${name} is not connected`);
-    }
-    for (const service of this.opts.requireService ?? []) {
-      if (![...this.directory.all()].some((n) => !n.draining && n.services.has(service))) {
-        reasons.push(`no node serves required service ${service}`);
-      }
-    }
-    const out: ReturnType<Relay['readiness']> = { ready: reasons.length === 0, reasons };
-    if (this.cluster) {
-      // `urls`: the other relays' --advertise URLs, what a node's welcome lists now.
-      out.cluster = { state: this.cluster.state, relays: this.cluster.peerNames, unreachable: this.cluster.unreachable, urls: this.cluster.peerUrls() };
-    }
-    return out;
-  }
-
-  /** Calls routed to a node and not answered yet. */
-  get inFlight(): number {
-    return this.callsInFlight;
-  }
-
-  private isServed(method: string): boolean {
-    const dot = method.lastIndexOf('.');
-    if (dot <= 0) return false;
-    const service = method.slice(0, dot);
-    const name = method.slice(dot + 1);
-    for (const node of this.directory.all()) if (node.hasMethod(service, name)) return true;
-    return false;
-  }
-
-  private bytes(): { received: number; sent: number } {
-    let { received, sent } = this.closedBytes;
-    for (const socket of this.sockets) {
-      received += socket.bytesRead;
-      sent += socket.bytesWritten;
-    }
-    return { received, sent };
+    return this.roster.readiness(reasons, this.opts.requireNode, this.opts.requireService);
   }
 
   /** Starts listening (and the admin listener, if any); resolves with the bound address (port 0 picks a free port). */
   async listen(): Promise<{ host: string; port: number; url: string }> {
-    await listenOn(this.http, this.opts.listen);
-    if (this.admin) {
-      await listenOn(this.admin, this.opts.adminListen!);
-      this.log.info(this.adminAddress, 'admin listening');
-    }
-    const address = this.address!;
-    this.advertisedUrl =
-      this.opts.advertise !== undefined
-        ? advertiseUrl(this.opts.advertise, 'Relay option advertise')
-        : defaultAdvertiseUrl(this.opts.listen, address.port, this.secure, hostname());
+    const address = await this.ports.listen(this.log);
     if (this.cluster && this.advertised === undefined) {
       this.log.warn({ host: hostname() }, 'the host name is not a valid host in a URL: nodes are not told how to reach this relay; set --advertise');
     }
     this.auth.watch();
     this.cluster?.start();
+    const cluster = this.opts.cluster?.name ?? (this.cluster ? 'tunnel' : undefined);
     this.log.info(
-      {
-        ...address,
-        tls: this.secure,
-        auth: this.auth.describe(),
-        relay: this.relayName,
-        cluster: this.opts.cluster?.name ?? (this.cluster ? 'tunnel' : undefined),
-        advertise: this.advertised,
-      },
+      { ...address, tls: this.ports.secure, auth: this.auth.describe(), relay: this.relayName, cluster, advertise: this.advertised },
       'relay listening',
     );
     this.emit('listening', address);
     return address;
   }
 
-  /** The URL nodes dial to reach this relay (`advertise`, else derived once listening); undefined before {@link listen}. */
-  get advertised(): string | undefined {
-    return this.advertisedUrl;
-  }
-
-  /** The admin listener's address, when `adminListen` is set and it listens. */
-  get adminAddress(): { host: string; port: number; url: string } | undefined {
-    const a = this.admin?.address() as AddressInfo | null | undefined;
-    if (!a) return undefined;
-    return { host: a.address, port: a.port, url: `http://${urlHost(a.address)}:${a.port}/` };
-  }
-
-  get address(): { host: string; port: number; url: string } | undefined {
-    const a = this.http.address() as AddressInfo | null;
-    if (!a) return undefined;
-    return { host: a.address, port: a.port, url: `${this.secure ? 'wss' : 'ws'}://${urlHost(a.address)}:${a.port}/` };
-  }
-
-  /** What every attached node serves (the presence list). */
-  nodes(): NodeInfo[] {
-    return this.presence.list();
-  }
-
-  get callerCount(): number {
-    return this.callers.size;
-  }
-
-  /** Every caller connection now: WebSocket and msgpack-rpc sessions, HTTP gateway requests being answered. @internal */
-  callerConnections(): CallerConnection[] {
-    const out: CallerConnection[] = [];
-    const describe = (link: CallerLink, transport: CallerConnection['transport']): CallerConnection => ({
-      session: link.session,
-      transport,
-      address: link.address,
-      identity: link.identity,
-      inFlight: link.inFlight,
-      since: this.callerSince.get(link) ?? 0,
-    });
-    for (const link of this.callers) out.push(describe(link, this.websocketCallers.has(link) ? 'websocket' : 'msgpack-rpc'));
-    for (const link of this.gateways.keys()) out.push(describe(link, 'http'));
-    return out;
-  }
-
-  /**
-   * Drains one node attached here, as a Kubernetes cordon does: it stays connected, finishes its calls
-   * in flight and takes no new ones, and its name stays drained on this relay across reconnects until
-   * {@link undrainNode}. Throws NO_NODE for a node that is not attached to this relay, OVERLOADED when
-   * 1 000 names are drained already (drain-marks.ts).
-   */
+  /** Drains one node attached here, kept drained across reconnects until {@link undrainNode} (operator.ts). Throws NO_NODE, OVERLOADED. */
   drainNode(name: string, reason: string): void {
-    const link = this.localLink(name);
-    this.drainMarks.add(name);
-    if (link.drained) return;
-    this.log.info({ node: name, reason, inFlight: link.inFlight }, 'draining node');
-    link.drained = true;
-    link.onUpdate?.();
+    this.operator.drainNode(name, reason);
   }
 
   /** Puts a drained node name back in rotation. Throws NO_NODE for a name that is not drained here. */
   undrainNode(name: string, reason: string): void {
-    if (!this.drainMarks.delete(name)) throw noNode(NoNodeReason.NOT_DRAINED, `node ${name} is not drained on this relay`);
-    this.log.info({ node: name, reason }, 'undraining node');
-    for (const link of this.registry.all()) {
-      if (link.name !== name || !link.drained) continue;
-      link.drained = false;
-      link.onUpdate?.();
-    }
+    this.operator.undrainNode(name, reason);
   }
 
   /** Closes the connection of a node attached here (1008, `reason`); its calls in flight fail NODE_LOST. Throws NO_NODE. */
   disconnectNode(name: string, reason: string): void {
-    const link = this.localLink(name);
-    this.log.info({ node: name, reason, inFlight: link.inFlight }, 'closing node connection');
-    link.conn.close(CloseCode.POLICY, reason);
+    this.operator.disconnectNode(name, reason);
   }
 
-  /**
-   * Closes one caller connection (1008, `reason`; an HTTP request is answered CANCELLED): its calls
-   * are cancelled on the nodes. Throws CONNECTION_CLOSED for a session that is not open.
-   */
+  /** Closes one caller connection (1008; an HTTP request is answered CANCELLED). Throws CONNECTION_CLOSED for a session not open. */
   disconnectCaller(session: string, reason: string): void {
-    const gateway = [...this.gateways].find(([l]) => l.session === session);
-    const link = gateway?.[0] ?? [...this.callers].find((l) => l.session === session);
-    if (!link) throw new TunnelError(ErrorCode.CONNECTION_CLOSED, `no caller connection has session ${session} on this relay; it may have closed already`);
-    this.log.info({ session, identity: link.identity, peer: link.address, reason }, 'closing caller connection');
-    const unanswered = link.out.close ? [] : link.inFlightIds;
-    link.out.close?.(CloseCode.POLICY, reason);
-    if (gateway) gateway[1]();
-    else this.closeCallerSession(link);
-    const error = new TunnelError(ErrorCode.CANCELLED, reason).toWire();
-    for (const id of unanswered) link.out.respond(id, error, null);
-  }
-
-  private localLink(name: string): NodeLink {
-    for (const link of this.registry.all()) if (link.name === name && !link.closed) return link;
-    const remote = this.directory.get(name);
-    if (remote) throw noNode(NoNodeReason.NODE_ELSEWHERE, `node ${name} is attached to relay ${remote.relays.join(', ')}, not to this one; act on that relay`);
-    throw noNode(NoNodeReason.NODE_NOT_FOUND, `no node named ${name} is attached to this relay`);
+    this.operator.disconnectCaller(session, reason);
   }
 
   /**
@@ -611,28 +322,7 @@ export class Relay extends EventEmitter {
    * Calls still running at the deadline fail as their connections close.
    */
   drain(timeout = this.opts.drainTimeout, reason = 'relay is shutting down'): Promise<void> {
-    this.drainPromise ??= this.runDrain(timeout, reason);
-    return this.drainPromise;
-  }
-
-  private async runDrain(timeout: number, reason: string): Promise<void> {
-    this.drainReason = reason;
-    this.log.info({ inFlight: this.callsInFlight, drainTimeoutMs: timeout, reason }, 'draining: refusing new connections and calls');
-    const message = goaway(reason);
-    for (const link of this.registry.all()) link.conn.send(message);
-    for (const caller of this.callers) {
-      caller.goingAway = reason;
-      caller.out.goaway?.(reason);
-    }
-    if (this.callsInFlight > 0) {
-      const idle = await once(this, 'idle', { signal: AbortSignal.timeout(timeout) }).then(
-        () => true,
-        () => false,
-      );
-      if (idle) this.log.info('drained: no call in flight');
-      else this.log.warn({ inFlight: this.callsInFlight, drainTimeoutMs: timeout }, 'drain timeout: closing with calls in flight');
-    }
-    await this.close();
+    return this.operator.drain(timeout, reason);
   }
 
   /** Closes every connection and the listening sockets at once; see {@link drain} for a graceful stop. */
@@ -640,390 +330,13 @@ export class Relay extends EventEmitter {
     // Answers completed in this turn wait in their Connection's queue, flushed on setImmediate:
     // let them leave before the close frames.
     await new Promise<void>((resolve) => setImmediate(resolve));
-    clearInterval(this.pruneTimer);
-    clearInterval(this.streamTimer);
+    this.gate.close();
     this.dashboard?.close();
     this.auth.close();
     await this.cluster?.stop();
-    for (const ws of this.wss.clients) ws.close(CloseCode.GOING_AWAY, 'relay is shutting down');
-    for (const ws of this.wss.clients) setTimeout(() => ws.terminate(), 1_000).unref();
-    this.wss.close();
-    this.deadlines.clear();
-    const servers = this.admin ? [this.http, this.admin] : [this.http];
-    await Promise.all(
-      servers.map((server) => {
-        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-        server.closeIdleConnections();
-        // HTTP clients keeping a request open must not hold the shutdown forever.
-        setTimeout(() => server.closeAllConnections(), 2_000).unref();
-        return closed;
-      }),
-    );
+    this.sessions.stop();
+    await this.ports.close();
   }
-
-  private reject(conn: Connection, code: number, reason: string, metric: string, audit = true): void {
-    this.metrics.connectionRejected(metric);
-    const peer = this.peers.get(conn);
-    if (audit) this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer?.address, node: peer?.node, reason });
-    conn.close(code, reason);
-  }
-
-  private onHttp(req: IncomingMessage, res: ServerResponse, handle: (req: IncomingMessage, res: ServerResponse) => void, server: Server): void {
-    this.engaged.add(req.socket);
-    if (this.overLimit.has(req.socket)) {
-      this.metrics.connectionRejected('too_many_connections');
-      res.writeHead(429, { 'content-type': 'text/plain' }).end(`too many connections from ${peerIp(req.socket)}\n`);
-      return;
-    }
-    const refused = this.refusedBrowser(req, server, server === this.admin ? 'admin' : 'http');
-    if (refused !== undefined) return refuseRequest(res, refused);
-    handle(req, res);
-  }
-
-  /** Checks Origin and Host (browser-policy.ts); a refusal is counted and logged once, as an audit line. */
-  private refusedBrowser(req: IncomingMessage, server: Server, door: 'websocket' | 'http' | 'admin'): string | undefined {
-    let loopback = this.loopbackListeners.get(server);
-    if (loopback === undefined) {
-      const bound = server.address() as AddressInfo | null;
-      loopback = bound !== null && isLoopbackHost(bound.address);
-      if (bound !== null) this.loopbackListeners.set(server, loopback);
-    }
-    // The dashboard's page calls its own relay: its same-origin requests pass, the Host check still applies.
-    const headers = door !== 'websocket' && isDashboardUrl(req.url) && sameOrigin(req) ? { ...req.headers, origin: undefined } : req.headers;
-    const refusal = this.browsers.check(headers, loopback);
-    if (refusal === undefined) return undefined;
-    this.metrics.connectionRejected(refusal.metric);
-    this.log.warn({ peer: peerAddress(req.socket), door, reason: refusal.reason }, 'refused request');
-    this.events.audit({ kind: 'refused-request', door, address: peerAddress(req.socket), reason: refusal.reason });
-    return refusal.reason;
-  }
-
-  /** Every socket counts against its address, its bytes are counted, and it must reach an accepted hello in time. */
-  private onSocket(socket: Socket): void {
-    if (this.addresses.total >= this.opts.maxConnections) {
-      // Over the relay's total nothing more is spent on a socket, not even an HTTP answer.
-      this.metrics.connectionRejected('too_many_connections');
-      this.refusals.refused({ ip: peerIp(socket), limit: this.opts.maxConnections });
-      socket.destroy();
-      return;
-    }
-    this.sockets.add(socket);
-    socket.once('close', () => {
-      this.sockets.delete(socket);
-      this.closedBytes.received += socket.bytesRead;
-      this.closedBytes.sent += socket.bytesWritten;
-    });
-    const ip = peerIp(socket);
-    this.connectedAt.set(socket, Date.now());
-    if (!this.addresses.open(ip)) {
-      this.overLimit.add(socket);
-      if (this.addresses.connections(ip) === this.opts.maxConnectionsPerAddress + 1) {
-        this.log.warn({ ip, limit: this.opts.maxConnectionsPerAddress }, 'too many connections from one address; refusing the extra ones');
-      }
-    }
-    socket.once('close', () => this.addresses.close(ip, this.promoted.has(socket)));
-    const timer = setTimeout(() => {
-      if (!this.engaged.has(socket)) socket.destroy();
-    }, this.opts.helloTimeout);
-    timer.unref();
-    socket.once('close', () => clearTimeout(timer));
-  }
-
-  /** Refuses what can be refused before the WebSocket exists: draining, extra connections, wrong tokens and certificates. */
-  private onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
-    socket.on('error', () => socket.destroy());
-    this.engaged.add(socket);
-    const peer = peerAddress(socket);
-    if (this.draining) {
-      this.metrics.connectionRejected('draining');
-      refuseUpgrade(socket, 503, 'relay is going away: it takes no new connections; connect to another relay');
-      return;
-    }
-    if (this.overLimit.has(socket)) {
-      this.metrics.connectionRejected('too_many_connections');
-      refuseUpgrade(socket, 429, `too many connections from ${peerIp(socket)} (limit ${this.opts.maxConnectionsPerAddress})`);
-      return;
-    }
-    const refused = this.refusedBrowser(req, this.http, 'websocket');
-    if (refused !== undefined) {
-      refuseUpgrade(socket, 403, refused);
-      return;
-    }
-    const token = bearerToken(req);
-    const ip = peerIp(socket);
-    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, 'websocket');
-    if (backedOff) {
-      this.metrics.connectionRejected('auth_backoff');
-      refuseUpgrade(socket, 401, backedOff.message, retryAfter(backedOff));
-      return;
-    }
-    const refusal = this.auth.checkUpgrade(token, peerCertificate(socket));
-    if (refusal !== undefined) {
-      const { reason } = refusal;
-      this.metrics.connectionRejected('unauthorized');
-      // A guessed token is logged once per burst from its address (auth-failures.ts).
-      if (!refusal.wrongToken || this.authFailures.failed(ip, 'websocket', reason, peer)) {
-        this.log.warn({ peer, reason }, 'refused connection at upgrade');
-        this.events.audit({ kind: 'refused-connection', door: 'websocket', address: peer, reason });
-      }
-      refuseUpgrade(socket, 401, reason);
-      return;
-    }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, req));
-  }
-
-  private accept(ws: WebSocket, req: IncomingMessage): void {
-    const address = peerAddress(req.socket);
-    const log = this.log.child({ peer: address });
-    const helloTimeout = Math.max(0, (this.connectedAt.get(req.socket) ?? Date.now()) + this.opts.helloTimeout - Date.now());
-    let settled = false;
-    const conn: Connection = new Connection(
-      ws,
-      {
-        message: (m) => {
-          settled = true;
-          clearTimeout(timer);
-          this.onHello(conn, m, address, req, log);
-        },
-        close: () => {
-          settled = true;
-          clearTimeout(timer);
-        },
-      },
-      // Chunks are acknowledged once passed on (caller-link.ts, node-link.ts): backpressure end to end.
-      {
-        log,
-        heartbeatTimeout: this.opts.heartbeatTimeout,
-        maxFrame: frameLimit(this.opts.maxMessage),
-        autoAck: false,
-        maxBacklog: this.opts.maxBacklog,
-        slowConsumerTimeout: this.opts.slowConsumerTimeout,
-        maxFirstMessage: NAME_LIMITS.hello,
-        helloFirst: true,
-        onPressure: () => this.memory.poke(),
-        onSlowConsumer: (backlog) => {
-          this.metrics.slowConsumer('websocket');
-          this.events.audit({
-            kind: 'slow-consumer',
-            door: 'websocket',
-            address,
-            node: this.peers.get(conn)?.node,
-            reason: `${backlog} bytes waited to be written to it (limit ${this.opts.maxBacklog})`,
-          });
-        },
-      },
-    );
-    this.peers.set(conn, { address });
-    const release = this.memory.add({
-      // A connection already closing frees what it holds by itself within a second: not a candidate.
-      held: () => (conn.isOpen ? conn.backlog + (this.peers.get(conn)?.caller?.budget.used ?? 0) : 0),
-      shed: (reason) => conn.shed(reason),
-      who: { door: 'websocket', address },
-    });
-    ws.once('close', release);
-    const timer = setTimeout(() => {
-      if (settled) return;
-      log.info({ helloTimeoutMs: this.opts.helloTimeout }, 'closing connection that sent no hello');
-      this.reject(conn, CloseCode.HELLO_TIMEOUT, `no hello within ${this.opts.helloTimeout} ms of connecting`, 'hello_timeout');
-    }, helloTimeout);
-  }
-
-  private onHello(conn: Connection, m: Message, address: string, req: IncomingMessage, log: Logger): void {
-    if (m.kind !== Kind.HELLO) {
-      this.reject(conn, CloseCode.PROTOCOL_ERROR, 'the first message must be a hello [4, {version, role}]', 'protocol_error');
-      return;
-    }
-    const h = m.hello;
-    if (!SUPPORTED_VERSIONS.includes(h.version)) {
-      this.reject(conn, CloseCode.VERSION, `protocol version ${h.version} is not supported; this relay speaks ${SUPPORTED_VERSIONS.join(' and ')}`, 'version');
-      return;
-    }
-    conn.peerVersion = h.version;
-    const peer = this.peers.get(conn);
-    if (peer && h.role === 'node' && typeof h.name === 'string') peer.node = h.name.slice(0, NAME_LIMITS.name);
-    const token = h.token ?? bearerToken(req);
-    const ip = ipOfAddress(address);
-    const backedOff = token === undefined ? undefined : this.authFailures.refusal(ip, 'websocket');
-    if (backedOff) return this.reject(conn, CloseCode.UNAUTHORIZED, backedOff.message, 'auth_backoff', false);
-    if (h.role === 'node') {
-      const verdict = this.auth.node(h.name ?? '', token, peerCertificate(req.socket));
-      if (!verdict.ok) return this.refuse(conn, log, 'node', verdict.reason, h.name, 'unauthorized', this.reportable(verdict, ip, address));
-      if (this.auth.nodesNeedAuth && !this.promoted.has(req.socket)) {
-        if (!this.addresses.promote(peerIp(req.socket))) {
-          const reason = `${peerIp(req.socket)} already has ${this.opts.maxNodesPerAddress} nodes connected (--max-nodes-per-address)`;
-          log.warn({ node: h.name, reason }, 'refused hello');
-          return this.reject(conn, CloseCode.TOO_MANY_NODES, reason, 'too_many_nodes');
-        }
-        this.promoted.add(req.socket);
-      }
-      this.attachNode(conn, h, address, log, verdict.credential);
-    } else {
-      const verdict = this.auth.caller(token);
-      if (!verdict.ok) return this.refuse(conn, log, 'caller', verdict.reason, undefined, 'unauthorized', this.reportable(verdict, ip, address));
-      this.attachCaller(conn, verdict.identity, address, log, verdict.credential);
-    }
-  }
-
-  /** Counts a guessed token of a hello; false when it is not the first of its address's burst, which is not logged. */
-  private reportable(verdict: { reason: string; wrongToken?: boolean }, ip: string, address: string): boolean {
-    return !verdict.wrongToken || this.authFailures.failed(ip, 'websocket', verdict.reason, address);
-  }
-
-  /** One audit line per refused hello (`"msg":"refused hello"`, the peer is in `log`), then 4003; a guess only at the start of a burst. */
-  private refuse(conn: Connection, log: Logger, role: string, reason: string, name?: string, metric = 'unauthorized', report = true): void {
-    if (report) log.warn({ role, node: name, reason }, 'refused hello');
-    this.reject(conn, CloseCode.UNAUTHORIZED, reason, metric, report);
-  }
-
-  private attachNode(conn: Connection, h: Hello, address: string, log: Logger, credential: Credential): void {
-    const name = h.name ?? '';
-    const badName = nodeNameProblem(name);
-    if (badName !== undefined) {
-      this.reject(conn, CloseCode.POLICY, badName, 'bad_node_name');
-      return;
-    }
-    if (h.instance !== undefined && (h.instance.length === 0 || h.instance.length > NAME_LIMITS.instance)) {
-      this.reject(conn, CloseCode.POLICY, `hello.instance must be 1-${NAME_LIMITS.instance} characters; this one has ${h.instance.length}`, 'bad_hello');
-      return;
-    }
-    const services = h.services ?? {};
-    if (Object.keys(services).length === 0) {
-      this.reject(conn, CloseCode.POLICY, 'a node must announce at least one service', 'no_services');
-      return;
-    }
-    const badHello = servicesProblem(services) ?? labelsProblem(h.labels ?? {}, 'hello.labels');
-    if (badHello !== undefined) {
-      log.warn({ node: name, reason: badHello }, 'refused node hello');
-      this.reject(conn, CloseCode.POLICY, badHello, 'bad_hello');
-      return;
-    }
-    if (Object.hasOwn(services, RELAY_SERVICE)) {
-      conn.close(CloseCode.POLICY, `service name ${RELAY_SERVICE} is reserved for the relay's own presence service; rename it`);
-      return;
-    }
-    const forbidden = this.auth.serveRefusal(name, Object.keys(services), credential);
-    if (forbidden !== undefined) return this.refuse(conn, log, 'node', forbidden, name, 'forbidden_service');
-    this.registry.claim(conn, h, address, log, credential);
-  }
-
-  private attachCaller(conn: Connection, identity: string | null, address: string, log: Logger, credential: Credential): void {
-    conn.pauseWhenBacklogged = true;
-    const link: CallerLink = this.openCallerSession(
-      {
-        respond: (id, error, result) => conn.send(response(id, error, result)),
-        goaway: (reason) => conn.send(goaway(reason)),
-        notify: (method, params) => conn.send(notify(method, params)),
-        streamStart: (id, length) => conn.send(responseStream(id, length)),
-        streamChunk: (id, final, bytes, onSent) => conn.sendChunk(id, final, bytes, onSent),
-        dropStream: (id) => conn.dropStream(id),
-        acknowledge: (id, bytes) => conn.acknowledge(id, bytes),
-        close: (code, reason) => conn.close(code, reason),
-      },
-      address,
-      identity,
-      log,
-      credential,
-    );
-    this.websocketCallers.add(link);
-    const peer = this.peers.get(conn);
-    if (peer) peer.caller = link;
-    conn.setHandlers({
-      message: (msg) => link.onMessage(msg),
-      close: (code, reason) => {
-        this.closeCallerSession(link);
-        log.debug({ session: link.session, code, reason }, 'caller disconnected');
-      },
-    });
-    conn.send(welcome({ version: conn.peerVersion, relay: RELAY_VERSION, session: link.session, maxMessage: this.opts.maxMessage }));
-    log.debug({ session: link.session, identity }, 'caller connected');
-  }
-
-  /**
-   * Starts a caller session, which is one caller connection, on any transport: the WebSocket here,
-   * the MessagePack-RPC port (msgpack-rpc-port.ts). Requests go to `link.onMessage`; answers come out
-   * through `out`. End it with {@link closeCallerSession} when the connection closes.
-   *
-   * Every reload of the tokens file checks the session again: with the `credential` of
-   * {@link admitCaller}, its token must still give `identity`; without, a token of `identity` must
-   * still exist (for null: callers must still need no token). When not, the relay calls
-   * `out.close(4003, reason)` (or answers the calls in flight UNAUTHORIZED, for an output without
-   * `close`), closes the session, which cancels its calls on the nodes, and emits `revoked`. `log`
-   * should carry the peer's address (`peer`): the audit lines of refused calls are written to it.
-   * @internal
-   */
-  openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger, credential?: Credential): CallerLink {
-    const link = this.newCallerLink('', out, address, identity, log);
-    this.callers.add(link);
-    if (credential) this.credentials.set(link, credential);
-    // A session opened while draining (on the msgpack-rpc port, which has no upgrade to refuse) takes no calls.
-    link.goingAway = this.drainReason;
-    return link;
-  }
-
-  /** A caller session with a relay-unique id (`kind` tells gateway sessions apart in logs). */
-  private newCallerLink(kind: string, out: CallerOutput, address: string, identity: string | null, log: Logger): CallerLink {
-    const session = `${this.sessionPrefix}-${kind}${(++this.sessionCounter).toString(36)}`;
-    const logins = new LoginFailures(this.addresses, ipOfAddress(address), this.opts);
-    this.callerLimits ??= { ...this.opts, memory: this.memory };
-    const link = new CallerLink(session, out, address, identity, this.directory, this.callerLimits, this.deadlines, log, this.presence, this.observer, logins);
-    this.callerSince.set(link, Date.now());
-    return link;
-  }
-
-  /** Ends a caller session: its calls are dropped and every node that saw it forgets it. @internal */
-  closeCallerSession(link: CallerLink): void {
-    if (this.callers.delete(link)) link.onClose();
-  }
-
-  /** After a reload: every connection its token or the permissions no longer admit is closed (4003). */
-  private recheck(): void {
-    this.directory.permissions = this.auth.permissions;
-    for (const link of [...this.registry.all()]) {
-      const credential = this.registry.credentialOf(link);
-      const reason = credential && this.auth.recheckNode(link.name, credential, link.services.keys());
-      if (reason) {
-        this.audit({ role: 'node', name: link.name, address: link.address, reason });
-        this.registry.revoke(link, reason);
-      }
-    }
-    for (const link of [...this.callers]) {
-      const reason = this.auth.recheckCaller(link.identity, this.credentials.get(link));
-      if (reason) this.revokeCaller(link, reason, () => this.closeCallerSession(link));
-    }
-    for (const [link, close] of [...this.gateways]) {
-      const reason = this.auth.recheckCaller(link.identity, this.credentials.get(link));
-      if (reason) this.revokeCaller(link, reason, close);
-    }
-  }
-
-  private revokeCaller(link: CallerLink, reason: string, closeSession: () => void): void {
-    this.audit({ role: 'caller', name: link.identity, address: link.address, reason });
-    const unanswered = link.out.close ? [] : link.inFlightIds;
-    link.out.close?.(CloseCode.UNAUTHORIZED, reason);
-    closeSession();
-    const error = new TunnelError(ErrorCode.UNAUTHORIZED, reason).toWire();
-    for (const id of unanswered) link.out.respond(id, error, null);
-  }
-
-  /** One audit line per revoked connection, in the words of the refusals. */
-  private audit(r: Revocation): void {
-    const who = r.role === 'node' ? { node: r.name } : { identity: r.name };
-    this.log.warn({ role: r.role, ...who, peer: r.address, reason: r.reason }, 'revoked connection');
-    this.metrics.connectionRejected('revoked');
-    this.events.audit({ kind: 'revoked', address: r.address, reason: r.reason, ...(r.role === 'node' ? { node: r.name ?? undefined } : { identity: r.name }) });
-    this.emit('revoked', r);
-  }
-}
-
-/** The IP of an `ip:port` peer address. */
-function ipOfAddress(address: string): string {
-  const i = address.lastIndexOf(':');
-  return i > 0 ? address.slice(0, i) : address;
-}
-
-function bearerToken(req: IncomingMessage): string | undefined {
-  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
-  return m ? m[1] : undefined;
 }
 
 function pickLimits(o: Limits): Limits {
