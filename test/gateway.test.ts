@@ -82,10 +82,16 @@ describe('HTTP gateway', () => {
     const from = slow.logs.length;
     const controller = new AbortController();
     const call = fetch(`http://127.0.0.1:${relay.port}/call/Slow.Sleep`, { method: 'POST', body: '[60000]', signal: controller.signal });
-    await slow.waitForMsg('test handler started', 10_000, from);
+    const started = await slow.waitForLog(
+      (l) => l.msg === 'test handler started' && l.method === 'Slow.Sleep' && l.ms === 60_000,
+      10_000,
+      'the call started',
+      from,
+    );
     controller.abort();
     await expect(call).rejects.toThrow();
-    const aborted = await slow.waitForMsg('test handler aborted', 10_000, from);
+    // This call's own end: an earlier test's call that timed out may log its abort meanwhile.
+    const aborted = await slow.waitForLog((l) => l.msg === 'test handler aborted' && l.session === started.session, 10_000, 'the call aborted', from);
     expect(aborted.reason).toBe('CANCELLED');
   });
 
