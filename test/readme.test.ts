@@ -450,6 +450,23 @@ describe('links between the documents', () => {
     expect(checked).toBeGreaterThan(50);
     expect(broken).toEqual([]);
   });
+
+  it('every file of the checkout a document names in code (src/…, test/…, docs/…) exists', () => {
+    const missing: string[] = [];
+    let named = 0;
+    for (const file of DOCS) {
+      const text = readFileSync(join(ROOT, file), 'utf8');
+      for (const m of text.matchAll(/(?<![\w./-])((?:src|test|bench|docs|certs|\.ci)\/[\w./-]*\w)/g)) {
+        const path = m[1]!;
+        // Patterns, and what the scripts write (certs/out/, bench/results/), are not files of the checkout.
+        if (/[*{]/.test(path) || /^(certs\/out|bench\/results)(\/|$)/.test(path)) continue;
+        named++;
+        if (!existsSync(join(ROOT, path))) missing.push(`${file}: ${path}`);
+      }
+    }
+    expect(named).toBeGreaterThan(50);
+    expect(missing).toEqual([]);
+  });
 });
 
 const goReason = goMissing();
