@@ -8,5 +8,7 @@ export default defineConfig({
     // Tests start real relays and nodes as processes; on a 2-core machine two files at a time is plenty.
     maxWorkers: 2,
     pool: 'forks',
+    // Fails the run if anything rebuilt dist/ while the tests were starting commands from it.
+    globalSetup: ['test/helpers/dist-guard.ts'],
   },
 });

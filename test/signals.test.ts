@@ -64,7 +64,9 @@ afterAll(async () => {
 describe('stopping the commands', () => {
   it('npm exec tunnel-relay (what npx runs) stops cleanly when npm gets SIGTERM', async () => {
     // npm starts `sh -c tunnel-relay`; SIGTERM ends npm and the shell, never the relay.
-    const npm = spawn('npm', ['exec', '--offline', '--', 'tunnel-relay', '--listen', '127.0.0.1:0'], {
+    // --ignore-scripts: in the checkout, `npm exec` first runs the package's `prepare` (tsc → dist/),
+    // which rewrites dist/ under the other test files that are starting commands from it.
+    const npm = spawn('npm', ['exec', '--offline', '--ignore-scripts', '--', 'tunnel-relay', '--listen', '127.0.0.1:0'], {
       cwd: ROOT,
       env: plainEnv(),
       stdio: ['ignore', 'ignore', 'pipe'],
