@@ -18,8 +18,11 @@
  */
 
 // Relay
-export { Relay, type RelayOptions, type NodeInfo } from './relay/relay.js';
-export type { CallerAdmission, Revocation } from './relay/relay.js';
+export { Relay } from './relay/relay.js';
+export type { RelayOptions } from './relay/options.js';
+export type { NodeInfo } from './wire/presence.js';
+export type { CallerAdmission, Revocation } from './relay/doors/hub.js';
+export type { AuditRecord, AuditKind, AuditDoor } from './relay/events.js';
 export type { Permissions } from './relay/permissions.js';
 export type { ClusterOptions } from './relay/cluster/options.js';
 export { MsgpackRpcPort, type MsgpackRpcPortOptions, type CallerAuthenticator } from './relay/msgpack-rpc-port.js';

@@ -5,7 +5,7 @@ import { connect, type Client } from '../src/client/client.js';
 import { isTunnelError } from '../src/errors.js';
 import { Relay, ServiceRegistry, TunnelNode } from '../src/index.js';
 import { registerExamples } from '../src/services/index.js';
-import type { Revocation } from '../src/relay/relay.js';
+import type { Revocation } from '../src/relay/doors/hub.js';
 import { silentLogger } from '../src/util/logger.js';
 import type { NodeInfo, PresenceEvent } from '../src/wire/presence.js';
 import { certDir } from './helpers/certs.js';
@@ -322,9 +322,9 @@ describe('the permissions option of Relay', () => {
     // Sessions of other doors (the msgpack-rpc port) opened with and without the credential.
     const closes: Array<[number, string]> = [];
     const output = { respond: () => undefined, close: (code: number, reason: string) => closes.push([code, reason]) };
-    const admission = relay.admitCaller(T.billing, '127.0.0.1:1');
-    relay.openCallerSession(output, '127.0.0.1:1', admission.identity, silentLogger, admission.credential);
-    relay.openCallerSession(output, '127.0.0.1:2', 'lib-billing', silentLogger);
+    const admission = relay.sessions.admit(T.billing, '127.0.0.1:1', 'msgpack-rpc');
+    relay.sessions.open(output, '127.0.0.1:1', admission.identity, silentLogger, admission.credential);
+    relay.sessions.open(output, '127.0.0.1:2', 'lib-billing', silentLogger);
     const revoked: Revocation[] = [];
     relay.on('revoked', (r: Revocation) => revoked.push(r));
     writeFileSync(file, `node owner ${T.owner}\nnode other ${T.other}\nnode spare ${T.spare}\n`);

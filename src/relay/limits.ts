@@ -376,3 +376,10 @@ export class RefusalLog {
     this.lastLine = now;
   }
 }
+
+/** Only the limits of `o` (a relay's settings hold more): what `Relay.limits` shows. */
+export function pickLimits(o: Limits): Limits {
+  const out = {} as Limits;
+  for (const key of Object.keys(LIMIT_DEFAULTS) as (keyof Limits)[]) out[key] = o[key];
+  return out;
+}

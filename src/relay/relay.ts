@@ -3,22 +3,20 @@ import { EventEmitter, once } from 'node:events';
 import { silentLogger, type Logger } from '../util/logger.js';
 import type { BrowserPolicy } from '../util/browser-policy.js';
 import type { NodeInfo } from '../wire/presence.js';
-import { Authenticator, type Credential } from './auth.js';
-import type { AuthDoor, AuthFailures } from './auth-failures.js';
+import { Authenticator } from './auth.js';
+import type { AuthFailures } from './auth-failures.js';
 import { CallStats } from './call-stats.js';
-import type { CallerLink } from './caller-link.js';
 import type { Cluster } from './cluster/cluster.js';
 import type { ClusterState } from './cluster/options.js';
-import type { CallerOutput, GatewaySession } from './contracts.js';
 import type { CallerConnection } from './dashboard/host.js';
 import { Dashboard } from './dashboard/routes.js';
 import { NodeDirectory } from './directory.js';
 import { ConnectionGate } from './doors/gate.js';
-import type { CallerAdmission, DoorEvents, SessionDoor } from './doors/hub.js';
+import type { DoorEvents } from './doors/hub.js';
 import { Ports } from './doors/ports.js';
 import type { DrainMarks } from './drain-marks.js';
 import { RelayEvents } from './events.js';
-import { checkLimits, frameLimit, LIMIT_DEFAULTS, type Limits } from './limits.js';
+import { checkLimits, frameLimit, pickLimits, type Limits } from './limits.js';
 import { MemoryBudget } from './memory.js';
 import { RelayMetrics } from './metrics.js';
 import type { NodeRegistry } from './node-registry.js';
@@ -28,16 +26,7 @@ import { resolveRelayOptions, type RelayOptions, type RelaySettings } from './op
 import { selectorNamed } from './selectors.js';
 import { CallerSessions, revocationAudit } from './sessions.js';
 
-export type { NodeInfo } from '../wire/presence.js';
-export type { RelayOptions } from './options.js';
-export type { AuditRecord, AuditKind, AuditDoor } from './events.js';
-export type { CallerAdmission } from './doors/hub.js';
-export type { Revocation } from './doors/hub.js';
-
 export const RELAY_VERSION = 'tunnel-relay/0.1.0';
-
-/** One HTTP gateway request's session; {@link close} sends SESSION_CLOSED to the nodes it used. @internal */
-export type { GatewaySession } from './contracts.js';
 
 /**
  * The relay: one port where nodes attach and callers call. It routes each call to a node, keeps the
@@ -82,17 +71,20 @@ export class Relay extends EventEmitter {
     this.limits = Object.freeze(pickLimits(this.opts));
     checkLimits(this.limits);
     this.log = options.log ?? silentLogger;
-    // The metrics are read at each use: they are built below, over the parts they count.
-    const metrics = {
-      connectionRejected: (reason: string) => this.metrics.connectionRejected(reason),
-      slowConsumer: (transport: 'websocket' | 'msgpack-rpc' | 'http') => this.metrics.slowConsumer(transport),
-      authFailed: (door: AuthDoor) => this.metrics.authFailed(door),
-      authRefused: (door: AuthDoor) => this.metrics.authRefused(door),
-    };
-    this.gate = new ConnectionGate({ limits: this.opts, log: this.log, metrics, events: this.events });
+    // Built first, over parts built below: the gauges read them at each scrape.
+    this.metrics = new RelayMetrics({
+      callsInFlight: () => this.stats.inFlight,
+      nodesConnected: () => this.directory.size,
+      callerConnections: () => ({ websocket: this.sessions.connectionCount, http: this.sessions.gatewayCount }),
+      bytes: () => this.stats.bytes(),
+      draining: () => this.draining,
+      cluster: () =>
+        this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length, unreachable: this.cluster.unreachable.length } : undefined,
+    });
+    this.gate = new ConnectionGate({ limits: this.opts, log: this.log, metrics: this.metrics, events: this.events });
     this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);
     this.directory.permissions = this.auth.permissions;
-    const revoked = revocationAudit(this.log, metrics, this.events, (event, r) => this.emit(event, r));
+    const revoked = revocationAudit(this.log, this.metrics, this.events, (event, r) => this.emit(event, r));
     this.auth.on('reload', () => {
       // Nodes first, then callers: every connection its token or the permissions no longer admit is closed (4003).
       this.directory.permissions = this.auth.permissions;
@@ -112,18 +104,9 @@ export class Relay extends EventEmitter {
       draining: () => this.draining,
       idle: () => this.emit('idle'),
     });
-    this.metrics = new RelayMetrics({
-      callsInFlight: () => this.stats.inFlight,
-      nodesConnected: () => this.directory.size,
-      callerConnections: () => ({ websocket: this.sessions.connectionCount, http: this.sessions.gatewayCount }),
-      bytes: () => this.stats.bytes(),
-      draining: () => this.draining,
-      cluster: () =>
-        this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length, unreachable: this.cluster.unreachable.length } : undefined,
-    });
-    const { dashboardToken, adminToken } = this.opts;
-    const dashboard = this.opts.adminListen !== undefined || dashboardToken !== undefined;
-    this.dashboard = dashboard ? new Dashboard(this, { version: RELAY_VERSION, dashboardToken, adminToken }) : undefined;
+    const { dashboardToken, adminToken, adminListen } = this.opts;
+    this.dashboard =
+      adminListen !== undefined || dashboardToken !== undefined ? new Dashboard(this, { version: RELAY_VERSION, dashboardToken, adminToken }) : undefined;
     this.roster = new NodeRoster({
       settings: this.opts,
       log: this.log,
@@ -157,14 +140,8 @@ export class Relay extends EventEmitter {
     const idle = (signal: AbortSignal) => once(this, 'idle', { signal });
     this.operator = new Operator({ ...parts, sessions: this.sessions, inFlight: () => this.stats.inFlight, idle, close: () => this.close() });
     const websocket = { ...parts, sessions: this.sessions, relayVersion: RELAY_VERSION, draining: () => this.draining };
-    this.ports = new Ports({
-      settings: this.opts,
-      gate: this.gate,
-      doorEvents: this.doorEvents,
-      host: this,
-      track: (socket) => this.stats.track(socket),
-      websocket,
-    });
+    const track = (socket: Parameters<CallStats['track']>[0]) => this.stats.track(socket);
+    this.ports = new Ports({ settings: this.opts, gate: this.gate, doorEvents: this.doorEvents, host: this, track, websocket });
     this.gate.start();
     this.sessions.start();
   }
@@ -235,26 +212,6 @@ export class Relay extends EventEmitter {
   /** The admin listener's address, when `adminListen` is set and it listens. */
   get adminAddress(): { host: string; port: number; url: string } | undefined {
     return this.ports.adminAddress;
-  }
-
-  /** Checks a caller's token (gateway `Authorization`, msgpack-rpc `Relay.Auth`): its identity and what admitted it, for {@link openCallerSession}; throws UNAUTHORIZED. */
-  admitCaller(token: string | undefined, address: string, door: AuthDoor = 'http'): CallerAdmission {
-    return this.sessions.admit(token, address, door);
-  }
-
-  /** Counts a connection of another door from `ip` against the relay's per-address and total limits; `release` it once closed. */
-  admitSocket(ip: string): { release: () => void } | { refused: string } {
-    return this.gate.admitSocket(ip);
-  }
-
-  /** A caller session on any door (sessions.ts `open`); end it with {@link closeCallerSession}. A reload rechecks it. @internal */
-  openCallerSession(out: CallerOutput, address: string, identity: string | null, log: Logger, credential?: Credential, door?: SessionDoor): CallerLink {
-    return this.sessions.open(out, address, identity, log, credential, door);
-  }
-
-  /** The session of one HTTP gateway request; a reload that no longer admits it answers its call UNAUTHORIZED. @internal */
-  openGatewaySession(address: string, identity: string | null, transport: CallerOutput, credential?: Credential): GatewaySession {
-    return this.sessions.openGateway(address, identity, transport, credential);
   }
 
   /** What every attached node serves (the presence list). */
@@ -337,10 +294,4 @@ export class Relay extends EventEmitter {
     this.sessions.stop();
     await this.ports.close();
   }
-}
-
-function pickLimits(o: Limits): Limits {
-  const out = {} as Limits;
-  for (const key of Object.keys(LIMIT_DEFAULTS) as (keyof Limits)[]) out[key] = o[key];
-  return out;
 }

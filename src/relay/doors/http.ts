@@ -26,9 +26,11 @@ export interface HttpHost {
   readonly memory?: Pick<MemoryBudget, 'pressed' | 'describe' | 'add'>;
   readiness(): { ready: boolean; reasons: string[] };
   nodes(): NodeInfo[];
-  /** Checks a caller's token; throws UNAUTHORIZED. */
-  admitCaller(token: string | undefined, address: string): { identity: string | null; credential: Credential };
-  openGatewaySession(address: string, identity: string | null, transport: CallerOutput, credential?: Credential): GatewaySession;
+  /** Caller sessions (sessions.ts): `admit` checks a caller's token (throws UNAUTHORIZED), `openGateway` opens one request's session. */
+  readonly sessions: {
+    admit(token: string | undefined, address: string, door: 'http'): { identity: string | null; credential: Credential };
+    openGateway(address: string, identity: string | null, transport: CallerOutput, credential?: Credential): GatewaySession;
+  };
   /** The live dashboard, when the relay serves one (dashboard/routes.ts). */
   readonly dashboard?: { handle(req: IncomingMessage, res: ServerResponse, url: URL, door: DashboardDoor): Promise<void> } | undefined;
 }
@@ -136,7 +138,7 @@ async function gatewayCall(relay: HttpHost, req: IncomingMessage, res: ServerRes
   let meta: { timeout?: number; node?: string };
   let params: Buffer;
   try {
-    admitted = relay.admitCaller(bearerToken(req.headers.authorization), address);
+    admitted = relay.sessions.admit(bearerToken(req.headers.authorization), address, 'http');
     meta = callMeta(url);
     if (relay.memory?.pressed) throw new TunnelError(ErrorCode.OVERLOADED, relay.memory.describe());
     params = encodeParams(parseArgs(await readBody(req, relay.maxBody, relay.memory)));
@@ -166,7 +168,7 @@ async function gatewayCall(relay: HttpHost, req: IncomingMessage, res: ServerRes
   };
   if (req.socket.destroyed) return;
   // With the credential, a reload that revokes the token answers this call UNAUTHORIZED.
-  const session = relay.openGatewaySession(address, admitted.identity, transport, admitted.credential);
+  const session = relay.sessions.openGateway(address, admitted.identity, transport, admitted.credential);
   // The HTTP client gave up: the session closes, which aborts the call on the node.
   res.once('close', () => session.close());
   session.link.onMessage({ kind: Kind.REQUEST, id: 1, method, params, meta, stream: 0 });
