@@ -123,7 +123,7 @@ describe('many abusers at once', () => {
     // 8 WebSocket callers that ask for 64 × 200 KB (over the 8 MiB limit, under the 16 MiB cut: each is only paused) and do not read, 8 MessagePack-RPC ones likewise.
     const ws = await Promise.all(Array.from({ length: 8 }, () => rawCaller(relay.addr)));
     for (const p of ws) {
-      (p.ws as unknown as { _socket: Socket })._socket.pause();
+      p.ws.pause();
       for (let id = 1; id <= 64; id++) p.send([0, id, 'Abuse.Blob', encode([200_000]), { timeout: 60_000 }]);
     }
     const rpcRequests = Buffer.concat(Array.from({ length: 64 }, (_, i) => encode([0, i + 1, 'Abuse.Blob', [200_000]])));
@@ -163,7 +163,7 @@ describe('many abusers at once', () => {
     const base = peakRss(node);
     const callers = await Promise.all(Array.from({ length: 16 }, () => rawCaller(relay.addr)));
     for (const p of callers) {
-      (p.ws as unknown as { _socket: Socket })._socket.pause();
+      p.ws.pause();
       for (let id = 1; id <= 256; id++) p.send([0, id, 'KV.Get', encode(['big']), { timeout: 60_000 }]);
     }
     // The node has answered (or refused) everything the relay passed it: nothing is in flight.

@@ -1,5 +1,4 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Socket } from 'node:net';
 import { connect } from '../src/index.js';
 import { decodeAll, encode } from '../src/wire/codec.js';
 import { memoryAfterGc, MiB, peakRss, PROBE_ENV, resetPeak } from './helpers/memory.js';
@@ -16,9 +15,8 @@ const ABUSE = 'test/fixtures/abuse-services.js';
 const CHUNK = 256 * 1024;
 type Msg = unknown[];
 
-const socketOf = (peer: RawPeer) => (peer.ws as unknown as { _socket: Socket })._socket;
 /** The peer's address as the relay logs it (`peer`): the other end of the connection. */
-const addressOf = (peer: RawPeer) => `${socketOf(peer).localAddress}:${socketOf(peer).localPort}`;
+const addressOf = (peer: RawPeer) => peer.localAddress;
 const SLOW_CUT = 'slow consumer: closing connection';
 
 /**
@@ -100,7 +98,7 @@ describe('bounded under abuse', { timeout: 150_000 }, () => {
 
     const peer = await rawCaller(relay.addr);
     const address = addressOf(peer);
-    socketOf(peer).pause();
+    peer.ws.pause();
     const params = encode(['big']);
     for (let id = 1; id <= 1024; id++) peer.send([0, id, 'KV.Get', params, { timeout: 60_000 }]);
     const cut = relay.proc.waitForLog((l) => l.msg === SLOW_CUT && l.peer === address, 30_000, 'the cut of the caller that stopped reading');
@@ -109,7 +107,7 @@ describe('bounded under abuse', { timeout: 150_000 }, () => {
     // The relay's record: this peer, cut 4008, once twice the limit waited in its socket, with at most one answer more.
     expect(line).toMatchObject({ code: 4008, limit: 8 * MiB, reason: expect.stringMatching(/^slow consumer: /) });
     expect(line.backlogBytes as number).toBeLessThan(16 * MiB + 300_000);
-    socketOf(peer).resume();
+    peer.ws.resume();
     expectClosedAsCut(await peer.waitClosed(10_000));
 
     // Held memory is measured after a collection: the peak also holds garbage that V8 collects
@@ -146,9 +144,9 @@ describe('bounded under abuse', { timeout: 150_000 }, () => {
     const v1 = await rawCaller(relay.addr);
     for (let id = 1; id <= 32; id++) v1.send([0, id, 'Abuse.Blob', encode([8 * MiB]), { timeout: 60_000 }]);
     await v1.until(() => v1.received.some((m) => (m as Msg)[0] === 8), 30_000, 'a first chunk');
-    socketOf(v1).pause();
+    v1.ws.pause();
     v1.send([10, 1e12]);
-    socketOf(v1).resume();
+    v1.ws.resume();
     const c1 = await v1.waitClosed(10_000);
     expect(c1.code).toBe(1002);
     expect(c1.reason).toMatch(/acknowledgement of 1000000000000 bytes/);
@@ -404,7 +402,7 @@ describe('bounded under abuse', { timeout: 150_000 }, () => {
       w.send([0, 1, 'Relay.Watch', encode([]), {}]);
       await w.response(1);
       addresses.push(addressOf(w));
-      socketOf(w).pause();
+      w.ws.pause();
       watchers.push(w);
     }
     // A node whose hello is just under the limit joins and leaves until every watcher is cut.
@@ -425,7 +423,7 @@ describe('bounded under abuse', { timeout: 150_000 }, () => {
         .sort(),
     ).toEqual(addresses.map((a) => `${a} 4008`).sort());
     expect(await honest.call('Arith.Multiply', 6, 7)).toBe(42);
-    for (const w of watchers) socketOf(w).resume();
+    for (const w of watchers) w.ws.resume();
     for (const w of watchers) expectClosedAsCut(await w.waitClosed(10_000));
     const after = await memoryAfterGc(relay.proc);
     report('20 watchers not reading, a node with a 55 KB hello flapping', {

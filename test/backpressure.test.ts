@@ -21,7 +21,7 @@ describe('a caller that does not read its answers', () => {
     await once(ws, 'open');
     ws.send(encode([4, { version: 1, role: 'caller' }]));
     await new Promise<void>((resolve) => ws.once('message', (d: Buffer) => (decodeAll(d) as unknown[][])[0]![0] === 5 && resolve()));
-    (ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    ws.pause();
     const params = encodeParams(['big']);
     // 20 requests every 25 ms, 800 in all: a caller that keeps asking. The timer paces the load; it
     // synchronises nothing.

@@ -71,7 +71,7 @@ describe('one name, one live node', () => {
     const other = await rawNode(relay.addr, 'twin', 'instance-b');
     expect(await other.waitClosed()).toMatchObject({ code: 4006, reason: expect.stringMatching(/^name twin is held by a live node from/) });
     // The holder stops reading (no pong): a half-open connection.
-    (holder.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    holder.ws.pause();
     const third = await rawNode(relay.addr, 'twin', 'instance-c');
     expect(third.closed).toBeUndefined();
     await relay.proc.waitForMsg('node name held by a connection that does not answer; replacing it');

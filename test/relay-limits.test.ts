@@ -127,7 +127,7 @@ describe('same-name takeover with a half-open old connection', () => {
     old.send(hello('node', { name: 'twin', services: { Sec: ['Echo', 'Who'] } }));
     await old.until(() => old.received.some((m) => Array.isArray(m) && m[0] === 5), 5_000, 'welcome');
     // From now on the old node reads nothing: no pong, no close handshake, like a peer behind a dead NAT.
-    (old.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    old.ws.pause();
 
     await startNode(relay.addr, [...SERVICES, '--name', 'twin']);
     await relay.proc.waitForMsg('node name reconnected; replacing the previous connection');

@@ -11,6 +11,8 @@ export class RawPeer {
   readonly ws: WebSocket;
   readonly received: unknown[] = [];
   closed: { code: number; reason: string } | undefined;
+  /** Our end of the connection, `host:port`, once the handshake is answered (how the relay names this peer). */
+  localAddress = '';
   private readonly wakeups = new Wakeups();
 
   constructor(url: string, headers: Record<string, string> = {}) {
@@ -27,6 +29,7 @@ export class RawPeer {
       this.closed = { code, reason: reason.toString() };
       this.wake();
     });
+    this.ws.on('upgrade', (res) => (this.localAddress = `${res.socket.localAddress}:${res.socket.localPort}`));
     this.ws.on('open', () => this.wake());
     this.ws.on('error', () => this.wake());
   }
