@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ErrorCode, type WireError } from '../src/errors.js';
 import type { NodeRoute, RoutedCall } from '../src/relay/contracts.js';
 import { NodeDirectory } from '../src/relay/directory.js';
@@ -10,6 +10,7 @@ import { ClusterKind, pack, unpack, type ClusterMessage, type RemoteNodeInfo } f
 import { digestOf } from '../src/relay/cluster/node-info.js';
 import { HEARTBEAT_INTERVAL, PEER_EXPIRY, Peers, type PeersHost, type PeerWatcher } from '../src/relay/cluster/peers.js';
 import type { RemoteRoute, RouteTransport } from '../src/relay/cluster/remote-route.js';
+import { elapse, settle, useFakeClock } from './helpers/fake-clock.js';
 
 /**
  * The cluster's parts held in the hand: presence (peers.ts) and the calls this relay sends
@@ -21,25 +22,7 @@ import type { RemoteRoute, RouteTransport } from '../src/relay/cluster/remote-ro
 
 const log = pino({ level: 'silent' });
 
-beforeEach(() => {
-  // setImmediate stays real: `settle` waits on it, and presence answers a newcomer on it.
-  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
-});
-
-afterEach(() => {
-  vi.useRealTimers();
-});
-
-/** Lets every delivery that is due run (deliveries are microtasks). */
-const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-/** Moves the fake clock on by `ms`, 100 ms at a time, letting what each timer starts run. */
-async function advance(ms: number): Promise<void> {
-  for (let t = 0; t < ms; t += 100) {
-    await vi.advanceTimersByTimeAsync(Math.min(100, ms - t));
-    await settle();
-  }
-}
+useFakeClock();
 
 /** A round trip through the wire format: what a link delivers is what NATS would carry, checked. */
 const wire = (message: unknown[]): ClusterMessage => unpack(pack(message));
@@ -248,7 +231,7 @@ describe('presence over a fake link', () => {
     const b = new PuppetRelay(bus, 'b');
     b.nodes = [node('n1'), node('n2')];
     b.say('join', node('n2'));
-    await advance(100);
+    await elapse(100);
     expect(b.snapshots).toBe(1);
     expect(us.added.sort()).toEqual(['n1', 'n2']); // n2 once: the snapshot's n2 is the route the join made
     us.peers.stop();
@@ -260,16 +243,16 @@ describe('presence over a fake link', () => {
     const b = new PuppetRelay(bus, 'b');
     b.nodes = [node('n1')];
     b.heartbeat();
-    await advance(100);
+    await elapse(100);
     expect(b.snapshots).toBe(1);
     // A heartbeat that matches our view asks nothing.
     b.heartbeat();
-    await advance(100);
+    await elapse(100);
     expect(b.snapshots).toBe(1);
     // The same count, another node (a restart of n1): the digest differs, a snapshot is asked.
     b.nodes = [node('n1', 2_000)];
     b.heartbeat();
-    await advance(100);
+    await elapse(100);
     expect(b.snapshots).toBe(2);
     expect(us.directory.get('n1')?.routes[0]?.connectedAt.getTime()).toBe(2_000);
     expect(us.removed).toEqual([['n1', 'left']]);
@@ -282,11 +265,11 @@ describe('presence over a fake link', () => {
     const b = new PuppetRelay(bus, 'b');
     b.nodes = [node('n1')];
     b.heartbeat();
-    await advance(100);
+    await elapse(100);
     expect(us.added).toEqual(['n1']);
-    await advance(PEER_EXPIRY - 500);
+    await elapse(PEER_EXPIRY - 500);
     expect(us.peers.peerNames).toEqual(['b']);
-    await advance(1_000);
+    await elapse(1_000);
     expect(us.peers.peerNames).toEqual([]);
     expect(us.peers.unreachable).toEqual(['b']);
     expect(us.peers.state).toBe('split');
@@ -295,7 +278,7 @@ describe('presence over a fake link', () => {
     expect(us.directory.get('n1')).toBeUndefined();
     // Heard again (not a tombstone): back, with a fresh snapshot and its nodes.
     b.heartbeat();
-    await advance(100);
+    await elapse(100);
     expect(us.peers.peerNames).toEqual(['b']);
     expect(us.peers.unreachable).toEqual([]);
     expect(us.peers.state).toBe('connected');
@@ -310,7 +293,7 @@ describe('presence over a fake link', () => {
     const b = new PuppetRelay(bus, 'b');
     b.heartbeat();
     for (let i = 0; i < 10; i++) {
-      await advance(HEARTBEAT_INTERVAL);
+      await elapse(HEARTBEAT_INTERVAL);
       b.heartbeat();
     }
     await settle();
@@ -325,15 +308,15 @@ describe('presence over a fake link', () => {
     const b = new PuppetRelay(bus, 'b');
     b.nodes = [node('n1')];
     b.heartbeat();
-    await advance(100);
+    await elapse(100);
     b.say('bye', null);
-    await advance(100);
+    await elapse(100);
     expect(us.peers.peerNames).toEqual([]);
     expect(us.peers.unreachable).toEqual([]); // gone for good, not lost
     expect(us.removed).toEqual([['n1', 'relay-gone']]);
     b.heartbeat();
     b.say('join', node('n1'));
-    await advance(5_000);
+    await elapse(5_000);
     expect(us.peers.peerNames).toEqual([]);
     expect(us.directory.get('n1')).toBeUndefined();
     us.peers.stop();
@@ -345,17 +328,17 @@ describe('presence over a fake link', () => {
     const old = new PuppetRelay(bus, 'b', 1_000);
     old.nodes = [node('n1')];
     old.heartbeat();
-    await advance(100);
+    await elapse(100);
     const restarted = new PuppetRelay(bus, 'b', 2_000);
     restarted.heartbeat();
-    await advance(100);
+    await elapse(100);
     expect(us.peers.peerNames).toEqual(['b']);
     expect(us.gone).toEqual([old.id]);
     expect(us.removed).toEqual([['n1', 'relay-gone']]);
     expect(us.peers.unreachable).toEqual([]);
     // A late announcement of the old process is not taken.
     old.say('join', node('n1'));
-    await advance(100);
+    await elapse(100);
     expect(us.directory.get('n1')).toBeUndefined();
     expect(us.peers.peerNames).toEqual(['b']);
     us.peers.stop();
@@ -405,7 +388,7 @@ describe('calls out, told by presence', () => {
     const b = new PuppetRelay(bus, 'b');
     b.nodes = [node('n1')];
     b.heartbeat();
-    await advance(100);
+    await elapse(100);
     const route = us.directory.get('n1')!.routes[0] as RemoteRoute;
     const meta = { session: 's1', address: '127.0.0.1', identity: null, timeout: 10_000 };
     const send = () => {
@@ -511,10 +494,10 @@ describe('calls out, told by presence', () => {
     const c = send();
     await settle();
     expect(b.link.received.filter((r) => r.channel === 'open')).toHaveLength(1);
-    await advance(500);
+    await elapse(500);
     expect(us.gone).toEqual([]); // it answers its pings
     b.link.kill();
-    await advance(500);
+    await elapse(500);
     expect(us.gone).toEqual([b.id]);
     expect(us.peers.unreachable).toEqual(['b']);
     expect(c.outcome.error?.code).toBe(ErrorCode.NODE_LOST);
