@@ -40,7 +40,7 @@ export interface Row {
   relayRssMB?: number;
   relayCpu?: number;
   note?: string;
-  /** For a ratio row: the target it must meet, checked in the summary. */
+  /** For a ratio or value row: the target it must meet, checked in the summary. */
   target?: Target;
 }
 
