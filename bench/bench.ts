@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: starts real relay, node and load processes on 127.0.0.1 and prints a table of
- * calls/s, p50/p99 latency, and the relay's peak RSS and CPU per scenario. Each figure is the median
- * of `--runs` runs; ratios are taken within one run. Results also go to bench/results/<date>.json.
+ * calls/s, p50/p99 latency, and the relay's peak RSS and CPU per scenario (in `core` also the relay's
+ * and the node's CPU µs per call in the measured window). Each figure is the median of `--runs` runs;
+ * ratios are taken within one run. Results also go to bench/results/<date>.json.
  *
  *   npm run bench                 full run
  *   npm run bench -- --quick      one short run per scenario, for development
@@ -12,11 +13,12 @@
  * sshd with ssh (openssh-server, openssh-client); see bench/servers.ts.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { inspect } from 'node:util';
 import { killAll, startNode, startRelay } from '../test/helpers/processes.js';
+import { procStats } from './proc.js';
 import { startNatsServer, startSshForward } from './servers.js';
 import { clusterScenario } from './cluster.js';
 
@@ -38,7 +40,7 @@ export interface Row {
   relayRssMB?: number;
   relayCpu?: number;
   note?: string;
-  /** For a ratio row: the target it must meet, checked in the summary. */
+  /** For a ratio or value row: the target it must meet, checked in the summary. */
   target?: Target;
 }
 
@@ -56,6 +58,8 @@ interface LoadResult {
   rate: number;
   p50: number;
   p99: number;
+  /** With `cpuPids`: CPU seconds each of those processes used in the measured window. */
+  windowCpu?: number[];
 }
 
 /** Runs the load generator as a separate process and returns its report. */
@@ -72,6 +76,8 @@ interface LoadSpec {
   nats?: boolean;
   payloadBytes?: number;
   count?: number;
+  /** Processes whose CPU time bench/load.ts reads at the edges of its measured window (after the warmup). */
+  cpuPids?: number[];
 }
 
 export function runLoad(spec: LoadSpec): Promise<LoadResult> {
@@ -95,16 +101,6 @@ export function runLoad(spec: LoadSpec): Promise<LoadResult> {
       }
     });
   });
-}
-
-/** CPU seconds (user + system) and peak RSS of a process, from /proc. */
-export function procStats(pid: number): { cpu: number; peakRssMB: number; rssMB: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const ticks = Number(fields[11]) + Number(fields[12]);
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? 0);
-  return { cpu: ticks / 100, peakRssMB: kb('VmHWM') / 1024, rssMB: kb('VmRSS') / 1024 };
 }
 
 const median = (xs: number[]) => {
@@ -154,6 +150,16 @@ function ratioRow(scenario: string, ratios: number[], note: string, target?: Tar
   if (target) r.target = target;
   return r;
 }
+
+/** A row of one figure per run (not a ratio), e.g. CPU µs per call; its median is checked against `target`. */
+function valueRow(scenario: string, values: number[], unit: string, note: string, target?: Target): Row {
+  const r: Row = { scenario, rate: median(values), unit, p50: NaN, p99: NaN, note };
+  if (target) r.target = target;
+  return r;
+}
+
+/** CPU µs per completed call of each `cpuPids` process in a load's measured window. */
+const cpuPerCall = (res: LoadResult): number[] => (res.windowCpu ?? []).map((seconds) => (res.calls > 0 ? (seconds * 1e6) / res.calls : NaN));
 
 const atLeast = (value: number): Target => ({ kind: 'min', value });
 const atMost = (value: number): Target => ({ kind: 'max', value });
@@ -243,12 +249,22 @@ async function core(): Promise<Row[]> {
     const vsGo: number[] = [];
     const vsNats: number[] = [];
     const latency: number[] = [];
+    // Issue 22: relay and node CPU per relayed call, at 1 and 256 in flight.
+    const withCpu = window !== 16;
+    const relayUs: number[] = [];
+    const nodeUs: number[] = [];
     let natsSkipped: string | undefined;
     for (let r = 0; r < runs; r++) {
       const relay = await startRelay(['--log-level', 'info']);
       const node = await startNode(relay.addr, ['--name', 'bench-1', '--log-level', 'info', '--direct-listen', '127.0.0.1:0']);
       const directPort = (await node.waitForMsg('direct listener ready')).port as number;
-      const a = await measured(relay.proc.child.pid, { relay: relay.addr, callers: 1, window, seconds, method: 'Arith.Multiply', args: [2, 3] });
+      const cpuPids = withCpu ? [relay.proc.child.pid!, node.child.pid!] : undefined;
+      const a = await measured(relay.proc.child.pid, { relay: relay.addr, callers: 1, window, seconds, method: 'Arith.Multiply', args: [2, 3], cpuPids });
+      if (withCpu) {
+        const [relayCpu, nodeCpu] = cpuPerCall(a);
+        relayUs.push(relayCpu!);
+        nodeUs.push(nodeCpu!);
+      }
       const b = await measured(undefined, { relay: `127.0.0.1:${directPort}`, callers: 1, window, seconds, method: 'Arith.Multiply', args: [2, 3] });
       relayed.push(a);
       direct.push(b);
@@ -280,6 +296,11 @@ async function core(): Promise<Row[]> {
     rows.push(row(`direct (no relay), ${window} in flight`, direct));
     rows.push(ratioRow(`  relayed ÷ direct throughput, ${window} in flight`, vsDirect, 'target ≥ 0.5'));
     if (window === 1) rows.push(ratioRow('  relayed ÷ direct median latency, 1 in flight', latency, '', atMost(2)));
+    if (withCpu) {
+      const how = 'utime+stime ÷ calls, measured window';
+      rows.push(valueRow(`  relay CPU per relayed call, ${window} in flight`, relayUs, 'µs', how, atMost(window === 1 ? 50 : 5)));
+      rows.push(valueRow(`  node CPU per relayed call, ${window} in flight`, nodeUs, 'µs', how));
+    }
     if (typeof go === 'string') rows.push(skipped(`Go net/rpc direct, ${window} in flight`, go));
     else {
       rows.push(

@@ -1,7 +1,8 @@
 /**
  * Load generator, run as its own process by bench.ts so that the caller's CPU is not the bench's.
  * Keeps `window` calls in flight on each of `callers` connections for `seconds` (or `count` calls per
- * lane), then prints one JSON line: calls completed, errors, and latency percentiles (ms).
+ * lane), then prints one JSON line: calls completed, errors, latency percentiles (ms), and with
+ * `cpuPids` the CPU seconds those processes used in the measured window.
  */
 import { once } from 'node:events';
 import { connect as natsConnect } from '@nats-io/transport-node';
@@ -9,6 +10,7 @@ import { WebSocket } from 'ws';
 import { connect } from '../src/client/client.js';
 import { decode, encode } from '../src/wire/codec.js';
 import { tuneGarbageCollection } from '../src/util/gc.js';
+import { cpuSeconds } from './proc.js';
 
 interface LoadArgs {
   relay: string;
@@ -25,6 +27,12 @@ interface LoadArgs {
    * flight finish and are counted, so the report always holds each lane's first call.
    */
   maxSeconds?: number;
+  /**
+   * Processes (the relay, the node) whose CPU time is read when the measured window opens and when it
+   * closes, after the warmup: the report's `windowCpu` holds each one's CPU seconds in that window, in order.
+   * Not with `count`, which has no window.
+   */
+  cpuPids?: number[];
   /** Writes the JSON line `{"msg":"first call done"}` to stderr when the first call completes. */
   progress?: boolean;
   callers: number;
@@ -110,6 +118,7 @@ async function lane(client: Caller): Promise<void> {
 }
 
 let elapsed: number;
+let windowCpu: number[] | undefined;
 if (spec.count !== undefined) {
   measuring = true;
   const start = performance.now();
@@ -121,16 +130,18 @@ if (spec.count !== undefined) {
 } else {
   const lanes = clients.flatMap((c) => Array.from({ length: spec.window }, () => lane(c)));
   await new Promise((r) => setTimeout(r, spec.warmup * 1000));
+  const cpuBefore = spec.cpuPids?.map(cpuSeconds);
   measuring = true;
   const start = performance.now();
   await new Promise((r) => setTimeout(r, spec.seconds * 1000));
   measuring = false;
   elapsed = (performance.now() - start) / 1000;
+  windowCpu = spec.cpuPids?.map((pid, i) => cpuSeconds(pid) - cpuBefore![i]!);
   stop = true;
   await Promise.all(lanes);
 }
 latencies.sort((a, b) => a - b);
 const pct = (p: number) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))]! : NaN);
-process.stdout.write(`${JSON.stringify({ calls, errors, firstError, elapsed, rate: calls / elapsed, p50: pct(0.5), p99: pct(0.99) })}\n`);
+process.stdout.write(`${JSON.stringify({ calls, errors, firstError, elapsed, rate: calls / elapsed, p50: pct(0.5), p99: pct(0.99), windowCpu })}\n`);
 await Promise.all(clients.map((c) => c.close()));
 process.exit(0);
