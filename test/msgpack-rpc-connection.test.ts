@@ -5,6 +5,7 @@ import type { CallerLink } from '../src/relay/caller-link.js';
 import type { CallerOutput } from '../src/relay/contracts.js';
 import type { MsgpackRpcHost } from '../src/relay/doors/hub.js';
 import { RpcConnection, type RpcConnectionSettings } from '../src/relay/doors/msgpack-rpc-connection.js';
+import { AUTH_METHOD, MsgpackRpcPort } from '../src/relay/doors/msgpack-rpc.js';
 import type { Limits } from '../src/relay/limits.js';
 import { peerAddress } from '../src/util/address.js';
 import { decode, encode } from '../src/wire/codec.js';
@@ -34,6 +35,12 @@ class FakeRelay {
   readonly requests: Request[] = [];
   readonly closedSessions: string[] = [];
   readonly failedTokens: string[] = [];
+  /** What the gate answers each connection: admitted, or refused with this reason. */
+  refuseSockets: string | undefined;
+  admitted = 0;
+  released = 0;
+  memoryEntries = 0;
+  readonly refusals: (string | undefined)[] = [];
   readonly wakeups = new Wakeups();
 
   readonly host: MsgpackRpcHost;
@@ -41,10 +48,30 @@ class FakeRelay {
   constructor() {
     const needAuth = (): boolean => this.needAuth;
     this.host = {
-      limits: { maxMessage: 16 * MiB } as Readonly<Limits>,
-      memory: { add: () => () => undefined, poke: () => undefined },
-      doorEvents: { refused: () => undefined, slowConsumer: () => undefined },
-      gate: { admitSocket: () => ({ release: () => undefined }) },
+      limits: { maxMessage: 16 * MiB, helloTimeout: 10_000, maxBacklog: 8 * MiB, slowConsumerTimeout: 30_000 } as Readonly<Limits>,
+      memory: {
+        add: () => {
+          this.memoryEntries++;
+          return () => {
+            this.memoryEntries--;
+            this.wakeups.wake();
+          };
+        },
+        poke: () => undefined,
+      },
+      doorEvents: { refused: (metric) => this.refusals.push(metric), slowConsumer: () => undefined },
+      gate: {
+        admitSocket: () => {
+          if (this.refuseSockets !== undefined) return { refused: this.refuseSockets };
+          this.admitted++;
+          return {
+            release: () => {
+              this.released++;
+              this.wakeups.wake();
+            },
+          };
+        },
+      },
       authFailures: {
         refusal: () => undefined,
         failed: (ip: string) => {
@@ -294,5 +321,62 @@ describe('RpcConnection', () => {
     await caller.until(() => caller.replies.length === 1, 'the refusal');
     expect(caller.replies).toEqual([[1, 2, 'UNAUTHORIZED: this relay now requires a caller token: reconnect and call Relay.Auth(token) first', null]]);
     expect(relay.requests).toHaveLength(1);
+  });
+});
+
+describe('MsgpackRpcPort', () => {
+  const ports: MsgpackRpcPort[] = [];
+  afterEach(async () => {
+    await Promise.all(ports.splice(0).map((p) => p.close()));
+  });
+
+  async function open(): Promise<{ port: MsgpackRpcPort; dial: () => Promise<Caller> }> {
+    const port = new MsgpackRpcPort(relay.host, { listen: '127.0.0.1:0' });
+    ports.push(port);
+    const { port: n } = await port.listen();
+    const dial = async () => {
+      const socket = connect(n, '127.0.0.1');
+      sockets.push(socket);
+      const caller = new Caller(socket);
+      await new Promise<void>((resolve) => socket.once('connect', resolve).once('close', resolve));
+      return caller;
+    };
+    return { port, dial };
+  }
+
+  it('serves each admitted connection as one session, and gives back its admission and memory entry when it closes', async () => {
+    const { dial } = await open();
+    const caller = await dial();
+    caller.send(request(1, 'Server.Ping', []), request(2, AUTH_METHOD, [7]));
+    await relay.until(() => relay.requests.length === 1, 'the request');
+    out().respond(relay.requests[0]!.id, null, encode('pong'));
+    await caller.until(() => caller.replies.length === 2, 'two answers');
+    // Relay.Auth is answered at once by the port (the fake hub admits any token, as a relay that requires none); the call by the node.
+    expect(caller.replies).toEqual([
+      [1, 2, null, true],
+      [1, 1, null, 'pong'],
+    ]);
+    expect([relay.admitted, relay.memoryEntries]).toEqual([1, 1]);
+    caller.socket.destroy();
+    await relay.until(() => relay.released === 1 && relay.memoryEntries === 0, 'the release');
+    expect(new Set(relay.closedSessions)).toEqual(new Set(['s1']));
+  });
+
+  it('closes a connection the gate refuses at once, counted as too_many_connections, with no session', async () => {
+    relay.refuseSockets = 'too many connections from 127.0.0.1';
+    const { dial } = await open();
+    const caller = await dial();
+    await caller.until(() => caller.closed, 'the port to hang up');
+    expect(relay.refusals).toEqual(['too_many_connections']);
+    expect([relay.admitted, relay.opened.length, relay.memoryEntries]).toEqual([0, 0, 0]);
+  });
+
+  it('closes its caller connections when it closes', async () => {
+    const { port, dial } = await open();
+    const callers = [await dial(), await dial()];
+    await relay.until(() => relay.admitted === 2, 'two connections');
+    await port.close();
+    await Promise.all(callers.map((c) => c.until(() => c.closed, 'the port to hang up')));
+    await relay.until(() => relay.released === 2, 'both releases');
   });
 });
