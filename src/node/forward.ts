@@ -3,12 +3,11 @@ import { ErrorCode, TunnelError } from '../errors.js';
 import type { CallContext } from '../rpc/context.js';
 import { dialAddress } from '../util/address.js';
 import { silentLogger, type Logger } from '../util/logger.js';
-import { decode, encode } from '../wire/codec.js';
 import { MessagePackFramer } from '../wire/framer.js';
-import { ANY_METHOD, Kind, MAX_ID } from '../wire/messages.js';
-import { checkMessagePack } from '../wire/scan.js';
-import { checkOneValue, EnvelopeReader, OTHER, uintSize, writeUint } from '../wire/skip.js';
-import { COPY_LIMIT, TurnWriter } from '../wire/turn-writer.js';
+import { ANY_METHOD, MAX_ID } from '../wire/messages.js';
+import { encodeMethod, errorText, MsgpackRpcReader, NOTIFICATION, requestWithParams, type Fatal, type ResponseEnvelope } from '../wire/msgpack-rpc-envelope.js';
+import { checkOneValue } from '../wire/skip.js';
+import { TurnWriter } from '../wire/turn-writer.js';
 import { resolveForwardOptions, type ForwardArgs, type ForwardSettings } from './options.js';
 
 export type { ForwardArgs } from './options.js';
@@ -122,7 +121,7 @@ export class ForwardedService {
     if (name === undefined) {
       // Method names come from callers: keep the cache from growing without bound.
       if (this.names.size >= 1024) this.names.clear();
-      name = encode(method);
+      name = encodeMethod(method);
       this.names.set(method, name);
     }
     return name;
@@ -179,7 +178,7 @@ class Upstream {
   isConnected = false;
   private readonly socket: Socket;
   private readonly framer: MessagePackFramer;
-  private readonly reader = new EnvelopeReader();
+  private readonly reader = new MsgpackRpcReader();
   private readonly pending = new Map<number, Waiting>();
   private readonly connected: Promise<void>;
   private nextId = 0;
@@ -270,14 +269,7 @@ class Upstream {
 
   /** Queues one request: small params are copied behind the header, large ones written after it as they are. */
   private send(id: number, name: Buffer, params: Uint8Array): void {
-    const head = 2 + uintSize(id) + name.length;
-    const small = params.length <= COPY_LIMIT;
-    const b = Buffer.allocUnsafe(small ? head + params.length : head);
-    b[0] = 0x94;
-    b[1] = Kind.REQUEST;
-    b.set(name, writeUint(b, 2, id));
-    if (small) b.set(params, head);
-    this.out.push(b, small ? undefined : params);
+    this.out.push(...requestWithParams(id, name, params));
   }
 
   /** Calls that have waited a whole interval start listening for their caller giving up. */
@@ -309,35 +301,26 @@ class Upstream {
     } catch (err) {
       return this.destroy(this.invalid(TunnelError.from(err).message));
     }
-    const r = this.reader;
     for (const frame of frames) {
-      let id: unknown;
-      let error: unknown;
+      let envelope: ResponseEnvelope | typeof NOTIFICATION | Fatal;
       try {
-        // What a decode would refuse is refused here too, though the result is not decoded.
-        checkMessagePack(frame);
-        const length = r.reset(frame).arrayLength();
-        if (length === OTHER) return this.destroy(this.invalid('a message that is not an array'));
-        const kind = length === 0 ? undefined : valueAt(r);
-        if (kind === Kind.NOTIFY) continue; // nothing here subscribes to the server's notifications
-        if (kind !== Kind.RESPONSE || length !== 4) return this.destroy(this.invalid('a message that is not a response [1, msgid, error, result]'));
-        id = valueAt(r);
-        if (typeof id !== 'number') return this.destroy(this.invalid('a message that is not a response [1, msgid, error, result]'));
-        error = r.nil() ? null : decode(r.element());
+        envelope = this.reader.readResponse(frame);
       } catch (err) {
         return this.destroy(this.invalid((err as Error).message));
       }
-      this.settle(id, error, r.rest());
+      if (envelope === NOTIFICATION) continue; // nothing here subscribes to the server's notifications
+      if ('fatal' in envelope) return this.destroy(this.invalid(envelope.fatal));
+      this.settle(envelope);
     }
   }
 
-  private settle(id: number, error: unknown, result: Uint8Array): void {
+  private settle({ msgid: id, error, result }: ResponseEnvelope): void {
     const w = this.pending.get(id);
     if (!w) return; // its caller gave up
     this.pending.delete(id);
     if (w.onAbort) w.signal!.removeEventListener('abort', w.onAbort);
     if (error !== null && error !== undefined) {
-      w.reject(new TunnelError(ErrorCode.APP_ERROR, typeof error === 'string' ? error : (JSON.stringify(error) ?? String(error))));
+      w.reject(new TunnelError(ErrorCode.APP_ERROR, errorText(error)));
       return;
     }
     w.resolve(result);
@@ -372,12 +355,6 @@ class Upstream {
 
 /** How often calls still waiting are looked at, ms; one that has waited a whole interval then listens for its cancellation. */
 const SWEEP_INTERVAL = 100;
-
-/** The next element: a plain unsigned integer as read, anything else as msgpackr decodes it. */
-function valueAt(r: EnvelopeReader): unknown {
-  const n = r.uint();
-  return n !== OTHER ? n : decode(r.element());
-}
 
 /** What decodeParams checked, without building the values: one valid MessagePack array. Returns its length. */
 function checkParams(params: Uint8Array): number {
