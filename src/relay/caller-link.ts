@@ -125,7 +125,7 @@ export class CallerLink implements CallSink {
   }
 
   private onRequest(m: CallRequest): void {
-    const { id, meta } = m;
+    const { id, method, meta } = m;
     // Read per call: a reload that changes this caller's call= applies to its next call.
     const access = this.directory.permissions.access(this.identity);
     const a = admit(m, {
@@ -138,7 +138,6 @@ export class CallerLink implements CallSink {
       access,
     });
     if (!a.ok) return this.reply(id, a.method, a.error);
-    const { method } = m;
     switch (a.to) {
       case 'upload':
         try {
