@@ -3,24 +3,39 @@ import { DeadlineWheel } from '../rpc/deadlines.js';
 import type { Logger } from '../util/logger.js';
 import { CloseCode } from '../wire/close-codes.js';
 import { Kind, type Message, type NodeMeta } from '../wire/messages.js';
-import { RELAY_SERVICE } from '../wire/presence.js';
-import { controlProblem, labelsProblem, methodProblem, NAME_LIMITS } from '../wire/bounds.js';
 import { UNKNOWN as UNKNOWN_METHOD } from './metrics.js';
+import { admit, nodeBusy, type Admitted, type CallRequest } from './admission.js';
 import { Broadcast } from './broadcast.js';
 import type { NodeDirectory } from './directory.js';
 import type { LoginFailures } from './limits.js';
 import type { CallerLimits, CallerOutput, CallObserver, CallSink, NodeRoute, RoutedCall } from './contracts.js';
+import type { CallerAccess } from './permissions.js';
 import type { Presence } from './presence.js';
 import { RelayedCall } from './relayed-call.js';
-import { parseWhere, selectorNamed, type Selector, type Where } from './selectors.js';
 import { Reassembly, ReassemblyBudget } from '../wire/streams.js';
-
-/** Params of a call to the relay's own service are ignored; anything bigger than this is refused. */
-const RELAY_PARAMS_LIMIT = 64 * 1024;
 
 /** The relay's one timer for every call's deadline; only caller links schedule calls on it. */
 export function relayDeadlines(): DeadlineWheel<RelayedCall> {
   return new DeadlineWheel<RelayedCall>((call) => (call.caller as CallerLink).expire(call));
+}
+
+/** What a caller link is made of: who the caller is, where its answers go, and the relay's parts it routes with. */
+export interface CallerLinkParts {
+  /** Relay-unique id of the session. */
+  session: string;
+  out: CallerOutput;
+  /** The caller's `ip:port`. */
+  address: string;
+  /** The caller's token name; null for an anonymous caller. */
+  identity: string | null;
+  directory: NodeDirectory;
+  limits: CallerLimits;
+  /** The relay's deadline wheel ({@link relayDeadlines}). */
+  deadlines: DeadlineWheel<RelayedCall>;
+  log: Logger;
+  presence: Presence;
+  observer?: CallObserver | undefined;
+  logins?: LoginFailures | undefined;
 }
 
 /**
@@ -32,7 +47,7 @@ export class CallerLink implements CallSink {
   private readonly nodesSeen = new Set<NodeRoute>();
   private readonly affinity = new Map<string, NodeRoute>();
   /** Streamed requests the relay needs whole (broadcasts), by caller id. */
-  private readonly uploads: Reassembly<Extract<Message, { kind: 0 }>>;
+  private readonly uploads: Reassembly<CallRequest>;
   /** Streamed results for a transport that cannot pass chunks on, by caller id. */
   private readonly downloads: Reassembly<RoutedCall>;
   /** What this connection's incomplete bodies may hold at the relay, together (uploads, downloads, broadcast results). */
@@ -40,22 +55,33 @@ export class CallerLink implements CallSink {
   /** Set when the relay is draining: new requests fail at once with GOING_AWAY. */
   goingAway: string | undefined;
 
-  constructor(
-    readonly session: string,
-    readonly out: CallerOutput,
-    readonly address: string,
-    readonly identity: string | null,
-    private readonly directory: NodeDirectory,
-    private readonly limits: CallerLimits,
-    private readonly deadlines: DeadlineWheel<RelayedCall>,
-    private readonly log: Logger,
-    private readonly presence: Presence,
-    private readonly observer?: CallObserver,
-    private readonly logins?: LoginFailures,
-  ) {
-    this.budget = new ReassemblyBudget(limits.maxReassembly, 'this caller connection');
-    this.uploads = new Reassembly(limits.maxMessage, this.budget);
-    this.downloads = new Reassembly(limits.maxMessage, this.budget);
+  readonly session: string;
+  readonly out: CallerOutput;
+  readonly address: string;
+  readonly identity: string | null;
+  private readonly directory: NodeDirectory;
+  private readonly limits: CallerLimits;
+  private readonly deadlines: DeadlineWheel<RelayedCall>;
+  private readonly log: Logger;
+  private readonly presence: Presence;
+  private readonly observer: CallObserver | undefined;
+  private readonly logins: LoginFailures | undefined;
+
+  constructor(parts: CallerLinkParts) {
+    this.session = parts.session;
+    this.out = parts.out;
+    this.address = parts.address;
+    this.identity = parts.identity;
+    this.directory = parts.directory;
+    this.limits = parts.limits;
+    this.deadlines = parts.deadlines;
+    this.log = parts.log;
+    this.presence = parts.presence;
+    this.observer = parts.observer;
+    this.logins = parts.logins;
+    this.budget = new ReassemblyBudget(this.limits.maxReassembly, 'this caller connection');
+    this.uploads = new Reassembly(this.limits.maxMessage, this.budget);
+    this.downloads = new Reassembly(this.limits.maxMessage, this.budget);
   }
 
   get inFlight(): number {
@@ -98,107 +124,52 @@ export class CallerLink implements CallSink {
     this.out.respond(id, error.toWire(), null);
   }
 
-  private onRequest(m: Extract<Message, { kind: 0 }>): void {
+  private onRequest(m: CallRequest): void {
     const { id, method, meta } = m;
-    if (this.inflight.has(id) || this.uploads.has(id))
-      return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, `request id ${id} is already in flight on this connection`));
-    if (this.goingAway !== undefined) {
-      return this.reply(
-        id,
-        method,
-        new TunnelError(ErrorCode.GOING_AWAY, `the relay is going away (${this.goingAway}) and takes no new calls; reconnect and call again`),
-      );
-    }
-    const badName = methodProblem(method);
-    if (badName !== undefined) return this.reply(id, UNKNOWN_METHOD, new TunnelError(ErrorCode.BAD_REQUEST, badName));
-    const dot = method.lastIndexOf('.');
-    if (this.limits.memory?.pressed) return this.reply(id, method, new TunnelError(ErrorCode.OVERLOADED, this.limits.memory.describe()));
-    if (this.inflight.size + this.uploads.size >= this.limits.maxCallerInFlight) {
-      return this.reply(
-        id,
-        method,
-        new TunnelError(
-          ErrorCode.OVERLOADED,
-          `this connection already has ${this.inflight.size} calls in flight (the limit); wait for answers before sending more`,
-        ),
-      );
-    }
-    const size = m.stream > 0 ? m.stream : m.params.length;
-    if (size > this.limits.maxMessage) {
-      return this.reply(
-        id,
-        method,
-        new TunnelError(ErrorCode.TOO_LARGE, `params of ${method} are ${size} bytes; this relay accepts at most ${this.limits.maxMessage}`),
-      );
-    }
-    const service = method.slice(0, dot);
-    if (service === RELAY_SERVICE && size > RELAY_PARAMS_LIMIT) {
-      return this.reply(
-        id,
-        method,
-        new TunnelError(ErrorCode.TOO_LARGE, `params of ${method} are ${size} bytes; the relay's own methods take at most ${RELAY_PARAMS_LIMIT}`),
-      );
-    }
-    const refused = this.logins?.refuse(method);
-    if (refused) return this.reply(id, method, refused);
     // Read per call: a reload that changes this caller's call= applies to its next call.
     const access = this.directory.permissions.access(this.identity);
-    if (access && service !== RELAY_SERVICE && !access.mayCallSomewhere(service, method.slice(dot + 1))) {
-      return this.reply(id, method, access.forbidden(service, method.slice(dot + 1)));
+    const a = admit(m, {
+      idInUse: this.inflight.has(id) || this.uploads.has(id),
+      inFlight: this.inflight.size,
+      uploads: this.uploads.size,
+      goingAway: this.goingAway,
+      limits: this.limits,
+      logins: this.logins,
+      access,
+    });
+    if (!a.ok) return this.reply(id, a.method, a.error);
+    switch (a.to) {
+      case 'upload':
+        try {
+          this.uploads.start(id, m.stream, m);
+        } catch (err) {
+          this.reply(id, method, err as TunnelError);
+        }
+        return;
+      case 'relay':
+        return this.presence.answer(this.out, this.session, id, method, m.params, meta, this.identity);
+      case 'broadcast':
+        return this.broadcast(id, method, a, access, m.params);
+      case 'call':
+        return this.call(m, a, access);
     }
-    let timeout = this.limits.defaultTimeout;
-    if (meta.timeout !== undefined) {
-      if (typeof meta.timeout !== 'number' || !(meta.timeout > 0)) {
-        return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, 'metadata timeout must be a positive number of milliseconds'));
-      }
-      timeout = Math.min(meta.timeout, this.limits.maxTimeout);
-    }
-    if (meta.node !== undefined && (typeof meta.node !== 'string' || meta.node.length > NAME_LIMITS.name)) {
-      return this.reply(
-        id,
-        method,
-        new TunnelError(ErrorCode.BAD_REQUEST, `metadata node must be a node name (a string of at most ${NAME_LIMITS.name} characters)`),
-      );
-    }
-    const badNode = typeof meta.node === 'string' ? controlProblem(meta.node, 'metadata node') : undefined;
-    if (badNode !== undefined) return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, badNode));
-    if (m.stream > 0 && meta.broadcast === true) {
-      try {
-        this.uploads.start(id, m.stream, m);
-      } catch (err) {
-        this.reply(id, method, err as TunnelError);
-      }
-      return;
-    }
-    if (service === RELAY_SERVICE) return this.presence.answer(this.out, this.session, id, method, m.params, meta, this.identity);
-    let where: Where | undefined;
-    let selector: Selector | undefined;
-    try {
-      if (meta.where !== undefined) where = parseWhere(meta.where);
-      const badWhere = where === undefined ? undefined : labelsProblem(where, 'metadata where');
-      if (badWhere !== undefined) throw new TunnelError(ErrorCode.BAD_REQUEST, badWhere);
-      if (meta.selector !== undefined) selector = selectorNamed(meta.selector);
-    } catch (err) {
-      return this.reply(id, method, err as TunnelError);
-    }
-    const nodeMeta: NodeMeta = { session: this.session, address: this.address, identity: this.identity, timeout };
-    if (meta.broadcast === true) return this.broadcast(id, service, method, dot, where, meta, m.params, nodeMeta);
+  }
+
+  /** Routes an admitted call to one node and forwards it. */
+  private call(m: CallRequest, a: Admitted, access: CallerAccess | undefined): void {
+    const { id, method, meta } = m;
+    const { service, timeout } = a;
     // `affinity: false` lets a caller spread stateless calls over the fleet on one connection.
     const sticky = meta.affinity !== false;
     const previous = sticky ? this.affinity.get(service) : undefined;
     let node: NodeRoute;
     try {
-      node = this.directory.route(service, method.slice(dot + 1), meta.node as string | undefined, previous, where, selector, access);
+      node = this.directory.route({ service, method: a.method, node: a.node, affinity: previous, where: a.where, selector: a.selector, access });
     } catch (err) {
       return this.reply(id, method, err as TunnelError);
     }
-    if (node.inFlight >= this.limits.maxNodeInFlight) {
-      return this.reply(
-        id,
-        method,
-        new TunnelError(ErrorCode.OVERLOADED, `node ${node.name} already has ${node.inFlight} calls in flight (the limit); try again shortly`),
-      );
-    }
+    const busy = nodeBusy(node, this.limits.maxNodeInFlight);
+    if (busy) return this.reply(id, method, busy);
     // The session sticks to the node of its first call; a call sent elsewhere by node or where does
     // not move it. Only a sticky node that left or drains is replaced.
     if (sticky && (previous === undefined || !previous.available)) this.affinity.set(service, node);
@@ -207,8 +178,13 @@ export class CallerLink implements CallSink {
     this.inflight.set(id, call);
     this.observer?.started(call);
     call.uploadLeft = m.stream;
-    node.forward(call, m.params, nodeMeta, m.stream);
+    node.forward(call, m.params, this.nodeMeta(timeout), m.stream);
     this.deadlines.add(call, timeout);
+  }
+
+  /** What the node is told of the caller with each call. */
+  private nodeMeta(timeout: number): NodeMeta {
+    return { session: this.session, address: this.address, identity: this.identity, timeout };
   }
 
   /** A chunk of a streamed request's params: passed on to the node, or kept until the body is whole. */
@@ -314,30 +290,19 @@ export class CallerLink implements CallSink {
     for (const call of this.inflight.values()) if (call instanceof Broadcast) call.expireIdle(idleMs, now);
   }
 
-  private broadcast(
-    id: number,
-    service: string,
-    method: string,
-    dot: number,
-    where: Where | undefined,
-    meta: Record<string, unknown>,
-    params: Uint8Array,
-    nodeMeta: NodeMeta,
-  ): void {
-    if (meta.node !== undefined)
-      return this.reply(id, method, new TunnelError(ErrorCode.BAD_REQUEST, 'a broadcast goes to every matching node; drop node or broadcast'));
+  private broadcast(id: number, method: string, a: Admitted, access: CallerAccess | undefined, params: Uint8Array): void {
     let nodes: NodeRoute[];
     try {
-      nodes = this.directory.targets(service, method.slice(dot + 1), where, this.directory.permissions.access(this.identity));
+      nodes = this.directory.targets(a.service, a.method, a.where, access);
     } catch (err) {
       return this.reply(id, method, err as TunnelError);
     }
     for (const node of nodes) this.nodesSeen.add(node);
-    const call = new Broadcast(this, id, method, nodeMeta.timeout, nodes, this.limits.maxMessage, this.budget);
+    const call = new Broadcast(this, id, method, a.timeout, nodes, this.limits.maxMessage, this.budget);
     this.inflight.set(id, call);
     this.observer?.started(call);
     this.log.debug({ session: this.session, method, nodes: nodes.length }, 'broadcast');
-    call.start(params, nodeMeta);
+    call.start(params, this.nodeMeta(a.timeout));
   }
 
   /** The deadline passed: answer TIMEOUT and tell the node to stop. */

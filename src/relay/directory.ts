@@ -4,6 +4,23 @@ import type { NodeRoute, RoutedCall } from './contracts.js';
 import { PermissionTable, type CallerAccess } from './permissions.js';
 import { eligible, formatLabels, matchesWhere, selectorNamed, type Selector, type Where } from './selectors.js';
 
+/** What a call asks of the directory: {@link NodeDirectory.route}. */
+export interface RouteRequest {
+  service: string;
+  /** The method's name within its service. */
+  method: string;
+  /** The node the caller named: only that one will do. */
+  node?: string | undefined;
+  /** The session's previous node for this service, kept while it still qualifies. */
+  affinity?: NodeRoute | undefined;
+  /** Labels the node must carry. */
+  where?: Where | undefined;
+  /** How to choose among the candidates; the directory's `selector` when undefined. */
+  selector?: Selector | undefined;
+  /** The caller's `call=` rules; undefined: it may call every node. */
+  access?: CallerAccess | undefined;
+}
+
 /**
  * One node as routing sees it, whatever holds its tunnels: its own link on this relay, other relays
  * of the cluster, or both (a dual-homed node). Calls prefer the local route, then the routes in the
@@ -217,17 +234,10 @@ export class NodeDirectory {
    * node for this service (`affinity`) while it can still serve it and matches `where`; else the
    * choice of `selector` (the relay's default when undefined) among the nodes matching `where`.
    * With `access`, only nodes the caller may call that method on are considered. Called once per
-   * call: without `where` and `selector` it allocates nothing.
+   * call: without `where` and `selector` it allocates nothing but its errors.
    */
-  route(
-    service: string,
-    method: string,
-    nodeName: string | undefined,
-    affinity: NodeRoute | undefined,
-    where?: Where,
-    selector: Selector = this.selector,
-    access?: CallerAccess,
-  ): NodeRoute {
+  route(request: RouteRequest): NodeRoute {
+    const { service, method, node: nodeName, affinity, where, selector = this.selector, access } = request;
     if (nodeName !== undefined) {
       const node = this.byName.get(nodeName);
       if (!node || (access && !access.canSee(node))) {

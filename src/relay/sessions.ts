@@ -220,7 +220,19 @@ export class CallerSessions implements SessionHub {
     const { addresses, limits, directory, presence, observer } = this.parts;
     const session = `${this.prefix}-${kind}${(++this.counter).toString(36)}`;
     const logins = new LoginFailures(addresses, ipOfAddress(address), limits);
-    const link = new CallerLink(session, out, address, identity, directory, this.callerLimits, this.deadlines, log, presence, observer, logins);
+    const link = new CallerLink({
+      session,
+      out,
+      address,
+      identity,
+      directory,
+      limits: this.callerLimits,
+      deadlines: this.deadlines,
+      log,
+      presence,
+      observer,
+      logins,
+    });
     this.sessions.set(link, { link, transport, since: Date.now(), credential });
     if (transport === 'http') this.requests++;
     else this.connections++;
