@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Coalescer, COPY_LIMIT, TurnWriter } from '../src/wire/turn-writer.js';
+import { Coalescer, COPY_LIMIT, inMessagesOf, TurnWriter } from '../src/wire/turn-writer.js';
 
 /** A coalescer whose batches are recorded, and whose scheduled flushes run when the test says. */
 function recorded(limit?: number) {
@@ -69,6 +69,35 @@ describe('Coalescer', () => {
     expect(c.queued).toBe(0);
     runScheduled();
     expect(batches).toEqual([]);
+  });
+});
+
+describe('inMessagesOf', () => {
+  const split = (sizes: number[], maxFrame: number) => {
+    const queue = sizes.map((n, i) => piece(i + 1, n));
+    const messages: Buffer[] = [];
+    inMessagesOf(
+      queue,
+      sizes.reduce((a, b) => a + b, 0),
+      maxFrame,
+      (m) => messages.push(m),
+    );
+    return messages.map((m) => [...new Set(m)].join('+') + ':' + m.length);
+  };
+
+  it('joins a batch that fits into one message, passing a lone value on as it is', () => {
+    expect(split([10, 20, 30], 60)).toEqual(['1+2+3:60']);
+    const one = piece(7, 10);
+    const got: Buffer[] = [];
+    inMessagesOf([one], 10, 5, (m) => got.push(m));
+    expect(got).toHaveLength(1);
+    inMessagesOf([one], 10, 60, (m) => got.push(m));
+    expect(got[1]).toBe(one);
+  });
+
+  it('splits between values where one message would pass the limit; a value over it goes alone', () => {
+    expect(split([10, 20, 30], 30)).toEqual(['1+2:30', '3:30']);
+    expect(split([10, 100, 10], 50)).toEqual(['1:10', '2:100', '3:10']);
   });
 });
 

@@ -4,6 +4,13 @@ import type { Socket } from 'node:net';
 export const COPY_LIMIT = 64 * 1024;
 
 /**
+ * Largest batch of coalesced messages on a WebSocket connection, bytes. Small batches let the next
+ * hop start on the first calls of a burst while this one still encodes the rest: on the benchmark,
+ * 8 KiB gave ~20 % more relayed calls/s than 256 KiB with 256 calls in flight.
+ */
+export const COALESCE_LIMIT = 8 * 1024;
+
+/**
  * What one event-loop turn queues, handed on together: one write for many small messages. Where
  * the batch goes is the owner's `write`: one WebSocket message (connection.ts), or one writev on a
  * TCP socket ({@link TurnWriter}).
@@ -88,4 +95,27 @@ function writeBatch(socket: Socket, queue: Uint8Array[], bytes: number): void {
     for (const b of queue) socket.write(b);
     socket.uncork();
   }
+}
+
+/**
+ * A batch as WebSocket messages: one, joined, when it fits in `maxFrame`; else split between values
+ * so that coalescing never builds a message bigger than the peer accepts (a value over it goes alone).
+ */
+export function inMessagesOf(queue: Buffer[], total: number, maxFrame: number, send: (message: Buffer) => void): void {
+  if (total <= maxFrame) {
+    send(queue.length === 1 ? queue[0]! : Buffer.concat(queue, total));
+    return;
+  }
+  let batch: Buffer[] = [];
+  let bytes = 0;
+  for (const b of queue) {
+    if (bytes > 0 && bytes + b.length > maxFrame) {
+      send(Buffer.concat(batch, bytes));
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(b);
+    bytes += b.length;
+  }
+  send(Buffer.concat(batch, bytes));
 }
