@@ -48,10 +48,22 @@ class TestClock implements Clock {
 const MAX = 64 * 1024;
 const TIMEOUT = 1_000;
 
+interface Harness {
+  clock: TestClock;
+  backlog: number;
+  unacked: Unacknowledged | undefined;
+  rechecks: number;
+  cuts: SlowCause[];
+  pauses: number;
+  resumes: number;
+  guard: BacklogGuard;
+  check(backlog?: number): SlowCause | undefined;
+}
+
 /** A guard over a peer whose backlog the test sets; each timer recheck applies the rule to it, as an owner does. */
-function guarded(options: Partial<BacklogGuardOptions> = {}) {
+function guarded(options: Partial<BacklogGuardOptions> = {}): Harness {
   const clock = new TestClock();
-  const h = {
+  const h: Harness = {
     clock,
     backlog: 0,
     unacked: undefined as Unacknowledged | undefined,
