@@ -2,6 +2,7 @@ import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { MemorySocket } from '../src/wire/memory-socket.js';
+import type { SocketLike } from '../src/wire/socket.js';
 
 /**
  * MemorySocket stands in for ws in the Connection unit tests, so it must behave like ws wherever a
@@ -59,6 +60,15 @@ function recorder(s: Socket) {
 }
 
 describe.each(PAIRS)('%s', (_name, makePair) => {
+  it('is what a Connection takes (SocketLike), open on both ends', async () => {
+    // The assignment is the check that both kinds have every member a Connection touches (this file is type-checked).
+    const pair: SocketLike[] = await makePair();
+    expect(pair.map((s) => [s.readyState, s.bufferedAmount])).toEqual([
+      [1, 0],
+      [1, 0],
+    ]);
+  });
+
   it('delivers binary and text messages in order, and runs the send callbacks', async () => {
     const [a, b] = await makePair();
     const rb = recorder(b);

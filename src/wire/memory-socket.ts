@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { SocketLike } from './connection.js';
+import type { SocketLike } from './socket.js';
 
 /**
  * A WebSocket whose peer is in the same process: {@link MemorySocket.pair} makes two, connected to

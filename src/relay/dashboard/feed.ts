@@ -4,6 +4,7 @@ import { nodeInfo } from '../presence.js';
 import type { NodeRoute } from '../contracts.js';
 import type { AuditRecord } from '../events.js';
 import type { NodeInfo } from '../../wire/presence.js';
+import { BacklogGuard, type SlowCause } from '../../wire/backlog-guard.js';
 import type { CallerConnection, DashboardHost } from './host.js';
 import type { TrafficSeries, TrafficStats } from './traffic.js';
 
@@ -89,8 +90,8 @@ interface Client {
   acked: number;
   /** Frames written and not acknowledged, oldest first. */
   unacked: Sent[];
-  /** Since when more than `maxBacklog` bytes have waited for the reader, ms; undefined while less. */
-  overSince: number | undefined;
+  /** The slow-consumer rule over what the reader has not acknowledged. */
+  readonly guard: BacklogGuard;
 }
 
 interface ListDelta<T> {
@@ -121,9 +122,6 @@ export class DashboardFeed {
   private callerCounts: RelayStatus['callers'] = { websocket: 0, 'msgpack-rpc': 0, http: 0 };
   private trafficEnd = 0;
   private ticker: NodeJS.Timeout | undefined;
-  /** Wakes at the earliest time a stream's unacknowledged frame reaches the timeout, so that the cut is on time. */
-  private sweeper: NodeJS.Timeout | undefined;
-  private sweepAt = Infinity;
   private soon: NodeJS.Timeout | undefined;
   private readonly startedAt = Date.now();
   private readonly onAudit = (r: AuditRecord): void => this.audited(r);
@@ -193,7 +191,8 @@ export class DashboardFeed {
       written: 0,
       acked: 0,
       unacked: [],
-      overSince: undefined,
+      // Its timer wakes when an unacknowledged frame reaches the timeout, so that the cut is on time.
+      guard: new BacklogGuard({ maxBacklog: this.o.maxBacklog, timeout: this.ackTimeout, maxFrames: MAX_UNACKED_FRAMES, recheck: () => this.check(client) }),
     };
     this.clients.add(client);
     this.byId.set(client.id, client);
@@ -237,19 +236,18 @@ export class DashboardFeed {
       client.acked = client.unacked[i - 1]!.upTo;
       client.unacked.splice(0, i);
     }
-    this.check(client, Date.now());
+    this.check(client);
     return true;
   }
 
   private drop(client: Client): void {
     if (!this.clients.delete(client)) return;
+    client.guard.stop();
     this.byId.delete(client.id);
     if (this.clients.size > 0) return;
     clearInterval(this.ticker);
     clearTimeout(this.soon);
-    clearTimeout(this.sweeper);
-    this.ticker = this.soon = this.sweeper = undefined;
-    this.sweepAt = Infinity;
+    this.ticker = this.soon = undefined;
     this.pendingEvents = [];
   }
 
@@ -405,43 +403,36 @@ export class DashboardFeed {
     const text = `id: ${++client.seq}\n${data}`;
     res.write(text);
     client.written += Buffer.byteLength(text);
-    const now = Date.now();
-    client.unacked.push({ seq: client.seq, upTo: client.written, at: now });
-    this.check(client, now);
+    client.unacked.push({ seq: client.seq, upTo: client.written, at: Date.now() });
+    this.check(client);
   }
 
   /**
-   * The relay's slow-consumer rule, over what the reader has not acknowledged: over twice
-   * `maxBacklog` at once, or over it for the slow-consumer timeout, is cut; and so is a reader that
-   * has left a frame unacknowledged for that timeout (a paused reader whose backlog grows slowly).
+   * The relay's slow-consumer rule (wire/backlog-guard.ts), over what the reader has not
+   * acknowledged: over twice `maxBacklog` at once, or over it for the slow-consumer timeout, is cut;
+   * and so is a reader that has left a frame unacknowledged for that timeout (a paused reader whose
+   * backlog grows slowly), or too many frames.
    */
-  private check(client: Client, now: number): void {
+  private check(client: Client): void {
     if (!this.clients.has(client)) return;
     const backlog = client.written - client.acked;
-    const oldest = client.unacked[0];
-    const timeout = this.ackTimeout;
-    if (backlog <= this.o.maxBacklog) client.overSince = undefined;
-    else client.overSince ??= now;
-    if (backlog >= 2 * this.o.maxBacklog) return this.cut(client, backlog, `${backlog} bytes waited to be read (limit ${this.o.maxBacklog})`);
-    if (client.overSince !== undefined && now - client.overSince >= timeout)
-      return this.cut(client, backlog, `more than ${this.o.maxBacklog} bytes waited to be read for ${timeout} ms`);
-    if (oldest && now - oldest.at >= timeout)
-      return this.cut(client, backlog, `the reader acknowledged nothing for ${now - oldest.at} ms (limit ${timeout}; ${backlog} bytes waiting)`);
-    if (client.unacked.length > MAX_UNACKED_FRAMES) return this.cut(client, backlog, `${client.unacked.length} frames waited to be read`);
-    const due = Math.min(oldest ? oldest.at + timeout : Infinity, client.overSince !== undefined ? client.overSince + timeout : Infinity);
-    if (due < this.sweepAt) {
-      clearTimeout(this.sweeper);
-      this.sweepAt = due;
-      this.sweeper = setTimeout(() => this.sweep(), Math.max(0, due - now));
-      this.sweeper.unref();
-    }
+    const cause = client.guard.check(backlog, 0, { oldestAt: client.unacked[0]?.at, frames: client.unacked.length });
+    if (cause) this.cut(client, backlog, this.why(cause));
   }
 
-  private sweep(): void {
-    this.sweeper = undefined;
-    this.sweepAt = Infinity;
-    const now = Date.now();
-    for (const c of [...this.clients]) this.check(c, now);
+  private why(cause: SlowCause): string {
+    const max = this.o.maxBacklog;
+    const timeout = this.ackTimeout;
+    switch (cause.kind) {
+      case 'twice':
+        return `${cause.backlog} bytes waited to be read (limit ${max})`;
+      case 'overdue':
+        return `more than ${max} bytes waited to be read for ${timeout} ms`;
+      case 'unacknowledged':
+        return `the reader acknowledged nothing for ${cause.ms} ms (limit ${timeout}; ${cause.backlog} bytes waiting)`;
+      case 'frames':
+        return `${cause.frames} frames waited to be read`;
+    }
   }
 
   private cut(client: Client, backlog: number, why: string): void {
