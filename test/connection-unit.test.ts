@@ -1,11 +1,12 @@
 import { pino } from 'pino';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { CloseCode } from '../src/wire/close-codes.js';
 import { decodeAll, encode } from '../src/wire/codec.js';
 import { COALESCE_LIMIT, Connection, type ConnectionOptions } from '../src/wire/connection.js';
 import { MemorySocket, type MemorySocketOptions } from '../src/wire/memory-socket.js';
 import { cancel, chunk, chunkAck, chunkAckV1, hello, Kind, notify, request, type Message } from '../src/wire/messages.js';
 import { CHUNK_SIZE, CONNECTION_WINDOW, STREAM_WINDOW } from '../src/wire/streams.js';
+import { elapse, settle, useFakeClock } from './helpers/fake-clock.js';
 
 /**
  * A Connection held in the hand: one end of an in-memory socket pair (memory-socket.ts), the other
@@ -15,25 +16,7 @@ import { CHUNK_SIZE, CONNECTION_WINDOW, STREAM_WINDOW } from '../src/wire/stream
 
 const log = pino({ level: 'silent' });
 
-beforeEach(() => {
-  // setImmediate stays real: `settle` waits on it for every microtask and nextTick to run.
-  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
-});
-
-afterEach(() => {
-  vi.useRealTimers();
-});
-
-/** Lets every delivery, flush and callback that is due run (they chain on microtasks and nextTicks). */
-const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-/** Moves the fake clock on by `ms`, `step` at a time, letting what each timer starts run. */
-async function elapse(ms: number, step = 100): Promise<void> {
-  for (let done = 0; done < ms; done += step) {
-    vi.advanceTimersByTime(Math.min(step, ms - done));
-    await settle();
-  }
-}
+useFakeClock();
 
 interface Close {
   code: number;

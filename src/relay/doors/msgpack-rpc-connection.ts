@@ -7,6 +7,7 @@ import { MessagePackFramer } from '../../wire/framer.js';
 import { errorResponse, MsgpackRpcReader, responseWithResult, valueResponse, type CallEnvelope, type EnvelopeFault } from '../../wire/msgpack-rpc-envelope.js';
 import { checkOneValue } from '../../wire/skip.js';
 import { TurnWriter } from '../../wire/turn-writer.js';
+import { BacklogGuard } from '../../wire/backlog-guard.js';
 import { Kind, MAX_ID } from '../../wire/messages.js';
 import type { CallerLink } from '../caller-link.js';
 import type { MsgpackRpcPortSettings } from '../options.js';
@@ -56,10 +57,8 @@ export class RpcConnection {
   private closed = false;
   /** Answers of this event-loop turn, not yet handed to the socket. */
   private readonly out: TurnWriter;
-  /** Not read while its backlog is high. */
-  private paused = false;
-  /** Runs while the backlog is above `maxBacklog`: the connection is cut if it still is when it fires. */
-  private slowTimer: NodeJS.Timeout | undefined;
+  /** The slow-consumer rule: not read while its backlog is high, cut if it stays so. */
+  private readonly guard: BacklogGuard;
   /** One answer bigger than `maxBacklog` on its own raises the hard cut by what it is over. */
   private allowance = 0;
   private received = false;
@@ -75,6 +74,20 @@ export class RpcConnection {
   ) {
     this.framer = new MessagePackFramer(opts.maxMessage);
     this.out = new TurnWriter(socket, () => !this.closed, setImmediate);
+    this.guard = new BacklogGuard({
+      maxBacklog: opts.maxBacklog,
+      timeout: opts.slowConsumerTimeout,
+      recheck: () => this.checkBacklog(),
+      pause: (backlog) => {
+        socket.pause();
+        this.log.debug(
+          { session: this.link?.session, backlogBytes: backlog, limit: opts.maxBacklog },
+          'msgpack-rpc caller is not reading its answers; not reading from it until it does',
+        );
+        return true;
+      },
+      resume: () => socket.resume(),
+    });
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'msgpack-rpc socket error'));
     socket.on('drain', () => this.checkBacklog());
@@ -107,7 +120,7 @@ export class RpcConnection {
   /** Ends the session at once (its calls are cancelled on the nodes) and drops what was queued. */
   private release(): void {
     clearTimeout(this.idleTimer);
-    clearTimeout(this.slowTimer);
+    this.guard.stop();
     this.pending.clear();
     this.out.drop();
     if (this.link) this.relay.sessions.close(this.link);
@@ -298,8 +311,7 @@ export class RpcConnection {
     const max = this.opts.maxBacklog;
     const backlog = this.backlog;
     const allowance = Math.max(this.allowance, this.relay.limits.maxMessage - max);
-    if (backlog >= 2 * max + allowance) return this.cut(backlog, `backlog reached twice the limit of ${max} bytes, with results reassembled for it`);
-    if (backlog > max) this.overLimit(backlog);
+    this.judge(backlog, allowance, `backlog reached twice the limit of ${max} bytes, with results reassembled for it`);
   }
 
   /**
@@ -317,38 +329,18 @@ export class RpcConnection {
     const after = before + size;
     if (after > max) this.relay.memory.poke();
     if (this.closed) return;
-    if (after >= 2 * max + this.allowance) return this.cut(after, `backlog reached twice the limit of ${max} bytes`);
-    if (after > max) this.overLimit(after);
+    this.judge(after, this.allowance);
   }
 
-  /** The caller is not keeping up: read none of its requests until it does, and give it `slowConsumerTimeout` to. */
-  private overLimit(backlog: number): void {
-    if (!this.paused) {
-      this.paused = true;
-      this.socket.pause();
-      this.log.debug(
-        { session: this.link?.session, backlogBytes: backlog, limit: this.opts.maxBacklog },
-        'msgpack-rpc caller is not reading its answers; not reading from it until it does',
-      );
-    }
-    this.slowTimer ??= setTimeout(() => {
-      this.slowTimer = undefined;
-      const now = this.backlog;
-      if (!this.closed && now > this.opts.maxBacklog) this.cut(now, `backlog above ${this.opts.maxBacklog} bytes for ${this.opts.slowConsumerTimeout} ms`);
-    }, this.opts.slowConsumerTimeout);
-  }
-
-  /** On drain: back under the limit stops the clock; under an eighth of it, reading resumes. */
+  /** On drain, and when the guard's time is up: back under the limit stops the clock; under an eighth of it, reading resumes. */
   private checkBacklog(): void {
-    if (this.closed) return;
-    const backlog = this.backlog;
-    if (backlog > this.opts.maxBacklog) return;
-    clearTimeout(this.slowTimer);
-    this.slowTimer = undefined;
-    if (this.paused && backlog < this.opts.maxBacklog / 8) {
-      this.paused = false;
-      this.socket.resume();
-    }
+    if (!this.closed) this.judge(this.backlog, this.allowance);
+  }
+
+  /** The slow-consumer rule (wire/backlog-guard.ts); `twice` words the immediate cut. */
+  private judge(backlog: number, allowance: number, twice = `backlog reached twice the limit of ${this.opts.maxBacklog} bytes`): void {
+    const cause = this.guard.check(backlog, allowance);
+    if (cause) this.cut(backlog, cause.kind === 'twice' ? twice : `backlog above ${this.opts.maxBacklog} bytes for ${this.opts.slowConsumerTimeout} ms`);
   }
 
   /** What the relay holds for this caller, for its memory budget. */
