@@ -7,6 +7,8 @@ import { crossOrigin, sameOrigin } from '../src/relay/dashboard/actions.js';
 import type { DashboardHost } from '../src/relay/dashboard/host.js';
 import { Dashboard, isDashboardUrl, type DashboardDoor, type DashboardOptions } from '../src/relay/dashboard/routes.js';
 import { RelayEvents, type AuditRecord } from '../src/relay/events.js';
+import { AuthFailures, type AuthDoor } from '../src/relay/auth-failures.js';
+import { AddressTable, LIMIT_DEFAULTS } from '../src/relay/limits.js';
 import { silentLogger } from '../src/util/logger.js';
 
 /**
@@ -25,7 +27,18 @@ function fakeHost() {
   events.on('audit', (r) => audits.push(r));
   const actions: Array<[string, string, string]> = [];
   const failures: Array<[string, string, string]> = [];
-  const state = { backedOff: false };
+  const refused: string[] = [];
+  // The relay's own guessing limits, over an address table of their own: 3 wrong tokens back off.
+  const addresses = new AddressTable({ ...LIMIT_DEFAULTS, maxAuthFailuresPerAddress: 3, authBackoff: 7_000 });
+  const real = new AuthFailures(addresses, { log: silentLogger, metrics: { authFailed: () => {}, authRefused: (door) => void refused.push(door) }, events });
+  // Recorded on the way, so that a test sees each wrong token as the door reported it.
+  const authFailures = {
+    refusal: (ip: string, door: AuthDoor) => real.refusal(ip, door),
+    failed: (ip: string, door: AuthDoor, reason: string, address?: string) => {
+      failures.push([ip, door, reason]);
+      return real.failed(ip, door, reason, address);
+    },
+  };
   const host: DashboardHost = {
     log: silentLogger,
     events,
@@ -37,16 +50,7 @@ function fakeHost() {
     cluster: undefined,
     limits: { slowConsumerTimeout: 60_000 },
     metrics: { slowConsumer: () => {} },
-    authFailures: {
-      refusal: (ip) =>
-        state.backedOff
-          ? new TunnelError(ErrorCode.UNAUTHORIZED, `too many failed authentications from ${ip}; retry in 7 s`, { data: { retryAfter: 7 } })
-          : undefined,
-      failed: (_ip, door, reason) => {
-        failures.push([_ip, door, reason]);
-        return true;
-      },
-    },
+    authFailures,
     callerConnections: () => [],
     drainMarks: { has: () => false, list: () => [], size: 0 },
     drainNode: (name, reason) => {
@@ -61,7 +65,7 @@ function fakeHost() {
       actions.push(['disconnect-caller', session, reason]);
     },
   };
-  return { host, audits, actions, failures, state };
+  return { host, audits, actions, failures, refused };
 }
 
 const servers: Server[] = [];
@@ -168,13 +172,19 @@ describe('dashboard routes: the page and its files', () => {
     expect(d.audits).toEqual([expect.objectContaining({ kind: 'refused-request', door: 'dashboard', reason: 'dashboard token refused' })]);
   });
 
-  it('an address backed off is refused unchecked, with Retry-After, even with the right token', async () => {
+  it('an address that guessed too often is refused unchecked, with Retry-After, even with the right token', async () => {
     const d = await serve('public');
-    d.state.backedOff = true;
+    for (let i = 0; i < 3; i++) expect((await d.ask('GET', '/dashboard/events', bearer(`guess-${i}`))).status).toBe(401);
+    expect(d.refused).toEqual([]);
+    expect(d.audits.map((a) => a.kind)).toContain('auth-backoff');
     const r = await d.ask('GET', '/dashboard/events', bearer(VIEWER));
     expect(r.status).toBe(401);
     expect(r.headers['retry-after']).toBe('7');
     expect(JSON.parse(r.body)).toEqual({ error: { code: 'UNAUTHORIZED', message: 'too many failed authentications from 127.0.0.1; retry in 7 s' } });
+    expect(d.refused).toEqual(['dashboard']);
+    // Every route a token guards is closed to that address now, the actions included.
+    expect((await d.ask('POST', '/dashboard/actions/check', bearer(ADMIN))).status).toBe(401);
+    expect(d.refused).toEqual(['dashboard', 'dashboard']);
     // Without a token presented there is nothing to refuse: the ordinary answer.
     const none = await d.ask('GET', '/dashboard/events');
     expect(none.headers['retry-after']).toBeUndefined();
