@@ -6,6 +6,8 @@ import { Dispatcher, type DispatchHost, type RunningCall } from '../src/node/dis
 import { SessionTable } from '../src/node/sessions.js';
 import { InCalls, type InCallsHost } from '../src/relay/cluster/calls-in.js';
 import { Cluster } from '../src/relay/cluster/cluster.js';
+import { HopStream } from '../src/relay/cluster/hop-stream.js';
+import { checkClusterOptions, clusterServer } from '../src/relay/cluster/options.js';
 import type { Channel, ClusterLink, PresenceMessage } from '../src/relay/cluster/link.js';
 import { ClusterKind, pack, unpack, type ClusterMessage } from '../src/relay/cluster/messages.js';
 import { NodeDirectory } from '../src/relay/directory.js';
@@ -17,6 +19,7 @@ import { ServiceRegistry } from '../src/rpc/registry.js';
 import { AddressError } from '../src/util/address.js';
 import { Connection } from '../src/wire/connection.js';
 import { MemorySocket } from '../src/wire/memory-socket.js';
+import { CHUNK_SIZE, STREAM_WINDOW } from '../src/wire/streams.js';
 
 /**
  * The calls other relays send to this relay's nodes (calls-in.ts), held in the hand: the other relay
@@ -111,7 +114,8 @@ class FakeLink implements ClusterLink {
 /** A node attached to this relay: NodeLink on the relay's end, the node's Dispatcher on the other. */
 function attachNode(directory: NodeDirectory, name: string, services: ServiceRegistry) {
   const [relayEnd, nodeEnd] = MemorySocket.pair();
-  const relayConn = new Connection(relayEnd, { message: (m) => link.onMessage(m), close: () => link.onClose() }, { log, heartbeatTimeout: 0 });
+  // As the relay's WebSocket door makes it: a chunk from the node is acknowledged once passed on.
+  const relayConn = new Connection(relayEnd, { message: (m) => link.onMessage(m), close: () => link.onClose() }, { log, heartbeatTimeout: 0, autoAck: false });
   const link: NodeLink = new NodeLink(name, relayConn, services.describe(), {}, '127.0.0.1:40000', log, undefined, 'relay-b');
   directory.add(link);
   const dispatchHost: DispatchHost = {
@@ -137,12 +141,15 @@ function attachNode(directory: NodeDirectory, name: string, services: ServiceReg
 /** Services whose handlers the test can watch: Arith answers at once, Sleep.For waits until aborted. */
 function services() {
   const contexts: CallContext[] = [];
-  const registry = new ServiceRegistry().register('Arith', { Multiply: (a: number, b: number) => a * b }).register('Sleep', {
-    For: withContext((ctx: CallContext) => {
-      contexts.push(ctx);
-      return new Promise((_resolve, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error)));
-    }),
-  });
+  const registry = new ServiceRegistry()
+    .register('Arith', { Multiply: (a: number, b: number) => a * b })
+    .register('Blob', { Get: (n: number) => Buffer.alloc(n, 5) })
+    .register('Sleep', {
+      For: withContext((ctx: CallContext) => {
+        contexts.push(ctx);
+        return new Promise((_resolve, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason as Error)));
+      }),
+    });
   return { registry, contexts };
 }
 
@@ -262,6 +269,31 @@ describe('calls in: from a peer relay to a local node and back', () => {
     await flush();
     expect(c.answerTo(1)?.error).toMatchObject({ code: ErrorCode.TOO_LARGE });
   });
+  it('a large answer crosses to the peer in chunks, one window at a time, as the peer acknowledges', async () => {
+    const c = cluster();
+    const size = 3 * STREAM_WINDOW + 1000;
+    c.open(11, 'office-1', 'Blob.Get', [size]);
+    await flush(12);
+    const sent = () => c.answers().filter((m) => m.kind === ClusterKind.CHUNK) as Array<Extract<ClusterMessage, { kind: 8 }>>;
+    const bytes = (chunks: Array<{ bytes: Uint8Array }>) => chunks.reduce((n, ch) => n + ch.bytes.length, 0);
+    const head = c.answers().find((m) => m.kind === ClusterKind.RESPONSE_STREAM);
+    expect(head).toMatchObject({ callId: 11 });
+    const length = (head as { length: number }).length;
+    expect(length).toBeGreaterThan(size);
+    // Nothing acknowledged yet: one window and no more.
+    expect(bytes(sent())).toBe(STREAM_WINDOW);
+    for (let round = 0; round < 10 && !sent().some((ch) => ch.final); round++) {
+      c.a.send(c.b.id, 's', [ClusterKind.ACK, 11, STREAM_WINDOW]);
+      await flush(12);
+      expect(bytes(sent())).toBeLessThanOrEqual(STREAM_WINDOW * (round + 2));
+    }
+    const chunks = sent();
+    expect(chunks.at(-1)!.final).toBe(true);
+    expect(chunks.every((ch) => ch.bytes.length <= CHUNK_SIZE)).toBe(true);
+    expect(bytes(chunks)).toBe(length);
+    expect(c.answerTo(11)).toBeUndefined();
+    c.calls.stop();
+  });
 });
 
 describe('calls in: cancellation', () => {
@@ -378,8 +410,70 @@ describe('Cluster (the facade), not started', () => {
 
   it('checks its options at construction: a bare-number NATS host is refused, as every address', () => {
     expect(() => new Cluster(host, { servers: ['9090:4222'], insecure: true })).toThrow(AddressError);
+    expect(() => clusterServer('nats://127.1:4222')).toThrow(AddressError);
+    expect(clusterServer('4222')).toBe('nats://localhost:4222');
+    expect(clusterServer('tls://[::1]:4222/')).toBe('tls://[::1]:4222');
+    expect(() => checkClusterOptions({ servers: ['nats://127.0.0.1:4222'], key: '/k', name: 'bad name' })).toThrow(/cluster option name "bad name"/);
+    expect(() => checkClusterOptions({ servers: ['nats://127.0.0.1:4222'], key: '/k' })).toThrow(/the cluster NATS is open/);
+    expect(() => checkClusterOptions({ servers: ['tls://127.0.0.1:4222'], key: '/k' })).not.toThrow();
     expect(() => new Cluster(host, { servers: [] })).toThrow('cluster option servers must list at least one NATS server');
     expect(() => new Cluster(host, { servers: ['nats://127.0.0.1:4222'] })).toThrow(/needs a cluster key/);
     expect(() => new Cluster(host, { ...options, user: 'u' })).toThrow('cluster option user needs password');
+  });
+});
+
+describe('HopStream: the window of one stream between relays', () => {
+  const chunk = (n: number) => new Uint8Array(n);
+
+  it('sends up to one window unacknowledged; each chunk is released to its sender once acknowledged', () => {
+    const published: Array<[boolean, number]> = [];
+    const s = new HopStream((final, bytes) => published.push([final, bytes.length]));
+    const acked: number[] = [];
+    for (let i = 0; i < 6; i++) s.push(i === 5, chunk(CHUNK_SIZE), () => acked.push(i));
+    expect(published).toHaveLength(STREAM_WINDOW / CHUNK_SIZE);
+    expect(s.idle).toBe(false);
+    expect(s.ack(CHUNK_SIZE + 10)).toBe(true);
+    expect(acked).toEqual([0]);
+    expect(published).toHaveLength(STREAM_WINDOW / CHUNK_SIZE + 1);
+    expect(s.ack(4 * CHUNK_SIZE - 10)).toBe(true);
+    expect(acked).toEqual([0, 1, 2, 3, 4]);
+    expect(s.idle).toBe(false);
+    expect(s.ack(CHUNK_SIZE)).toBe(true);
+    expect(acked).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(published.at(-1)).toEqual([true, CHUNK_SIZE]);
+    expect(s.idle).toBe(true);
+  });
+
+  it('an acknowledgement of more than was sent is refused and changes nothing', () => {
+    const s = new HopStream(() => {});
+    s.push(false, chunk(100));
+    expect(s.ack(101)).toBe(false);
+    expect(s.ack(100)).toBe(true);
+    expect(s.idle).toBe(true);
+  });
+
+  it('an empty final chunk is released at once when nothing is owed, else after what is before it', () => {
+    const acked: string[] = [];
+    const s = new HopStream(() => {});
+    s.push(true, chunk(0), () => acked.push('alone'));
+    expect(acked).toEqual(['alone']);
+    const t = new HopStream(() => {});
+    t.push(false, chunk(10), () => acked.push('data'));
+    t.push(true, chunk(0), () => acked.push('end'));
+    expect(acked).toEqual(['alone']);
+    t.ack(10);
+    expect(acked).toEqual(['alone', 'data', 'end']);
+  });
+
+  it('close releases every waiting sender and sends nothing more', () => {
+    let published = 0;
+    const s = new HopStream(() => published++);
+    const acked: number[] = [];
+    for (let i = 0; i < 6; i++) s.push(false, chunk(CHUNK_SIZE), () => acked.push(i));
+    s.close();
+    expect(acked).toEqual([0, 1, 2, 3, 4, 5]);
+    s.push(true, chunk(1), () => acked.push(6));
+    expect(acked.at(-1)).toBe(6);
+    expect(published).toBe(STREAM_WINDOW / CHUNK_SIZE);
   });
 });
