@@ -222,7 +222,7 @@ describe('bounded under abuse', { timeout: 150_000 }, () => {
     // own, it takes a transfer's time, which a slow machine may stretch but not to half of that.
     expect(ms).toBeLessThan(5_000);
     // A's stream stalled at its window: it was sent at most 1 MiB it did not acknowledge.
-    const aBytes = a.received.filter((m) => (m as Msg)[0] === 8).reduce((n, m) => n + ((m as Msg)[3] as Uint8Array).length, 0);
+    const aBytes = a.received.filter((m) => (m as Msg)[0] === 8).reduce((n: number, m) => n + ((m as Msg)[3] as Uint8Array).length, 0);
     expect(aBytes).toBeLessThanOrEqual(MiB);
     expect(aBytes).toBeGreaterThan(0);
     await b.close();

@@ -31,8 +31,8 @@ describe('listen addresses', () => {
     expect(listenAddress(text, '--listen')).toEqual(want);
   });
 
-  it.each([
-    ...NUMERIC_HOSTS.map((h) => [`${h}:9090`, /neither a name nor an IPv4 address a\.b\.c\.d/] as const),
+  it.each<[string, RegExp]>([
+    ...NUMERIC_HOSTS.map((h): [string, RegExp] => [`${h}:9090`, /neither a name nor an IPv4 address a\.b\.c\.d/]),
     ['relay.example', /give a port/],
     ['', /is empty/],
     [':65536', /port must be a number 0\.\.65535/],

@@ -4,7 +4,7 @@ import { pino } from 'pino';
 import { connect, ServiceRegistry, TunnelNode } from '../src/index.js';
 import { FOLLOW_AFTER_FAILURES, LearnedRelays, RelayRotation } from '../src/node/relay-rotation.js';
 import { advertiseUrl, defaultAdvertiseUrl } from '../src/util/address.js';
-import { silentLogger } from '../src/util/logger.js';
+import { silentLogger, type Logger } from '../src/util/logger.js';
 import { clusterArgs, freePort, NatsServer, stopAllNats } from './helpers/nats.js';
 import { killAll, startNode, startRelay, type LogLine, type RunningRelay } from './helpers/processes.js';
 
@@ -128,7 +128,7 @@ describe('a node finds the cluster', () => {
 });
 
 describe('which relays a tunnel may move to (unit)', () => {
-  function capture(): { log: ReturnType<typeof pino>; lines: LogLine[] } {
+  function capture(): { log: Logger; lines: LogLine[] } {
     const lines: LogLine[] = [];
     return { log: pino({ level: 'debug' }, { write: (line: string) => lines.push(JSON.parse(line) as LogLine) }), lines };
   }

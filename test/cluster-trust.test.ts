@@ -59,7 +59,7 @@ describe('a cluster over a NATS that others may publish on', () => {
     );
     nats = await NatsServer.start({ args: ['-c', conf] });
     intruder = await natsConnect({ servers: nats.url, user: INTRUDER.user, pass: INTRUDER.pass });
-    intruder.subscribe('tunnel.>', { callback: (_err, msg) => seen.push(msg) });
+    intruder.subscribe('tunnel.>', { callback: (_err, msg) => void seen.push(msg) });
     await intruder.flush();
     [a, b] = await Promise.all([
       startRelay([...clusterArgs(nats.url), '--relay-name', 'a-1', '--admin-listen', '127.0.0.1:0']),
