@@ -4,6 +4,7 @@ import { decodeParams, decodeResult, join, paramsPieces, piecesLength, type Piec
 import { PendingTable } from '../rpc/pending.js';
 import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
 import { relayUrl } from '../util/address.js';
+import { Backoff } from '../util/backoff.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
 import { dial, loadClientTls, mayBeTlsPort, speaksTls, tlsHint, USE_WSS, type ClientTlsOptions, type Refusal } from '../wire/dial.js';
@@ -27,7 +28,7 @@ export interface ClientOptions extends ClientTlsOptions {
   log?: Logger;
 }
 
-/** Backoff between retries of a NODE_LOST call: full jitter below min(cap, base·2ⁿ). */
+/** Backoff between retries of a NODE_LOST call (util/backoff.ts, full jitter). */
 const RETRY_BASE = 100;
 const RETRY_CAP = 2_000;
 /** Extra wait for a broadcast's answer, so the relay's per-node TIMEOUT entries arrive before ours fires. */
@@ -131,14 +132,15 @@ export class Client extends EventEmitter {
     if (options.affinity === false) meta.affinity = false;
     if (retry === 0) return this.send<T>(method, params, meta, timeout, options.signal);
     const deadline = Date.now() + timeout;
-    for (let attempt = 1; ; attempt++) {
+    const backoff = new Backoff(RETRY_BASE, RETRY_CAP);
+    for (;;) {
       try {
         return await this.send<T>(method, params, meta, meta.timeout as number, options.signal, timeout);
       } catch (err) {
-        if (!isTunnelError(err, ErrorCode.NODE_LOST) || attempt > retry) throw err;
-        const delay = Math.random() * Math.min(RETRY_CAP, RETRY_BASE * 2 ** (attempt - 1));
-        if (Date.now() + delay >= deadline) throw err;
-        this.emit('retry', { method, attempt, delay: Math.round(delay), error: err });
+        if (!isTunnelError(err, ErrorCode.NODE_LOST)) throw err;
+        const { delay, attempt } = backoff.next();
+        if (attempt > retry || Date.now() + delay >= deadline) throw err;
+        this.emit('retry', { method, attempt, delay, error: err });
         await pause(delay, method, options.signal);
         // Each attempt gets what is left of the caller's deadline, not a fresh one.
         meta.timeout = Math.max(1, deadline - Date.now());

@@ -7,7 +7,7 @@ import type { LookupAddress } from 'node:dns';
 import type { LookupFunction } from 'node:net';
 import { dial, mayBeTlsPort, resolveAll, speaksTls, tlsHint, USE_WSS, type LoadedTls, type Refusal } from '../wire/dial.js';
 import { goaway, hello, Kind, type Hello, type Message, type Welcome } from '../wire/messages.js';
-import { Backoff } from './backoff.js';
+import { Backoff } from '../util/backoff.js';
 import { Dispatcher, type DispatchHost } from './dispatcher.js';
 import { RelayRotation } from './relay-rotation.js';
 import type { SessionTable } from './sessions.js';
