@@ -168,7 +168,7 @@ export class RelayDial {
     clearTimeout(this.timer);
   }
 
-  /** The connection closed with `code` and `reason` (both '' and 1006 when the socket just went). */
+  /** The connection closed with `code` and `reason` (1006 and '' when the socket just went). */
   ended(code: number, reason: string): DialEnd {
     clearTimeout(this.timer);
     const refused = this.refused;
