@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isCallOptions } from '../src/client/options.js';
-import { Backoff } from '../src/node/backoff.js';
+import { Backoff } from '../src/util/backoff.js';
 import { SessionTable } from '../src/node/sessions.js';
 import { Cancellation } from '../src/rpc/cancellation.js';
 import { defineService, discoverMethods, invoke, ServiceRegistry } from '../src/rpc/registry.js';
@@ -26,7 +26,7 @@ const ctx = (session = new Session('s')): CallContext => ({
 
 describe('backoff', () => {
   it('doubles the ceiling up to the cap, draws below it, and resets', () => {
-    const b = new Backoff(500, 30_000, () => 0.5);
+    const b = new Backoff(500, 30_000, { random: () => 0.5 });
     const ceilings = Array.from({ length: 8 }, () => b.next().ceiling);
     expect(ceilings).toEqual([500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
     b.reset();
@@ -35,7 +35,7 @@ describe('backoff', () => {
     expect(b.next().ceiling).toBe(30_000);
   });
   it('counts attempts, not the jump to the cap: a refusal at the first connect is attempt 1', () => {
-    const b = new Backoff(500, 30_000, () => 0.5);
+    const b = new Backoff(500, 30_000, { random: () => 0.5 });
     b.exhaust();
     expect(b.next()).toEqual({ delay: 15_000, ceiling: 30_000, attempt: 1 });
     expect(b.next()).toMatchObject({ ceiling: 30_000, attempt: 2 });

@@ -4,9 +4,11 @@ import { decodeParams, decodeResult, join, paramsPieces, piecesLength, type Piec
 import { PendingTable } from '../rpc/pending.js';
 import { DeadlineWheel, type Expiring } from '../rpc/deadlines.js';
 import { relayUrl } from '../util/address.js';
+import { Backoff } from '../util/backoff.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { Connection } from '../wire/connection.js';
-import { dial, loadClientTls, mayBeTlsPort, speaksTls, tlsHint, USE_WSS, type ClientTlsOptions, type Refusal } from '../wire/dial.js';
+import { CloseCode } from '../wire/close-codes.js';
+import { loadClientTls, RelayDial, type ClientTlsOptions } from '../wire/dial.js';
 import { cancel, hello, Kind, PROTOCOL_VERSION, request, type Message } from '../wire/messages.js';
 import { Reassembly, STREAM_THRESHOLD } from '../wire/streams.js';
 import { PRESENCE_NOTIFICATION, RelayMethod, type NodeInfo, type PresenceEvent, type WireBroadcastEntry } from '../wire/presence.js';
@@ -27,7 +29,7 @@ export interface ClientOptions extends ClientTlsOptions {
   log?: Logger;
 }
 
-/** Backoff between retries of a NODE_LOST call: full jitter below min(cap, base·2ⁿ). */
+/** Backoff between retries of a NODE_LOST call (util/backoff.ts, full jitter). */
 const RETRY_BASE = 100;
 const RETRY_CAP = 2_000;
 /** Extra wait for a broadcast's answer, so the relay's per-node TIMEOUT entries arrive before ours fires. */
@@ -131,14 +133,15 @@ export class Client extends EventEmitter {
     if (options.affinity === false) meta.affinity = false;
     if (retry === 0) return this.send<T>(method, params, meta, timeout, options.signal);
     const deadline = Date.now() + timeout;
-    for (let attempt = 1; ; attempt++) {
+    const backoff = new Backoff(RETRY_BASE, RETRY_CAP);
+    for (;;) {
       try {
         return await this.send<T>(method, params, meta, meta.timeout as number, options.signal, timeout);
       } catch (err) {
-        if (!isTunnelError(err, ErrorCode.NODE_LOST) || attempt > retry) throw err;
-        const delay = Math.random() * Math.min(RETRY_CAP, RETRY_BASE * 2 ** (attempt - 1));
-        if (Date.now() + delay >= deadline) throw err;
-        this.emit('retry', { method, attempt, delay: Math.round(delay), error: err });
+        if (!isTunnelError(err, ErrorCode.NODE_LOST)) throw err;
+        const { delay, attempt } = backoff.next();
+        if (attempt > retry || Date.now() + delay >= deadline) throw err;
+        this.emit('retry', { method, attempt, delay, error: err });
         await pause(delay, method, options.signal);
         // Each attempt gets what is left of the caller's deadline, not a fresh one.
         meta.timeout = Math.max(1, deadline - Date.now());
@@ -394,8 +397,6 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
   }
   const log = opts.log ?? silentLogger;
   return new Promise<Client>((resolve, reject) => {
-    const headers: Record<string, string> = {};
-    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
     let tls;
     try {
       tls = loadClientTls(opts, log);
@@ -403,36 +404,25 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
       reject(new TunnelError(ErrorCode.BAD_REQUEST, (err as Error).message));
       return;
     }
-    let refused: Refusal | undefined;
     const started = performance.now();
-    const ws = dial(url, {
+    const dial = new RelayDial(url, {
       maxMessage: opts.maxMessage,
-      // Our own timer below gives the reason; this one only frees the socket if that one did not.
+      // The connect deadline gives the reason; ws's own timer only frees the socket if that one did not.
       handshakeTimeout: opts.connectTimeout + 1_000,
-      headers,
+      token: opts.token,
       tls,
-      onRefused: (r) => {
-        refused = r;
+      connectTimeout: opts.connectTimeout,
+      onTimeout: (why) => {
+        conn.terminate();
+        reject(new TunnelError(ErrorCode.TIMEOUT, `cannot connect to relay ${url}: ${why}`));
       },
     });
-    let lastError: Error | undefined;
-    let opened = false;
-    const timer = setTimeout(() => {
-      const why = opened
-        ? `the WebSocket opened but no welcome came within ${opts.connectTimeout} ms`
-        : `no WebSocket handshake within ${opts.connectTimeout} ms (something accepts connections there but does not answer as a relay: a firewall, another program, or a TLS port dialled with ws://?)`;
-      conn.terminate();
-      reject(new TunnelError(ErrorCode.TIMEOUT, `cannot connect to relay ${url}: ${why}`));
-    }, opts.connectTimeout);
-    ws.on('error', (err) => {
-      lastError = err;
-    });
     const conn = new Connection(
-      ws,
+      dial.ws,
       {
         message(m) {
           if (m.kind !== Kind.WELCOME) return;
-          clearTimeout(timer);
+          dial.welcomed();
           if (typeof m.welcome.version === 'number') conn.peerVersion = m.welcome.version;
           const limit = typeof m.welcome.maxMessage === 'number' ? m.welcome.maxMessage : opts.maxMessage;
           const client = new Client(conn, String(m.welcome.session ?? ''), opts.timeout, limit, String(m.welcome.relay ?? ''));
@@ -440,34 +430,21 @@ export function connect(relay: string, options: ClientOptions = {}): Promise<Cli
           resolve(client);
         },
         close(code, reason) {
-          clearTimeout(timer);
-          if (refused) {
-            const denied = refused.status === 401 || refused.status === 403;
-            const why = `HTTP ${refused.status}: ${refused.reason}`;
-            reject(new TunnelError(denied ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED, `cannot connect to relay ${url}: ${why}`));
-            return;
-          }
-          const why = reason || lastError?.message || `closed with code ${code}`;
+          const end = dial.ended(code, reason);
           const fail = (hint: string | undefined) =>
             reject(
               new TunnelError(
-                code === 4003 ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED,
-                `cannot connect to relay ${url}: ${why}${hint ? `; ${hint}` : ''}`,
+                end.code === CloseCode.UNAUTHORIZED ? ErrorCode.UNAUTHORIZED : ErrorCode.CONNECTION_CLOSED,
+                `cannot connect to relay ${url}: ${end.reason || `closed with code ${code}`}${hint ? `; ${hint}` : ''}`,
               ),
             );
-          if (reason || !lastError) return fail(undefined);
-          const hint = tlsHint(url, lastError, opts.ca !== undefined);
-          if (hint === undefined && mayBeTlsPort(url, lastError)) {
-            void speaksTls(url, opts.connectTimeout).then((tls) => fail(tls ? USE_WSS : undefined));
-            return;
-          }
-          fail(hint);
+          if (end.mayBeTls) void dial.probeTls(opts.connectTimeout).then(fail);
+          else fail(undefined);
         },
       },
       { log, heartbeatTimeout: opts.heartbeatTimeout, maxFrame: opts.maxMessage },
     );
-    ws.on('open', () => {
-      opened = true;
+    dial.ws.on('open', () => {
       const h: Parameters<typeof hello>[0] = { version: PROTOCOL_VERSION, role: 'caller' };
       if (opts.token) h.token = opts.token;
       conn.send(hello(h));

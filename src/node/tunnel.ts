@@ -5,9 +5,9 @@ import { CloseCode } from '../wire/close-codes.js';
 import { Connection } from '../wire/connection.js';
 import type { LookupAddress } from 'node:dns';
 import type { LookupFunction } from 'node:net';
-import { dial, mayBeTlsPort, resolveAll, speaksTls, tlsHint, USE_WSS, type LoadedTls, type Refusal } from '../wire/dial.js';
+import { RelayDial, resolveAll, type LoadedTls } from '../wire/dial.js';
 import { goaway, hello, Kind, type Hello, type Message, type Welcome } from '../wire/messages.js';
-import { Backoff } from './backoff.js';
+import { Backoff } from '../util/backoff.js';
 import { Dispatcher, type DispatchHost } from './dispatcher.js';
 import { RelayRotation } from './relay-rotation.js';
 import type { SessionTable } from './sessions.js';
@@ -198,44 +198,27 @@ export class RelayTunnel {
 
   private open(address: LookupAddress): void {
     this.address = address.address;
-    const headers: Record<string, string> = {};
-    if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
-    let refused: Refusal | undefined;
-    const ws = dial(this.current, {
+    const dial = new RelayDial(this.current, {
       maxMessage: this.opts.maxMessage,
       handshakeTimeout: 10_000,
-      headers,
+      token: this.opts.token,
       tls: this.opts.tls,
       address,
-      onRefused: (r) => {
-        refused = r;
-      },
-    });
-    let lastError = '';
-    ws.on('error', (err) => {
-      const hint = tlsHint(this.current, err, this.opts.tls.ca !== undefined);
-      lastError = hint ? `${err.message}; ${hint}` : err.message;
-      if (hint === undefined && !this.probedTls && mayBeTlsPort(this.current, err)) {
-        // Once per tunnel: the answer does not change while the node retries the same address.
-        this.probedTls = true;
-        const url = this.current;
-        void speaksTls(url).then((tls) => {
-          if (tls) this.log.error({ relay: url }, `${USE_WSS} (--relay ${url.replace(/^ws:/, 'wss:')})`);
-        });
-      }
     });
     const conn: Connection = new Connection(
-      ws,
+      dial.ws,
       {
         message: (m) => this.onMessage(conn, m),
         close: (code, reason) => {
-          if (refused) {
-            // An HTTP 401/403 at the upgrade is the same refusal as a 4003 close after the hello.
-            const denied = refused.status === 401 || refused.status === 403;
-            this.onClose(conn, denied ? CloseCode.UNAUTHORIZED : code, `HTTP ${refused.status}: ${refused.reason}`);
-          } else {
-            this.onClose(conn, code, reason || lastError);
+          const end = dial.ended(code, reason);
+          if (end.mayBeTls && !this.probedTls) {
+            // Once per tunnel: the answer does not change while the node retries the same address.
+            this.probedTls = true;
+            void dial.probeTls().then((hint) => {
+              if (hint) this.log.error({ relay: dial.url }, `${hint} (--relay ${dial.url.replace(/^ws:/, 'wss:')})`);
+            });
           }
+          this.onClose(conn, end.code, end.reason);
         },
       },
       { log: this.log, heartbeatTimeout: this.opts.heartbeatTimeout, maxFrame: this.opts.maxMessage },
@@ -244,7 +227,7 @@ export class RelayTunnel {
     this.link = new Dispatcher(this.dispatch, conn, this.host.sessions, false);
     this.welcomed = false;
     this.relayGoingAway = false;
-    ws.on('open', () => {
+    dial.ws.on('open', () => {
       const h = this.host.hello();
       this.services = Object.keys(h.services ?? {});
       conn.send(hello(h));

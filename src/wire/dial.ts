@@ -4,6 +4,7 @@ import { isIP, type LookupFunction } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { WebSocket } from 'ws';
 import type { Logger } from '../util/logger.js';
+import { CloseCode } from './close-codes.js';
 
 /** TLS settings of a node or caller, the same names as their `--ca`, `--insecure`, `--cert`, `--key` flags. */
 export interface ClientTlsOptions {
@@ -26,18 +27,36 @@ export interface Refusal {
 export interface DialOptions {
   /** Largest message accepted from the relay, bytes. */
   maxMessage: number;
-  /** Milliseconds allowed for TCP, TLS and the WebSocket upgrade. */
+  /** Milliseconds allowed for TCP, TLS and the WebSocket upgrade (ws's own timer). */
   handshakeTimeout: number;
-  headers?: Record<string, string>;
+  /** Sent as `Authorization: Bearer`: a node's or caller's token. */
+  token?: string;
   /** Loaded by {@link loadClientTls}. */
   tls?: LoadedTls;
-  /** Called when the relay answers the upgrade with an HTTP error instead of a WebSocket. */
-  onRefused?(refusal: Refusal): void;
   /**
    * Connect to this address of the URL's host name (from {@link resolveAll}); the `Host` header and
    * the TLS server name stay the name. Without it the system resolver picks.
    */
   address?: LookupAddress;
+  /**
+   * Milliseconds from the dial to {@link RelayDial.welcomed}; past them `onTimeout` is told why
+   * (the owner closes the connection). Without it only `handshakeTimeout` bounds the dial.
+   */
+  connectTimeout?: number;
+  onTimeout?(reason: string): void;
+}
+
+/** How a dial ended, in the words both roles use. */
+export interface DialEnd {
+  /** The close code; an HTTP 401 or 403 at the upgrade is UNAUTHORIZED, the same refusal as a 4003 after the hello. */
+  code: number;
+  /**
+   * `HTTP <status>: <reason>` for a refused upgrade; else the close reason; else the socket's last
+   * error, with what to do when it was a TLS mistake ({@link tlsHint}); else ''.
+   */
+  reason: string;
+  /** A `ws://` dial hung up without a word: maybe a TLS port; {@link RelayDial.probeTls} tells. */
+  mayBeTls: boolean;
 }
 
 /** Addresses of one name tried in one round of dials, at most; more are not tried. */
@@ -101,24 +120,79 @@ export function loadClientTls(opts: ClientTlsOptions, log: Logger): LoadedTls {
   return tls;
 }
 
-/** Opens a WebSocket to the relay with the settings every role shares. @internal */
-export function dial(url: string, options: DialOptions): WebSocket {
-  const ws = new WebSocket(url, {
-    maxPayload: options.maxMessage,
-    handshakeTimeout: options.handshakeTimeout,
-    perMessageDeflate: false,
-    headers: options.headers ?? {},
-    ...(options.tls ?? {}),
-    ...(options.address ? { lookup: pinned(options.address) } : {}),
-  });
-  ws.on('unexpected-response', (_req, res) => {
-    const header = res.headers['x-tunnel-reason'];
-    const reason = (Array.isArray(header) ? header[0] : header) ?? res.statusMessage ?? '';
-    res.resume();
-    options.onRefused?.({ status: res.statusCode ?? 0, reason });
-    ws.terminate();
-  });
-  return ws;
+/**
+ * One WebSocket dial of a relay, with what every role says about it: the token, the refusal of the
+ * upgrade (HTTP 401, 403, 429, 503 and their X-Tunnel-Reason), the last socket error and its TLS
+ * hint, and the connect deadline. The owner wraps {@link ws} in its Connection and asks
+ * {@link ended} when that closes. @internal
+ */
+export class RelayDial {
+  readonly ws: WebSocket;
+  private refused: Refusal | undefined;
+  private lastError: (Error & { code?: unknown }) | undefined;
+  private opened = false;
+  private readonly timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly url: string,
+    private readonly options: DialOptions,
+  ) {
+    const ws = new WebSocket(url, {
+      maxPayload: options.maxMessage,
+      handshakeTimeout: options.handshakeTimeout,
+      perMessageDeflate: false,
+      headers: options.token ? { authorization: `Bearer ${options.token}` } : {},
+      ...(options.tls ?? {}),
+      ...(options.address ? { lookup: pinned(options.address) } : {}),
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      const header = res.headers['x-tunnel-reason'];
+      const reason = (Array.isArray(header) ? header[0] : header) ?? res.statusMessage ?? '';
+      res.resume();
+      this.refused = { status: res.statusCode ?? 0, reason };
+      ws.terminate();
+    });
+    ws.on('error', (err) => {
+      this.lastError = err;
+    });
+    ws.on('open', () => {
+      this.opened = true;
+    });
+    const ms = options.connectTimeout;
+    if (ms !== undefined) this.timer = setTimeout(() => options.onTimeout?.(this.timeoutReason(ms)), ms);
+    this.ws = ws;
+  }
+
+  /** The relay's welcome came: the connect deadline is met. */
+  welcomed(): void {
+    clearTimeout(this.timer);
+  }
+
+  /** The connection closed with `code` and `reason` (1006 and '' when the socket just went). */
+  ended(code: number, reason: string): DialEnd {
+    clearTimeout(this.timer);
+    const refused = this.refused;
+    if (refused) {
+      const denied = refused.status === 401 || refused.status === 403;
+      return { code: denied ? CloseCode.UNAUTHORIZED : code, reason: `HTTP ${refused.status}: ${refused.reason}`, mayBeTls: false };
+    }
+    const err = this.lastError;
+    if (reason || !err) return { code, reason, mayBeTls: false };
+    const hint = tlsHint(this.url, err, this.options.tls?.ca !== undefined);
+    if (hint) return { code, reason: `${err.message}; ${hint}`, mayBeTls: false };
+    return { code, reason: err.message, mayBeTls: mayBeTlsPort(this.url, err) };
+  }
+
+  /** For a {@link DialEnd} that `mayBeTls`: {@link USE_WSS} when the port speaks TLS, else undefined. */
+  async probeTls(timeout?: number): Promise<string | undefined> {
+    return (await speaksTls(this.url, timeout)) ? USE_WSS : undefined;
+  }
+
+  private timeoutReason(ms: number): string {
+    return this.opened
+      ? `the WebSocket opened but no welcome came within ${ms} ms`
+      : `no WebSocket handshake within ${ms} ms (something accepts connections there but does not answer as a relay: a firewall, another program, or a TLS port dialled with ws://?)`;
+  }
 }
 
 /** Errors of a certificate chain that does not lead to a trusted CA (OpenSSL's names, as Node gives them). */

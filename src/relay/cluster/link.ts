@@ -10,6 +10,7 @@ import {
   type NatsConnection,
 } from '@nats-io/transport-node';
 import { encode } from '../../wire/codec.js';
+import { Backoff } from '../../util/backoff.js';
 import type { Logger } from '../../util/logger.js';
 import { ClusterKind, ClusterMessageError, pack, unpack, unpackBatch, type ClusterMessage } from './messages.js';
 import { clusterServer, type ClusterOptions } from './options.js';
@@ -88,6 +89,8 @@ export class NatsLink implements ClusterLink {
   private readonly idBytes: Uint8Array;
   private readonly rejectLog = new Map<SealFailure, { count: number; loggedAt: number }>();
   private retryTimer: NodeJS.Timeout | undefined;
+  /** Waits between refused connects: 1 s doubling to 30 s, unjittered (one relay, its own NATS). */
+  private readonly retry = new Backoff(1_000, 30_000, { jitter: 'none' });
   private readonly badMessages = new Set<string>();
   /** Messages queued for other relays in this turn, by subject. */
   private readonly batches = new Map<string, { parts: Uint8Array[]; size: number; calls: number[] | undefined }>();
@@ -163,14 +166,14 @@ export class NatsLink implements ClusterLink {
 
   /** Connects in the background, forever: a relay without NATS keeps serving its own nodes and callers. */
   start(): void {
-    this.dial(0);
+    this.dial();
   }
 
   /**
    * Connects. nats.js retries unreachable servers by itself; a refusal it gives up on (credentials
    * refused) is tried again here with backoff, so a fixed account or server brings the relay back.
    */
-  private dial(attempt: number): void {
+  private dial(): void {
     if (this.stopping) return;
     const authenticator = this.authenticator();
     void connect({
@@ -188,9 +191,9 @@ export class NatsLink implements ClusterLink {
     }).then(
       (nc) => this.onConnected(nc),
       (err: Error) => {
-        const delayMs = Math.min(30_000, 1_000 * 2 ** Math.min(attempt, 5));
+        const { delay: delayMs } = this.retry.next();
         this.log.error({ err: err.message, retryInMs: delayMs }, 'cannot connect to the cluster; serving local nodes and callers only');
-        this.retryTimer = setTimeout(() => this.dial(attempt + 1), delayMs);
+        this.retryTimer = setTimeout(() => this.dial(), delayMs);
         this.retryTimer.unref();
       },
     );
