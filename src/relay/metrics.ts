@@ -9,7 +9,7 @@ export interface RelayGauges {
   /** Bytes read from and written to every TCP connection on the relay port, closed ones included. */
   bytes(): { received: number; sent: number };
   draining(): boolean;
-  /** The cluster's state, when the relay is in one. */
+  /** The cluster's state; given only when the relay is in one (the cluster gauges exist only then). */
   cluster?(): { connected: boolean; peers: number; unreachable: number } | undefined;
 }
 
@@ -120,33 +120,37 @@ export class RelayMetrics {
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
-    new Gauge({
-      name: 'tunnel_relay_cluster_connected',
-      help: '1 while this relay is connected to the cluster (NATS), 0 while not (degraded: local nodes only); absent without a cluster',
-      registers,
-      collect() {
-        const c = gauges.cluster?.();
-        if (c) this.set(c.connected ? 1 : 0);
-      },
-    });
-    new Gauge({
-      name: 'tunnel_relay_cluster_peers',
-      help: 'Other relays of the cluster this relay hears from',
-      registers,
-      collect() {
-        const c = gauges.cluster?.();
-        if (c) this.set(c.peers);
-      },
-    });
-    new Gauge({
-      name: 'tunnel_relay_cluster_unreachable_peers',
-      help: 'Relays of the cluster that stopped answering without a goodbye (the cluster is split while above 0); absent without a cluster',
-      registers,
-      collect() {
-        const c = gauges.cluster?.();
-        if (c) this.set(c.unreachable);
-      },
-    });
+    // Only a relay in a cluster has these: an unlabelled gauge would otherwise read 0 ("NATS down").
+    const cluster = gauges.cluster?.bind(gauges);
+    if (cluster) {
+      new Gauge({
+        name: 'tunnel_relay_cluster_connected',
+        help: '1 while this relay is connected to the cluster (NATS), 0 while not (degraded: local nodes only); absent without a cluster',
+        registers,
+        collect() {
+          const c = cluster();
+          if (c) this.set(c.connected ? 1 : 0);
+        },
+      });
+      new Gauge({
+        name: 'tunnel_relay_cluster_peers',
+        help: 'Other relays of the cluster this relay hears from',
+        registers,
+        collect() {
+          const c = cluster();
+          if (c) this.set(c.peers);
+        },
+      });
+      new Gauge({
+        name: 'tunnel_relay_cluster_unreachable_peers',
+        help: 'Relays of the cluster that stopped answering without a goodbye (the cluster is split while above 0); absent without a cluster',
+        registers,
+        collect() {
+          const c = cluster();
+          if (c) this.set(c.unreachable);
+        },
+      });
+    }
     this.clusterRejects = new Counter({
       name: 'tunnel_relay_cluster_rejected_messages_total',
       help: 'Messages from NATS refused: not sealed with the cluster key (forged), replayed, stale (clock) or malformed',

@@ -78,8 +78,7 @@ export class Relay extends EventEmitter {
       callerConnections: () => ({ websocket: this.sessions.connectionCount, http: this.sessions.gatewayCount }),
       bytes: () => this.stats.bytes(),
       draining: () => this.draining,
-      cluster: () =>
-        this.cluster ? { connected: this.cluster.connected, peers: this.cluster.peerNames.length, unreachable: this.cluster.unreachable.length } : undefined,
+      cluster: this.opts.cluster ? () => this.cluster?.gauges() : undefined,
     });
     this.gate = new ConnectionGate({ limits: this.opts, log: this.log, metrics: this.metrics, events: this.events });
     this.auth = new Authenticator({ ...this.opts, nodeCertificates: this.opts.tlsCa !== undefined }, this.log);

@@ -74,6 +74,11 @@ export class Cluster implements RouteTransport {
     return this.peers.peerNames;
   }
 
+  /** What /metrics reports of the cluster (metrics.ts `RelayGauges.cluster`). */
+  gauges(): { connected: boolean; peers: number; unreachable: number } {
+    return { connected: this.connected, peers: this.peerNames.length, unreachable: this.unreachable.length };
+  }
+
   /** Connects in the background, forever: a relay without NATS keeps serving its own nodes and callers. */
   start(): void {
     this.link.start();
