@@ -116,9 +116,8 @@ export function admit(request: CallRequest, state: AdmissionState): Admission {
   const node = meta.node as string | undefined;
   const badNode = node === undefined ? undefined : controlProblem(node, 'metadata node');
   if (badNode !== undefined) return refuse(method, ErrorCode.BAD_REQUEST, badNode);
-  const admitted = { ok: true, service, method: name, timeout, node, where: undefined, selector: undefined } as const;
-  if (request.stream > 0 && meta.broadcast === true) return { ...admitted, to: 'upload' };
-  if (service === RELAY_SERVICE) return { ...admitted, to: 'relay' };
+  if (request.stream > 0 && meta.broadcast === true) return admitted('upload', service, name, timeout, node, undefined, undefined);
+  if (service === RELAY_SERVICE) return admitted('relay', service, name, timeout, node, undefined, undefined);
   let where: Where | undefined;
   let selector: Selector | undefined;
   try {
@@ -131,9 +130,22 @@ export function admit(request: CallRequest, state: AdmissionState): Admission {
   }
   if (meta.broadcast === true) {
     if (node !== undefined) return refuse(method, ErrorCode.BAD_REQUEST, 'a broadcast goes to every matching node; drop node or broadcast');
-    return { ...admitted, to: 'broadcast', where, selector };
+    return admitted('broadcast', service, name, timeout, node, where, selector);
   }
-  return { ...admitted, to: 'call', where, selector };
+  return admitted('call', service, name, timeout, node, where, selector);
+}
+
+/** Every admission has this one shape (one hidden class on the hot path: no spread copies). */
+function admitted(
+  to: Destination,
+  service: string,
+  method: string,
+  timeout: number,
+  node: string | undefined,
+  where: Where | undefined,
+  selector: Selector | undefined,
+): Admitted {
+  return { ok: true, to, service, method, timeout, node, where, selector };
 }
 
 /** The refusal of a call to `node` when it already has as many calls in flight as it may, else undefined. */
