@@ -237,11 +237,9 @@ export class RelayMetrics {
   }
 
   /**
-   * Counts one call. `method` is `Service.Method`; `known` is false for requests refused before the
-   * relay could tell that the method exists anywhere (their names are whatever the caller sent).
-   */
-  /**
-   * Counts a finished call. The update is deferred to the next event-loop check phase: prom-client
+   * Counts a finished call. `method` is `Service.Method`; `known` is false for requests refused
+   * before the relay could tell that the method exists anywhere (their names are whatever the caller
+   * sent). The update is deferred to the next event-loop check phase: prom-client
    * hashes labels on every observation, which on the relay's one-call-at-a-time path was a tenth of
    * its latency; deferred, it runs after the answer has been written.
    */
