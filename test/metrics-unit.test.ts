@@ -142,6 +142,29 @@ describe('RelayMetrics: calls', () => {
     expect(sample(text, calls, { service: OTHER, method: OTHER, code: OTHER })).toBe(200 * codes.length - 2000);
   });
 
+  it('counts every call exactly once however many distinct names arrive in one flush or many (past the 4096 remembered pairs)', async () => {
+    const m = new RelayMetrics(gauges().g);
+    // 6,000 names a caller made up, refused before they were known, in one flush; then the first
+    // 300 again, known, over three flushes; and one real method between them all.
+    for (let i = 0; i < 6_000; i++) {
+      m.callEnded(`Junk.n${i}`, 'NO_SERVICE', undefined, false);
+      if (i % 1_000 === 0) m.callEnded('Arith.Multiply', 'OK', 0.001, true);
+    }
+    let text = await m.render();
+    expect(sample(text, calls, { service: UNKNOWN, method: UNKNOWN, code: 'NO_SERVICE' })).toBe(6_000);
+    expect(sample(text, calls, { service: 'Arith', method: 'Multiply', code: 'OK' })).toBe(6);
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 300; i++) m.callEnded(`Junk.n${i}`, 'OK', 0.002, true);
+      m.callEnded('Arith.Multiply', 'OK', 0.001, true);
+      text = await m.render();
+    }
+    expect(sample(text, calls, { service: 'Arith', method: 'Multiply', code: 'OK' })).toBe(9);
+    expect(sample(text, calls, { service: 'Junk', method: 'n0', code: 'OK' })).toBe(3);
+    // 200 method labels in all, Arith.Multiply among them: 199 of the junk names keep theirs.
+    expect(sample(text, calls, { service: OTHER, method: OTHER, code: 'OK' })).toBe(3 * (300 - 199));
+    expect(sample(text, `${duration}_count`, { service: 'Arith', method: 'Multiply' })).toBe(9);
+  });
+
   it('two relays in one process keep separate counts', async () => {
     const a = new RelayMetrics(gauges().g);
     const b = new RelayMetrics(gauges().g);

@@ -47,6 +47,17 @@ const KNOWN_CODES = new Set<string>(['OK', ...Object.values(ErrorCode)]);
 /** Distinct (method, code) series of the calls counter; /metrics stays small whatever callers send. */
 const MAX_SERIES = 2_000;
 
+/** (method name as sent, code) pairs whose series is remembered between flushes. */
+const MAX_SLOTS = 4_096;
+
+/** Where the calls of one (method, code) are counted; `count` holds this flush's calls until it ends. */
+interface CallSlot {
+  readonly name: string;
+  readonly series: { inc(n?: number): void };
+  timing: { observe(seconds: number): void } | undefined;
+  count: number;
+}
+
 /** Seconds: from a local echo (well under a millisecond) to the longest deadline a caller may set. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
@@ -75,8 +86,17 @@ export class RelayMetrics {
   private readonly codes = new LabelCap(50);
   private readonly nodeNames = new LabelCap(200);
   /** Bound children by "method\0code", so a call costs two map look-ups, not label hashing. */
-  private readonly series = new Map<string, { inc(): void }>();
+  private readonly series = new Map<string, { inc(n?: number): void }>();
   private readonly timings = new Map<string, { observe(seconds: number): void }>();
+  /**
+   * What each (method, code) a caller sent counts into, resolved once: by raw method name, then
+   * code, for known and unknown methods apart. Bounded: callers choose method names, so past
+   * {@link MAX_SLOTS} it is cleared and filled again (the label caps decide the same way again).
+   */
+  private readonly slots = [new Map<string, Map<string, CallSlot>>(), new Map<string, Map<string, CallSlot>>()] as const;
+  private slotCount = 0;
+  /** Slots counted into since the last flush. */
+  private readonly touched: CallSlot[] = [];
 
   constructor(gauges: RelayGauges) {
     const registers = [this.registry];
@@ -250,15 +270,44 @@ export class RelayMetrics {
 
   private readonly pendingCalls: unknown[] = [];
 
+  /** One `inc(n)` per series per flush: prom-client hashes the labels on every update. */
   private readonly recordPending = (): void => {
     const p = this.pendingCalls;
-    for (let i = 0; i < p.length; i += 4) this.record(p[i] as string, p[i + 1] as string, p[i + 2] as number | undefined, p[i + 3] as boolean);
+    for (let i = 0; i < p.length; i += 4) {
+      const slot = this.slot(p[i] as string, p[i + 1] as string, p[i + 3] as boolean);
+      if (slot.count++ === 0) this.touched.push(slot);
+      const seconds = p[i + 2] as number | undefined;
+      if (seconds !== undefined) (slot.timing ??= this.timingOf(slot.name)).observe(seconds);
+    }
     p.length = 0;
+    for (const slot of this.touched) {
+      slot.series.inc(slot.count);
+      slot.count = 0;
+    }
+    this.touched.length = 0;
   };
 
-  private record(method: string, code: string, seconds: number | undefined, known: boolean): void {
+  private slot(method: string, code: string, known: boolean): CallSlot {
+    const byMethod = this.slots[known ? 0 : 1];
+    let byCode = byMethod.get(method);
+    const found = byCode?.get(code);
+    if (found) return found;
+    if (this.slotCount >= MAX_SLOTS) {
+      // Only slots with nothing counted may go; the ones of this flush are still in `touched`.
+      for (const m of this.slots) m.clear();
+      this.slotCount = 0;
+      byCode = undefined;
+    }
+    if (!byCode) byMethod.set(method, (byCode = new Map()));
     const name = known ? this.methods.get(method) : UNKNOWN;
     const outcome = KNOWN_CODES.has(code) ? code : this.codes.get(code);
+    const slot: CallSlot = { name, series: this.seriesOf(name, outcome), timing: undefined, count: 0 };
+    byCode.set(code, slot);
+    this.slotCount++;
+    return slot;
+  }
+
+  private seriesOf(name: string, outcome: string): { inc(n?: number): void } {
     let key = `${name}\0${outcome}`;
     let series = this.series.get(key);
     if (!series) {
@@ -267,15 +316,17 @@ export class RelayMetrics {
       series = this.series.get(key) ?? this.calls.labels(...split(key === `${OTHER}\0${OTHER}` ? OTHER : name), key === `${OTHER}\0${OTHER}` ? OTHER : outcome);
       this.series.set(key, series);
     }
-    series.inc();
-    if (seconds === undefined) return;
+    return series;
+  }
+
+  private timingOf(name: string): { observe(seconds: number): void } {
     const timed = name === OTHER ? OTHER : this.timedMethods.get(name);
     let timing = this.timings.get(timed);
     if (!timing) {
       timing = this.latency.labels(...split(timed));
       this.timings.set(timed, timing);
     }
-    timing.observe(seconds);
+    return timing;
   }
 
   nodeReconnected(name: string): void {
