@@ -13,6 +13,7 @@ import type { WireBroadcastEntry } from '../wire/presence.js';
 import { Reassembly, ReassemblyBudget, STREAM_THRESHOLD } from '../wire/streams.js';
 import type { ForwardedService } from './forward.js';
 import type { SessionTable } from './sessions.js';
+import { encodeResult } from '../wire/call-envelope.js';
 
 type Request = Extract<Message, { kind: 0 }>;
 
@@ -343,7 +344,7 @@ export class Dispatcher {
 
   private send(call: RunningCall, pieces: Pieces, length: number): void {
     if (length > STREAM_THRESHOLD) this.conn.sendStream(responseStream(call.id, length), call.id, pieces);
-    else this.conn.send(response(call.id, null, join(pieces)));
+    else this.conn.sendEncoded(encodeResult(call.id, join(pieces)));
   }
 
   /** Sends held answers while the socket has room; those of calls cancelled meanwhile are dropped. */

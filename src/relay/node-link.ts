@@ -7,6 +7,7 @@ import { cancel, Kind, request, response, sessionClosed, type Message, type Node
 import type { NodeRoute, RoutedCall } from './contracts.js';
 import { methodsIn, servesMethod, serviceTable } from './service-table.js';
 import { STREAM_THRESHOLD } from '../wire/streams.js';
+import { encodeRequest } from '../wire/call-envelope.js';
 
 /** The relay's side of one node connection: what it serves and the calls in flight on it. A local route. */
 export class NodeLink implements NodeRoute {
@@ -98,7 +99,7 @@ export class NodeLink implements NodeRoute {
     else if (params.length > STREAM_THRESHOLD) {
       call.uploading = true;
       this.conn.sendStream(request(call.tunnelId, call.method, null, { ...meta, stream: params.length }), call.tunnelId, params);
-    } else this.conn.send(request(call.tunnelId, call.method, params, meta));
+    } else this.conn.sendEncoded(encodeRequest(call.tunnelId, call.method, params, meta));
   }
 
   /** Passes on a chunk of a call's params as the caller sends it; `onSent` once it is written. */

@@ -169,6 +169,11 @@ export class Connection {
     if (this.isOpen) this.writer.push(encode(message));
   }
 
+  /** Sends one message already encoded (call-envelope.ts writes the two of every call by hand). */
+  sendEncoded(bytes: Buffer): void {
+    if (this.isOpen) this.writer.push(bytes);
+  }
+
   /**
    * Sends `head` now and `body` after it in chunks of stream `id`. Chunks leave as the stream's and
    * the connection's windows allow, and messages sent meanwhile go out between them.

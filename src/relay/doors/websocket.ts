@@ -6,6 +6,7 @@ import type { Logger } from '../../util/logger.js';
 import { labelsProblem, NAME_LIMITS, nodeNameProblem, servicesProblem } from '../../wire/bounds.js';
 import { CloseCode } from '../../wire/close-codes.js';
 import { Connection } from '../../wire/connection.js';
+import { encodeResult } from '../../wire/call-envelope.js';
 import { goaway, Kind, notify, response, responseStream, SUPPORTED_VERSIONS, welcome, type Hello, type Message } from '../../wire/messages.js';
 import { RELAY_SERVICE } from '../../wire/presence.js';
 import { peerCertificate, type Authenticator, type Credential } from '../auth.js';
@@ -238,7 +239,8 @@ export class WebSocketDoor {
     conn.pauseWhenBacklogged = true;
     const link: CallerLink = this.parts.sessions.open(
       {
-        respond: (id, error, result) => conn.send(response(id, error, result)),
+        respond: (id, error, result) =>
+          error === null && result !== null ? conn.sendEncoded(encodeResult(id, result)) : conn.send(response(id, error, result)),
         goaway: (reason) => conn.send(goaway(reason)),
         notify: (method, params) => conn.send(notify(method, params)),
         streamStart: (id, length) => conn.send(responseStream(id, length)),
