@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { isCallOptions } from '../src/client/options.js';
 import { Backoff } from '../src/util/backoff.js';
 import { SessionTable } from '../src/node/sessions.js';
@@ -225,6 +225,34 @@ describe('deadline wheel', () => {
     expect(expired).toEqual(['a', 'b']);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(55);
     expect(wheel.pending).toBe(0);
+  });
+
+  it('keeps one interval for calls made one at a time, and stops it one tick after the last', async () => {
+    const { DeadlineWheel } = await import('../src/rpc/deadlines.js');
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'setTimeout', 'clearTimeout', 'Date'] });
+    try {
+      const started = vi.spyOn(globalThis, 'setInterval');
+      const expired: string[] = [];
+      const wheel = new DeadlineWheel<{ name: string; deadlineSlot: number }>((e) => expired.push(e.name), 10);
+      for (let i = 0; i < 100; i++) {
+        const call = { name: `c${i}`, deadlineSlot: 0 };
+        wheel.add(call, 1_000);
+        wheel.remove(call);
+      }
+      expect(started).toHaveBeenCalledTimes(1);
+      expect(vi.getTimerCount()).toBe(1);
+      vi.advanceTimersByTime(10);
+      expect(vi.getTimerCount()).toBe(0);
+      // A call after the stop starts it again, and still expires on time.
+      const late = { name: 'late', deadlineSlot: 0 };
+      wheel.add(late, 50);
+      vi.advanceTimersByTime(70);
+      expect(expired).toEqual(['late']);
+      expect(vi.getTimerCount()).toBe(0);
+      started.mockRestore();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
 

@@ -6,8 +6,9 @@ export interface Expiring {
 
 /**
  * One timer for many deadlines. Calls are bucketed by deadline into slots of `resolution` ms, and a
- * single timer walks the slots while any call is waiting. Adding and removing a call costs a Set
- * operation instead of a timer object per call; deadlines fire up to `resolution` ms late.
+ * single timer walks the slots while any call is waiting (and for one tick after the last one
+ * left). Adding and removing a call costs a Set operation instead of a timer object per call;
+ * deadlines fire up to `resolution` ms late.
  */
 export class DeadlineWheel<T extends Expiring> {
   private readonly slots = new Map<number, Set<T>>();
@@ -33,7 +34,8 @@ export class DeadlineWheel<T extends Expiring> {
     }
     set.add(entry);
     entry.deadlineSlot = slot;
-    if (this.size++ === 0) {
+    this.size++;
+    if (this.timer === undefined) {
       this.checkedUpTo = Math.floor(Date.now() / this.resolution);
       this.timer = setInterval(this.tick, this.resolution);
     }
@@ -46,7 +48,9 @@ export class DeadlineWheel<T extends Expiring> {
     const set = this.slots.get(slot);
     if (!set?.delete(entry)) return;
     if (set.size === 0) this.slots.delete(slot);
-    if (--this.size === 0) this.stop();
+    // The timer stops at its next tick if nothing was added meanwhile: one call at a time would
+    // otherwise start and stop an interval per call.
+    this.size--;
   }
 
   /** Forgets every entry without expiring it. */
