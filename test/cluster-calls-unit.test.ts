@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ErrorCode, NoNodeReason, type TunnelError, type WireError } from '../src/errors.js';
 import { Dispatcher, type DispatchHost, type RunningCall } from '../src/node/dispatcher.js';
 import { SessionTable } from '../src/node/sessions.js';
@@ -20,6 +20,7 @@ import { AddressError } from '../src/util/address.js';
 import { Connection } from '../src/wire/connection.js';
 import { MemorySocket } from '../src/wire/memory-socket.js';
 import { CHUNK_SIZE, STREAM_WINDOW } from '../src/wire/streams.js';
+import { elapse as advance, settle, useFakeClock } from './helpers/fake-clock.js';
 
 /**
  * The calls other relays send to this relay's nodes (calls-in.ts), held in the hand: the other relay
@@ -30,27 +31,15 @@ import { CHUNK_SIZE, STREAM_WINDOW } from '../src/wire/streams.js';
 
 const log = pino({ level: 'silent' });
 
-beforeEach(() => {
-  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
-});
-
-afterEach(() => {
-  vi.useRealTimers();
-});
-
-const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
+useFakeClock();
 
 /** Lets deliveries settle a few times: an open crosses the bus, the relay link, the node and back. */
 async function flush(times = 4): Promise<void> {
   for (let i = 0; i < times; i++) await settle();
 }
 
-async function elapse(ms: number, step = 10): Promise<void> {
-  for (let done = 0; done < ms; done += step) {
-    vi.advanceTimersByTime(Math.min(step, ms - done));
-    await settle();
-  }
-}
+/** The fake clock on by `ms`, 10 ms at a time. */
+const elapse = (ms: number, step = 10) => advance(ms, step);
 
 /** What NATS would carry, checked on the way. */
 const wire = (message: unknown[]): ClusterMessage => unpack(pack(message));

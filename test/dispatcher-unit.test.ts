@@ -1,5 +1,5 @@
 import { pino } from 'pino';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ErrorCode, TunnelError, type WireError } from '../src/errors.js';
 import { Dispatcher, type DispatchHost, type RunningCall } from '../src/node/dispatcher.js';
 import { SessionTable } from '../src/node/sessions.js';
@@ -12,6 +12,7 @@ import { Connection } from '../src/wire/connection.js';
 import { MemorySocket } from '../src/wire/memory-socket.js';
 import { cancel, Kind, request, sessionClosed, type Message } from '../src/wire/messages.js';
 import { CHUNK_SIZE } from '../src/wire/streams.js';
+import { elapse as advance, settle, useFakeClock } from './helpers/fake-clock.js';
 
 /**
  * The node's dispatcher held in the hand: its connection is one end of an in-memory socket pair,
@@ -19,22 +20,10 @@ import { CHUNK_SIZE } from '../src/wire/streams.js';
  * (deadlines, the held-answer poll); setImmediate stays real, for `settle`.
  */
 
-beforeEach(() => {
-  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
-});
+useFakeClock();
 
-afterEach(() => {
-  vi.useRealTimers();
-});
-
-const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-async function elapse(ms: number, step = 10): Promise<void> {
-  for (let done = 0; done < ms; done += step) {
-    vi.advanceTimersByTime(Math.min(step, ms - done));
-    await settle();
-  }
-}
+/** The fake clock on by `ms`, 10 ms at a time. */
+const elapse = (ms: number, step = 10) => advance(ms, step);
 
 /** A promise the test settles by hand: a handler that runs until told. */
 function gate<T = unknown>() {

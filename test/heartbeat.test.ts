@@ -1,28 +1,14 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { Heartbeat, probe } from '../src/wire/heartbeat.js';
 import { MemorySocket } from '../src/wire/memory-socket.js';
+import { elapse, settle, useFakeClock } from './helpers/fake-clock.js';
 
 /**
  * Heartbeats over an in-memory socket pair (memory-socket.ts answers pings with pongs). Timers are
  * fake; setImmediate stays real so that `settle` lets deliveries run.
  */
 
-beforeEach(() => {
-  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
-});
-
-afterEach(() => {
-  vi.useRealTimers();
-});
-
-const settle = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-async function elapse(ms: number, step = 100): Promise<void> {
-  for (let done = 0; done < ms; done += step) {
-    vi.advanceTimersByTime(Math.min(step, ms - done));
-    await settle();
-  }
-}
+useFakeClock();
 
 const TIMEOUT = 3_000;
 
