@@ -1,5 +1,6 @@
 import { encode } from './codec.js';
 import { Kind, request, response, type NodeMeta } from './messages.js';
+import { uintSize, writeUint } from './skip.js';
 
 /**
  * The two messages every relayed call costs the relay, written by hand: the request it forwards to a
@@ -83,30 +84,6 @@ const KEYS = {
 
 function isUint32(n: number): boolean {
   return Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
-}
-
-function uintSize(n: number): number {
-  return n < 0x80 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
-}
-
-function writeUint(out: Buffer, at: number, n: number): number {
-  if (n < 0x80) {
-    out[at] = n;
-    return at + 1;
-  }
-  if (n < 0x100) {
-    out[at] = 0xcc;
-    out[at + 1] = n;
-    return at + 2;
-  }
-  if (n < 0x10000) {
-    out[at] = 0xcd;
-    out.writeUInt16BE(n, at + 1);
-    return at + 3;
-  }
-  out[at] = 0xce;
-  out.writeUInt32BE(n, at + 1);
-  return at + 5;
 }
 
 function strHeader(bytes: number): number {
