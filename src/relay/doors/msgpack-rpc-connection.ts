@@ -311,7 +311,7 @@ export class RpcConnection {
     const max = this.opts.maxBacklog;
     const backlog = this.backlog;
     const allowance = Math.max(this.allowance, this.relay.limits.maxMessage - max);
-    this.judge(backlog, allowance, `backlog reached twice the limit of ${max} bytes, with results reassembled for it`);
+    this.judge(backlog, allowance, true);
   }
 
   /**
@@ -337,10 +337,16 @@ export class RpcConnection {
     if (!this.closed) this.judge(this.backlog, this.allowance);
   }
 
-  /** The slow-consumer rule (wire/backlog-guard.ts); `twice` words the immediate cut. */
-  private judge(backlog: number, allowance: number, twice = `backlog reached twice the limit of ${this.opts.maxBacklog} bytes`): void {
+  /** The slow-consumer rule (wire/backlog-guard.ts); a cut is worded only when it happens (this runs on every write). */
+  private judge(backlog: number, allowance: number, reassembling = false): void {
     const cause = this.guard.check(backlog, allowance);
-    if (cause) this.cut(backlog, cause.kind === 'twice' ? twice : `backlog above ${this.opts.maxBacklog} bytes for ${this.opts.slowConsumerTimeout} ms`);
+    if (!cause) return;
+    const max = this.opts.maxBacklog;
+    const reason =
+      cause.kind !== 'twice'
+        ? `backlog above ${max} bytes for ${this.opts.slowConsumerTimeout} ms`
+        : `backlog reached twice the limit of ${max} bytes${reassembling ? ', with results reassembled for it' : ''}`;
+    this.cut(backlog, reason);
   }
 
   /** What the relay holds for this caller, for its memory budget. */
